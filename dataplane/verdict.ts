@@ -1,0 +1,46 @@
+/**
+ * The answer both deciders give for the first packet of a flow: the compiled
+ * hash tables (dataplane/tables.ts) and the linear walk of kube-proxy's
+ * iptables chains (control/iptables/linear.ts). Each is the other's oracle.
+ *
+ * `service` is kube-proxy's service-port name: "namespace/name:portName"
+ * ("namespace/name" when the port has no name), as in its rule comments.
+ */
+
+export interface Candidate {
+  /** "10.64.1.7:53" */
+  endpoint: string;
+  /** chance that a new flow picks this endpoint (sums to 1 over candidates) */
+  probability: number;
+  /** SNAT applies when this endpoint is chosen (KUBE-MARK-MASQ reached: off-cluster source, external traffic, hairpin) */
+  masquerade: boolean;
+}
+
+export type DropReason =
+  /** internal/externalTrafficPolicy Local and no endpoint on this node ("has no local endpoints") */
+  | 'no_local_endpoints'
+  /** loadBalancerSourceRanges did not admit the source (KUBE-FW-*, KUBE-PROXY-FIREWALL) */
+  | 'source_range';
+
+export type Verdict =
+  | { kind: 'nomatch' }
+  /** service without endpoints: ICMP port unreachable, as kube-proxy's REJECT */
+  | { kind: 'reject'; service: string }
+  | { kind: 'drop'; service: string; reason: DropReason }
+  | {
+      kind: 'dnat';
+      service: string;
+      /** ClientIP session affinity timeout in seconds, 0 when none */
+      affinitySeconds: number;
+      /** in rule order (the order of the KUBE-SVC-/KUBE-SVL- chain) */
+      candidates: Candidate[];
+    };
+
+/** A packet as the deciders see it (the first packet of a flow). Addresses are numbers (dataplane/addr.ts). */
+export interface PacketTuple {
+  proto: number;
+  src: number;
+  dst: number;
+  sport: number;
+  dport: number;
+}
