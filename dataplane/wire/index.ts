@@ -1,0 +1,13 @@
+/**
+ * The wire views in one import: `import { ipv4Check, rewriteDst, … } from '../dataplane/wire/index.ts'`.
+ * Each module can also be imported on its own.
+ */
+export * from './bytes.ts';
+export * from './error.ts';
+export * from './checksum.ts';
+export * from './ipv4.ts';
+export * from './tcp.ts';
+export * from './udp.ts';
+export * from './sctp.ts';
+export * from './icmp.ts';
+export * from './rewrite.ts';
