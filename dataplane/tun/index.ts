@@ -1,0 +1,185 @@
+/**
+ * TunDevice: the typed face of the native TUN addon (dataplane/tun/tun.c,
+ * built by node-gyp into build/Release/tun.node).
+ *
+ * Packets move in batches through one shared buffer cut into fixed-size slots:
+ * readBatch fills slot i (at i * slotSize) and lengths[i]; writeBatch writes
+ * count packets, each from its offsets[i] / lengths[i]. One native call per
+ * batch, readiness from a uv_poll_t on the main event loop (never the thread
+ * pool). With vnetHdr, every packet starts with a virtio_net_hdr of
+ * vnetHeaderSize bytes: the IP header is at slot + vnetHeaderSize, and written
+ * packets must carry the header too.
+ */
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+
+/** Counters of one TUN file descriptor (numbers since open). */
+export interface TunStats {
+  rxPackets: number;
+  rxBytes: number;
+  /** packets larger than the slot: dropped, never handed over partly */
+  rxTruncated: number;
+  /** read errors other than EAGAIN/EINTR */
+  rxErrors: number;
+  txPackets: number;
+  txBytes: number;
+  /** writeBatch calls stopped early because the device queue was full */
+  txAgain: number;
+  /** packets the kernel refused (EINVAL for a malformed packet, ...) */
+  txErrors: number;
+  /** txErrors per errno name, e.g. { EINVAL: 2 } */
+  txErrno: Record<string, number>;
+}
+
+export interface TunOpenOptions {
+  /** IFF_MULTI_QUEUE: one fd per queue; the device must have been created with multi_queue */
+  multiQueue?: boolean;
+  /** IFF_VNET_HDR: every packet is preceded by a virtio_net_hdr (vnetHeaderSize bytes) */
+  vnetHdr?: boolean;
+}
+
+/** A TUN error from the addon: code = errno name, errno = its (positive) number. */
+export interface TunError extends Error {
+  code: string;
+  errno: number;
+  syscall: string;
+}
+
+interface Addon {
+  open(name: string, flags: number): { fd: number; name: string };
+  readBatch(fd: number, buf: Uint8Array, slotSize: number, maxPackets: number, lengths: Uint32Array): number;
+  writeBatch(fd: number, buf: Uint8Array, offsets: Uint32Array, lengths: Uint32Array, count: number): number;
+  poll(fd: number, cb: (err: Error | null) => void): void;
+  stopPoll(fd: number): void;
+  close(fd: number): boolean;
+  stats(fd: number): TunStats;
+  setOffload(fd: number, flags: number): void;
+  IFF_MULTI_QUEUE: number;
+  IFF_VNET_HDR: number;
+  TUN_F_CSUM: number;
+  TUN_F_TSO4: number;
+  TUN_F_TSO6: number;
+  VNET_HDR_SIZE: number;
+}
+
+const ADDON_PATH = fileURLToPath(new URL('../../build/Release/tun.node', import.meta.url));
+let addon: Addon | null = null;
+
+/** Load the addon once; throws a sentence saying how to build it when it is missing. */
+export function loadTunAddon(): Addon {
+  if (addon) return addon;
+  try {
+    addon = createRequire(import.meta.url)(ADDON_PATH) as Addon;
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException;
+    const missing = err.code === 'MODULE_NOT_FOUND' || /cannot open shared object|no such file/i.test(err.message);
+    throw new Error(
+      missing
+        ? `the TUN addon is not built (${ADDON_PATH} is missing): run \`npm install\` or \`npx node-gyp rebuild\` in the project root`
+        : `loading the TUN addon ${ADDON_PATH} failed: ${err.message} — rebuild it with \`npx node-gyp rebuild\``,
+      { cause: e },
+    );
+  }
+  return addon;
+}
+
+/** Offload flags for setOffload (TUNSETOFFLOAD); only meaningful with vnetHdr. */
+export const TUN_OFFLOAD = {
+  get CSUM(): number { return loadTunAddon().TUN_F_CSUM; },
+  get TSO4(): number { return loadTunAddon().TUN_F_TSO4; },
+  get TSO6(): number { return loadTunAddon().TUN_F_TSO6; },
+};
+
+export class TunDevice {
+  /** the interface name the kernel reports (the requested one, or tunN when "" was asked) */
+  readonly name: string;
+  /** bytes of virtio_net_hdr before each packet: 0 unless opened with vnetHdr */
+  readonly vnetHeaderSize: number;
+  readonly multiQueue: boolean;
+  #fd: number;
+  readonly #addon: Addon;
+
+  private constructor(a: Addon, fd: number, name: string, opts: TunOpenOptions) {
+    this.#addon = a;
+    this.#fd = fd;
+    this.name = name;
+    this.multiQueue = !!opts.multiQueue;
+    this.vnetHeaderSize = opts.vnetHdr ? a.VNET_HDR_SIZE : 0;
+  }
+
+  /**
+   * Attach to (or create) the TUN device `name`: IFF_TUN | IFF_NO_PI, non-blocking, close-on-exec.
+   * Throws a TunError (code ENOENT, EACCES, EPERM, EBUSY, EINVAL, ENAMETOOLONG, ...) whose message says what to do.
+   */
+  static open(name: string, opts: TunOpenOptions = {}): TunDevice {
+    if (typeof name !== 'string') throw new TypeError('TunDevice.open: name must be a string');
+    const a = loadTunAddon();
+    const flags = (opts.multiQueue ? a.IFF_MULTI_QUEUE : 0) | (opts.vnetHdr ? a.IFF_VNET_HDR : 0);
+    const r = a.open(name, flags);
+    return new TunDevice(a, r.fd, r.name, opts);
+  }
+
+  /** the file descriptor, -1 once closed */
+  get fd(): number {
+    return this.#fd;
+  }
+
+  get closed(): boolean {
+    return this.#fd < 0;
+  }
+
+  /**
+   * Read up to maxPackets queued packets, packet i into buf at i * slotSize, its length into lengths[i].
+   * Returns the count; 0 when nothing is queued (never blocks). A packet longer than slotSize is
+   * dropped and counted in stats().rxTruncated.
+   */
+  readBatch(buf: Uint8Array, slotSize: number, maxPackets: number, lengths: Uint32Array): number {
+    return this.#addon.readBatch(this.#checkedFd(), buf, slotSize, maxPackets, lengths);
+  }
+
+  /**
+   * Write count packets, packet i from buf[offsets[i], offsets[i] + lengths[i]).
+   * Returns the packets consumed (written, or refused by the kernel and counted in stats().txErrno);
+   * fewer than count only when the device queue is full (EAGAIN, stats().txAgain): retry the rest later.
+   */
+  writeBatch(buf: Uint8Array, offsets: Uint32Array, lengths: Uint32Array, count: number): number {
+    return this.#addon.writeBatch(this.#checkedFd(), buf, offsets, lengths, count);
+  }
+
+  /**
+   * Call cb (on the main event loop) whenever the device has packets to read; level-triggered:
+   * cb is called again while packets remain. Replaces an earlier callback. cb gets an Error only
+   * when polling itself fails.
+   */
+  onReadable(cb: (err: Error | null) => void): void {
+    this.#addon.poll(this.#checkedFd(), cb);
+  }
+
+  /** Stop calling the onReadable callback (the event loop may then exit). */
+  stopReadable(): void {
+    if (this.#fd >= 0) this.#addon.stopPoll(this.#fd);
+  }
+
+  /** Turn on checksum / segmentation offloads (TUNSETOFFLOAD); needs vnetHdr. */
+  setOffload(flags: number): void {
+    this.#addon.setOffload(this.#checkedFd(), flags);
+  }
+
+  /** Counters since open; after close(), the last ones seen are not kept, so read them before. */
+  stats(): TunStats {
+    return this.#addon.stats(this.#checkedFd());
+  }
+
+  /** Stop polling and close the fd. Idempotent. A persistent device stays; a transient one disappears. */
+  close(): void {
+    if (this.#fd < 0) return;
+    const fd = this.#fd;
+    this.#fd = -1;
+    this.#addon.close(fd);
+  }
+
+  #checkedFd(): number {
+    if (this.#fd < 0) throw new Error(`TUN device ${this.name} is closed`);
+    return this.#fd;
+  }
+}
