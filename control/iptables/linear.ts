@@ -1,0 +1,857 @@
+/**
+ * kube-proxy's iptables rules walked linearly, as netfilter does: first
+ * match wins, `-j` jumps and returns at the chain's end or on RETURN, `-g`
+ * goes to a chain without coming back, a built-in chain's end is its policy,
+ * MARK changes the packet's mark and goes on, DNAT / MASQUERADE / ACCEPT /
+ * DROP / REJECT end the walk of the table.
+ *
+ * A NEW packet arriving from outside: nat PREROUTING first. If it is DNATed,
+ * nat POSTROUTING is walked with the new destination and the mark to learn
+ * whether MASQUERADE applies. If not, the filter table's INPUT (destination is
+ * a local address) or FORWARD chain decides between REJECT, DROP and nothing.
+ *
+ * Two ways to ask:
+ * - `evaluate` (the test oracle) follows both branches of every `statistic`
+ *   rule and answers the endpoints with their probabilities; `recent --rcheck`
+ *   never matches (no affinity state).
+ * - `sample` (the packet path, benchmarked) draws at each `statistic` rule as
+ *   the kernel does and keeps `recent` lists, so ClientIP affinity works.
+ *
+ * Rules are compiled once, in the constructor, to objects of one shape with
+ * numeric fields; a walk does no string work and allocates nothing.
+ */
+import type { Verdict, Candidate, PacketTuple, DropReason } from '../../dataplane/verdict.ts';
+import { parseIPv4, formatIPv4, PROTO_TCP, PROTO_UDP, PROTO_SCTP } from '../../dataplane/addr.ts';
+import type { ParsedIptables, Rule, Match, Table } from './parser.ts';
+import { parseIptablesSave } from './parser.ts';
+
+export interface LinearOptions {
+  /** what `-m addrtype --src-type/--dst-type LOCAL` matches: the node's addresses (text or numbers) */
+  localAddresses: ReadonlyArray<string | number>;
+  /** uniform in [0, 1); default Math.random. Drawn once per `statistic --mode random` rule visited by `sample`. */
+  random?: () => number;
+  /** entries per `recent` list (xt_recent's ip_list_tot, 100 by default); the least recently set is dropped beyond it */
+  recentListSize?: number;
+  /** the packet's input interface for `-i` (default "": matches no named interface) */
+  inInterface?: string;
+  /** the packet's output interface for `-o` (default "") */
+  outInterface?: string;
+}
+
+/** What `sample` answers. The same object is reused by every call: copy what you keep. */
+export interface LinearSample {
+  kind: 'dnat' | 'reject' | 'drop' | 'nomatch';
+  /** kube-proxy's service-port name ("" when none) */
+  service: string;
+  reason: DropReason | null;
+  /** "ip:port" of the chosen endpoint ("" unless dnat) */
+  endpoint: string;
+  endpointAddr: number;
+  endpointPort: number;
+  masquerade: boolean;
+  /** rules whose matches were evaluated for this packet, across all chains */
+  rulesVisited: number;
+}
+
+// match types
+const M_PORT = 1;
+const M_MULTIPORT = 2;
+const M_ADDRTYPE = 3;
+const M_RANDOM = 4;
+const M_NTH = 5;
+const M_RECENT = 6;
+const M_MARK = 7;
+const M_CTSTATE = 8;
+const M_NEVER = 9;
+
+// targets
+const T_NONE = 0;
+const T_JUMP = 1;
+const T_GOTO = 2;
+const T_RETURN = 3;
+const T_ACCEPT = 4;
+const T_DROP = 5;
+const T_REJECT = 6;
+const T_DNAT = 7;
+const T_MARK = 8;
+const T_MASQ = 9;
+const T_CONTINUE = 10;
+
+// walk outcomes
+const O_ACCEPT = 1;
+const O_DROP = 2;
+const O_REJECT = 3;
+const O_DNAT = 4;
+const O_MASQ = 5;
+const O_POLICY_ACCEPT = 6;
+const O_POLICY_DROP = 7;
+const O_BRANCH = 8;
+
+// address types (bit per type)
+const AT_LOCAL = 1;
+const AT_UNICAST = 2;
+const AT_BROADCAST = 4;
+const AT_MULTICAST = 8;
+const AT_OTHER = 16;
+
+// conntrack states
+const CT_NEW = 1;
+const CT_DNAT = 2;
+const CT_OTHER = 4;
+
+const RECENT_SET = 0;
+const RECENT_RCHECK = 1;
+const RECENT_UPDATE = 2;
+const RECENT_REMOVE = 3;
+
+const TWO31 = 0x80000000;
+
+class CMatch {
+  type = 0;
+  inv = false;
+  // port: proto, dlo, dhi, dinv, slo, shi, sinv; addrtype: a = src mask bits, b = dst mask bits
+  a = 0;
+  b = 0;
+  c = 0;
+  d = 0;
+  e = 0;
+  f = 0;
+  ainv = false;
+  binv = false;
+  /** multiport ranges lo,hi,lo,hi… */
+  ranges: Int32Array | null = null;
+  /** statistic random: kernel threshold, round(p * 2^31) */
+  threshold = 0;
+  /** statistic nth: per-rule counter */
+  counter = 0;
+  /** recent: list index, action, seconds (-1 none), reap, mask, side (0 src, 1 dst) */
+  list = 0;
+  action = 0;
+  seconds = -1;
+  reap = false;
+  mask = 0;
+  side = 0;
+}
+
+class CRule {
+  rule: Rule;
+  /** never matches (an interface or fragment test that fails for every packet here, or an unknown match) */
+  never = false;
+  hasSrc = false;
+  srcNet = 0;
+  srcMask = 0;
+  srcInv = false;
+  hasDst = false;
+  dstNet = 0;
+  dstMask = 0;
+  dstInv = false;
+  /** -1: any protocol */
+  proto = -1;
+  protoInv = false;
+  matches: CMatch[] = [];
+  target = T_NONE;
+  /** chain index for T_JUMP / T_GOTO, -1 when the chain is not defined */
+  jump = -1;
+  dnatAddr = 0;
+  /** -1: keep the destination port */
+  dnatPort = -1;
+  dnatText = '';
+  markValue = 0;
+  markMask = 0;
+  /** the service-port name this rule's comment names, or null */
+  service: string | null = null;
+  noLocalEndpoints = false;
+  firewall = false;
+  /** the --seconds of a `recent --rcheck/--update` in this rule, 0 when none */
+  affinitySeconds = 0;
+  constructor(rule: Rule) {
+    this.rule = rule;
+  }
+}
+
+class CTable {
+  chains: CRule[][] = [];
+  names: string[] = [];
+  index = new Map<string, number>();
+  /** per chain: O_POLICY_ACCEPT / O_POLICY_DROP for built-in chains, 0 for user chains */
+  policy: number[] = [];
+}
+
+/**
+ * The service-port name a kube-proxy rule comment speaks of ("ns/name:port"),
+ * or null for comments about no single service ("kubernetes service portals").
+ */
+export function serviceFromComment(comment: string | null): string | null {
+  if (comment === null || comment.startsWith('kubernetes ')) return null;
+  let m = /^(?:masquerade |pod |masquerade LOCAL |route LOCAL )traffic for (\S+) (?:external destinations|LB IP(?: to service chain)?)$/.exec(comment);
+  if (m) return m[1];
+  m = /^other traffic to (\S+) will be dropped by KUBE-PROXY-FIREWALL$/.exec(comment);
+  if (m) return m[1];
+  m = /^(\S+) (?:cluster IP|external IP|loadbalancer IP|has no endpoints|has no local endpoints|health check node port|nodePort|traffic not accepted by \S+|-> \S+)$/.exec(comment);
+  if (m) return m[1];
+  if (/^[^\s/]+\/[^\s/]+$/.test(comment)) return comment;
+  return null;
+}
+
+function addrTypeBits(types: string[]): number {
+  let bits = 0;
+  for (const t of types) {
+    if (t === 'LOCAL') bits |= AT_LOCAL;
+    else if (t === 'UNICAST') bits |= AT_UNICAST;
+    else if (t === 'BROADCAST') bits |= AT_BROADCAST;
+    else if (t === 'MULTICAST') bits |= AT_MULTICAST;
+    else bits |= AT_OTHER;
+  }
+  return bits;
+}
+
+function ctStateBits(states: string[]): number {
+  let bits = 0;
+  for (const s of states) {
+    if (s === 'NEW') bits |= CT_NEW;
+    else if (s === 'DNAT') bits |= CT_DNAT;
+    else bits |= CT_OTHER;
+  }
+  return bits;
+}
+
+function ifaceMatches(pattern: string, name: string): boolean {
+  if (pattern.endsWith('+')) return name.startsWith(pattern.slice(0, -1));
+  return pattern === name;
+}
+
+function protoNumberOf(module: string): number {
+  return module === 'tcp' ? PROTO_TCP : module === 'udp' ? PROTO_UDP : PROTO_SCTP;
+}
+
+export class LinearEvaluator {
+  /** rules visited by every `sample` and `evaluate` call so far */
+  rulesVisited = 0;
+  /** rules in the nat and filter tables */
+  readonly ruleCount: number;
+
+  private readonly nat: CTable;
+  private readonly filter: CTable;
+  private readonly natPrerouting: number;
+  private readonly natPostrouting: number;
+  private readonly filterInput: number;
+  private readonly filterForward: number;
+  private readonly local: Set<number>;
+  private readonly random: () => number;
+  private readonly recentListSize: number;
+  private readonly recentLists: Map<number, number>[] = [];
+  private readonly stackChain: Int32Array;
+  private readonly stackPos: Int32Array;
+  private readonly maxVisits: number;
+
+  // per-walk state (fields, not allocations)
+  private src = 0;
+  private dst = 0;
+  private proto = 0;
+  private sport = 0;
+  private dport = 0;
+  private mark = 0;
+  private ct = CT_NEW;
+  private srcType = 0;
+  private dstType = 0;
+  private now = 0;
+  private visits = 0;
+  private lastService: string | null = null;
+  private lastNoLocal = false;
+  private decidingRule: CRule | null = null;
+  // evaluate mode: scripted statistic decisions
+  private enumerate = false;
+  private decisions: boolean[] = [];
+  private cursor = 0;
+  private branchProbability = 0;
+  private branching = false;
+  private affinitySeconds = 0;
+
+  private readonly result: LinearSample = {
+    kind: 'nomatch',
+    service: '',
+    reason: null,
+    endpoint: '',
+    endpointAddr: 0,
+    endpointPort: 0,
+    masquerade: false,
+    rulesVisited: 0,
+  };
+
+  constructor(parsed: ParsedIptables, opts: LinearOptions) {
+    this.local = new Set();
+    for (const a of opts.localAddresses) {
+      const n = typeof a === 'number' ? a >>> 0 : parseIPv4(a);
+      if (n < 0) throw new Error(`localAddresses: '${a}' is not an IPv4 address`);
+      this.local.add(n);
+    }
+    this.random = opts.random ?? Math.random;
+    this.recentListSize = opts.recentListSize ?? 100;
+    const lists = new Map<string, number>();
+    const inIf = opts.inInterface ?? '';
+    const outIf = opts.outInterface ?? '';
+    this.nat = this.compileTable(parsed.tables.get('nat'), 'nat', lists, inIf, outIf);
+    this.filter = this.compileTable(parsed.tables.get('filter'), 'filter', lists, inIf, outIf);
+    for (let i = 0; i < lists.size; i++) this.recentLists.push(new Map());
+    let count = 0;
+    for (const t of [this.nat, this.filter]) for (const c of t.chains) count += c.length;
+    this.ruleCount = count;
+    const depth = this.nat.chains.length + this.filter.chains.length + 2;
+    this.stackChain = new Int32Array(depth);
+    this.stackPos = new Int32Array(depth);
+    this.maxVisits = 1_000_000 + count * 16;
+    this.natPrerouting = this.nat.index.get('PREROUTING') ?? -1;
+    this.natPostrouting = this.nat.index.get('POSTROUTING') ?? -1;
+    this.filterInput = this.filter.index.get('INPUT') ?? -1;
+    this.filterForward = this.filter.index.get('FORWARD') ?? -1;
+  }
+
+  private compileTable(t: Table | undefined, name: string, lists: Map<string, number>, inIf: string, outIf: string): CTable {
+    const ct = new CTable();
+    if (!t) return ct;
+    for (const chain of t.chains.values()) {
+      ct.index.set(chain.name, ct.names.length);
+      ct.names.push(chain.name);
+      ct.policy.push(chain.policy === null ? 0 : chain.policy === 'DROP' ? O_POLICY_DROP : O_POLICY_ACCEPT);
+    }
+    for (const chain of t.chains.values()) {
+      const rules: CRule[] = [];
+      for (const r of chain.rules) rules.push(this.compileRule(r, ct, name, chain.name, lists, inIf, outIf));
+      ct.chains.push(rules);
+    }
+    return ct;
+  }
+
+  private compileRule(r: Rule, t: CTable, tableName: string, chainName: string, lists: Map<string, number>, inIf: string, outIf: string): CRule {
+    const c = new CRule(r);
+    if (r.src) {
+      c.hasSrc = true;
+      c.srcNet = r.src.net;
+      c.srcMask = r.src.mask;
+      c.srcInv = r.src.invert;
+    }
+    if (r.dst) {
+      c.hasDst = true;
+      c.dstNet = r.dst.net;
+      c.dstMask = r.dst.mask;
+      c.dstInv = r.dst.invert;
+    }
+    if (r.protocol) {
+      c.proto = r.protocol.number;
+      c.protoInv = r.protocol.invert;
+    }
+    if (r.inInterface && ifaceMatches(r.inInterface.name, inIf) === r.inInterface.invert) c.never = true;
+    if (r.outInterface && ifaceMatches(r.outInterface.name, outIf) === r.outInterface.invert) c.never = true;
+    // the first packet of a flow is never a non-first fragment: `-f` never matches, `! -f` always
+    if (r.fragment && !r.fragment.invert) c.never = true;
+    for (const m of r.matches) {
+      const cm = this.compileMatch(m, lists, c);
+      if (cm) c.matches.push(cm);
+    }
+    c.service = serviceFromComment(r.comment);
+    c.noLocalEndpoints = r.comment !== null && r.comment.endsWith(' has no local endpoints');
+    c.firewall = chainName === 'KUBE-PROXY-FIREWALL' || (r.comment !== null && / traffic not accepted by /.test(r.comment));
+    const tg = r.target;
+    if (tg === null) c.target = T_NONE;
+    else {
+      switch (tg.kind) {
+        case 'jump':
+          c.target = tg.goto ? T_GOTO : T_JUMP;
+          c.jump = t.index.get(tg.chain) ?? -1;
+          break;
+        case 'ACCEPT':
+          c.target = T_ACCEPT;
+          break;
+        case 'DROP':
+          c.target = T_DROP;
+          break;
+        case 'RETURN':
+          c.target = T_RETURN;
+          break;
+        case 'REJECT':
+          c.target = T_REJECT;
+          break;
+        case 'DNAT':
+          c.target = T_DNAT;
+          c.dnatAddr = tg.addr;
+          c.dnatPort = tg.port ?? -1;
+          c.dnatText = tg.port === null ? '' : `${formatIPv4(tg.addr)}:${tg.port}`;
+          break;
+        case 'MARK':
+          c.target = T_MARK;
+          c.markValue = tg.value >>> 0;
+          c.markMask = tg.mask >>> 0;
+          break;
+        case 'MASQUERADE':
+          c.target = T_MASQ;
+          break;
+        case 'unknown':
+          // SNAT is source NAT like MASQUERADE; REDIRECT/NETMAP/TPROXY end the nat walk; the rest (LOG, CONNMARK…) go on
+          if (tg.name === 'SNAT') c.target = T_MASQ;
+          else if (tableName === 'nat' && (tg.name === 'REDIRECT' || tg.name === 'NETMAP')) c.target = T_ACCEPT;
+          else c.target = T_CONTINUE;
+          break;
+      }
+    }
+    return c;
+  }
+
+  private compileMatch(m: Match, lists: Map<string, number>, rule: CRule): CMatch | null {
+    const cm = new CMatch();
+    switch (m.kind) {
+      case 'comment':
+        return null; // always matches; its text is read at compile time
+      case 'port':
+        cm.type = M_PORT;
+        cm.a = protoNumberOf(m.module);
+        cm.b = m.dport ? m.dport.lo : 0;
+        cm.c = m.dport ? m.dport.hi : 65535;
+        cm.ainv = m.dportInvert;
+        cm.d = m.sport ? m.sport.lo : 0;
+        cm.e = m.sport ? m.sport.hi : 65535;
+        cm.binv = m.sportInvert;
+        return cm;
+      case 'multiport': {
+        cm.type = M_MULTIPORT;
+        cm.a = m.dir === 'dst' ? 0 : m.dir === 'src' ? 1 : 2;
+        cm.inv = m.invert;
+        const r = new Int32Array(m.ports.length * 2);
+        m.ports.forEach((p, i) => {
+          r[2 * i] = p.lo;
+          r[2 * i + 1] = p.hi;
+        });
+        cm.ranges = r;
+        return cm;
+      }
+      case 'addrtype':
+        cm.type = M_ADDRTYPE;
+        cm.a = m.srcType ? addrTypeBits(m.srcType) : 0;
+        cm.ainv = m.srcInvert;
+        cm.b = m.dstType ? addrTypeBits(m.dstType) : 0;
+        cm.binv = m.dstInvert;
+        return cm;
+      case 'statistic':
+        cm.inv = m.invert;
+        if (m.mode === 'random') {
+          cm.type = M_RANDOM;
+          cm.threshold = Math.round(m.probability * TWO31);
+        } else {
+          cm.type = M_NTH;
+          cm.a = m.every > 0 ? m.every - 1 : 0;
+          cm.counter = m.packet;
+        }
+        return cm;
+      case 'recent': {
+        if (m.hitcount !== null) {
+          cm.type = M_NEVER; // hit counts need every timestamp; not modelled
+          return cm;
+        }
+        cm.type = M_RECENT;
+        cm.inv = m.invert;
+        let idx = lists.get(m.name);
+        if (idx === undefined) {
+          idx = lists.size;
+          lists.set(m.name, idx);
+        }
+        cm.list = idx;
+        cm.action = m.action === 'set' ? RECENT_SET : m.action === 'rcheck' ? RECENT_RCHECK : m.action === 'update' ? RECENT_UPDATE : RECENT_REMOVE;
+        cm.seconds = m.seconds ?? -1;
+        cm.reap = m.reap;
+        cm.mask = m.mask >>> 0;
+        cm.side = m.side === 'src' ? 0 : 1;
+        if ((cm.action === RECENT_RCHECK || cm.action === RECENT_UPDATE) && m.seconds !== null && rule.affinitySeconds === 0) {
+          rule.affinitySeconds = m.seconds;
+        }
+        return cm;
+      }
+      case 'mark':
+        cm.type = M_MARK;
+        cm.a = m.value >>> 0;
+        cm.b = m.mask >>> 0;
+        cm.inv = m.invert;
+        return cm;
+      case 'conntrack':
+        cm.type = M_CTSTATE;
+        cm.a = ctStateBits(m.ctstate);
+        cm.inv = m.invert;
+        return cm;
+      case 'unknown':
+        cm.type = M_NEVER;
+        return cm;
+    }
+  }
+
+  private addrType(a: number): number {
+    if (this.local.has(a)) return AT_LOCAL;
+    if (a === 0xffffffff) return AT_BROADCAST;
+    if (a >>> 28 === 0xe) return AT_MULTICAST;
+    return AT_UNICAST;
+  }
+
+  private recentMatch(m: CMatch): boolean {
+    if (this.enumerate) {
+      // no affinity state: only --set matches
+      return m.action === RECENT_SET ? !m.inv : m.inv;
+    }
+    const list = this.recentLists[m.list];
+    const key = ((m.side === 0 ? this.src : this.dst) & m.mask) >>> 0;
+    const now = this.now;
+    const seen = list.get(key);
+    if (seen === undefined) {
+      if (m.action === RECENT_SET) {
+        this.recentSet(list, key, now);
+        return !m.inv;
+      }
+      return m.inv;
+    }
+    if (m.action === RECENT_SET) {
+      this.recentSet(list, key, now);
+      return !m.inv;
+    }
+    if (m.action === RECENT_REMOVE) {
+      list.delete(key);
+      return !m.inv;
+    }
+    let hit = true;
+    if (m.seconds >= 0) {
+      hit = now - seen <= m.seconds * 1000;
+      if (!hit && m.reap) list.delete(key);
+    }
+    if (hit && m.action === RECENT_UPDATE) this.recentSet(list, key, now);
+    return hit !== m.inv;
+  }
+
+  private recentSet(list: Map<number, number>, key: number, now: number): void {
+    list.delete(key);
+    list.set(key, now);
+    if (list.size > this.recentListSize) {
+      const oldest = list.keys().next().value as number;
+      list.delete(oldest);
+    }
+  }
+
+  /** Do the rule's matches all hold? Sets `branching` and returns false when evaluate needs a decision it has not got. */
+  private matches(r: CRule): boolean {
+    if (r.never) return false;
+    if (r.hasDst && (((this.dst & r.dstMask) >>> 0) === r.dstNet) === r.dstInv) return false;
+    if (r.hasSrc && (((this.src & r.srcMask) >>> 0) === r.srcNet) === r.srcInv) return false;
+    if (r.proto >= 0 && (this.proto === r.proto) === r.protoInv) return false;
+    const ms = r.matches;
+    for (let i = 0; i < ms.length; i++) {
+      const m = ms[i];
+      switch (m.type) {
+        case M_PORT: {
+          if (this.proto !== m.a) return false;
+          const dp = this.dport;
+          if ((dp >= m.b && dp <= m.c) === m.ainv) return false;
+          const sp = this.sport;
+          if ((sp >= m.d && sp <= m.e) === m.binv) return false;
+          break;
+        }
+        case M_MULTIPORT: {
+          if (this.proto !== PROTO_TCP && this.proto !== PROTO_UDP && this.proto !== PROTO_SCTP) return false;
+          const rg = m.ranges!;
+          let hit = false;
+          for (let k = 0; k < rg.length && !hit; k += 2) {
+            if (m.a !== 1 && this.dport >= rg[k] && this.dport <= rg[k + 1]) hit = true;
+            if (m.a !== 0 && this.sport >= rg[k] && this.sport <= rg[k + 1]) hit = true;
+          }
+          if (hit === m.inv) return false;
+          break;
+        }
+        case M_ADDRTYPE:
+          if (m.a !== 0 && ((this.srcType & m.a) !== 0) === m.ainv) return false;
+          if (m.b !== 0 && ((this.dstType & m.b) !== 0) === m.binv) return false;
+          break;
+        case M_RANDOM: {
+          let taken: boolean;
+          if (this.enumerate) {
+            if (this.cursor >= this.decisions.length) {
+              this.branchProbability = m.threshold / TWO31;
+              this.branching = true;
+              return false;
+            }
+            taken = this.decisions[this.cursor++];
+          } else {
+            const u = (this.random() * 4294967296) >>> 0;
+            taken = (u & 0x7fffffff) < m.threshold;
+          }
+          if (taken === m.inv) return false;
+          break;
+        }
+        case M_NTH: {
+          let taken: boolean;
+          if (this.enumerate) {
+            if (this.cursor >= this.decisions.length) {
+              this.branchProbability = 1 / (m.a + 1);
+              this.branching = true;
+              return false;
+            }
+            taken = this.decisions[this.cursor++];
+          } else {
+            m.counter = m.counter >= m.a ? 0 : m.counter + 1;
+            taken = m.counter === 0;
+          }
+          if (taken === m.inv) return false;
+          break;
+        }
+        case M_RECENT:
+          if (!this.recentMatch(m)) return false;
+          break;
+        case M_MARK:
+          if ((((this.mark & m.b) >>> 0) === m.a) === m.inv) return false;
+          break;
+        case M_CTSTATE:
+          if (((this.ct & m.a) !== 0) === m.inv) return false;
+          break;
+        default:
+          return false;
+      }
+    }
+    return true;
+  }
+
+  /** Walk `table` from built-in chain `start`; returns an O_* outcome, the deciding rule in decidingRule. */
+  private walk(t: CTable, start: number): number {
+    if (start < 0) return O_POLICY_ACCEPT;
+    let cur = start;
+    let rules = t.chains[cur];
+    let pos = 0;
+    let sp = 0;
+    const stackChain = this.stackChain;
+    const stackPos = this.stackPos;
+    for (;;) {
+      if (pos >= rules.length) {
+        if (sp === 0) return t.policy[start] || O_POLICY_ACCEPT;
+        sp--;
+        cur = stackChain[sp];
+        pos = stackPos[sp];
+        rules = t.chains[cur];
+        continue;
+      }
+      const r = rules[pos++];
+      this.visits++;
+      if (r.affinitySeconds !== 0 && this.affinitySeconds === 0) this.affinitySeconds = r.affinitySeconds;
+      if (!this.matches(r)) {
+        if (this.branching) return O_BRANCH;
+        continue;
+      }
+      if (r.service !== null) {
+        this.lastService = r.service;
+        if (r.noLocalEndpoints) this.lastNoLocal = true;
+      }
+      switch (r.target) {
+        case T_NONE:
+        case T_CONTINUE:
+          continue;
+        case T_MARK:
+          this.mark = ((this.mark & ~r.markMask) ^ r.markValue) >>> 0;
+          continue;
+        case T_JUMP:
+          if (r.jump < 0) continue; // a chain the dump does not define: nothing in it
+          if (sp >= stackChain.length) throw new Error(`chain nesting deeper than ${stackChain.length} at line ${r.rule.line} (a loop?)`);
+          if (this.visits > this.maxVisits) throw new Error(`more than ${this.maxVisits} rules visited for one packet (a loop?)`);
+          stackChain[sp] = cur;
+          stackPos[sp] = pos;
+          sp++;
+          cur = r.jump;
+          rules = t.chains[cur];
+          pos = 0;
+          continue;
+        case T_GOTO:
+          if (this.visits > this.maxVisits) throw new Error(`more than ${this.maxVisits} rules visited for one packet (a loop?)`);
+          if (r.jump < 0) {
+            pos = rules.length; // an empty chain: back to the caller
+            continue;
+          }
+          cur = r.jump;
+          rules = t.chains[cur];
+          pos = 0;
+          continue;
+        case T_RETURN:
+          pos = rules.length;
+          continue;
+        case T_ACCEPT:
+          this.decidingRule = r;
+          return O_ACCEPT;
+        case T_DROP:
+          this.decidingRule = r;
+          return O_DROP;
+        case T_REJECT:
+          this.decidingRule = r;
+          return O_REJECT;
+        case T_DNAT:
+          this.decidingRule = r;
+          return O_DNAT;
+        case T_MASQ:
+          this.decidingRule = r;
+          return O_MASQ;
+      }
+    }
+  }
+
+  private load(pkt: PacketTuple): void {
+    this.src = pkt.src >>> 0;
+    this.dst = pkt.dst >>> 0;
+    this.proto = pkt.proto;
+    this.sport = pkt.sport;
+    this.dport = pkt.dport;
+    this.mark = 0;
+    this.ct = CT_NEW;
+    this.srcType = this.addrType(this.src);
+    this.dstType = this.addrType(this.dst);
+    this.lastService = null;
+    this.lastNoLocal = false;
+    this.decidingRule = null;
+    this.branchProbability = 0;
+    this.branching = false;
+    this.affinitySeconds = 0;
+  }
+
+  /** One packet through nat PREROUTING, then nat POSTROUTING or filter INPUT/FORWARD; fills `out`. Returns false when evaluate needs a decision. */
+  private run(pkt: PacketTuple, out: LinearSample): boolean {
+    this.load(pkt);
+    this.visits = 0;
+    const o = this.walk(this.nat, this.natPrerouting);
+    if (o === O_BRANCH) return this.stop();
+    if (o === O_DNAT) {
+      const r = this.decidingRule!;
+      out.kind = 'dnat';
+      out.service = r.service ?? this.lastService ?? '';
+      out.reason = null;
+      out.endpointAddr = r.dnatAddr;
+      out.endpointPort = r.dnatPort >= 0 ? r.dnatPort : this.dport;
+      out.endpoint = r.dnatPort >= 0 ? r.dnatText : `${formatIPv4(r.dnatAddr)}:${this.dport}`;
+      this.dst = r.dnatAddr;
+      if (r.dnatPort >= 0) this.dport = r.dnatPort;
+      this.dstType = this.addrType(this.dst);
+      this.ct = CT_NEW | CT_DNAT;
+      const p = this.walk(this.nat, this.natPostrouting);
+      if (p === O_BRANCH) return this.stop();
+      out.masquerade = p === O_MASQ;
+      out.rulesVisited = this.visits;
+      return true;
+    }
+    out.endpoint = '';
+    out.endpointAddr = 0;
+    out.endpointPort = 0;
+    out.masquerade = false;
+    if (o === O_DROP) {
+      this.drop(out);
+    } else {
+      const chain = this.local.has(this.dst) ? this.filterInput : this.filterForward;
+      const f = this.walk(this.filter, chain);
+      if (f === O_BRANCH) return this.stop();
+      if (f === O_REJECT) {
+        out.kind = 'reject';
+        out.service = this.decidingRule!.service ?? this.lastService ?? '';
+        out.reason = null;
+      } else if (f === O_DROP) {
+        this.drop(out);
+      } else {
+        out.kind = 'nomatch';
+        out.service = '';
+        out.reason = null;
+      }
+    }
+    out.rulesVisited = this.visits;
+    return true;
+  }
+
+  private stop(): boolean {
+    this.rulesVisited += this.visits;
+    return false;
+  }
+
+  private drop(out: LinearSample): void {
+    const r = this.decidingRule!;
+    out.kind = 'drop';
+    out.service = r.service ?? this.lastService ?? '';
+    out.reason = r.noLocalEndpoints ? 'no_local_endpoints' : r.firewall ? 'source_range' : this.lastNoLocal ? 'no_local_endpoints' : 'source_range';
+  }
+
+  /**
+   * The kernel's answer for one packet, drawing at `statistic` rules and
+   * keeping `recent` lists (ClientIP affinity). `nowMs` is the clock in
+   * milliseconds (recent --seconds compares against it). The returned object
+   * is reused by the next call.
+   */
+  sample(pkt: PacketTuple, nowMs: number): LinearSample {
+    this.enumerate = false;
+    this.now = nowMs;
+    this.run(pkt, this.result);
+    this.rulesVisited += this.visits;
+    return this.result;
+  }
+
+  /**
+   * Every way the packet can go, with its probability: both branches of each
+   * `statistic` rule (the kernel's probability, round(p·2^31)/2^31), no
+   * affinity state. DNAT candidates are in the order the chain reaches them.
+   * If some branches DNAT and others do not (not in rules kube-proxy writes),
+   * the answer is the DNAT candidates alone, their probabilities summing to
+   * less than 1.
+   */
+  evaluate(pkt: PacketTuple): Verdict {
+    this.enumerate = true;
+    const candidates: Candidate[] = [];
+    const byEndpoint = new Map<string, Candidate>();
+    let service = '';
+    let affinity = 0;
+    let other: Verdict | null = null;
+    const out: LinearSample = { ...this.result };
+    const explore = (prefix: boolean[], probability: number): void => {
+      if (probability === 0) return;
+      this.decisions = prefix;
+      this.cursor = 0;
+      if (!this.run(pkt, out)) {
+        const p = this.branchProbability;
+        explore([...prefix, true], probability * p);
+        explore([...prefix, false], probability * (1 - p));
+        return;
+      }
+      this.rulesVisited += this.visits;
+      if (affinity === 0) affinity = this.affinitySeconds;
+      if (out.kind === 'dnat') {
+        if (service === '') service = out.service;
+        const seen = byEndpoint.get(out.endpoint);
+        if (seen) seen.probability += probability;
+        else {
+          const c: Candidate = { endpoint: out.endpoint, probability, masquerade: out.masquerade };
+          byEndpoint.set(out.endpoint, c);
+          candidates.push(c);
+        }
+      } else if (other === null) {
+        other =
+          out.kind === 'reject'
+            ? { kind: 'reject', service: out.service }
+            : out.kind === 'drop'
+              ? { kind: 'drop', service: out.service, reason: out.reason! }
+              : { kind: 'nomatch' };
+      }
+    };
+    try {
+      explore([], 1);
+    } finally {
+      this.enumerate = false;
+      this.decisions = [];
+    }
+    if (candidates.length > 0) return { kind: 'dnat', service, affinitySeconds: affinity, candidates };
+    return other ?? { kind: 'nomatch' };
+  }
+
+  /** Forget all `recent` list entries (ClientIP affinity state). */
+  clearAffinity(): void {
+    for (const l of this.recentLists) l.clear();
+  }
+}
+
+/** Parse iptables-save text and build an evaluator; throws on parse errors, naming the first lines. */
+export function linearFromText(text: string, opts: LinearOptions): LinearEvaluator {
+  const parsed = parseIptablesSave(text);
+  if (parsed.errors.length > 0) {
+    const first = parsed.errors.slice(0, 3).map((e) => `line ${e.line}: ${e.message}`).join('; ');
+    throw new Error(`iptables text does not parse (${parsed.errors.length} errors): ${first}`);
+  }
+  return new LinearEvaluator(parsed, opts);
+}
