@@ -60,6 +60,29 @@ export async function probe(ns: string, args: string[], timeoutMs = 10_000): Pro
   }
 }
 
+/** A UDP listener (probe.ts listen) inside ns: `listening` resolves once bound, `result` with the first datagram. */
+export function udpListener(ns: string, port: number, waitMs = 5000): { listening: Promise<void>; result: Promise<Record<string, any>> } {
+  const child = spawn('ip', ['netns', 'exec', ns, process.execPath, '--import', 'tsx', PROBE, 'listen', '--port', String(port), '--wait', String(waitMs)], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stderr = '';
+  child.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+  const lines = createInterface({ input: child.stdout! });
+  let onListening: () => void = () => {};
+  const listening = new Promise<void>((r) => (onListening = r));
+  const result = new Promise<Record<string, any>>((resolve, reject) => {
+    lines.on('line', (line) => {
+      if (line === 'listening') onListening();
+      else resolve(JSON.parse(line));
+    });
+    child.on('exit', (code) => {
+      onListening();
+      reject(new Error(`listener in ${ns} exited (${code}) without a result: ${stderr}`));
+    });
+  });
+  return { listening, result };
+}
+
 export interface AgentError {
   code?: string;
   errno?: number;

@@ -1,0 +1,501 @@
+/**
+ * The lab: a self-contained set of network namespaces, all named
+ * `${prefix}-...`, built from a rule set, in which tunproxy (or the C
+ * forwarder) runs as a node's Service dataplane. Nothing is added to the root
+ * namespace: veth pairs are created inside the namespaces.
+ *
+ *   client (${prefix}-client)            node (${prefix}-node)                   pods (${prefix}-pod-10-64-1-13, ...)
+ *   eth0 192.168.77.2/24  ─────veth───── veth-client 192.168.77.1/24
+ *   default via 192.168.77.1             tun0 (persistent TUN, mtu 1500)
+ *                                        vp0  10.64.1.1/32 ─────veth──────────── eth0 10.64.1.13/32
+ *                                             route 10.64.1.13/32 dev vp0          route 10.64.1.1 dev eth0
+ *                                                   src 192.168.77.1               default via 10.64.1.1
+ *   (192.168.77.1 = node.addresses[0]; 10.64.1.1 = the masquerade address: node.masqueradeAddress, else
+ *    the first node address inside clusterCIDR, else node.addresses[0]; other node addresses go on lo)
+ *
+ * Node namespace routing (what sends packets into the TUN):
+ *   main table     every ClusterIP, external IP, load-balancer IP /32 (or serviceCIDRs) dev tun0
+ *   table 100      default dev tun0
+ *   rule pref 50   iif veth-client|vp<i> to <node address> ipproto tcp|udp dport <NodePort range> lookup 100
+ *   rule pref 51   the same with exact ports, for external/LB IPs that are node addresses
+ *   rule pref 58   iif vp<i> to <node address other than the masquerade address> lookup local
+ *                  (the node's own traffic with its pods, sourced from that address, bypasses the TUN)
+ *   rule pref 60   iif vp<i> ipproto tcp|udp|icmp|sctp lookup 100   (everything else from the pods: replies
+ *                  to un-NAT, pod -> service, pod -> anywhere; ARP lookups, protocol 0, stay local)
+ *   rule pref 100  lookup local              (moved from pref 0, behind the rules above)
+ *   sysctls        ip_forward=1, rp_filter=0, tun0 accept_local=1 (written-back packets may come
+ *                  from the node's own masquerade or NodePort address)
+ * A packet the dataplane writes back is routed like any packet arriving on
+ * tun0: no rule matches iif tun0, so it goes by local/main. The dataplane must
+ * therefore write back, unchanged, every packet that is neither a service
+ * packet nor part of a tracked connection (pod -> client, pod -> pod), or that
+ * traffic is lost.
+ */
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import type { ChildProcess, SpawnOptions } from 'node:child_process';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { cidrContains, formatIPv4, parseCidr, parseIPv4 } from '../dataplane/addr.ts';
+import type { Cidr } from '../dataplane/addr.ts';
+import type { RuleSet } from '../control/types.ts';
+import {
+  addNetns,
+  deleteNetns,
+  ip,
+  ipBatch,
+  listNetns,
+  netnsPids,
+  nsExec,
+  nsRun,
+  nsSpawn,
+  nsSysctl,
+} from './ns.ts';
+import type { ExecResult, RunOptions } from './ns.ts';
+import { formatListen } from './pod-server.ts';
+import type { PodListen } from './pod-server.ts';
+
+export const DEFAULT_STATE_DIR = '/run/tunproxy-lab';
+/** the policy-routing table whose default route is the TUN */
+export const TUN_TABLE = 100;
+export const CLIENT_VETH = 'veth-client';
+/** the IP protocols (numbers) sent from the pods into the TUN: TCP, UDP, ICMP, SCTP */
+const POD_PROTOCOLS = [6, 17, 1, 132];
+const POD_SERVER = fileURLToPath(new URL('./pod-server.ts', import.meta.url));
+const REPO_ROOT = fileURLToPath(new URL('../', import.meta.url));
+
+export interface LabOptions {
+  /** every namespace is named `${prefix}-...`; must start with "tp-" */
+  prefix: string;
+  ruleSet: RuleSet;
+  /** the TUN device in the node namespace (default "tun0") */
+  tunName?: string;
+  /** create the TUN with multi_queue (then open every queue with multiQueue) */
+  multiQueue?: boolean;
+  /** the client's address (default: the first free host of the node's /clientPrefixLength, from .2) */
+  clientAddress?: string;
+  /** prefix length of the client/node link (default 24) */
+  clientPrefixLength?: number;
+  /** also build a "client pod" in the cluster CIDR that is no endpoint (true: pick its address) */
+  clientPod?: boolean | string;
+  /** route these CIDRs into the TUN instead of each service address inside them */
+  serviceCIDRs?: string[];
+  /** start the pod servers (default true) */
+  podServers?: boolean;
+  /** where the state file and pod-server logs go (default /run/tunproxy-lab) */
+  stateDir?: string;
+}
+
+export interface LabPod {
+  ns: string;
+  address: string;
+  /** the node-side veth of this pod (in the node namespace) */
+  nodeVeth: string;
+  /** what the pod server listens on */
+  listens: PodListen[];
+  /** PID of the pod server, when started */
+  pid?: number;
+}
+
+export interface Lab {
+  prefix: string;
+  tunName: string;
+  /** client, node, the pods, the client pod: every namespace of the lab */
+  namespaces: string[];
+  client: { ns: string; address: string; nodeAddress: string };
+  node: {
+    ns: string;
+    addresses: string[];
+    masqueradeAddress: string;
+    clientVeth: string;
+    nodePortRange: [number, number];
+    /** the destinations routed into the TUN by the main table */
+    serviceRoutes: string[];
+  };
+  pods: LabPod[];
+  clientPod?: { ns: string; address: string; nodeVeth: string };
+  serverPids: number[];
+  /** run argv inside ns; resolves with its result (never rejects on a non-zero exit) */
+  exec(ns: string, argv: string[], opts?: { input?: string; timeoutMs?: number }): Promise<ExecResult>;
+  /** run argv inside ns synchronously; throws when it fails; returns stdout */
+  run(ns: string, argv: string[], opts?: RunOptions): string;
+  spawn(ns: string, argv: string[], opts?: SpawnOptions): ChildProcess;
+  /** the pod namespace of an endpoint address */
+  podFor(address: string): LabPod;
+  down(): Promise<LabDownResult>;
+}
+
+interface LabState {
+  prefix: string;
+  namespaces: string[];
+  servers: { pid: number; ns: string }[];
+  createdAt: string;
+}
+
+// ------------------------------------------------------------------ reading the rule set
+
+function addr(text: string, what: string): number {
+  const a = parseIPv4(text);
+  if (a < 0) throw new Error(`lab: ${what} "${text}" is not an IPv4 address`);
+  return a;
+}
+
+function parseRange(text: string | undefined): [number, number] {
+  const m = /^(\d+)-(\d+)$/.exec(text ?? '30000-32767');
+  const lo = m ? Number(m[1]) : NaN;
+  const hi = m ? Number(m[2]) : NaN;
+  if (!m || lo < 1 || hi > 65535 || lo > hi) throw new Error(`lab: node.nodePortRange "${text}" is not LOW-HIGH within 1-65535`);
+  return [lo, hi];
+}
+
+/** node.masqueradeAddress, else the first node address inside clusterCIDR, else node.addresses[0] (control/types.ts). */
+export function masqueradeAddressOf(rs: RuleSet): string {
+  if (rs.node.masqueradeAddress) return rs.node.masqueradeAddress;
+  const cidr = rs.node.clusterCIDR ? parseCidr(rs.node.clusterCIDR) : null;
+  const inside = cidr && rs.node.addresses.find((a) => parseIPv4(a) >= 0 && cidrContains(cidr, parseIPv4(a)));
+  return inside || rs.node.addresses[0];
+}
+
+/** The servers each endpoint address needs: TCP ports serve HTTP, UDP ports named like dns answer DNS, others echo. */
+export function podListens(rs: RuleSet): Map<string, PodListen[]> {
+  const out = new Map<string, Map<string, PodListen>>();
+  for (const svc of rs.services) {
+    for (const ep of svc.endpoints ?? []) {
+      addr(ep.address, `endpoint address of ${svc.namespace}/${svc.name}`);
+      const byPort = out.get(ep.address) ?? new Map<string, PodListen>();
+      out.set(ep.address, byPort);
+      for (const sp of svc.ports) {
+        const port =
+          ep.ports?.[sp.name] ??
+          (typeof sp.targetPort === 'number' ? sp.targetPort : sp.targetPort === undefined ? sp.port : undefined);
+        if (port === undefined || sp.protocol === 'SCTP') continue; // named targetPort unknown here; no SCTP in Node
+        const dns = sp.protocol === 'UDP' && (/dns/i.test(sp.name) || port === 53);
+        const kind = sp.protocol === 'TCP' ? 'http' : dns ? 'dns' : 'echo';
+        const key = `${sp.protocol}:${port}`;
+        if (!byPort.has(key) || kind === 'dns') byPort.set(key, { protocol: sp.protocol, port, kind });
+      }
+    }
+  }
+  return new Map([...out].map(([a, m]) => [a, [...m.values()]]));
+}
+
+/** Name of the pod namespace of an address: `${prefix}-pod-10-64-1-13`. */
+export function podNamespace(prefix: string, address: string): string {
+  return `${prefix}-pod-${address.replaceAll('.', '-')}`;
+}
+
+function stateFile(stateDir: string, prefix: string): string {
+  return join(stateDir, `${prefix}.json`);
+}
+
+function checkPrefix(prefix: string): void {
+  if (!/^tp-[A-Za-z0-9-]{1,40}$/.test(prefix))
+    throw new Error(`lab: prefix "${prefix}" must start with "tp-" and hold only letters, digits and "-" (at most 43 characters)`);
+}
+
+// ------------------------------------------------------------------ up
+
+export async function labUp(opts: LabOptions): Promise<Lab> {
+  const { prefix, ruleSet: rs } = opts;
+  checkPrefix(prefix);
+  const tunName = opts.tunName ?? 'tun0';
+  if (tunName.length > 15 || !/^[\w.-]+$/.test(tunName)) throw new Error(`lab: tunName "${tunName}" is not a valid interface name (at most 15 characters)`);
+  const stateDir = opts.stateDir ?? DEFAULT_STATE_DIR;
+  if (!rs?.node?.addresses?.length) throw new Error('lab: ruleSet.node.addresses must hold at least one address (the client-facing one first)');
+
+  // --- everything derived from the rule set, checked before anything is built
+  const nodeAddresses = rs.node.addresses.map((a) => (addr(a, 'node address'), a));
+  const nodeAddress = nodeAddresses[0];
+  const masq = masqueradeAddressOf(rs);
+  addr(masq, 'node.masqueradeAddress');
+  const plen = opts.clientPrefixLength ?? 24;
+  const clientNet = parseCidr(`${nodeAddress}/${plen}`);
+  if (!clientNet || plen < 8 || plen > 30) throw new Error(`lab: clientPrefixLength ${plen} must be within 8..30`);
+  const nodePortRange = parseRange(rs.node.nodePortRange);
+  const listens = podListens(rs);
+  const nodeSet = new Set(nodeAddresses);
+  const podAddresses = [...listens.keys()].filter((a) => !nodeSet.has(a) && a !== masq);
+  const clientAddress = opts.clientAddress ?? firstFree(clientNet, new Set([...nodeSet, ...podAddresses]));
+  addr(clientAddress, 'clientAddress');
+  if (!cidrContains(clientNet, parseIPv4(clientAddress))) throw new Error(`lab: clientAddress ${clientAddress} is not inside ${nodeAddress}/${plen}`);
+  const serviceCidrs = (opts.serviceCIDRs ?? []).map((c) => {
+    const p = parseCidr(c);
+    if (!p) throw new Error(`lab: serviceCIDRs entry "${c}" is not a CIDR`);
+    return p;
+  });
+  const routed = new Set<string>(serviceCidrs.map((c) => `${formatIPv4(c.net)}/${c.bits}`));
+  const localServicePorts: { address: string; protocol: string; port: number }[] = [];
+  const inClientNet: string[] = [];
+  for (const svc of rs.services) {
+    const vips = [
+      ...(svc.clusterIP && svc.clusterIP !== 'None' ? [svc.clusterIP] : []),
+      ...(svc.externalIPs ?? []),
+      ...(svc.loadBalancerIPs ?? []),
+    ];
+    for (const v of vips) {
+      const a = addr(v, `service address of ${svc.namespace}/${svc.name}`);
+      if (nodeSet.has(v)) {
+        // an external/LB IP that is a node address: only its ports go to the TUN
+        for (const sp of svc.ports) localServicePorts.push({ address: v, protocol: sp.protocol.toLowerCase(), port: sp.port });
+        continue;
+      }
+      if (cidrContains(clientNet, a)) inClientNet.push(v);
+      if (!serviceCidrs.some((c) => cidrContains(c, a))) routed.add(`${v}/32`);
+    }
+  }
+  const nodePortProtocols = new Set<string>();
+  for (const svc of rs.services) for (const sp of svc.ports) if (sp.nodePort) nodePortProtocols.add(sp.protocol.toLowerCase());
+  if (nodePortProtocols.size === 0) nodePortProtocols.add('tcp').add('udp');
+
+  const clientNs = `${prefix}-client`;
+  const nodeNs = `${prefix}-node`;
+  const pods: LabPod[] = podAddresses.map((a, i) => ({
+    ns: podNamespace(prefix, a),
+    address: a,
+    nodeVeth: `vp${i}`,
+    listens: listens.get(a) ?? [],
+  }));
+  let clientPod: Lab['clientPod'];
+  if (opts.clientPod) {
+    const cidr = rs.node.clusterCIDR ? parseCidr(rs.node.clusterCIDR) : null;
+    const used = new Set([...nodeSet, masq, ...podAddresses, clientAddress]);
+    const a = typeof opts.clientPod === 'string' ? opts.clientPod : pickClientPod(masq, cidr, used);
+    addr(a, 'clientPod address');
+    if (used.has(a)) throw new Error(`lab: clientPod address ${a} is already used in the lab`);
+    clientPod = { ns: `${prefix}-cpod`, address: a, nodeVeth: 'vcpod' };
+  }
+  const namespaces = [clientNs, nodeNs, ...pods.map((p) => p.ns), ...(clientPod ? [clientPod.ns] : [])];
+
+  // --- idempotent: whatever had this prefix goes first
+  await labDown(prefix, { stateDir });
+  const state: LabState = { prefix, namespaces, servers: [], createdAt: new Date().toISOString() };
+  mkdirSync(join(stateDir, prefix), { recursive: true });
+  writeFileSync(stateFile(stateDir, prefix), JSON.stringify(state, null, 2));
+
+  try {
+    for (const ns of namespaces) addNetns(ns);
+
+    // node: sysctls first, so the devices created below inherit them
+    nsSysctl(nodeNs, {
+      'net.ipv4.ip_forward': 1,
+      'net.ipv4.conf.all.rp_filter': 0,
+      'net.ipv4.conf.default.rp_filter': 0,
+      'net.ipv4.conf.default.accept_local': 1,
+    });
+
+    // client <-> node
+    ip(['-n', nodeNs, 'link', 'add', CLIENT_VETH, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', clientNs]);
+    const nodeLines = [
+      `addr add ${nodeAddress}/${plen} dev ${CLIENT_VETH}`,
+      `link set ${CLIENT_VETH} up`,
+      ...nodeAddresses.slice(1).map((a) => `addr add ${a}/32 dev lo`),
+    ];
+    ipBatch(clientNs, [
+      `addr add ${clientAddress}/${plen} dev eth0`,
+      'link set eth0 up',
+      `route add default via ${nodeAddress} dev eth0`,
+      // service addresses inside the client's own subnet would be ARPed for: send them to the node
+      ...inClientNet.map((v) => `route add ${v}/32 via ${nodeAddress} dev eth0`),
+    ]);
+
+    // the TUN (persistent, up without a reader: tunproxy attaches by name)
+    ip(['-n', nodeNs, 'tuntap', 'add', 'dev', tunName, 'mode', 'tun', ...(opts.multiQueue ? ['multi_queue'] : [])]);
+    nodeLines.push(`link set ${tunName} mtu 1500 up`, `route add default dev ${tunName} table ${TUN_TABLE}`);
+
+    // pods (and the client pod): calico-style /32 links to the node's masquerade address
+    // the source of the node's own packets to its pods: a node address that is not the masquerade address, so
+    // that the pods' replies to it can be told from replies to masqueraded traffic (which go through the TUN)
+    const nodeSource = nodeAddresses.find((a) => a !== masq) ?? masq;
+    const podLinks = [...pods.map((p) => ({ ns: p.ns, address: p.address, nodeVeth: p.nodeVeth })), ...(clientPod ? [clientPod] : [])];
+    for (const p of podLinks) {
+      ip(['-n', nodeNs, 'link', 'add', p.nodeVeth, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', p.ns]);
+      nodeLines.push(
+        `addr add ${masq}/32 dev ${p.nodeVeth}`,
+        `link set ${p.nodeVeth} up`,
+        `route add ${p.address}/32 dev ${p.nodeVeth} src ${nodeSource}`,
+      );
+      ipBatch(p.ns, [
+        `addr add ${p.address}/32 dev eth0`,
+        'link set eth0 up',
+        `route add ${masq}/32 dev eth0 scope link`,
+        `route add default via ${masq} dev eth0 src ${p.address}`,
+      ]);
+    }
+    if (!podLinks.length && !nodeSet.has(masq)) nodeLines.push(`addr add ${masq}/32 dev lo`);
+
+    // into the TUN: services by the main table, NodePorts and pod traffic by policy rules
+    nodeLines.push(...[...routed].map((r) => `route add ${r} dev ${tunName}`));
+    const ingress = [CLIENT_VETH, ...podLinks.map((p) => p.nodeVeth)];
+    for (const dev of ingress) {
+      for (const a of nodeAddresses)
+        for (const proto of nodePortProtocols)
+          nodeLines.push(
+            `rule add pref 50 iif ${dev} to ${a}/32 ipproto ${proto} dport ${nodePortRange[0]}-${nodePortRange[1]} lookup ${TUN_TABLE}`,
+          );
+      for (const l of localServicePorts)
+        if (l.protocol !== 'sctp')
+          nodeLines.push(`rule add pref 51 iif ${dev} to ${l.address}/32 ipproto ${l.protocol} dport ${l.port} lookup ${TUN_TABLE}`);
+    }
+    for (const p of podLinks) {
+      // the node's own traffic with its pods (from a node address that is not the masquerade address) stays local
+      for (const a of nodeAddresses) if (a !== masq) nodeLines.push(`rule add pref 58 iif ${p.nodeVeth} to ${a}/32 lookup local`);
+      // IP traffic only (TCP, UDP, ICMP, SCTP): ARP's route lookups (protocol 0) must still find the local table
+      for (const proto of POD_PROTOCOLS) nodeLines.push(`rule add pref 60 iif ${p.nodeVeth} ipproto ${proto} lookup ${TUN_TABLE}`);
+    }
+    nodeLines.push('rule add pref 100 lookup local', 'rule del pref 0 lookup local');
+    ipBatch(nodeNs, nodeLines);
+    nsSysctl(nodeNs, {
+      [`net.ipv4.conf.${tunName}.accept_local`]: 1,
+      [`net.ipv4.conf.${tunName}.rp_filter`]: 0,
+    });
+
+    // the real servers
+    if (opts.podServers !== false) {
+      const started = pods.filter((p) => p.listens.length).map((p) => startPodServer(p, join(stateDir, prefix)));
+      for (const s of started) state.servers.push({ pid: s.pid, ns: s.pod.ns });
+      writeFileSync(stateFile(stateDir, prefix), JSON.stringify(state, null, 2));
+      await Promise.all(started.map((s) => s.ready));
+    }
+  } catch (e) {
+    await labDown(prefix, { stateDir });
+    throw new Error(`lab ${prefix}: building failed and everything was removed again: ${(e as Error).message}`, { cause: e });
+  }
+
+  const lab: Lab = {
+    prefix,
+    tunName,
+    namespaces,
+    client: { ns: clientNs, address: clientAddress, nodeAddress },
+    node: { ns: nodeNs, addresses: nodeAddresses, masqueradeAddress: masq, clientVeth: CLIENT_VETH, nodePortRange, serviceRoutes: [...routed] },
+    pods,
+    clientPod,
+    serverPids: state.servers.map((s) => s.pid),
+    exec: (ns, argv, o) => nsExec(ns, argv, o),
+    run: (ns, argv, o) => nsRun(ns, argv, o),
+    spawn: (ns, argv, o) => nsSpawn(ns, argv, o),
+    podFor(address) {
+      const p = pods.find((x) => x.address === address);
+      if (!p) throw new Error(`lab ${prefix}: no pod has address ${address}`);
+      return p;
+    },
+    down: () => labDown(prefix, { stateDir }),
+  };
+  return lab;
+}
+
+function firstFree(net: Cidr, used: Set<string>): string {
+  for (let h = 2; h < 2 ** (32 - net.bits) - 1; h++) {
+    const a = formatIPv4(net.net + h);
+    if (!used.has(a)) return a;
+  }
+  throw new Error(`lab: no free client address in ${formatIPv4(net.net)}/${net.bits}`);
+}
+
+function pickClientPod(masq: string, cidr: Cidr | null, used: Set<string>): string {
+  const base = (parseIPv4(masq) & 0xffffff00) >>> 0;
+  for (let h = 250; h >= 2; h--) {
+    const a = base + h;
+    if ((!cidr || cidrContains(cidr, a)) && !used.has(formatIPv4(a))) return formatIPv4(a);
+  }
+  throw new Error(`lab: no free client-pod address near ${masq}; give clientPod an address`);
+}
+
+function startPodServer(pod: LabPod, logDir: string): { pod: LabPod; pid: number; ready: Promise<void> } {
+  const log = join(logDir, `${pod.ns}.log`);
+  const fd = openSync(log, 'w');
+  const args = [process.execPath, '--import', 'tsx', POD_SERVER, '--address', pod.address, ...pod.listens.flatMap((l) => ['--listen', formatListen(l)])];
+  const child = nsSpawn(pod.ns, args, { detached: true, stdio: ['ignore', fd, fd], cwd: REPO_ROOT });
+  closeSync(fd);
+  child.unref();
+  if (!child.pid) throw new Error(`pod server for ${pod.address} did not start`);
+  pod.pid = child.pid;
+  let exited: string | null = null;
+  child.on('exit', (code, signal) => (exited = signal ? `signal ${signal}` : `exit ${code}`));
+  const ready = new Promise<void>((resolve, reject) => {
+    const t0 = Date.now();
+    const tick = (): void => {
+      const text = existsSync(log) ? readFileSync(log, 'utf8') : '';
+      if (/^ready /m.test(text)) return resolve();
+      if (exited || Date.now() - t0 > 15_000)
+        return reject(new Error(`pod server ${pod.address} in ${pod.ns} ${exited ? `stopped (${exited})` : 'did not get ready in 15 s'}: ${text.trim()}`));
+      setTimeout(tick, 25);
+    };
+    tick();
+  });
+  return { pod, pid: child.pid, ready };
+}
+
+// ------------------------------------------------------------------ down
+
+export interface LabDownResult {
+  /** namespaces deleted */
+  namespaces: string[];
+  /** pod-server PIDs stopped */
+  stopped: number[];
+  /** other processes still inside the lab's namespaces (not started by the lab: not touched) */
+  others: number[];
+}
+
+function cmdline(pid: number): string {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').replaceAll('\0', ' ');
+  } catch {
+    return '';
+  }
+}
+
+function isPodServer(pid: number): boolean {
+  return cmdline(pid).includes(POD_SERVER);
+}
+
+async function stopPids(pids: number[]): Promise<number[]> {
+  const stopped: number[] = [];
+  for (const pid of pids) {
+    try {
+      process.kill(pid, 'SIGTERM');
+      stopped.push(pid);
+    } catch {
+      /* gone already */
+    }
+  }
+  const t0 = Date.now();
+  const alive = (pid: number): boolean => {
+    try {
+      process.kill(pid, 0);
+      return !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+    } catch {
+      return false;
+    }
+  };
+  while (stopped.some(alive) && Date.now() - t0 < 3000) await new Promise((r) => setTimeout(r, 20));
+  for (const pid of stopped) if (alive(pid)) process.kill(pid, 'SIGKILL');
+  return stopped;
+}
+
+/**
+ * Remove the lab with this prefix: stop the pod servers it started (by PID, checked against
+ * the state file and their command line), delete every namespace named `${prefix}-...`, and the
+ * state file. Safe to call when nothing is there.
+ */
+export async function labDown(prefix: string, opts: { stateDir?: string } = {}): Promise<LabDownResult> {
+  checkPrefix(prefix);
+  const stateDir = opts.stateDir ?? DEFAULT_STATE_DIR;
+  const file = stateFile(stateDir, prefix);
+  let state: LabState | null = null;
+  try {
+    state = JSON.parse(readFileSync(file, 'utf8')) as LabState;
+  } catch {
+    state = null;
+  }
+  const namespaces = listNetns(`${prefix}-`);
+  const servers = new Set<number>();
+  for (const s of state?.servers ?? []) if (isPodServer(s.pid)) servers.add(s.pid);
+  // pod servers whose state file was lost: found inside the lab's own namespaces
+  for (const ns of namespaces) for (const pid of netnsPids(ns)) if (isPodServer(pid)) servers.add(pid);
+  const stopped = await stopPids([...servers]);
+  const others: number[] = [];
+  for (const ns of namespaces) for (const pid of netnsPids(ns)) if (!stopped.includes(pid)) others.push(pid);
+  for (const ns of namespaces) deleteNetns(ns);
+  rmSync(file, { force: true });
+  rmSync(join(stateDir, prefix), { recursive: true, force: true });
+  return { namespaces, stopped, others };
+}
