@@ -89,9 +89,15 @@ export function compile(rs: RuleSet, opts: CompileOptions = {}): Tables {
     for (const a of sp.loadBalancerIPs) vips.set(vipKey(parseIPv4(a), proto, s.port), { svc: s, kind: VIP_LOADBALANCER });
     if (s.nodePort !== 0) nodePorts.set(nodePortKey(proto, s.nodePort), s);
   }
+  const vipAddrs = new Set<number>();
+  for (const v of vips.values()) {
+    if (v.kind === VIP_CLUSTER) vipAddrs.add(v.svc.clusterIP);
+  }
+  for (const sp of model.ports) for (const a of [...sp.externalIPs, ...sp.loadBalancerIPs]) vipAddrs.add(parseIPv4(a));
   return {
     generation: opts.generation ?? 1,
     vips,
+    vipAddrs,
     nodePorts,
     localAddrs: new Set(node.addresses.map(parseIPv4)),
     clusterCIDR: node.clusterCIDR === null ? null : parseCidr(node.clusterCIDR),

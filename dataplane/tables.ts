@@ -73,6 +73,8 @@ export interface Tables {
   readonly generation: number;
   /** ClusterIP, external IPs and load-balancer IPs: vipKey(addr, proto, port) → entry */
   readonly vips: ReadonlyMap<number, VipEntry>;
+  /** every ClusterIP, external IP and LB IP (any port) */
+  readonly vipAddrs: ReadonlySet<number>;
   /** nodePortKey(proto, port) → entry; answered only for local destinations */
   readonly nodePorts: ReadonlyMap<number, ServicePortEntry>;
   /** what `-m addrtype --dst-type LOCAL` matches */

@@ -1,0 +1,93 @@
+/**
+ * Named counters on a Float64Array: incremented on the hot path by index,
+ * read by name off it. Every verdict and every drop reason has one.
+ */
+
+export const VERDICTS = ['forward', 'reply', 'drop', 'pass'] as const;
+export type VerdictName = (typeof VERDICTS)[number];
+export const V_FORWARD = 0;
+export const V_REPLY = 1;
+export const V_DROP = 2;
+export const V_PASS = 3;
+
+/** Why a packet was dropped. Each has a counter; nothing is dropped silently. */
+export const DROP_REASONS = [
+  /** a header inconsistent with itself or the buffer (see malformed detail counters) */
+  'malformed',
+  /** externalTrafficPolicy/internalTrafficPolicy Local and no endpoint on this node */
+  'no_local_endpoints',
+  /** loadBalancerSourceRanges did not admit the source */
+  'source_range',
+  /** the connection table refused the flow (hash collision with a live flow) */
+  'conntrack_collision',
+  /** no free masquerade source port for this endpoint */
+  'nat_port_exhausted',
+  /** a later IP fragment whose first fragment was not seen, addressed to a service */
+  'fragment_no_flow',
+  /** a REJECT that may not be answered (the packet was itself an ICMP error, a fragment, broadcast...) */
+  'no_endpoints',
+  /** SCTP to an SCTP service whose CRC could not be recomputed (a fragmented SCTP packet) */
+  'sctp_fragmented',
+] as const;
+export type DropReason = (typeof DROP_REASONS)[number];
+export const D_MALFORMED = 0;
+export const D_NO_LOCAL_ENDPOINTS = 1;
+export const D_SOURCE_RANGE = 2;
+export const D_CONNTRACK_COLLISION = 3;
+export const D_NAT_PORT_EXHAUSTED = 4;
+export const D_FRAGMENT_NO_FLOW = 5;
+export const D_NO_ENDPOINTS = 6;
+export const D_SCTP_FRAGMENTED = 7;
+
+/** What else is counted (not verdicts): how the packets were handled. */
+export const EVENTS = [
+  'non_ipv4',
+  'new_flows',
+  'established',
+  'replies',
+  'rejected',
+  'icmp_errors_translated',
+  'fragments_translated',
+  'masqueraded',
+  'hairpin',
+  'affinity_hits',
+  'lookups',
+] as const;
+export type EventName = (typeof EVENTS)[number];
+export const E_NON_IPV4 = 0;
+export const E_NEW_FLOWS = 1;
+export const E_ESTABLISHED = 2;
+export const E_REPLIES = 3;
+export const E_REJECTED = 4;
+export const E_ICMP_ERRORS = 5;
+export const E_FRAGMENTS = 6;
+export const E_MASQUERADED = 7;
+export const E_HAIRPIN = 8;
+export const E_AFFINITY_HITS = 9;
+export const E_LOOKUPS = 10;
+
+export class Counters {
+  readonly packets = new Float64Array(VERDICTS.length);
+  readonly bytes = new Float64Array(VERDICTS.length);
+  readonly drops = new Float64Array(DROP_REASONS.length);
+  readonly events = new Float64Array(EVENTS.length);
+  /** malformed packets by wire error name ("bad_ihl", "too_short", ...) */
+  readonly malformed = new Map<string, number>();
+
+  snapshot(): {
+    packets: Record<VerdictName, number>;
+    bytes: Record<VerdictName, number>;
+    drops: Record<DropReason, number>;
+    events: Record<EventName, number>;
+    malformed: Record<string, number>;
+  } {
+    const rec = <K extends string>(names: readonly K[], a: Float64Array) => Object.fromEntries(names.map((n, i) => [n, a[i]])) as Record<K, number>;
+    return {
+      packets: rec(VERDICTS, this.packets),
+      bytes: rec(VERDICTS, this.bytes),
+      drops: rec(DROP_REASONS, this.drops),
+      events: rec(EVENTS, this.events),
+      malformed: Object.fromEntries(this.malformed),
+    };
+  }
+}

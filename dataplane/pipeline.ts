@@ -1,0 +1,309 @@
+/**
+ * The per-packet function: bytes in, a verdict and (rewritten in place, or
+ * generated) bytes out. No I/O; the state it reads and writes is the
+ * connection table and the session-affinity table it is given, and the
+ * clock is a parameter. See ../DESIGN.md "Data flow".
+ *
+ *   1. parse (wire views, no copy)
+ *   2. conntrack hit → rewrite with the stored translation
+ *   3. miss: service lookup → endpoint select → conntrack insert → DNAT (+SNAT)
+ *   4. no endpoints → ICMP port unreachable, like kube-proxy's REJECT
+ */
+import { Conntrack } from './conntrack.ts';
+import type { ConntrackEntry, ConntrackInfo } from './conntrack.ts';
+import { CT_UPDATE_REOPEN } from './conntrack.ts';
+import type { Tables } from './tables.ts';
+import { lookup, LookupResult, LOOKUP_DNAT, LOOKUP_REJECT, LOOKUP_DROP_NO_LOCAL, LOOKUP_DROP_SOURCE_RANGE } from './tables.ts';
+import { AffinityTable, Rng, selectEndpoint } from './select.ts';
+import { PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP } from './addr.ts';
+import {
+  Counters, V_DROP, V_FORWARD, V_PASS, V_REPLY,
+  D_MALFORMED, D_NO_LOCAL_ENDPOINTS, D_SOURCE_RANGE, D_CONNTRACK_COLLISION, D_NAT_PORT_EXHAUSTED, D_FRAGMENT_NO_FLOW, D_NO_ENDPOINTS, D_SCTP_FRAGMENTED,
+  E_NON_IPV4, E_NEW_FLOWS, E_ESTABLISHED, E_REPLIES, E_REJECTED, E_ICMP_ERRORS, E_FRAGMENTS, E_MASQUERADED, E_HAIRPIN, E_AFFINITY_HITS, E_LOOKUPS,
+} from './counters.ts';
+import { get16, get32 } from './wire/bytes.ts';
+import { ipv4Check } from './wire/ipv4.ts';
+import { tcpCheck } from './wire/tcp.ts';
+import { udpCheck } from './wire/udp.ts';
+import { sctpCheck } from './wire/sctp.ts';
+import { icmpCheck, isIcmpError, buildIcmpError, icmpErrorPermitted, ICMP_DEST_UNREACH, ICMP_PORT_UNREACH } from './wire/icmp.ts';
+import { rewriteSrc, rewriteDst, icmpQuoteRewriteSrc, icmpQuoteRewriteDst } from './wire/rewrite.ts';
+import { wireErrorName } from './wire/error.ts';
+import { FragmentTable } from './fragments.ts';
+
+export { V_FORWARD, V_REPLY, V_DROP, V_PASS } from './counters.ts';
+
+export interface PipelineOptions {
+  conntrack?: Conntrack;
+  affinity?: AffinityTable;
+  rng?: Rng;
+  /** size of the buffer generated replies (ICMP errors) are written into; RFC 1812 suggests 576 */
+  replyBufferSize?: number;
+}
+
+const DIR_ORIGINAL = 0;
+
+export class Pipeline {
+  readonly conntrack: Conntrack;
+  readonly affinity: AffinityTable;
+  readonly rng: Rng;
+  readonly counters = new Counters();
+  readonly fragments = new FragmentTable();
+  /** a generated packet (V_REPLY) is here, `replyLen` bytes long */
+  readonly reply: Uint8Array;
+  replyLen = 0;
+  /** the drop reason index of the last V_DROP */
+  lastDrop = -1;
+  /** the entry the last forwarded packet belonged to (null for passes) */
+  lastEntry: ConntrackEntry | null = null;
+  private readonly out = new LookupResult();
+  private readonly info: ConntrackInfo = { serviceName: '', serviceIndex: 0, endpointAddr: 0, endpointPort: 0, masquerade: false };
+
+  constructor(o: PipelineOptions = {}) {
+    this.conntrack = o.conntrack ?? new Conntrack();
+    this.affinity = o.affinity ?? new AffinityTable();
+    this.rng = o.rng ?? new Rng();
+    this.reply = new Uint8Array(o.replyBufferSize ?? 576);
+  }
+
+  private drop(reason: number, len: number): number {
+    this.counters.drops[reason]++;
+    this.counters.packets[V_DROP]++;
+    this.counters.bytes[V_DROP] += len;
+    this.lastDrop = reason;
+    return V_DROP;
+  }
+
+  private verdict(v: number, len: number): number {
+    this.counters.packets[v]++;
+    this.counters.bytes[v] += len;
+    return v;
+  }
+
+  private malformed(code: number, len: number): number {
+    const name = wireErrorName(code);
+    this.counters.malformed.set(name, (this.counters.malformed.get(name) ?? 0) + 1);
+    return this.drop(D_MALFORMED, len);
+  }
+
+  /**
+   * Process one packet at buf[off .. off+len). Returns V_FORWARD (rewritten
+   * in place, write it back), V_REPLY (write `reply[0 .. replyLen)` instead),
+   * V_DROP (reason in `lastDrop` and the counters) or V_PASS (untouched).
+   * Never throws on any input.
+   */
+  process(buf: Uint8Array, off: number, len: number, tables: Tables, now: number): number {
+    this.lastEntry = null;
+    if (len < 1) return this.malformed(-1, len);
+    const version = buf[off] >> 4;
+    if (version !== 4) {
+      if (version === 6) {
+        this.counters.events[E_NON_IPV4]++;
+        return this.verdict(V_PASS, len);
+      }
+      return this.malformed(-2, len);
+    }
+    const err = ipv4Check(buf, off, len);
+    if (err !== 0) return this.malformed(err, len);
+    const hlen = (buf[off] & 0x0f) << 2;
+    const total = get16(buf, off + 2);
+    const proto = buf[off + 9];
+    const src = get32(buf, off + 12);
+    const dst = get32(buf, off + 16);
+    const fragField = get16(buf, off + 6);
+    if ((fragField & 0x1fff) !== 0) return this.laterFragment(buf, off, total, proto, src, dst, tables, now);
+
+    const l4 = off + hlen;
+    const l4len = total - hlen;
+    let sport = 0;
+    let dport = 0;
+    let flags = 0;
+    if (proto === PROTO_TCP) {
+      const e = tcpCheck(buf, l4, l4len);
+      if (e !== 0) return this.malformed(e, total);
+      sport = get16(buf, l4);
+      dport = get16(buf, l4 + 2);
+      flags = buf[l4 + 13];
+    } else if (proto === PROTO_UDP) {
+      const e = udpCheck(buf, l4, l4len);
+      if (e !== 0) return this.malformed(e, total);
+      sport = get16(buf, l4);
+      dport = get16(buf, l4 + 2);
+    } else if (proto === PROTO_SCTP) {
+      const e = sctpCheck(buf, l4, l4len);
+      if (e !== 0) return this.malformed(e, total);
+      sport = get16(buf, l4);
+      dport = get16(buf, l4 + 2);
+      flags = l4len > 12 ? buf[l4 + 12] : -1; // the first chunk's type drives the SCTP state
+    } else if (proto === PROTO_ICMP) {
+      const e = icmpCheck(buf, l4, l4len);
+      if (e !== 0) return this.malformed(e, total);
+      if (isIcmpError(buf[l4])) return this.icmpError(buf, off, total, l4, now);
+      // ICMP echo and the rest: kube-proxy's rules match TCP/UDP/SCTP only
+      return this.verdict(V_PASS, total);
+    } else {
+      return this.verdict(V_PASS, total);
+    }
+
+    const ct = this.conntrack;
+    const entry = ct.lookup(proto, src, dst, sport, dport, now);
+    if (entry !== null) {
+      const dir = ct.lastDirection;
+      if (ct.update(entry, dir, flags, total, now) === CT_UPDATE_REOPEN) {
+        // a new SYN on a closed flow's tuple: netfilter starts a new connection (and a new choice)
+        ct.delete(entry);
+        return this.newFlow(buf, off, total, l4, proto, src, dst, sport, dport, flags, fragField, tables, now);
+      }
+      this.translate(buf, off, entry, dir, src, dst, sport, dport);
+      this.counters.events[dir === DIR_ORIGINAL ? E_ESTABLISHED : E_REPLIES]++;
+      if ((fragField & 0x2000) !== 0) this.fragments.remember(src, dst, proto, get16(buf, off + 4), entry, dir, now);
+      this.lastEntry = entry;
+      return this.verdict(V_FORWARD, total);
+    }
+    return this.newFlow(buf, off, total, l4, proto, src, dst, sport, dport, flags, fragField, tables, now);
+  }
+
+  /** Rewrite a packet of a tracked flow: original direction → the reply tuple's view, reply → the original's. */
+  private translate(buf: Uint8Array, off: number, e: ConntrackEntry, dir: number, src: number, dst: number, sport: number, dport: number): void {
+    let nSrc: number, nDst: number, nSport: number, nDport: number;
+    if (dir === DIR_ORIGINAL) {
+      nSrc = e.replyDst; nSport = e.replyDport; nDst = e.replySrc; nDport = e.replySport;
+    } else {
+      nSrc = e.origDst; nSport = e.origDport; nDst = e.origSrc; nDport = e.origSport;
+    }
+    if (nDst !== dst || nDport !== dport) rewriteDst(buf, off, nDst, nDport);
+    if (nSrc !== src || nSport !== sport) rewriteSrc(buf, off, nSrc, nSport);
+  }
+
+  private newFlow(
+    buf: Uint8Array, off: number, total: number, l4: number, proto: number,
+    src: number, dst: number, sport: number, dport: number, flags: number, fragField: number,
+    tables: Tables, now: number,
+  ): number {
+    const out = this.out;
+    this.counters.events[E_LOOKUPS]++;
+    const r = lookup(tables, proto, src, dst, dport, out);
+    if (r !== LOOKUP_DNAT) {
+      if (r === LOOKUP_REJECT) return this.reject(buf, off, total, dst);
+      if (r === LOOKUP_DROP_NO_LOCAL) return this.drop(D_NO_LOCAL_ENDPOINTS, total);
+      if (r === LOOKUP_DROP_SOURCE_RANGE) return this.drop(D_SOURCE_RANGE, total);
+      return this.verdict(V_PASS, total);
+    }
+    if (proto === PROTO_SCTP && (fragField & 0x2000) !== 0) return this.drop(D_SCTP_FRAGMENTED, total);
+    const svc = out.svc!;
+    const set = out.set!;
+    const hits = this.affinity.hits;
+    const i = selectEndpoint(svc, set, proto, src, dst, sport, dport, now, this.rng, svc.affinityMs > 0 ? this.affinity : null);
+    if (this.affinity.hits !== hits) this.counters.events[E_AFFINITY_HITS]++;
+    const ep = set.endpoints[i];
+    const hairpin = ep.addr === src;
+    const masq = out.masquerade || hairpin;
+    const ct = this.conntrack;
+    // the reply tuple: endpoint → (masquerade address | client), keeping the client's port when it is free
+    const replyDst = masq ? tables.masqueradeAddr : src;
+    let replyDport = sport;
+    if (ct.isTupleInUse(proto, ep.addr, replyDst, ep.port, replyDport)) {
+      replyDport = this.allocatePort(proto, ep.addr, replyDst, ep.port);
+      if (replyDport < 0) return this.drop(D_NAT_PORT_EXHAUSTED, total);
+    }
+    this.info.serviceName = svc.name;
+    this.info.serviceIndex = svc.index;
+    this.info.endpointAddr = ep.addr;
+    this.info.endpointPort = ep.port;
+    this.info.masquerade = masq;
+    const entry = ct.insert(proto, src, dst, sport, dport, ep.addr, replyDst, ep.port, replyDport, now, this.info);
+    if (entry === null) return this.drop(D_CONNTRACK_COLLISION, total);
+    rewriteDst(buf, off, ep.addr, ep.port);
+    if (replyDst !== src || replyDport !== sport) rewriteSrc(buf, off, replyDst, replyDport);
+    ct.update(entry, DIR_ORIGINAL, flags, total, now);
+    const ev = this.counters.events;
+    ev[E_NEW_FLOWS]++;
+    if (masq) ev[E_MASQUERADED]++;
+    if (hairpin) ev[E_HAIRPIN]++;
+    if ((fragField & 0x2000) !== 0) this.fragments.remember(src, dst, proto, get16(buf, off + 4), entry, DIR_ORIGINAL, now);
+    this.lastEntry = entry;
+    return this.verdict(V_FORWARD, total);
+  }
+
+  /** A source port for (endpoint → masquerade address) that no tracked flow uses, like nf_nat's random-fully. */
+  private allocatePort(proto: number, epAddr: number, masqAddr: number, epPort: number): number {
+    for (let tries = 0; tries < 256; tries++) {
+      const p = 1024 + this.rng.below(65536 - 1024);
+      if (!this.conntrack.isTupleInUse(proto, epAddr, masqAddr, epPort, p)) return p;
+    }
+    return -1;
+  }
+
+  /** kube-proxy's REJECT: ICMP port unreachable back to the client, from the address it tried. */
+  private reject(buf: Uint8Array, off: number, total: number, dst: number): number {
+    if (!icmpErrorPermitted(buf, off, total)) return this.drop(D_NO_ENDPOINTS, total);
+    const n = buildIcmpError(this.reply, 0, buf, off, total, ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, dst, 0);
+    if (n <= 0) return this.drop(D_NO_ENDPOINTS, total);
+    this.replyLen = n;
+    this.counters.events[E_REJECTED]++;
+    return this.verdict(V_REPLY, total);
+  }
+
+  /**
+   * An ICMP error (destination unreachable, time exceeded, fragmentation
+   * needed, ...) about a packet of a tracked flow: the outer header travels
+   * like a packet of the flow in the error's direction, and the quoted
+   * header is put back the way its sender saw it.
+   */
+  private icmpError(buf: Uint8Array, off: number, total: number, l4: number, now: number): number {
+    const q = l4 + 8;
+    const qProto = buf[q + 9];
+    if (qProto !== PROTO_TCP && qProto !== PROTO_UDP && qProto !== PROTO_SCTP) return this.verdict(V_PASS, total);
+    const qhl = (buf[q] & 0x0f) << 2;
+    if (q + qhl + 4 > off + total) return this.verdict(V_PASS, total);
+    const qSrc = get32(buf, q + 12);
+    const qDst = get32(buf, q + 16);
+    const qSport = get16(buf, q + qhl);
+    const qDport = get16(buf, q + qhl + 2);
+    // the error travels opposite to the quoted packet: look the flow up by the quoted packet reversed
+    const ct = this.conntrack;
+    const e = ct.lookup(qProto, qDst, qSrc, qDport, qSport, now);
+    if (e === null) return this.verdict(V_PASS, total);
+    const dir = ct.lastDirection;
+    const src = get32(buf, off + 12);
+    const dst = get32(buf, off + 16);
+    if (dir === DIR_ORIGINAL) {
+      // a client's error about a reply it got: quoted (VIP → client) becomes (endpoint → replyDst)
+      icmpQuoteRewriteSrc(buf, off, e.replySrc, e.replySport);
+      icmpQuoteRewriteDst(buf, off, e.replyDst, e.replyDport);
+      if (dst === e.origDst) rewriteDst(buf, off, e.replySrc, -1);
+      if (src === e.origSrc && e.replyDst !== src) rewriteSrc(buf, off, e.replyDst, -1);
+    } else {
+      // an endpoint's (or a router's) error about a packet it got: quoted (masq → endpoint) becomes (client → VIP)
+      icmpQuoteRewriteSrc(buf, off, e.origSrc, e.origSport);
+      icmpQuoteRewriteDst(buf, off, e.origDst, e.origDport);
+      if (dst === e.replyDst && dst !== e.origSrc) rewriteDst(buf, off, e.origSrc, -1);
+      if (src === e.replySrc) rewriteSrc(buf, off, e.origDst, -1);
+    }
+    this.counters.events[E_ICMP_ERRORS]++;
+    this.lastEntry = e;
+    return this.verdict(V_FORWARD, total);
+  }
+
+  /** A later fragment: follows its first fragment's translation (addresses only: no L4 header here). */
+  private laterFragment(buf: Uint8Array, off: number, total: number, proto: number, src: number, dst: number, tables: Tables, now: number): number {
+    const f = this.fragments.find(src, dst, proto, get16(buf, off + 4), now);
+    if (f === null) {
+      // not part of a translated flow we saw: leave it unless it heads for a service address
+      if (tables.vipAddrs.has(dst)) return this.drop(D_FRAGMENT_NO_FLOW, total);
+      return this.verdict(V_PASS, total);
+    }
+    const e = f.entry;
+    let nSrc: number, nDst: number;
+    if (f.direction === DIR_ORIGINAL) {
+      nSrc = e.replyDst; nDst = e.replySrc;
+    } else {
+      nSrc = e.origDst; nDst = e.origSrc;
+    }
+    if (nDst !== dst) rewriteDst(buf, off, nDst, -1);
+    if (nSrc !== src) rewriteSrc(buf, off, nSrc, -1);
+    this.counters.events[E_FRAGMENTS]++;
+    this.lastEntry = e;
+    return this.verdict(V_FORWARD, total);
+  }
+}
