@@ -16,19 +16,23 @@
  * Node namespace routing (what sends packets into the TUN):
  *   main table     every ClusterIP, external IP, load-balancer IP /32 (or serviceCIDRs) dev tun0
  *   table 100      default dev tun0
- *   rule pref 50   iif veth-client|vp<i> to <node address> ipproto tcp|udp dport <NodePort range> lookup 100
- *   rule pref 51   the same with exact ports, for external/LB IPs that are node addresses
- *   rule pref 58   iif vp<i> to <node address other than the masquerade address> lookup local
+ *   rule pref 1    iif tun0 goto 100                       (written back by the dataplane: local/main)
+ *   rule pref 50   to <node address> ipproto tcp|udp dport <NodePort range> lookup 100
+ *   rule pref 51   to <external/LB IP that is a node address> ipproto P dport <port> lookup 100
+ *   rule pref 55   iif veth-client goto 100                (the client's other packets: local/main)
+ *   rule pref 58   to <node address other than the masquerade address> lookup local
  *                  (the node's own traffic with its pods, sourced from that address, bypasses the TUN)
- *   rule pref 60   iif vp<i> ipproto tcp|udp|icmp|sctp lookup 100   (everything else from the pods: replies
- *                  to un-NAT, pod -> service, pod -> anywhere; ARP lookups, protocol 0, stay local)
- *   rule pref 100  lookup local              (moved from pref 0, behind the rules above)
+ *   rule pref 60   iif vp<i> goto 70                       (one per pod)
+ *   rule pref 65   goto 100                                (not from a pod: local/main)
+ *   rule pref 70   ipproto tcp|udp|icmp|sctp lookup 100    (the pods' IP traffic: replies to un-NAT,
+ *                  pod -> service, pod -> anywhere; ARP's lookups, protocol 0, fall through to local)
+ *   rule pref 100  lookup local                            (moved from pref 0, behind the rules above)
  *   sysctls        ip_forward=1, rp_filter=0, tun0 accept_local=1 (written-back packets may come
  *                  from the node's own masquerade or NodePort address)
- * A packet the dataplane writes back is routed like any packet arriving on
- * tun0: no rule matches iif tun0, so it goes by local/main. The dataplane must
- * therefore write back, unchanged, every packet that is neither a service
- * packet nor part of a tracked connection (pod -> client, pod -> pod), or that
+ * A packet the dataplane writes back is routed by the local and main tables
+ * only (pref 1). Since every IP packet from a pod enters the TUN, the dataplane
+ * must write back, unchanged, every packet that is neither a service packet
+ * nor part of a tracked connection (pod -> client, pod -> pod), or that
  * traffic is lost.
  */
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -324,24 +328,31 @@ export async function labUp(opts: LabOptions): Promise<Lab> {
 
     // into the TUN: services by the main table, NodePorts and pod traffic by policy rules
     nodeLines.push(...[...routed].map((r) => `route add ${r} dev ${tunName}`));
-    const ingress = [CLIENT_VETH, ...podLinks.map((p) => p.nodeVeth)];
-    for (const dev of ingress) {
-      for (const a of nodeAddresses)
-        for (const proto of nodePortProtocols)
-          nodeLines.push(
-            `rule add pref 50 iif ${dev} to ${a}/32 ipproto ${proto} dport ${nodePortRange[0]}-${nodePortRange[1]} lookup ${TUN_TABLE}`,
-          );
-      for (const l of localServicePorts)
-        if (l.protocol !== 'sctp')
-          nodeLines.push(`rule add pref 51 iif ${dev} to ${l.address}/32 ipproto ${l.protocol} dport ${l.port} lookup ${TUN_TABLE}`);
-    }
-    for (const p of podLinks) {
+    // (the number of rules a packet walks stays constant in the number of pods but for one goto per pod)
+    const range = `${nodePortRange[0]}-${nodePortRange[1]}`;
+    nodeLines.push(
+      'rule add pref 100 lookup local',
+      // written back by the dataplane: routed by local/main only
+      `rule add pref 1 iif ${tunName} goto 100`,
+      // NodePorts on every node address, from the client, the pods and the node itself
+      ...nodeAddresses.flatMap((a) =>
+        [...nodePortProtocols].map((proto) => `rule add pref 50 to ${a}/32 ipproto ${proto} dport ${range} lookup ${TUN_TABLE}`),
+      ),
+      ...localServicePorts
+        .filter((l) => l.protocol !== 'sctp')
+        .map((l) => `rule add pref 51 to ${l.address}/32 ipproto ${l.protocol} dport ${l.port} lookup ${TUN_TABLE}`),
+      // the client's other packets: by local/main (services are in main)
+      `rule add pref 55 iif ${CLIENT_VETH} goto 100`,
       // the node's own traffic with its pods (from a node address that is not the masquerade address) stays local
-      for (const a of nodeAddresses) if (a !== masq) nodeLines.push(`rule add pref 58 iif ${p.nodeVeth} to ${a}/32 lookup local`);
-      // IP traffic only (TCP, UDP, ICMP, SCTP): ARP's route lookups (protocol 0) must still find the local table
-      for (const proto of POD_PROTOCOLS) nodeLines.push(`rule add pref 60 iif ${p.nodeVeth} ipproto ${proto} lookup ${TUN_TABLE}`);
-    }
-    nodeLines.push('rule add pref 100 lookup local', 'rule del pref 0 lookup local');
+      ...nodeAddresses.filter((a) => a !== masq).map((a) => `rule add pref 58 to ${a}/32 lookup local`),
+      // from a pod: on to pref 70; anything else: local/main
+      ...podLinks.map((p) => `rule add pref 60 iif ${p.nodeVeth} goto 70`),
+      'rule add pref 65 goto 100',
+      // the pods' IP traffic into the TUN (TCP, UDP, ICMP, SCTP); ARP's route lookups (protocol 0) fall
+      // through to the local table, so the node still answers ARP for the masquerade address
+      ...POD_PROTOCOLS.map((proto) => `rule add pref 70 ipproto ${proto} lookup ${TUN_TABLE}`),
+      'rule del pref 0 lookup local',
+    );
     ipBatch(nodeNs, nodeLines);
     nsSysctl(nodeNs, {
       [`net.ipv4.conf.${tunName}.accept_local`]: 1,

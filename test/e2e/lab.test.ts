@@ -94,8 +94,10 @@ if (skip) {
     const rules = ip(['-n', node, 'rule']);
     t.match(rules, /^100:\s+from all lookup local/m, 'local table moved to pref 100');
     t.notMatch(rules, /^0:/m, 'no rule at pref 0');
-    t.match(rules, /to 192\.168\.77\.1 iif veth-client ipproto udp dport 30000-32767 lookup 100/);
-    t.match(rules, /iif vp0 ipproto tcp lookup 100/);
+    t.match(rules, /^50:\s+from all to 192\.168\.77\.1 ipproto udp dport 30000-32767 lookup 100/m, 'NodePorts into the TUN');
+    t.match(rules, /^60:\s+from all iif vp0 goto 70/m, 'one rule per pod');
+    t.match(rules, /^70:\s+from all ipproto tcp lookup 100/m, 'the pods\' TCP into the TUN');
+    t.equal(rules.trim().split('\n').length, 15 + 3, 'a fixed number of rules plus one per pod (two pods, the client pod)');
     t.match(ip(['-n', node, 'route', 'show', 'table', '100']), /default dev tun0/);
     t.equal(nsRun(node, ['sysctl', '-n', 'net.ipv4.ip_forward']).trim(), '1');
     t.equal(nsRun(node, ['sysctl', '-n', 'net.ipv4.conf.tun0.accept_local']).trim(), '1');
@@ -167,6 +169,11 @@ if (skip) {
     // a port outside the NodePort range on the node address stays local: nothing in the TUN
     await probe(client, ['udp', '--to', `${NODE}:5000`, '--expect', '0']);
     t.equal((await agent.call('readOnce', {})).count, 0, 'no TUN packet for node:5000');
+
+    // a pod -> node:NodePort goes into the TUN too
+    await probe(lab.pods[1].ns, ['udp', '--to', `${NODE}:30053`, '--expect', '0']);
+    const pn = parsePacket(unhex((await agent.call('read', { min: 1 })).packets[0]));
+    t.same([pn.src, pn.dst, pn.dstPort], [EP2, NODE, 30053], 'pod -> NodePort is in the TUN');
 
     // the client pod -> ClusterIP: into the TUN with the pod's own source
     await probe(lab.clientPod!.ns, ['udp', '--to', `${CLUSTER_IP}:53`, '--expect', '0']);
