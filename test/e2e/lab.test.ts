@@ -6,13 +6,16 @@
  * translated packet written back reaches the pod and the reply the client.
  */
 import t from 'tap';
-import { mkdtempSync, rmSync, existsSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { RuleSet } from '../../control/types.ts';
 import { labDown, labUp } from '../../scripts/lab.ts';
 import type { Lab } from '../../scripts/lab.ts';
+import { run } from '../../scripts/ns.ts';
+import type { ExecResult } from '../../scripts/ns.ts';
 import {
+  ROOT,
   TunAgent,
   hex,
   ip,
@@ -201,6 +204,28 @@ if (skip) {
     t.notOk(existsSync(join(stateDir, `${prefix}.json`)), 'state file removed');
     const again = await labDown(prefix, { stateDir });
     t.same(again, { namespaces: [], stopped: [], others: [] }, 'a second labDown is a no-op');
+  });
+
+  t.test('the netns-up / netns-down commands', async (t) => {
+    const cli = testPrefix('cli');
+    const rules = join(stateDir, 'rules.json');
+    writeFileSync(rules, JSON.stringify(ruleSet));
+    const tsx = (script: string, args: string[]): ExecResult =>
+      run([process.execPath, '--import', 'tsx', join(ROOT, 'scripts', script), ...args, '--state-dir', stateDir], { allowFail: true });
+    t.teardown(() => labDown(cli, { stateDir }));
+    const up = tsx('netns-up.ts', ['--prefix', cli, '--rules', rules, '--no-servers', '--tun', 'tp0']);
+    t.equal(up.code, 0, up.stderr);
+    const shown = JSON.parse(up.stdout);
+    t.equal(shown.tunName, 'tp0');
+    t.same(shown.serverPids, []);
+    t.same(listNetns(`${cli}-`), [...shown.namespaces].sort(), 'the namespaces it printed exist');
+    const down = tsx('netns-down.ts', ['--prefix', cli]);
+    t.equal(down.code, 0, down.stderr);
+    t.match(down.stdout, new RegExp(`${cli}: deleted 4 namespace\\(s\\)`));
+    t.same(listNetns(`${cli}-`), []);
+    const bad = tsx('netns-up.ts', ['--prefix', cli, '--rules', join(stateDir, 'missing.json')]);
+    t.equal(bad.code, 1);
+    t.match(bad.stderr, /netns-up: cannot read the rule set .*missing\.json: ENOENT/);
   });
 
   t.test('a lab that fails while building is removed again', async (t) => {

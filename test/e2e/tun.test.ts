@@ -150,6 +150,28 @@ if (skip) {
     t.equal((await agent.call('readOnce', {})).count, 1, 'the packet is there to read');
   });
 
+  t.test('with vnetHdr every packet carries a virtio_net_hdr before the IP header', async (t) => {
+    const v = await agent.call('open', { name: 'tpv0', vnetHdr: true });
+    t.equal(v.vnetHeaderSize, 10);
+    ip(['-n', ns, 'addr', 'add', '10.98.0.1/24', 'dev', 'tpv0']);
+    ip(['-n', ns, 'link', 'set', 'tpv0', 'up']);
+    const client = probe(ns, ['udp', '--to', '10.98.0.2:7777', '--data', 'vnet', '--sport', '40009', '--wait', '3000']);
+    const got = await agent.call('read', { name: 'tpv0', min: 1 });
+    const raw = unhex(got.packets[0]);
+    t.equal(raw[1], 0, 'gso_type NONE (no offloads asked)');
+    const p = parsePacket(raw.subarray(10));
+    t.equal(raw.length, 10 + p.totalLength, 'length = header + IP packet');
+    t.same([p.src, p.dst, p.dstPort], ['10.98.0.1', '10.98.0.2', 7777]);
+    t.ok(p.ipChecksumOk && p.l4ChecksumOk, 'checksums complete without TUN_F_CSUM');
+    const reply = buildUdp({ src: '10.98.0.2', dst: '10.98.0.1', srcPort: 7777, dstPort: 40009, payload: 'ok' });
+    const withHeader = new Uint8Array(10 + reply.length);
+    withHeader.set(reply, 10); // an all-zero virtio_net_hdr: no offload
+    t.same(await agent.call('write', { name: 'tpv0', packets: [hex(withHeader)] }), { consumed: 1 });
+    t.same((await client).replies, [{ from: '10.98.0.2:7777', text: 'ok' }], 'the reply with a header reached the sender');
+    t.same(await agent.call('offload', { name: 'tpv0', flags: ['CSUM', 'TSO4'] }), { flags: 3 }, 'offloads can be switched on');
+    await agent.call('close', { name: 'tpv0' });
+  });
+
   t.test('errors say what happened and what to do', async (t) => {
     const busy = await agent.request('open', { name: TUN, key: 'second' });
     t.equal(busy.ok, false);
