@@ -6,7 +6,8 @@
 import type { RuleSet } from './types.ts';
 import { ruleSetModel } from './model.ts';
 import type { EndpointModel } from './model.ts';
-import { parseIPv4, parseCidr, protocolNumber, vipKey, nodePortKey } from '../dataplane/addr.ts';
+import { parseIPv4, parseCidr, protocolNumber, protoIndex } from '../dataplane/addr.ts';
+import { VipIndex } from '../dataplane/hashtable.ts';
 import type { Cidr } from '../dataplane/addr.ts';
 import type { EndpointEntry, EndpointSet, ServicePortEntry, Tables, VipEntry } from '../dataplane/tables.ts';
 import { VIP_CLUSTER, VIP_EXTERNAL, VIP_LOADBALANCER, LB_MAGLEV, LB_RANDOM } from '../dataplane/tables.ts';
@@ -55,8 +56,17 @@ export function compile(rs: RuleSet, opts: CompileOptions = {}): Tables {
     return { endpoints, maglev: table, index };
   };
 
-  const vips = new Map<number, VipEntry>();
-  const nodePorts = new Map<number, ServicePortEntry>();
+  const vipEntries: VipEntry[] = [];
+  let vipCount = 0;
+  for (const sp of model.ports) vipCount += (sp.clusterIP ? 1 : 0) + sp.externalIPs.length + sp.loadBalancerIPs.length;
+  const vipIndex = new VipIndex(vipCount);
+  const vipAddrs = new Set<number>();
+  const addVip = (addr: number, s: ServicePortEntry, kind: number) => {
+    vipIndex.set(addr, protoIndex(s.protocol) * 65536 + s.port, vipEntries.length);
+    vipEntries.push({ svc: s, kind });
+    vipAddrs.add(addr | 0);
+  };
+  const nodePorts = new Int32Array(3 * 65536).fill(-1);
   const services: ServicePortEntry[] = [];
   for (const sp of model.ports) {
     const affinity = sp.affinitySeconds > 0;
@@ -84,22 +94,18 @@ export function compile(rs: RuleSet, opts: CompileOptions = {}): Tables {
       lbSourceIPs: sp.usesFirewallChain && sp.allowFromNode ? sp.loadBalancerIPs.map(parseIPv4) : [],
     };
     services.push(s);
-    if (s.clusterIP >= 0) vips.set(vipKey(s.clusterIP, proto, s.port), { svc: s, kind: VIP_CLUSTER });
-    for (const a of sp.externalIPs) vips.set(vipKey(parseIPv4(a), proto, s.port), { svc: s, kind: VIP_EXTERNAL });
-    for (const a of sp.loadBalancerIPs) vips.set(vipKey(parseIPv4(a), proto, s.port), { svc: s, kind: VIP_LOADBALANCER });
-    if (s.nodePort !== 0) nodePorts.set(nodePortKey(proto, s.nodePort), s);
+    if (s.clusterIP >= 0) addVip(s.clusterIP, s, VIP_CLUSTER);
+    for (const a of sp.externalIPs) addVip(parseIPv4(a), s, VIP_EXTERNAL);
+    for (const a of sp.loadBalancerIPs) addVip(parseIPv4(a), s, VIP_LOADBALANCER);
+    if (s.nodePort !== 0) nodePorts[protoIndex(proto) * 65536 + s.nodePort] = s.index;
   }
-  const vipAddrs = new Set<number>();
-  for (const v of vips.values()) {
-    if (v.kind === VIP_CLUSTER) vipAddrs.add(v.svc.clusterIP);
-  }
-  for (const sp of model.ports) for (const a of [...sp.externalIPs, ...sp.loadBalancerIPs]) vipAddrs.add(parseIPv4(a));
   return {
     generation: opts.generation ?? 1,
-    vips,
+    vipIndex,
+    vipEntries,
     vipAddrs,
     nodePorts,
-    localAddrs: new Set(node.addresses.map(parseIPv4)),
+    localAddrs: Int32Array.from(node.addresses.map((a) => parseIPv4(a) | 0)),
     clusterCIDR: node.clusterCIDR === null ? null : parseCidr(node.clusterCIDR),
     masqueradeAll: node.masqueradeAll,
     masqueradeAddr: parseIPv4(node.masqueradeAddress),

@@ -290,7 +290,7 @@ export class Pipeline {
     const f = this.fragments.find(src, dst, proto, get16(buf, off + 4), now);
     if (f === null) {
       // not part of a translated flow we saw: leave it unless it heads for a service address
-      if (tables.vipAddrs.has(dst)) return this.drop(D_FRAGMENT_NO_FLOW, total);
+      if (tables.vipAddrs.has(dst | 0)) return this.drop(D_FRAGMENT_NO_FLOW, total);
       return this.verdict(V_PASS, total);
     }
     const e = f.entry;

@@ -6,7 +6,8 @@
  * it must agree with).
  */
 import type { Cidr } from './addr.ts';
-import { cidrContains, nodePortKey, vipKey, formatIPv4 } from './addr.ts';
+import { cidrContains, protoIndex, formatIPv4 } from './addr.ts';
+import type { VipIndex } from './hashtable.ts';
 import type { Candidate, Verdict, PacketTuple } from './verdict.ts';
 
 export interface EndpointEntry {
@@ -71,14 +72,15 @@ export const LB_MAGLEV = 1;
 
 export interface Tables {
   readonly generation: number;
-  /** ClusterIP, external IPs and load-balancer IPs: vipKey(addr, proto, port) → entry */
-  readonly vips: ReadonlyMap<number, VipEntry>;
-  /** every ClusterIP, external IP and LB IP (any port) */
+  /** ClusterIP, external IPs and load-balancer IPs: (addr, protoIndex*65536+port) → index in `vipEntries` */
+  readonly vipIndex: VipIndex;
+  readonly vipEntries: readonly VipEntry[];
+  /** every ClusterIP, external IP and LB IP (any port), as signed 32-bit numbers (addr | 0) */
   readonly vipAddrs: ReadonlySet<number>;
-  /** nodePortKey(proto, port) → entry; answered only for local destinations */
-  readonly nodePorts: ReadonlyMap<number, ServicePortEntry>;
-  /** what `-m addrtype --dst-type LOCAL` matches */
-  readonly localAddrs: ReadonlySet<number>;
+  /** protoIndex*65536+port → index in `services`, -1 when none; answered only for local destinations */
+  readonly nodePorts: Int32Array;
+  /** what `-m addrtype --dst-type LOCAL` matches, as signed 32-bit numbers */
+  readonly localAddrs: Int32Array;
   readonly clusterCIDR: Cidr | null;
   readonly masqueradeAll: boolean;
   /** SNAT source for masqueraded flows */
@@ -105,6 +107,14 @@ export class LookupResult {
 
 export const VIA_NODEPORT = 3;
 
+/** Is `addr` one of the node's own addresses? (a handful: a scan beats a hash) */
+export function isLocal(t: Tables, addr: number): boolean {
+  const a = addr | 0;
+  const l = t.localAddrs;
+  for (let i = 0; i < l.length; i++) if (l[i] === a) return true;
+  return false;
+}
+
 function inRanges(ranges: readonly Cidr[], src: number): boolean {
   for (let i = 0; i < ranges.length; i++) if (cidrContains(ranges[i], src)) return true;
   return false;
@@ -128,7 +138,7 @@ function external(t: Tables, s: ServicePortEntry, src: number, out: LookupResult
     out.masquerade = false;
     return true;
   }
-  if (t.localAddrs.has(src)) {
+  if (isLocal(t, src)) {
     out.set = s.cluster;
     out.masquerade = true;
     return true;
@@ -148,7 +158,11 @@ export function lookup(t: Tables, proto: number, src: number, dst: number, dport
   out.svc = null;
   out.set = null;
   out.masquerade = false;
-  const v = t.vips.get(vipKey(dst, proto, dport));
+  const pi = protoIndex(proto);
+  if (pi < 0) return LOOKUP_NOMATCH;
+  const protoPort = pi * 65536 + dport;
+  const vi = t.vipIndex.get(dst, protoPort);
+  const v = vi < 0 ? undefined : t.vipEntries[vi];
   let firewalled = false;
   if (v !== undefined) {
     const s = v.svc;
@@ -168,8 +182,9 @@ export function lookup(t: Tables, proto: number, src: number, dst: number, dport
       }
     }
   }
-  const dstLocal = t.localAddrs.has(dst);
-  const np = dstLocal ? t.nodePorts.get(nodePortKey(proto, dport)) : undefined;
+  const dstLocal = isLocal(t, dst);
+  const npi = dstLocal ? t.nodePorts[protoPort] : -1;
+  const np = npi < 0 ? undefined : t.services[npi];
   if (np !== undefined && np.hasEndpoints) {
     if (external(t, np, src, out)) {
       out.svc = np;

@@ -1,0 +1,72 @@
+/**
+ * The tunproxy process's moving parts wired together: the rule set holder
+ * (validate → compile → swap), the pipeline with its connection table, and,
+ * when a TUN device is attached, the loop. The API server and the CLI's
+ * `run` both work on one of these.
+ */
+import { performance } from 'node:perf_hooks';
+import { RuleSetHolder } from './runtime.ts';
+import { Pipeline } from '../dataplane/pipeline.ts';
+import { Conntrack } from '../dataplane/conntrack.ts';
+import { AffinityTable } from '../dataplane/select.ts';
+import { Loop } from '../dataplane/loop.ts';
+import type { LoopOptions, PacketDevice } from '../dataplane/loop.ts';
+import type { Tables } from '../dataplane/tables.ts';
+
+export interface DataplaneOptions {
+  conntrackMax?: number;
+  clock?: () => number;
+}
+
+export class Dataplane {
+  readonly holder = new RuleSetHolder();
+  readonly pipeline: Pipeline;
+  readonly clock: () => number;
+  readonly startedAt = Date.now();
+  loop: Loop | null = null;
+
+  constructor(o: DataplaneOptions = {}) {
+    this.clock = o.clock ?? (() => performance.now());
+    this.pipeline = new Pipeline({
+      conntrack: new Conntrack({ maxEntries: o.conntrackMax ?? 262144, clock: this.clock }),
+      affinity: new AffinityTable(),
+    });
+    this.holder.onSwap((t) => this.loop?.setTables(t));
+  }
+
+  get tables(): Tables | null {
+    return this.holder.current;
+  }
+
+  /** Start moving packets on `device` (the rule set must be in force first). */
+  attach(device: PacketDevice, opts: LoopOptions = {}): Loop {
+    const t = this.holder.current;
+    if (t === null) throw new Error('no rule set in force: apply one before attaching a device');
+    if (this.loop) throw new Error('a device is already attached');
+    this.loop = new Loop(device, this.pipeline, t, { clock: this.clock, ...opts });
+    this.loop.start();
+    return this.loop;
+  }
+
+  detach(): void {
+    this.loop?.stop();
+    this.loop = null;
+  }
+
+  /** One line for logs: generation, services, conntrack, packets by verdict, drops by reason. */
+  statusLine(): string {
+    const s = this.pipeline.counters.snapshot();
+    const drops = Object.entries(s.drops).filter(([, v]) => v > 0).map(([k, v]) => `${k}=${v}`).join(' ');
+    const t = this.holder.current;
+    return [
+      `gen=${this.holder.generation}`,
+      `services=${t ? t.services.length : 0}`,
+      `conntrack=${this.pipeline.conntrack.size}`,
+      `fwd=${s.packets.forward}`,
+      `reply=${s.packets.reply}`,
+      `pass=${s.packets.pass}`,
+      `drop=${s.packets.drop}${drops ? ` (${drops})` : ''}`,
+      `new_flows=${s.events.new_flows}`,
+    ].join(' ');
+  }
+}

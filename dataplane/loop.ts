@@ -1,0 +1,194 @@
+/**
+ * The TUN loop: batches of packets from the device through the pipeline and
+ * back. A new table snapshot takes effect between two batches, never inside
+ * one; conntrack expiry and stale-entry removal run off the hot path.
+ */
+import { performance } from 'node:perf_hooks';
+import type { Tables } from './tables.ts';
+import { Pipeline, V_FORWARD, V_PASS, V_REPLY } from './pipeline.ts';
+import type { ConntrackEntry } from './conntrack.ts';
+import { PROTO_TCP } from './addr.ts';
+
+/** What the loop needs of a TUN device (dataplane/tun TunDevice). */
+export interface PacketDevice {
+  readonly name: string;
+  readonly vnetHeaderSize: number;
+  readBatch(buf: Uint8Array, slotSize: number, maxPackets: number, lengths: Uint32Array): number;
+  writeBatch(buf: Uint8Array, offsets: Uint32Array, lengths: Uint32Array, count: number): number;
+  onReadable(cb: (err: Error | null) => void): void;
+  stopReadable(): void;
+}
+
+export interface LoopOptions {
+  /** packets per read/write call (default 64) */
+  batch?: number;
+  /** bytes per slot of the shared buffer (default 2048: an MTU-1500 packet plus room for a vnet header) */
+  slotSize?: number;
+  /** batches per readiness callback before yielding to the event loop (default 32) */
+  batchesPerWake?: number;
+  /** clock in ms (default performance.now) */
+  clock?: () => number;
+  /** conntrack expiry sweep period in ms (default 1000; 0 = off) */
+  expiryIntervalMs?: number;
+}
+
+export interface LoopStats {
+  batches: number;
+  packetsIn: number;
+  packetsOut: number;
+  /** packets the device did not take (its queue was full) */
+  txDropped: number;
+  tableSwaps: number;
+  generation: number;
+  staleRemoved: number;
+  expired: number;
+}
+
+export class Loop {
+  readonly pipeline: Pipeline;
+  readonly device: PacketDevice;
+  readonly slotSize: number;
+  readonly batch: number;
+  private tables: Tables;
+  private pending: Tables | null = null;
+  private readonly buf: Uint8Array;
+  private readonly lengths: Uint32Array;
+  private readonly outOffsets: Uint32Array;
+  private readonly outLengths: Uint32Array;
+  private readonly batchesPerWake: number;
+  private readonly clock: () => number;
+  private expiryTimer: NodeJS.Timeout | null = null;
+  private readonly expiryIntervalMs: number;
+  private running = false;
+  private swapListeners: Array<(t: Tables) => void> = [];
+  readonly stats: LoopStats = { batches: 0, packetsIn: 0, packetsOut: 0, txDropped: 0, tableSwaps: 0, generation: 0, staleRemoved: 0, expired: 0 };
+
+  constructor(device: PacketDevice, pipeline: Pipeline, tables: Tables, o: LoopOptions = {}) {
+    this.device = device;
+    this.pipeline = pipeline;
+    this.tables = tables;
+    this.stats.generation = tables.generation;
+    this.batch = o.batch ?? 64;
+    this.slotSize = o.slotSize ?? 2048;
+    if (this.slotSize < 576 + device.vnetHeaderSize) throw new Error(`slotSize ${this.slotSize} is too small: generated ICMP errors need 576 bytes`);
+    this.batchesPerWake = o.batchesPerWake ?? 32;
+    this.clock = o.clock ?? (() => performance.now());
+    this.expiryIntervalMs = o.expiryIntervalMs ?? 1000;
+    this.buf = new Uint8Array(this.batch * this.slotSize);
+    this.lengths = new Uint32Array(this.batch);
+    this.outOffsets = new Uint32Array(this.batch);
+    this.outLengths = new Uint32Array(this.batch);
+  }
+
+  /** The snapshot in force. */
+  get current(): Tables {
+    return this.pending ?? this.tables;
+  }
+
+  /** Swap in a new snapshot: it takes effect before the next batch is processed. */
+  setTables(t: Tables): void {
+    this.pending = t;
+    // with no traffic there is no next batch: apply it now, nothing is in flight
+    if (!this.running) this.applyPending();
+  }
+
+  /** Called after each swap took effect (e.g. to report the generation in force). */
+  onSwap(cb: (t: Tables) => void): void {
+    this.swapListeners.push(cb);
+  }
+
+  start(): void {
+    if (this.running) return;
+    this.running = true;
+    this.device.onReadable((err) => {
+      if (err) throw err;
+      this.drain();
+    });
+    if (this.expiryIntervalMs > 0) {
+      this.expiryTimer = setInterval(() => {
+        this.stats.expired += this.pipeline.conntrack.expire(this.clock());
+      }, this.expiryIntervalMs);
+      this.expiryTimer.unref();
+    }
+  }
+
+  stop(): void {
+    if (!this.running) return;
+    this.running = false;
+    this.device.stopReadable();
+    if (this.expiryTimer) clearInterval(this.expiryTimer);
+    this.expiryTimer = null;
+    if (this.pending) this.applyPending();
+  }
+
+  private applyPending(): void {
+    const t = this.pending;
+    if (t === null) return;
+    this.pending = null;
+    const old = this.tables;
+    this.tables = t;
+    this.stats.tableSwaps++;
+    this.stats.generation = t.generation;
+    if (old !== t) setImmediate(() => this.removeStale(t));
+    for (const cb of this.swapListeners) cb(t);
+  }
+
+  /**
+   * UDP and SCTP entries whose endpoint left the service: removed, so the
+   * next datagram of the same 5-tuple picks a live endpoint (kube-proxy's
+   * stale UDP conntrack problem). TCP connections to a leaving endpoint are
+   * left to finish, as with kube-proxy's graceful termination.
+   */
+  private removeStale(t: Tables): void {
+    if (t !== this.tables) return; // superseded by a newer swap, which will do it
+    const live = new Set<string>();
+    for (const s of t.services) {
+      for (const set of [s.cluster, s.local]) if (set) for (const e of set.endpoints) live.add(`${s.name}|${e.addr}|${e.port}`);
+    }
+    this.stats.staleRemoved += this.pipeline.conntrack.removeStale((e: ConntrackEntry) => e.proto === PROTO_TCP || live.has(`${e.serviceName}|${e.replySrc}|${e.replySport}`));
+  }
+
+  /** Read, process and write batches until the device is empty or it is time to yield. */
+  drain(): void {
+    const dev = this.device;
+    const buf = this.buf;
+    const slot = this.slotSize;
+    const hdr = dev.vnetHeaderSize;
+    const lengths = this.lengths;
+    const outOff = this.outOffsets;
+    const outLen = this.outLengths;
+    const pl = this.pipeline;
+    for (let b = 0; b < this.batchesPerWake; b++) {
+      const n = dev.readBatch(buf, slot, this.batch, lengths);
+      if (n === 0) return;
+      if (this.pending !== null) this.applyPending();
+      const tables = this.tables;
+      const now = this.clock();
+      let w = 0;
+      for (let i = 0; i < n; i++) {
+        const off = i * slot;
+        const v = pl.process(buf, off + hdr, lengths[i] - hdr, tables, now);
+        if (v === V_FORWARD || v === V_PASS) {
+          outOff[w] = off;
+          outLen[w] = lengths[i];
+          w++;
+        } else if (v === V_REPLY) {
+          // the generated packet replaces the one that caused it, in its slot (after a zeroed vnet header)
+          buf.fill(0, off, off + hdr);
+          buf.set(pl.reply.subarray(0, pl.replyLen), off + hdr);
+          outOff[w] = off;
+          outLen[w] = pl.replyLen + hdr;
+          w++;
+        }
+      }
+      if (w > 0) {
+        const written = dev.writeBatch(buf, outOff, outLen, w);
+        this.stats.packetsOut += written;
+        this.stats.txDropped += w - written;
+      }
+      this.stats.batches++;
+      this.stats.packetsIn += n;
+      if (n < this.batch) return;
+    }
+  }
+}
