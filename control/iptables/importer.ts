@@ -1,0 +1,1221 @@
+/**
+ * kube-proxy's iptables (iptables-save output or its own restore input) →
+ * a rule set.
+ *
+ * Starts from what names services — the `"ns/name:port cluster IP"`,
+ * `external IP`, `loadbalancer IP` rules of nat KUBE-SERVICES, the rules of
+ * KUBE-NODEPORTS, the REJECT/DROP rules of the filter table — and follows the
+ * jumps: KUBE-SVC-/KUBE-SVL- (endpoints in order, ClientIP affinity),
+ * KUBE-EXT- (external traffic policy), KUBE-FW- (source ranges), KUBE-SEP-
+ * (the DNAT target: the endpoint). Reads the current layout (v1.24+:
+ * KUBE-EXT-, KUBE-SVL-, KUBE-PROXY-FIREWALL) and the older one (KUBE-XLB-,
+ * KUBE-FW- ending in KUBE-MARK-DROP, NodePort masquerade rules in
+ * KUBE-SVC-/KUBE-NODEPORTS), either argument order, with or without counters.
+ *
+ * Nothing is dropped silently: every rule it does not turn into the rule set
+ * is listed in `notUnderstood` with its line and why (chains of other
+ * software, unknown matches, chains the dump references but does not define),
+ * and `warnings` says what could not be told from the text.
+ */
+import type { RuleSet, Service, ServicePort, Endpoint } from '../types.ts';
+import { API_VERSION } from '../types.ts';
+import { DEFAULT_AFFINITY_SECONDS, DEFAULT_MASQUERADE_MARK, ruleSetModel } from '../model.ts';
+import type { ProtocolName } from '../../dataplane/addr.ts';
+import { formatIPv4, parseIPv4, parseCidr, cidrContains, formatCidr } from '../../dataplane/addr.ts';
+import type { ParsedIptables, Rule, Table, AddrMatch } from './parser.ts';
+import { parseIptablesSave } from './parser.ts';
+import { serviceFromComment } from './linear.ts';
+import { endpointChain, SVC_PREFIX, SVL_PREFIX, EXT_PREFIX, FW_PREFIX, SEP_PREFIX, XLB_PREFIX } from './hash.ts';
+
+export interface NotUnderstood {
+  /** 1-based line in the text */
+  line: number;
+  text: string;
+  reason: string;
+}
+
+export interface ImportResult {
+  ruleSet: RuleSet;
+  notUnderstood: NotUnderstood[];
+  warnings: string[];
+}
+
+export interface ImportOptions {
+  /** the node's addresses (not in the dump); also tell whether a source range admits the node */
+  nodeAddresses?: string[];
+}
+
+/** The text cannot be imported at all (an IPv6 dump, or no kube-proxy chains). */
+export class IptablesImportError extends Error {
+  readonly line: number;
+  constructor(message: string, line = 0) {
+    super(message);
+    this.name = 'IptablesImportError';
+    this.line = line;
+  }
+}
+
+/** Documentation address (TEST-NET-1) standing for endpoints the dump shows exist on other nodes but does not name. */
+export const PLACEHOLDER_REMOTE_ENDPOINT = '192.0.2.1';
+
+interface EndpointRec {
+  address: string;
+  port: number;
+  text: string;
+}
+
+interface PortRec {
+  key: string;
+  /** "ns/name:port" */
+  name: string;
+  proto: 'tcp' | 'udp' | 'sctp';
+  clusterIP: string | null;
+  port: number | null;
+  nodePort: number | null;
+  externalIPs: string[];
+  lbIPs: string[];
+  /** external or load-balancer IPs of a port without endpoints (the filter rules do not tell which) */
+  unclassifiedIPs: string[];
+  sourceRanges: string[];
+  /** FW chain admits the LB IPs as sources (a range holds the node) */
+  lbIPSources: boolean;
+  iTPLocal: boolean;
+  eTPLocal: boolean;
+  affinitySeconds: number;
+  /** KUBE-SVC- endpoints in chain order; null when no such chain was read */
+  clusterEndpoints: EndpointRec[] | null;
+  /** KUBE-SVL- / KUBE-XLB- endpoints */
+  localEndpoints: EndpointRec[] | null;
+  /** the filter table says the service has endpoints but none here (DROP "has no local endpoints") */
+  hasRemoteOnly: boolean;
+  /** chains it jumps to that the dump does not define */
+  missing: string[];
+  /** ordering: first line in the nat and filter tables, and in each chain ("nat KUBE-SERVICES") */
+  natOrder: number;
+  filterOrder: number;
+  chainOrder: Map<string, number>;
+}
+
+const SERVICE_SUFFIXES: [RegExp, string][] = [
+  [/^(\S+) cluster IP$/, 'cluster'],
+  [/^(\S+) external IP$/, 'external'],
+  [/^(\S+) loadbalancer IP$/, 'lb'],
+  [/^(\S+) has no endpoints$/, 'noEndpoints'],
+  [/^(\S+) has no local endpoints$/, 'noLocal'],
+  [/^(\S+) traffic not accepted by (\S+)$/, 'firewall'],
+];
+
+function classifyComment(comment: string | null): { name: string; kind: string } | null {
+  if (comment === null) return null;
+  for (const [re, kind] of SERVICE_SUFFIXES) {
+    const m = re.exec(comment);
+    if (m) return { name: m[1], kind };
+  }
+  return null;
+}
+
+function isIPProto(name: string | undefined): name is 'tcp' | 'udp' | 'sctp' {
+  return name === 'tcp' || name === 'udp' || name === 'sctp';
+}
+
+/** the rule's single destination port (`--dport N`, not inverted), or null */
+function dportOf(r: Rule): number | null {
+  for (const m of r.matches) {
+    if (m.kind === 'port' && m.dport && !m.dportInvert && m.dport.lo === m.dport.hi) return m.dport.lo;
+  }
+  return null;
+}
+
+function protoOf(r: Rule): 'tcp' | 'udp' | 'sctp' | null {
+  if (r.protocol && !r.protocol.invert && isIPProto(r.protocol.name)) return r.protocol.name;
+  if (r.protocol && !r.protocol.invert) {
+    const n = r.protocol.number;
+    return n === 6 ? 'tcp' : n === 17 ? 'udp' : n === 132 ? 'sctp' : null;
+  }
+  return null;
+}
+
+function hostOf(a: AddrMatch | null): string | null {
+  if (!a || a.invert || a.mask !== 0xffffffff) return null;
+  return formatIPv4(a.net);
+}
+
+function cidrOf(a: AddrMatch): string {
+  return a.bits >= 0 ? `${formatIPv4(a.net)}/${a.bits}` : a.text;
+}
+
+function jumpOf(r: Rule): string | null {
+  return r.target && r.target.kind === 'jump' ? r.target.chain : null;
+}
+
+function hasUnknown(r: Rule): string | null {
+  for (const m of r.matches) if (m.kind === 'unknown') return m.reason;
+  if (r.target && r.target.kind === 'unknown') return r.target.reason;
+  if (r.inInterface || r.outInterface) return 'interface matches are not part of a rule set';
+  if (r.fragment) return 'fragment matches are not part of a rule set';
+  return null;
+}
+
+function addrtypeOf(r: Rule): { src: string[] | null; dst: string[] | null } | null {
+  for (const m of r.matches) if (m.kind === 'addrtype') return { src: m.srcInvert ? null : m.srcType, dst: m.dstInvert ? null : m.dstType };
+  return null;
+}
+
+function recentOf(r: Rule) {
+  for (const m of r.matches) if (m.kind === 'recent') return m;
+  return null;
+}
+
+function statisticOf(r: Rule) {
+  for (const m of r.matches) if (m.kind === 'statistic') return m;
+  return null;
+}
+
+function chainRole(chain: string): 'svc' | 'svl' | 'ext' | 'fw' | 'xlb' | 'sep' | null {
+  if (chain.startsWith(SVC_PREFIX)) return 'svc';
+  if (chain.startsWith(SVL_PREFIX)) return 'svl';
+  if (chain.startsWith(EXT_PREFIX)) return 'ext';
+  if (chain.startsWith(FW_PREFIX)) return 'fw';
+  if (chain.startsWith(XLB_PREFIX)) return 'xlb';
+  if (chain.startsWith(SEP_PREFIX)) return 'sep';
+  return null;
+}
+
+/** kube-proxy's own chains that carry no service data */
+const TARGET_KINDS = new Set(['ACCEPT', 'DROP', 'RETURN', 'REJECT', 'MASQUERADE', 'SNAT', 'DNAT', 'MARK', 'LOG']);
+
+const KUBE_INFRA_CHAINS = new Set([
+  'KUBE-SERVICES', 'KUBE-NODEPORTS', 'KUBE-POSTROUTING', 'KUBE-MARK-MASQ', 'KUBE-MARK-DROP', 'KUBE-EXTERNAL-SERVICES',
+  'KUBE-FORWARD', 'KUBE-PROXY-FIREWALL', 'KUBE-FIREWALL', 'KUBE-PROXY-CANARY', 'KUBE-KUBELET-CANARY',
+]);
+
+/** Whose chain it likely is, by the prefixes well-known software uses. */
+export function softwareOf(chain: string): string | null {
+  const known: [RegExp, string][] = [
+    [/^DOCKER/, 'docker'],
+    [/^FLANNEL/, 'flannel'],
+    [/^(cali-|felix-)/, 'calico'],
+    [/^(CILIUM_|OLD_CILIUM_)/, 'cilium'],
+    [/^WEAVE/, 'weave'],
+    [/^(CNI-|cni-)/, 'CNI plugins (portmap, bridge)'],
+    [/^KUBE-ROUTER/, 'kube-router'],
+    [/^ISTIO_/, 'istio'],
+    [/^(LIBVIRT_|libvirt)/, 'libvirt'],
+    [/^(ufw-|ufw6-)/, 'ufw'],
+    [/^(f2b-|fail2ban)/, 'fail2ban'],
+    [/^(IN_|OUT_|FWD_|FWDI_|FWDO_|POST_|PRE_)public/, 'firewalld'],
+    [/^KUBE-IPVS|^KUBE-LOAD-BALANCER|^KUBE-NODE-PORT$/, 'kube-proxy in IPVS mode'],
+  ];
+  for (const [re, who] of known) if (re.test(chain)) return who;
+  return null;
+}
+
+function foreignChain(chain: string): string {
+  const who = softwareOf(chain);
+  return who ? `chain ${chain} is ${who}'s, not kube-proxy's` : `chain ${chain} is not kube-proxy's`;
+}
+
+/**
+ * Merge sequences that are each in the same underlying order into one order
+ * (a topological sort, ties to the lowest rank). `cycle.found` tells whether
+ * the sequences disagreed (then the lowest-ranked node broke the cycle).
+ */
+function mergeOrders<T>(sequences: T[][], rank: (x: T) => number, cycle: { found: boolean } = { found: false }): T[] {
+  const nodes = new Set<T>();
+  const succ = new Map<T, Set<T>>();
+  const indeg = new Map<T, number>();
+  for (const seq of sequences) {
+    for (const x of seq) {
+      if (!nodes.has(x)) {
+        nodes.add(x);
+        succ.set(x, new Set());
+        indeg.set(x, 0);
+      }
+    }
+    for (let i = 0; i + 1 < seq.length; i++) {
+      const a = seq[i];
+      const b = seq[i + 1];
+      if (a === b || succ.get(a)!.has(b)) continue;
+      succ.get(a)!.add(b);
+      indeg.set(b, indeg.get(b)! + 1);
+    }
+  }
+  const out: T[] = [];
+  const ready = [...nodes].filter((x) => indeg.get(x) === 0);
+  while (out.length < nodes.size) {
+    if (ready.length === 0) {
+      // a cycle: the sequences disagree; take the lowest-ranked remaining node
+      cycle.found = true;
+      const rest = [...nodes].filter((x) => !out.includes(x)).sort((a, b) => rank(a) - rank(b));
+      ready.push(rest[0]);
+      indeg.set(rest[0], 0);
+    }
+    ready.sort((a, b) => rank(a) - rank(b));
+    const x = ready.shift()!;
+    if (out.includes(x)) continue;
+    out.push(x);
+    for (const y of succ.get(x)!) {
+      const d = indeg.get(y)! - 1;
+      indeg.set(y, d);
+      if (d === 0) ready.push(y);
+    }
+  }
+  return out;
+}
+
+class Importer {
+  readonly notUnderstood: NotUnderstood[] = [];
+  readonly warnings: string[] = [];
+  private readonly understood = new Set<Rule>();
+  private readonly reported = new Set<Rule>();
+  private readonly ports = new Map<string, PortRec>();
+  private readonly chainOwner = new Map<string, PortRec>();
+  private readonly processed = new Set<string>();
+  private readonly nat: Table | undefined;
+  private readonly filter: Table | undefined;
+  private readonly nodeAddresses: string[] | null;
+  private clusterCIDRs: string[] = [];
+  private masqueradeAll = false;
+  private mark: number | null = null;
+  private warnedLocalhost = false;
+
+  constructor(private readonly parsed: ParsedIptables, opts: ImportOptions) {
+    this.nat = parsed.tables.get('nat');
+    this.filter = parsed.tables.get('filter');
+    this.nodeAddresses = opts.nodeAddresses ?? null;
+  }
+
+  private ok(r: Rule): void {
+    this.understood.add(r);
+  }
+
+  private no(r: Rule, reason: string): void {
+    if (this.reported.has(r)) return;
+    this.reported.add(r);
+    this.notUnderstood.push({ line: r.line, text: r.text.trim(), reason });
+  }
+
+  private warn(message: string): void {
+    if (!this.warnings.includes(message)) this.warnings.push(message);
+  }
+
+  private port(name: string, proto: 'tcp' | 'udp' | 'sctp'): PortRec {
+    const key = `${name}|${proto}`;
+    let rec = this.ports.get(key);
+    if (!rec) {
+      rec = {
+        key,
+        name,
+        proto,
+        clusterIP: null,
+        port: null,
+        nodePort: null,
+        externalIPs: [],
+        lbIPs: [],
+        unclassifiedIPs: [],
+        sourceRanges: [],
+        lbIPSources: false,
+        iTPLocal: false,
+        eTPLocal: false,
+        affinitySeconds: 0,
+        clusterEndpoints: null,
+        localEndpoints: null,
+        hasRemoteOnly: false,
+        missing: [],
+        natOrder: Infinity,
+        filterOrder: Infinity,
+        chainOrder: new Map(),
+      };
+      this.ports.set(key, rec);
+    }
+    return rec;
+  }
+
+  /** where the port first shows in each table (restore input lists rules in kube-proxy's write order) */
+  private seen(rec: PortRec, table: 'nat' | 'filter', r: Rule): void {
+    if (table === 'nat') rec.natOrder = Math.min(rec.natOrder, r.line);
+    else rec.filterOrder = Math.min(rec.filterOrder, r.line);
+    const key = `${table} ${r.chain}`;
+    rec.chainOrder.set(key, Math.min(rec.chainOrder.get(key) ?? Infinity, r.line));
+  }
+
+  private setServicePort(rec: PortRec, port: number, r: Rule): void {
+    if (rec.port === null) rec.port = port;
+    else if (rec.port !== port) this.warn(`${rec.name}: rules disagree on the service port (${rec.port}, ${port} at line ${r.line})`);
+  }
+
+  private setClusterIP(rec: PortRec, ip: string, r: Rule): void {
+    if (rec.clusterIP === null) rec.clusterIP = ip;
+    else if (rec.clusterIP !== ip) this.warn(`${rec.name}: rules disagree on the ClusterIP (${rec.clusterIP}, ${ip} at line ${r.line})`);
+  }
+
+  private chain(table: Table | undefined, name: string) {
+    return table?.chains.get(name);
+  }
+
+  /** Follow a jump from a rule of `rec`; a chain the dump lacks is reported on the jumping rule. */
+  private follow(rec: PortRec, target: string, from: Rule): void {
+    const role = chainRole(target);
+    if (role === null) return;
+    const owner = this.chainOwner.get(target);
+    if (owner && owner !== rec) {
+      this.warn(`chain ${target} is used by both ${owner.name} and ${rec.name} (line ${from.line})`);
+      return;
+    }
+    this.chainOwner.set(target, rec);
+    if (this.processed.has(target)) return;
+    this.processed.add(target);
+    const chain = this.chain(this.nat, target);
+    if (!chain) {
+      rec.missing.push(target);
+      this.notUnderstood.push({
+        line: from.line,
+        text: from.text.trim(),
+        reason: `jumps to ${target}, which the dump does not define (a partial dump?): what it does for ${rec.name} is unknown`,
+      });
+      return;
+    }
+    switch (role) {
+      case 'svc':
+      case 'svl':
+        this.policyChain(rec, target, chain.rules, role);
+        break;
+      case 'xlb':
+        this.xlbChain(rec, target, chain.rules);
+        break;
+      case 'ext':
+        this.extChain(rec, chain.rules);
+        break;
+      case 'fw':
+        this.fwChain(rec, chain.rules);
+        break;
+      case 'sep':
+        break; // read by the policy chain that jumps here
+    }
+  }
+
+  private masqueradeRule(rec: PortRec, r: Rule): boolean {
+    // "<name> cluster IP" masquerade: off-cluster sources (or everything with masqueradeAll)
+    if (jumpOf(r) !== 'KUBE-MARK-MASQ') return false;
+    const dst = hostOf(r.dst);
+    const port = dportOf(r);
+    if (dst !== null && port !== null && (rec.clusterIP === null || dst === rec.clusterIP)) {
+      if (r.src && r.src.invert) this.clusterCIDR(cidrOf(r.src), r);
+      else if (!r.src) this.masqueradeAll = true;
+      else return false;
+      this.ok(r);
+      return true;
+    }
+    // pre-1.24: NodePort traffic masqueraded in KUBE-SVC- / KUBE-NODEPORTS
+    if (!r.dst && !r.src && port !== null && (rec.nodePort === null || rec.nodePort === port)) {
+      if (rec.nodePort === null) rec.nodePort = port;
+      this.ok(r);
+      return true;
+    }
+    return false;
+  }
+
+  private clusterCIDR(cidr: string, r: Rule): void {
+    if (!this.clusterCIDRs.includes(cidr)) {
+      if (this.clusterCIDRs.length > 0) this.warn(`more than one cluster CIDR (${this.clusterCIDRs[0]}, ${cidr} at line ${r.line}): the first is kept`);
+      this.clusterCIDRs.push(cidr);
+    }
+  }
+
+  private endpointOf(rec: PortRec, sep: string, from: Rule): EndpointRec | null {
+    const chain = this.chain(this.nat, sep);
+    if (!chain) {
+      rec.missing.push(sep);
+      if (!this.processed.has(sep)) {
+        this.processed.add(sep);
+        this.notUnderstood.push({
+          line: from.line,
+          text: from.text.trim(),
+          reason: `jumps to ${sep}, which the dump does not define (a partial dump?): that endpoint of ${rec.name} is unknown`,
+        });
+      }
+      return null;
+    }
+    this.chainOwner.set(sep, rec);
+    this.processed.add(sep);
+    let ep: EndpointRec | null = null;
+    for (const r of chain.rules) {
+      const t = r.target;
+      const why = hasUnknown(r);
+      if (why) {
+        this.no(r, why);
+        continue;
+      }
+      if (t && t.kind === 'DNAT') {
+        if (t.port === null) {
+          this.no(r, 'DNAT without a port: the endpoint port is not known');
+          continue;
+        }
+        const rp = protoOf(r);
+        if (rp !== null && rp !== rec.proto) this.warn(`${sep}: DNAT for ${rp} in a ${rec.proto} service port (line ${r.line})`);
+        ep = { address: formatIPv4(t.addr), port: t.port, text: `${formatIPv4(t.addr)}:${t.port}` };
+        this.ok(r);
+      } else if (jumpOf(r) === 'KUBE-MARK-MASQ' && hostOf(r.src) !== null) {
+        this.ok(r); // hairpin: the endpoint talking to its own service
+      } else {
+        this.no(r, `not a rule kube-proxy writes in an endpoint chain`);
+      }
+    }
+    if (ep) {
+      for (const r of chain.rules) {
+        if (jumpOf(r) === 'KUBE-MARK-MASQ' && hostOf(r.src) !== null && hostOf(r.src) !== ep.address) {
+          this.warn(`${sep}: the hairpin rule's source ${hostOf(r.src)} is not the endpoint ${ep.address} (line ${r.line})`);
+        }
+      }
+      if (endpointChain(rec.name, rec.proto, ep.text) !== sep) {
+        this.warn(`${sep} is not the chain name kube-proxy gives ${rec.name} -> ${ep.text} (${endpointChain(rec.name, rec.proto, ep.text)}); imported anyway`);
+      }
+    } else {
+      this.warn(`${sep} (${rec.name}) has no DNAT rule: endpoint left out`);
+    }
+    return ep;
+  }
+
+  /** KUBE-SVC- / KUBE-SVL-: masquerade rule, affinity rules, then one jump per endpoint */
+  private policyChain(rec: PortRec, chain: string, rules: Rule[], role: 'svc' | 'svl'): void {
+    const eps: EndpointRec[] = [];
+    const affinityEps: EndpointRec[] = [];
+    const probabilities: (number | null)[] = [];
+    for (const r of rules) {
+      const why = hasUnknown(r);
+      if (why) {
+        this.no(r, why);
+        continue;
+      }
+      if (this.masqueradeRule(rec, r)) continue;
+      const target = jumpOf(r);
+      if (target === 'KUBE-MARK-DROP' && r.comment !== null && r.comment.endsWith('has no local endpoints')) {
+        this.ok(r); // pre-1.24: no local endpoints for external traffic
+        continue;
+      }
+      if (target !== null && target.startsWith(SEP_PREFIX)) {
+        const recent = recentOf(r);
+        const ep = this.endpointOf(rec, target, r);
+        if (recent) {
+          if (recent.action !== 'rcheck' || recent.seconds === null) {
+            this.no(r, 'a recent match other than kube-proxy\'s --rcheck --seconds');
+            continue;
+          }
+          if (rec.affinitySeconds !== 0 && rec.affinitySeconds !== recent.seconds) {
+            this.warn(`${rec.name}: affinity timeouts differ (${rec.affinitySeconds}, ${recent.seconds} at line ${r.line})`);
+          }
+          rec.affinitySeconds = recent.seconds;
+          if (ep) affinityEps.push(ep);
+          this.ok(r);
+          continue;
+        }
+        const stat = statisticOf(r);
+        if (stat && (stat.mode !== 'random' || stat.invert)) {
+          this.no(r, 'a statistic match other than --mode random');
+          continue;
+        }
+        probabilities.push(stat ? stat.probability : null);
+        if (ep) eps.push(ep);
+        this.ok(r);
+        continue;
+      }
+      this.no(r, `not a rule kube-proxy writes in ${role === 'svc' ? 'a cluster' : 'a local'} policy chain`);
+    }
+    // kube-proxy gives endpoint i of n the probability 1/(n-i), the last one no statistic match
+    const n = probabilities.length;
+    for (let i = 0; i < n; i++) {
+      const p = probabilities[i];
+      const want = i === n - 1 ? null : 1 / (n - i);
+      const fits = want === null ? p === null : p !== null && Math.abs(p - want) < 1e-8;
+      if (!fits) {
+        this.warn(`${chain} (${rec.name}): endpoint probabilities are not kube-proxy's equal shares; the imported endpoints share equally`);
+        break;
+      }
+    }
+    const list = eps.length > 0 || affinityEps.length === 0 ? eps : affinityEps;
+    if (role === 'svc') rec.clusterEndpoints = list;
+    else rec.localEndpoints = list;
+  }
+
+  /** pre-1.24 KUBE-XLB-: externalTrafficPolicy Local (the short-circuit rules, then the local endpoints) */
+  private xlbChain(rec: PortRec, chain: string, rules: Rule[]): void {
+    rec.eTPLocal = true;
+    const endpointRules: Rule[] = [];
+    for (const r of rules) {
+      const why = hasUnknown(r);
+      if (why) {
+        this.no(r, why);
+        continue;
+      }
+      const target = jumpOf(r);
+      if (target !== null && target.startsWith(SVC_PREFIX)) {
+        if (r.src && !r.src.invert) this.clusterCIDR(cidrOf(r.src), r);
+        this.ok(r);
+        this.follow(rec, target, r);
+        continue;
+      }
+      if (target === 'KUBE-MARK-MASQ' && addrtypeOf(r)?.src?.includes('LOCAL')) {
+        this.ok(r);
+        continue;
+      }
+      endpointRules.push(r);
+    }
+    this.policyChain(rec, chain, endpointRules, 'svl');
+  }
+
+  /** KUBE-EXT-: masquerade (Cluster) or the short-circuit rules (Local), then the policy chain */
+  private extChain(rec: PortRec, rules: Rule[]): void {
+    for (const r of rules) {
+      const why = hasUnknown(r);
+      if (why) {
+        this.no(r, why);
+        continue;
+      }
+      const target = jumpOf(r);
+      const c = r.comment ?? '';
+      if (target === 'KUBE-MARK-MASQ' && !addrtypeOf(r) && !r.src) {
+        rec.eTPLocal = false;
+        this.ok(r);
+      } else if (target === 'KUBE-MARK-MASQ' && addrtypeOf(r)?.src?.includes('LOCAL')) {
+        rec.eTPLocal = true;
+        this.ok(r);
+      } else if (target !== null && target.startsWith(SVC_PREFIX) && r.src && !r.src.invert) {
+        rec.eTPLocal = true; // pod traffic for external destinations
+        this.clusterCIDR(cidrOf(r.src), r);
+        this.ok(r);
+        this.follow(rec, target, r);
+      } else if (target !== null && target.startsWith(SVC_PREFIX) && addrtypeOf(r)?.src?.includes('LOCAL')) {
+        rec.eTPLocal = true;
+        this.ok(r);
+        this.follow(rec, target, r);
+      } else if (target !== null && (target.startsWith(SVC_PREFIX) || target.startsWith(SVL_PREFIX)) && !r.src && !addrtypeOf(r)) {
+        if (target.startsWith(SVL_PREFIX)) rec.eTPLocal = true;
+        this.ok(r);
+        this.follow(rec, target, r);
+      } else {
+        this.no(r, `not a rule kube-proxy writes in an external traffic chain${c ? '' : ''}`);
+      }
+    }
+  }
+
+  /** KUBE-FW-: one rule per source range, the LB IPs when a range holds the node, then the drop */
+  private fwChain(rec: PortRec, rules: Rule[]): void {
+    const sources: { cidr: string; rule: Rule }[] = [];
+    for (const r of rules) {
+      const why = hasUnknown(r);
+      if (why) {
+        this.no(r, why);
+        continue;
+      }
+      const target = jumpOf(r);
+      if (r.src && !r.src.invert && target !== null && chainRole(target) !== null && chainRole(target) !== 'sep') {
+        sources.push({ cidr: cidrOf(r.src), rule: r });
+        this.ok(r);
+        this.follow(rec, target, r);
+      } else if (target === null && r.comment !== null && r.comment.startsWith('other traffic to ')) {
+        this.ok(r);
+      } else if (target === 'KUBE-MARK-DROP' && !r.src) {
+        this.ok(r); // pre-1.24
+      } else if (target === 'KUBE-MARK-MASQ' && !r.src) {
+        this.ok(r); // pre-1.21: LB traffic masqueraded in the FW chain
+      } else if (target !== null && chainRole(target) !== null && !r.src) {
+        // pre-1.24 without source ranges: straight on
+        this.ok(r);
+        this.follow(rec, target, r);
+      } else {
+        this.no(r, 'not a rule kube-proxy writes in a firewall chain');
+      }
+    }
+    rec.sourceRanges = sources.map((s) => s.cidr);
+    this.fwSources = this.fwSources ?? new Map();
+    this.fwSources.set(rec, sources);
+  }
+
+  private fwSources: Map<PortRec, { cidr: string; rule: Rule }[]> | null = null;
+
+  /** The trailing `-s <LB IP>` rules kube-proxy adds when a source range holds the node are not source ranges. */
+  private settleSourceRanges(rec: PortRec): void {
+    const sources = this.fwSources?.get(rec);
+    if (!sources) return;
+    const k = rec.lbIPs.length;
+    let ranges = sources.map((s) => s.cidr);
+    if (k > 0 && sources.length > k) {
+      const tail = sources.slice(sources.length - k);
+      const tailIsLbIPs = tail.every((s, i) => s.cidr === `${rec.lbIPs[i]}/32`);
+      const head = ranges.slice(0, ranges.length - k);
+      const nodeAddrs = this.nodeAddresses;
+      const holdsNode = nodeAddrs !== null && head.some((c) => {
+        const p = parseCidr(c);
+        return p !== null && nodeAddrs.some((a) => parseIPv4(a) >= 0 && cidrContains(p, parseIPv4(a)));
+      });
+      if (tailIsLbIPs && (nodeAddrs === null || holdsNode)) {
+        ranges = head;
+        rec.lbIPSources = true;
+        if (nodeAddrs === null) {
+          this.warn(`${rec.name}: its firewall chain admits the load-balancer IPs as sources (a source range holds the node), but the node's addresses are not known: pass nodeAddresses`);
+        }
+      }
+    }
+    rec.sourceRanges = ranges.map((c) => {
+      const p = parseCidr(c);
+      return p ? formatCidr(p) : c;
+    });
+  }
+
+  private natServices(): void {
+    const chain = this.chain(this.nat, 'KUBE-SERVICES');
+    if (!chain) return;
+    for (const r of chain.rules) {
+      if (jumpOf(r) === 'KUBE-NODEPORTS') {
+        const at = addrtypeOf(r);
+        if (at?.dst?.includes('LOCAL') || r.dst) {
+          this.ok(r);
+          if (!at && r.dst) this.warn('NodePorts answer only on some node addresses (--nodeport-addresses); imported as answering on all node addresses');
+          continue;
+        }
+      }
+      const why = hasUnknown(r);
+      if (why) {
+        this.no(r, why);
+        continue;
+      }
+      const c = classifyComment(r.comment);
+      const proto = protoOf(r);
+      const dst = hostOf(r.dst);
+      const port = dportOf(r);
+      const target = jumpOf(r);
+      if (!c || !['cluster', 'external', 'lb'].includes(c.kind)) {
+        this.no(r, r.comment === null ? 'no comment naming the service port' : `comment "${r.comment}" does not name a service's cluster, external or load-balancer IP`);
+        continue;
+      }
+      if (proto === null || dst === null || port === null || target === null) {
+        this.no(r, 'expected -d <address> -p tcp|udp|sctp --dport <port> -j <chain>');
+        continue;
+      }
+      const rec = this.port(c.name, proto);
+      this.seen(rec, 'nat', r);
+      this.setServicePort(rec, port, r);
+      if (c.kind === 'cluster') {
+        this.setClusterIP(rec, dst, r);
+        if (target === 'KUBE-MARK-MASQ') {
+          // before v1.13 the masquerade rule sat in KUBE-SERVICES
+          if (r.src && r.src.invert) this.clusterCIDR(cidrOf(r.src), r);
+          else if (!r.src) this.masqueradeAll = true;
+          this.ok(r);
+          continue;
+        }
+        if (target.startsWith(SVL_PREFIX)) rec.iTPLocal = true;
+        else if (!target.startsWith(SVC_PREFIX)) {
+          this.no(r, `a ClusterIP rule jumping to ${target}, not a KUBE-SVC-/KUBE-SVL- chain`);
+          continue;
+        }
+      } else if (c.kind === 'external') {
+        if (!rec.externalIPs.includes(dst)) rec.externalIPs.push(dst);
+        if (target === 'KUBE-MARK-MASQ') {
+          this.ok(r);
+          continue;
+        }
+      } else {
+        if (!rec.lbIPs.includes(dst)) rec.lbIPs.push(dst);
+      }
+      this.ok(r);
+      this.follow(rec, target, r);
+    }
+  }
+
+  private natNodePorts(): void {
+    const chain = this.chain(this.nat, 'KUBE-NODEPORTS');
+    if (!chain) return;
+    for (const r of chain.rules) {
+      if (r.dst && r.dst.net === 0x7f000000 && r.dst.bits === 8) {
+        this.ok(r);
+        if (!this.warnedLocalhost) {
+          this.warnedLocalhost = true;
+          this.warn('NodePorts on 127.0.0.0/8 (localhost NodePorts) are not part of a rule set; those rules are read as the NodePort itself');
+        }
+        continue;
+      }
+      const why = hasUnknown(r);
+      if (why) {
+        this.no(r, why);
+        continue;
+      }
+      const name = serviceFromComment(r.comment);
+      const proto = protoOf(r);
+      const port = dportOf(r);
+      const target = jumpOf(r);
+      if (name === null || proto === null || port === null || target === null || r.dst) {
+        this.no(r, 'expected -m comment --comment <service port> -p tcp|udp|sctp --dport <nodePort> -j <chain>');
+        continue;
+      }
+      const rec = this.port(name, proto);
+      this.seen(rec, 'nat', r);
+      if (rec.nodePort !== null && rec.nodePort !== port) this.warn(`${name}: two NodePorts (${rec.nodePort}, ${port} at line ${r.line}); the first is kept`);
+      if (rec.nodePort === null) rec.nodePort = port;
+      this.ok(r);
+      if (target === 'KUBE-MARK-MASQ') continue; // pre-1.24
+      if (target.startsWith(XLB_PREFIX)) rec.eTPLocal = true;
+      this.follow(rec, target, r);
+    }
+  }
+
+  private filterRules(): void {
+    const services = this.chain(this.filter, 'KUBE-SERVICES');
+    for (const r of services?.rules ?? []) {
+      const why = hasUnknown(r);
+      if (why) {
+        this.no(r, why);
+        continue;
+      }
+      const c = classifyComment(r.comment);
+      const proto = protoOf(r);
+      const dst = hostOf(r.dst);
+      const port = dportOf(r);
+      const t = r.target?.kind;
+      if (!c || (c.kind !== 'noEndpoints' && c.kind !== 'noLocal') || proto === null || dst === null || port === null || (t !== 'REJECT' && t !== 'DROP')) {
+        this.no(r, 'not a "has no endpoints" REJECT or "has no local endpoints" DROP rule for a ClusterIP');
+        continue;
+      }
+      const rec = this.port(c.name, proto);
+      this.seen(rec, 'filter', r);
+      this.setClusterIP(rec, dst, r);
+      this.setServicePort(rec, port, r);
+      if (c.kind === 'noLocal') {
+        rec.iTPLocal = true;
+        rec.hasRemoteOnly = true;
+      }
+      this.ok(r);
+    }
+    const ext = this.chain(this.filter, 'KUBE-EXTERNAL-SERVICES');
+    for (const r of ext?.rules ?? []) {
+      const why = hasUnknown(r);
+      if (why) {
+        this.no(r, why);
+        continue;
+      }
+      const c = classifyComment(r.comment);
+      const proto = protoOf(r);
+      const port = dportOf(r);
+      const t = r.target?.kind;
+      if (!c || (c.kind !== 'noEndpoints' && c.kind !== 'noLocal') || proto === null || port === null || (t !== 'REJECT' && t !== 'DROP')) {
+        this.no(r, 'not a "has no endpoints" REJECT or "has no local endpoints" DROP rule for an external IP or NodePort');
+        continue;
+      }
+      const rec = this.port(c.name, proto);
+      this.seen(rec, 'filter', r);
+      if (c.kind === 'noLocal') rec.eTPLocal = true;
+      const dst = hostOf(r.dst);
+      if (dst !== null) {
+        this.setServicePort(rec, port, r);
+        if (!rec.externalIPs.includes(dst) && !rec.lbIPs.includes(dst) && !rec.unclassifiedIPs.includes(dst)) rec.unclassifiedIPs.push(dst);
+      } else if (addrtypeOf(r)?.dst?.includes('LOCAL') && !r.dst) {
+        if (rec.nodePort === null) rec.nodePort = port;
+        else if (rec.nodePort !== port) this.warn(`${rec.name}: two NodePorts (${rec.nodePort}, ${port} at line ${r.line}); the first is kept`);
+      } else {
+        this.no(r, 'expected -d <address> or -m addrtype --dst-type LOCAL');
+        continue;
+      }
+      this.ok(r);
+    }
+    const fw = this.chain(this.filter, 'KUBE-PROXY-FIREWALL');
+    for (const r of fw?.rules ?? []) {
+      const c = classifyComment(r.comment);
+      const proto = protoOf(r);
+      const dst = hostOf(r.dst);
+      if (c?.kind === 'firewall' && proto !== null && dst !== null && r.target?.kind === 'DROP' && !hasUnknown(r)) {
+        const rec = this.port(c.name, proto);
+        this.seen(rec, 'filter', r);
+        if (!rec.lbIPs.includes(dst)) rec.lbIPs.push(dst);
+        this.ok(r);
+      } else {
+        this.no(r, 'not a "traffic not accepted by KUBE-FW-…" DROP rule');
+      }
+    }
+  }
+
+  private infrastructure(): void {
+    const mark = (value: number) => {
+      if (this.mark === null) this.mark = value;
+      else if (this.mark !== value) this.warn(`masquerade marks differ (0x${this.mark.toString(16)}, 0x${value.toString(16)})`);
+    };
+    for (const r of this.chain(this.nat, 'KUBE-MARK-MASQ')?.rules ?? []) {
+      const t = r.target;
+      if (t && t.kind === 'MARK' && (t.mask === t.value || t.mask === 0xffffffff) && t.value !== 0 && !hasUnknown(r) && !r.src && !r.dst) {
+        mark(t.value);
+        this.ok(r);
+      } else this.no(r, 'KUBE-MARK-MASQ should only set the masquerade mark');
+    }
+    for (const r of this.chain(this.nat, 'KUBE-MARK-DROP')?.rules ?? []) {
+      if (r.target?.kind === 'MARK') this.ok(r);
+      else this.no(r, 'KUBE-MARK-DROP should only set the drop mark');
+    }
+    for (const r of this.chain(this.nat, 'KUBE-POSTROUTING')?.rules ?? []) {
+      const t = r.target;
+      if (hasUnknown(r)) this.no(r, hasUnknown(r)!);
+      else if (t && (t.kind === 'MASQUERADE' || t.kind === 'RETURN' || t.kind === 'MARK')) this.ok(r);
+      else this.no(r, 'not one of kube-proxy\'s KUBE-POSTROUTING rules');
+    }
+    for (const r of this.chain(this.filter, 'KUBE-FORWARD')?.rules ?? []) {
+      const t = r.target?.kind;
+      if (!hasUnknown(r) && (t === 'ACCEPT' || t === 'DROP')) this.ok(r);
+      else this.no(r, 'not one of kube-proxy\'s KUBE-FORWARD rules');
+    }
+    for (const r of this.chain(this.filter, 'KUBE-FIREWALL')?.rules ?? []) {
+      if (r.target?.kind === 'DROP') this.ok(r); // kubelet's localnet / marked-packet drops
+      else this.no(r, 'not one of kubelet\'s KUBE-FIREWALL rules');
+    }
+    for (const r of this.chain(this.filter, 'KUBE-NODEPORTS')?.rules ?? []) {
+      if (r.comment?.endsWith('health check node port')) this.no(r, 'health check node ports are not part of a tunproxy rule set');
+      else this.no(r, 'not a health check node port rule');
+    }
+    // hooks from the built-in chains
+    for (const table of [this.nat, this.filter]) {
+      if (!table) continue;
+      for (const chain of table.chains.values()) {
+        if (chain.policy === null) continue;
+        for (const r of chain.rules) {
+          const target = jumpOf(r);
+          if (target !== null && KUBE_INFRA_CHAINS.has(target) && !hasUnknown(r) && !r.src && !r.dst) this.ok(r);
+          else if (target !== null && target.startsWith('KUBE-') && !KUBE_INFRA_CHAINS.has(target)) this.no(r, `jumps to ${target} from a built-in chain: not kube-proxy's layout`);
+          else {
+            const who = target !== null ? softwareOf(target) : null;
+            this.no(r, `a rule of ${who ?? 'other software'} in the built-in chain ${chain.name} (${table.name})${target !== null && !TARGET_KINDS.has(target) ? `, jumping to ${target}` : ''}`);
+          }
+        }
+      }
+    }
+    if (this.mark !== null) this.masqMark = this.mark;
+  }
+
+  private masqMark: number | null = null;
+
+  /** Everything not yet accounted for: other software's chains, stale or unknown KUBE- chains. */
+  private leftovers(): void {
+    const foreign: string[] = [];
+    for (const [tname, table] of this.parsed.tables) {
+      for (const chain of table.chains.values()) {
+        const ours = chain.name.startsWith('KUBE-');
+        const isInfra = KUBE_INFRA_CHAINS.has(chain.name);
+        const role = chainRole(chain.name);
+        if (tname !== 'nat' && tname !== 'filter') {
+          if (chain.name === 'KUBE-PROXY-CANARY' || chain.name === 'KUBE-KUBELET-CANARY') continue;
+          if (chain.rules.length > 0) foreign.push(`${chain.name} (${tname}, ${chain.rules.length} rules${softwareOf(chain.name) ? ', ' + softwareOf(chain.name) : ''})`);
+          for (const r of chain.rules) this.no(r, `table ${tname} is not read (kube-proxy writes only nat and filter)`);
+          continue;
+        }
+        if (!ours && chain.policy === null) {
+          foreign.push(`${chain.name} (${tname}, ${chain.rules.length} rule${chain.rules.length === 1 ? '' : 's'}${softwareOf(chain.name) ? ', ' + softwareOf(chain.name) : ''})`);
+          for (const r of chain.rules) this.no(r, foreignChain(chain.name));
+          continue;
+        }
+        for (const r of chain.rules) {
+          if (this.understood.has(r) || this.reported.has(r)) continue;
+          if (role !== null && !this.processed.has(chain.name)) this.no(r, `${chain.name} is not reached from KUBE-SERVICES or KUBE-NODEPORTS (a stale chain?)`);
+          else if (ours && !isInfra && role === null) this.no(r, `chain ${chain.name} is not one kube-proxy (iptables mode) writes`);
+          else this.no(r, 'not understood');
+        }
+      }
+    }
+    if (foreign.length > 0) this.warn(`left out chains of other software: ${foreign.join(', ')}`);
+  }
+
+  run(): ImportResult {
+    for (const e of this.parsed.errors) {
+      const text = e.line > 0 ? this.lineText(e.line) : '';
+      this.notUnderstood.push({ line: e.line, text, reason: e.message });
+    }
+    this.infrastructure();
+    this.natServices();
+    this.natNodePorts();
+    this.filterRules();
+    for (const rec of this.ports.values()) this.settleSourceRanges(rec);
+    this.leftovers();
+    this.notUnderstood.sort((a, b) => a.line - b.line);
+    return { ruleSet: this.build(), notUnderstood: this.notUnderstood, warnings: this.warnings };
+  }
+
+  private lines: string[] | null = null;
+  private text = '';
+  setText(text: string): void {
+    this.text = text;
+  }
+  private lineText(line: number): string {
+    if (!this.lines) this.lines = this.text.split('\n');
+    return (this.lines[line - 1] ?? '').trim();
+  }
+
+  private build(): RuleSet {
+    const recs = [...this.ports.values()];
+    // services, then their ports, in the order the tables list them: kube-proxy writes one
+    // service's ports together, so each table's order of services is part of one order
+    const services = new Map<string, { ns: string; name: string; ports: { rec: PortRec; portName: string }[] }>();
+    for (const rec of recs) {
+      const slash = rec.name.indexOf('/');
+      const colon = rec.name.indexOf(':', slash + 1);
+      if (slash <= 0) {
+        this.warn(`"${rec.name}" is not a service port name (namespace/name:port); left out`);
+        continue;
+      }
+      const ns = rec.name.slice(0, slash);
+      const name = colon < 0 ? rec.name.slice(slash + 1) : rec.name.slice(slash + 1, colon);
+      const portName = colon < 0 ? '' : rec.name.slice(colon + 1);
+      const key = `${ns}/${name}`;
+      let s = services.get(key);
+      if (!s) {
+        s = { ns, name, ports: [] };
+        services.set(key, s);
+      }
+      s.ports.push({ rec, portName });
+    }
+    type Svc = { ns: string; name: string; ports: { rec: PortRec; portName: string }[] };
+    type P = { rec: PortRec; portName: string };
+    // each chain lists services in kube-proxy's order; so does each table of restore input, but
+    // not iptables-save's (it sorts chains): table order is used only where it agrees with the chains
+    const chainKeys = new Set<string>();
+    for (const r of recs) for (const k of r.chainOrder.keys()) chainKeys.add(k);
+    const at = <X>(items: X[], key: (x: X) => number) => items.filter((x) => key(x) !== Infinity).sort((a, b) => key(a) - key(b));
+    const order = <X>(items: X[], lineIn: (x: X, chain: string) => number, tableLine: (x: X, t: 'nat' | 'filter') => number): X[] => {
+      const rank = (x: X) => Math.min(tableLine(x, 'nat'), tableLine(x, 'filter'));
+      const byChain = [...chainKeys].map((k) => at(items, (x) => lineIn(x, k)));
+      const byTable = [at(items, (x) => tableLine(x, 'nat')), at(items, (x) => tableLine(x, 'filter'))];
+      const cycle = { found: false };
+      const both = mergeOrders([...byChain, ...byTable], rank, cycle);
+      return cycle.found ? mergeOrders(byChain, rank) : both;
+    };
+    const portLine = (p: P, k: string) => p.rec.chainOrder.get(k) ?? Infinity;
+    const portTable = (p: P, t: 'nat' | 'filter') => (t === 'nat' ? p.rec.natOrder : p.rec.filterOrder);
+    const all = [...services.values()];
+    const serviceOrder = order<Svc>(
+      all,
+      (s, k) => Math.min(...s.ports.map((p) => portLine(p, k))),
+      (s, t) => Math.min(...s.ports.map((p) => portTable(p, t))),
+    );
+    for (const s of serviceOrder) s.ports = order<P>(s.ports, portLine, portTable);
+
+    const out: Service[] = [];
+    for (const s of serviceOrder) out.push(this.buildService(s.ns, s.name, s.ports));
+
+    const rs: RuleSet = { apiVersion: API_VERSION, node: { addresses: this.nodeAddresses ?? [] }, services: out };
+    if (this.nodeAddresses === null) this.warn('the node\'s addresses are not in an iptables dump: node.addresses is empty (pass nodeAddresses)');
+    if (this.clusterCIDRs.length > 0) rs.node.clusterCIDR = this.clusterCIDRs[0];
+    if (this.masqueradeAll) rs.node.masqueradeAll = true;
+    if (this.masqMark !== null) {
+      const text = '0x' + this.masqMark.toString(16);
+      if (text !== DEFAULT_MASQUERADE_MARK) rs.node.masqueradeMark = text;
+    }
+    this.check(rs);
+    return rs;
+  }
+
+  private buildService(ns: string, name: string, ports: { rec: PortRec; portName: string }[]): Service {
+    const svc: Service = { namespace: ns, name, ports: [] };
+    const first = <T>(f: (r: PortRec) => T | null): T | null => {
+      for (const p of ports) {
+        const v = f(p.rec);
+        if (v !== null) return v;
+      }
+      return null;
+    };
+    const clusterIP = first((r) => r.clusterIP);
+    if (clusterIP !== null) svc.clusterIP = clusterIP;
+    else this.warn(`${ns}/${name}: no ClusterIP rule in the dump`);
+
+    // external and load-balancer IPs are the service's; ports without endpoints do not say which is which
+    const ext: string[] = [];
+    const lb: string[] = [];
+    for (const { rec } of ports) {
+      for (const ip of rec.externalIPs) if (!ext.includes(ip)) ext.push(ip);
+      for (const ip of rec.lbIPs) if (!lb.includes(ip)) lb.push(ip);
+    }
+    for (const { rec } of ports) {
+      for (const ip of rec.unclassifiedIPs) {
+        if (ext.includes(ip) || lb.includes(ip)) continue;
+        ext.push(ip);
+        this.warn(`${rec.name}: ${ip} has no endpoints, so the dump does not say whether it is an external IP or a load-balancer IP; imported as an external IP`);
+      }
+    }
+    if (ext.length > 0) svc.externalIPs = ext;
+    if (lb.length > 0) svc.loadBalancerIPs = lb;
+    const ranges = first((r) => (r.sourceRanges.length > 0 ? r.sourceRanges : null));
+    if (ranges !== null && lb.length > 0) svc.loadBalancerSourceRanges = ranges;
+
+    const affinity = first((r) => (r.affinitySeconds > 0 ? r.affinitySeconds : null));
+    if (affinity !== null) {
+      svc.sessionAffinity = 'ClientIP';
+      if (affinity !== DEFAULT_AFFINITY_SECONDS) svc.sessionAffinityTimeoutSeconds = affinity;
+    }
+    if (ports.some((p) => p.rec.eTPLocal)) svc.externalTrafficPolicy = 'Local';
+    if (ports.some((p) => p.rec.iTPLocal)) svc.internalTrafficPolicy = 'Local';
+
+    // endpoints: per port, the cluster chain's order, then local-only ones (serving and terminating)
+    interface EpFlags {
+      address: string;
+      ready: boolean;
+      nodeLocal: boolean;
+      ports: Map<string, number>;
+    }
+    const flags = new Map<string, EpFlags>();
+    const sequences: string[][] = [];
+    const note = (address: string, portName: string, port: number, ready: boolean, nodeLocal: boolean) => {
+      let f = flags.get(address);
+      if (!f) {
+        f = { address, ready, nodeLocal, ports: new Map() };
+        flags.set(address, f);
+      }
+      // "not ready" is the firm evidence (a local endpoint outside the cluster set); "ready" only means "in a cluster set"
+      f.ready = f.ready && ready;
+      f.nodeLocal = f.nodeLocal || nodeLocal;
+      const was = f.ports.get(portName);
+      if (was !== undefined && was !== port) this.warn(`${ns}/${name}: endpoint ${address} has two ports for ${portName || '(unnamed)'} (${was}, ${port}); the first is kept`);
+      else f.ports.set(portName, port);
+    };
+    for (const { rec, portName } of ports) {
+      for (const m of rec.missing) {
+        const what =
+          m.startsWith(EXT_PREFIX) ? 'its external traffic policy is unknown (Cluster assumed)'
+          : m.startsWith(FW_PREFIX) ? 'its load-balancer source ranges are unknown'
+          : m.startsWith(SEP_PREFIX) ? 'that endpoint is left out'
+          : 'its endpoints are unknown';
+        this.warn(`${rec.name}: the dump does not define ${m}: ${what}`);
+      }
+      const cl = rec.clusterEndpoints;
+      const lo = rec.localEndpoints;
+      const seq: string[] = [];
+      if (cl && lo) {
+        const clTexts = new Set(cl.map((e) => e.text));
+        const subset = lo.every((e) => clTexts.has(e.text));
+        const disjoint = lo.every((e) => !clTexts.has(e.text));
+        if (!subset && !disjoint) this.warn(`${rec.name}: local endpoints are neither a subset of nor apart from the cluster endpoints`);
+        const loTexts = new Set(lo.map((e) => e.text));
+        for (const e of cl) {
+          note(e.address, portName, e.port, true, loTexts.has(e.text));
+          seq.push(e.address);
+        }
+        for (const e of lo) {
+          if (clTexts.has(e.text)) continue;
+          // local endpoints outside the cluster set: serving and terminating (no local one ready)
+          note(e.address, portName, e.port, false, true);
+          seq.push(e.address);
+        }
+      } else if (cl) {
+        for (const e of cl) {
+          note(e.address, portName, e.port, true, false);
+          seq.push(e.address);
+        }
+      } else if (lo) {
+        for (const e of lo) {
+          note(e.address, portName, e.port, true, true);
+          seq.push(e.address);
+        }
+      } else if (rec.hasRemoteOnly) {
+        note(PLACEHOLDER_REMOTE_ENDPOINT, portName, rec.port ?? 1, true, false);
+        seq.push(PLACEHOLDER_REMOTE_ENDPOINT);
+        this.warn(`${rec.name}: has endpoints only on other nodes, which an iptables dump does not name; a placeholder endpoint ${PLACEHOLDER_REMOTE_ENDPOINT} stands for them`);
+      }
+      sequences.push(seq);
+    }
+    // a cluster (or local) set holds either ready endpoints or (none being ready) serving-and-terminating
+    // ones: one serving-and-terminating endpoint in it makes all of it so
+    for (let changed = true; changed; ) {
+      changed = false;
+      for (const cl of ports.flatMap(({ rec }) => [rec.clusterEndpoints ?? [], rec.localEndpoints ?? []])) {
+        if (cl.some((e) => !flags.get(e.address)!.ready)) {
+          for (const e of cl) {
+            const f = flags.get(e.address)!;
+            if (f.ready) {
+              f.ready = false;
+              changed = true;
+            }
+          }
+        }
+      }
+    }
+    const firstSeen = new Map<string, number>();
+    sequences.forEach((seq, i) => seq.forEach((a, j) => firstSeen.has(a) || firstSeen.set(a, i * 1000 + j)));
+    const order = mergeOrders(sequences, (a) => firstSeen.get(a)!);
+
+    // ports: a single endpoint port per service port (and every endpoint carrying every port) fits targetPort
+    const portNames = ports.map((p) => p.portName);
+    const uniform = portNames.every((pn) => {
+      const values = new Set<number>();
+      for (const a of order) {
+        const v = flags.get(a)!.ports.get(pn);
+        if (v === undefined) return false;
+        values.add(v);
+      }
+      return values.size <= 1;
+    });
+    for (const { rec, portName } of ports) {
+      const sp: ServicePort = { name: portName, protocol: rec.proto.toUpperCase() as ProtocolName, port: rec.port ?? 0 };
+      if (rec.port === null) this.warn(`${rec.name}: the service port number is not in the dump`);
+      if (rec.nodePort !== null) sp.nodePort = rec.nodePort;
+      if (uniform && order.length > 0) {
+        const tp = flags.get(order[0])!.ports.get(portName)!;
+        if (tp !== sp.port) sp.targetPort = tp;
+      }
+      svc.ports.push(sp);
+    }
+    svc.endpoints = order.map((a) => {
+      const f = flags.get(a)!;
+      const ep: Endpoint = { address: a };
+      if (!f.ready) {
+        ep.ready = false;
+        ep.serving = true;
+        ep.terminating = true;
+      }
+      if (f.nodeLocal) ep.nodeLocal = true;
+      if (!uniform) ep.ports = Object.fromEntries(f.ports);
+      return ep;
+    });
+    return svc;
+  }
+
+  /** Warn where the imported rule set would not give back the endpoints read. */
+  private check(rs: RuleSet): void {
+    let model;
+    try {
+      model = ruleSetModel(rs);
+    } catch (e) {
+      this.warn(`the imported rule set does not model: ${(e as Error).message}`);
+      return;
+    }
+    for (const p of model.ports) {
+      const rec = this.ports.get(`${p.name}|${p.proto}`);
+      if (!rec) continue;
+      const want = (rec.clusterEndpoints ?? []).map((e) => e.text).join(',');
+      const got = p.usesClusterPolicyChain ? p.clusterEndpoints.map((e) => e.text).join(',') : '';
+      if (rec.clusterEndpoints !== null && want !== got) this.warn(`${p.name}: the imported endpoints give the cluster chain [${got}], the dump has [${want}]`);
+      const wantL = (rec.localEndpoints ?? []).map((e) => e.text).join(',');
+      const gotL = p.usesLocalPolicyChain ? p.localEndpoints.map((e) => e.text).join(',') : '';
+      if (rec.localEndpoints !== null && wantL !== gotL) this.warn(`${p.name}: the imported endpoints give the local chain [${gotL}], the dump has [${wantL}]`);
+    }
+  }
+}
+
+/**
+ * Import kube-proxy's iptables rules (iptables-save output, with or without
+ * counters, or kube-proxy's restore input). Throws IptablesImportError for an
+ * IPv6 dump or text without kube-proxy's chains.
+ */
+export function importIptables(text: string, opts: ImportOptions = {}): ImportResult {
+  const parsed = parseIptablesSave(text);
+  if (parsed.ipv6) {
+    const line = parsed.errors.find((e) => /IPv6/.test(e.message))?.line ?? 0;
+    throw new IptablesImportError(
+      `this is an IPv6 dump (ip6tables-save or IPv6 addresses${line ? `, line ${line}` : ''}): tunproxy handles IPv4 only; import the output of iptables-save, not ip6tables-save`,
+      line,
+    );
+  }
+  const nat = parsed.tables.get('nat');
+  const filter = parsed.tables.get('filter');
+  if (!nat?.chains.has('KUBE-SERVICES') && !filter?.chains.has('KUBE-SERVICES')) {
+    const first = parsed.errors[0];
+    throw new IptablesImportError(
+      `no KUBE-SERVICES chain in a nat or filter table: not kube-proxy's iptables rules (iptables mode)${first ? `; first parse error, line ${first.line}: ${first.message}` : ''}`,
+      first?.line ?? 0,
+    );
+  }
+  const imp = new Importer(parsed, opts);
+  imp.setText(text);
+  return imp.run();
+}
