@@ -1,0 +1,995 @@
+/**
+ * The connection table: one entry per flow, found from both directions.
+ *
+ * A flow has an original tuple (the first packet as it arrived, before NAT)
+ * and a reply tuple (the reply packets as they arrive, before reverse NAT:
+ * src = endpoint, dst = masquerade address or the original source, sport =
+ * endpoint port, dport = SNAT port or the original source port). One entry
+ * per flow, found from both directions: the key index holds two numeric keys
+ * per flow, original-key -> (slot, ORIGINAL) and reply-key -> (slot, REPLY).
+ * A key is a 64-bit hash of the tuple (two 32-bit murmur3 mixes, held as two
+ * int32s, seeded per table like netfilter's nf_conntrack_hash_rnd; the brief's
+ * single 53-bit number would be boxed by V8); the entry keeps both tuples
+ * and every lookup verifies them, so a hash collision is a miss, never a
+ * wrong match, and an insert whose key is taken by another live flow is
+ * refused and counted, never overwritten.
+ *
+ * Storage: a preallocated open-addressing index (conntrack-index.ts, typed
+ * array, no allocation per lookup) and a dense array of entries. When the
+ * table is full (maxEntries, like nf_conntrack_max) an insert evicts a flow
+ * not looked up recently (CLOCK second chance, an LRU approximation).
+ *
+ * Per-packet use (no allocation on an established flow):
+ *
+ *   const e = ct.lookup(proto, src, dst, sport, dport, now);
+ *   if (e !== null) {
+ *     const dir = ct.lastDirection;                 // CT_DIR_ORIGINAL / CT_DIR_REPLY
+ *     const r = ct.update(e, dir, tcpFlags, ipTotalLength, now);
+ *     // CT_UPDATE_OK / _IGNORED: translate with the other tuple
+ *     // CT_UPDATE_INVALID: netfilter's ctstate INVALID (kube-proxy drops it)
+ *     // CT_UPDATE_REOPEN: the old flow is gone; handle as a new flow
+ *   } else {
+ *     // miss: service lookup, endpoint select, SNAT port (isTupleInUse),
+ *     const n = ct.insert(proto, ...orig, ...reply, now, info);
+ *     if (n === null) drop('conntrack_insert_failed') else ct.update(n, CT_DIR_ORIGINAL, ...)
+ *   }
+ *
+ * insert() does not count the packet: call update() for every packet,
+ * the first one included. Addresses are unsigned 32-bit numbers (addr.ts);
+ * ICMP echo is keyed by its identifier in both port slots (sport = dport = id).
+ */
+
+import { formatIPv4, parseIPv4, PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP } from './addr.ts';
+import {
+  initialTimeout,
+  resolveTimeouts,
+  SCTP_CHUNK_ABORT,
+  SCTP_CHUNK_SHUTDOWN_COMPLETE,
+  SCTP_CT_CLOSED,
+  SCTP_CT_COOKIE_WAIT,
+  SCTP_CT_ESTABLISHED,
+  stateName,
+  stateNumber,
+  TCP_CT_ESTABLISHED,
+  TCP_CT_IGNORE,
+  TCP_CT_INVALID,
+  TCP_CT_SYN_RECV,
+  TCP_CT_SYN_SENT,
+  TCP_CT_TIME_WAIT,
+  TCP_RST_SET,
+  tcpFlagsIndex,
+  tcpFlagsValid,
+  tcpNextState,
+  tcpTimeoutTable,
+  UDP_STREAM_AFTER_MS,
+  type Timeouts,
+} from './conntrack-state.ts';
+import { TupleIndex } from './conntrack-index.ts';
+
+export * from './conntrack-state.ts';
+
+/** Direction of a packet relative to its flow (enum ip_conntrack_dir). */
+export const CT_DIR_ORIGINAL = 0;
+export const CT_DIR_REPLY = 1;
+
+/** update(): the packet advanced or refreshed the flow. */
+export const CT_UPDATE_OK = 0;
+/** update(): netfilter's sIG: the packet passes, state and timer unchanged (a retransmitted SYN/ACK, ...). */
+export const CT_UPDATE_IGNORED = 1;
+/** update(): netfilter's sIV / tcp_error(): the packet is ctstate INVALID; state, timer and counters unchanged. */
+export const CT_UPDATE_INVALID = 2;
+/**
+ * update(): a SYN on a TIME_WAIT/CLOSE flow opens a new connection with the
+ * same tuple. Like netfilter (nf_ct_kill + NF_REPEAT) the old entry has been
+ * removed: handle the packet as the first packet of a new flow.
+ */
+export const CT_UPDATE_REOPEN = 3;
+
+/** What the NAT chose for a new flow. */
+export interface ConntrackInfo {
+  /** kube-proxy's service-port name "namespace/name:port" ('' when none); stored by reference */
+  serviceName: string;
+  /** index of the service in the compiled tables (-1 when none) */
+  serviceIndex: number;
+  /** the endpoint (DNAT destination); must equal the reply tuple's source */
+  endpointAddr: number;
+  /** the endpoint port; must equal the reply tuple's source port (ignored for ICMP) */
+  endpointPort: number;
+  /** SNAT applied: the reply tuple's destination is the masquerade address and port */
+  masquerade: boolean;
+}
+
+export interface ConntrackOptions {
+  /** flows tracked at most (nf_conntrack_max); default 262144 */
+  maxEntries?: number;
+  /** milliseconds; used where a method's `now` is omitted. Default performance.now() */
+  clock?: () => number;
+  timeouts?: Partial<Timeouts>;
+  /** hash seed; default random per table (a fixed seed makes keys reproducible) */
+  seed?: number;
+}
+
+/** A flow. Tuple fields are immutable; addresses read as unsigned 32-bit numbers. */
+export class ConntrackEntry {
+  readonly proto: number;
+  /** @internal addresses are stored as int32 so they stay small integers in V8 (no boxed doubles) */
+  _origSrc: number;
+  /** @internal */
+  _origDst: number;
+  readonly origSport: number;
+  readonly origDport: number;
+  /** @internal */
+  _replySrc: number;
+  /** @internal */
+  _replyDst: number;
+  readonly replySport: number;
+  readonly replyDport: number;
+  /** TCP: TCP_CT_*; SCTP: SCTP_CT_*; UDP, ICMP: 0 */
+  state: number;
+  /** a packet was seen in the reply direction (IPS_SEEN_REPLY; not [UNREPLIED]) */
+  seenReply: boolean;
+  /** [ASSURED] (IPS_ASSURED) */
+  assured: boolean;
+  /** false once removed from the table (expired, evicted, deleted) */
+  live: boolean;
+  /** ms; the flow is dead when expires <= now */
+  expires: number;
+  /** ms; first packet (UDP stream detection, snapshot age) */
+  created: number;
+  origPackets: number;
+  origBytes: number;
+  replyPackets: number;
+  replyBytes: number;
+  serviceName: string;
+  serviceIndex: number;
+  masquerade: boolean;
+  /** @internal second-chance bit for eviction: set by lookup hits */
+  _touched: number;
+  /** @internal position in the table's dense flow array */
+  _slot: number;
+
+  constructor(
+    proto: number,
+    origSrc: number,
+    origDst: number,
+    origSport: number,
+    origDport: number,
+    replySrc: number,
+    replyDst: number,
+    replySport: number,
+    replyDport: number,
+    now: number,
+    expires: number,
+    serviceName: string,
+    serviceIndex: number,
+    masquerade: boolean,
+  ) {
+    this.proto = proto;
+    this._origSrc = origSrc | 0;
+    this._origDst = origDst | 0;
+    this.origSport = origSport;
+    this.origDport = origDport;
+    this._replySrc = replySrc | 0;
+    this._replyDst = replyDst | 0;
+    this.replySport = replySport;
+    this.replyDport = replyDport;
+    this.state = 0;
+    this.seenReply = false;
+    this.assured = false;
+    this.live = true;
+    this.expires = expires;
+    this.created = now;
+    this.origPackets = 0;
+    this.origBytes = 0;
+    this.replyPackets = 0;
+    this.replyBytes = 0;
+    this.serviceName = serviceName;
+    this.serviceIndex = serviceIndex;
+    this.masquerade = masquerade;
+    this._touched = 0;
+    this._slot = -1;
+  }
+
+  get origSrc(): number {
+    return this._origSrc >>> 0;
+  }
+  get origDst(): number {
+    return this._origDst >>> 0;
+  }
+  get replySrc(): number {
+    return this._replySrc >>> 0;
+  }
+  get replyDst(): number {
+    return this._replyDst >>> 0;
+  }
+  /** the endpoint is the reply tuple's source */
+  get endpointAddr(): number {
+    return this._replySrc >>> 0;
+  }
+  get endpointPort(): number {
+    return this.replySport;
+  }
+}
+
+// ---- hashing -------------------------------------------------------------------
+
+function mix(h: number, k: number): number {
+  k = Math.imul(k, 0xcc9e2d51);
+  k = (k << 15) | (k >>> 17);
+  k = Math.imul(k, 0x1b873593);
+  h ^= k;
+  h = (h << 13) | (h >>> 19);
+  return (Math.imul(h, 5) + 0xe6546b64) | 0;
+}
+
+function fmix(h: number): number {
+  h ^= h >>> 16;
+  h = Math.imul(h, 0x85ebca6b);
+  h ^= h >>> 13;
+  h = Math.imul(h, 0xc2b2ae35);
+  return h ^ (h >>> 16);
+}
+
+/**
+ * The 64-bit hash of a tuple as two int32 halves, written to out[0] (hi) and
+ * out[1] (lo): two seeded murmur3 mixes of (proto, src, dst, sport << 16 | dport).
+ */
+export function conntrackHash(seed: number, proto: number, src: number, dst: number, sport: number, dport: number, out: Int32Array): void {
+  const ports = (sport << 16) | (dport & 0xffff);
+  let a = seed ^ proto;
+  a = mix(a, src);
+  a = mix(a, dst);
+  a = mix(a, ports);
+  let b = (seed ^ 0x9e3779b9 ^ (proto << 24)) | 0;
+  b = mix(b, ports);
+  b = mix(b, src);
+  b = mix(b, dst);
+  out[0] = fmix(a ^ 13);
+  out[1] = fmix(b ^ 13);
+}
+
+// ---- the table ------------------------------------------------------------------
+
+/** how many recently used flows the eviction hand may pass over before it takes one anyway */
+const MAX_CLOCK_STEPS = 32;
+
+function checkProto(proto: number): void {
+  if (proto !== PROTO_TCP && proto !== PROTO_UDP && proto !== PROTO_ICMP && proto !== PROTO_SCTP) {
+    throw new RangeError(`conntrack: protocol ${proto} is not tracked (TCP 6, UDP 17, SCTP 132, ICMP 1)`);
+  }
+}
+
+export class Conntrack {
+  /** direction of the last successful lookup(): CT_DIR_ORIGINAL or CT_DIR_REPLY */
+  lastDirection = 0;
+  /** flows inserted */
+  inserts = 0;
+  /** flows pushed out because the table was full */
+  evictions = 0;
+  /** inserts refused because a key was taken by another flow's different tuple */
+  collisions = 0;
+  /** inserts refused because the original or reply tuple is already tracked (netfilter's insert clash) */
+  clashes = 0;
+  /** flows removed because their timer ran out (sweep, lookup, insert or eviction found them dead) */
+  expired = 0;
+
+  readonly maxEntries: number;
+  readonly timeouts: Readonly<Timeouts>;
+  readonly clock: () => number;
+  readonly seed: number;
+
+  /** tuple hash -> slot * 2 + direction */
+  private readonly index: TupleIndex;
+  /** hashTuple's result: [hi, lo] */
+  protected readonly hash = new Int32Array(2);
+  /** live flows, dense; entry._slot is the position */
+  private readonly flows: ConntrackEntry[] = [];
+  /** the eviction clock's hand: the next slot it looks at */
+  private hand = 0;
+  /** where a partial expire() sweep continues */
+  private sweepCursor = -1;
+  private readonly tcpTimeouts: Float64Array;
+  private readonly t: Timeouts;
+
+  constructor(options: ConntrackOptions = {}) {
+    const maxEntries = options.maxEntries ?? 262144;
+    if (!Number.isInteger(maxEntries) || maxEntries < 1 || maxEntries > 2 ** 26) {
+      throw new RangeError(`conntrack: maxEntries must be an integer from 1 to 2^26, got ${maxEntries}`);
+    }
+    if (options.clock !== undefined && typeof options.clock !== 'function') {
+      throw new TypeError('conntrack: clock must be a function returning milliseconds');
+    }
+    if (options.seed !== undefined && !Number.isInteger(options.seed)) {
+      throw new TypeError(`conntrack: seed must be an integer, got ${options.seed}`);
+    }
+    this.maxEntries = maxEntries;
+    this.t = resolveTimeouts(options.timeouts);
+    this.timeouts = Object.freeze({ ...this.t });
+    this.tcpTimeouts = tcpTimeoutTable(this.t);
+    this.clock = options.clock ?? (() => performance.now());
+    this.seed = options.seed !== undefined ? options.seed | 0 : crypto.getRandomValues(new Int32Array(1))[0];
+    this.index = new TupleIndex(2 * maxEntries);
+  }
+
+  /** tracked flows (each has two keys) */
+  get size(): number {
+    return this.flows.length;
+  }
+
+  /** keys in the index: always 2 × size */
+  get keyCount(): number {
+    return this.index.size;
+  }
+
+  now(): number {
+    return this.clock();
+  }
+
+  /**
+   * Hash a tuple into this.hash[0] (hi) and this.hash[1] (lo), int32 each.
+   * Tests may override it (in a subclass) to force collisions.
+   */
+  protected hashTuple(proto: number, src: number, dst: number, sport: number, dport: number): void {
+    conntrackHash(this.seed, proto, src, dst, sport, dport, this.hash);
+  }
+
+  /**
+   * The flow a packet belongs to, or null. Sets `lastDirection`. A flow whose
+   * timer ran out (expires <= now) is removed and reported as a miss.
+   */
+  lookup(proto: number, src: number, dst: number, sport: number, dport: number, now: number): ConntrackEntry | null {
+    this.hashTuple(proto, src, dst, sport, dport);
+    const v = this.index.find(this.hash[0], this.hash[1]);
+    if (v < 0) return null;
+    const e = this.flows[v >>> 1];
+    const dir = v & 1;
+    const s = src | 0;
+    const d = dst | 0;
+    if (dir === 0) {
+      if (e._origSrc !== s || e._origDst !== d || e.origSport !== sport || e.origDport !== dport || e.proto !== proto) return null;
+    } else if (e._replySrc !== s || e._replyDst !== d || e.replySport !== sport || e.replyDport !== dport || e.proto !== proto) {
+      return null; // a different tuple with the same key
+    }
+    if (e.expires <= now) {
+      this.expired++;
+      this.unlink(e);
+      return null;
+    }
+    e._touched = 1;
+    this.lastDirection = dir;
+    return e;
+  }
+
+  /**
+   * Whether a tuple is unusable for a new flow: a live flow has it as its
+   * original or reply tuple, or its key is taken (insert would be refused).
+   * The NAT asks this when it picks a masquerade source port, like nf_nat's
+   * nf_nat_used_tuple. With `now`, a flow found expired is removed first.
+   */
+  isTupleInUse(proto: number, src: number, dst: number, sport: number, dport: number, now?: number): boolean {
+    this.hashTuple(proto, src, dst, sport, dport);
+    const v = this.index.find(this.hash[0], this.hash[1]);
+    if (v < 0) return false;
+    if (now !== undefined) {
+      const e = this.flows[v >>> 1];
+      if (e.expires <= now) {
+        this.expired++;
+        this.unlink(e);
+        return false;
+      }
+    }
+    return true;
+  }
+
+  /**
+   * Track a new flow. Returns the entry, or null when refused: the original
+   * and reply tuples are identical, one of them is already tracked
+   * (`clashes`), or a key is taken by a different tuple (`collisions`). When
+   * the table is full a least recently used flow is evicted (`evictions`).
+   * The entry starts in state NONE (TCP) with its protocol's initial lifetime;
+   * call update() with the first packet. `info` is read, not kept (a scratch
+   * object reused for every insert is fine); its serviceName is kept by reference.
+   */
+  insert(
+    proto: number,
+    origSrc: number,
+    origDst: number,
+    origSport: number,
+    origDport: number,
+    replySrc: number,
+    replyDst: number,
+    replySport: number,
+    replyDport: number,
+    now: number,
+    info: ConntrackInfo,
+  ): ConntrackEntry | null {
+    checkProto(proto);
+    if ((info.endpointAddr | 0) !== (replySrc | 0) || (proto !== PROTO_ICMP && info.endpointPort !== replySport)) {
+      throw new Error(
+        `conntrack insert: endpoint ${formatIPv4(info.endpointAddr >>> 0)}:${info.endpointPort} is not the reply tuple's source ${formatIPv4(replySrc >>> 0)}:${replySport}`,
+      );
+    }
+    this.hashTuple(proto, origSrc, origDst, origSport, origDport);
+    const origHi = this.hash[0];
+    const origLo = this.hash[1];
+    this.hashTuple(proto, replySrc, replyDst, replySport, replyDport);
+    const replyHi = this.hash[0];
+    const replyLo = this.hash[1];
+    if (origHi === replyHi && origLo === replyLo) {
+      if ((origSrc | 0) === (replySrc | 0) && (origDst | 0) === (replyDst | 0) && origSport === replySport && origDport === replyDport) {
+        this.clashes++;
+      } else {
+        this.collisions++;
+      }
+      return null;
+    }
+    if (!this.vacate(origHi, origLo, proto, origSrc, origDst, origSport, origDport, now)) return null;
+    if (!this.vacate(replyHi, replyLo, proto, replySrc, replyDst, replySport, replyDport, now)) return null;
+    const e = new ConntrackEntry(
+      proto,
+      origSrc,
+      origDst,
+      origSport,
+      origDport,
+      replySrc,
+      replyDst,
+      replySport,
+      replyDport,
+      now,
+      now + initialTimeout(this.t, proto),
+      info.serviceName,
+      info.serviceIndex,
+      info.masquerade,
+    );
+    let slot: number;
+    if (this.flows.length >= this.maxEntries) {
+      slot = this.evictForInsert(now);
+      this.flows[slot] = e;
+    } else {
+      slot = this.flows.length;
+      this.flows.push(e);
+    }
+    e._slot = slot;
+    this.index.insert(origHi, origLo, slot * 2);
+    this.index.insert(replyHi, replyLo, slot * 2 + 1);
+    this.inserts++;
+    return e;
+  }
+
+  /** true when the hash is free (or was held by an expired flow, now removed); counts the refusal otherwise */
+  private vacate(hi: number, lo: number, proto: number, src: number, dst: number, sport: number, dport: number, now: number): boolean {
+    const v = this.index.find(hi, lo);
+    if (v < 0) return true;
+    const e = this.flows[v >>> 1];
+    if (e.expires <= now) {
+      this.expired++;
+      this.unlink(e);
+      return true;
+    }
+    if (hasTuple(e, proto, src, dst, sport, dport)) this.clashes++;
+    else this.collisions++;
+    return false;
+  }
+
+  /**
+   * The table is full: free one slot for a new flow, CLOCK (second chance)
+   * style, an approximation of least-recently-used. The hand walks the slots;
+   * a flow looked up since the hand last passed (_touched) is spared once and
+   * its bit cleared; the first flow not looked up since (or expired) is
+   * removed and its slot returned. After MAX_CLOCK_STEPS spared flows the
+   * hand takes the flow under it anyway, so an insert stays O(1).
+   */
+  private evictForInsert(now: number): number {
+    const flows = this.flows;
+    const n = flows.length;
+    let h = this.hand < n ? this.hand : 0;
+    for (let steps = 0; ; steps++) {
+      const e = flows[h];
+      const dead = e.expires <= now;
+      if (dead || e._touched === 0 || steps >= MAX_CLOCK_STEPS) {
+        if (dead) this.expired++;
+        else this.evictions++;
+        this.removeKeys(e);
+        e._slot = -1;
+        e.live = false;
+        this.hand = h + 1;
+        return h;
+      }
+      e._touched = 0;
+      h = h + 1 === n ? 0 : h + 1;
+    }
+  }
+
+  private removeKeys(e: ConntrackEntry): void {
+    const h = this.hash;
+    this.hashTuple(e.proto, e._origSrc, e._origDst, e.origSport, e.origDport);
+    this.index.remove(h[0], h[1]);
+    this.hashTuple(e.proto, e._replySrc, e._replyDst, e.replySport, e.replyDport);
+    this.index.remove(h[0], h[1]);
+  }
+
+  /** remove both keys and the slot (the last flow moves into it) */
+  private unlink(e: ConntrackEntry): void {
+    this.removeKeys(e);
+    const flows = this.flows;
+    const slot = e._slot;
+    const last = flows.pop()!;
+    if (last !== e) {
+      flows[slot] = last;
+      last._slot = slot;
+      const h = this.hash;
+      this.hashTuple(last.proto, last._origSrc, last._origDst, last.origSport, last.origDport);
+      this.index.setValue(h[0], h[1], slot * 2);
+      this.hashTuple(last.proto, last._replySrc, last._replyDst, last.replySport, last.replyDport);
+      this.index.setValue(h[0], h[1], slot * 2 + 1);
+    }
+    e._slot = -1;
+    e.live = false;
+  }
+
+  /** Remove a flow; false when it was no longer in the table. */
+  delete(entry: ConntrackEntry): boolean {
+    if (!entry.live) return false;
+    this.unlink(entry);
+    return true;
+  }
+
+  /** Remove every flow the predicate accepts; returns how many. */
+  deleteWhere(pred: (entry: ConntrackEntry) => boolean): number {
+    const flows = this.flows;
+    let n = 0;
+    // backwards: removing flows[i] moves the (already visited) last flow into i
+    for (let i = flows.length - 1; i >= 0; i--) {
+      if (i >= flows.length) continue;
+      const e = flows[i];
+      if (pred(e) && e.live) {
+        this.unlink(e);
+        n++;
+      }
+    }
+    return n;
+  }
+
+  /**
+   * The stale-entry fix: remove every flow whose endpoint (the reply tuple's
+   * source) is addr:port for this protocol, when that endpoint leaves the rule
+   * set, so no packet keeps going to a gone backend (kube-proxy's stale UDP
+   * conntrack problem). For ICMP the port is ignored.
+   */
+  removeByEndpoint(proto: number, addr: number, port: number): number {
+    const a = addr | 0;
+    const anyPort = proto === PROTO_ICMP;
+    return this.deleteWhere((e) => e.proto === proto && e._replySrc === a && (anyPort || e.replySport === port));
+  }
+
+  /** One pass for many endpoints: keep the flows `isLive` accepts, remove the rest. */
+  removeStale(isLive: (entry: ConntrackEntry) => boolean): number {
+    return this.deleteWhere((e) => !isLive(e));
+  }
+
+  /**
+   * Sweep: remove flows whose timer ran out; returns how many. Off the hot
+   * path (the loop runs it about once a second). A full sweep reads every
+   * entry (about 20 ms at 1 million flows here); with `maxVisits` it checks at
+   * most that many slots, continuing where the previous partial sweep
+   * stopped, so the work can be spread (lookups remove expired flows they
+   * meet in any case).
+   */
+  expire(now: number = this.clock(), maxVisits: number = Infinity): number {
+    const flows = this.flows;
+    let n = 0;
+    if (maxVisits >= flows.length) {
+      for (let i = flows.length - 1; i >= 0; i--) {
+        const e = flows[i];
+        if (e.expires <= now) {
+          this.unlink(e);
+          n++;
+        }
+      }
+    } else {
+      // downwards from the cursor: a removal moves the last flow (above, already seen this round) into the hole
+      let i = this.sweepCursor;
+      for (let visits = 0; visits < maxVisits && flows.length > 0; visits++) {
+        if (i < 0 || i >= flows.length) i = flows.length - 1;
+        const e = flows[i];
+        if (e.expires <= now) {
+          this.unlink(e);
+          n++;
+        }
+        i--;
+      }
+      this.sweepCursor = i;
+    }
+    this.expired += n;
+    return n;
+  }
+
+  /** Remove every flow (counters are kept). */
+  clear(): void {
+    for (const e of this.flows) {
+      e.live = false;
+      e._slot = -1;
+    }
+    this.flows.length = 0;
+    this.index.clear();
+    this.hand = 0;
+  }
+
+  /**
+   * The tracked flows, each once, in slot order. With `now`, flows whose
+   * timer ran out but that the sweep has not removed yet are skipped. The
+   * consumer may delete the flow it was just given; it must not insert or
+   * remove other flows while iterating (use deleteWhere).
+   */
+  *entries(now?: number): IterableIterator<ConntrackEntry> {
+    const flows = this.flows;
+    let i = 0;
+    while (i < flows.length) {
+      const e = flows[i];
+      if (now === undefined || e.expires > now) yield e;
+      // when e was removed, the last flow moved into slot i: look at it next
+      if (flows[i] === e) i++;
+    }
+  }
+
+  // ---- per-packet state -------------------------------------------------------
+
+  /**
+   * Account one packet of a flow and advance its state; sets
+   * `expires = now + timeout(state)`. `flags` is the TCP flags byte for TCP,
+   * the first chunk's type for SCTP, ignored for UDP and ICMP. `bytes` is
+   * what the counters add (netfilter counts the IP total length).
+   * Returns CT_UPDATE_OK, CT_UPDATE_IGNORED, CT_UPDATE_INVALID or CT_UPDATE_REOPEN.
+   */
+  update(entry: ConntrackEntry, direction: number, flags: number, bytes: number, now: number): number {
+    switch (entry.proto) {
+      case PROTO_TCP:
+        return this.updateTcp(entry, direction, flags, bytes, now);
+      case PROTO_UDP: {
+        // nf_conntrack_udp_packet: the flags as they were before this packet
+        let timeout = this.t.udp;
+        if (entry.seenReply && now > entry.created + UDP_STREAM_AFTER_MS) {
+          timeout = this.t.udpStream;
+          entry.assured = true;
+        }
+        account(entry, direction, bytes);
+        entry.expires = now + timeout;
+        return CT_UPDATE_OK;
+      }
+      case PROTO_ICMP:
+        account(entry, direction, bytes);
+        entry.expires = now + this.t.icmp;
+        return CT_UPDATE_OK;
+      default:
+        return this.updateSctp(entry, direction, flags, bytes, now);
+    }
+  }
+
+  /** tcp_packet(), without sequence/window tracking (tcp_in_window) */
+  private updateTcp(e: ConntrackEntry, dir: number, flags: number, bytes: number, now: number): number {
+    if (!tcpFlagsValid(flags)) return CT_UPDATE_INVALID;
+    const index = tcpFlagsIndex(flags);
+    const old = e.state;
+    const next = tcpNextState(dir, index, old);
+    if (next === TCP_CT_INVALID) return CT_UPDATE_INVALID;
+    if (next === TCP_CT_IGNORE) return CT_UPDATE_IGNORED;
+    if (next === TCP_CT_SYN_SENT && old >= TCP_CT_TIME_WAIT) {
+      // a closed or aborted connection reopened: netfilter kills it and starts over
+      this.unlink(e);
+      return CT_UPDATE_REOPEN;
+    }
+    let timeout = index === TCP_RST_SET ? this.t.tcpClose : this.tcpTimeouts[next];
+    if (!e.seenReply) {
+      if (index === TCP_RST_SET) {
+        // "If only reply is a RST, we can consider ourselves not to have an
+        // established connection": netfilter removes the flow at once
+        account(e, dir, bytes);
+        e.state = next;
+        this.unlink(e);
+        return CT_UPDATE_OK;
+      }
+      // ESTABLISHED without a reply: a flow picked up mid-stream
+      if (next === TCP_CT_ESTABLISHED && timeout > this.t.tcpUnacknowledged) timeout = this.t.tcpUnacknowledged;
+    } else if (!e.assured && (old === TCP_CT_SYN_RECV || old === TCP_CT_ESTABLISHED) && next === TCP_CT_ESTABLISHED) {
+      e.assured = true;
+    }
+    e.state = next;
+    account(e, dir, bytes);
+    e.expires = now + timeout;
+    return CT_UPDATE_OK;
+  }
+
+  /**
+   * SCTP, a simple model (not netfilter's chunk-by-chunk machine): the first
+   * packet puts the flow in COOKIE_WAIT (sctpUnreplied, 30 s); any packet once
+   * a reply was seen makes it ESTABLISHED and ASSURED (sctpEstablished,
+   * 5 days); an ABORT or SHUTDOWN COMPLETE chunk closes it (CLOSED, 10 s).
+   */
+  private updateSctp(e: ConntrackEntry, dir: number, chunkType: number, bytes: number, now: number): number {
+    let timeout: number;
+    if (chunkType === SCTP_CHUNK_ABORT || chunkType === SCTP_CHUNK_SHUTDOWN_COMPLETE || e.state === SCTP_CT_CLOSED) {
+      e.state = SCTP_CT_CLOSED;
+      timeout = this.t.sctpClosed;
+    } else if (dir === CT_DIR_REPLY || e.seenReply) {
+      e.state = SCTP_CT_ESTABLISHED;
+      e.assured = true;
+      timeout = this.t.sctpEstablished;
+    } else {
+      e.state = SCTP_CT_COOKIE_WAIT;
+      timeout = this.t.sctpUnreplied;
+    }
+    account(e, dir, bytes);
+    e.expires = now + timeout;
+    return CT_UPDATE_OK;
+  }
+
+  // ---- listing, snapshot -----------------------------------------------------------
+
+  /** `conntrack -L` for the whole table: one line per live flow, each ending in "\n". */
+  list(now: number = this.clock(), options?: FormatOptions): string {
+    let out = '';
+    for (const e of this.entries(now)) out += formatConntrackL(e, now, options) + '\n';
+    return out;
+  }
+
+  /** Plain data (JSON-ready) for every live flow, lifetimes relative to `now`. */
+  snapshot(now: number = this.clock()): ConntrackSnapshotItem[] {
+    const items: ConntrackSnapshotItem[] = [];
+    for (const e of this.entries(now)) {
+      items.push({
+        proto: e.proto,
+        origSrc: formatIPv4(e.origSrc),
+        origDst: formatIPv4(e.origDst),
+        origSport: e.origSport,
+        origDport: e.origDport,
+        replySrc: formatIPv4(e.replySrc),
+        replyDst: formatIPv4(e.replyDst),
+        replySport: e.replySport,
+        replyDport: e.replyDport,
+        state: stateName(e.proto, e.state),
+        remainingMs: e.expires - now,
+        ageMs: now - e.created,
+        seenReply: e.seenReply,
+        assured: e.assured,
+        origPackets: e.origPackets,
+        origBytes: e.origBytes,
+        replyPackets: e.replyPackets,
+        replyBytes: e.replyBytes,
+        serviceName: e.serviceName,
+        serviceIndex: e.serviceIndex,
+        masquerade: e.masquerade,
+      });
+    }
+    return items;
+  }
+
+  /**
+   * Load a snapshot (e.g. saved on SIGTERM by the previous process). Every
+   * item is checked first; a malformed one throws naming the item and field,
+   * and nothing is loaded. Returns how many flows were restored (an item
+   * whose tuple clashes with a flow already in the table is skipped).
+   */
+  restore(items: unknown, now: number = this.clock()): number {
+    if (!Array.isArray(items)) throw new TypeError('conntrack restore: expected an array of flows');
+    const checked = items.map((item, i) => checkSnapshotItem(item, i));
+    const names = new Map<string, string>();
+    let n = 0;
+    for (const it of checked) {
+      if (it.remainingMs <= 0) continue;
+      let serviceName = names.get(it.serviceName);
+      if (serviceName === undefined) {
+        serviceName = it.serviceName;
+        names.set(serviceName, serviceName);
+      }
+      const e = this.insert(it.proto, it.origSrc, it.origDst, it.origSport, it.origDport, it.replySrc, it.replyDst, it.replySport, it.replyDport, now, {
+        serviceName,
+        serviceIndex: it.serviceIndex,
+        endpointAddr: it.replySrc,
+        endpointPort: it.replySport,
+        masquerade: it.masquerade,
+      });
+      if (e === null) continue;
+      e.state = it.state;
+      e.expires = now + it.remainingMs;
+      e.created = now - it.ageMs;
+      e.seenReply = it.seenReply;
+      e.assured = it.assured;
+      e.origPackets = it.origPackets;
+      e.origBytes = it.origBytes;
+      e.replyPackets = it.replyPackets;
+      e.replyBytes = it.replyBytes;
+      n++;
+    }
+    return n;
+  }
+}
+
+function account(e: ConntrackEntry, dir: number, bytes: number): void {
+  if (dir === CT_DIR_REPLY) {
+    e.replyPackets++;
+    e.replyBytes += bytes;
+    e.seenReply = true;
+  } else {
+    e.origPackets++;
+    e.origBytes += bytes;
+  }
+}
+
+function hasTuple(e: ConntrackEntry, proto: number, src: number, dst: number, sport: number, dport: number): boolean {
+  if (e.proto !== proto) return false;
+  const s = src | 0;
+  const d = dst | 0;
+  return (
+    (e._origSrc === s && e._origDst === d && e.origSport === sport && e.origDport === dport) ||
+    (e._replySrc === s && e._replyDst === d && e.replySport === sport && e.replyDport === dport)
+  );
+}
+
+// ---- conntrack -L -----------------------------------------------------------
+
+export interface FormatOptions {
+  /** print packets= bytes= after each tuple, as with net.netfilter.nf_conntrack_acct=1 */
+  counters?: boolean;
+}
+
+const ICMP_ECHO_REQUEST = 8;
+const ICMP_ECHO_REPLY = 0;
+
+function protoLabel(proto: number): string {
+  switch (proto) {
+    case PROTO_TCP:
+      return 'tcp      6';
+    case PROTO_UDP:
+      return 'udp      17';
+    case PROTO_ICMP:
+      return 'icmp     1';
+    case PROTO_SCTP:
+      return 'sctp     132';
+    default:
+      return `${'unknown'.padEnd(8)} ${proto}`;
+  }
+}
+
+function tupleText(proto: number, src: number, dst: number, sport: number, dport: number, icmpType: number): string {
+  const l4 = proto === PROTO_ICMP ? `type=${icmpType} code=0 id=${sport}` : `sport=${sport} dport=${dport}`;
+  return `src=${formatIPv4(src)} dst=${formatIPv4(dst)} ${l4} `;
+}
+
+/**
+ * One line of `conntrack -L` (libnetfilter_conntrack's default format,
+ * nf_conntrack_acct off unless options.counters), without the newline:
+ *   udp      17 21 src=172.16.1.35 dst=10.32.0.10 sport=44560 dport=53 src=10.64.1.7 dst=10.64.1.1 sport=53 dport=44560 mark=0 use=1
+ * The remaining lifetime is whole seconds, rounded down, as the kernel reports it.
+ */
+export function formatConntrackL(entry: ConntrackEntry, now: number, options?: FormatOptions): string {
+  const e = entry;
+  const remaining = Math.max(0, Math.floor((e.expires - now) / 1000));
+  let s = `${protoLabel(e.proto)} ${remaining} `;
+  if (e.proto === PROTO_TCP || e.proto === PROTO_SCTP) s += `${stateName(e.proto, e.state)} `;
+  s += tupleText(e.proto, e.origSrc, e.origDst, e.origSport, e.origDport, ICMP_ECHO_REQUEST);
+  if (options?.counters) s += `packets=${e.origPackets} bytes=${e.origBytes} `;
+  if (!e.seenReply) s += '[UNREPLIED] ';
+  s += tupleText(e.proto, e.replySrc, e.replyDst, e.replySport, e.replyDport, ICMP_ECHO_REPLY);
+  if (options?.counters) s += `packets=${e.replyPackets} bytes=${e.replyBytes} `;
+  if (e.assured) s += '[ASSURED] ';
+  s += 'mark=0 use=1';
+  return s;
+}
+
+// ---- snapshot items --------------------------------------------------------------
+
+export interface ConntrackSnapshotItem {
+  proto: number;
+  origSrc: string;
+  origDst: string;
+  origSport: number;
+  origDport: number;
+  replySrc: string;
+  replyDst: string;
+  replySport: number;
+  replyDport: number;
+  /** conntrack -L's state name ('' for UDP and ICMP) */
+  state: string;
+  remainingMs: number;
+  ageMs: number;
+  seenReply: boolean;
+  assured: boolean;
+  origPackets: number;
+  origBytes: number;
+  replyPackets: number;
+  replyBytes: number;
+  serviceName: string;
+  serviceIndex: number;
+  masquerade: boolean;
+}
+
+interface CheckedItem {
+  proto: number;
+  origSrc: number;
+  origDst: number;
+  origSport: number;
+  origDport: number;
+  replySrc: number;
+  replyDst: number;
+  replySport: number;
+  replyDport: number;
+  state: number;
+  remainingMs: number;
+  ageMs: number;
+  seenReply: boolean;
+  assured: boolean;
+  origPackets: number;
+  origBytes: number;
+  replyPackets: number;
+  replyBytes: number;
+  serviceName: string;
+  serviceIndex: number;
+  masquerade: boolean;
+}
+
+function checkSnapshotItem(item: unknown, i: number): CheckedItem {
+  const where = `conntrack restore: item ${i}`;
+  if (typeof item !== 'object' || item === null || Array.isArray(item)) throw new TypeError(`${where}: expected an object`);
+  const o = item as Record<string, unknown>;
+  const num = (field: string, min: number, max: number): number => {
+    const v = o[field];
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) {
+      throw new RangeError(`${where}: ${field} must be an integer from ${min} to ${max}, got ${JSON.stringify(v)}`);
+    }
+    return v;
+  };
+  const finite = (field: string): number => {
+    const v = o[field];
+    if (typeof v !== 'number' || !Number.isFinite(v)) throw new RangeError(`${where}: ${field} must be a finite number, got ${JSON.stringify(v)}`);
+    return v;
+  };
+  const addr = (field: string): number => {
+    const v = o[field];
+    const a = typeof v === 'string' ? parseIPv4(v) : -1;
+    if (a < 0) throw new RangeError(`${where}: ${field} must be an IPv4 address, got ${JSON.stringify(v)}`);
+    return a;
+  };
+  const bool = (field: string): boolean => {
+    const v = o[field];
+    if (typeof v !== 'boolean') throw new TypeError(`${where}: ${field} must be true or false, got ${JSON.stringify(v)}`);
+    return v;
+  };
+  const proto = num('proto', 0, 255);
+  if (proto !== PROTO_TCP && proto !== PROTO_UDP && proto !== PROTO_ICMP && proto !== PROTO_SCTP) {
+    throw new RangeError(`${where}: proto ${proto} is not tracked (TCP 6, UDP 17, SCTP 132, ICMP 1)`);
+  }
+  const stateText = o.state;
+  if (typeof stateText !== 'string') throw new TypeError(`${where}: state must be a string, got ${JSON.stringify(stateText)}`);
+  const state = stateNumber(proto, stateText);
+  if (state < 0) throw new RangeError(`${where}: state "${stateText}" is not a ${proto === PROTO_TCP ? 'TCP' : proto === PROTO_SCTP ? 'SCTP' : 'stateless protocol\'s'} state`);
+  const serviceName = o.serviceName;
+  if (typeof serviceName !== 'string') throw new TypeError(`${where}: serviceName must be a string, got ${JSON.stringify(serviceName)}`);
+  const serviceIndex = o.serviceIndex;
+  if (typeof serviceIndex !== 'number' || !Number.isInteger(serviceIndex) || serviceIndex < -1) {
+    throw new RangeError(`${where}: serviceIndex must be an integer >= -1, got ${JSON.stringify(serviceIndex)}`);
+  }
+  return {
+    proto,
+    origSrc: addr('origSrc'),
+    origDst: addr('origDst'),
+    origSport: num('origSport', 0, 65535),
+    origDport: num('origDport', 0, 65535),
+    replySrc: addr('replySrc'),
+    replyDst: addr('replyDst'),
+    replySport: num('replySport', 0, 65535),
+    replyDport: num('replyDport', 0, 65535),
+    state,
+    remainingMs: finite('remainingMs'),
+    ageMs: finite('ageMs'),
+    seenReply: bool('seenReply'),
+    assured: bool('assured'),
+    origPackets: num('origPackets', 0, Number.MAX_SAFE_INTEGER),
+    origBytes: num('origBytes', 0, Number.MAX_SAFE_INTEGER),
+    replyPackets: num('replyPackets', 0, Number.MAX_SAFE_INTEGER),
+    replyBytes: num('replyBytes', 0, Number.MAX_SAFE_INTEGER),
+    serviceName,
+    serviceIndex,
+    masquerade: bool('masquerade'),
+  };
+}
+
