@@ -57,6 +57,8 @@ function chainLine(chain: string): string {
  */
 export function probabilityText(n: number): string {
   const x = 1 / n;
+  // only 1/2^k is exact in binary, so only it can sit exactly halfway (1/2048 = 0.00048828125)
+  if (!Number.isInteger(Math.log2(n))) return x.toFixed(10);
   const full = x.toFixed(20);
   const dot = full.indexOf('.');
   const rest = full.slice(dot + 11);
