@@ -68,7 +68,7 @@ async function measure(n: number): Promise<Row> {
     for (let k = 0; k < compiledBatch; k++) {
       const p = pkts[ci++ & (PACKETS - 1)];
       if (lookup(tables, p.proto, p.src, p.dst, p.dport, out) === LOOKUP_DNAT) {
-        sink += selectEndpoint(out.svc!, out.set!, p.proto, p.src, p.dst, p.sport, p.dport, 0, rng, null);
+        sink += tables.endpointFlat[2 * selectEndpoint(tables, out, p.proto, p.src, p.dst, p.sport, p.dport, 0, rng, null) + 1];
       }
     }
   });

@@ -190,30 +190,30 @@ export class Pipeline {
       return this.verdict(V_PASS, total);
     }
     if (proto === PROTO_SCTP && (fragField & 0x2000) !== 0) return this.drop(D_SCTP_FRAGMENTED, total);
-    const svc = out.svc!;
-    const set = out.set!;
     const hits = this.affinity.hits;
-    const i = selectEndpoint(svc, set, proto, src, dst, sport, dport, now, this.rng, svc.affinityMs > 0 ? this.affinity : null);
+    const k = selectEndpoint(tables, out, proto, src, dst, sport, dport, now, this.rng, this.affinity);
     if (this.affinity.hits !== hits) this.counters.events[E_AFFINITY_HITS]++;
-    const ep = set.endpoints[i];
-    const hairpin = ep.addr === src;
+    const epAddr = tables.endpointFlat[2 * k] >>> 0;
+    const epPort = tables.endpointFlat[2 * k + 1];
+    const hairpin = epAddr === src;
     const masq = out.masquerade || hairpin;
+    const svc = tables.services[out.svcIndex];
     const ct = this.conntrack;
     // the reply tuple: endpoint → (masquerade address | client), keeping the client's port when it is free
     const replyDst = masq ? tables.masqueradeAddr : src;
     let replyDport = sport;
-    if (ct.isTupleInUse(proto, ep.addr, replyDst, ep.port, replyDport)) {
-      replyDport = this.allocatePort(proto, ep.addr, replyDst, ep.port);
+    if (ct.isTupleInUse(proto, epAddr, replyDst, epPort, replyDport)) {
+      replyDport = this.allocatePort(proto, epAddr, replyDst, epPort);
       if (replyDport < 0) return this.drop(D_NAT_PORT_EXHAUSTED, total);
     }
     this.info.serviceName = svc.name;
     this.info.serviceIndex = svc.index;
-    this.info.endpointAddr = ep.addr;
-    this.info.endpointPort = ep.port;
+    this.info.endpointAddr = epAddr;
+    this.info.endpointPort = epPort;
     this.info.masquerade = masq;
-    const entry = ct.insert(proto, src, dst, sport, dport, ep.addr, replyDst, ep.port, replyDport, now, this.info);
+    const entry = ct.insert(proto, src, dst, sport, dport, epAddr, replyDst, epPort, replyDport, now, this.info);
     if (entry === null) return this.drop(D_CONNTRACK_COLLISION, total);
-    rewriteDst(buf, off, ep.addr, ep.port);
+    rewriteDst(buf, off, epAddr, epPort);
     if (replyDst !== src || replyDport !== sport) rewriteSrc(buf, off, replyDst, replyDport);
     ct.update(entry, DIR_ORIGINAL, flags, total, now);
     const ev = this.counters.events;

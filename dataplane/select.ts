@@ -5,7 +5,8 @@
  * hashing (opt-in per rule set).
  */
 import { LRUCache } from 'lru-cache';
-import type { EndpointSet, ServicePortEntry } from './tables.ts';
+import type { EndpointSet, ServicePortEntry, Tables, LookupResult } from './tables.ts';
+import { ROW, R_FLAGS, F_SLOW_SELECT } from './tables.ts';
 
 /** xorshift128+ with a settable seed: fast, and repeatable in tests. */
 export class Rng {
@@ -147,12 +148,14 @@ export class AffinityTable {
 }
 
 /**
- * Choose the endpoint index for a new flow: affinity first (when the service
- * has it), then Maglev (when the set has a table) or uniform random.
+ * Choose the endpoint for a new flow among the set `lookup` put in `out`:
+ * affinity first (when the service has it), then Maglev (when the set has a
+ * table) or uniform random. Returns the endpoint's position in
+ * `t.endpointFlat` (pairs: address | 0, port).
  */
 export function selectEndpoint(
-  svc: ServicePortEntry,
-  set: EndpointSet,
+  t: Tables,
+  out: LookupResult,
   proto: number,
   src: number,
   dst: number,
@@ -162,13 +165,18 @@ export function selectEndpoint(
   rng: Rng,
   affinity: AffinityTable | null,
 ): number {
-  const n = set.endpoints.length;
+  const n = out.count;
+  if ((t.serviceRows[out.svcIndex * ROW + R_FLAGS] & F_SLOW_SELECT) === 0) {
+    return out.flatStart + (n === 1 ? 0 : rng.below(n));
+  }
+  const svc = t.services[out.svcIndex];
+  const set = (out.setLocal ? svc.local : svc.cluster)!;
   if (svc.affinityMs > 0 && affinity !== null) {
     const i = affinity.get(svc, set, src, now);
     if (i >= 0) {
       const e = set.endpoints[i];
       affinity.set(svc, src, e.addr, e.port, now);
-      return i;
+      return out.flatStart + i;
     }
   }
   const i = n === 1 ? 0 : set.maglev !== null ? set.maglev[flowHash(proto, src, dst, sport, dport) % set.maglev.length] : rng.below(n);
@@ -176,5 +184,5 @@ export function selectEndpoint(
     const e = set.endpoints[i];
     affinity.set(svc, src, e.addr, e.port, now);
   }
-  return i;
+  return out.flatStart + i;
 }

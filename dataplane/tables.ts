@@ -21,6 +21,8 @@ export interface EndpointEntry {
 /** The endpoints one policy chain (KUBE-SVC- or KUBE-SVL-) chooses among. */
 export interface EndpointSet {
   readonly endpoints: readonly EndpointEntry[];
+  /** where these endpoints start in Tables.endpointFlat (pairs: addr | 0, port) */
+  readonly flatStart: number;
   /** Maglev lookup table (endpoint index per slot) when the rule set asks for maglev, else null */
   readonly maglev: Uint16Array | null;
   /** (addr * 65536 + port) → index, for session-affinity hits */
@@ -61,20 +63,38 @@ export interface ServicePortEntry {
 export const VIP_CLUSTER = 0;
 export const VIP_EXTERNAL = 1;
 export const VIP_LOADBALANCER = 2;
-
-export interface VipEntry {
-  readonly svc: ServicePortEntry;
-  readonly kind: number;
-}
+export const VIA_NODEPORT = 3;
 
 export const LB_RANDOM = 0;
 export const LB_MAGLEV = 1;
 
+/*
+ * The hot path reads typed arrays only: the VIP index gives
+ * (service index << 2 | VIP kind); `serviceRows` holds per service port
+ * ROW ints: flags, the cluster set's start and count, the local set's start
+ * and count in `endpointFlat`. Objects (ServicePortEntry, EndpointSet) are for
+ * the slow paths (affinity, Maglev, source ranges) and for reading.
+ */
+export const ROW = 8;
+export const R_FLAGS = 0;
+export const R_CLUSTER_START = 1;
+export const R_CLUSTER_COUNT = 2;
+export const R_LOCAL_START = 3;
+export const R_LOCAL_COUNT = 4;
+
+export const F_HAS_ENDPOINTS = 1;
+export const F_EXTERNAL_LOCAL = 2;
+export const F_HAS_EXTERNAL_ENDPOINTS = 4;
+export const F_HAS_INTERNAL = 8;
+export const F_INTERNAL_LOCAL = 16;
+export const F_FIREWALL = 32;
+/** affinity or Maglev: the choice needs the objects */
+export const F_SLOW_SELECT = 64;
+
 export interface Tables {
   readonly generation: number;
-  /** ClusterIP, external IPs and load-balancer IPs: (addr, protoIndex*65536+port) → index in `vipEntries` */
+  /** ClusterIP, external IPs and load-balancer IPs: (addr, protoIndex*65536+port) → serviceIndex << 2 | VIP kind */
   readonly vipIndex: VipIndex;
-  readonly vipEntries: readonly VipEntry[];
   /** every ClusterIP, external IP and LB IP (any port), as signed 32-bit numbers (addr | 0) */
   readonly vipAddrs: ReadonlySet<number>;
   /** protoIndex*65536+port → index in `services`, -1 when none; answered only for local destinations */
@@ -82,11 +102,18 @@ export interface Tables {
   /** what `-m addrtype --dst-type LOCAL` matches, as signed 32-bit numbers */
   readonly localAddrs: Int32Array;
   readonly clusterCIDR: Cidr | null;
+  /** clusterCIDR as signed net and mask; mask 0 and net 1 when none (matches nothing) */
+  readonly cidrNet: number;
+  readonly cidrMask: number;
   readonly masqueradeAll: boolean;
   /** SNAT source for masqueraded flows */
   readonly masqueradeAddr: number;
   readonly loadBalancing: number;
   readonly services: readonly ServicePortEntry[];
+  /** ROW ints per service port (see R_*) */
+  readonly serviceRows: Int32Array;
+  /** endpoint pairs: addr | 0, port */
+  readonly endpointFlat: Int32Array;
 }
 
 export const LOOKUP_NOMATCH = 0;
@@ -97,15 +124,27 @@ export const LOOKUP_DROP_SOURCE_RANGE = 4;
 
 /** Filled by `lookup`; one per caller, reused for every packet (no allocation). */
 export class LookupResult {
-  svc: ServicePortEntry | null = null;
-  set: EndpointSet | null = null;
+  /** the service port decided on, -1 for no match */
+  svcIndex = -1;
+  /** the endpoint set chosen among: false = cluster (KUBE-SVC-), true = local (KUBE-SVL-) */
+  setLocal = false;
+  /** its endpoints in Tables.endpointFlat: pairs from flatStart */
+  flatStart = 0;
+  count = 0;
   /** masquerade before the endpoint is known (hairpin adds src === endpoint) */
   masquerade = false;
-  /** VIP_CLUSTER / VIP_EXTERNAL / VIP_LOADBALANCER, or 3 for a NodePort */
+  /** VIP_CLUSTER / VIP_EXTERNAL / VIP_LOADBALANCER / VIA_NODEPORT */
   via = 0;
 }
 
-export const VIA_NODEPORT = 3;
+export function resultService(t: Tables, out: LookupResult): ServicePortEntry {
+  return t.services[out.svcIndex];
+}
+
+export function resultSet(t: Tables, out: LookupResult): EndpointSet {
+  const s = t.services[out.svcIndex];
+  return (out.setLocal ? s.local : s.cluster)!;
+}
 
 /** Is `addr` one of the node's own addresses? (a handful: a scan beats a hash) */
 export function isLocal(t: Tables, addr: number): boolean {
@@ -115,9 +154,19 @@ export function isLocal(t: Tables, addr: number): boolean {
   return false;
 }
 
+function inCidr(t: Tables, addr: number): boolean {
+  return (addr & t.cidrMask) === t.cidrNet;
+}
+
 function inRanges(ranges: readonly Cidr[], src: number): boolean {
   for (let i = 0; i < ranges.length; i++) if (cidrContains(ranges[i], src)) return true;
   return false;
+}
+
+function useSet(rows: Int32Array, o: number, local: boolean, out: LookupResult): void {
+  out.setLocal = local;
+  out.flatStart = rows[o + (local ? R_LOCAL_START : R_CLUSTER_START)];
+  out.count = rows[o + (local ? R_LOCAL_COUNT : R_CLUSTER_COUNT)];
 }
 
 /**
@@ -127,24 +176,24 @@ function inRanges(ranges: readonly Cidr[], src: number): boolean {
  * others keep their source and go to node-local endpoints only.
  * Returns false when the EXT chain falls through (no local endpoints).
  */
-function external(t: Tables, s: ServicePortEntry, src: number, out: LookupResult): boolean {
-  if (!s.externalPolicyLocal) {
-    out.set = s.cluster;
+function external(t: Tables, rows: Int32Array, o: number, flags: number, src: number, out: LookupResult): boolean {
+  if ((flags & F_EXTERNAL_LOCAL) === 0) {
+    useSet(rows, o, false, out);
     out.masquerade = true;
     return true;
   }
-  if (t.clusterCIDR !== null && cidrContains(t.clusterCIDR, src)) {
-    out.set = s.cluster;
+  if (inCidr(t, src)) {
+    useSet(rows, o, false, out);
     out.masquerade = false;
     return true;
   }
   if (isLocal(t, src)) {
-    out.set = s.cluster;
+    useSet(rows, o, false, out);
     out.masquerade = true;
     return true;
   }
-  if (s.local === null || !s.hasExternalEndpoints) return false;
-  out.set = s.local;
+  if ((flags & F_HAS_EXTERNAL_ENDPOINTS) === 0) return false;
+  useSet(rows, o, true, out);
   out.masquerade = false;
   return true;
 }
@@ -155,62 +204,66 @@ function external(t: Tables, s: ServicePortEntry, src: number, out: LookupResult
  * when nothing DNATed the packet, the filter table's REJECT and DROP rules.
  */
 export function lookup(t: Tables, proto: number, src: number, dst: number, dport: number, out: LookupResult): number {
-  out.svc = null;
-  out.set = null;
+  out.svcIndex = -1;
   out.masquerade = false;
   const pi = protoIndex(proto);
   if (pi < 0) return LOOKUP_NOMATCH;
   const protoPort = pi * 65536 + dport;
-  const vi = t.vipIndex.get(dst, protoPort);
-  const v = vi < 0 ? undefined : t.vipEntries[vi];
+  const rows = t.serviceRows;
+  const v = t.vipIndex.get(dst, protoPort);
   let firewalled = false;
-  if (v !== undefined) {
-    const s = v.svc;
-    out.svc = s;
-    out.via = v.kind;
-    if (v.kind === VIP_CLUSTER) {
-      if (s.internal !== null) {
-        out.set = s.internal;
-        out.masquerade = t.masqueradeAll || (t.clusterCIDR !== null && !cidrContains(t.clusterCIDR, src));
+  let vo = 0;
+  let vflags = 0;
+  if (v >= 0) {
+    const si = v >> 2;
+    const kind = v & 3;
+    vo = si * ROW;
+    vflags = rows[vo + R_FLAGS];
+    out.svcIndex = si;
+    out.via = kind;
+    if (kind === VIP_CLUSTER) {
+      if ((vflags & F_HAS_INTERNAL) !== 0) {
+        useSet(rows, vo, (vflags & F_INTERNAL_LOCAL) !== 0, out);
+        out.masquerade = t.masqueradeAll || (t.clusterCIDR !== null && !inCidr(t, src));
         return LOOKUP_DNAT;
       }
-    } else if (s.hasEndpoints) {
-      if (v.kind === VIP_LOADBALANCER && s.sourceRanges !== null && !inRanges(s.sourceRanges, src) && s.lbSourceIPs.indexOf(src) < 0) {
-        firewalled = true;
-      } else if (external(t, s, src, out)) {
-        return LOOKUP_DNAT;
+    } else if ((vflags & F_HAS_ENDPOINTS) !== 0) {
+      if (kind === VIP_LOADBALANCER && (vflags & F_FIREWALL) !== 0) {
+        const s = t.services[si];
+        if (!inRanges(s.sourceRanges!, src) && s.lbSourceIPs.indexOf(src) < 0) firewalled = true;
       }
+      if (!firewalled && external(t, rows, vo, vflags, src, out)) return LOOKUP_DNAT;
     }
   }
   const dstLocal = isLocal(t, dst);
   const npi = dstLocal ? t.nodePorts[protoPort] : -1;
-  const np = npi < 0 ? undefined : t.services[npi];
-  if (np !== undefined && np.hasEndpoints) {
-    if (external(t, np, src, out)) {
-      out.svc = np;
+  let nflags = 0;
+  if (npi >= 0) {
+    nflags = rows[npi * ROW + R_FLAGS];
+    if ((nflags & F_HAS_ENDPOINTS) !== 0 && external(t, rows, npi * ROW, nflags, src, out)) {
+      out.svcIndex = npi;
       out.via = VIA_NODEPORT;
       return LOOKUP_DNAT;
     }
   }
   // filter table: KUBE-PROXY-FIREWALL, then KUBE-SERVICES (FORWARD only) / KUBE-EXTERNAL-SERVICES
-  out.set = null;
   out.masquerade = false;
-  if (v !== undefined) {
-    const s = v.svc;
-    out.svc = s;
-    out.via = v.kind;
+  out.count = 0;
+  if (v >= 0) {
+    out.svcIndex = v >> 2;
+    out.via = v & 3;
     if (firewalled) return LOOKUP_DROP_SOURCE_RANGE;
-    if (!s.hasEndpoints) return LOOKUP_REJECT;
-    if (v.kind === VIP_CLUSTER) {
+    if ((vflags & F_HAS_ENDPOINTS) === 0) return LOOKUP_REJECT;
+    if ((v & 3) === VIP_CLUSTER) {
       if (!dstLocal) return LOOKUP_DROP_NO_LOCAL;
-    } else if (!s.hasExternalEndpoints) return LOOKUP_DROP_NO_LOCAL;
+    } else if ((vflags & F_HAS_EXTERNAL_ENDPOINTS) === 0) return LOOKUP_DROP_NO_LOCAL;
   }
-  if (np !== undefined && !(np.hasEndpoints && np.hasExternalEndpoints)) {
-    out.svc = np;
+  if (npi >= 0 && (nflags & (F_HAS_ENDPOINTS | F_HAS_EXTERNAL_ENDPOINTS)) !== (F_HAS_ENDPOINTS | F_HAS_EXTERNAL_ENDPOINTS)) {
+    out.svcIndex = npi;
     out.via = VIA_NODEPORT;
-    return np.hasEndpoints ? LOOKUP_DROP_NO_LOCAL : LOOKUP_REJECT;
+    return (nflags & F_HAS_ENDPOINTS) !== 0 ? LOOKUP_DROP_NO_LOCAL : LOOKUP_REJECT;
   }
-  out.svc = null;
+  out.svcIndex = -1;
   return LOOKUP_NOMATCH;
 }
 
@@ -218,10 +271,10 @@ export function lookup(t: Tables, proto: number, src: number, dst: number, dport
 export function compiledVerdict(t: Tables, p: PacketTuple): Verdict {
   const out = new LookupResult();
   const r = lookup(t, p.proto, p.src, p.dst, p.dport, out);
-  const s = out.svc;
+  const s = out.svcIndex < 0 ? null : t.services[out.svcIndex];
   switch (r) {
     case LOOKUP_DNAT: {
-      const set = out.set!;
+      const set = resultSet(t, out);
       const n = set.endpoints.length;
       const counts = new Array<number>(n).fill(0);
       if (set.maglev !== null) for (let i = 0; i < set.maglev.length; i++) counts[set.maglev[i]]++;

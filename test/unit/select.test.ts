@@ -2,7 +2,13 @@ import t from 'tap';
 import { Rng, buildMaglev, selectEndpoint, AffinityTable, flowHash } from '../../dataplane/select.ts';
 import { compile } from '../../control/compile.ts';
 import { parseRuleSet } from '../../control/validate.ts';
-import { LookupResult, lookup, LOOKUP_DNAT } from '../../dataplane/tables.ts';
+import { LookupResult, lookup, LOOKUP_DNAT, resultSet } from '../../dataplane/tables.ts';
+import type { Tables } from '../../dataplane/tables.ts';
+
+/** The chosen endpoint's index within the looked-up set. */
+function pick(t: Tables, out: LookupResult, ...rest: [number, number, number, number, number, number, Rng, AffinityTable | null]): number {
+  return selectEndpoint(t, out, ...rest) - out.flatStart;
+}
 import { parseIPv4, PROTO_TCP } from '../../dataplane/addr.ts';
 import type { RuleSet } from '../../control/types.ts';
 
@@ -37,7 +43,7 @@ function chosenCounts(rs: RuleSet, flows: number, seed: number, affinity: Affini
     const src = parseIPv4('192.0.2.0') + (f % 200);
     const sport = 1024 + ((f * 7919) % 60000);
     if (lookup(tables, PROTO_TCP, src, parseIPv4('10.96.0.1'), 80, out) !== LOOKUP_DNAT) throw new Error('no DNAT');
-    counts[selectEndpoint(out.svc!, out.set!, PROTO_TCP, src, parseIPv4('10.96.0.1'), sport, 80, f, rng, affinity)]++;
+    counts[selectEndpoint(tables, out, PROTO_TCP, src, parseIPv4('10.96.0.1'), sport, 80, f, rng, affinity) - out.flatStart]++;
   }
   return counts;
 }
@@ -111,20 +117,20 @@ t.test('ClientIP affinity: the same client sticks to one endpoint until the time
   const vip = parseIPv4('10.96.0.1');
   const client = parseIPv4('192.0.2.77');
   lookup(tables, PROTO_TCP, client, vip, 80, out);
-  const first = selectEndpoint(out.svc!, out.set!, PROTO_TCP, client, vip, 1000, 80, 0, rng, aff);
+  const first = pick(tables, out, PROTO_TCP, client, vip, 1000, 80, 0, rng, aff);
   const chosen = new Set<number>();
   // each new connection within the timeout refreshes it
-  for (let i = 1; i < 200; i++) chosen.add(selectEndpoint(out.svc!, out.set!, PROTO_TCP, client, vip, 1000 + i, 80, i * 1000, rng, aff));
+  for (let i = 1; i < 200; i++) chosen.add(pick(tables, out, PROTO_TCP, client, vip, 1000 + i, 80, i * 1000, rng, aff));
   t.same([...chosen], [first], 'all 199 later connections went to the first endpoint');
   t.equal(aff.hits, 199);
   // after 60 s of silence the choice is free again: over many clients, not all land on one endpoint
   const later = 199 * 1000 + 60_001;
   const seen = new Set<number>();
-  for (let i = 0; i < 50; i++) seen.add(selectEndpoint(out.svc!, out.set!, PROTO_TCP, client, vip, 5000 + i, 80, later + i * 61_000, rng, aff));
+  for (let i = 0; i < 50; i++) seen.add(pick(tables, out, PROTO_TCP, client, vip, 5000 + i, 80, later + i * 61_000, rng, aff));
   t.ok(seen.size > 1, `after expiry the client moved among ${seen.size} endpoints`);
   // different clients spread
   const spread = new Set<number>();
-  for (let c = 0; c < 100; c++) spread.add(selectEndpoint(out.svc!, out.set!, PROTO_TCP, client + 1 + c, vip, 1, 80, 0, rng, aff));
+  for (let c = 0; c < 100; c++) spread.add(pick(tables, out, PROTO_TCP, client + 1 + c, vip, 1, 80, 0, rng, aff));
   t.equal(spread.size, 5);
 });
 
@@ -135,13 +141,16 @@ t.test('affinity survives a recompile but not the endpoint leaving', async (t) =
   const aff = new AffinityTable();
   const vip = parseIPv4('10.96.0.1');
   const client = parseIPv4('192.0.2.9');
-  lookup(compile(rs), PROTO_TCP, client, vip, 80, out);
-  const first = out.set!.endpoints[selectEndpoint(out.svc!, out.set!, PROTO_TCP, client, vip, 1, 80, 0, rng, aff)];
-  lookup(compile(rs, { generation: 2 }), PROTO_TCP, client, vip, 80, out);
-  t.equal(out.set!.endpoints[selectEndpoint(out.svc!, out.set!, PROTO_TCP, client, vip, 2, 80, 10, rng, aff)].text, first.text);
+  let tables = compile(rs);
+  lookup(tables, PROTO_TCP, client, vip, 80, out);
+  const first = resultSet(tables, out).endpoints[pick(tables, out, PROTO_TCP, client, vip, 1, 80, 0, rng, aff)];
+  tables = compile(rs, { generation: 2 });
+  lookup(tables, PROTO_TCP, client, vip, 80, out);
+  t.equal(resultSet(tables, out).endpoints[pick(tables, out, PROTO_TCP, client, vip, 2, 80, 10, rng, aff)].text, first.text);
   const rs2 = structuredClone(rs);
   rs2.services[0].endpoints = rs2.services[0].endpoints!.filter((e) => `${e.address}:8080` !== first.text);
-  lookup(compile(rs2, { generation: 3 }), PROTO_TCP, client, vip, 80, out);
-  const moved = out.set!.endpoints[selectEndpoint(out.svc!, out.set!, PROTO_TCP, client, vip, 3, 80, 20, rng, aff)];
+  tables = compile(rs2, { generation: 3 });
+  lookup(tables, PROTO_TCP, client, vip, 80, out);
+  const moved = resultSet(tables, out).endpoints[pick(tables, out, PROTO_TCP, client, vip, 3, 80, 20, rng, aff)];
   t.not(moved.text, first.text);
 });
