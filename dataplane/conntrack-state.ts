@@ -59,9 +59,9 @@ export const SCTP_STATE_NAMES: readonly string[] = [
   'HEARTBEAT_SENT',
 ];
 
-/** SCTP chunk types that end an association (RFC 9260 §3.2): ABORT, SHUTDOWN COMPLETE. */
-export const SCTP_CHUNK_ABORT = 6;
-export const SCTP_CHUNK_SHUTDOWN_COMPLETE = 14;
+/** SCTP chunk types that end an association (RFC 9260 §3.2; wire/sctp.ts has them all) */
+export const SCTP_CLOSING_CHUNK_ABORT = 6;
+export const SCTP_CLOSING_CHUNK_SHUTDOWN_COMPLETE = 14;
 
 /** The state's name as `conntrack -L` prints it, '' for protocols without one (UDP, ICMP). */
 export function stateName(proto: number, state: number): string {

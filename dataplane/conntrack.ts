@@ -43,8 +43,8 @@ import { formatIPv4, parseIPv4, PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP } f
 import {
   initialTimeout,
   resolveTimeouts,
-  SCTP_CHUNK_ABORT,
-  SCTP_CHUNK_SHUTDOWN_COMPLETE,
+  SCTP_CLOSING_CHUNK_ABORT,
+  SCTP_CLOSING_CHUNK_SHUTDOWN_COMPLETE,
   SCTP_CT_CLOSED,
   SCTP_CT_COOKIE_WAIT,
   SCTP_CT_ESTABLISHED,
@@ -707,7 +707,7 @@ export class Conntrack {
    */
   private updateSctp(e: ConntrackEntry, dir: number, chunkType: number, bytes: number, now: number): number {
     let timeout: number;
-    if (chunkType === SCTP_CHUNK_ABORT || chunkType === SCTP_CHUNK_SHUTDOWN_COMPLETE || e.state === SCTP_CT_CLOSED) {
+    if (chunkType === SCTP_CLOSING_CHUNK_ABORT || chunkType === SCTP_CLOSING_CHUNK_SHUTDOWN_COMPLETE || e.state === SCTP_CT_CLOSED) {
       e.state = SCTP_CT_CLOSED;
       timeout = this.t.sctpClosed;
     } else if (dir === CT_DIR_REPLY || e.seenReply) {
