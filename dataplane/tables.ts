@@ -252,7 +252,9 @@ export function lookup(t: Tables, proto: number, src: number, dst: number, dport
   if (v >= 0) {
     out.svcIndex = v >> 2;
     out.via = v & 3;
-    if (firewalled) return LOOKUP_DROP_SOURCE_RANGE;
+    // KUBE-PROXY-FIREWALL comes first in INPUT and FORWARD and drops whatever reached an LB IP
+    // with source ranges without being DNATed: refused sources, and admitted ones that fell through
+    if (firewalled || ((v & 3) === VIP_LOADBALANCER && (vflags & F_FIREWALL) !== 0)) return LOOKUP_DROP_SOURCE_RANGE;
     if ((vflags & F_HAS_ENDPOINTS) === 0) return LOOKUP_REJECT;
     if ((v & 3) === VIP_CLUSTER) {
       if (!dstLocal) return LOOKUP_DROP_NO_LOCAL;
