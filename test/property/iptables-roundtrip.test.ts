@@ -1,0 +1,162 @@
+import t from 'tap';
+import fc from 'fast-check';
+import type { RuleSet } from '../../control/types.ts';
+import { ruleSetModel } from '../../control/model.ts';
+import { parseCidr, formatCidr } from '../../dataplane/addr.ts';
+import { writeIptables } from '../../control/iptables/writer.ts';
+import { importIptables } from '../../control/iptables/importer.ts';
+import { linearFromText } from '../../control/iptables/linear.ts';
+import { arbRuleSet, arbRuleSetWithPackets } from '../support/arbitraries.ts';
+
+const RUNS = 250;
+
+/** What kube-proxy's iptables rules say about a rule set; what they cannot say is left out. */
+function observable(rs: RuleSet) {
+  const m = ruleSetModel(rs);
+  const ports = m.ports
+    .filter((p) => p.clusterIP !== null)
+    .map((p) => ({
+      name: p.name,
+      proto: p.proto,
+      clusterIP: p.clusterIP,
+      port: p.port.port,
+      nodePort: p.port.nodePort ?? 0,
+      // without endpoints, external and load-balancer IPs give the same filter rules
+      externalIPs: p.hasEndpoints ? p.externalIPs : [],
+      loadBalancerIPs: p.hasEndpoints ? p.loadBalancerIPs : [],
+      externalOrLoadBalancerIPs: p.hasEndpoints ? [] : [...p.externalIPs, ...p.loadBalancerIPs],
+      sourceRanges: p.usesFirewallChain ? p.loadBalancerSourceRanges.map((r) => formatCidr(parseCidr(r)!)) : [],
+      allowFromNode: p.usesFirewallChain && p.allowFromNode,
+      clusterEndpoints: p.usesClusterPolicyChain ? p.clusterEndpoints.map((e) => e.text) : [],
+      localEndpoints: p.usesLocalPolicyChain ? p.localEndpoints.map((e) => e.text) : [],
+      reachable: p.allReachableEndpoints.map((e) => e.text),
+      affinitySeconds: p.usesClusterPolicyChain || p.usesLocalPolicyChain ? p.affinitySeconds : 0,
+      hasEndpoints: p.hasEndpoints,
+      hasInternalEndpoints: p.hasInternalEndpoints,
+      hasExternalEndpoints: p.hasExternalEndpoints,
+      internalPolicyLocal: p.hasEndpoints ? p.internalPolicyLocal : null,
+      externalPolicyLocal: p.hasEndpoints ? p.externalPolicyLocal : null,
+    }))
+    .sort((a, b) => (a.name + a.proto < b.name + b.proto ? -1 : 1));
+  const internal = m.ports.some((p) => p.clusterIP !== null && p.hasInternalEndpoints);
+  const podRule = m.ports.some((p) => p.clusterIP !== null && p.usesExternalTrafficChain && p.externalPolicyLocal);
+  return {
+    ports,
+    masqueradeMark: m.node.masqueradeMark,
+    masqueradeAll: internal ? m.node.masqueradeAll : null,
+    clusterCIDR: (internal && !m.node.masqueradeAll) || podRule ? m.node.clusterCIDR : null,
+  };
+}
+
+t.test('writer ∘ importer ∘ writer: the restore text is a fixed point, nothing is left unread', async (t) => {
+  let checked = 0;
+  fc.assert(
+    fc.property(arbRuleSet(), (rs) => {
+      const text = writeIptables(rs);
+      const r = importIptables(text, { nodeAddresses: rs.node.addresses });
+      if (r.notUnderstood.length > 0) throw new Error(`not understood: ${JSON.stringify(r.notUnderstood[0])}`);
+      const again = writeIptables(r.ruleSet);
+      if (again !== text) throw new Error(`differs:\n${text}\n---\n${again}`);
+      checked++;
+    }),
+    { numRuns: RUNS, seed: 20240611 },
+  );
+  t.equal(checked, RUNS);
+});
+
+t.test('the imported rule set equals the original on what iptables can express', async (t) => {
+  let withEndpoints = 0;
+  fc.assert(
+    fc.property(arbRuleSet(), (rs) => {
+      const r = importIptables(writeIptables(rs), { nodeAddresses: rs.node.addresses });
+      const want = observable(rs);
+      const got = observable(r.ruleSet);
+      if (JSON.stringify(want) !== JSON.stringify(got)) {
+        throw new Error(`observable differs:\n${JSON.stringify(want, null, 1)}\n---\n${JSON.stringify(got, null, 1)}`);
+      }
+      if (want.ports.some((p) => p.clusterEndpoints.length > 1)) withEndpoints++;
+    }),
+    { numRuns: RUNS, seed: 977 },
+  );
+  t.ok(withEndpoints > RUNS / 4, `rule sets with a multi-endpoint service: ${withEndpoints}`);
+});
+
+t.test('linear evaluate: every DNAT verdict\'s probabilities sum to 1, over endpoints the service can reach', async (t) => {
+  const kinds: Record<string, number> = {};
+  fc.assert(
+    fc.property(arbRuleSetWithPackets(12), ({ rs, packets }) => {
+      const ev = linearFromText(writeIptables(rs), { localAddresses: rs.node.addresses });
+      const model = ruleSetModel(rs);
+      for (const pkt of packets) {
+        const v = ev.evaluate(pkt);
+        kinds[v.kind] = (kinds[v.kind] ?? 0) + 1;
+        if (v.kind !== 'dnat') continue;
+        const sum = v.candidates.reduce((s, c) => s + c.probability, 0);
+        if (Math.abs(sum - 1) > 1e-9) throw new Error(`probabilities sum to ${sum}: ${JSON.stringify(v)}`);
+        if (v.candidates.some((c) => !(c.probability > 0))) throw new Error(`a candidate without chance: ${JSON.stringify(v)}`);
+        const port = model.ports.find((p) => p.name === v.service && p.protocol === (pkt.proto === 6 ? 'TCP' : pkt.proto === 17 ? 'UDP' : 'SCTP'));
+        if (!port) throw new Error(`no service port ${v.service}`);
+        const reachable = new Set(port.allReachableEndpoints.map((e) => e.text));
+        for (const c of v.candidates) if (!reachable.has(c.endpoint)) throw new Error(`${c.endpoint} is not an endpoint of ${v.service}`);
+        if (v.affinitySeconds !== port.affinitySeconds) throw new Error(`affinity ${v.affinitySeconds}, want ${port.affinitySeconds}`);
+      }
+    }),
+    { numRuns: RUNS, seed: 4242 },
+  );
+  t.ok(kinds.dnat > 0 && kinds.nomatch > 0 && kinds.reject > 0 && kinds.drop > 0, `verdict kinds seen: ${JSON.stringify(kinds)}`);
+});
+
+/** mulberry32: a small seeded PRNG for reproducible draws */
+function mulberry32(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let x = a;
+    x = Math.imul(x ^ (x >>> 15), x | 1);
+    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
+    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+t.test('linear sample, drawn many times, follows evaluate\'s probabilities (chi-square)', async (t) => {
+  const DRAWS = 1500;
+  // chi-square critical values at p = 1e-5 for 1..3 degrees of freedom (4 endpoints at most)
+  const CRITICAL = [0, 19.51, 23.03, 25.9];
+  let tested = 0;
+  fc.assert(
+    fc.property(arbRuleSetWithPackets(6, { maxServices: 4 }), fc.integer({ min: 1, max: 2 ** 31 }), ({ rs, packets }, seed) => {
+      const text = writeIptables(rs);
+      const ev = linearFromText(text, { localAddresses: rs.node.addresses, random: mulberry32(seed) });
+      for (const pkt of packets) {
+        const v = ev.evaluate(pkt);
+        if (v.kind !== 'dnat') {
+          const s = ev.sample(pkt, 0);
+          if (s.kind !== v.kind || (v.kind !== 'nomatch' && s.service !== v.service)) throw new Error(`sample ${s.kind} ${s.service}, evaluate ${JSON.stringify(v)}`);
+          continue;
+        }
+        const counts = new Map<string, number>();
+        for (let i = 0; i < DRAWS; i++) {
+          ev.clearAffinity();
+          const s = ev.sample(pkt, i * 1000);
+          if (s.kind !== 'dnat' || s.service !== v.service) throw new Error(`sample ${s.kind} ${s.service}, evaluate dnat ${v.service}`);
+          const c = v.candidates.find((x) => x.endpoint === s.endpoint);
+          if (!c) throw new Error(`sampled ${s.endpoint}, not a candidate of ${JSON.stringify(v.candidates)}`);
+          if (c.masquerade !== s.masquerade) throw new Error(`masquerade ${s.masquerade} for ${s.endpoint}, evaluate says ${c.masquerade}`);
+          counts.set(s.endpoint, (counts.get(s.endpoint) ?? 0) + 1);
+        }
+        if (v.candidates.length < 2) continue;
+        let chi2 = 0;
+        for (const c of v.candidates) {
+          const expected = c.probability * DRAWS;
+          const observed = counts.get(c.endpoint) ?? 0;
+          chi2 += (observed - expected) ** 2 / expected;
+        }
+        const df = v.candidates.length - 1;
+        if (chi2 > CRITICAL[df]) throw new Error(`chi-square ${chi2.toFixed(2)} > ${CRITICAL[df]} (df ${df}): ${JSON.stringify([...counts])} vs ${JSON.stringify(v.candidates)}`);
+        tested++;
+      }
+    }),
+    { numRuns: 200, seed: 31337 },
+  );
+  t.ok(tested > 50, `multi-endpoint verdicts tested: ${tested}`);
+});
