@@ -124,6 +124,10 @@ export class ConntrackEntry {
   _replyDst: number;
   readonly replySport: number;
   readonly replyDport: number;
+  /** ms; the flow is dead when expires <= now */
+  expires: number;
+  /** @internal second-chance bit for eviction: set by lookup hits */
+  _touched: number;
   /** TCP: TCP_CT_*; SCTP: SCTP_CT_*; UDP, ICMP: 0 */
   state: number;
   /** a packet was seen in the reply direction (IPS_SEEN_REPLY; not [UNREPLIED]) */
@@ -132,8 +136,6 @@ export class ConntrackEntry {
   assured: boolean;
   /** false once removed from the table (expired, evicted, deleted) */
   live: boolean;
-  /** ms; the flow is dead when expires <= now */
-  expires: number;
   /** ms; first packet (UDP stream detection, snapshot age) */
   created: number;
   origPackets: number;
@@ -143,8 +145,6 @@ export class ConntrackEntry {
   serviceName: string;
   serviceIndex: number;
   masquerade: boolean;
-  /** @internal second-chance bit for eviction: set by lookup hits */
-  _touched: number;
   /** @internal position in the table's dense flow array */
   _slot: number;
 
@@ -173,11 +173,12 @@ export class ConntrackEntry {
     this._replyDst = replyDst | 0;
     this.replySport = replySport;
     this.replyDport = replyDport;
+    this.expires = expires;
+    this._touched = 0;
     this.state = 0;
     this.seenReply = false;
     this.assured = false;
     this.live = true;
-    this.expires = expires;
     this.created = now;
     this.origPackets = 0;
     this.origBytes = 0;
@@ -186,7 +187,6 @@ export class ConntrackEntry {
     this.serviceName = serviceName;
     this.serviceIndex = serviceIndex;
     this.masquerade = masquerade;
-    this._touched = 0;
     this._slot = -1;
   }
 
