@@ -508,8 +508,9 @@ export class Conntrack {
     this.index.remove(h[0], h[1]);
   }
 
-  /** remove both keys and the slot (the last flow moves into it) */
+  /** remove both keys and the slot (the last flow moves into it); a no-op for a flow already removed */
   private unlink(e: ConntrackEntry): void {
+    if (!e.live) return;
     this.removeKeys(e);
     const flows = this.flows;
     const slot = e._slot;

@@ -352,3 +352,22 @@ t.test('SCTP, simple model: COOKIE_WAIT 30 s, ESTABLISHED 5 days once answered, 
   ct.update(f, R, SHUTDOWN_COMPLETE, 16, 1000);
   t.equal(f.state, SCTP_CT_CLOSED);
 });
+
+t.test('updating a flow that is no longer in the table leaves the table alone', async (t) => {
+  const ct = new Conntrack({ seed: 12 });
+  const e = tcpFlow(ct);
+  const other = ct.insert(PROTO_TCP, CLIENT, VIP, 40001, 443, EP, MASQ, 6443, 40001, 0, {
+    serviceName: 'default/kubernetes:https',
+    serviceIndex: 0,
+    endpointAddr: EP,
+    endpointPort: 6443,
+    masquerade: true,
+  })!;
+  ct.update(e, O, SYN, 60, 0);
+  t.ok(ct.delete(e));
+  // a packet of the deleted flow still in flight: RST before any reply would remove it again
+  t.equal(ct.update(e, R, RST | ACK, 40, 1), CT_UPDATE_OK);
+  t.equal(ct.size, 1);
+  t.equal(ct.lookup(PROTO_TCP, CLIENT, VIP, 40001, 443, 2), other);
+  t.equal(ct.lookup(PROTO_TCP, EP, MASQ, 6443, 40001, 2), other);
+});
