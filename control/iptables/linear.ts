@@ -134,7 +134,8 @@ class CMatch {
 }
 
 class CRule {
-  rule: Rule;
+  /** line of the rule in the text */
+  line: number;
   /** never matches (an interface or fragment test that fails for every packet here, or an unknown match) */
   never = false;
   hasSrc = false;
@@ -162,15 +163,51 @@ class CRule {
   service: string | null = null;
   noLocalEndpoints = false;
   firewall = false;
-  /** the --seconds of a `recent --rcheck/--update` in this rule, 0 when none */
-  affinitySeconds = 0;
   constructor(rule: Rule) {
-    this.rule = rule;
+    this.line = rule.line;
+  }
+}
+
+// header words of a rule in a chain's packed array (stride HDR)
+const HDR = 5;
+const H_NEVER = 1;
+const H_DST = 2;
+const H_DST_INV = 4;
+const H_SRC = 8;
+const H_SRC_INV = 16;
+const H_PROTO = 32;
+const H_PROTO_INV = 64;
+
+/**
+ * A chain: its rules, and their IP-header tests packed in one typed array,
+ * HDR words a rule: flags | protocol << 8, dst net, dst mask, src net, src mask.
+ * A walk reads the rule object only when the header matches.
+ */
+class CChain {
+  readonly rules: CRule[];
+  readonly hdr: Uint32Array;
+  constructor(rules: CRule[]) {
+    this.rules = rules;
+    const h = new Uint32Array(rules.length * HDR);
+    for (let i = 0; i < rules.length; i++) {
+      const r = rules[i];
+      let f = 0;
+      if (r.never) f |= H_NEVER;
+      if (r.hasDst) f |= H_DST | (r.dstInv ? H_DST_INV : 0);
+      if (r.hasSrc) f |= H_SRC | (r.srcInv ? H_SRC_INV : 0);
+      if (r.proto >= 0) f |= H_PROTO | (r.protoInv ? H_PROTO_INV : 0) | (r.proto << 8);
+      h[i * HDR] = f;
+      h[i * HDR + 1] = r.dstNet;
+      h[i * HDR + 2] = r.dstMask;
+      h[i * HDR + 3] = r.srcNet;
+      h[i * HDR + 4] = r.srcMask;
+    }
+    this.hdr = h;
   }
 }
 
 class CTable {
-  chains: CRule[][] = [];
+  chains: CChain[] = [];
   names: string[] = [];
   index = new Map<string, number>();
   /** per chain: O_POLICY_ACCEPT / O_POLICY_DROP for built-in chains, 0 for user chains */
@@ -294,7 +331,7 @@ export class LinearEvaluator {
     this.filter = this.compileTable(parsed.tables.get('filter'), 'filter', lists, inIf, outIf);
     for (let i = 0; i < lists.size; i++) this.recentLists.push(new Map());
     let count = 0;
-    for (const t of [this.nat, this.filter]) for (const c of t.chains) count += c.length;
+    for (const t of [this.nat, this.filter]) for (const c of t.chains) count += c.rules.length;
     this.ruleCount = count;
     const depth = this.nat.chains.length + this.filter.chains.length + 2;
     this.stackChain = new Int32Array(depth);
@@ -317,7 +354,7 @@ export class LinearEvaluator {
     for (const chain of t.chains.values()) {
       const rules: CRule[] = [];
       for (const r of chain.rules) rules.push(this.compileRule(r, ct, name, chain.name, lists, inIf, outIf));
-      ct.chains.push(rules);
+      ct.chains.push(new CChain(rules));
     }
     return ct;
   }
@@ -345,7 +382,7 @@ export class LinearEvaluator {
     // the first packet of a flow is never a non-first fragment: `-f` never matches, `! -f` always
     if (r.fragment && !r.fragment.invert) c.never = true;
     for (const m of r.matches) {
-      const cm = this.compileMatch(m, lists, c);
+      const cm = this.compileMatch(m, lists);
       if (cm) c.matches.push(cm);
     }
     c.service = serviceFromComment(r.comment);
@@ -396,7 +433,7 @@ export class LinearEvaluator {
     return c;
   }
 
-  private compileMatch(m: Match, lists: Map<string, number>, rule: CRule): CMatch | null {
+  private compileMatch(m: Match, lists: Map<string, number>): CMatch | null {
     const cm = new CMatch();
     switch (m.kind) {
       case 'comment':
@@ -459,9 +496,6 @@ export class LinearEvaluator {
         cm.reap = m.reap;
         cm.mask = m.mask >>> 0;
         cm.side = m.side === 'src' ? 0 : 1;
-        if ((cm.action === RECENT_RCHECK || cm.action === RECENT_UPDATE) && m.seconds !== null && rule.affinitySeconds === 0) {
-          rule.affinitySeconds = m.seconds;
-        }
         return cm;
       }
       case 'mark':
@@ -530,12 +564,8 @@ export class LinearEvaluator {
     }
   }
 
-  /** Do the rule's matches all hold? Sets `branching` and returns false when evaluate needs a decision it has not got. */
+  /** Do the rule's match modules all hold (the IP header is checked by the walk)? Sets `branching` and returns false when evaluate needs a decision it has not got. */
   private matches(r: CRule): boolean {
-    if (r.never) return false;
-    if (r.hasDst && (((this.dst & r.dstMask) >>> 0) === r.dstNet) === r.dstInv) return false;
-    if (r.hasSrc && (((this.src & r.srcMask) >>> 0) === r.srcNet) === r.srcInv) return false;
-    if (r.proto >= 0 && (this.proto === r.proto) === r.protoInv) return false;
     const ms = r.matches;
     for (let i = 0; i < ms.length; i++) {
       const m = ms[i];
@@ -596,6 +626,9 @@ export class LinearEvaluator {
           break;
         }
         case M_RECENT:
+          if (this.enumerate && this.affinitySeconds === 0 && m.seconds > 0 && (m.action === RECENT_RCHECK || m.action === RECENT_UPDATE)) {
+            this.affinitySeconds = m.seconds; // the chain's ClientIP timeout, reported by evaluate
+          }
           if (!this.recentMatch(m)) return false;
           break;
         case M_MARK:
@@ -615,25 +648,49 @@ export class LinearEvaluator {
   private walk(t: CTable, start: number): number {
     if (start < 0) return O_POLICY_ACCEPT;
     let cur = start;
-    let rules = t.chains[cur];
+    let chain = t.chains[cur];
+    let hdr = chain.hdr;
+    let n = chain.rules.length;
     let pos = 0;
     let sp = 0;
     const stackChain = this.stackChain;
     const stackPos = this.stackPos;
+    // constant for the walk: a DNAT ends it
+    const dst = this.dst;
+    const src = this.src;
+    const proto = this.proto;
+    let visits = this.visits;
     for (;;) {
-      if (pos >= rules.length) {
-        if (sp === 0) return t.policy[start] || O_POLICY_ACCEPT;
+      if (pos >= n) {
+        if (sp === 0) {
+          this.visits = visits;
+          return t.policy[start] || O_POLICY_ACCEPT;
+        }
         sp--;
         cur = stackChain[sp];
         pos = stackPos[sp];
-        rules = t.chains[cur];
+        chain = t.chains[cur];
+        hdr = chain.hdr;
+        n = chain.rules.length;
         continue;
       }
-      const r = rules[pos++];
-      this.visits++;
-      if (r.affinitySeconds !== 0 && this.affinitySeconds === 0) this.affinitySeconds = r.affinitySeconds;
-      if (!this.matches(r)) {
-        if (this.branching) return O_BRANCH;
+      // the IP header first, from the packed array (most rules fail here), then the match modules
+      const h = pos * HDR;
+      const f = hdr[h];
+      pos++;
+      visits++;
+      if (f !== 0) {
+        if ((f & H_NEVER) !== 0) continue;
+        if ((f & H_DST) !== 0 && (((dst & hdr[h + 2]) >>> 0) === hdr[h + 1]) === ((f & H_DST_INV) !== 0)) continue;
+        if ((f & H_SRC) !== 0 && (((src & hdr[h + 4]) >>> 0) === hdr[h + 3]) === ((f & H_SRC_INV) !== 0)) continue;
+        if ((f & H_PROTO) !== 0 && (proto === f >>> 8) === ((f & H_PROTO_INV) !== 0)) continue;
+      }
+      const r = chain.rules[pos - 1];
+      if (r.matches.length !== 0 && !this.matches(r)) {
+        if (this.branching) {
+          this.visits = visits;
+          return O_BRANCH;
+        }
         continue;
       }
       if (r.service !== null) {
@@ -649,42 +706,51 @@ export class LinearEvaluator {
           continue;
         case T_JUMP:
           if (r.jump < 0) continue; // a chain the dump does not define: nothing in it
-          if (sp >= stackChain.length) throw new Error(`chain nesting deeper than ${stackChain.length} at line ${r.rule.line} (a loop?)`);
-          if (this.visits > this.maxVisits) throw new Error(`more than ${this.maxVisits} rules visited for one packet (a loop?)`);
+          if (sp >= stackChain.length) throw new Error(`chain nesting deeper than ${stackChain.length} at line ${r.line} (a loop?)`);
+          if (visits > this.maxVisits) throw new Error(`more than ${this.maxVisits} rules visited for one packet (a loop?)`);
           stackChain[sp] = cur;
           stackPos[sp] = pos;
           sp++;
           cur = r.jump;
-          rules = t.chains[cur];
+          chain = t.chains[cur];
+          hdr = chain.hdr;
+          n = chain.rules.length;
           pos = 0;
           continue;
         case T_GOTO:
-          if (this.visits > this.maxVisits) throw new Error(`more than ${this.maxVisits} rules visited for one packet (a loop?)`);
+          if (visits > this.maxVisits) throw new Error(`more than ${this.maxVisits} rules visited for one packet (a loop?)`);
           if (r.jump < 0) {
-            pos = rules.length; // an empty chain: back to the caller
+            pos = n; // an empty chain: back to the caller
             continue;
           }
           cur = r.jump;
-          rules = t.chains[cur];
+          chain = t.chains[cur];
+          hdr = chain.hdr;
+          n = chain.rules.length;
           pos = 0;
           continue;
         case T_RETURN:
-          pos = rules.length;
+          pos = n;
           continue;
         case T_ACCEPT:
           this.decidingRule = r;
+          this.visits = visits;
           return O_ACCEPT;
         case T_DROP:
           this.decidingRule = r;
+          this.visits = visits;
           return O_DROP;
         case T_REJECT:
           this.decidingRule = r;
+          this.visits = visits;
           return O_REJECT;
         case T_DNAT:
           this.decidingRule = r;
+          this.visits = visits;
           return O_DNAT;
         case T_MASQ:
           this.decidingRule = r;
+          this.visits = visits;
           return O_MASQ;
       }
     }

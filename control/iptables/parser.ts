@@ -197,37 +197,56 @@ const PROTOCOLS: Record<string, number> = {
 /** Split a restore line into arguments as iptables-restore does: blanks separate, "…" quotes, \ escapes inside quotes. */
 export function splitArgs(line: string): string[] {
   const out: string[] = [];
+  const n = line.length;
+  if (line.indexOf('"') < 0) {
+    // no quotes (most of iptables-save): blanks separate, nothing else is special
+    let i = 0;
+    while (i < n) {
+      let c = line.charCodeAt(i);
+      while (i < n && (c === 32 || c === 9 || c === 13)) c = line.charCodeAt(++i);
+      if (i >= n) break;
+      const start = i;
+      while (i < n && c !== 32 && c !== 9 && c !== 13) c = line.charCodeAt(++i);
+      out.push(line.slice(start, i));
+    }
+    return out;
+  }
   let cur = '';
   let has = false;
   let quoted = false;
-  for (let i = 0; i < line.length; i++) {
-    const ch = line[i];
+  let start = 0; // start of the pending plain run
+  for (let i = 0; i < n; i++) {
+    const c = line.charCodeAt(i);
     if (quoted) {
-      if (ch === '\\' && i + 1 < line.length) {
-        cur += line[++i];
-      } else if (ch === '"') {
+      if (c === 92 /* \ */ && i + 1 < n) {
+        cur += line.slice(start, i) + line[i + 1];
+        i++;
+        start = i + 1;
+      } else if (c === 34 /* " */) {
+        cur += line.slice(start, i);
+        start = i + 1;
         quoted = false;
-      } else {
-        cur += ch;
       }
       continue;
     }
-    if (ch === '"') {
+    if (c === 34) {
+      cur += line.slice(start, i);
+      start = i + 1;
       quoted = true;
       has = true;
-    } else if (ch === ' ' || ch === '\t' || ch === '\r') {
-      if (has) {
+    } else if (c === 32 || c === 9 || c === 13) {
+      cur += line.slice(start, i);
+      start = i + 1;
+      if (has || cur !== '') {
         out.push(cur);
         cur = '';
         has = false;
       }
-    } else {
-      cur += ch;
-      has = true;
     }
   }
   if (quoted) throw new Error('unterminated quote');
-  if (has) out.push(cur);
+  cur += line.slice(start);
+  if (has || cur !== '') out.push(cur);
   return out;
 }
 
@@ -315,13 +334,26 @@ function unknownMatch(p: RawPart, reason: string): Match {
   return { kind: 'unknown', module: p.module, args: rawArgs(p), reason };
 }
 
+/** the part's options by name: a few at most, so a scan (the last one given wins, as in iptables) */
+class Options {
+  constructor(private readonly list: RawOption[]) {}
+  get(name: string): RawOption | undefined {
+    for (let i = this.list.length - 1; i >= 0; i--) if (this.list[i].name === name) return this.list[i];
+    return undefined;
+  }
+  has(name: string): boolean {
+    return this.get(name) !== undefined;
+  }
+  value(name: string): string | undefined {
+    return this.get(name)?.values[0];
+  }
+}
+
 function buildMatch(p: RawPart, ctx: { ipv6: boolean }): Match {
-  const opts = new Map<string, RawOption>();
-  for (const o of p.options) opts.set(o.name, o);
-  const v = (name: string) => opts.get(name)?.values[0];
+  const opts = new Options(p.options);
   switch (p.module) {
     case 'comment': {
-      const c = v('comment');
+      const c = p.options.length === 1 && p.options[0].name === 'comment' ? p.options[0].values[0] : opts.value('comment');
       if (c === undefined) fail('-m comment without --comment');
       return { kind: 'comment', comment: c };
     }
@@ -365,19 +397,19 @@ function buildMatch(p: RawPart, ctx: { ipv6: boolean }): Match {
       };
     }
     case 'statistic': {
-      const mode = v('mode');
+      const mode = opts.value('mode');
       const inverted = p.options.some((o) => o.invert);
       if (mode === 'random') {
-        const pt = v('probability');
+        const pt = opts.value('probability');
         if (pt === undefined) fail('-m statistic --mode random without --probability');
         const prob = Number(pt);
         if (!/^[0-9.]+$/.test(pt) || !(prob >= 0 && prob <= 1)) fail(`--probability ${pt}: not a number between 0 and 1`);
         return { kind: 'statistic', mode: 'random', probability: prob, invert: inverted };
       }
       if (mode === 'nth') {
-        const every = v('every');
+        const every = opts.value('every');
         if (every === undefined) fail('-m statistic --mode nth without --every');
-        const packet = v('packet');
+        const packet = opts.value('packet');
         return {
           kind: 'statistic',
           mode: 'nth',
@@ -393,9 +425,9 @@ function buildMatch(p: RawPart, ctx: { ipv6: boolean }): Match {
       const actions = (['set', 'rcheck', 'update', 'remove'] as const).filter((a) => opts.has(a));
       if (actions.length !== 1) fail('-m recent needs exactly one of --set, --rcheck, --update, --remove');
       if (opts.has('rttl')) return unknownMatch(p, 'recent --rttl is not evaluated');
-      const secs = v('seconds');
-      const hit = v('hitcount');
-      const maskText = v('mask');
+      const secs = opts.value('seconds');
+      const hit = opts.value('hitcount');
+      const maskText = opts.value('mask');
       let mask = 0xffffffff;
       if (maskText !== undefined) {
         if (maskText.includes(':')) ctx.ipv6 = true;
@@ -404,7 +436,7 @@ function buildMatch(p: RawPart, ctx: { ipv6: boolean }): Match {
       }
       return {
         kind: 'recent',
-        name: v('name') ?? 'DEFAULT',
+        name: opts.value('name') ?? 'DEFAULT',
         action: actions[0],
         seconds: secs === undefined ? null : parseNumber(secs, '--seconds'),
         reap: opts.has('reap'),
@@ -433,9 +465,7 @@ function buildMatch(p: RawPart, ctx: { ipv6: boolean }): Match {
 }
 
 function buildTarget(name: string, p: RawPart, ctx: { ipv6: boolean }): Target {
-  const opts = new Map<string, RawOption>();
-  for (const o of p.options) opts.set(o.name, o);
-  const v = (n: string) => opts.get(n)?.values[0];
+  const opts = new Options(p.options);
   const unknown = (reason: string): Target => ({ kind: 'unknown', name, args: rawArgs(p), reason });
   switch (name) {
     case 'ACCEPT':
@@ -444,9 +474,9 @@ function buildTarget(name: string, p: RawPart, ctx: { ipv6: boolean }): Target {
       if (p.options.length) fail(`-j ${name} takes no options`);
       return { kind: name };
     case 'REJECT':
-      return { kind: 'REJECT', rejectWith: v('reject-with') ?? null };
+      return { kind: 'REJECT', rejectWith: opts.value('reject-with') ?? null };
     case 'DNAT': {
-      const to = v('to-destination');
+      const to = opts.value('to-destination');
       if (to === undefined) fail('-j DNAT without --to-destination');
       if (opts.has('random') || opts.has('persistent')) return unknown('DNAT --random/--persistent is not evaluated');
       if (to.startsWith('[') || (to.match(/:/g) ?? []).length > 1) {
@@ -489,10 +519,14 @@ function buildTarget(name: string, p: RawPart, ctx: { ipv6: boolean }): Target {
     }
     // eslint-disable-next-line no-fallthrough
     case 'MASQUERADE':
-      return { kind: 'MASQUERADE', randomFully: opts.has('random-fully'), random: opts.has('random'), toPorts: v('to-ports') ?? null };
+      return { kind: 'MASQUERADE', randomFully: opts.has('random-fully'), random: opts.has('random'), toPorts: opts.value('to-ports') ?? null };
     default:
       return unknown(`target '${name}' is not evaluated`);
   }
+}
+
+function need(args: string[], i: number, k: number, opt: string): void {
+  if (i + k >= args.length) fail(`${opt} needs ${k === 1 ? 'an argument' : k + ' arguments'}`);
 }
 
 const ADDR_OPTS = new Set(['-s', '--source', '--src', '-d', '--destination', '--dst']);
@@ -508,7 +542,11 @@ function parseRule(
   ctx: { ipv6: boolean },
 ): Rule {
   const rule: Rule = {
-    ...base,
+    line: base.line,
+    text: base.text,
+    table: base.table,
+    chain: base.chain,
+    counters: base.counters,
     src: null,
     dst: null,
     protocol: null,
@@ -526,9 +564,6 @@ function parseRule(
   let implicitPort: RawPart | null = null;
   let invert = false;
   let i = 0;
-  const need = (k: number, opt: string) => {
-    if (i + k >= args.length) fail(`${opt} needs ${k === 1 ? 'an argument' : k + ' arguments'}`);
-  };
   while (i < args.length) {
     const a = args[i];
     if (a === '!') {
@@ -539,7 +574,7 @@ function parseRule(
     }
     if (TOP_OPTS.has(a)) {
       if (ADDR_OPTS.has(a)) {
-        need(1, a);
+        need(args, i, 1, a);
         const addr = parseAddr(args[i + 1], invert, a, ctx);
         if (a.startsWith('-s') || a === '--source' || a === '--src') {
           if (rule.src) fail(`${a} given twice`);
@@ -550,7 +585,7 @@ function parseRule(
         }
         i += 2;
       } else if (a === '-p' || a === '--protocol') {
-        need(1, a);
+        need(args, i, 1, a);
         const name = args[i + 1].toLowerCase();
         let num: number;
         if (/^[0-9]+$/.test(name)) num = parseNumber(name, a, 255);
@@ -560,7 +595,7 @@ function parseRule(
         rule.protocol = num === 0 && !invert ? null : { name, number: num, invert };
         i += 2;
       } else if (a === '-i' || a === '--in-interface' || a === '-o' || a === '--out-interface') {
-        need(1, a);
+        need(args, i, 1, a);
         const m = { name: args[i + 1], invert };
         if (a === '-i' || a === '--in-interface') rule.inInterface = m;
         else rule.outInterface = m;
@@ -570,13 +605,13 @@ function parseRule(
         i += 1;
       } else if (a === '-m' || a === '--match') {
         if (invert) fail(`'!' before ${a}`);
-        need(1, a);
+        need(args, i, 1, a);
         const module = args[i + 1];
         parts.push({ module, options: [], known: module in MATCH_OPTIONS });
         i += 2;
       } else if (a === '-j' || a === '--jump' || a === '-g' || a === '--goto') {
         if (invert) fail(`'!' before ${a}`);
-        need(1, a);
+        need(args, i, 1, a);
         if (targetName !== null) fail('more than one target');
         targetName = args[i + 1];
         targetGoto = a === '-g' || a === '--goto';
@@ -585,7 +620,7 @@ function parseRule(
         i += 2;
       } else {
         // -c packets bytes
-        need(2, a);
+        need(args, i, 2, a);
         rule.counters = { packets: parseNumber(args[i + 1], a, Number.MAX_SAFE_INTEGER), bytes: parseNumber(args[i + 2], a, Number.MAX_SAFE_INTEGER) };
         i += 3;
       }
@@ -645,7 +680,7 @@ function parseRule(
       arity = 0;
       while (i + 1 + arity < args.length && !args[i + 1 + arity].startsWith('-') && args[i + 1 + arity] !== '!') arity++;
     }
-    need(arity, a);
+    need(args, i, arity, a);
     owner.options.push({ name, values: args.slice(i + 1, i + 1 + arity), invert });
     invert = false;
     i += 1 + arity;
@@ -660,6 +695,10 @@ function parseRule(
     rule.target = targetPart ? buildTarget(targetName, targetPart, ctx) : { kind: 'jump', chain: targetName, goto: targetGoto };
   }
   return rule;
+}
+
+function at(line: number, message: string): ParseError {
+  return { line, message };
 }
 
 function parseCounters(text: string): { packets: number; bytes: number } | null {
@@ -684,12 +723,11 @@ export function parseIptablesSave(text: string): ParsedIptables {
       if (/ip6tables-save/.test(line)) ctx.ipv6 = true;
       continue;
     }
-    const err = (message: string) => errors.push({ line: lineNo, message });
     if (line.startsWith('*')) {
-      if (table) err(`table '${table.name}' (line ${tableLine}) has no COMMIT before '*'`);
+      if (table) errors.push(at(lineNo, `table '${table.name}' (line ${tableLine}) has no COMMIT before '*'`));
       const name = line.slice(1).trim();
       if (!/^[a-z]+$/.test(name)) {
-        err(`'${line}': bad table name`);
+        errors.push(at(lineNo, `'${line}': bad table name`));
         table = null;
         continue;
       }
@@ -699,12 +737,12 @@ export function parseIptablesSave(text: string): ParsedIptables {
       continue;
     }
     if (line === 'COMMIT') {
-      if (!table) err('COMMIT outside a table');
+      if (!table) errors.push(at(lineNo, 'COMMIT outside a table'));
       table = null;
       continue;
     }
     if (!table) {
-      err(`'${line.slice(0, 40)}': outside a table (no '*table' line before it)`);
+      errors.push(at(lineNo, `'${line.slice(0, 40)}': outside a table (no '*table' line before it)`));
       continue;
     }
     if (line.startsWith(':')) {
@@ -712,15 +750,15 @@ export function parseIptablesSave(text: string): ParsedIptables {
       const name = parts[0];
       const policy = parts[1];
       if (!name || policy === undefined) {
-        err(`'${line}': a chain line is ':NAME POLICY [packets:bytes]'`);
+        errors.push(at(lineNo, `'${line}': a chain line is ':NAME POLICY [packets:bytes]'`));
         continue;
       }
-      if (name.length > 28) err(`chain name '${name}' is longer than 28 characters`);
+      if (name.length > 28) errors.push(at(lineNo, `chain name '${name}' is longer than 28 characters`));
       const builtin = isBuiltinChain(table.name, name);
-      if (builtin && policy === '-') err(`built-in chain ${name} needs a policy, not '-'`);
-      if (!builtin && policy !== '-') err(`user chain ${name} cannot have a policy ('${policy}')`);
+      if (builtin && policy === '-') errors.push(at(lineNo, `built-in chain ${name} needs a policy, not '-'`));
+      if (!builtin && policy !== '-') errors.push(at(lineNo, `user chain ${name} cannot have a policy ('${policy}')`));
       const counters = parts[2] === undefined ? null : parseCounters(parts[2]);
-      if (parts[2] !== undefined && counters === null) err(`'${parts[2]}': bad counters, expected [packets:bytes]`);
+      if (parts[2] !== undefined && counters === null) errors.push(at(lineNo, `'${parts[2]}': bad counters, expected [packets:bytes]`));
       const existing = table.chains.get(name);
       if (existing) {
         existing.policy = builtin ? policy : null;
@@ -735,14 +773,14 @@ export function parseIptablesSave(text: string): ParsedIptables {
     try {
       args = splitArgs(line);
     } catch (e) {
-      err((e as Error).message);
+      errors.push(at(lineNo, (e as Error).message));
       continue;
     }
     let counters: Rule['counters'] = null;
     if (args[0]?.startsWith('[')) {
       counters = parseCounters(args[0]);
       if (!counters) {
-        err(`'${args[0]}': bad counters, expected [packets:bytes]`);
+        errors.push(at(lineNo, `'${args[0]}': bad counters, expected [packets:bytes]`));
         continue;
       }
       args = args.slice(1);
@@ -750,7 +788,7 @@ export function parseIptablesSave(text: string): ParsedIptables {
     const cmd = args[0];
     const chainName = args[1];
     if (chainName === undefined) {
-      err(`'${line.slice(0, 40)}': expected a command and a chain`);
+      errors.push(at(lineNo, `'${line.slice(0, 40)}': expected a command and a chain`));
       continue;
     }
     try {
@@ -773,7 +811,7 @@ export function parseIptablesSave(text: string): ParsedIptables {
               chain = { name: chainName, policy: 'ACCEPT', counters: null, line: 0, rules: [] };
               table.chains.set(chainName, chain);
             } else {
-              err(`chain '${chainName}' is not declared (':${chainName} - [0:0]') in table ${table.name}`);
+              errors.push(at(lineNo, `chain '${chainName}' is not declared (':${chainName} - [0:0]') in table ${table.name}`));
               continue;
             }
           }
@@ -784,25 +822,25 @@ export function parseIptablesSave(text: string): ParsedIptables {
         }
         case '-N':
         case '--new-chain':
-          if (table.chains.has(chainName)) err(`chain '${chainName}' already exists`);
+          if (table.chains.has(chainName)) errors.push(at(lineNo, `chain '${chainName}' already exists`));
           else table.chains.set(chainName, { name: chainName, policy: null, counters: null, line: lineNo, rules: [] });
           break;
         case '-X':
         case '--delete-chain':
-          if (!table.chains.delete(chainName)) err(`chain '${chainName}' does not exist`);
+          if (!table.chains.delete(chainName)) errors.push(at(lineNo, `chain '${chainName}' does not exist`));
           break;
         case '-F':
         case '--flush': {
           const chain = table.chains.get(chainName);
-          if (!chain) err(`chain '${chainName}' does not exist`);
+          if (!chain) errors.push(at(lineNo, `chain '${chainName}' does not exist`));
           else chain.rules = [];
           break;
         }
         default:
-          err(`'${cmd}': unsupported command (expected -A, -I, -N, -X or -F)`);
+          errors.push(at(lineNo, `'${cmd}': unsupported command (expected -A, -I, -N, -X or -F)`));
       }
     } catch (e) {
-      if (e instanceof RuleError) err(e.message);
+      if (e instanceof RuleError) errors.push(at(lineNo, e.message));
       else throw e;
     }
   }
