@@ -5,7 +5,8 @@
  */
 import { API_VERSION } from './types.ts';
 import type { RuleSet } from './types.ts';
-import { parseCidr, parseIPv4 } from '../dataplane/addr.ts';
+import { parseCidr, parseIPv4, protocolNumber, vipKey, nodePortKey } from '../dataplane/addr.ts';
+import type { ProtocolName } from '../dataplane/addr.ts';
 
 export interface ValidationError {
   path: string;
@@ -88,6 +89,30 @@ function describe(v: unknown): string {
   return s === undefined ? String(v) : s.length > 40 ? s.slice(0, 37) + '...' : s;
 }
 
+const ENDPOINT_FIELDS = new Set(['address', 'ports', 'ready', 'serving', 'terminating', 'nodeLocal']);
+const isBoolOrUndef = (v: unknown) => v === undefined || typeof v === 'boolean';
+
+/** An endpoint with nothing to report (checked without building any path string); records its address. */
+function plainEndpoint(ep: unknown, portNames: Set<string>, namedTarget: boolean, seen: Set<number>): boolean {
+  if (!isObj(ep)) return false;
+  for (const k in ep) if (!ENDPOINT_FIELDS.has(k)) return false;
+  if (typeof ep.address !== 'string') return false;
+  const a = parseIPv4(ep.address);
+  if (a < 0 || seen.has(a)) return false;
+  if (!isBoolOrUndef(ep.ready) || !isBoolOrUndef(ep.serving) || !isBoolOrUndef(ep.terminating) || !isBoolOrUndef(ep.nodeLocal)) return false;
+  if (ep.ports === undefined) {
+    if (namedTarget) return false;
+  } else {
+    if (!isObj(ep.ports)) return false;
+    for (const name in ep.ports) {
+      const n = ep.ports[name];
+      if (!portNames.has(name) || typeof n !== 'number' || !Number.isInteger(n) || n < 1 || n > 65535) return false;
+    }
+  }
+  seen.add(a);
+  return true;
+}
+
 /** Validate an untrusted rule set. On success the same object is returned (defaults are applied later, in control/model.ts). */
 export function validateRuleSet(input: unknown): ValidationResult {
   const c = new Checker();
@@ -134,8 +159,17 @@ export function validateRuleSet(input: unknown): ValidationResult {
   if (Array.isArray(services)) {
     if (services.length > MAX_SERVICES) c.err('services', `${services.length} services is more than ${MAX_SERVICES}`);
     const names = new Map<string, number>();
-    const vips = new Map<string, string>();
-    const nodePorts = new Map<string, string>();
+    // numeric keys (vipKey / nodePortKey) → where: services index * 2^12 + ports index * 4 + kind
+    const vips = new Map<number, number>();
+    const nodePorts = new Map<number, number>();
+    const KINDS = ['cluster IP', 'external IP', 'loadbalancer IP'];
+    const where = (w: number): string => {
+      const si = Math.floor(w / 4096);
+      const pi = (w >> 2) & 1023;
+      const sv = services[si] as Obj;
+      const pt = (sv.ports as Obj[])[pi];
+      return `services[${si}].ports[${pi}] (${sv.namespace}/${sv.name}:${pt.name}`;
+    };
     services.forEach((svc, si) => {
       const sp = `services[${si}]`;
       if (!isObj(svc)) return c.err(sp, 'must be an object');
@@ -189,10 +223,10 @@ export function validateRuleSet(input: unknown): ValidationResult {
           const np = p.nodePort as number;
           if (np < range[0] || np > range[1]) c.err(`${pp}.nodePort`, `${np} is outside ${range[0]}-${range[1]}`);
           else {
-            const k = `${p.protocol}/${np}`;
+            const k = nodePortKey(protocolNumber(p.protocol as ProtocolName), np);
             const prev = nodePorts.get(k);
-            if (prev) c.err(`${pp}.nodePort`, `${np}/${p.protocol} is already the NodePort of ${prev}`);
-            else nodePorts.set(k, `${pp} (${id}:${p.name})`);
+            if (prev !== undefined) c.err(`${pp}.nodePort`, `${np}/${p.protocol} is already the NodePort of ${where(prev)})`);
+            else nodePorts.set(k, si * 4096 + pi * 4);
           }
         }
         if (p.targetPort !== undefined) {
@@ -200,26 +234,30 @@ export function validateRuleSet(input: unknown): ValidationResult {
           else if (typeof p.targetPort !== 'string' || !PORT_NAME.test(p.targetPort)) c.err(`${pp}.targetPort`, `${describe(p.targetPort)} must be a port number or a port name`);
         }
         if (!portOk) return;
-        const claim = (addr: string, what: string) => {
-          const k = `${addr}:${p.port}/${p.protocol}`;
+        const proto = protocolNumber(p.protocol as ProtocolName);
+        const claim = (addr: string, kind: number) => {
+          const k = vipKey(parseIPv4(addr), proto, p.port as number);
           const prev = vips.get(k);
-          if (prev) c.err(pp, `${k} (${what}) is already used by ${prev}`);
-          else vips.set(k, `${pp} (${id}:${p.name} ${what})`);
+          if (prev !== undefined) c.err(pp, `${addr}:${p.port}/${p.protocol} (${KINDS[kind]}) is already used by ${where(prev)} ${KINDS[prev & 3]})`);
+          else vips.set(k, si * 4096 + pi * 4 + kind);
         };
-        if (clusterIP) claim(clusterIP, 'cluster IP');
-        for (const a of externalIPs) claim(a, 'external IP');
-        for (const a of lbIPs) claim(a, 'loadbalancer IP');
+        if (clusterIP) claim(clusterIP, 0);
+        for (const a of externalIPs) claim(a, 1);
+        for (const a of lbIPs) claim(a, 2);
       });
 
       if (svc.endpoints !== undefined && !Array.isArray(svc.endpoints)) c.err(`${sp}.endpoints`, 'must be an array');
-      const seenEp = new Set<string>();
+      const seenEp = new Set<number>();
+      const namedTarget = ports.some((p) => isObj(p) && typeof p.targetPort === 'string');
       (Array.isArray(svc.endpoints) ? svc.endpoints : []).forEach((ep, ei) => {
+        if (plainEndpoint(ep, portNames, namedTarget, seenEp)) return; // the common case: no strings built
         const ep_ = `${sp}.endpoints[${ei}]`;
         if (!isObj(ep)) return c.err(ep_, 'must be an object');
         c.fields(ep, ep_, ['address', 'ports', 'ready', 'serving', 'terminating', 'nodeLocal'], ['address']);
         if (ep.address !== undefined && c.ipv4(ep.address, `${ep_}.address`)) {
-          if (seenEp.has(ep.address as string)) c.err(`${ep_}.address`, `${ep.address} is listed twice in ${id}`);
-          seenEp.add(ep.address as string);
+          const a = parseIPv4(ep.address as string);
+          if (seenEp.has(a)) c.err(`${ep_}.address`, `${ep.address} is listed twice in ${id}`);
+          seenEp.add(a);
         }
         if (ep.ports !== undefined) {
           if (!isObj(ep.ports)) c.err(`${ep_}.ports`, 'must map service-port names to port numbers');

@@ -3,18 +3,31 @@
  * CIDRs as (network, mask) pairs, and the numeric keys the tables are indexed by.
  */
 
-/** Parse dotted-quad IPv4 text; returns -1 when the text is not an IPv4 address. */
+/** Parse dotted-quad IPv4 text; returns -1 when the text is not an IPv4 address (no leading zeros, no spaces). */
 export function parseIPv4(text: string): number {
-  const parts = text.split('.');
-  if (parts.length !== 4) return -1;
+  const n = text.length;
+  if (n < 7 || n > 15) return -1;
   let v = 0;
-  for (const p of parts) {
-    if (!/^(0|[1-9][0-9]{0,2})$/.test(p)) return -1;
-    const n = Number(p);
-    if (n > 255) return -1;
-    v = v * 256 + n;
+  let part = 0;
+  let digits = 0;
+  let dots = 0;
+  let lead = 0;
+  for (let i = 0; i < n; i++) {
+    const c = text.charCodeAt(i);
+    if (c === 46) {
+      if (digits === 0 || ++dots > 3) return -1;
+      v = v * 256 + part;
+      part = 0;
+      digits = 0;
+    } else if (c >= 48 && c <= 57) {
+      if (digits === 0) lead = c;
+      else if (lead === 48) return -1; // a leading zero
+      part = part * 10 + (c - 48);
+      if (++digits > 3 || part > 255) return -1;
+    } else return -1;
   }
-  return v;
+  if (dots !== 3 || digits === 0) return -1;
+  return v * 256 + part;
 }
 
 export function formatIPv4(a: number): string {
