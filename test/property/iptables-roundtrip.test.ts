@@ -6,6 +6,7 @@ import { parseCidr, formatCidr } from '../../dataplane/addr.ts';
 import { writeIptables } from '../../control/iptables/writer.ts';
 import { importIptables } from '../../control/iptables/importer.ts';
 import { linearFromText } from '../../control/iptables/linear.ts';
+import { validateRuleSet } from '../../control/validate.ts';
 import { arbRuleSet, arbRuleSetWithPackets } from '../support/arbitraries.ts';
 
 const RUNS = 250;
@@ -47,6 +48,20 @@ function observable(rs: RuleSet) {
     clusterCIDR: (internal && !m.node.masqueradeAll) || podRule ? m.node.clusterCIDR : null,
   };
 }
+
+t.test('the arbitraries give rule sets the validator accepts, and so does their import', async (t) => {
+  fc.assert(
+    fc.property(arbRuleSet(), (rs) => {
+      const v = validateRuleSet(rs);
+      if (!v.ok) throw new Error(`arbitrary rule set rejected: ${JSON.stringify(v.errors)}`);
+      const imported = importIptables(writeIptables(rs), { nodeAddresses: rs.node.addresses }).ruleSet;
+      const w = validateRuleSet(imported);
+      if (!w.ok) throw new Error(`imported rule set rejected: ${JSON.stringify(w.errors)}`);
+    }),
+    { numRuns: RUNS, seed: 1701 },
+  );
+  t.pass(`${RUNS} rule sets valid`);
+});
 
 t.test('writer ∘ importer ∘ writer: the restore text is a fixed point, nothing is left unread', async (t) => {
   let checked = 0;
