@@ -2,16 +2,23 @@
  * Compiler: a validated rule set → the immutable Tables snapshot the packet
  * path reads (dataplane/tables.ts). Runs off the hot path; the result is
  * swapped in by one assignment.
+ *
+ * Two ways: `compile` builds everything; `patchTables` builds the next
+ * snapshot from the one in force when a few services changed (the API's
+ * PATCH): it copies the typed arrays (a few MB at 100 000 services, ~ms) and
+ * touches only the changed services' entries. Removed entries stay as
+ * tombstones (`live: false`, unreachable: their keys are gone) until the next
+ * full compile.
  */
-import type { RuleSet } from './types.ts';
-import { ruleSetModel } from './model.ts';
-import type { EndpointModel } from './model.ts';
+import type { RuleSet, Service } from './types.ts';
+import { nodeModel, servicePortModel } from './model.ts';
+import type { EndpointModel, NodeModel, ServicePortModel } from './model.ts';
 import { parseIPv4, parseCidr, protocolNumber, protoIndex } from '../dataplane/addr.ts';
 import { VipIndex } from '../dataplane/hashtable.ts';
 import type { Cidr } from '../dataplane/addr.ts';
 import type { EndpointEntry, EndpointSet, ServicePortEntry, Tables } from '../dataplane/tables.ts';
 import {
-  VIP_CLUSTER, VIP_EXTERNAL, VIP_LOADBALANCER, LB_MAGLEV, LB_RANDOM,
+  VIP_CLUSTER, VIP_EXTERNAL, VIP_LOADBALANCER, LB_MAGLEV, LB_RANDOM, ANY_PORT,
   ROW, R_FLAGS, R_CLUSTER_START, R_CLUSTER_COUNT, R_LOCAL_START, R_LOCAL_COUNT,
   F_HAS_ENDPOINTS, F_EXTERNAL_LOCAL, F_HAS_EXTERNAL_ENDPOINTS, F_HAS_INTERNAL, F_INTERNAL_LOCAL, F_FIREWALL, F_SLOW_SELECT,
 } from '../dataplane/tables.ts';
@@ -23,42 +30,62 @@ export interface CompileOptions {
   generation?: number;
 }
 
-export function compile(rs: RuleSet, opts: CompileOptions = {}): Tables {
-  const model = ruleSetModel(rs);
-  const node = model.node;
-  const maglev = node.loadBalancing === 'maglev';
-  const endpointCache = new Map<string, EndpointEntry>();
-  const maglevCache = new Map<string, Uint16Array>();
+/** The arrays a snapshot is made of, while it is being built. */
+class Builder {
+  readonly node: NodeModel;
+  readonly maglev: boolean;
+  services: ServicePortEntry[];
+  serviceRows: Int32Array;
+  endpointFlat: Int32Array;
+  flatNext: number;
+  vipIndex: VipIndex;
+  /** (addr, ANY_PORT) → how many VIP keys use the address */
+  vipAddrs: VipIndex;
+  nodePorts: Int32Array;
+  live: number;
+  private readonly endpointCache = new Map<string, EndpointEntry>();
+  private readonly maglevCache = new Map<string, Uint16Array>();
 
-  const entry = (e: EndpointModel): EndpointEntry => {
+  constructor(node: NodeModel, init: { services: ServicePortEntry[]; serviceRows: Int32Array; endpointFlat: Int32Array; flatNext: number; vipIndex: VipIndex; vipAddrs: VipIndex; nodePorts: Int32Array; live: number }) {
+    this.node = node;
+    this.maglev = node.loadBalancing === 'maglev';
+    this.services = init.services;
+    this.serviceRows = init.serviceRows;
+    this.endpointFlat = init.endpointFlat;
+    this.flatNext = init.flatNext;
+    this.vipIndex = init.vipIndex;
+    this.vipAddrs = init.vipAddrs;
+    this.nodePorts = init.nodePorts;
+    this.live = init.live;
+  }
+
+  private entry(e: EndpointModel): EndpointEntry {
     const k = e.nodeLocal ? e.text + 'L' : e.text;
-    let x = endpointCache.get(k);
+    let x = this.endpointCache.get(k);
     if (x === undefined) {
       x = { addr: parseIPv4(e.address), port: e.port, nodeLocal: e.nodeLocal, text: e.text };
-      endpointCache.set(k, x);
+      this.endpointCache.set(k, x);
     }
     return x;
-  };
-  let flatLen = 0;
-  for (const sp of model.ports) flatLen += sp.clusterEndpoints.length + sp.localEndpoints.length;
-  const endpointFlat = new Int32Array(flatLen * 2);
-  let flatNext = 0;
-  const endpointSet = (eps: EndpointModel[], affinity: boolean): EndpointSet | null => {
+  }
+
+  private endpointSet(eps: EndpointModel[], affinity: boolean): EndpointSet | null {
     if (eps.length === 0) return null;
-    const endpoints = eps.map(entry);
-    const flatStart = flatNext;
+    const endpoints = eps.map((e) => this.entry(e));
+    const flatStart = this.flatNext;
+    const flat = this.endpointFlat;
     for (const e of endpoints) {
-      endpointFlat[flatNext * 2] = e.addr | 0;
-      endpointFlat[flatNext * 2 + 1] = e.port;
-      flatNext++;
+      flat[this.flatNext * 2] = e.addr | 0;
+      flat[this.flatNext * 2 + 1] = e.port;
+      this.flatNext++;
     }
     let table: Uint16Array | null = null;
-    if (maglev) {
+    if (this.maglev) {
       const key = eps.map((e) => e.text).join(',');
-      table = maglevCache.get(key) ?? null;
+      table = this.maglevCache.get(key) ?? null;
       if (table === null) {
-        table = buildMaglev(eps.map((e) => e.text), node.maglevTableSize);
-        maglevCache.set(key, table);
+        table = buildMaglev(eps.map((e) => e.text), this.node.maglevTableSize);
+        this.maglevCache.set(key, table);
       }
     }
     let index = NO_INDEX;
@@ -68,32 +95,38 @@ export function compile(rs: RuleSet, opts: CompileOptions = {}): Tables {
       index = m;
     }
     return { endpoints, flatStart, maglev: table, index };
-  };
+  }
 
-  let vipCount = 0;
-  for (const sp of model.ports) vipCount += (sp.clusterIP ? 1 : 0) + sp.externalIPs.length + sp.loadBalancerIPs.length;
-  const vipIndex = new VipIndex(vipCount);
-  const vipAddrs = new Set<number>();
-  const addVip = (addr: number, s: ServicePortEntry, kind: number) => {
-    vipIndex.set(addr, protoIndex(s.protocol) * 65536 + s.port, (s.index << 2) | kind);
-    vipAddrs.add(addr | 0);
-  };
-  const nodePorts = new Int32Array(3 * 65536).fill(-1);
-  const services: ServicePortEntry[] = [];
-  const serviceRows = new Int32Array(model.ports.length * ROW);
-  for (const sp of model.ports) {
+  private addVip(addr: number, s: ServicePortEntry, kind: number): void {
+    this.vipIndex.set(addr, protoIndex(s.protocol) * 65536 + s.port, (s.index << 2) | kind);
+    const n = this.vipAddrs.get(addr, ANY_PORT);
+    this.vipAddrs.set(addr, ANY_PORT, n < 0 ? 1 : n + 1);
+  }
+
+  private removeVip(addr: number, s: ServicePortEntry): void {
+    this.vipIndex.delete(addr, protoIndex(s.protocol) * 65536 + s.port);
+    const n = this.vipAddrs.get(addr, ANY_PORT);
+    if (n <= 1) this.vipAddrs.delete(addr, ANY_PORT);
+    else this.vipAddrs.set(addr, ANY_PORT, n - 1);
+  }
+
+  /** Append the entry of one service port (its row, endpoints, VIP keys, NodePort). */
+  add(sp: ServicePortModel): ServicePortEntry {
     const affinity = sp.affinitySeconds > 0;
-    const cluster = sp.usesClusterPolicyChain ? endpointSet(sp.clusterEndpoints, affinity) : null;
+    const cluster = sp.usesClusterPolicyChain ? this.endpointSet(sp.clusterEndpoints, affinity) : null;
     const sameSet = sp.usesLocalPolicyChain && cluster !== null && sp.localEndpoints.length === sp.clusterEndpoints.length && sp.localEndpoints.every((e, i) => e === sp.clusterEndpoints[i]);
-    const local = sp.usesLocalPolicyChain ? (sameSet ? cluster : endpointSet(sp.localEndpoints, affinity)) : null;
+    const local = sp.usesLocalPolicyChain ? (sameSet ? cluster : this.endpointSet(sp.localEndpoints, affinity)) : null;
     const ranges: Cidr[] | null = sp.usesFirewallChain ? sp.loadBalancerSourceRanges.map((r) => parseCidr(r)!) : null;
     const proto = protocolNumber(sp.protocol);
     const s: ServicePortEntry = {
-      index: services.length,
+      index: this.services.length,
+      live: true,
       name: sp.name,
       uid: fnv1a(sp.name + '/' + sp.proto),
       protocol: proto,
       clusterIP: sp.clusterIP === null ? -1 : parseIPv4(sp.clusterIP),
+      externalIPs: sp.externalIPs.map(parseIPv4),
+      loadBalancerIPs: sp.loadBalancerIPs.map(parseIPv4),
       port: sp.port.port,
       nodePort: sp.port.nodePort ?? 0,
       hasEndpoints: sp.hasEndpoints,
@@ -106,40 +139,134 @@ export function compile(rs: RuleSet, opts: CompileOptions = {}): Tables {
       sourceRanges: ranges,
       lbSourceIPs: sp.usesFirewallChain && sp.allowFromNode ? sp.loadBalancerIPs.map(parseIPv4) : [],
     };
-    services.push(s);
+    this.services.push(s);
+    this.live++;
+    const rows = this.serviceRows;
     const o = s.index * ROW;
-    serviceRows[o + R_FLAGS] =
+    rows[o + R_FLAGS] =
       (s.hasEndpoints ? F_HAS_ENDPOINTS : 0) |
       (s.externalPolicyLocal ? F_EXTERNAL_LOCAL : 0) |
       (s.hasExternalEndpoints ? F_HAS_EXTERNAL_ENDPOINTS : 0) |
       (s.internal !== null ? F_HAS_INTERNAL : 0) |
       (s.internal !== null && s.internal === local && local !== cluster ? F_INTERNAL_LOCAL : 0) |
       (ranges !== null ? F_FIREWALL : 0) |
-      (affinity || maglev ? F_SLOW_SELECT : 0);
-    serviceRows[o + R_CLUSTER_START] = cluster ? cluster.flatStart : 0;
-    serviceRows[o + R_CLUSTER_COUNT] = cluster ? cluster.endpoints.length : 0;
-    serviceRows[o + R_LOCAL_START] = local ? local.flatStart : 0;
-    serviceRows[o + R_LOCAL_COUNT] = local ? local.endpoints.length : 0;
-    if (s.clusterIP >= 0) addVip(s.clusterIP, s, VIP_CLUSTER);
-    for (const a of sp.externalIPs) addVip(parseIPv4(a), s, VIP_EXTERNAL);
-    for (const a of sp.loadBalancerIPs) addVip(parseIPv4(a), s, VIP_LOADBALANCER);
-    if (s.nodePort !== 0) nodePorts[protoIndex(proto) * 65536 + s.nodePort] = s.index;
+      (affinity || this.maglev ? F_SLOW_SELECT : 0);
+    rows[o + R_CLUSTER_START] = cluster ? cluster.flatStart : 0;
+    rows[o + R_CLUSTER_COUNT] = cluster ? cluster.endpoints.length : 0;
+    rows[o + R_LOCAL_START] = local ? local.flatStart : 0;
+    rows[o + R_LOCAL_COUNT] = local ? local.endpoints.length : 0;
+    if (s.clusterIP >= 0) this.addVip(s.clusterIP, s, VIP_CLUSTER);
+    for (const a of s.externalIPs) this.addVip(a, s, VIP_EXTERNAL);
+    for (const a of s.loadBalancerIPs) this.addVip(a, s, VIP_LOADBALANCER);
+    if (s.nodePort !== 0) this.nodePorts[protoIndex(proto) * 65536 + s.nodePort] = s.index;
+    return s;
   }
-  const cidr = node.clusterCIDR === null ? null : parseCidr(node.clusterCIDR);
-  return {
-    generation: opts.generation ?? 1,
-    serviceRows,
-    endpointFlat,
-    vipIndex,
-    vipAddrs,
-    nodePorts,
-    localAddrs: Int32Array.from(node.addresses.map((a) => parseIPv4(a) | 0)),
-    clusterCIDR: cidr,
-    cidrNet: cidr === null ? 1 : cidr.net | 0,
-    cidrMask: cidr === null ? 0 : cidr.mask | 0,
-    masqueradeAll: node.masqueradeAll,
-    masqueradeAddr: parseIPv4(node.masqueradeAddress),
-    loadBalancing: maglev ? LB_MAGLEV : LB_RANDOM,
-    services,
-  };
+
+  /** Make an entry unreachable: its keys go, its row is cleared, a tombstone keeps its index. */
+  remove(index: number): void {
+    const s = this.services[index];
+    if (!s.live) return;
+    if (s.clusterIP >= 0) this.removeVip(s.clusterIP, s);
+    for (const a of s.externalIPs) this.removeVip(a, s);
+    for (const a of s.loadBalancerIPs) this.removeVip(a, s);
+    const np = protoIndex(s.protocol) * 65536 + s.nodePort;
+    if (s.nodePort !== 0 && this.nodePorts[np] === index) this.nodePorts[np] = -1;
+    this.serviceRows.fill(0, index * ROW, index * ROW + ROW);
+    this.services[index] = { ...s, live: false, hasEndpoints: false, internal: null, cluster: null, local: null, clusterIP: -1, externalIPs: [], loadBalancerIPs: [], nodePort: 0 };
+    this.live--;
+  }
+
+  tables(generation: number): Tables {
+    const node = this.node;
+    const cidr = node.clusterCIDR === null ? null : parseCidr(node.clusterCIDR);
+    return {
+      generation,
+      serviceRows: this.serviceRows,
+      endpointFlat: this.endpointFlat,
+      vipIndex: this.vipIndex,
+      vipAddrs: this.vipAddrs,
+      nodePorts: this.nodePorts,
+      localAddrs: Int32Array.from(node.addresses.map((a) => parseIPv4(a) | 0)),
+      clusterCIDR: cidr,
+      cidrNet: cidr === null ? 1 : cidr.net | 0,
+      cidrMask: cidr === null ? 0 : cidr.mask | 0,
+      masqueradeAll: node.masqueradeAll,
+      masqueradeAddr: parseIPv4(node.masqueradeAddress),
+      loadBalancing: this.maglev ? LB_MAGLEV : LB_RANDOM,
+      services: this.services,
+      liveServicePorts: this.live,
+    };
+  }
+}
+
+function portModels(svc: Service, node: NodeModel): ServicePortModel[] {
+  return svc.ports.map((p) => servicePortModel(svc, p, node.addresses));
+}
+
+function vipCount(ports: ServicePortModel[]): number {
+  let n = 0;
+  for (const sp of ports) n += (sp.clusterIP ? 1 : 0) + sp.externalIPs.length + sp.loadBalancerIPs.length;
+  return n;
+}
+
+function flatCount(ports: ServicePortModel[]): number {
+  let n = 0;
+  for (const sp of ports) n += sp.clusterEndpoints.length + sp.localEndpoints.length;
+  return n;
+}
+
+export function compile(rs: RuleSet, opts: CompileOptions = {}): Tables {
+  const node = nodeModel(rs);
+  const ports: ServicePortModel[] = [];
+  for (const svc of rs.services) for (const p of svc.ports) ports.push(servicePortModel(svc, p, node.addresses));
+  const b = new Builder(node, {
+    services: [],
+    serviceRows: new Int32Array(ports.length * ROW),
+    endpointFlat: new Int32Array(flatCount(ports) * 2),
+    flatNext: 0,
+    vipIndex: new VipIndex(vipCount(ports)),
+    vipAddrs: new VipIndex(vipCount(ports)),
+    nodePorts: new Int32Array(3 * 65536).fill(-1),
+    live: 0,
+  });
+  for (const sp of ports) b.add(sp);
+  return b.tables(opts.generation ?? 1);
+}
+
+/**
+ * The next snapshot after `removed` service-port entries (indexes into
+ * prev.services) went and `added` services came, everything else as in
+ * `prev`. `rs` is the new rule set (for the node settings, which must be
+ * unchanged). Returns the tables and, per added service, its entry indexes.
+ */
+export function patchTables(prev: Tables, rs: RuleSet, removed: readonly number[], added: readonly Service[], generation: number): { tables: Tables; entries: number[][] } {
+  const node = nodeModel(rs);
+  const models = added.map((svc) => portModels(svc, node));
+  let newPorts = 0;
+  let newFlat = 0;
+  let newVips = 0;
+  for (const m of models) {
+    newPorts += m.length;
+    newFlat += flatCount(m);
+    newVips += vipCount(m);
+  }
+  const nServices = prev.services.length + newPorts;
+  const rows = new Int32Array(nServices * ROW);
+  rows.set(prev.serviceRows);
+  const flatUsed = prev.endpointFlat.length / 2;
+  const flat = new Int32Array((flatUsed + newFlat) * 2);
+  flat.set(prev.endpointFlat);
+  const b = new Builder(node, {
+    services: prev.services.slice(),
+    serviceRows: rows,
+    endpointFlat: flat,
+    flatNext: flatUsed,
+    vipIndex: prev.vipIndex.copy(prev.vipIndex.size + newVips),
+    vipAddrs: prev.vipAddrs.copy(prev.vipAddrs.size + newVips),
+    nodePorts: prev.nodePorts.slice(),
+    live: prev.liveServicePorts,
+  });
+  for (const i of removed) b.remove(i);
+  const entries = models.map((m) => m.map((sp) => b.add(sp).index));
+  return { tables: b.tables(generation), entries };
 }

@@ -60,7 +60,7 @@ export class Dataplane {
     const t = this.holder.current;
     return [
       `gen=${this.holder.generation}`,
-      `services=${t ? t.services.length : 0}`,
+      `services=${t ? t.liveServicePorts : 0}`,
       `conntrack=${this.pipeline.conntrack.size}`,
       `fwd=${s.packets.forward}`,
       `reply=${s.packets.reply}`,

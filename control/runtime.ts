@@ -2,29 +2,94 @@
  * The running dataplane as the control side sees it: the rule set in force,
  * its generation, and the one place where a new rule set is validated,
  * compiled and swapped in. A rejected rule set leaves the running one in force.
+ *
+ * When the new rule set is the one in force with a few services changed
+ * (the API's PATCH and DELETE build it that way: the other service objects
+ * are the same objects), only those services are validated and compiled
+ * (`patchTables`); conflicts with the rest are checked against the tables in
+ * force. Anything else takes the full path. Both give the same tables and
+ * accept and refuse the same rule sets (test/property/incremental.test.ts).
  */
 import { performance } from 'node:perf_hooks';
-import type { RuleSet } from './types.ts';
+import type { RuleSet, Service } from './types.ts';
 import { validateRuleSet, RuleSetError } from './validate.ts';
-import { compile } from './compile.ts';
+import type { ValidationError } from './validate.ts';
+import { compile, patchTables } from './compile.ts';
+import { servicePortName } from './model.ts';
 import type { Tables } from '../dataplane/tables.ts';
+import { parseIPv4, protocolNumber, protoIndex } from '../dataplane/addr.ts';
+import type { ProtocolName } from '../dataplane/addr.ts';
 
 export interface ApplyResult {
   generation: number;
   compileMs: number;
   services: number;
   servicePorts: number;
+  /** "full" or "incremental" */
+  mode: 'full' | 'incremental';
 }
 
 export type SwapFn = (t: Tables) => void;
+
+/** At most this many services added or removed go the incremental way. */
+const MAX_INCREMENTAL = 256;
+
+interface Diff {
+  /** indexes in the rule set in force */
+  removed: number[];
+  /** indexes in the new rule set */
+  added: number[];
+}
+
+/** Which services differ (by object identity) between two service lists, when few do. */
+export function diffServices(prev: readonly Service[], next: readonly Service[], max = MAX_INCREMENTAL): Diff | null {
+  if (Math.abs(next.length - prev.length) > max) return null;
+  // same positions: replaced in place, appended at the end
+  const common = Math.min(prev.length, next.length);
+  const removed: number[] = [];
+  const added: number[] = [];
+  for (let i = 0; i < common && removed.length <= max; i++) {
+    if (prev[i] !== next[i]) {
+      removed.push(i);
+      added.push(i);
+    }
+  }
+  if (removed.length <= max && (prev.length <= next.length || removed.length === 0)) {
+    for (let i = common; i < next.length; i++) added.push(i);
+    for (let i = common; i < prev.length; i++) removed.push(i);
+    if (added.length <= max && removed.length <= max) return { removed, added };
+  }
+  // a run removed or inserted in the middle: common prefix and suffix
+  let p = 0;
+  while (p < common && prev[p] === next[p]) p++;
+  let s = 0;
+  while (s < common - p && prev[prev.length - 1 - s] === next[next.length - 1 - s]) s++;
+  const r = prev.length - s - p;
+  const a = next.length - s - p;
+  if (r > max || a > max) return null;
+  return { removed: Array.from({ length: r }, (_, k) => p + k), added: Array.from({ length: a }, (_, k) => p + k) };
+}
+
+const KINDS = ['cluster IP', 'external IP', 'loadbalancer IP'];
 
 export class RuleSetHolder {
   private rs: RuleSet | null = null;
   private tables: Tables | null = null;
   private gen = 0;
   private readonly swaps: SwapFn[] = [];
+  /** per entry of tables.services: the Service object it came from */
+  private owners: Service[] = [];
+  /** "ns/name" → the Service object in force */
+  private byName = new Map<string, Service>();
+  /** Service object in force → its entries in tables.services */
+  private entriesOf = new Map<Service, number[]>();
   /** the durations of the last syncs (ms), for kube-proxy-style sync metrics */
   readonly syncListeners: Array<(ms: number, ok: boolean) => void> = [];
+  private readonly allowIncremental: boolean;
+
+  constructor(opts: { incremental?: boolean } = {}) {
+    this.allowIncremental = opts.incremental ?? true;
+  }
 
   get ruleSet(): RuleSet | null {
     return this.rs;
@@ -51,19 +116,132 @@ export class RuleSetHolder {
     if (ifGeneration !== undefined && ifGeneration !== this.gen) {
       throw new GenerationMismatch(this.gen, ifGeneration);
     }
-    const v = validateRuleSet(input);
-    if (!v.ok) {
+    let result: ApplyResult;
+    try {
+      result = (this.allowIncremental ? this.incremental(input, t0) : null) ?? this.full(input, t0);
+    } catch (e) {
       for (const l of this.syncListeners) l(performance.now() - t0, false);
-      throw new RuleSetError(v.errors);
+      throw e;
     }
-    const tables = compile(v.ruleSet, { generation: this.gen + 1 });
-    this.rs = v.ruleSet;
+    for (const fn of this.swaps) fn(this.tables!);
+    for (const l of this.syncListeners) l(result.compileMs, true);
+    return result;
+  }
+
+  private full(input: unknown, t0: number): ApplyResult {
+    const v = validateRuleSet(input);
+    if (!v.ok) throw new RuleSetError(v.errors);
+    const rs = v.ruleSet;
+    const tables = compile(rs, { generation: this.gen + 1 });
+    const owners: Service[] = [];
+    const byName = new Map<string, Service>();
+    const entriesOf = new Map<Service, number[]>();
+    for (const svc of rs.services) {
+      const e: number[] = [];
+      for (let k = 0; k < svc.ports.length; k++) {
+        e.push(owners.length);
+        owners.push(svc);
+      }
+      entriesOf.set(svc, e);
+      byName.set(`${svc.namespace}/${svc.name}`, svc);
+    }
+    this.commit(rs, tables, owners, byName, entriesOf);
+    return this.result(t0, 'full');
+  }
+
+  /** The few-services-changed path; null when it does not apply (then the full path runs). */
+  private incremental(input: unknown, t0: number): ApplyResult | null {
+    const prev = this.rs;
+    const prevTables = this.tables;
+    if (prev === null || prevTables === null) return null;
+    if (typeof input !== 'object' || input === null || Array.isArray(input)) return null;
+    const o = input as Record<string, unknown>;
+    for (const k of Object.keys(o)) if (k !== 'apiVersion' && k !== 'node' && k !== 'services') return null;
+    if (o.apiVersion !== prev.apiVersion || !Array.isArray(o.services)) return null;
+    if (o.node !== prev.node && JSON.stringify(o.node) !== JSON.stringify(prev.node)) return null;
+    // too many tombstones: compact with a full compile
+    if (prevTables.services.length > 2 * prevTables.liveServicePorts + 1024) return null;
+    const next = o.services as Service[];
+    const diff = diffServices(prev.services, next);
+    if (diff === null) return null;
+
+    const addedSvcs = diff.added.map((i) => next[i]);
+    const removedSvcs = new Set(diff.removed.map((i) => prev.services[i]));
+    // each added service on its own, and among themselves
+    const errors: ValidationError[] = [];
+    const mini = validateRuleSet({ apiVersion: o.apiVersion, node: o.node, services: addedSvcs });
+    if (!mini.ok) {
+      for (const e of mini.errors) {
+        errors.push({ path: e.path.replace(/^services\[(\d+)\]/, (_, k) => `services[${diff.added[Number(k)]}]`), message: e.message.replace(/services\[(\d+)\]/g, (_, k) => `services[${diff.added[Number(k)]}]`) });
+      }
+      throw new RuleSetError(errors);
+    }
+    // against the services that stay
+    const stays = (s: Service | undefined): s is Service => s !== undefined && !removedSvcs.has(s);
+    const where = (owner: Service, entryName: string): string => {
+      const pi = owner.ports.findIndex((p) => servicePortName(owner, p) === entryName);
+      return `services[${next.indexOf(owner)}].ports[${pi}] (${entryName}`;
+    };
+    diff.added.forEach((j, k) => {
+      const svc = addedSvcs[k];
+      const key = `${svc.namespace}/${svc.name}`;
+      const other = this.byName.get(key);
+      if (stays(other)) errors.push({ path: `services[${j}]`, message: `service ${key} is already defined by services[${next.indexOf(other)}]` });
+      svc.ports.forEach((p, pi) => {
+        const pp = protoIndex(protocolNumber(p.protocol as ProtocolName)) * 65536;
+        const claim = (addr: string, kind: number) => {
+          const v = prevTables.vipIndex.get(parseIPv4(addr), pp + p.port);
+          if (v < 0) return;
+          const owner = this.owners[v >> 2];
+          if (stays(owner)) {
+            errors.push({ path: `services[${j}].ports[${pi}]`, message: `${addr}:${p.port}/${p.protocol} (${KINDS[kind]}) is already used by ${where(owner, prevTables.services[v >> 2].name)} ${KINDS[v & 3]})` });
+          }
+        };
+        if (svc.clusterIP && svc.clusterIP !== 'None') claim(svc.clusterIP, 0);
+        for (const a of svc.externalIPs ?? []) claim(a, 1);
+        for (const a of svc.loadBalancerIPs ?? []) claim(a, 2);
+        if (p.nodePort) {
+          const e = prevTables.nodePorts[pp + p.nodePort];
+          if (e >= 0 && stays(this.owners[e])) {
+            errors.push({ path: `services[${j}].ports[${pi}].nodePort`, message: `${p.nodePort}/${p.protocol} is already the NodePort of ${where(this.owners[e], prevTables.services[e].name)})` });
+          }
+        }
+      });
+    });
+    if (errors.length > 0) throw new RuleSetError(errors);
+
+    const removedEntries: number[] = [];
+    for (const s of removedSvcs) removedEntries.push(...(this.entriesOf.get(s) ?? []));
+    const rs: RuleSet = o as unknown as RuleSet;
+    const { tables, entries } = patchTables(prevTables, rs, removedEntries, addedSvcs, this.gen + 1);
+    const owners = this.owners.slice();
+    const byName = this.byName;
+    const entriesOf = this.entriesOf;
+    // commit (nothing below can fail)
+    for (const s of removedSvcs) {
+      entriesOf.delete(s);
+      if (byName.get(`${s.namespace}/${s.name}`) === s) byName.delete(`${s.namespace}/${s.name}`);
+    }
+    addedSvcs.forEach((svc, k) => {
+      for (const e of entries[k]) owners[e] = svc;
+      entriesOf.set(svc, entries[k]);
+      byName.set(`${svc.namespace}/${svc.name}`, svc);
+    });
+    this.commit(rs, tables, owners, byName, entriesOf);
+    return this.result(t0, 'incremental');
+  }
+
+  private commit(rs: RuleSet, tables: Tables, owners: Service[], byName: Map<string, Service>, entriesOf: Map<Service, number[]>): void {
+    this.rs = rs;
     this.tables = tables;
     this.gen = tables.generation;
-    for (const fn of this.swaps) fn(tables);
-    const ms = performance.now() - t0;
-    for (const l of this.syncListeners) l(ms, true);
-    return { generation: this.gen, compileMs: ms, services: v.ruleSet.services.length, servicePorts: tables.services.length };
+    this.owners = owners;
+    this.byName = byName;
+    this.entriesOf = entriesOf;
+  }
+
+  private result(t0: number, mode: 'full' | 'incremental'): ApplyResult {
+    return { generation: this.gen, compileMs: performance.now() - t0, services: this.rs!.services.length, servicePorts: this.tables!.liveServicePorts, mode };
   }
 }
 

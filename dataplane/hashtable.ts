@@ -65,6 +65,61 @@ export class VipIndex {
     }
   }
 
+  /** Remove a key (backward-shift deletion keeps linear probing correct without tombstones). Returns whether it was there. */
+  delete(addr: number, protoPort: number): boolean {
+    const a = addr | 0;
+    const s = this.slots;
+    const mask = this.mask;
+    let i = VipIndex.slot(a, protoPort) & mask;
+    for (;;) {
+      const o = i * STRIDE;
+      const p = s[o + 1];
+      if (p === -1) return false;
+      if (p === protoPort && s[o] === a) break;
+      i = (i + 1) & mask;
+    }
+    // shift later members of the cluster back into the hole when their home slot allows it
+    let hole = i;
+    let j = i;
+    for (;;) {
+      j = (j + 1) & mask;
+      const oj = j * STRIDE;
+      if (s[oj + 1] === -1) break;
+      const home = VipIndex.slot(s[oj], s[oj + 1]) & mask;
+      // can the entry at j move to the hole? only if its home is not in (hole, j] cyclically
+      const inRange = hole <= j ? home > hole && home <= j : home > hole || home <= j;
+      if (!inRange) {
+        const oh = hole * STRIDE;
+        s[oh] = s[oj];
+        s[oh + 1] = s[oj + 1];
+        s[oh + 2] = s[oj + 2];
+        hole = j;
+      }
+    }
+    s[hole * STRIDE + 1] = -1;
+    this.size--;
+    return true;
+  }
+
+  /** A copy with room for `expected` keys in all (rehashed when it needs more slots). */
+  copy(expected: number): VipIndex {
+    const n = new VipIndex(Math.max(expected, this.size));
+    if (n.mask === this.mask) {
+      n.slots.set(this.slots);
+      n.size = this.size;
+      return n;
+    }
+    const s = this.slots;
+    for (let o = 0; o < s.length; o += STRIDE) if (s[o + 1] !== -1) n.set(s[o], s[o + 1], s[o + 2]);
+    return n;
+  }
+
+  /** Every key and value (for tests and listings). */
+  *entries(): IterableIterator<[addr: number, protoPort: number, value: number]> {
+    const s = this.slots;
+    for (let o = 0; o < s.length; o += STRIDE) if (s[o + 1] !== -1) yield [s[o], s[o + 1], s[o + 2]];
+  }
+
   get bytes(): number {
     return this.slots.byteLength;
   }

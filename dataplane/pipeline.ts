@@ -13,7 +13,7 @@ import { Conntrack } from './conntrack.ts';
 import type { ConntrackEntry, ConntrackInfo } from './conntrack.ts';
 import { CT_UPDATE_REOPEN } from './conntrack.ts';
 import type { Tables } from './tables.ts';
-import { lookup, LookupResult, LOOKUP_DNAT, LOOKUP_REJECT, LOOKUP_DROP_NO_LOCAL, LOOKUP_DROP_SOURCE_RANGE } from './tables.ts';
+import { isServiceAddress, lookup, LookupResult, LOOKUP_DNAT, LOOKUP_REJECT, LOOKUP_DROP_NO_LOCAL, LOOKUP_DROP_SOURCE_RANGE } from './tables.ts';
 import { AffinityTable, Rng, selectEndpoint } from './select.ts';
 import { PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP } from './addr.ts';
 import {
@@ -290,7 +290,7 @@ export class Pipeline {
     const f = this.fragments.find(src, dst, proto, get16(buf, off + 4), now);
     if (f === null) {
       // not part of a translated flow we saw: leave it unless it heads for a service address
-      if (tables.vipAddrs.has(dst | 0)) return this.drop(D_FRAGMENT_NO_FLOW, total);
+      if (isServiceAddress(tables, dst)) return this.drop(D_FRAGMENT_NO_FLOW, total);
       return this.verdict(V_PASS, total);
     }
     const e = f.entry;

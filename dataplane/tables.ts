@@ -32,6 +32,8 @@ export interface EndpointSet {
 export interface ServicePortEntry {
   /** position in Tables.services */
   readonly index: number;
+  /** false for a tombstone left by an incremental update (unreachable: no keys point at it) */
+  readonly live: boolean;
   /** kube-proxy's service-port name "ns/name:port" */
   readonly name: string;
   /** stable across compiles (hash of the name): keys the session-affinity table */
@@ -39,6 +41,8 @@ export interface ServicePortEntry {
   readonly protocol: number;
   /** -1 when headless */
   readonly clusterIP: number;
+  readonly externalIPs: readonly number[];
+  readonly loadBalancerIPs: readonly number[];
   readonly port: number;
   /** 0 when none */
   readonly nodePort: number;
@@ -64,6 +68,14 @@ export const VIP_CLUSTER = 0;
 export const VIP_EXTERNAL = 1;
 export const VIP_LOADBALANCER = 2;
 export const VIA_NODEPORT = 3;
+
+/** the protoPort of VipIndex keys that stand for a whole address (above any protoIndex*65536+port) */
+export const ANY_PORT = 0x3ffff;
+
+/** Is `addr` a ClusterIP, external IP or LB IP of some service (any port)? */
+export function isServiceAddress(t: Tables, addr: number): boolean {
+  return t.vipAddrs.get(addr, ANY_PORT) > 0;
+}
 
 export const LB_RANDOM = 0;
 export const LB_MAGLEV = 1;
@@ -95,8 +107,8 @@ export interface Tables {
   readonly generation: number;
   /** ClusterIP, external IPs and load-balancer IPs: (addr, protoIndex*65536+port) → serviceIndex << 2 | VIP kind */
   readonly vipIndex: VipIndex;
-  /** every ClusterIP, external IP and LB IP (any port), as signed 32-bit numbers (addr | 0) */
-  readonly vipAddrs: ReadonlySet<number>;
+  /** (addr, ANY_PORT) → how many VIP keys use that address: every ClusterIP, external IP and LB IP */
+  readonly vipAddrs: VipIndex;
   /** protoIndex*65536+port → index in `services`, -1 when none; answered only for local destinations */
   readonly nodePorts: Int32Array;
   /** what `-m addrtype --dst-type LOCAL` matches, as signed 32-bit numbers */
@@ -110,6 +122,8 @@ export interface Tables {
   readonly masqueradeAddr: number;
   readonly loadBalancing: number;
   readonly services: readonly ServicePortEntry[];
+  /** entries of `services` that are live (not tombstones) */
+  readonly liveServicePorts: number;
   /** ROW ints per service port (see R_*) */
   readonly serviceRows: Int32Array;
   /** endpoint pairs: addr | 0, port */
