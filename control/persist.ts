@@ -1,0 +1,327 @@
+/**
+ * The state directory (`--state-dir`, /var/lib/tunproxy by default): the last
+ * accepted rule set, so that a restart comes back with the rules it had, and
+ * the connection table saved on SIGTERM, so that established connections
+ * survive a restart.
+ *
+ *   <tun>.ruleset.json     the rule set in force, as plain rule-set JSON (it can
+ *                          be given to `tunproxy apply -f` or `run --rules` as is)
+ *   <tun>.conntrack.json   {"kind":"TunproxyConntrack","version":1,"savedAt":<epoch ms>,
+ *                          "bootId":..., "netns":..., "items":[...]}
+ *                          written on SIGTERM, read and removed on the next start
+ *
+ * (one pair per TUN device, so several tunproxy processes can share the
+ * directory). A saved connection table is restored only in the boot and the
+ * network namespace it was saved in: after a reboot no connection is alive,
+ * and another namespace's flows are not this one's (it is left for its owner).
+ *
+ * Every write is atomic: a temporary file in the same directory, fsync,
+ * rename over the old file, fsync of the directory. A reader sees the old
+ * file or the new one, never a mix. A file that does not parse or does not
+ * validate is damaged: it is renamed aside (`ruleset.json.damaged-<time>`),
+ * reported, and never stops the start nor gets overwritten silently.
+ */
+import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, readlinkSync, renameSync, rmSync, statSync, unlinkSync, writeSync } from 'node:fs';
+import { open, rename, unlink } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+import type { RuleSet } from './types.ts';
+import { validateRuleSet } from './validate.ts';
+import type { ConntrackSnapshotItem } from '../dataplane/conntrack.ts';
+
+export const DEFAULT_STATE_DIR = '/var/lib/tunproxy';
+export const RULESET_FILE = 'ruleset.json';
+export const CONNTRACK_FILE = 'conntrack.json';
+const CONNTRACK_KIND = 'TunproxyConntrack';
+
+/** This boot and this network namespace: where a saved connection table is valid. */
+export interface Provenance {
+  bootId: string;
+  netns: string;
+}
+
+export function currentProvenance(): Provenance {
+  let bootId = '';
+  let netns = '';
+  try {
+    bootId = readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
+  } catch {
+    // not Linux: no check
+  }
+  try {
+    netns = readlinkSync('/proc/self/ns/net');
+  } catch {
+    // likewise
+  }
+  return { bootId, netns };
+}
+
+let tmpCounter = 0;
+function tmpName(path: string): string {
+  return join(dirname(path), `.${basename(path)}.tmp-${process.pid}-${++tmpCounter}`);
+}
+
+function fsyncDir(dir: string): void {
+  let fd = -1;
+  try {
+    fd = openSync(dir, 'r');
+    fsyncSync(fd);
+  } catch {
+    // some filesystems refuse fsync on a directory; the rename is still atomic
+  } finally {
+    if (fd >= 0) closeSync(fd);
+  }
+}
+
+/** Write `data` to `path` atomically (temp file in the same directory, fsync, rename, fsync of the directory). */
+export function writeFileAtomicSync(path: string, data: string | Uint8Array, mode = 0o600): void {
+  const tmp = tmpName(path);
+  const fd = openSync(tmp, 'wx', mode);
+  try {
+    const buf = typeof data === 'string' ? Buffer.from(data) : data;
+    let off = 0;
+    while (off < buf.length) off += writeSync(fd, buf, off, buf.length - off);
+    fsyncSync(fd);
+  } catch (e) {
+    closeSync(fd);
+    rmSync(tmp, { force: true });
+    throw e;
+  }
+  closeSync(fd);
+  try {
+    renameSync(tmp, path);
+  } catch (e) {
+    rmSync(tmp, { force: true });
+    throw e;
+  }
+  fsyncDir(dirname(path));
+}
+
+/** The same, without blocking the event loop during the write and the fsync. */
+export async function writeFileAtomic(path: string, data: string | Uint8Array, mode = 0o600): Promise<void> {
+  const tmp = tmpName(path);
+  const fh = await open(tmp, 'wx', mode);
+  try {
+    await fh.writeFile(data);
+    await fh.sync();
+  } catch (e) {
+    await fh.close();
+    await unlink(tmp).catch(() => {});
+    throw e;
+  }
+  await fh.close();
+  try {
+    await rename(tmp, path);
+  } catch (e) {
+    await unlink(tmp).catch(() => {});
+    throw e;
+  }
+  fsyncDir(dirname(path));
+}
+
+/** Rename a damaged file aside under a name that exists nowhere yet; returns the new path. */
+export function setAside(path: string, now = new Date()): string {
+  const stamp = now.toISOString().replace(/[:.]/g, '-');
+  let target = `${path}.damaged-${stamp}`;
+  for (let i = 1; existsSync(target); i++) target = `${path}.damaged-${stamp}-${i}`;
+  renameSync(path, target);
+  return target;
+}
+
+export type LoadedRuleSet =
+  | { status: 'none'; path: string }
+  | { status: 'ok'; path: string; ruleSet: RuleSet; bytes: number; savedAt: Date }
+  /** the file was renamed to `movedTo`; `reason` says what is wrong with it */
+  | { status: 'damaged'; path: string; reason: string; movedTo: string };
+
+export type LoadedConntrack =
+  | { status: 'none'; path: string }
+  /** remainingMs/ageMs already account for the time since the save; flows that ran out are left out */
+  | { status: 'ok'; path: string; items: ConntrackSnapshotItem[]; savedAt: Date; elapsedMs: number; expired: number }
+  /** saved in another boot or network namespace: not restored, left in place */
+  | { status: 'foreign'; path: string; reason: string }
+  | { status: 'damaged'; path: string; reason: string; movedTo: string };
+
+interface SaveWaiter {
+  generation: number;
+  resolve: () => void;
+  reject: (e: Error) => void;
+}
+
+/**
+ * The state directory. Rule-set saves are queued and coalesced: while one is
+ * being written, later ones replace each other and only the newest is written
+ * next; `saveRuleSet` resolves once a generation at least as new is on disk.
+ */
+export class StateStore {
+  readonly dir: string;
+  readonly ruleSetPath: string;
+  readonly conntrackPath: string;
+  /** the newest generation on disk (0: none written by this process) */
+  savedGeneration = 0;
+  /** the last save failure, null once a later save succeeded */
+  lastError: Error | null = null;
+  saves = 0;
+  private next: { ruleSet: RuleSet; generation: number } | null = null;
+  private writing = 0;
+  private pumping: Promise<void> | null = null;
+  private waiters: SaveWaiter[] = [];
+  private readonly provenance: Provenance;
+
+  /** `prefix`: file-name prefix, "tun0." for tunproxy run on tun0 */
+  constructor(dir: string = DEFAULT_STATE_DIR, prefix = '', provenance: Provenance = currentProvenance()) {
+    this.dir = dir;
+    this.ruleSetPath = join(dir, prefix + RULESET_FILE);
+    this.conntrackPath = join(dir, prefix + CONNTRACK_FILE);
+    this.provenance = provenance;
+  }
+
+  /** Create the directory (0700) when missing; throws when it cannot be created or is not a directory. */
+  init(): void {
+    try {
+      mkdirSync(this.dir, { recursive: true, mode: 0o700 });
+    } catch (e) {
+      throw new Error(`--state-dir ${this.dir}: cannot create it: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    }
+    if (!statSync(this.dir).isDirectory()) throw new Error(`--state-dir ${this.dir}: not a directory`);
+  }
+
+  hasRuleSet(): boolean {
+    return existsSync(this.ruleSetPath);
+  }
+
+  /** Read the saved rule set. A file that does not parse or validate is set aside and reported, never thrown. */
+  loadRuleSet(): LoadedRuleSet {
+    const path = this.ruleSetPath;
+    let text: string;
+    try {
+      text = readFileSync(path, 'utf8');
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return { status: 'none', path };
+      throw new Error(`${path}: cannot read it: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    }
+    const damaged = (reason: string): LoadedRuleSet => ({ status: 'damaged', path, reason, movedTo: setAside(path) });
+    if (text.trim() === '') return damaged('the file is empty');
+    let doc: unknown;
+    try {
+      doc = JSON.parse(text);
+    } catch (e) {
+      return damaged(`not valid JSON (${(e as Error).message}; truncated?)`);
+    }
+    const v = validateRuleSet(doc);
+    if (!v.ok) {
+      const first = v.errors.slice(0, 3).map((e) => `${e.path}: ${e.message}`).join('; ');
+      return damaged(`not a valid rule set (${v.errors.length} error${v.errors.length === 1 ? '' : 's'}: ${first})`);
+    }
+    return { status: 'ok', path, ruleSet: v.ruleSet, bytes: Buffer.byteLength(text), savedAt: statSync(path).mtime };
+  }
+
+  /**
+   * Queue the rule set of `generation` for writing. Resolves when it (or a
+   * newer one) is on disk; rejects when that write failed.
+   */
+  saveRuleSet(ruleSet: RuleSet, generation: number): Promise<void> {
+    if (generation <= this.savedGeneration) return Promise.resolve();
+    // the same generation queued twice (the API and a swap listener) is written once
+    if (generation > this.writing && (this.next === null || generation > this.next.generation)) this.next = { ruleSet, generation };
+    const p = new Promise<void>((resolve, reject) => this.waiters.push({ generation, resolve, reject }));
+    if (this.pumping === null) this.pumping = this.pump();
+    return p;
+  }
+
+  /** Wait until every queued save is done (successful or not). */
+  async flush(): Promise<void> {
+    while (this.pumping !== null) await this.pumping;
+  }
+
+  private async pump(): Promise<void> {
+    try {
+      while (this.next !== null) {
+        const job = this.next;
+        this.next = null;
+        this.writing = job.generation;
+        let err: Error | null = null;
+        try {
+          await writeFileAtomic(this.ruleSetPath, JSON.stringify(job.ruleSet, null, 1) + '\n');
+          this.savedGeneration = Math.max(this.savedGeneration, job.generation);
+          this.saves++;
+          this.lastError = null;
+        } catch (e) {
+          err = new Error(`cannot save the rule set to ${this.ruleSetPath}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+          this.lastError = err;
+        }
+        const keep: SaveWaiter[] = [];
+        for (const w of this.waiters) {
+          if (w.generation > job.generation) keep.push(w);
+          else if (err) w.reject(err);
+          else w.resolve();
+        }
+        this.waiters = keep;
+      }
+    } finally {
+      this.pumping = null;
+    }
+  }
+
+  /** Save the connection table (on SIGTERM); synchronous so that it completes before exit. */
+  saveConntrack(items: ConntrackSnapshotItem[], now = Date.now()): void {
+    writeFileAtomicSync(this.conntrackPath, JSON.stringify({ kind: CONNTRACK_KIND, version: 1, savedAt: now, ...this.provenance, items }) + '\n');
+  }
+
+  /**
+   * Read the saved connection table, ages and lifetimes moved on by the time
+   * since the save. The caller restores it (`conntrack.restore(items)`) and
+   * then calls `consumeConntrack()`; if restore throws, `setAsideConntrack`.
+   */
+  loadConntrack(now = Date.now()): LoadedConntrack {
+    const path = this.conntrackPath;
+    let text: string;
+    try {
+      text = readFileSync(path, 'utf8');
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return { status: 'none', path };
+      throw new Error(`${path}: cannot read it: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    }
+    const damaged = (reason: string): LoadedConntrack => ({ status: 'damaged', path, reason, movedTo: setAside(path) });
+    let doc: unknown;
+    try {
+      doc = JSON.parse(text);
+    } catch (e) {
+      return damaged(`not valid JSON (${(e as Error).message}; truncated?)`);
+    }
+    const d = doc as { kind?: unknown; version?: unknown; savedAt?: unknown; items?: unknown; bootId?: unknown; netns?: unknown };
+    if (typeof doc !== 'object' || doc === null || d.kind !== CONNTRACK_KIND) return damaged(`not a tunproxy connection table (kind must be "${CONNTRACK_KIND}")`);
+    if (d.version !== 1) return damaged(`version ${JSON.stringify(d.version)} is not supported (expected 1)`);
+    const p = this.provenance;
+    if (p.bootId !== '' && d.bootId !== p.bootId) return { status: 'foreign', path, reason: 'saved before the last reboot: no connection of then is alive' };
+    if (p.netns !== '' && d.netns !== p.netns) return { status: 'foreign', path, reason: `saved in another network namespace (${String(d.netns)}, this is ${p.netns})` };
+    if (typeof d.savedAt !== 'number' || !Number.isFinite(d.savedAt)) return damaged('savedAt must be a time in milliseconds since the epoch');
+    if (!Array.isArray(d.items)) return damaged('items must be an array of flows');
+    const elapsed = Math.max(0, now - d.savedAt);
+    const items: ConntrackSnapshotItem[] = [];
+    let expired = 0;
+    for (const it of d.items as ConntrackSnapshotItem[]) {
+      if (typeof it === 'object' && it !== null && typeof it.remainingMs === 'number' && typeof it.ageMs === 'number') {
+        if (it.remainingMs - elapsed <= 0) {
+          expired++;
+          continue;
+        }
+        items.push({ ...it, remainingMs: it.remainingMs - elapsed, ageMs: it.ageMs + elapsed });
+      } else items.push(it); // let restore() name what is wrong with it
+    }
+    return { status: 'ok', path, items, savedAt: new Date(d.savedAt), elapsedMs: elapsed, expired };
+  }
+
+  /** The saved table was restored: remove it, so that a later start does not restore it again. */
+  consumeConntrack(): void {
+    try {
+      unlinkSync(this.conntrackPath);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    }
+  }
+
+  /** The saved table was refused by restore(): set it aside; returns its new name. */
+  setAsideConntrack(): string {
+    return setAside(this.conntrackPath);
+  }
+}
