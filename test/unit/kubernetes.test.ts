@@ -126,7 +126,7 @@ t.test('kubectl -o yaml reads the same, with YAML line numbers', async (t) => {
 t.test('node addresses come from the Node item when not given; without them, a warning', async (t) => {
   const node = { apiVersion: 'v1', kind: 'Node', metadata: { name: 'node-a' }, status: { addresses: [{ type: 'InternalIP', address: '172.16.1.35' }, { type: 'InternalIP', address: 'fd00::35' }, { type: 'Hostname', address: 'node-a' }] } };
   const other = { apiVersion: 'v1', kind: 'Node', metadata: { name: 'node-b' }, status: { addresses: [{ type: 'InternalIP', address: '172.16.1.36' }] } };
-  const r = importKubernetes(JSON.stringify(list([node, other, ...goldenKubectlList().items as object[]])), { nodeName: 'node-a', clusterCIDR: '10.64.1.0/24' });
+  const r = importKubernetes(JSON.stringify(list([node, other, ...(goldenKubectlList().items as Record<string, unknown>[])])), { nodeName: 'node-a', clusterCIDR: '10.64.1.0/24' });
   t.same(r.ruleSet.node.addresses, ['172.16.1.35']);
   t.same(r.skipped.map((s) => s.object), ['Node node-b']);
   t.ok(validateRuleSet(r.ruleSet).ok);
