@@ -1,0 +1,251 @@
+/**
+ * The lab of `npm run bench:e2e`: one topology for every mode, built fresh for
+ * each (mode, size) so that nothing one mode leaves in the kernel (netfilter
+ * hooks, conntrack entries, a TUN) is there when the next one is measured.
+ *
+ *   client ${prefix}-client                  node ${prefix}-node                          pods ${prefix}-pod-<i>
+ *   eth0 192.168.77.2/24  ──────veth──────── veth-client 192.168.77.1/24
+ *   local 192.168.80.0/20 dev lo (sources)   route 192.168.80.0/20 via 192.168.77.2
+ *   default via 192.168.77.1                 vp<i> 10.64.0.1/32 ──────veth──────────── eth0 <endpoint>/32
+ *                                            route <endpoint>/32 dev vp<i>               default via 10.64.0.1
+ *   client pod ${prefix}-cpod                                                            e2e-responder: UDP echo,
+ *   eth0 10.120.16.1/32 ─────veth─────────── vcpod 10.64.0.1/32                          TCP listen
+ *   local 10.120.0.0/20 dev lo (sources)     route 10.120.16.1/32 dev vcpod,
+ *   default via 10.64.0.1                          10.120.0.0/20 via 10.120.16.1
+ *
+ * Why my own builder and not scripts/lab.ts: the kernel modes need the node
+ * to forward with its own netfilter rules doing the NAT and no TUN steering at
+ * all, and the load generator needs thousands of source addresses on both
+ * clients (AnyIP `local` routes, routed back by one route each, so no ARP per
+ * address) — neither is what lab.ts builds, and it belongs to someone else.
+ *
+ * The client addresses are outside the cluster CIDR (10.64.0.0/10: masquerade
+ * applies); the client pod's are inside it (source preserved).
+ *
+ * With `tun: true` (tunproxy) the node also gets what lab.ts does for a TUN:
+ * tun0 up, the service CIDR routed into it, the pods' TCP/UDP/ICMP sent into
+ * it (policy rules ahead of the local table, so replies to the masquerade
+ * address are un-NATed by tunproxy), and packets written back routed by
+ * local/main. Without it the node is a plain router and the kernel's
+ * iptables/nftables rules do the NAT.
+ *
+ * In the clients, an nftables filter rule drops the ICMP port-unreachable the
+ * kernel would send for every answer (the generator reads them on a raw
+ * socket; no UDP socket owns those ports); no conntrack is loaded there.
+ */
+import { existsSync, mkdirSync, readFileSync, renameSync, statSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { addNetns, deleteNetns, ip, ipBatch, listNetns, netnsPids, nsRun, nsSpawn, nsSysctl } from '../scripts/ns.ts';
+
+const ROOT = fileURLToPath(new URL('../', import.meta.url));
+
+export const NODE_ADDRESS = '192.168.77.1';
+export const CLIENT_ADDRESS = '192.168.77.2';
+export const CLIENT_SOURCES = '192.168.80.0/20';
+export const MASQUERADE_ADDRESS = '10.64.0.1';
+export const CLIENT_POD_ADDRESS = '10.120.16.1';
+export const CLIENT_POD_SOURCES = '10.120.0.0/20';
+export const TUN_NAME = 'tun0';
+const TUN_TABLE = 100;
+
+export interface E2eLabOptions {
+  /** namespaces are `${prefix}-...`; must start with "tp-" */
+  prefix: string;
+  /** endpoint addresses: one pod namespace with a responder each */
+  endpoints: string[];
+  /** the responders' UDP echo port and TCP listening port */
+  udpPort: number;
+  tcpPort: number;
+  /** tunproxy's lab: a TUN and the routing into it */
+  tun: boolean;
+  /** routed into the TUN (default 10.96.0.0/12) */
+  serviceCIDR?: string;
+  /** node-namespace sysctls (e.g. conntrack timeouts for the kernel modes) */
+  nodeSysctls?: Record<string, string | number>;
+}
+
+export interface E2eLab {
+  prefix: string;
+  nodeNs: string;
+  clientNs: string;
+  clientPodNs: string;
+  podNs: string[];
+  tun: boolean;
+  responderPids: number[];
+  down(): Promise<void>;
+}
+
+/** Compile bench/e2e-responder.c into build/e2e/ (once; again when the source is newer). */
+export function buildResponder(): string {
+  const src = join(ROOT, 'bench', 'e2e-responder.c');
+  const out = join(ROOT, 'build', 'e2e', 'e2e-responder');
+  if (existsSync(out) && statSync(out).mtimeMs >= statSync(src).mtimeMs) return out;
+  mkdirSync(dirname(out), { recursive: true });
+  const tmp = `${out}.${process.pid}.tmp`;
+  const r = spawnSync('gcc', ['-O2', '-Wall', '-Wextra', '-o', tmp, src], { encoding: 'utf8' });
+  if (r.error) throw new Error(`cannot compile ${src}: gcc could not run (${r.error.message}); install gcc`);
+  if (r.status !== 0) throw new Error(`cannot compile ${src}: ${r.stderr}`);
+  renameSync(tmp, out);
+  return out;
+}
+
+const DROP_PORT_UNREACHABLE = [
+  'add table ip loadgen',
+  'add chain ip loadgen out { type filter hook output priority 0 ; }',
+  'add rule ip loadgen out icmp type destination-unreachable drop',
+].join('\n');
+
+function startResponder(bin: string, ns: string, udpPort: number, tcpPort: number): Promise<ChildProcess> {
+  const child = nsSpawn(ns, [bin, '--udp', String(udpPort), '--tcp', String(tcpPort)], { stdio: ['ignore', 'pipe', 'pipe'] });
+  return new Promise((resolve, reject) => {
+    let out = '';
+    let err = '';
+    const timer = setTimeout(() => reject(new Error(`e2e-responder in ${ns} not ready in 10 s: ${err}`)), 10_000);
+    child.stdout!.setEncoding('utf8').on('data', (d: string) => {
+      out += d;
+      if (out.includes('ready')) {
+        clearTimeout(timer);
+        resolve(child);
+      }
+    });
+    child.stderr!.setEncoding('utf8').on('data', (d: string) => (err += d));
+    child.on('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`e2e-responder in ${ns} exited (${code}): ${err}`));
+    });
+  });
+}
+
+function isOurs(pid: number, bin: string): boolean {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0')[0] === bin;
+  } catch {
+    return false;
+  }
+}
+
+async function stopPids(pids: number[]): Promise<void> {
+  for (const pid of pids) {
+    try {
+      process.kill(pid, 'SIGTERM');
+    } catch {
+      /* gone */
+    }
+  }
+  const t0 = Date.now();
+  const alive = (pid: number) => {
+    try {
+      process.kill(pid, 0);
+      return !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+    } catch {
+      return false;
+    }
+  };
+  while (pids.some(alive) && Date.now() - t0 < 2000) await new Promise((r) => setTimeout(r, 20));
+  for (const pid of pids) if (alive(pid)) try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
+}
+
+/** Remove every namespace `${prefix}-*`, stopping the responders found in them first (by PID). */
+export async function e2eLabDown(prefix: string, pids: number[] = []): Promise<void> {
+  if (!/^tp-[A-Za-z0-9-]+$/.test(prefix)) throw new Error(`e2e lab: prefix "${prefix}" must start with "tp-"`);
+  const namespaces = listNetns(`${prefix}-`);
+  const bin = join(ROOT, 'build', 'e2e', 'e2e-responder');
+  const found = new Set(pids);
+  for (const ns of namespaces) for (const pid of netnsPids(ns)) if (isOurs(pid, bin)) found.add(pid);
+  await stopPids([...found]);
+  for (const ns of namespaces) deleteNetns(ns);
+}
+
+export async function e2eLabUp(o: E2eLabOptions): Promise<E2eLab> {
+  const { prefix } = o;
+  if (!/^tp-[A-Za-z0-9-]{1,30}$/.test(prefix)) throw new Error(`e2e lab: prefix "${prefix}" must start with "tp-" (letters, digits, "-")`);
+  const bin = buildResponder();
+  await e2eLabDown(prefix);
+  const nodeNs = `${prefix}-node`;
+  const clientNs = `${prefix}-client`;
+  const clientPodNs = `${prefix}-cpod`;
+  const podNs = o.endpoints.map((_, i) => `${prefix}-pod-${i}`);
+  const pids: number[] = [];
+  try {
+    for (const ns of [nodeNs, clientNs, clientPodNs, ...podNs]) addNetns(ns);
+    nsSysctl(nodeNs, {
+      'net.ipv4.ip_forward': 1,
+      'net.ipv4.conf.all.rp_filter': 0,
+      'net.ipv4.conf.default.rp_filter': 0,
+      'net.ipv4.conf.default.accept_local': 1,
+      ...(o.nodeSysctls ?? {}),
+    });
+    const node: string[] = [];
+    // client
+    ip(['-n', nodeNs, 'link', 'add', 'veth-client', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', clientNs]);
+    node.push(`addr add ${NODE_ADDRESS}/24 dev veth-client`, 'link set veth-client up', `route add ${CLIENT_SOURCES} via ${CLIENT_ADDRESS} dev veth-client`);
+    ipBatch(clientNs, [
+      `addr add ${CLIENT_ADDRESS}/24 dev eth0`,
+      'link set eth0 up',
+      `route add default via ${NODE_ADDRESS} dev eth0`,
+      `route add local ${CLIENT_SOURCES} dev lo table local`,
+    ]);
+    // client pod
+    ip(['-n', nodeNs, 'link', 'add', 'vcpod', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', clientPodNs]);
+    node.push(
+      `addr add ${MASQUERADE_ADDRESS}/32 dev vcpod`,
+      'link set vcpod up',
+      `route add ${CLIENT_POD_ADDRESS}/32 dev vcpod`,
+      `route add ${CLIENT_POD_SOURCES} via ${CLIENT_POD_ADDRESS} dev vcpod`,
+    );
+    ipBatch(clientPodNs, [
+      `addr add ${CLIENT_POD_ADDRESS}/32 dev eth0`,
+      'link set eth0 up',
+      `route add ${MASQUERADE_ADDRESS}/32 dev eth0 scope link`,
+      `route add default via ${MASQUERADE_ADDRESS} dev eth0 src ${CLIENT_POD_ADDRESS}`,
+      `route add local ${CLIENT_POD_SOURCES} dev lo table local`,
+    ]);
+    for (const ns of [clientNs, clientPodNs]) {
+      nsSysctl(ns, { 'net.ipv4.conf.all.rp_filter': 0, 'net.ipv4.conf.default.rp_filter': 0 });
+      nsRun(ns, ['nft', '-f', '-'], { input: DROP_PORT_UNREACHABLE + '\n' });
+    }
+    // pods
+    o.endpoints.forEach((addr, i) => {
+      const v = `vp${i}`;
+      ip(['-n', nodeNs, 'link', 'add', v, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', podNs[i]]);
+      node.push(`addr add ${MASQUERADE_ADDRESS}/32 dev ${v}`, `link set ${v} up`, `route add ${addr}/32 dev ${v}`);
+      ipBatch(podNs[i], [
+        `addr add ${addr}/32 dev eth0`,
+        'link set eth0 up',
+        `route add ${MASQUERADE_ADDRESS}/32 dev eth0 scope link`,
+        `route add default via ${MASQUERADE_ADDRESS} dev eth0 src ${addr}`,
+      ]);
+    });
+    if (o.tun) {
+      ip(['-n', nodeNs, 'tuntap', 'add', 'dev', TUN_NAME, 'mode', 'tun']);
+      node.push(
+        `link set ${TUN_NAME} mtu 1500 up`,
+        `route add ${o.serviceCIDR ?? '10.96.0.0/12'} dev ${TUN_NAME}`,
+        `route add default dev ${TUN_NAME} table ${TUN_TABLE}`,
+        // the pods' packets (answers to un-NAT, also those to the masquerade address) into the TUN
+        ...o.endpoints.flatMap((_, i) => ['tcp', 'udp', 'icmp'].map((p) => `rule add pref 60 iif vp${i} ipproto ${p} lookup ${TUN_TABLE}`)),
+        'rule add pref 100 lookup local',
+        'rule del pref 0 lookup local',
+      );
+    }
+    ipBatch(nodeNs, node);
+    if (o.tun) nsSysctl(nodeNs, { [`net.ipv4.conf.${TUN_NAME}.accept_local`]: 1, [`net.ipv4.conf.${TUN_NAME}.rp_filter`]: 0 });
+    for (const ns of podNs) pids.push((await startResponder(bin, ns, o.udpPort, o.tcpPort)).pid!);
+  } catch (e) {
+    await e2eLabDown(prefix, pids);
+    throw new Error(`e2e lab ${prefix}: building failed and everything was removed again: ${(e as Error).message}`, { cause: e });
+  }
+  return {
+    prefix,
+    nodeNs,
+    clientNs,
+    clientPodNs,
+    podNs,
+    tun: o.tun,
+    responderPids: pids,
+    down: () => e2eLabDown(prefix, pids),
+  };
+}
