@@ -195,6 +195,7 @@ class Builder {
       loadBalancing: this.maglev ? LB_MAGLEV : LB_RANDOM,
       services: this.services,
       liveServicePorts: this.live,
+      linear: null,
     };
   }
 }

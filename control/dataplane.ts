@@ -16,10 +16,12 @@ import type { Tables } from '../dataplane/tables.ts';
 export interface DataplaneOptions {
   conntrackMax?: number;
   clock?: () => number;
+  /** 'linear': decide new flows by walking kube-proxy's iptables rules (for comparison) */
+  decider?: 'compiled' | 'linear';
 }
 
 export class Dataplane {
-  readonly holder = new RuleSetHolder();
+  readonly holder: RuleSetHolder;
   readonly pipeline: Pipeline;
   readonly clock: () => number;
   readonly startedAt = Date.now();
@@ -27,6 +29,7 @@ export class Dataplane {
 
   constructor(o: DataplaneOptions = {}) {
     this.clock = o.clock ?? (() => performance.now());
+    this.holder = new RuleSetHolder({ decider: o.decider ?? 'compiled' });
     this.pipeline = new Pipeline({
       conntrack: new Conntrack({ maxEntries: o.conntrackMax ?? 262144, clock: this.clock }),
       affinity: new AffinityTable(),

@@ -17,6 +17,8 @@ import type { ValidationError } from './validate.ts';
 import { compile, patchTables } from './compile.ts';
 import { servicePortName } from './model.ts';
 import type { Tables } from '../dataplane/tables.ts';
+import { writeIptables } from './iptables/writer.ts';
+import { linearFromText } from './iptables/linear.ts';
 import { parseIPv4, protocolNumber, protoIndex } from '../dataplane/addr.ts';
 import type { ProtocolName } from '../dataplane/addr.ts';
 
@@ -86,9 +88,12 @@ export class RuleSetHolder {
   /** the durations of the last syncs (ms), for kube-proxy-style sync metrics */
   readonly syncListeners: Array<(ms: number, ok: boolean) => void> = [];
   private readonly allowIncremental: boolean;
+  /** 'linear': new flows are decided by walking kube-proxy's rules (written from the rule set) instead of the hash tables */
+  readonly decider: 'compiled' | 'linear';
 
-  constructor(opts: { incremental?: boolean } = {}) {
+  constructor(opts: { incremental?: boolean; decider?: 'compiled' | 'linear' } = {}) {
     this.allowIncremental = opts.incremental ?? true;
+    this.decider = opts.decider ?? 'compiled';
   }
 
   get ruleSet(): RuleSet | null {
@@ -232,6 +237,7 @@ export class RuleSetHolder {
   }
 
   private commit(rs: RuleSet, tables: Tables, owners: Service[], byName: Map<string, Service>, entriesOf: Map<Service, number[]>): void {
+    if (this.decider === 'linear') tables = { ...tables, linear: linearFromText(writeIptables(rs), { localAddresses: rs.node.addresses }) };
     this.rs = rs;
     this.tables = tables;
     this.gen = tables.generation;

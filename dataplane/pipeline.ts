@@ -30,6 +30,7 @@ import { icmpCheck, isIcmpError, buildIcmpError, icmpErrorPermitted, ICMP_DEST_U
 import { rewriteSrc, rewriteDst, icmpQuoteRewriteSrc, icmpQuoteRewriteDst } from './wire/rewrite.ts';
 import { wireErrorName } from './wire/error.ts';
 import { FragmentTable } from './fragments.ts';
+import type { PacketTuple } from './verdict.ts';
 
 export { V_FORWARD, V_REPLY, V_DROP, V_PASS } from './counters.ts';
 
@@ -57,6 +58,7 @@ export class Pipeline {
   /** the entry the last forwarded packet belonged to (null for passes) */
   lastEntry: ConntrackEntry | null = null;
   private readonly out = new LookupResult();
+  private readonly tuple: PacketTuple = { proto: 0, src: 0, dst: 0, sport: 0, dport: 0 };
   private readonly info: ConntrackInfo = { serviceName: '', serviceIndex: 0, endpointAddr: 0, endpointPort: 0, masquerade: false };
 
   constructor(o: PipelineOptions = {}) {
@@ -182,6 +184,7 @@ export class Pipeline {
   ): number {
     const out = this.out;
     this.counters.events[E_LOOKUPS]++;
+    if (tables.linear !== null) return this.newFlowLinear(buf, off, total, proto, src, dst, sport, dport, flags, fragField, tables, now);
     const r = lookup(tables, proto, src, dst, dport, out);
     if (r !== LOOKUP_DNAT) {
       if (r === LOOKUP_REJECT) return this.reject(buf, off, total, dst);
@@ -198,6 +201,16 @@ export class Pipeline {
     const hairpin = epAddr === src;
     const masq = out.masquerade || hairpin;
     const svc = tables.services[out.svcIndex];
+    return this.translateNew(buf, off, total, proto, src, dst, sport, dport, flags, fragField, epAddr, epPort, masq, hairpin, svc.name, svc.index, tables, now);
+  }
+
+  /** Conntrack insert (with a masquerade port that never reuses a tuple in use) and the first rewrite. */
+  private translateNew(
+    buf: Uint8Array, off: number, total: number, proto: number,
+    src: number, dst: number, sport: number, dport: number, flags: number, fragField: number,
+    epAddr: number, epPort: number, masq: boolean, hairpin: boolean, serviceName: string, serviceIndex: number,
+    tables: Tables, now: number,
+  ): number {
     const ct = this.conntrack;
     // the reply tuple: endpoint → (masquerade address | client), keeping the client's port when it is free
     const replyDst = masq ? tables.masqueradeAddr : src;
@@ -206,8 +219,8 @@ export class Pipeline {
       replyDport = this.allocatePort(proto, epAddr, replyDst, epPort);
       if (replyDport < 0) return this.drop(D_NAT_PORT_EXHAUSTED, total);
     }
-    this.info.serviceName = svc.name;
-    this.info.serviceIndex = svc.index;
+    this.info.serviceName = serviceName;
+    this.info.serviceIndex = serviceIndex;
     this.info.endpointAddr = epAddr;
     this.info.endpointPort = epPort;
     this.info.masquerade = masq;
@@ -223,6 +236,22 @@ export class Pipeline {
     if ((fragField & 0x2000) !== 0) this.fragments.remember(src, dst, proto, get16(buf, off + 4), entry, DIR_ORIGINAL, now);
     this.lastEntry = entry;
     return this.verdict(V_FORWARD, total);
+  }
+
+  /** The same as newFlow, with kube-proxy's rules walked linearly deciding (tunproxy run --decider linear). */
+  private newFlowLinear(
+    buf: Uint8Array, off: number, total: number, proto: number,
+    src: number, dst: number, sport: number, dport: number, flags: number, fragField: number,
+    tables: Tables, now: number,
+  ): number {
+    const p = this.tuple;
+    p.proto = proto; p.src = src; p.dst = dst; p.sport = sport; p.dport = dport;
+    const s = tables.linear!.sample(p, now);
+    if (s.kind === 'reject') return this.reject(buf, off, total, dst);
+    if (s.kind === 'drop') return this.drop(s.reason === 'no_local_endpoints' ? D_NO_LOCAL_ENDPOINTS : D_SOURCE_RANGE, total);
+    if (s.kind !== 'dnat') return this.verdict(V_PASS, total);
+    if (proto === PROTO_SCTP && (fragField & 0x2000) !== 0) return this.drop(D_SCTP_FRAGMENTED, total);
+    return this.translateNew(buf, off, total, proto, src, dst, sport, dport, flags, fragField, s.endpointAddr >>> 0, s.endpointPort, s.masquerade, s.endpointAddr >>> 0 === src, s.service, -1, tables, now);
   }
 
   /** A source port for (endpoint → masquerade address) that no tracked flow uses, like nf_nat's random-fully. */

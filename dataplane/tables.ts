@@ -8,7 +8,7 @@
 import type { Cidr } from './addr.ts';
 import { cidrContains, protoIndex, formatIPv4 } from './addr.ts';
 import type { VipIndex } from './hashtable.ts';
-import type { Candidate, Verdict, PacketTuple } from './verdict.ts';
+import type { Candidate, Verdict, PacketTuple, SampleDecider } from './verdict.ts';
 
 export interface EndpointEntry {
   readonly addr: number;
@@ -128,6 +128,8 @@ export interface Tables {
   readonly serviceRows: Int32Array;
   /** endpoint pairs: addr | 0, port */
   readonly endpointFlat: Int32Array;
+  /** when set, new flows are decided by walking kube-proxy's rules instead (tunproxy run --decider linear) */
+  readonly linear: SampleDecider | null;
 }
 
 export const LOOKUP_NOMATCH = 0;

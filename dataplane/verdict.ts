@@ -44,3 +44,25 @@ export interface PacketTuple {
   sport: number;
   dport: number;
 }
+
+/**
+ * A decider that walks rules for one packet at a time and draws at random
+ * rules as the kernel does (control/iptables/linear.ts's LinearEvaluator).
+ * `tunproxy run --decider linear` puts one in the tables, and the packet path
+ * then asks it instead of the hash tables: the same traffic through
+ * kube-proxy's linear chains, in the same process.
+ */
+export interface DeciderSample {
+  kind: 'dnat' | 'reject' | 'drop' | 'nomatch';
+  service: string;
+  reason: DropReason | null;
+  endpointAddr: number;
+  endpointPort: number;
+  masquerade: boolean;
+  rulesVisited: number;
+}
+
+export interface SampleDecider {
+  /** the answer object may be reused by the next call */
+  sample(pkt: PacketTuple, nowMs: number): DeciderSample;
+}

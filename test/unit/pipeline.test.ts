@@ -279,3 +279,23 @@ t.test('UDP entries toward an endpoint that left are removed; the flow picks a l
   t.equal(pl.process(b, 0, b.length, t2, 1_000_100), V_FORWARD);
   t.equal(tuple(b), '10.64.1.1:5353 > 10.64.1.8:53');
 });
+
+t.test('--decider linear: the same flows decided by walking kube-proxy\'s rules give the same translations', async (t) => {
+  const { RuleSetHolder } = await import('../../control/runtime.ts');
+  const h = new RuleSetHolder({ decider: 'linear' });
+  h.apply(oneEndpoint());
+  const tables = h.current!;
+  t.ok(tables.linear !== null, 'the tables carry a linear decider');
+  const pl = new Pipeline({ rng: new Rng(1) });
+  const run = (b: Uint8Array) => pl.process(b, 0, b.length, tables, 1000);
+  const syn = fromHex('45000028123440004006706aac1001630a20009f8be61f90111111114b4b4b4b500201f6918b0000');
+  t.equal(run(syn), V_FORWARD);
+  t.equal(hex(syn), '45000028123440004006120f0a4001010a40010d8be60050111111114b4b4b4b500201f652700000', 'byte for byte what the hash tables produce');
+  const synack = fromHex('45000028123440004006120f0a40010d0a40010100508be62222222278787878501201f6d5e30000');
+  t.equal(run(synack), V_FORWARD);
+  t.equal(hex(synack), '45000028123440004006706a0a20009fac1001631f908be62222222278787878501201f614ff0000');
+  t.equal(run(pkt({ src: '172.16.1.99', dst: '10.32.0.200', sport: 40000, dport: 80, flags: SYN })), V_REPLY, 'REJECT');
+  t.equal(run(pkt({ src: '192.0.2.1', dst: '203.0.113.70', sport: 3, dport: 443, flags: SYN })), V_DROP, 'source range');
+  t.equal(DROP_REASONS[pl.lastDrop], 'source_range');
+  t.equal(run(pkt({ src: '10.64.1.50', dst: '10.64.1.13', sport: 1, dport: 80, flags: SYN })), V_PASS);
+});
