@@ -27,6 +27,7 @@ import type { Endpoint, RuleSet, Service, ServicePort } from './types.ts';
 import { API_VERSION } from './types.ts';
 import { validateRuleSet } from './validate.ts';
 import { parseCidr, parseIPv4 } from '../dataplane/addr.ts';
+import { jsonErrorOffset } from './api/json-error.ts';
 
 export interface KubernetesImportOptions {
   /** this node's name: endpoints whose nodeName equals it are node-local; picks the Node item */
@@ -171,8 +172,8 @@ export function parseKubernetesText(text: string): { doc: unknown; itemLines: nu
     try {
       doc = JSON.parse(text);
     } catch (e) {
-      const m = /position (\d+)/.exec((e as Error).message);
-      const line = m ? lineOf(lineStarts(text), Number(m[1])) : 0;
+      const off = jsonErrorOffset(text);
+      const line = off >= 0 ? lineOf(lineStarts(text), off) : 0;
       throw new KubernetesImportError(`not valid JSON${line ? ` (line ${line})` : ''}: ${(e as Error).message}`, line);
     }
     const starts = lineStarts(text);

@@ -1,0 +1,142 @@
+/**
+ * What every route works on: the dataplane (rule set holder, pipeline,
+ * connection table), the state directory, and the one way a rule set gets in
+ * force through the API — `apply`: If-Match check, validate, compile, swap,
+ * then save to the state directory. Node runs one request handler at a time
+ * and `holder.apply` is synchronous, so two writers never interleave: each
+ * PUT/PATCH is checked and swapped against the generation it saw.
+ */
+import type { Dataplane } from '../dataplane.ts';
+import type { StateStore } from '../persist.ts';
+import type { RuleSet } from '../types.ts';
+import { GenerationMismatch } from '../runtime.ts';
+import type { ApplyResult } from '../runtime.ts';
+import { RuleSetError } from '../validate.ts';
+import { ApiError } from './errors.ts';
+
+export interface ApplyAnswer extends ApplyResult {
+  /** the rule set is on disk in the state directory (false when there is none, or the write failed) */
+  persisted: boolean;
+  persistError?: string;
+}
+
+export interface ContextOptions {
+  store?: StateStore | null;
+  /** /readyz answers ready only when a TUN device is attached (tunproxy run) */
+  requireLoop?: boolean;
+  /** largest body for rule sets, batches and imports (bytes) */
+  bodyLimit?: number;
+}
+
+export const DEFAULT_BODY_LIMIT = 64 * 1024 * 1024;
+export const SMALL_BODY_LIMIT = 64 * 1024;
+
+export class ApiContext {
+  readonly dp: Dataplane;
+  readonly store: StateStore | null;
+  readonly requireLoop: boolean;
+  readonly bodyLimit: number;
+  /** wall-clock time the rule set in force was swapped in */
+  inForceSince: Date | null = null;
+  applies = 0;
+  /** rule-set changes the API refused (any 4xx/5xx answer to PUT, PATCH, DELETE of rules, or an import with apply) */
+  rejections = 0;
+  private readonly closers: Array<() => void> = [];
+
+  constructor(dp: Dataplane, o: ContextOptions = {}) {
+    this.dp = dp;
+    this.store = o.store ?? null;
+    this.requireLoop = o.requireLoop ?? false;
+    this.bodyLimit = o.bodyLimit ?? DEFAULT_BODY_LIMIT;
+    if (dp.holder.ruleSet !== null) this.inForceSince = new Date();
+    const onSwap = () => {
+      this.inForceSince = new Date();
+    };
+    dp.holder.onSwap(onSwap);
+  }
+
+  get generation(): number {
+    return this.dp.holder.generation;
+  }
+
+  get ruleSet(): RuleSet | null {
+    return this.dp.holder.ruleSet;
+  }
+
+  /** The rule set in force, or a 409 telling how to put one in force. */
+  requireRuleSet(): RuleSet {
+    const rs = this.dp.holder.ruleSet;
+    if (rs === null) throw new ApiError(409, 'no_rule_set', 'no rule set is in force yet: PUT /v1/ruleset (tunproxy apply -f FILE) first');
+    return rs;
+  }
+
+  onClose(fn: () => void): void {
+    this.closers.push(fn);
+  }
+
+  close(): void {
+    for (const fn of this.closers.splice(0)) fn();
+  }
+
+  /**
+   * Validate, compile, swap, save. Throws ApiError 400 (every error with its
+   * path) or 412 (If-Match stale) and then nothing has changed.
+   */
+  async apply(candidate: unknown, ifGeneration: number | undefined): Promise<ApplyAnswer> {
+    let r: ApplyResult;
+    try {
+      r = this.dp.holder.apply(candidate, ifGeneration);
+    } catch (e) {
+      throw toApiError(e);
+    }
+    this.applies++;
+    const answer: ApplyAnswer = { ...r, persisted: false };
+    if (this.store !== null) {
+      try {
+        await this.store.saveRuleSet(this.dp.holder.ruleSet!, r.generation);
+        answer.persisted = this.store.savedGeneration >= r.generation;
+      } catch (e) {
+        // the rules are in force (the answer must say so); the save failure is reported, and retried by the next apply
+        answer.persistError = (e as Error).message;
+      }
+    }
+    return answer;
+  }
+}
+
+export function toApiError(e: unknown): Error {
+  if (e instanceof GenerationMismatch) {
+    return new ApiError(412, 'generation_mismatch', `If-Match: ${e.message}`, { extra: { generation: e.current, expected: e.expected }, headers: { etag: etagOf(e.current) } });
+  }
+  if (e instanceof RuleSetError) {
+    return new ApiError(400, 'rule_set_rejected', `the rule set was rejected (${e.errors.length} error${e.errors.length === 1 ? '' : 's'}); the rule set in force is unchanged. ${e.errors.slice(0, 3).map((x) => `${x.path}: ${x.message}`).join('; ')}${e.errors.length > 3 ? '; ...' : ''}`, { errors: e.errors });
+  }
+  return e as Error;
+}
+
+export function etagOf(generation: number): string {
+  return `"${generation}"`;
+}
+
+/**
+ * If-Match → the generation the writer expects, or undefined when there is
+ * none. Accepts `"12"`, `12`, `*` (any rule set in force) and a list
+ * (`"11", "12"`: any of them).
+ */
+export function parseIfMatch(header: string | string[] | undefined, current: number): number | undefined {
+  if (header === undefined) return undefined;
+  const text = Array.isArray(header) ? header.join(',') : header;
+  const values = text.split(',').map((v) => v.trim()).filter((v) => v !== '');
+  if (values.length === 0) throw new ApiError(400, 'bad_if_match', 'If-Match is empty: send the generation you read, like If-Match: "12"');
+  const gens: number[] = [];
+  for (const v of values) {
+    if (v === '*') {
+      if (current === 0) throw new ApiError(412, 'generation_mismatch', 'If-Match: *: no rule set is in force yet', { extra: { generation: 0 } });
+      return current;
+    }
+    const m = /^(?:W\/)?"?(\d{1,15})"?$/.exec(v);
+    if (!m || v.startsWith('W/')) throw new ApiError(400, 'bad_if_match', `If-Match ${JSON.stringify(v)} is not a generation: send the ETag of GET /v1/ruleset, like If-Match: "12"`);
+    gens.push(Number(m[1]));
+  }
+  return gens.includes(current) ? current : gens[0];
+}

@@ -1,0 +1,166 @@
+/**
+ *   GET /v1/stats   counters, connection table, rule set, loop, state directory as JSON
+ *   GET /metrics    the same for Prometheus (prom-client, text format 0.0.4)
+ *   GET /healthz    the process answers (200)
+ *   GET /readyz     200 when a rule set is in force (and, under `tunproxy run`, a TUN device attached), else 503
+ *   GET /v1         the routes
+ *
+ * Metrics, read from the dataplane's own counters at scrape time (nothing is
+ * counted twice on the packet path):
+ *   tunproxy_packets_total{verdict}, tunproxy_bytes_total{verdict}, tunproxy_drops_total{reason},
+ *   tunproxy_malformed_total{error}, tunproxy_events_total{event}, tunproxy_lookups_total,
+ *   tunproxy_conntrack_entries, tunproxy_conntrack_max, tunproxy_conntrack_{inserts,evictions,collisions,clashes,expired}_total,
+ *   tunproxy_affinity_entries, tunproxy_ruleset_generation, tunproxy_services, tunproxy_service_ports,
+ *   tunproxy_sync_proxy_rules_duration_seconds (histogram, like kube-proxy's: every validate+compile+swap),
+ *   tunproxy_sync_proxy_rules_last_timestamp_seconds, tunproxy_sync_proxy_rules_rejected_total,
+ *   tunproxy_api_ruleset_rejected_total,
+ *   tunproxy_state_saved_generation, and the process_* / nodejs_* defaults.
+ */
+import type { FastifyInstance } from 'fastify';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics, exponentialBuckets } from 'prom-client';
+import { DROP_REASONS, EVENTS, VERDICTS } from '../../dataplane/counters.ts';
+import type { ApiContext } from './context.ts';
+import type { RuleSet } from '../types.ts';
+
+export class ApiMetrics {
+  readonly registry = new Registry();
+  readonly syncDuration: Histogram;
+  private lastSyncOk = 0;
+  private syncRejected = 0;
+
+  constructor(ctx: ApiContext) {
+    const r = this.registry;
+    const dp = ctx.dp;
+    const c = dp.pipeline.counters;
+    const ct = dp.pipeline.conntrack;
+    const counter = (name: string, help: string, labelNames: string[], fill: (m: Counter) => void) =>
+      new Counter({
+        name,
+        help,
+        labelNames,
+        registers: [r],
+        collect() {
+          this.reset();
+          fill(this);
+        },
+      });
+    const gauge = (name: string, help: string, value: () => number) =>
+      new Gauge({
+        name,
+        help,
+        registers: [r],
+        collect() {
+          this.set(value());
+        },
+      });
+    counter('tunproxy_packets_total', 'Packets by verdict (forward: translated and written back, reply: answered by a generated packet, drop, pass: written back unchanged).', ['verdict'], (m) => VERDICTS.forEach((v, i) => m.inc({ verdict: v }, c.packets[i])));
+    counter('tunproxy_bytes_total', 'Bytes (IP total length) by verdict.', ['verdict'], (m) => VERDICTS.forEach((v, i) => m.inc({ verdict: v }, c.bytes[i])));
+    counter('tunproxy_drops_total', 'Dropped packets by reason.', ['reason'], (m) => DROP_REASONS.forEach((v, i) => m.inc({ reason: v }, c.drops[i])));
+    counter('tunproxy_malformed_total', 'Malformed packets by wire error.', ['error'], (m) => {
+      for (const [k, v] of c.malformed) m.inc({ error: k }, v);
+    });
+    counter('tunproxy_events_total', 'How packets were handled (new flows, established, replies, masqueraded, affinity hits...).', ['event'], (m) => EVENTS.forEach((v, i) => m.inc({ event: v }, c.events[i])));
+    counter('tunproxy_lookups_total', 'Service lookups in the compiled tables (first packets of flows).', [], (m) => m.inc(c.events[EVENTS.indexOf('lookups')]));
+    gauge('tunproxy_conntrack_entries', 'Flows in the connection table.', () => ct.size);
+    gauge('tunproxy_conntrack_max', 'Size of the connection table (like nf_conntrack_max).', () => ct.maxEntries);
+    counter('tunproxy_conntrack_inserts_total', 'Flows inserted in the connection table.', [], (m) => m.inc(ct.inserts));
+    counter('tunproxy_conntrack_evictions_total', 'Flows pushed out of a full connection table.', [], (m) => m.inc(ct.evictions));
+    counter('tunproxy_conntrack_collisions_total', 'Inserts refused: a hash key taken by another flow.', [], (m) => m.inc(ct.collisions));
+    counter('tunproxy_conntrack_clashes_total', 'Inserts refused: the tuple is already tracked.', [], (m) => m.inc(ct.clashes));
+    counter('tunproxy_conntrack_expired_total', 'Flows removed because their timer ran out.', [], (m) => m.inc(ct.expired));
+    gauge('tunproxy_affinity_entries', 'ClientIP session-affinity entries.', () => dp.pipeline.affinity.size);
+    gauge('tunproxy_ruleset_generation', 'Generation of the rule set in force (0: none).', () => dp.holder.generation);
+    gauge('tunproxy_services', 'Services in the rule set in force.', () => dp.holder.ruleSet?.services.length ?? 0);
+    gauge('tunproxy_service_ports', 'Service ports in the rule set in force.', () => servicePorts(dp.holder.ruleSet));
+    this.syncDuration = new Histogram({
+      name: 'tunproxy_sync_proxy_rules_duration_seconds',
+      help: 'Time to validate, compile and swap in a rule set (like kube-proxy\'s sync_proxy_rules_duration_seconds).',
+      buckets: exponentialBuckets(0.001, 2, 15),
+      registers: [r],
+    });
+    gauge('tunproxy_sync_proxy_rules_last_timestamp_seconds', 'When a rule set was last swapped in (seconds since the epoch).', () => this.lastSyncOk / 1000);
+    counter('tunproxy_sync_proxy_rules_rejected_total', 'Rule sets the validator refused (from the API or a SIGHUP reload); the rules in force stayed.', [], (m) => m.inc(this.syncRejected));
+    counter('tunproxy_api_ruleset_rejected_total', 'Rule-set changes the API refused (schema, validation, stale If-Match).', [], (m) => m.inc(ctx.rejections));
+    gauge('tunproxy_state_saved_generation', 'Newest rule-set generation written to the state directory (0: none).', () => ctx.store?.savedGeneration ?? 0);
+    collectDefaultMetrics({ register: r });
+
+    const listener = (ms: number, ok: boolean) => {
+      if (ok) {
+        this.syncDuration.observe(ms / 1000);
+        this.lastSyncOk = Date.now();
+      } else this.syncRejected++;
+    };
+    const listeners = dp.holder.syncListeners;
+    listeners.push(listener);
+    ctx.onClose(() => {
+      const i = listeners.indexOf(listener);
+      if (i >= 0) listeners.splice(i, 1);
+    });
+  }
+}
+
+export const ROUTES: Array<[string, string, string]> = [
+  ['GET', '/v1/ruleset', 'the rule set in force (ETag: its generation)'],
+  ['PUT', '/v1/ruleset', 'replace the rule set (If-Match: "<generation>")'],
+  ['GET', '/v1/ruleset/schema', "the rule set's JSON schema"],
+  ['GET', '/v1/services', 'the services (?namespace=)'],
+  ['PATCH', '/v1/services', 'a batch: {"upsert": [...], "delete": [{namespace, name}], "endpoints": [{namespace, name, set, remove}]}'],
+  ['GET', '/v1/services/{namespace}/{name}', 'one service'],
+  ['PUT', '/v1/services/{namespace}/{name}', 'add or replace one service'],
+  ['PATCH', '/v1/services/{namespace}/{name}', 'change one service (JSON merge patch)'],
+  ['DELETE', '/v1/services/{namespace}/{name}', 'delete one service'],
+  ['POST', '/v1/import/iptables', "iptables-save text in, rule set out (?apply=true&allowPartial=true&nodeAddresses=)"],
+  ['POST', '/v1/import/kubernetes', 'kubectl get services,endpointslices -A -o json in, rule set out (?apply=true&nodeName=&nodeAddresses=&clusterCIDR=)'],
+  ['GET', '/v1/conntrack', 'tracked flows (?protocol&src&dst&sport&dport&address&port&service&endpoint&format=text|json&limit)'],
+  ['DELETE', '/v1/conntrack', 'remove tracked flows (same filters, or all=true)'],
+  ['POST', '/v1/trace', '{"protocol","source":"ip:port","destination":"ip:port"}: tunproxy\'s decision beside kube-proxy\'s rules'],
+  ['GET', '/v1/stats', 'counters as JSON'],
+  ['GET', '/metrics', 'Prometheus metrics'],
+  ['GET', '/healthz', 'liveness'],
+  ['GET', '/readyz', 'readiness'],
+];
+
+export function servicePorts(rs: RuleSet | null): number {
+  let n = 0;
+  if (rs !== null) for (const s of rs.services) n += s.ports.length;
+  return n;
+}
+
+export function statsOf(ctx: ApiContext) {
+  const dp = ctx.dp;
+  const ct = dp.pipeline.conntrack;
+  return {
+    generation: dp.holder.generation,
+    ruleSet: {
+      services: dp.holder.ruleSet?.services.length ?? 0,
+      servicePorts: servicePorts(dp.holder.ruleSet),
+      inForceSince: ctx.inForceSince?.toISOString() ?? null,
+      applies: ctx.applies,
+      rejected: ctx.rejections,
+    },
+    uptimeSeconds: (Date.now() - dp.startedAt) / 1000,
+    counters: dp.pipeline.counters.snapshot(),
+    conntrack: { entries: ct.size, max: ct.maxEntries, inserts: ct.inserts, evictions: ct.evictions, collisions: ct.collisions, clashes: ct.clashes, expired: ct.expired },
+    affinity: { entries: dp.pipeline.affinity.size, hits: dp.pipeline.affinity.hits },
+    loop: dp.loop ? { device: dp.loop.device.name, ...dp.loop.stats } : null,
+    state: ctx.store ? { dir: ctx.store.dir, savedGeneration: ctx.store.savedGeneration, lastError: ctx.store.lastError?.message ?? null } : null,
+    status: dp.statusLine(),
+  };
+}
+
+export function registerObserveRoutes(app: FastifyInstance, ctx: ApiContext, metrics: ApiMetrics): void {
+  app.get('/v1', async () => ({ routes: ROUTES.map(([method, path, what]) => ({ method, path, what })) }));
+  app.get('/v1/stats', async () => statsOf(ctx));
+  app.get('/metrics', async (_req, reply) => {
+    const text = await metrics.registry.metrics();
+    return reply.type(metrics.registry.contentType).send(text);
+  });
+  app.get('/healthz', async () => ({ status: 'ok' }));
+  app.get('/readyz', async (_req, reply) => {
+    const reasons: string[] = [];
+    if (ctx.dp.holder.ruleSet === null) reasons.push('no rule set in force (PUT /v1/ruleset)');
+    if (ctx.requireLoop && ctx.dp.loop === null) reasons.push('no TUN device attached yet');
+    if (reasons.length > 0) return reply.code(503).send({ status: 'not ready', reasons, generation: ctx.generation });
+    return { status: 'ready', generation: ctx.generation };
+  });
+}

@@ -1,0 +1,232 @@
+/**
+ * The control API inside the tunproxy process (fastify): a Unix socket
+ * created 0600 by default (/run/tunproxy/<tun>.sock), and a TCP listener only
+ * when asked for (--listen host:port), which then requires a bearer token on
+ * every request (--token-file). The routes are in control/api/; see GET /v1.
+ *
+ * Request bodies are checked against JSON schemas (control/schema.ts for the
+ * rule set) with unknown fields refused, nothing coerced and no defaults
+ * injected; bodies have size limits; every error is JSON with a message a
+ * person can act on (control/api/errors.ts).
+ */
+import { createHash, timingSafeEqual } from 'node:crypto';
+import { chmodSync, existsSync, lstatSync, mkdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { connect } from 'node:net';
+import { dirname } from 'node:path';
+import Fastify from 'fastify';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
+import { parse as parseYaml } from 'yaml';
+import type { Dataplane } from './dataplane.ts';
+import { ApiContext } from './api/context.ts';
+import type { ContextOptions } from './api/context.ts';
+import { ApiError, installErrorHandlers, sendError } from './api/errors.ts';
+import { jsonErrorOffset, lineColumn } from './api/json-error.ts';
+import { registerRuleSetRoutes } from './api/ruleset.ts';
+import { registerImportRoutes } from './api/import.ts';
+import { registerConntrackRoutes } from './api/conntrack.ts';
+import { LinearCache, registerTraceRoutes } from './api/trace.ts';
+import { ApiMetrics, registerObserveRoutes } from './api/observe.ts';
+
+export { ApiContext } from './api/context.ts';
+
+export const DEFAULT_SOCKET_DIR = '/run/tunproxy';
+export const SMALL_BODY_LIMIT = 1024 * 1024;
+
+export function defaultSocketPath(tun: string): string {
+  return `${DEFAULT_SOCKET_DIR}/${tun}.sock`;
+}
+
+export interface BuildOptions {
+  /** when set, every request needs `Authorization: Bearer <token>` */
+  token?: string;
+  /** fastify's logger (default off) */
+  logger?: boolean;
+}
+
+function wantsRaw(req: FastifyRequest): boolean {
+  return (req.routeOptions.config as { raw?: boolean } | undefined)?.raw === true;
+}
+
+function installParsers(app: FastifyInstance): void {
+  app.removeAllContentTypeParsers();
+  app.addContentTypeParser(['application/json', 'application/merge-patch+json'], { parseAs: 'string' }, (req, body, done) => {
+    const text = body as string;
+    if (wantsRaw(req)) return done(null, text);
+    if (text.trim() === '') return done(new ApiError(400, 'empty_body', 'the body is empty: send a JSON document'), undefined);
+    try {
+      done(null, JSON.parse(text));
+    } catch (e) {
+      const off = jsonErrorOffset(text);
+      const where = off >= 0 ? ` (line ${lineColumn(text, off).line}, column ${lineColumn(text, off).column})` : '';
+      done(new ApiError(400, 'invalid_json', `the body is not valid JSON${where}: ${(e as Error).message}; nothing changed`, { extra: off >= 0 ? { line: lineColumn(text, off).line, column: lineColumn(text, off).column } : {} }), undefined);
+    }
+  });
+  app.addContentTypeParser(['application/yaml', 'application/x-yaml', 'text/yaml'], { parseAs: 'string' }, (req, body, done) => {
+    const text = body as string;
+    if (wantsRaw(req)) return done(null, text);
+    try {
+      done(null, parseYaml(text, { maxAliasCount: 100 }));
+    } catch (e) {
+      done(new ApiError(400, 'invalid_yaml', `the body is not valid YAML: ${(e as Error).message.split('\n')[0]}; nothing changed`), undefined);
+    }
+  });
+  app.addContentTypeParser('text/plain', { parseAs: 'string' }, (_req, body, done) => done(null, body));
+}
+
+/** A fastify instance serving every route on `ctx`. */
+export function buildApi(ctx: ApiContext, metrics: ApiMetrics, cache: LinearCache, o: BuildOptions = {}): FastifyInstance {
+  const app = Fastify({
+    logger: o.logger ?? false,
+    bodyLimit: SMALL_BODY_LIMIT,
+    requestTimeout: 300_000,
+    return503OnClosing: true,
+    ajv: { customOptions: { removeAdditional: false, useDefaults: false, coerceTypes: false, allErrors: false } },
+  });
+  installParsers(app);
+  installErrorHandlers(app, { bodyLimit: SMALL_BODY_LIMIT });
+  if (o.token !== undefined) {
+    const want = createHash('sha256').update(o.token).digest();
+    app.addHook('onRequest', async (req, reply) => {
+      const h = req.headers.authorization ?? '';
+      const m = /^Bearer\s+(\S+)\s*$/i.exec(h);
+      const got = createHash('sha256').update(m ? m[1] : '').digest();
+      if (m === null || !timingSafeEqual(want, got)) {
+        reply.header('www-authenticate', 'Bearer realm="tunproxy"');
+        return sendError(reply, new ApiError(401, 'unauthorized', m === null ? 'this listener needs Authorization: Bearer <token> (the token of tunproxy run --token-file)' : 'the bearer token is wrong: use the token in the file given to tunproxy run --token-file'));
+      }
+    });
+  }
+  // every refused change of the rules counts, whatever refused it (parser, schema, validator, If-Match)
+  app.addHook('onResponse', async (req, reply) => {
+    if (reply.statusCode < 400 || req.method === 'GET' || req.method === 'HEAD') return;
+    const url = req.url;
+    const changes = url.startsWith('/v1/ruleset') || url.startsWith('/v1/services') || (url.startsWith('/v1/import/') && /[?&]apply=(true|1)?(&|$)/.test(url));
+    if (changes) ctx.rejections++;
+  });
+  registerObserveRoutes(app, ctx, metrics);
+  registerRuleSetRoutes(app, ctx);
+  registerImportRoutes(app, ctx);
+  registerConntrackRoutes(app, ctx);
+  registerTraceRoutes(app, ctx, cache);
+  return app;
+}
+
+export interface ServerOptions extends ContextOptions {
+  /** Unix socket path; null: none */
+  socket?: string | null;
+  /** permissions of the socket file (default 0600) */
+  socketMode?: number;
+  /** "host:port" of a TCP listener (requires token) */
+  listen?: string;
+  /** bearer token for the TCP listener */
+  token?: string;
+  logger?: boolean;
+}
+
+export interface ApiServer {
+  readonly ctx: ApiContext;
+  readonly metrics: ApiMetrics;
+  readonly socketPath: string | null;
+  /** the TCP listener's address, when there is one */
+  readonly tcp: { host: string; port: number } | null;
+  readonly apps: FastifyInstance[];
+  close(): Promise<void>;
+}
+
+/** "127.0.0.1:9440", "[::1]:9440", ":9440" (all addresses) → host and port. */
+export function parseListen(text: string): { host: string; port: number } {
+  const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d{1,5})$/.exec(text.trim());
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || port > 65535) throw new Error(`--listen ${text}: expected HOST:PORT, like 127.0.0.1:9440`);
+  return { host: m[1] ?? (m[2] || '0.0.0.0'), port };
+}
+
+/** The token in a file (first line, trimmed); refused when empty or readable by others. */
+export function readTokenFile(path: string): string {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (e) {
+    throw new Error(`--token-file ${path}: cannot read it: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+  const token = text.split('\n')[0].trim();
+  if (token.length < 16) throw new Error(`--token-file ${path}: the token must be at least 16 characters on the first line (e.g. openssl rand -hex 32 > ${path})`);
+  const mode = statSync(path).mode & 0o777;
+  if ((mode & 0o007) !== 0) throw new Error(`--token-file ${path}: the file is readable by everyone (mode ${mode.toString(8)}): chmod 600 ${path}`);
+  return token;
+}
+
+/** Is something accepting connections on this Unix socket? */
+function socketAlive(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = connect({ path });
+    const done = (alive: boolean) => {
+      s.destroy();
+      resolve(alive);
+    };
+    s.once('connect', () => done(true));
+    s.once('error', () => done(false));
+    s.setTimeout(1000, () => done(false));
+  });
+}
+
+/** Make the socket path usable: its directory (0700 when created here), a stale socket from a dead process removed. */
+async function prepareSocketPath(path: string): Promise<void> {
+  const dir = dirname(path);
+  if (!existsSync(dir)) mkdirSync(dir, { recursive: true, mode: 0o700 });
+  let st;
+  try {
+    st = lstatSync(path);
+  } catch {
+    return;
+  }
+  if (!st.isSocket()) throw new Error(`--socket ${path}: the path exists and is not a socket; remove it or choose another --socket`);
+  if (await socketAlive(path)) throw new Error(`--socket ${path}: another process is serving on it (another tunproxy for this device?); stop it or choose another --socket`);
+  rmSync(path, { force: true });
+}
+
+/** Start the API: the Unix socket, and the TCP listener when asked for. */
+export async function startApi(dp: Dataplane, o: ServerOptions): Promise<ApiServer> {
+  if (o.listen !== undefined && (o.token === undefined || o.token === '')) throw new Error('--listen needs --token-file: the TCP listener only serves requests with the bearer token');
+  const ctx = new ApiContext(dp, o);
+  const metrics = new ApiMetrics(ctx);
+  const cache = new LinearCache();
+  const apps: FastifyInstance[] = [];
+  let socketPath: string | null = null;
+  let tcp: { host: string; port: number } | null = null;
+  const closeAll = async () => {
+    for (const a of apps) await a.close().catch(() => {});
+    if (socketPath !== null) rmSync(socketPath, { force: true });
+    ctx.close();
+  };
+  try {
+    if (o.socket) {
+      const path = o.socket;
+      await prepareSocketPath(path);
+      const app = buildApi(ctx, metrics, cache, { logger: o.logger });
+      apps.push(app);
+      const mode = o.socketMode ?? 0o600;
+      // created with no permission for others from the start (umask), then set to the mode asked for
+      const old = process.umask(0o177);
+      try {
+        await app.listen({ path });
+      } finally {
+        process.umask(old);
+      }
+      socketPath = path;
+      chmodSync(path, mode);
+    }
+    if (o.listen !== undefined) {
+      const { host, port } = parseListen(o.listen);
+      const app = buildApi(ctx, metrics, cache, { token: o.token, logger: o.logger });
+      apps.push(app);
+      await app.listen({ host, port });
+      const addr = app.server.address();
+      tcp = { host, port: typeof addr === 'object' && addr !== null ? addr.port : port };
+    }
+  } catch (e) {
+    await closeAll();
+    throw e;
+  }
+  return { ctx, metrics, socketPath, tcp, apps, close: closeAll };
+}
