@@ -456,9 +456,9 @@ export function runLoad(spec: LoadSpec): Promise<LoadResult> {
       }, 1);
       if (!warm) begin();
     } else {
-      for (let s = 0; s < k; s++) sendOn(s);
+      if (warmupMs <= 0) begin();
+      for (let s = 0; s < k && mayStart(); s++) sendOn(s);
       if (warmupMs > 0) warmTimer = setTimeout(begin, warmupMs);
-      else begin();
     }
   });
 }
