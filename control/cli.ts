@@ -5,6 +5,12 @@
  */
 import { Command, CommanderError } from 'commander';
 import { registerRun } from './commands/run.ts';
+import { registerApply } from './commands/apply.ts';
+import { registerGet } from './commands/get.ts';
+import { registerImport } from './commands/import.ts';
+import { registerConntrack } from './commands/conntrack.ts';
+import { registerTrace } from './commands/trace.ts';
+import { registerStats } from './commands/stats.ts';
 
 export const EXIT_OK = 0;
 export const EXIT_ERROR = 1;
@@ -18,6 +24,12 @@ export function buildCli(): Command {
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride();
   registerRun(program);
+  registerApply(program);
+  registerGet(program);
+  registerImport(program);
+  registerConntrack(program);
+  registerTrace(program);
+  registerStats(program);
   return program;
 }
 

@@ -1,0 +1,58 @@
+/**
+ * `tunproxy stats`: the running tunproxy's counters (GET /v1/stats).
+ */
+import type { Command } from 'commander';
+import { ApiRequestError } from '../client.ts';
+import { EXIT_ERROR, EXIT_OK, addClientOptions, clientFrom, outputOption, print, reportApiError } from './common.ts';
+import type { ClientFlags } from './common.ts';
+
+interface StatsFlags extends ClientFlags {
+  output: string;
+}
+
+interface Stats {
+  generation: number;
+  ruleSet: { services: number; servicePorts: number; inForceSince: string | null; applies: number; rejected: number };
+  uptimeSeconds: number;
+  counters: { packets: Record<string, number>; bytes: Record<string, number>; drops: Record<string, number>; events: Record<string, number>; malformed: Record<string, number> };
+  conntrack: Record<string, number>;
+  affinity: Record<string, number>;
+  loop: Record<string, unknown> | null;
+  state: { dir: string; savedGeneration: number; lastError: string | null } | null;
+}
+
+export function statsText(s: Stats): string {
+  const nz = (o: Record<string, number>) => Object.entries(o).filter(([, v]) => v !== 0).map(([k, v]) => `${k}=${v}`).join(' ') || '(none)';
+  const lines = [
+    `rule set     generation ${s.generation}, ${s.ruleSet.services} services, ${s.ruleSet.servicePorts} service ports${s.ruleSet.inForceSince ? `, in force since ${s.ruleSet.inForceSince}` : ''}`,
+    `             ${s.ruleSet.applies} applied, ${s.ruleSet.rejected} rejected through the API`,
+    `packets      ${Object.entries(s.counters.packets).map(([k, v]) => `${k}=${v}`).join(' ')}`,
+    `bytes        ${Object.entries(s.counters.bytes).map(([k, v]) => `${k}=${v}`).join(' ')}`,
+    `drops        ${nz(s.counters.drops)}`,
+    `events       ${nz(s.counters.events)}`,
+    `conntrack    ${s.conntrack.entries}/${s.conntrack.max} entries, ${s.conntrack.inserts} inserted, ${s.conntrack.evictions} evicted, ${s.conntrack.expired} expired, ${s.conntrack.collisions} collisions, ${s.conntrack.clashes} clashes`,
+    `affinity     ${s.affinity.entries} entries, ${s.affinity.hits} hits`,
+    `loop         ${s.loop ? Object.entries(s.loop).map(([k, v]) => `${k}=${v}`).join(' ') : 'no TUN device attached'}`,
+    `state        ${s.state ? `${s.state.dir}, generation ${s.state.savedGeneration} saved${s.state.lastError ? `, last save failed: ${s.state.lastError}` : ''}` : 'no --state-dir'}`,
+    `uptime       ${s.uptimeSeconds.toFixed(0)} s`,
+  ];
+  if (Object.keys(s.counters.malformed).length > 0) lines.splice(5, 0, `malformed    ${nz(s.counters.malformed)}`);
+  return lines.join('\n') + '\n';
+}
+
+export function registerStats(program: Command): void {
+  const cmd = program.command('stats').description("the running tunproxy's counters: packets and bytes by verdict, drops by reason, conntrack, rule set").addOption(outputOption(['text', 'json', 'yaml'], 'text'));
+  addClientOptions(cmd).action(async (f: StatsFlags) => {
+    const client = clientFrom(f);
+    try {
+      const r = await client.call<Stats>('GET', '/v1/stats');
+      if (f.output === 'text') process.stdout.write(statsText(r.body));
+      else print(r.body, f.output);
+      process.exitCode = EXIT_OK;
+    } catch (e) {
+      if (!(e instanceof ApiRequestError)) throw e;
+      reportApiError(e);
+      process.exitCode = EXIT_ERROR;
+    }
+  });
+}

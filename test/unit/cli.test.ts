@@ -1,0 +1,266 @@
+/**
+ * The `tunproxy` command line, spawned as a user would run it
+ * (node bin/tunproxy.js ...), against a real API server on a temporary Unix
+ * socket: output, stderr lines and exit codes scripts rely on
+ * (0 ok, 1 error, 2 usage, 3 partial).
+ */
+import t from 'tap';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parse as parseYaml, stringify as toYaml } from 'yaml';
+import { Dataplane } from '../../control/dataplane.ts';
+import { startApi } from '../../control/server.ts';
+import type { RuleSet } from '../../control/types.ts';
+import { goldenKubectlList, noisyKubectlList } from '../fixtures/kubectl-list.ts';
+
+const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+const BIN = join(ROOT, 'bin/tunproxy.js');
+const FIX = join(ROOT, 'test/fixtures/iptables/');
+const golden = JSON.parse(readFileSync(join(FIX, 'golden-ruleset.json'), 'utf8')) as RuleSet;
+
+const dir = mkdtempSync(join(tmpdir(), 'tp-cli-'));
+const sock = join(dir, 'api.sock');
+const dp = new Dataplane({ clock: () => 1_000_000 });
+const srv = await startApi(dp, { socket: sock });
+t.teardown(async () => {
+  await srv.close();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+interface Run {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+function cli(args: string[], o: { input?: string; env?: Record<string, string> } = {}): Promise<Run> {
+  return new Promise((resolve, reject) => {
+    const p = spawn(process.execPath, [BIN, ...args], { cwd: ROOT, env: { ...process.env, TUNPROXY_SOCKET: sock, ...o.env }, stdio: ['pipe', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    p.stdout.on('data', (d) => (stdout += d));
+    p.stderr.on('data', (d) => (stderr += d));
+    p.on('error', reject);
+    p.on('close', (code) => resolve({ code, stdout, stderr }));
+    p.stdin.end(o.input ?? '');
+  });
+}
+
+const file = (name: string, text: string) => {
+  const p = join(dir, name);
+  writeFileSync(p, text);
+  return p;
+};
+
+t.test('--help on every command, usage errors exit 2', async (t) => {
+  const cmds = [[], ['run'], ['apply'], ['get', 'ruleset'], ['get', 'services'], ['import', 'iptables'], ['import', 'kubernetes'], ['conntrack'], ['trace'], ['stats']];
+  const bad = [['frobnicate'], ['apply'], ['trace', 'icmp', '1.2.3.4:5', '1.2.3.4:6'], ['get', 'services', 'no-slash']];
+  const runs = await Promise.all([...cmds.map((c) => cli([...c, '--help'])), ...bad.map((c) => cli(c))]);
+  cmds.forEach((c, i) => {
+    t.equal(runs[i].code, 0, `tunproxy ${c.join(' ')} --help exits 0`);
+    t.match(runs[i].stdout, new RegExp(`^Usage: tunproxy ${c.join(' ')}`.trim()), 'usage on stdout');
+  });
+  t.match(runs[5].stdout, /Exit status: 0 everything understood, 3 some/);
+  t.match(runs[1].stdout, /--state-dir <dir>[\s\S]*--socket <path>[\s\S]*--listen <host:port>[\s\S]*--token-file/);
+  for (const r of runs.slice(cmds.length)) t.equal(r.code, 2, `usage error exits 2: ${r.stderr.split('\n')[0]}`);
+});
+
+t.test('import iptables: the rule set on stdout, each rule not understood on stderr with its line, exit 0/3/1', async (t) => {
+  const [partial, whole, stdin, missing, notKube, progress] = await Promise.all([
+    cli(['import', 'iptables', join(FIX, 'seed-000-nodeport.save'), '--node-address', '172.16.1.35']),
+    cli(['import', 'iptables', join(FIX, 'golden-restore.txt'), '--node-address', '172.16.1.35', '--node-name', 'node-a']),
+    cli(['import', 'iptables', '-', '--node-address', '172.16.1.35', '-q', '-o', 'yaml'], { input: readFileSync(join(FIX, 'golden-restore.txt'), 'utf8') }),
+    cli(['import', 'iptables', join(dir, 'nope.save')]),
+    cli(['import', 'iptables', file('filter.save', '*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n')]),
+    cli(['import', 'iptables', join(FIX, 'golden-restore.txt'), '--progress']),
+  ]);
+  t.equal(partial.code, 3, 'some rules not understood: exit 3');
+  const rs = JSON.parse(partial.stdout) as RuleSet;
+  t.equal(rs.services.length, 3);
+  const lines = readFileSync(join(FIX, 'seed-000-nodeport.save'), 'utf8').split('\n');
+  const notUnderstood = partial.stderr.split('\n').filter((l) => / not understood: /.test(l));
+  t.equal(notUnderstood.length, 4);
+  for (const l of notUnderstood) {
+    const m = /seed-000-nodeport\.save:(\d+): not understood: /.exec(l)!;
+    t.ok(m, l);
+    t.ok(partial.stderr.includes(`\n    ${lines[Number(m[1]) - 1]}\n`), `line ${m[1]} is quoted`);
+  }
+  t.match(partial.stderr, /3 services; 4 rules not understood/);
+  t.equal(whole.code, 0, 'everything understood: exit 0');
+  const w = JSON.parse(whole.stdout) as RuleSet;
+  t.equal(w.services.length, 8);
+  t.equal(w.node.name, 'node-a');
+  t.equal(stdin.code, 0);
+  delete w.node.name;
+  t.same(parseYaml(stdin.stdout), w, 'stdin in, YAML out');
+  t.equal(stdin.stderr, '', '-q: nothing on stderr when all is understood');
+  t.equal(missing.code, 1);
+  t.match(missing.stderr, /cannot read .*nope\.save: ENOENT/);
+  t.equal(notKube.code, 1);
+  t.match(notKube.stderr, /no KUBE-SERVICES chain/);
+  t.match(progress.stderr, /parsing 0\.0 MiB of iptables rules[\s\S]*done in/);
+});
+
+t.test('import kubernetes: exit 0 when understood, 3 with each object on stderr, 1 on bad input; progress', async (t) => {
+  const g = file('golden.json', JSON.stringify(goldenKubectlList(), null, 2));
+  const noisyText = JSON.stringify(noisyKubectlList(), null, 2);
+  const items = [];
+  for (let i = 0; i < 1200; i++) items.push({ apiVersion: 'v1', kind: 'Service', metadata: { namespace: 'p', name: `s${i}` }, spec: { clusterIP: `10.33.${i >> 8}.${i & 255}`, ports: [{ port: 80 }] } });
+  const node = ['--node-name', 'node-a', '--node-address', '172.16.1.35', '--cluster-cidr', '10.64.1.0/24'];
+  const [ok, noisy, yaml, bad, badAddr, big] = await Promise.all([
+    cli(['import', 'kubernetes', g, ...node]),
+    cli(['import', 'k8s', file('noisy.json', noisyText), '--node-address', '172.16.1.35']),
+    cli(['import', 'kubernetes', file('golden.yaml', toYaml(goldenKubectlList())), ...node, '-q']),
+    cli(['import', 'kubernetes', file('bad.json', '{\n "items": [\n  {"kind": }\n ]\n}')]),
+    cli(['import', 'kubernetes', g, '--node-address', '1.2.3']),
+    cli(['import', 'kubernetes', file('big.json', JSON.stringify({ apiVersion: 'v1', kind: 'List', items })), '--node-address', '172.16.1.35', '--progress']),
+  ]);
+  t.equal(ok.code, 0, ok.stderr);
+  const rs = JSON.parse(ok.stdout) as RuleSet;
+  t.equal(rs.services.length, 8);
+  t.same(rs.node, { addresses: ['172.16.1.35'], name: 'node-a', clusterCIDR: '10.64.1.0/24' });
+  t.equal(noisy.code, 3);
+  const lines = noisyText.split('\n');
+  const nu = noisy.stderr.split('\n').filter((l) => / not understood: /.test(l));
+  t.equal(nu.length, 4);
+  for (const l of nu) t.equal(lines[Number(/noisy\.json:(\d+):/.exec(l)![1]) - 1], '    {', `${l.slice(0, 60)}... names the line the object opens on`);
+  t.match(noisy.stderr, /noisy\.json:\d+: skipped Service default\/external-db: an ExternalName service/);
+  t.equal(yaml.code, 0);
+  t.same(JSON.parse(yaml.stdout), rs);
+  t.equal(bad.code, 1);
+  t.match(bad.stderr, /bad\.json:3: not valid JSON \(line 3\)/);
+  t.equal(badAddr.code, 1);
+  t.match(badAddr.stderr, /--node-address 1\.2\.3: not an IPv4 address/);
+  t.equal(big.code, 0);
+  t.match(big.stderr, /big\.json: 500\/1200 \(41%\)[\s\S]*1200\/1200 \(100%\)/, 'progress on stderr');
+});
+
+t.test('apply, get: against the running tunproxy', async (t) => {
+  const y = file('rules.yaml', toYaml(golden));
+  let r = await cli(['apply', '-f', y]);
+  t.equal(r.code, 0, r.stderr);
+  t.match(r.stderr, /applied .*rules\.yaml: generation 1, 8 services, 10 service ports, in force after [\d.]+ ms/);
+  t.same(dp.holder.ruleSet, golden);
+  const [json, yaml, table, wide, one, none] = await Promise.all([
+    cli(['get', 'ruleset']),
+    cli(['get', 'ruleset', '-o', 'yaml']),
+    cli(['get', 'services']),
+    cli(['get', 'services', '-n', 'prod', '-o', 'wide']),
+    cli(['get', 'svc', 'default/nginx', '-o', 'json']),
+    cli(['get', 'services', 'default/nope']),
+  ]);
+  t.equal(json.code, 0);
+  t.same(JSON.parse(json.stdout), golden);
+  t.equal(json.stderr, 'generation 1\n');
+  t.same(parseYaml(yaml.stdout), golden);
+  t.equal(table.code, 0);
+  const rows = table.stdout.trim().split('\n');
+  t.match(rows[0], /^NAMESPACE\s+NAME\s+CLUSTER-IP\s+EXTERNAL-IP\s+PORT\(S\)\s+ENDPOINTS$/);
+  t.equal(rows.length, 9);
+  t.match(table.stdout, /default\s+nginx\s+10\.110\.199\.45\s+192\.168\.99\.11,100\.64\.0\.10\s+80:32754\/TCP\s+3\n/);
+  t.match(table.stdout, /default\s+web-svc\s+10\.32\.0\.159\s+<none>\s+8080:30080\/TCP\s+2\/3 ready\n/);
+  t.equal(wide.stdout.trim().split('\n').length, 5);
+  t.match(wide.stdout, /node-local-dns .*None\s+Cluster\/Local/);
+  t.same(JSON.parse(one.stdout), golden.services[2]);
+  t.equal(none.code, 1);
+  t.match(none.stderr, /no service default\/nope/);
+
+  // rejected: exit 1, each error with its path; the rules in force unchanged
+  const bad = structuredClone(golden) as unknown as Record<string, any>;
+  bad.services[0].ports[0].port = 70000;
+  bad.services[1].endpoints[0].weight = 1;
+  const badFile = file('bad.json', JSON.stringify(bad));
+  const nosock = ['--socket', join(dir, 'none.sock')];
+  const [rejectedRun, stale, broken, dryBad, dryOk, noServer] = await Promise.all([
+    cli(['apply', '-f', badFile]),
+    cli(['apply', '-f', y, '--if-match', '7']),
+    cli(['apply', '-f', file('broken.yaml', 'services: [\n')]),
+    cli(['apply', '-f', badFile, '--dry-run', ...nosock]),
+    cli(['apply', '-f', y, '--dry-run', ...nosock]),
+    cli(['get', 'ruleset', ...nosock]),
+  ]);
+  t.equal(rejectedRun.code, 1);
+  t.match(rejectedRun.stderr, /rule set was rejected \(2 errors\)[\s\S]*\n {2}services\[0\]\.ports\[0\]\.port: 70000 is outside 1-65535\n {2}services\[1\]\.endpoints\[0\]\.weight: unknown field/);
+  t.equal(stale.code, 1);
+  t.match(stale.stderr, /generation 1, not 7/);
+  t.equal(broken.code, 1);
+  t.match(broken.stderr, /broken\.yaml: not valid YAML or JSON/);
+  t.equal(dryBad.code, 1, 'dry run: validated here, no server needed');
+  t.match(dryBad.stderr, /rejected \(2 errors\)/);
+  t.equal(dryOk.code, 0);
+  t.match(dryOk.stderr, /valid: 8 services/);
+  t.equal(noServer.code, 1);
+  t.match(noServer.stderr, /no tunproxy API at .*none\.sock \(no such socket\): is tunproxy run going\?/);
+  t.equal(dp.holder.generation, 1, 'nothing rejected changed the rules');
+  r = await cli(['apply', '-f', y, '--if-match', '1']);
+  t.equal(r.code, 0);
+  t.equal(dp.holder.generation, 2);
+});
+
+t.test('import --apply: sent to the running tunproxy, only when everything was understood unless --allow-partial', async (t) => {
+  const gen = dp.holder.generation;
+  let r = await cli(['import', 'iptables', join(FIX, 'seed-000-nodeport.save'), '--apply', '-q']);
+  t.equal(r.code, 3);
+  t.match(r.stderr, /not applied: 4 not understood \(--allow-partial applies/);
+  t.equal(dp.holder.generation, gen, 'not applied');
+  r = await cli(['import', 'iptables', join(FIX, 'golden-restore.txt'), '--apply', '-q']);
+  t.equal(r.code, 0, r.stderr);
+  t.match(r.stderr, new RegExp(`applied: generation ${gen + 1}, 8 services`));
+  t.same(dp.holder.ruleSet!.node.addresses, golden.node.addresses, "the running tunproxy's node addresses");
+  r = await cli(['import', 'kubernetes', file('noisy2.json', JSON.stringify(noisyKubectlList())), '--apply', '--allow-partial', '-q']);
+  t.equal(r.code, 3, 'applied, but some was not understood');
+  t.match(r.stderr, new RegExp(`applied: generation ${gen + 2}, 8 services`));
+  t.equal(dp.holder.ruleSet!.node.name, 'node-a', "the running tunproxy's node name");
+  t.ok(dp.holder.ruleSet!.services.find((s) => s.name === 'nginx')!.endpoints!.some((e) => e.nodeLocal), 'node-local endpoints from the node name');
+});
+
+t.test('conntrack, trace, stats', async (t) => {
+  await cli(['apply', '-f', join(FIX, 'golden-ruleset.json')]);
+  const syn = new Uint8Array(Buffer.from('450000281234400040061033c0a84d020a20009fa0281f90000003e85a5a59b2500201f61dd60000', 'hex'));
+  dp.pipeline.process(syn, 0, syn.length, dp.tables!, 1_000_000);
+  const [list, udp, json, delAll, both, trace, traceJson, traceBad, stats, statsJson] = await Promise.all([
+    cli(['conntrack', '-L']),
+    cli(['conntrack', '-p', 'udp']),
+    cli(['conntrack', '-L', '-o', 'json', '-s', '192.168.77.2', '--dport', '8080']),
+    cli(['conntrack', '-D']),
+    cli(['conntrack', '-L', '-D']),
+    cli(['trace', 'tcp', '192.168.77.2:40000', '10.110.199.45:80']),
+    cli(['trace', 'udp', '10.64.1.99:5353', '10.32.0.10:53', '-o', 'json', '--no-kube-proxy']),
+    cli(['trace', 'tcp', '192.168.77.2', '10.110.199.45:80']),
+    cli(['stats']),
+    cli(['stats', '-o', 'json']),
+  ]);
+  t.equal(list.code, 0);
+  t.match(list.stdout, /^tcp {6}6 \d+ SYN_SENT src=192\.168\.77\.2 dst=10\.32\.0\.159 sport=41000 dport=8080 \[UNREPLIED\] src=10\.64\.1\.1[34] dst=172\.16\.1\.35 sport=80 dport=\d+ mark=0 use=1\n$/);
+  t.match(list.stderr, /1 flow entries have been shown/);
+  t.equal(udp.stdout, '');
+  t.match(udp.stderr, /0 flow entries have been shown/);
+  t.match(JSON.parse(json.stdout), { matched: 1, flows: [{ service: 'default/web-svc:nginx-svc-port', masquerade: true }] });
+  t.equal(delAll.code, 1);
+  t.match(delAll.stderr, /without a filter would remove every flow/);
+  t.equal(both.code, 2);
+
+  t.equal(trace.code, 0, trace.stderr);
+  t.match(trace.stdout, /^TCP 192\.168\.77\.2:40000 -> 10\.110\.199\.45:80/);
+  t.match(trace.stdout, /tunproxy: {3}DNAT default\/nginx:80-80 \(ClientIP affinity 600 s\) {3}\[ClusterIP table, cluster endpoints \(KUBE-SVC-\)\]/);
+  t.match(trace.stdout, /10\.64\.1\.20:80 +33\.3% {2}masquerade to 172\.16\.1\.35/);
+  t.match(trace.stdout, /kube-proxy: DNAT default\/nginx:80-80 .*\[iptables, \d+ rules\][\s\S]*one walk as the kernel makes it: \d+ rules visited/);
+  t.match(trace.stdout, /\nagree: yes\n$/);
+  t.match(JSON.parse(traceJson.stdout), { tunproxy: { verdict: { kind: 'dnat', service: 'kube-system/kube-dns:dns' } }, kubeProxy: null });
+  t.equal(traceBad.code, 2);
+  t.match(traceBad.stderr, /source 192\.168\.77\.2: expected ADDRESS:PORT/);
+
+  t.equal(stats.code, 0);
+  t.match(stats.stdout, /^rule set {5}generation \d+, 8 services, 10 service ports/);
+  t.match(stats.stdout, /\npackets {6}forward=1 reply=0 drop=0 pass=0\n/);
+  t.match(stats.stdout, /\nloop {9}no TUN device attached\n/);
+  t.match(JSON.parse(statsJson.stdout), { counters: { packets: { forward: 1 } }, conntrack: { entries: 1 } });
+
+  const del = await cli(['conntrack', '-D', '--service', 'default/web-svc']);
+  t.equal(del.code, 0);
+  t.match(del.stderr, /1 flow entries have been deleted/);
+  t.equal(dp.pipeline.conntrack.size, 0);
+});
