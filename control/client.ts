@@ -104,7 +104,7 @@ export class ApiClient {
     const headers: Record<string, string> = { accept: 'application/json', ...(o.headers ?? {}) };
     if (o.body !== undefined) {
       if (typeof o.body === 'string' || o.body instanceof Uint8Array) {
-        payload = Buffer.from(o.body as string);
+        payload = Buffer.isBuffer(o.body) ? o.body : typeof o.body === 'string' ? Buffer.from(o.body) : Buffer.from(o.body.buffer, o.body.byteOffset, o.body.byteLength);
         headers['content-type'] = o.contentType ?? 'text/plain';
       } else {
         payload = Buffer.from(JSON.stringify(o.body));
