@@ -153,17 +153,6 @@ export async function run(o: RunOptions): Promise<void> {
     dp.attach(tun, { batch });
     log(`attached to ${tun.name}, batch ${batch}; ready`);
   };
-  if (dp.holder.current !== null) attach();
-  else {
-    // the first rule set through the API starts the packets moving
-    let pending = true;
-    dp.holder.onSwap(() => {
-      if (!pending) return;
-      pending = false;
-      setImmediate(attach);
-    });
-  }
-
   const status = () => log(dp.statusLine());
   const timer = interval > 0 ? setInterval(status, interval * 1000) : null;
   let lastDrops = 0;
@@ -218,5 +207,17 @@ export async function run(o: RunOptions): Promise<void> {
     };
     process.once('SIGINT', () => void stop('SIGINT'));
     process.once('SIGTERM', () => void stop('SIGTERM'));
+    // only now, with every signal handler in place, say "ready": a supervisor that signals as soon as
+    // it reads it must not find Node's defaults (SIGUSR1 would start the inspector, SIGTERM would kill)
+    if (dp.holder.current !== null) attach();
+    else {
+      // the first rule set through the API starts the packets moving
+      let pending = true;
+      dp.holder.onSwap(() => {
+        if (!pending) return;
+        pending = false;
+        setImmediate(attach);
+      });
+    }
   });
 }

@@ -91,6 +91,17 @@ if (skip) {
   agents.push(client, cpod, pod13);
   const clientAddr = lab.client.address;
 
+  t.test('tunproxy answers SIGUSR1 as soon as it says ready (signal handlers in place before "ready")', async (t) => {
+    const fresh = await TunproxyProcess.start({ ns: lab.node.ns, tun: 'tp-probe0', rules });
+    t.teardown(() => fresh.stop());
+    const { status } = await fresh.status();
+    t.equal(status.gen, 1, `status line printed: ${status.line}`);
+    t.notOk(fresh.lines.some((l) => /Debugger listening/.test(l)), 'no inspector started');
+    const final = await fresh.stop();
+    t.equal((await fresh.exited).code, 0, 'SIGTERM right after handled: clean exit');
+    t.ok(final, 'with its final line');
+  });
+
   t.test('HTTP through a ClusterIP reaches every endpoint, masqueraded for a client outside the cluster CIDR', async (t) => {
     const r: Array<Record<string, any>> = await client.call('http', { url: `http://${WEB}/`, count: 30 });
     t.same(r.filter((x) => x.status !== 200), [], 'all 30 requests answered 200');
