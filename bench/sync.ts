@@ -46,6 +46,7 @@ interface Detail extends Row {
   responseMs: number;
   holderMs: number;
   patchResponseMs: number;
+  patchHolderMs: number;
   patchMode: string;
   iptablesLines: number;
   iptablesBytes: number;
@@ -131,11 +132,11 @@ async function measure(n: number, dir: string): Promise<Detail> {
       const svc = rs.services[i];
       gc();
       const t0 = performance.now();
-      const res = await c.request<{ mode: string }>('PATCH', `/v1/services/${svc.namespace}/${svc.name}`, { body: patchBody(rs, i, r) });
+      const res = await c.request<{ mode: string; compileMs: number }>('PATCH', `/v1/services/${svc.namespace}/${svc.name}`, { body: patchBody(rs, i, r) });
       const done = performance.now();
       if (res.status !== 200) throw new Error(`PATCH: ${res.status} ${res.text.slice(0, 300)}`);
       mode = res.body.mode ?? 'full';
-      if (r > 0) patches.push({ apply: swapAt - t0, response: done - t0 }); // the first one warms up
+      if (r > 0) patches.push({ apply: swapAt - t0, response: done - t0, holder: res.body.compileMs }); // the first one warms up
     }
     await srv.close();
 
@@ -165,6 +166,7 @@ async function measure(n: number, dir: string): Promise<Detail> {
       responseMs: median(puts.map((p) => p.response)),
       holderMs: median(puts.map((p) => p.holder)),
       patchResponseMs: median(patches.map((p) => p.response)),
+      patchHolderMs: median(patches.map((p) => p.holder)),
       patchMode: mode,
       iptablesLines: lines,
       iptablesBytes: text.length,
@@ -216,9 +218,9 @@ compiled tables swapped in (transfer, parse, schema, validator, compile, swap); 
 control/iptables/writer.ts, in a namespace of its own (process start included).
 Rule sets: bench/gen.ts syntheticRuleSet(n), 3 endpoints per service, NodePorts on the first 2 000.
 
-| services | body | PUT → in force | PUT answered | validate+compile+swap | PATCH → in force (mode) | PATCH answered | iptables rules | iptables-legacy-restore | iptables-nft-restore | restore / PUT |
+| services | body | PUT → in force | PUT answered | of which validate+compile+swap | PATCH → in force (mode) | of which validate+compile+swap | iptables rules | iptables-legacy-restore | iptables-nft-restore | restore / PUT |
 |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
-${details.map((d) => `| ${fmt(d.services)} | ${fmt(d.bodyBytes / 1048576, 1)} MiB | ${fmt(d.applyMs, 1)} ms | ${fmt(d.responseMs, 1)} ms | ${fmt(d.holderMs, 1)} ms | ${fmt(d.patchMs, 2)} ms (${d.patchMode}) | ${fmt(d.patchResponseMs, 2)} ms | ${fmt(d.iptablesLines)} lines | ${fmt(d.iptablesRestoreMs)} ms | ${d.nftRestoreMs === null ? '—' : `${fmt(d.nftRestoreMs)} ms`} | ${fmt(d.ratio, 1)}x |`).join('\n')}
+${details.map((d) => `| ${fmt(d.services)} | ${fmt(d.bodyBytes / 1048576, 1)} MiB | ${fmt(d.applyMs, 1)} ms | ${fmt(d.responseMs, 1)} ms | ${fmt(d.holderMs, 1)} ms | ${fmt(d.patchMs, 2)} ms (${d.patchMode}) | ${fmt(d.patchHolderMs, 2)} ms | ${fmt(d.iptablesLines)} lines | ${fmt(d.iptablesRestoreMs)} ms | ${d.nftRestoreMs === null ? '—' : `${fmt(d.nftRestoreMs)} ms`} | ${fmt(d.ratio, 1)}x |`).join('\n')}
 
 Bars:
 ${bars.join('\n') || '- (run with 10 000 and 100 000 services to check them)'}

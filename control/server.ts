@@ -170,10 +170,14 @@ function socketAlive(path: string): Promise<boolean> {
   });
 }
 
-/** Make the socket path usable: its directory (0700 when created here), a stale socket from a dead process removed. */
-async function prepareSocketPath(path: string): Promise<void> {
+/**
+ * Make the socket path usable: its directory (when created here: 0700, with
+ * search permission for the group or others when the socket's mode admits
+ * them), a stale socket from a dead process removed.
+ */
+async function prepareSocketPath(path: string, mode: number): Promise<void> {
   const dir = dirname(path);
-  if (!existsSync(dir)) mkdirSync(dir, { recursive: true, mode: 0o700 });
+  if (!existsSync(dir)) mkdirSync(dir, { recursive: true, mode: 0o700 | (mode & 0o070 ? 0o010 : 0) | (mode & 0o007 ? 0o001 : 0) });
   let st;
   try {
     st = lstatSync(path);
@@ -202,10 +206,10 @@ export async function startApi(dp: Dataplane, o: ServerOptions): Promise<ApiServ
   try {
     if (o.socket) {
       const path = o.socket;
-      await prepareSocketPath(path);
+      const mode = o.socketMode ?? 0o600;
+      await prepareSocketPath(path, mode);
       const app = buildApi(ctx, metrics, cache, { logger: o.logger });
       apps.push(app);
-      const mode = o.socketMode ?? 0o600;
       // created with no permission for others from the start (umask), then set to the mode asked for
       const old = process.umask(0o177);
       try {

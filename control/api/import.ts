@@ -4,8 +4,8 @@
  *
  * Query: apply=true puts the result in force (If-Match honoured) — only when
  * everything was understood, unless allowPartial=true; nodeAddresses=a,b,
- * nodeName=, clusterCIDR= say what the input cannot (by default the node of
- * the rule set in force).
+ * nodeName=, clusterCIDR= say what the input cannot. What neither says
+ * about the node comes from the rule set in force.
  */
 import type { FastifyInstance } from 'fastify';
 import { importIptables, IptablesImportError } from '../iptables/importer.ts';
@@ -78,8 +78,9 @@ export function registerImportRoutes(app: FastifyInstance, ctx: ApiContext): voi
       }
       const importMs = performance.now() - t0;
       const rs = r.ruleSet;
+      // what the dump does not say about the node comes from the rule set in force
+      if (inForce) rs.node = { ...inForce.node, ...rs.node };
       if (req.query.nodeName !== undefined) rs.node.name = req.query.nodeName;
-      else if (rs.node.name === undefined && inForce?.node.name !== undefined) rs.node.name = inForce.node.name;
       if (req.query.clusterCIDR !== undefined) rs.node.clusterCIDR = req.query.clusterCIDR;
       const applied = await maybeApply(ctx, req.query, req.headers['if-match'], rs, r.notUnderstood.length);
       if (applied) reply.header('etag', etagOf(applied.generation));
@@ -111,6 +112,8 @@ export function registerImportRoutes(app: FastifyInstance, ctx: ApiContext): voi
         throw e;
       }
       const importMs = performance.now() - t0;
+      // what the objects do not say about the node (masqueradeAll, load balancing...) comes from the rule set in force
+      if (node) r.ruleSet.node = { ...node, ...r.ruleSet.node };
       const applied = await maybeApply(ctx, req.query, req.headers['if-match'], r.ruleSet, r.notUnderstood.length);
       if (applied) reply.header('etag', etagOf(applied.generation));
       return { complete: r.notUnderstood.length === 0, importMs, objects: r.objects, ruleSet: r.ruleSet, notUnderstood: r.notUnderstood, skipped: r.skipped, warnings: r.warnings, applied };

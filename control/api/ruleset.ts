@@ -175,7 +175,12 @@ export function registerRuleSetRoutes(app: FastifyInstance, ctx: ApiContext): vo
       if (i < 0) services.push(svc);
       else services[i] = svc;
       const next = { ...rs, services };
-      if (req.validationError) rejected(req, next);
+      if (req.validationError) {
+        // the errors of this service alone, its fields named as in the body
+        const v = validateRuleSet({ apiVersion: rs.apiVersion, node: rs.node, services: [svc] });
+        const errors = v.ok ? ajvErrors((req.validationError as unknown as { validation: [] }).validation) : v.errors.map((e) => ({ path: e.path.replace(/^services\[0\]\.?/, '') || '(root)', message: e.message }));
+        throw new ApiError(400, 'rule_set_rejected', `the service was rejected (${errors.length} error${errors.length === 1 ? '' : 's'}); the rule set in force is unchanged. ${errors.slice(0, 3).map((x) => `${x.path}: ${x.message}`).join('; ')}`, { errors });
+      }
       const r = await ctx.apply(next, parseIfMatch(req.headers['if-match'], ctx.generation));
       applied(reply, r);
       reply.code(i < 0 ? 201 : 200);

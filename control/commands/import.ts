@@ -98,12 +98,11 @@ Example:
       let nodeAddresses = f.nodeAddress;
       let nodeName = f.nodeName;
       const client = f.apply ? clientFrom(f) : null;
-      if (client && nodeAddresses === undefined) {
-        const node = await runningNode(client);
-        if (node) {
-          nodeAddresses = node.addresses;
-          nodeName ??= node.name;
-        }
+      // with --apply: what the dump does not say about the node comes from the running tunproxy
+      const running = client ? await runningNode(client) : null;
+      if (running) {
+        nodeAddresses ??= running.addresses;
+        nodeName ??= running.name;
       }
       progress.note(`parsing ${(text.length / 1048576).toFixed(1)} MiB of iptables rules`);
       const t0 = performance.now();
@@ -119,6 +118,7 @@ Example:
         throw e;
       }
       progress.note(`done in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+      if (running) r.ruleSet.node = { ...running, ...r.ruleSet.node };
       if (nodeName !== undefined) r.ruleSet.node.name = nodeName;
       if (f.clusterCidr !== undefined) r.ruleSet.node.clusterCIDR = f.clusterCidr;
       print(r.ruleSet, f.output);
@@ -149,7 +149,7 @@ Example:
       const progress = new Progress(!f.quiet && (f.progress === true || (process.stderr.isTTY === true && text.length > LARGE_INPUT)), `import ${label}`);
       const o: KubernetesImportOptions = {};
       const client = f.apply ? clientFrom(f) : null;
-      const node = client && (f.nodeAddress === undefined || f.nodeName === undefined) ? await runningNode(client) : null;
+      const node = client ? await runningNode(client) : null;
       const name = f.nodeName ?? node?.name;
       if (name !== undefined) o.nodeName = name;
       const addrs = f.nodeAddress ?? node?.addresses;
@@ -172,6 +172,7 @@ Example:
         throw e;
       }
       progress.end();
+      if (node) r.ruleSet.node = { ...node, ...r.ruleSet.node };
       print(r.ruleSet, f.output);
       for (const n of r.notUnderstood) err(`${label}:${n.line}: not understood: ${n.object}: ${n.reason}`);
       if (!f.quiet) {

@@ -268,7 +268,9 @@ t.test('services: get, add, replace, merge-patch, delete, batch; each change com
   t.match(verdict('10.32.7.7', 80), { candidates: [{ endpoint: '10.64.1.71:8080' }] });
   before = state(env);
   rejected(t, await c.request('PUT', '/v1/services/shop/api', { body: { ...api, name: 'other' } }), 400, 'name_mismatch', env, before);
-  rejected(t, await c.request('PUT', '/v1/services/shop/api', { body: { ...api, ports: [{ name: 'http', protocol: 'TCP', port: 0 }] } }), 400, 'rule_set_rejected', env, before);
+  r = await c.request('PUT', '/v1/services/shop/api', { body: { ...api, ports: [{ name: 'http', protocol: 'TCP', port: 0 }] } });
+  rejected(t, r, 400, 'rule_set_rejected', env, before);
+  t.same((r.body as unknown as { errors: unknown }).errors, [{ path: 'ports[0].port', message: '0 is outside 1-65535' }], 'the error named as in the body');
   rejected(t, await c.request('PUT', '/v1/services/shop/api', { body: { ...api, clusterIP: '10.32.0.10', ports: [{ name: 'dns', protocol: 'UDP', port: 53 }] } }), 400, 'rule_set_rejected', env, before);
   rejected(t, await c.request('PUT', '/v1/services/shop/api', { body: api, headers: { 'if-match': '"1"' } }), 412, 'generation_mismatch', env, before);
 
@@ -420,6 +422,9 @@ t.test('POST /v1/import/kubernetes: a kubectl List in, the rule set out, each ob
   const bad = await c.request<{ line: number }>('POST', '/v1/import/kubernetes', { body: '{\n "items": [\n  {"kind": }\n ]\n}', contentType: 'application/json' });
   rejected(t, bad, 400, 'import_failed', env, now);
   t.equal(bad.body.line, 3);
+  await c.call('PUT', '/v1/ruleset', { body: { ...golden, node: { ...golden.node, masqueradeAll: true, loadBalancing: 'maglev', maglevTableSize: 251 } } });
+  const kept = await c.request<Imported>('POST', '/v1/import/kubernetes?nodeName=node-x', { body: text, contentType: 'application/json' });
+  t.same(kept.body.ruleSet.node, { ...golden.node, name: 'node-x', masqueradeAll: true, loadBalancing: 'maglev', maglevTableSize: 251 }, 'what the objects do not say about the node comes from the rule set in force');
 });
 
 t.test('conntrack: list with filters, as conntrack -L text or JSON; delete with the same filters', async (t) => {
