@@ -89,13 +89,23 @@ export async function run(o: RunOptions): Promise<void> {
   const token = o.tokenFile !== undefined ? readTokenFile(o.tokenFile) : undefined;
 
   const dp = new Dataplane({ conntrackMax });
-  const store = new StateStore(o.stateDir, `${o.tun}.`);
-  store.init();
+  let store: StateStore | null = new StateStore(o.stateDir, `${o.tun}.`);
+  try {
+    store.init();
+  } catch (e) {
+    // an explicit --state-dir must work; the default one missing (not root) only costs the persistence
+    if (o.stateDir !== DEFAULT_STATE_DIR) throw e;
+    log(`${(e as Error).message}: the rule set and the connection table are not saved (give a --state-dir)`);
+    store = null;
+  }
   // every rule set that comes into force (--rules, SIGHUP, the API) is saved
-  dp.holder.onSwap(() => {
-    const rs = dp.holder.ruleSet;
-    if (rs !== null) store.saveRuleSet(rs, dp.holder.generation).catch((e: Error) => log(`${e.message} (the rules stay in force; the next change retries)`));
-  });
+  if (store) {
+    const st = store;
+    dp.holder.onSwap(() => {
+      const rs = dp.holder.ruleSet;
+      if (rs !== null) st.saveRuleSet(rs, dp.holder.generation).catch((e: Error) => log(`${e.message} (the rules stay in force; the next change retries)`));
+    });
+  }
 
   if (o.rules !== undefined) {
     try {
@@ -105,7 +115,9 @@ export async function run(o: RunOptions): Promise<void> {
       if (e instanceof RuleSetError) throw new Error(`${o.rules}: ${e.message}`);
       throw e;
     }
-    if (store.hasRuleSet()) log(`--rules given: ${store.ruleSetPath} (the rule set saved by the last run) is replaced by it`);
+    if (store?.hasRuleSet()) log(`--rules given: ${store.ruleSetPath} (the rule set saved by the last run) is replaced by it`);
+  } else if (store === null) {
+    log('no --rules and no state directory: waiting for a rule set through the API (tunproxy apply -f FILE)');
   } else {
     const saved = store.loadRuleSet();
     if (saved.status === 'ok') {
@@ -135,6 +147,7 @@ export async function run(o: RunOptions): Promise<void> {
   if (api) log(`control API on ${[api.socketPath, api.tcp ? `http://${api.tcp.host}:${api.tcp.port} (bearer token)` : null].filter((x) => x).join(' and ')}`);
 
   const restoreConntrack = () => {
+    if (store === null) return;
     const saved = store.loadConntrack();
     if (saved.status === 'none') return;
     if (saved.status === 'damaged') return log(`the saved connection table ${saved.path} is damaged (${saved.reason}): moved to ${saved.movedTo}; starting with an empty table`);
@@ -191,7 +204,7 @@ export async function run(o: RunOptions): Promise<void> {
       dp.detach();
       const ts = tun.stats();
       tun.close();
-      if (attached) {
+      if (attached && store) {
         try {
           const items = dp.pipeline.conntrack.snapshot();
           store.saveConntrack(items);
@@ -200,7 +213,7 @@ export async function run(o: RunOptions): Promise<void> {
           log(`cannot save the connection table to ${store.conntrackPath}: ${(e as Error).message}`);
         }
       }
-      await store.flush();
+      await store?.flush();
       if (api) await api.close();
       log(`final: ${dp.statusLine()} tun rx=${ts.rxPackets} tx=${ts.txPackets} tx_again=${ts.txAgain} tx_errors=${ts.txErrors}`);
       resolve();
