@@ -48,6 +48,8 @@ interface Detail extends Row {
   patchResponseMs: number;
   patchHolderMs: number;
   patchMode: string;
+  partialMs: number;
+  partialMode: string;
   iptablesLines: number;
   iptablesBytes: number;
   nftRestoreMs: number | null;
@@ -103,7 +105,13 @@ function patchBody(rs: RuleSet, i: number, r: number) {
 
 async function measure(n: number, dir: string): Promise<Detail> {
   const rs = syntheticRuleSet(n);
-  const body = Buffer.from(JSON.stringify(rs));
+  // two rule sets that differ in every service (the target port): each PUT replaces every service,
+  // so the API cannot keep any service object in force — the full path, every time
+  const bodies = [Buffer.from(JSON.stringify(rs)), Buffer.from(JSON.stringify(syntheticRuleSet(n, { targetPort: 8081 })))];
+  // the first with 1% of the services changed (new endpoints): a partial sync
+  const partial = structuredClone(rs);
+  for (let i = 0; i < n; i += 100) partial.services[i] = { ...partial.services[i], ...patchBody(rs, i, 99) };
+  const partialBody = Buffer.from(JSON.stringify(partial));
   const dp = new Dataplane();
   let swapAt = 0;
   dp.holder.onSwap(() => {
@@ -112,23 +120,33 @@ async function measure(n: number, dir: string): Promise<Detail> {
   const socket = join(dir, `api-${n}.sock`);
   const srv = await startApi(dp, { socket, bodyLimit: 1 << 30 });
   const c = new ApiClient({ socket });
-  const put = async () => {
+  let k = 0;
+  const put = async (body = bodies[k++ % 2]) => {
     gc();
     const t0 = performance.now();
     const r = await c.request<{ compileMs: number; generation: number; mode: string }>('PUT', '/v1/ruleset', { body, contentType: 'application/json' });
     const done = performance.now();
     if (r.status !== 200) throw new Error(`PUT /v1/ruleset: ${r.status} ${r.text.slice(0, 300)}`);
-    return { apply: swapAt - t0, response: done - t0, holder: r.body.compileMs };
+    return { apply: swapAt - t0, response: done - t0, holder: r.body.compileMs, mode: r.body.mode ?? 'full' };
   };
   try {
-    // the first PUT warms the server up (JIT, ajv compile); each next one replaces the whole set
+    // the first PUT warms the server up (JIT, ajv compile); each next one replaces every service
     await put();
     const puts = [];
     for (let i = 0; i < reps; i++) puts.push(await put());
+    if (puts.some((p) => p.mode !== 'full')) throw new Error('a PUT of all-new services did not take the full path');
+    // 1% changed, from the first rule set: back to it, then the partial one, alternately
+    const partials = [];
+    for (let i = 0; i < reps; i++) {
+      await put(bodies[0]);
+      const p = await put(partialBody);
+      partials.push(p);
+    }
+    const partialMode = partials[0].mode;
     const patches = [];
     let mode = '';
     for (let r = 0; r <= reps; r++) {
-      const i = (r * 7919) % n;
+      const i = (r * 7919 + 1) % n;
       const svc = rs.services[i];
       gc();
       const t0 = performance.now();
@@ -162,12 +180,14 @@ async function measure(n: number, dir: string): Promise<Detail> {
       applyMs,
       patchMs: median(patches.map((p) => p.apply)),
       iptablesRestoreMs,
-      bodyBytes: body.length,
+      bodyBytes: bodies[0].length,
       responseMs: median(puts.map((p) => p.response)),
       holderMs: median(puts.map((p) => p.holder)),
       patchResponseMs: median(patches.map((p) => p.response)),
       patchHolderMs: median(patches.map((p) => p.holder)),
       patchMode: mode,
+      partialMs: median(partials.map((p) => p.apply)),
+      partialMode,
       iptablesLines: lines,
       iptablesBytes: text.length,
       nftRestoreMs: nft.length ? median(nft) : null,
@@ -212,15 +232,18 @@ const md = `# bench:sync — rule set in force after PUT /v1/ruleset, vs iptable
 ${machine()}; medians of ${reps} (iptables-restore: ${Math.min(reps, 3)}, one at 100 000).
 
 Time from the client sending \`PUT /v1/ruleset\` (JSON in hand) over the Unix socket to the
-compiled tables swapped in (transfer, parse, schema, validator, compile, swap); a single-service
+compiled tables swapped in (transfer, parse, schema, validator, compile, swap), each PUT replacing
+every service (two rule sets differing in every service's target port, alternately: the full
+path); a PUT of the rule set with 1% of its services changed (the API keeps the services equal
+to those in force, so only the changed ones are validated and compiled: a partial sync); a single-service
 \`PATCH /v1/services/{ns}/{name}\` (new endpoints) likewise; \`iptables-legacy-restore\` (and
 \`iptables-nft-restore\`) of kube-proxy's rules for the same rule set, written by
 control/iptables/writer.ts, in a namespace of its own (process start included).
 Rule sets: bench/gen.ts syntheticRuleSet(n), 3 endpoints per service, NodePorts on the first 2 000.
 
-| services | body | PUT → in force | PUT answered | of which validate+compile+swap | PATCH → in force (mode) | of which validate+compile+swap | iptables rules | iptables-legacy-restore | iptables-nft-restore | restore / PUT |
-|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
-${details.map((d) => `| ${fmt(d.services)} | ${fmt(d.bodyBytes / 1048576, 1)} MiB | ${fmt(d.applyMs, 1)} ms | ${fmt(d.responseMs, 1)} ms | ${fmt(d.holderMs, 1)} ms | ${fmt(d.patchMs, 2)} ms (${d.patchMode}) | ${fmt(d.patchHolderMs, 2)} ms | ${fmt(d.iptablesLines)} lines | ${fmt(d.iptablesRestoreMs)} ms | ${d.nftRestoreMs === null ? '—' : `${fmt(d.nftRestoreMs)} ms`} | ${fmt(d.ratio, 1)}x |`).join('\n')}
+| services | body | PUT → in force | PUT answered | of which validate+compile+swap | PUT, 1% changed → in force (mode) | PATCH → in force (mode) | of which validate+compile+swap | iptables rules | iptables-legacy-restore | iptables-nft-restore | restore / PUT |
+|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
+${details.map((d) => `| ${fmt(d.services)} | ${fmt(d.bodyBytes / 1048576, 1)} MiB | ${fmt(d.applyMs, 1)} ms | ${fmt(d.responseMs, 1)} ms | ${fmt(d.holderMs, 1)} ms | ${fmt(d.partialMs, 1)} ms (${d.partialMode}) | ${fmt(d.patchMs, 2)} ms (${d.patchMode}) | ${fmt(d.patchHolderMs, 2)} ms | ${fmt(d.iptablesLines)} lines | ${fmt(d.iptablesRestoreMs)} ms | ${d.nftRestoreMs === null ? '—' : `${fmt(d.nftRestoreMs)} ms`} | ${fmt(d.ratio, 1)}x |`).join('\n')}
 
 Bars:
 ${bars.join('\n') || '- (run with 10 000 and 100 000 services to check them)'}

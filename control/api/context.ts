@@ -70,6 +70,28 @@ export class ApiContext {
     return rs;
   }
 
+  /**
+   * In a candidate rule set (a parsed request body, ours to change), put the
+   * node and the service objects in force wherever the candidate has an equal
+   * one. The document is the same; the holder sees by identity what changed.
+   */
+  reuseUnchanged(candidate: unknown): void {
+    const prev = this.dp.holder.ruleSet;
+    if (prev === null || typeof candidate !== 'object' || candidate === null) return;
+    const c = candidate as { node?: unknown; services?: unknown };
+    if (!Array.isArray(c.services)) return;
+    if (sameJson(c.node, prev.node)) c.node = prev.node;
+    const byName = new Map<string, unknown>();
+    for (const s of prev.services) byName.set(`${s.namespace}\u0000${s.name}`, s);
+    const next = c.services as unknown[];
+    for (let i = 0; i < next.length; i++) {
+      const s = next[i] as { namespace?: unknown; name?: unknown } | null;
+      if (typeof s !== 'object' || s === null) continue;
+      const old = byName.get(`${String(s.namespace)}\u0000${String(s.name)}`);
+      if (old !== undefined && sameJson(s, old)) next[i] = old;
+    }
+  }
+
   onClose(fn: () => void): void {
     this.closers.push(fn);
   }
@@ -81,10 +103,15 @@ export class ApiContext {
   /**
    * Validate, compile, swap, save. Throws ApiError 400 (every error with its
    * path) or 412 (If-Match stale) and then nothing has changed.
+   * `whole`: the candidate is a whole rule set sent by a client (PUT, an
+   * import): the services equal to those in force are replaced by the
+   * objects in force, so that the holder validates and compiles only the
+   * services that changed (kube-proxy's partial sync) when few did.
    */
-  async apply(candidate: unknown, ifGeneration: number | undefined): Promise<ApplyAnswer> {
+  async apply(candidate: unknown, ifGeneration: number | undefined, whole = false): Promise<ApplyAnswer> {
     let r: ApplyResult;
     try {
+      if (whole) this.reuseUnchanged(candidate);
       r = this.dp.holder.apply(candidate, ifGeneration);
     } catch (e) {
       throw toApiError(e);
@@ -102,6 +129,24 @@ export class ApiContext {
     }
     return answer;
   }
+}
+
+/** Deep equality of JSON values (objects compared key by key, in any order). */
+export function sameJson(a: unknown, b: unknown): boolean {
+  if (a === b) return true;
+  if (typeof a !== 'object' || typeof b !== 'object' || a === null || b === null) return false;
+  if (Array.isArray(a)) {
+    if (!Array.isArray(b) || a.length !== b.length) return false;
+    for (let i = 0; i < a.length; i++) if (!sameJson(a[i], b[i])) return false;
+    return true;
+  }
+  if (Array.isArray(b)) return false;
+  const ka = Object.keys(a);
+  if (ka.length !== Object.keys(b).length) return false;
+  for (const k of ka) {
+    if (!Object.prototype.hasOwnProperty.call(b, k) || !sameJson((a as Record<string, unknown>)[k], (b as Record<string, unknown>)[k])) return false;
+  }
+  return true;
 }
 
 export function toApiError(e: unknown): Error {

@@ -57,7 +57,7 @@ async function maybeApply(ctx: ApiContext, q: ImportQuery, ifMatch: string | str
   if (notUnderstood > 0 && !truthy(q.allowPartial)) {
     throw new ApiError(409, 'import_incomplete', `${notUnderstood} rule${notUnderstood === 1 ? ' was' : 's were'} not understood, so the result was not applied (nothing changed): check them with apply=false, then add allowPartial=true to apply what was understood`, { extra: { notUnderstood } });
   }
-  return ctx.apply(ruleSet, parseIfMatch(ifMatch, ctx.generation));
+  return ctx.apply(ruleSet, parseIfMatch(ifMatch, ctx.generation), true);
 }
 
 export function registerImportRoutes(app: FastifyInstance, ctx: ApiContext): void {

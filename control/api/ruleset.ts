@@ -132,7 +132,7 @@ export function registerRuleSetRoutes(app: FastifyInstance, ctx: ApiContext): vo
 
   app.put('/v1/ruleset', { bodyLimit: ctx.bodyLimit, schema: { body: ruleSetSchema }, attachValidation: true }, async (req, reply) => {
     if (req.validationError) rejected(req, req.body);
-    const r = await ctx.apply(req.body, parseIfMatch(req.headers['if-match'], ctx.generation));
+    const r = await ctx.apply(req.body, parseIfMatch(req.headers['if-match'], ctx.generation), true);
     applied(reply, r);
     return r;
   });

@@ -159,10 +159,20 @@ t.test('PUT /v1/ruleset: in force when the answer comes, ETag and If-Match, YAML
   t.equal(ok.headers.etag, '"2"');
   t.equal((await env.c.request('PUT', '/v1/ruleset', { body: golden, headers: { 'if-match': '*' } })).status, 200, 'If-Match: * when a rule set is in force');
   t.equal((await env.c.request('PUT', '/v1/ruleset', { body: golden, headers: { 'if-match': '"1", "3"' } })).status, 200, 'a list of generations');
+  // a whole rule set with one service changed: only that one is validated and compiled
+  const one = clone(golden);
+  one.services[1].endpoints = [{ address: '10.64.1.99' }];
+  const kept0 = env.dp.holder.ruleSet!.services[0];
+  const inc = await env.c.request<{ mode: string; generation: number }>('PUT', '/v1/ruleset', { body: one });
+  t.match(inc.body, { mode: 'incremental', generation: 5 });
+  t.same(env.dp.holder.ruleSet, one, 'the document in force is the one put');
+  t.match(compiledVerdict(env.dp.tables!, { proto: PROTO_TCP, src: parseIPv4('10.64.1.5'), dst: parseIPv4('10.32.0.159'), sport: 1, dport: 8080 }), { kind: 'dnat', candidates: [{ endpoint: '10.64.1.99:80' }] });
+  t.equal(env.dp.holder.ruleSet!.services[0], kept0, 'an unchanged service keeps its object in force');
+  t.not(env.dp.holder.ruleSet!.services[1], one.services[1], '(the changed one is the parsed body\'s)');
   const y = await env.c.request('PUT', '/v1/ruleset', { body: toYaml(golden), contentType: 'application/yaml' });
   t.equal(y.status, 200, 'YAML');
   t.same(env.dp.holder.ruleSet, golden);
-  t.equal(env.dp.holder.generation, 5);
+  t.equal(env.dp.holder.generation, 6);
   t.same((await env.c.request('GET', '/v1/ruleset/schema')).body, (await import('../../control/schema.ts')).ruleSetSchema);
 });
 
