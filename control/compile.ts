@@ -25,6 +25,7 @@ import {
 import { buildMaglev, fnv1a } from '../dataplane/select.ts';
 
 const NO_INDEX: ReadonlyMap<number, number> = new Map();
+const NO_ADDRS: readonly number[] = Object.freeze([]);
 
 export interface CompileOptions {
   generation?: number;
@@ -43,7 +44,8 @@ class Builder {
   vipAddrs: VipIndex;
   nodePorts: Int32Array;
   live: number;
-  private readonly endpointCache = new Map<string, EndpointEntry>();
+  /** one EndpointEntry per (address, port, node-local) across services: key addr * 2^17 + port * 2 + local */
+  private readonly endpointCache = new Map<number, EndpointEntry>();
   private readonly maglevCache = new Map<string, Uint16Array>();
 
   constructor(node: NodeModel, init: { services: ServicePortEntry[]; serviceRows: Int32Array; endpointFlat: Int32Array; flatNext: number; vipIndex: VipIndex; vipAddrs: VipIndex; nodePorts: Int32Array; live: number }) {
@@ -60,10 +62,11 @@ class Builder {
   }
 
   private entry(e: EndpointModel): EndpointEntry {
-    const k = e.nodeLocal ? e.text + 'L' : e.text;
+    const addr = parseIPv4(e.address);
+    const k = addr * 131072 + e.port * 2 + (e.nodeLocal ? 1 : 0);
     let x = this.endpointCache.get(k);
     if (x === undefined) {
-      x = { addr: parseIPv4(e.address), port: e.port, nodeLocal: e.nodeLocal, text: e.text };
+      x = { addr, port: e.port, nodeLocal: e.nodeLocal, text: e.text };
       this.endpointCache.set(k, x);
     }
     return x;
@@ -71,7 +74,8 @@ class Builder {
 
   private endpointSet(eps: EndpointModel[], affinity: boolean): EndpointSet | null {
     if (eps.length === 0) return null;
-    const endpoints = eps.map((e) => this.entry(e));
+    const endpoints: EndpointEntry[] = new Array(eps.length);
+    for (let i = 0; i < eps.length; i++) endpoints[i] = this.entry(eps[i]);
     const flatStart = this.flatNext;
     const flat = this.endpointFlat;
     for (const e of endpoints) {
@@ -125,8 +129,8 @@ class Builder {
       uid: fnv1a(sp.name + '/' + sp.proto),
       protocol: proto,
       clusterIP: sp.clusterIP === null ? -1 : parseIPv4(sp.clusterIP),
-      externalIPs: sp.externalIPs.map(parseIPv4),
-      loadBalancerIPs: sp.loadBalancerIPs.map(parseIPv4),
+      externalIPs: sp.externalIPs.length === 0 ? NO_ADDRS : sp.externalIPs.map(parseIPv4),
+      loadBalancerIPs: sp.loadBalancerIPs.length === 0 ? NO_ADDRS : sp.loadBalancerIPs.map(parseIPv4),
       port: sp.port.port,
       nodePort: sp.port.nodePort ?? 0,
       hasEndpoints: sp.hasEndpoints,
@@ -137,7 +141,7 @@ class Builder {
       hasExternalEndpoints: sp.hasExternalEndpoints,
       affinityMs: sp.affinitySeconds * 1000,
       sourceRanges: ranges,
-      lbSourceIPs: sp.usesFirewallChain && sp.allowFromNode ? sp.loadBalancerIPs.map(parseIPv4) : [],
+      lbSourceIPs: sp.usesFirewallChain && sp.allowFromNode ? sp.loadBalancerIPs.map(parseIPv4) : NO_ADDRS,
     };
     this.services.push(s);
     this.live++;

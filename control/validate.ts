@@ -28,6 +28,10 @@ const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 const PORT_NAME = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 const MAX_SERVICES = 1_000_000;
 
+const ROOT_FIELDS = new Set(['apiVersion', 'node', 'services']);
+const NODE_FIELDS = new Set(['name', 'addresses', 'masqueradeAddress', 'clusterCIDR', 'masqueradeAll', 'masqueradeMark', 'nodePortRange', 'loadBalancing', 'maglevTableSize']);
+const SERVICE_FIELDS = new Set(['namespace', 'name', 'clusterIP', 'ports', 'externalIPs', 'loadBalancerIPs', 'loadBalancerSourceRanges', 'sessionAffinity', 'sessionAffinityTimeoutSeconds', 'externalTrafficPolicy', 'internalTrafficPolicy', 'endpoints']);
+const PORT_FIELDS = new Set(['name', 'protocol', 'port', 'nodePort', 'targetPort']);
 type Obj = Record<string, unknown>;
 const isObj = (v: unknown): v is Obj => typeof v === 'object' && v !== null && !Array.isArray(v);
 
@@ -42,9 +46,9 @@ class Checker {
   err(path: string, message: string): void {
     if (this.errors.length < 1000) this.errors.push({ path, message });
   }
-  fields(o: Obj, path: string, allowed: readonly string[], required: readonly string[]): void {
-    for (const k of Object.keys(o)) if (!allowed.includes(k)) this.err(path ? `${path}.${k}` : k, `unknown field (allowed: ${allowed.join(', ')})`);
-    for (const k of required) if (o[k] === undefined) this.err(path ? `${path}.${k}` : k, 'is required');
+  fields(o: Obj, path: string, allowed: ReadonlySet<string>, required: readonly string[]): void {
+    for (const k in o) if (!allowed.has(k)) this.err(path ? `${path}.${k}` : k, `unknown field (allowed: ${[...allowed].join(', ')})`);
+    for (let i = 0; i < required.length; i++) if (o[required[i]] === undefined) this.err(path ? `${path}.${required[i]}` : required[i], 'is required');
   }
   ipv4(v: unknown, path: string): boolean {
     if (typeof v !== 'string') return this.err(path, `must be an IPv4 address string, got ${describe(v)}`), false;
@@ -117,7 +121,7 @@ function plainEndpoint(ep: unknown, portNames: Set<string>, namedTarget: boolean
 export function validateRuleSet(input: unknown): ValidationResult {
   const c = new Checker();
   if (!isObj(input)) return { ok: false, errors: [{ path: '(root)', message: `a rule set must be a JSON object, got ${describe(input)}` }] };
-  c.fields(input, '', ['apiVersion', 'node', 'services'], ['apiVersion', 'node', 'services']);
+  c.fields(input, '', ROOT_FIELDS, ['apiVersion', 'node', 'services']);
   if (input.apiVersion !== undefined && input.apiVersion !== API_VERSION) c.err('apiVersion', `${describe(input.apiVersion)} is not supported (expected "${API_VERSION}")`);
 
   // node
@@ -126,7 +130,7 @@ export function validateRuleSet(input: unknown): ValidationResult {
   const node = input.node;
   if (node !== undefined && !isObj(node)) c.err('node', 'must be an object');
   if (isObj(node)) {
-    c.fields(node, 'node', ['name', 'addresses', 'masqueradeAddress', 'clusterCIDR', 'masqueradeAll', 'masqueradeMark', 'nodePortRange', 'loadBalancing', 'maglevTableSize'], ['addresses']);
+    c.fields(node, 'node', NODE_FIELDS, ['addresses']);
     if (node.name !== undefined && typeof node.name !== 'string') c.err('node.name', 'must be a string');
     if (node.addresses !== undefined) {
       const a = c.ipList(node.addresses, 'node.addresses');
@@ -170,10 +174,14 @@ export function validateRuleSet(input: unknown): ValidationResult {
       const pt = (sv.ports as Obj[])[pi];
       return `services[${si}].ports[${pi}] (${sv.namespace}/${sv.name}:${pt.name}`;
     };
-    services.forEach((svc, si) => {
+    for (let si = 0; si < services.length; si++) {
+      const svc: unknown = services[si];
       const sp = `services[${si}]`;
-      if (!isObj(svc)) return c.err(sp, 'must be an object');
-      c.fields(svc, sp, ['namespace', 'name', 'clusterIP', 'ports', 'externalIPs', 'loadBalancerIPs', 'loadBalancerSourceRanges', 'sessionAffinity', 'sessionAffinityTimeoutSeconds', 'externalTrafficPolicy', 'internalTrafficPolicy', 'endpoints'], ['namespace', 'name', 'ports']);
+      if (!isObj(svc)) {
+        c.err(sp, 'must be an object');
+        continue;
+      }
+      c.fields(svc, sp, SERVICE_FIELDS, ['namespace', 'name', 'ports']);
       for (const f of ['namespace', 'name'] as const) {
         const v = svc[f];
         if (v !== undefined && (typeof v !== 'string' || !DNS_LABEL.test(v) || v.length > 63)) c.err(`${sp}.${f}`, `${describe(v)} is not a DNS label (lowercase letters, digits, '-', at most 63)`);
@@ -203,10 +211,14 @@ export function validateRuleSet(input: unknown): ValidationResult {
       const portNames = new Set<string>();
       if (svc.ports !== undefined && (!Array.isArray(svc.ports) || svc.ports.length === 0)) c.err(`${sp}.ports`, 'must be a non-empty array');
       const ports = Array.isArray(svc.ports) ? svc.ports : [];
-      ports.forEach((p, pi) => {
+      for (let pi = 0; pi < ports.length; pi++) {
+        const p: unknown = ports[pi];
         const pp = `${sp}.ports[${pi}]`;
-        if (!isObj(p)) return c.err(pp, 'must be an object');
-        c.fields(p, pp, ['name', 'protocol', 'port', 'nodePort', 'targetPort'], ['name', 'protocol', 'port']);
+        if (!isObj(p)) {
+          c.err(pp, 'must be an object');
+          continue;
+        }
+        c.fields(p, pp, PORT_FIELDS, ['name', 'protocol', 'port']);
         if (typeof p.name !== 'string') {
           if (p.name !== undefined) c.err(`${pp}.name`, 'must be a string');
         } else if (p.name === '') {
@@ -217,7 +229,7 @@ export function validateRuleSet(input: unknown): ValidationResult {
           portNames.add(p.name);
         }
         c.oneOf(p.protocol, `${pp}.protocol`, ['TCP', 'UDP', 'SCTP']);
-        if (p.protocol === undefined) return;
+        if (p.protocol === undefined) continue;
         const portOk = p.port !== undefined && c.int(p.port, `${pp}.port`, 1, 65535);
         if (p.nodePort !== undefined && p.nodePort !== 0 && c.int(p.nodePort, `${pp}.nodePort`, 1, 65535)) {
           const np = p.nodePort as number;
@@ -233,7 +245,7 @@ export function validateRuleSet(input: unknown): ValidationResult {
           if (typeof p.targetPort === 'number') c.int(p.targetPort, `${pp}.targetPort`, 1, 65535);
           else if (typeof p.targetPort !== 'string' || !PORT_NAME.test(p.targetPort)) c.err(`${pp}.targetPort`, `${describe(p.targetPort)} must be a port number or a port name`);
         }
-        if (!portOk) return;
+        if (!portOk) continue;
         const proto = protocolNumber(p.protocol as ProtocolName);
         const claim = (addr: string, kind: number) => {
           const k = vipKey(parseIPv4(addr), proto, p.port as number);
@@ -244,16 +256,22 @@ export function validateRuleSet(input: unknown): ValidationResult {
         if (clusterIP) claim(clusterIP, 0);
         for (const a of externalIPs) claim(a, 1);
         for (const a of lbIPs) claim(a, 2);
-      });
+      }
 
       if (svc.endpoints !== undefined && !Array.isArray(svc.endpoints)) c.err(`${sp}.endpoints`, 'must be an array');
       const seenEp = new Set<number>();
-      const namedTarget = ports.some((p) => isObj(p) && typeof p.targetPort === 'string');
-      (Array.isArray(svc.endpoints) ? svc.endpoints : []).forEach((ep, ei) => {
-        if (plainEndpoint(ep, portNames, namedTarget, seenEp)) return; // the common case: no strings built
+      let namedTarget = false;
+      for (let pi = 0; pi < ports.length; pi++) if (isObj(ports[pi]) && typeof (ports[pi] as Obj).targetPort === 'string') namedTarget = true;
+      const eps: unknown[] = Array.isArray(svc.endpoints) ? svc.endpoints : [];
+      for (let ei = 0; ei < eps.length; ei++) {
+        const ep = eps[ei];
+        if (plainEndpoint(ep, portNames, namedTarget, seenEp)) continue; // the common case: no strings built
         const ep_ = `${sp}.endpoints[${ei}]`;
-        if (!isObj(ep)) return c.err(ep_, 'must be an object');
-        c.fields(ep, ep_, ['address', 'ports', 'ready', 'serving', 'terminating', 'nodeLocal'], ['address']);
+        if (!isObj(ep)) {
+          c.err(ep_, 'must be an object');
+          continue;
+        }
+        c.fields(ep, ep_, ENDPOINT_FIELDS, ['address']);
         if (ep.address !== undefined && c.ipv4(ep.address, `${ep_}.address`)) {
           const a = parseIPv4(ep.address as string);
           if (seenEp.has(a)) c.err(`${ep_}.address`, `${ep.address} is listed twice in ${id}`);
@@ -272,8 +290,8 @@ export function validateRuleSet(input: unknown): ValidationResult {
           });
         }
         for (const f of ['ready', 'serving', 'terminating', 'nodeLocal']) c.bool(ep[f], `${ep_}.${f}`);
-      });
-    });
+      }
+    }
   }
   if (c.errors.length > 0) return { ok: false, errors: c.errors };
   return { ok: true, ruleSet: input as unknown as RuleSet };
