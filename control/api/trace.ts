@@ -66,6 +66,8 @@ function hostPort(text: string, field: string): [number, number] {
 
 interface CachedLinear {
   ev: LinearEvaluator;
+  /** the iptables text's lines (for the rule-by-rule walk) */
+  lines: string[];
   buildMs: number;
   iptablesLines: number;
 }
@@ -86,9 +88,8 @@ export class LinearCache {
     const t0 = performance.now();
     const text = writeIptables(rs);
     const ev = linearFromText(text, { localAddresses: rs.node.addresses, inInterface });
-    let lines = 0;
-    for (let i = text.indexOf('\n'); i >= 0; i = text.indexOf('\n', i + 1)) lines++;
-    c = { ev, buildMs: performance.now() - t0, iptablesLines: lines };
+    const lines = text.split('\n');
+    c = { ev, lines, buildMs: performance.now() - t0, iptablesLines: lines.length - (text.endsWith('\n') ? 1 : 0) };
     if (this.byInterface.size >= 4) this.byInterface.clear();
     this.byInterface.set(inInterface, c);
     this.builds++;
@@ -208,7 +209,15 @@ export function registerTraceRoutes(app: FastifyInstance, ctx: ApiContext, cache
       const t0 = performance.now();
       const verdict = ev.evaluate(pkt);
       const evaluateMs = performance.now() - t0;
-      const s = ev.sample(pkt, ctx.dp.pipeline.conntrack.now());
+      const { sample: s, steps } = ev.trace(pkt, ctx.dp.pipeline.conntrack.now());
+      // which table each line is in: the last "*table" line above it
+      const starts: Array<[number, string]> = [];
+      cached.lines.forEach((l, i) => { if (l.startsWith('*')) starts.push([i + 1, l.slice(1)]); });
+      const tableOf = (line: number): string => {
+        let name = '';
+        for (const [at, n] of starts) if (at <= line) name = n;
+        return name;
+      };
       kubeProxy = {
         verdict,
         // one walk as the kernel makes it: a draw at each statistic rule
@@ -216,8 +225,11 @@ export function registerTraceRoutes(app: FastifyInstance, ctx: ApiContext, cache
         rulesVisited: s.rulesVisited,
         rules: ev.ruleCount,
         iptablesLines: cached.iptablesLines,
-        // the rule-by-rule chain walk needs a tracing hook in the linear evaluator (control/iptables/linear.ts)
-        chainWalk: null,
+        // the walk rule by rule, as netfilter made it for this packet (first match, jumps, returns)
+        chainWalk: steps.map((st) => {
+          const text = cached.lines[st.line - 1] ?? '';
+          return { table: tableOf(st.line), chain: /^-A (\S+)/.exec(text)?.[1] ?? '', line: st.line, rule: text, matched: st.matched };
+        }),
         evaluateMs,
         builtForThisTrace: built,
         buildMs: cached.buildMs,

@@ -264,6 +264,8 @@ function protoNumberOf(module: string): number {
 export class LinearEvaluator {
   /** rules visited by every `sample` and `evaluate` call so far */
   rulesVisited = 0;
+  /** when set (by `trace`), called for every rule visited: its line in the iptables text and whether it matched */
+  private tracer: ((line: number, matched: boolean) => void) | null = null;
   /** rules in the nat and filter tables */
   readonly ruleCount: number;
 
@@ -659,6 +661,7 @@ export class LinearEvaluator {
     const dst = this.dst;
     const src = this.src;
     const proto = this.proto;
+    const tracer = this.tracer;
     let visits = this.visits;
     for (;;) {
       if (pos >= n) {
@@ -680,10 +683,15 @@ export class LinearEvaluator {
       pos++;
       visits++;
       if (f !== 0) {
-        if ((f & H_NEVER) !== 0) continue;
-        if ((f & H_DST) !== 0 && (((dst & hdr[h + 2]) >>> 0) === hdr[h + 1]) === ((f & H_DST_INV) !== 0)) continue;
-        if ((f & H_SRC) !== 0 && (((src & hdr[h + 4]) >>> 0) === hdr[h + 3]) === ((f & H_SRC_INV) !== 0)) continue;
-        if ((f & H_PROTO) !== 0 && (proto === f >>> 8) === ((f & H_PROTO_INV) !== 0)) continue;
+        if (
+          (f & H_NEVER) !== 0 ||
+          ((f & H_DST) !== 0 && (((dst & hdr[h + 2]) >>> 0) === hdr[h + 1]) === ((f & H_DST_INV) !== 0)) ||
+          ((f & H_SRC) !== 0 && (((src & hdr[h + 4]) >>> 0) === hdr[h + 3]) === ((f & H_SRC_INV) !== 0)) ||
+          ((f & H_PROTO) !== 0 && (proto === f >>> 8) === ((f & H_PROTO_INV) !== 0))
+        ) {
+          if (tracer !== null) tracer(chain.rules[pos - 1].line, false);
+          continue;
+        }
       }
       const r = chain.rules[pos - 1];
       if (r.matches.length !== 0 && !this.matches(r)) {
@@ -691,8 +699,10 @@ export class LinearEvaluator {
           this.visits = visits;
           return O_BRANCH;
         }
+        if (tracer !== null) tracer(r.line, false);
         continue;
       }
+      if (tracer !== null) tracer(r.line, true);
       if (r.service !== null) {
         this.lastService = r.service;
         if (r.noLocalEndpoints) this.lastNoLocal = true;
@@ -834,6 +844,20 @@ export class LinearEvaluator {
     out.kind = 'drop';
     out.service = r.service ?? this.lastService ?? '';
     out.reason = r.noLocalEndpoints ? 'no_local_endpoints' : r.firewall ? 'source_range' : this.lastNoLocal ? 'no_local_endpoints' : 'source_range';
+  }
+
+  /**
+   * `sample`, recording the walk: every rule visited, by its line in the
+   * iptables text, and whether it matched (its target then ran).
+   */
+  trace(pkt: PacketTuple, nowMs: number): { sample: LinearSample; steps: Array<{ line: number; matched: boolean }> } {
+    const steps: Array<{ line: number; matched: boolean }> = [];
+    this.tracer = (line, matched) => steps.push({ line, matched });
+    try {
+      return { sample: { ...this.sample(pkt, nowMs) }, steps };
+    } finally {
+      this.tracer = null;
+    }
   }
 
   /**
