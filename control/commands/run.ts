@@ -23,6 +23,7 @@ import { DEFAULT_BODY_LIMIT } from '../api/context.ts';
 // the API server itself (fastify, prom-client) is loaded by `run` only, not by the client commands
 
 export interface RunOptions {
+  decider: string;
   tun: string;
   rules?: string;
   stateDir: string;
@@ -57,6 +58,7 @@ export function registerRun(program: Command): void {
     .option('--status-interval <seconds>', 'print a status line this often (0: only on SIGUSR1)', '10')
     .option('--conntrack-max <n>', 'connection table size, like nf_conntrack_max', '262144')
     .option('--multi-queue', 'open the TUN with IFF_MULTI_QUEUE (the device must have been created multi_queue)')
+    .option('--decider <compiled|linear>', "how new flows are decided: the hash tables, or kube-proxy's iptables rules walked linearly (for comparison)", 'compiled')
     .addHelpText('after', `
 Signals: SIGHUP reloads --rules (a rejected file keeps the rules in force),
 SIGUSR1 prints the status and the connection table, SIGINT/SIGTERM save the
@@ -88,7 +90,8 @@ export async function run(o: RunOptions): Promise<void> {
   const { defaultSocketPath, readTokenFile, startApi } = await import('../server.ts');
   const token = o.tokenFile !== undefined ? readTokenFile(o.tokenFile) : undefined;
 
-  const dp = new Dataplane({ conntrackMax });
+  if (o.decider !== 'compiled' && o.decider !== 'linear') throw new Error(`--decider: ${JSON.stringify(o.decider)} is not one of compiled, linear`);
+  const dp = new Dataplane({ conntrackMax, decider: o.decider });
   let store: StateStore | null = new StateStore(o.stateDir, `${o.tun}.`);
   try {
     store.init();
