@@ -14,6 +14,7 @@
  * service to a loaded table: its chains and its map elements (`add element`).
  */
 import { createHash } from 'node:crypto';
+import { base32 } from '../iptables/hash.ts';
 import type { RuleSet, Service } from '../types.ts';
 import { ruleSetModel, servicePortModel, nodeModel } from '../model.ts';
 import type { EndpointModel, NodeModel, ServicePortModel } from '../model.ts';
@@ -65,28 +66,9 @@ const NAME_LENGTH_MAX = 256;
 /** kube-proxy's chainNameBaseLengthMax: NameLengthMax - chainNamePrefixLengthMax (16) */
 const CHAIN_NAME_BASE_LENGTH_MAX = NAME_LENGTH_MAX - 16;
 
-/** RFC 4648 base32, standard alphabet, with padding (Go's base32.StdEncoding). */
-function base32Std(bytes: Uint8Array): string {
-  const A = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567';
-  let out = '';
-  let acc = 0;
-  let bits = 0;
-  for (let i = 0; i < bytes.length; i++) {
-    acc = ((acc << 8) | bytes[i]) & 0xffff;
-    bits += 8;
-    while (bits >= 5) {
-      out += A[(acc >>> (bits - 5)) & 31];
-      bits -= 5;
-    }
-  }
-  if (bits > 0) out += A[(acc << (5 - bits)) & 31];
-  while (out.length % 8 !== 0) out += '=';
-  return out;
-}
-
 /** kube-proxy's hashAndTruncate: the first 8 base32 characters of sha256(name), "-", name; truncated with "...". */
 export function hashAndTruncate(name: string): string {
-  const encoded = base32Std(createHash('sha256').update(name, 'utf8').digest());
+  const encoded = base32(createHash('sha256').update(name, 'utf8').digest()); // only the first 8 characters are used: padding never shows
   let out = `${encoded.slice(0, 8)}-${name}`;
   if (out.length > CHAIN_NAME_BASE_LENGTH_MAX) out = out.slice(0, CHAIN_NAME_BASE_LENGTH_MAX - 3) + '...';
   return out;
