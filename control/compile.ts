@@ -116,6 +116,25 @@ class Builder {
 
   /** Append the entry of one service port (its row, endpoints, VIP keys, NodePort). */
   add(sp: ServicePortModel): ServicePortEntry {
+    const s = this.entryAt(sp, this.services.length);
+    this.services.push(s);
+    this.live++;
+    if (s.clusterIP >= 0) this.addVip(s.clusterIP, s, VIP_CLUSTER);
+    for (const a of s.externalIPs) this.addVip(a, s, VIP_EXTERNAL);
+    for (const a of s.loadBalancerIPs) this.addVip(a, s, VIP_LOADBALANCER);
+    if (s.nodePort !== 0) this.nodePorts[protoIndex(s.protocol) * 65536 + s.nodePort] = s.index;
+    return s;
+  }
+
+  /** Rebuild the entry at `index` for a service port with the same keys (VIPs, NodePort): the keys stay as they are. */
+  replace(sp: ServicePortModel, index: number): ServicePortEntry {
+    const s = this.entryAt(sp, index);
+    this.services[index] = s;
+    return s;
+  }
+
+  /** The entry of one service port at `index`, with its row and its endpoints in the flat array. */
+  private entryAt(sp: ServicePortModel, index: number): ServicePortEntry {
     const affinity = sp.affinitySeconds > 0;
     const cluster = sp.usesClusterPolicyChain ? this.endpointSet(sp.clusterEndpoints, affinity) : null;
     const sameSet = sp.usesLocalPolicyChain && cluster !== null && sp.localEndpoints.length === sp.clusterEndpoints.length && sp.localEndpoints.every((e, i) => e === sp.clusterEndpoints[i]);
@@ -123,7 +142,7 @@ class Builder {
     const ranges: Cidr[] | null = sp.usesFirewallChain ? sp.loadBalancerSourceRanges.map((r) => parseCidr(r)!) : null;
     const proto = protocolNumber(sp.protocol);
     const s: ServicePortEntry = {
-      index: this.services.length,
+      index,
       live: true,
       name: sp.name,
       uid: fnv1a(sp.name + '/' + sp.proto),
@@ -143,8 +162,6 @@ class Builder {
       sourceRanges: ranges,
       lbSourceIPs: sp.usesFirewallChain && sp.allowFromNode ? sp.loadBalancerIPs.map(parseIPv4) : NO_ADDRS,
     };
-    this.services.push(s);
-    this.live++;
     const rows = this.serviceRows;
     const o = s.index * ROW;
     rows[o + R_FLAGS] =
@@ -159,10 +176,6 @@ class Builder {
     rows[o + R_CLUSTER_COUNT] = cluster ? cluster.endpoints.length : 0;
     rows[o + R_LOCAL_START] = local ? local.flatStart : 0;
     rows[o + R_LOCAL_COUNT] = local ? local.endpoints.length : 0;
-    if (s.clusterIP >= 0) this.addVip(s.clusterIP, s, VIP_CLUSTER);
-    for (const a of s.externalIPs) this.addVip(a, s, VIP_EXTERNAL);
-    for (const a of s.loadBalancerIPs) this.addVip(a, s, VIP_LOADBALANCER);
-    if (s.nodePort !== 0) this.nodePorts[protoIndex(proto) * 65536 + s.nodePort] = s.index;
     return s;
   }
 
@@ -244,6 +257,16 @@ export function compile(rs: RuleSet, opts: CompileOptions = {}): Tables {
  * `prev`. `rs` is the new rule set (for the node settings, which must be
  * unchanged). Returns the tables and, per added service, its entry indexes.
  */
+/** Same protocol, port, ClusterIP, external and LB IPs and NodePort: the same keys in the indexes. */
+function sameKeys(e: ServicePortEntry, sp: ServicePortModel): boolean {
+  if (!e.live || e.protocol !== protocolNumber(sp.protocol) || e.port !== sp.port.port || e.nodePort !== (sp.port.nodePort ?? 0)) return false;
+  if (e.clusterIP !== (sp.clusterIP === null ? -1 : parseIPv4(sp.clusterIP))) return false;
+  if (e.externalIPs.length !== sp.externalIPs.length || e.loadBalancerIPs.length !== sp.loadBalancerIPs.length) return false;
+  for (let i = 0; i < sp.externalIPs.length; i++) if (e.externalIPs[i] !== parseIPv4(sp.externalIPs[i])) return false;
+  for (let i = 0; i < sp.loadBalancerIPs.length; i++) if (e.loadBalancerIPs[i] !== parseIPv4(sp.loadBalancerIPs[i])) return false;
+  return true;
+}
+
 export function patchTables(prev: Tables, rs: RuleSet, removed: readonly number[], added: readonly Service[], generation: number): { tables: Tables; entries: number[][] } {
   const node = nodeModel(rs);
   const models = added.map((svc) => portModels(svc, node));
@@ -255,6 +278,39 @@ export function patchTables(prev: Tables, rs: RuleSet, removed: readonly number[
     newFlat += flatCount(m);
     newVips += vipCount(m);
   }
+  // the common PATCH: the same service ports with other endpoints or policies, the same keys:
+  // rebuild their entries where they are and share the key indexes with the snapshot in force
+  const byName = new Map<string, number>();
+  for (const i of removed) byName.set(prev.services[i].name, i);
+  const inPlace: number[][] = [];
+  let allInPlace = newPorts === removed.length;
+  for (const m of models) {
+    const at: number[] = [];
+    for (const sp of m) {
+      const i = byName.get(sp.name);
+      if (i === undefined || !sameKeys(prev.services[i], sp)) allInPlace = false;
+      else at.push(i);
+    }
+    inPlace.push(at);
+  }
+  if (allInPlace) {
+    const flatUsed = prev.endpointFlat.length / 2;
+    const flat = new Int32Array((flatUsed + newFlat) * 2);
+    flat.set(prev.endpointFlat);
+    const b = new Builder(node, {
+      services: prev.services.slice(),
+      serviceRows: prev.serviceRows.slice(),
+      endpointFlat: flat,
+      flatNext: flatUsed,
+      vipIndex: prev.vipIndex,
+      vipAddrs: prev.vipAddrs,
+      nodePorts: prev.nodePorts,
+      live: prev.liveServicePorts,
+    });
+    const entries = models.map((m, k) => m.map((sp, j) => b.replace(sp, inPlace[k][j]).index));
+    return { tables: b.tables(generation), entries };
+  }
+
   const nServices = prev.services.length + newPorts;
   const rows = new Int32Array(nServices * ROW);
   rows.set(prev.serviceRows);

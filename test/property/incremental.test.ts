@@ -11,13 +11,17 @@ import { RuleSetError } from '../../control/validate.ts';
 import { compiledVerdict } from '../../dataplane/tables.ts';
 import type { RuleSet, Service } from '../../control/types.ts';
 
-type Op = { kind: 'replace' | 'delete' | 'append' | 'insert'; at: number; from: number };
+type Op = { kind: 'replace' | 'delete' | 'append' | 'insert' | 'endpoints'; at: number; from: number };
 
 function applyOp(rs: RuleSet, donor: RuleSet, op: Op): RuleSet {
   const services = rs.services.slice();
   const pick = donor.services[op.from % donor.services.length];
   const at = services.length === 0 ? 0 : op.at % services.length;
-  if (op.kind === 'replace' && services.length > 0) services[at] = pick;
+  if (op.kind === 'endpoints' && services.length > 0) {
+    // the same service with other endpoints and policies: the keys stay, the entries are rebuilt in place
+    const eps = (pick.endpoints ?? []).map((e) => ({ ...e, ports: undefined }));
+    services[at] = { ...services[at], endpoints: eps, externalTrafficPolicy: pick.externalTrafficPolicy, sessionAffinity: pick.sessionAffinity };
+  } else if (op.kind === 'replace' && services.length > 0) services[at] = pick;
   else if (op.kind === 'delete' && services.length > 0) services.splice(at, 1);
   else if (op.kind === 'insert') services.splice(at, 0, pick);
   else services.push(pick);
@@ -28,7 +32,7 @@ t.test('incremental and full agree over random sequences of service changes', as
   let incrementals = 0;
   let rejections = 0;
   let checks = 0;
-  const op = fc.record({ kind: fc.constantFrom('replace', 'delete', 'append', 'insert') as fc.Arbitrary<Op['kind']>, at: fc.nat(), from: fc.nat() });
+  const op = fc.record({ kind: fc.constantFrom('replace', 'delete', 'append', 'insert', 'endpoints', 'endpoints') as fc.Arbitrary<Op['kind']>, at: fc.nat(), from: fc.nat() });
   fc.assert(
     fc.property(arbRuleSet({ maxServices: 6 }), arbRuleSet({ maxServices: 6 }), fc.array(op, { minLength: 1, maxLength: 8 }), fc.nat(), (rs, donorRaw, ops, seed) => {
       // the donor's services on the same node, so that only services differ
