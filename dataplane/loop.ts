@@ -60,6 +60,8 @@ export class Loop {
   private expiryTimer: NodeJS.Timeout | null = null;
   private readonly expiryIntervalMs: number;
   private running = false;
+  /** set when polling the device failed and the loop stopped */
+  pollError: Error | null = null;
   private swapListeners: Array<(t: Tables) => void> = [];
   readonly stats: LoopStats = { batches: 0, packetsIn: 0, packetsOut: 0, txDropped: 0, tableSwaps: 0, generation: 0, staleRemoved: 0, expired: 0 };
 
@@ -101,7 +103,13 @@ export class Loop {
     if (this.running) return;
     this.running = true;
     this.device.onReadable((err) => {
-      if (err) throw err;
+      if (err) {
+        // polling the device failed (it went away?): say so once and stop, rather than crash the process
+        this.pollError = err;
+        process.emitWarning(`tunproxy: polling ${this.device.name} failed: ${err.message}; the loop stops`);
+        this.stop();
+        return;
+      }
       this.drain();
     });
     if (this.expiryIntervalMs > 0) {
