@@ -156,6 +156,8 @@ export class StateStore {
   readonly dir: string;
   readonly ruleSetPath: string;
   readonly conntrackPath: string;
+  /** the generation of the saved rule set, beside it: a restart goes on counting from there */
+  readonly generationPath: string;
   /** the newest generation on disk (0: none written by this process) */
   savedGeneration = 0;
   /** the last save failure, null once a later save succeeded */
@@ -172,6 +174,7 @@ export class StateStore {
     this.dir = dir;
     this.ruleSetPath = join(dir, prefix + RULESET_FILE);
     this.conntrackPath = join(dir, prefix + CONNTRACK_FILE);
+    this.generationPath = join(dir, prefix + 'generation');
     this.provenance = provenance;
   }
 
@@ -228,6 +231,20 @@ export class StateStore {
     return p;
   }
 
+  /**
+   * The generation of the last saved rule set (0 when none was saved or the
+   * file does not hold a number), so that generations keep growing across
+   * restarts and an If-Match taken before one cannot match after it.
+   */
+  loadGeneration(): number {
+    try {
+      const n = Number(readFileSync(this.generationPath, 'utf8').trim());
+      return Number.isInteger(n) && n > 0 ? n : 0;
+    } catch {
+      return 0;
+    }
+  }
+
   /** Wait until every queued save is done (successful or not). */
   async flush(): Promise<void> {
     while (this.pumping !== null) await this.pumping;
@@ -242,6 +259,7 @@ export class StateStore {
         let err: Error | null = null;
         try {
           await writeFileAtomic(this.ruleSetPath, JSON.stringify(job.ruleSet, null, 1) + '\n');
+          await writeFileAtomic(this.generationPath, `${job.generation}\n`);
           this.savedGeneration = Math.max(this.savedGeneration, job.generation);
           this.saves++;
           this.lastError = null;

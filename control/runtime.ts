@@ -106,6 +106,11 @@ export class RuleSetHolder {
     return this.gen;
   }
 
+  /** Before the first rule set: go on counting generations from `n` (the last one saved before a restart). */
+  resumeGeneration(n: number): void {
+    if (this.rs === null && Number.isInteger(n) && n > this.gen) this.gen = n;
+  }
+
   /** Called with every new snapshot (the loop's setTables). */
   onSwap(fn: SwapFn): void {
     this.swaps.push(fn);

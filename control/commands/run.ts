@@ -103,6 +103,8 @@ export async function run(o: RunOptions): Promise<void> {
   }
   // every rule set that comes into force (--rules, SIGHUP, the API) is saved
   if (store) {
+    // generations go on from the last one saved: an If-Match from before a restart cannot match after it
+    dp.holder.resumeGeneration(store.loadGeneration());
     const st = store;
     dp.holder.onSwap(() => {
       const rs = dp.holder.ruleSet;

@@ -31,7 +31,7 @@ t.test('the rule set is written atomically, 0600, and read back', async (t) => {
   const l = s.loadRuleSet();
   t.equal(l.status, 'ok');
   if (l.status === 'ok') t.same(l.ruleSet, golden);
-  t.same(readdirSync(dir), ['tun0.ruleset.json'], 'no temporary file left behind');
+  t.same(readdirSync(dir).sort(), ['tun0.generation', 'tun0.ruleset.json'], 'no temporary file left behind (the generation is kept beside the rule set)');
 });
 
 t.test('saves queued while one is written are coalesced: the newest is on disk, every waiter resolves', async (t) => {
@@ -197,4 +197,27 @@ t.test('a damaged connection table is set aside', async (t) => {
   const moved = s.setAsideConntrack();
   t.ok(existsSync(moved));
   t.notOk(existsSync(s.conntrackPath));
+});
+
+t.test('the saved generation is kept beside the rule set, and a holder goes on counting from it', async (t) => {
+  const { StateStore } = await import('../../control/persist.ts');
+  const { RuleSetHolder } = await import('../../control/runtime.ts');
+  const { mkdtempSync, rmSync, writeFileSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const { join } = await import('node:path');
+  const dir = mkdtempSync(join(tmpdir(), 'tp-gen-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const rs = { apiVersion: 'tunproxy.dev/v1', node: { addresses: ['192.0.2.1'] }, services: [] };
+  const st = new StateStore(dir, 'tun9.');
+  st.init();
+  t.equal(st.loadGeneration(), 0, 'nothing saved yet');
+  await st.saveRuleSet(rs, 7);
+  t.equal(st.loadGeneration(), 7);
+  const h = new RuleSetHolder();
+  h.resumeGeneration(st.loadGeneration());
+  t.equal(h.apply(rs).generation, 8, 'the first rule set after a restart is generation 8, not 1');
+  h.resumeGeneration(100);
+  t.equal(h.generation, 8, 'no effect once a rule set is in force');
+  writeFileSync(st.generationPath, 'garbage\n');
+  t.equal(st.loadGeneration(), 0, 'a damaged file counts as none');
 });
