@@ -30,7 +30,7 @@ import type { RuleSet, Service } from '../control/types.ts';
 import { labDown, labUp } from '../scripts/lab.ts';
 import type { Lab } from '../scripts/lab.ts';
 import { netnsUnavailableReason } from '../scripts/ns.ts';
-import { ROOT, TunproxyProcess, buildCTool, cpuSeconds, stopAllChildren, stopChild } from '../test/e2e/fixtures/dataplane-harness.ts';
+import { ROOT, TunproxyProcess, buildCTool, cpuSeconds, stopAllChildren, stopChild } from '../scripts/harness.ts';
 import { argNum, fmt, machine, median, writeResults } from './common.ts';
 
 const RUNS = argNum('runs', 3);

@@ -20,7 +20,7 @@ import { validateRuleSet } from '../control/validate.ts';
 import { labDown, labUp } from './lab.ts';
 import type { Lab } from './lab.ts';
 import { netnsUnavailableReason } from './ns.ts';
-import { NetClient, TunproxyProcess, stopAllChildren, stopChild } from '../test/e2e/fixtures/dataplane-harness.ts';
+import { NetClient, TunproxyProcess, stopAllChildren, stopChild } from './harness.ts';
 
 const ROOT = fileURLToPath(new URL('../', import.meta.url));
 const { values: opts } = parseArgs({

@@ -15,7 +15,7 @@ import type { RuleSet, Service } from '../../control/types.ts';
 import { labDown, labUp } from '../../scripts/lab.ts';
 import type { Lab } from '../../scripts/lab.ts';
 import { netnsSkipReason } from './helpers.ts';
-import { NetClient, TunproxyProcess, tally } from './fixtures/dataplane-harness.ts';
+import { NetClient, TunproxyProcess, tally } from '../../scripts/harness.ts';
 
 const NODE = '172.16.6.1';
 const MASQ = '10.64.6.1';

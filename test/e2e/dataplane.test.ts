@@ -16,7 +16,7 @@ import { labDown, labUp } from '../../scripts/lab.ts';
 import type { Lab } from '../../scripts/lab.ts';
 import { nsRun } from '../../scripts/ns.ts';
 import { netnsSkipReason } from './helpers.ts';
-import { NetClient, TunproxyProcess, buildCTool, tally } from './fixtures/dataplane-harness.ts';
+import { NetClient, TunproxyProcess, buildCTool, tally } from '../../scripts/harness.ts';
 
 const NODE = '172.16.5.1';
 const MASQ = '10.64.5.1';
