@@ -154,7 +154,7 @@ export class Pipeline {
       if (ct.update(entry, dir, flags, total, now) === CT_UPDATE_REOPEN) {
         // a new SYN on a closed flow's tuple: netfilter starts a new connection (and a new choice)
         ct.delete(entry);
-        return this.newFlow(buf, off, total, l4, proto, src, dst, sport, dport, flags, fragField, tables, now);
+        return this.newFlow(buf, off, total, proto, src, dst, sport, dport, flags, fragField, tables, now);
       }
       this.translate(buf, off, entry, dir, src, dst, sport, dport);
       this.counters.events[dir === DIR_ORIGINAL ? E_ESTABLISHED : E_REPLIES]++;
@@ -162,7 +162,7 @@ export class Pipeline {
       this.lastEntry = entry;
       return this.verdict(V_FORWARD, total);
     }
-    return this.newFlow(buf, off, total, l4, proto, src, dst, sport, dport, flags, fragField, tables, now);
+    return this.newFlow(buf, off, total, proto, src, dst, sport, dport, flags, fragField, tables, now);
   }
 
   /** Rewrite a packet of a tracked flow: original direction → the reply tuple's view, reply → the original's. */
@@ -178,7 +178,7 @@ export class Pipeline {
   }
 
   private newFlow(
-    buf: Uint8Array, off: number, total: number, l4: number, proto: number,
+    buf: Uint8Array, off: number, total: number, proto: number,
     src: number, dst: number, sport: number, dport: number, flags: number, fragField: number,
     tables: Tables, now: number,
   ): number {

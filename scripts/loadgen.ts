@@ -37,7 +37,7 @@ import { performance } from 'node:perf_hooks';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import * as hdr from 'hdr-histogram-js';
-import { parseCidr, parseIPv4, formatIPv4 } from '../dataplane/addr.ts';
+import { parseCidr, parseIPv4 } from '../dataplane/addr.ts';
 import { RawIp } from './loadgen-raw.ts';
 
 export type LoadMode = 'new' | 'established' | 'tcp-connect';
