@@ -33,12 +33,12 @@
  * kernel would send for every answer (the generator reads them on a raw
  * socket; no UDP socket owns those ports); no conntrack is loaded there.
  */
-import { existsSync, mkdirSync, readFileSync, renameSync, statSync } from 'node:fs';
-import { spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import type { ChildProcess } from 'node:child_process';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { addNetns, deleteNetns, ip, ipBatch, listNetns, netnsPids, nsRun, nsSpawn, nsSysctl } from '../scripts/ns.ts';
+import { compileC } from '../scripts/harness.ts';
 
 const ROOT = fileURLToPath(new URL('../', import.meta.url));
 
@@ -80,16 +80,7 @@ export interface E2eLab {
 
 /** Compile bench/e2e-responder.c into build/e2e/ (once; again when the source is newer). */
 export function buildResponder(): string {
-  const src = join(ROOT, 'bench', 'e2e-responder.c');
-  const out = join(ROOT, 'build', 'e2e', 'e2e-responder');
-  if (existsSync(out) && statSync(out).mtimeMs >= statSync(src).mtimeMs) return out;
-  mkdirSync(dirname(out), { recursive: true });
-  const tmp = `${out}.${process.pid}.tmp`;
-  const r = spawnSync('gcc', ['-O2', '-Wall', '-Wextra', '-o', tmp, src], { encoding: 'utf8' });
-  if (r.error) throw new Error(`cannot compile ${src}: gcc could not run (${r.error.message}); install gcc`);
-  if (r.status !== 0) throw new Error(`cannot compile ${src}: ${r.stderr}`);
-  renameSync(tmp, out);
-  return out;
+  return compileC(join(ROOT, 'bench', 'e2e-responder.c'), join(ROOT, 'build', 'e2e', 'e2e-responder'));
 }
 
 const DROP_PORT_UNREACHABLE = [
