@@ -904,29 +904,14 @@ export interface ConntrackSnapshotItem {
   masquerade: boolean;
 }
 
-interface CheckedItem {
-  proto: number;
+/** A snapshot item once checked: addresses as numbers, the state as its number. */
+type CheckedItem = Omit<ConntrackSnapshotItem, 'origSrc' | 'origDst' | 'replySrc' | 'replyDst' | 'state'> & {
   origSrc: number;
   origDst: number;
-  origSport: number;
-  origDport: number;
   replySrc: number;
   replyDst: number;
-  replySport: number;
-  replyDport: number;
   state: number;
-  remainingMs: number;
-  ageMs: number;
-  seenReply: boolean;
-  assured: boolean;
-  origPackets: number;
-  origBytes: number;
-  replyPackets: number;
-  replyBytes: number;
-  serviceName: string;
-  serviceIndex: number;
-  masquerade: boolean;
-}
+};
 
 function checkSnapshotItem(item: unknown, i: number): CheckedItem {
   const where = `conntrack restore: item ${i}`;
