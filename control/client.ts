@@ -140,7 +140,8 @@ export class ApiClient {
               body = text;
             }
           }
-          resolve({ status: res.statusCode ?? 0, headers: res.headers, body: body as T, text });
+          // streamed answers (GET /v1/conntrack) send their counts as trailers
+          resolve({ status: res.statusCode ?? 0, headers: { ...res.trailers, ...res.headers, ...res.trailers }, body: body as T, text });
         });
       });
       req.on('timeout', () => req.destroy(new ApiUnreachable(`no answer from ${this.where} within ${this.timeoutMs / 1000} s`)));

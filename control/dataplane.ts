@@ -26,6 +26,8 @@ export class Dataplane {
   readonly clock: () => number;
   readonly startedAt = Date.now();
   loop: Loop | null = null;
+  /** tables compiled elsewhere (the control worker of tunproxy run), in force instead of the holder's */
+  private installed: Tables | null = null;
 
   constructor(o: DataplaneOptions = {}) {
     this.clock = o.clock ?? (() => performance.now());
@@ -38,12 +40,18 @@ export class Dataplane {
   }
 
   get tables(): Tables | null {
-    return this.holder.current;
+    return this.installed ?? this.holder.current;
+  }
+
+  /** Put tables compiled elsewhere (the control worker) in force: swapped between two batches. */
+  installTables(t: Tables): void {
+    this.installed = t;
+    this.loop?.setTables(t);
   }
 
   /** Start moving packets on `device` (the rule set must be in force first). */
   attach(device: PacketDevice, opts: LoopOptions = {}): Loop {
-    const t = this.holder.current;
+    const t = this.tables;
     if (t === null) throw new Error('no rule set in force: apply one before attaching a device');
     if (this.loop) throw new Error('a device is already attached');
     this.loop = new Loop(device, this.pipeline, t, { clock: this.clock, ...opts });
@@ -60,9 +68,9 @@ export class Dataplane {
   statusLine(): string {
     const s = this.pipeline.counters.snapshot();
     const drops = Object.entries(s.drops).filter(([, v]) => v > 0).map(([k, v]) => `${k}=${v}`).join(' ');
-    const t = this.holder.current;
+    const t = this.tables;
     return [
-      `gen=${this.holder.generation}`,
+      `gen=${t?.generation ?? this.holder.generation}`,
       `services=${t ? t.liveServicePorts : 0}`,
       `conntrack=${this.pipeline.conntrack.size}`,
       `fwd=${s.packets.forward}`,

@@ -18,7 +18,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { parse as parseYaml } from 'yaml';
 import type { Dataplane } from './dataplane.ts';
 import { ApiContext } from './api/context.ts';
-import type { ContextOptions } from './api/context.ts';
+import type { ContextOptions, ControlSide } from './api/context.ts';
 import { ApiError, installErrorHandlers, sendError } from './api/errors.ts';
 import { jsonErrorOffset, lineColumn } from './api/json-error.ts';
 import { registerRuleSetRoutes } from './api/ruleset.ts';
@@ -190,7 +190,7 @@ async function prepareSocketPath(path: string, mode: number): Promise<void> {
 }
 
 /** Start the API: the Unix socket, and the TCP listener when asked for. */
-export async function startApi(dp: Dataplane, o: ServerOptions): Promise<ApiServer> {
+export async function startApi(dp: Dataplane | ControlSide, o: ServerOptions): Promise<ApiServer> {
   if (o.listen !== undefined && (o.token === undefined || o.token === '')) throw new Error('--listen needs --token-file: the TCP listener only serves requests with the bearer token');
   const ctx = new ApiContext(dp, o);
   const metrics = new ApiMetrics(ctx);

@@ -605,6 +605,30 @@ export class Conntrack {
     return n;
   }
 
+  /**
+   * One slice of a sweep spread over many turns of the event loop: visits at
+   * most `maxVisits` flows downwards from `cursor.at` (start with Infinity),
+   * removing those `remove` accepts; returns how many. The sweep is complete
+   * when `cursor.at` < 0. Flows may come and go between slices: a flow
+   * present for the whole sweep is visited at least once (a removal moves the
+   * last flow, already visited, into the hole); flows inserted meanwhile are not.
+   */
+  sweepSome(cursor: { at: number }, maxVisits: number, remove: (entry: ConntrackEntry) => boolean): number {
+    const flows = this.flows;
+    let i = Math.min(cursor.at, flows.length - 1);
+    let n = 0;
+    for (let visits = 0; visits < maxVisits && i >= 0; visits++, i--) {
+      if (i >= flows.length) continue;
+      const e = flows[i];
+      if (remove(e) && e.live) {
+        this.unlink(e);
+        n++;
+      }
+    }
+    cursor.at = i;
+    return n;
+  }
+
   /** Remove every flow (counters are kept). */
   clear(): void {
     for (const e of this.flows) {

@@ -11,7 +11,12 @@ export class VipIndex {
   private readonly slots: Int32Array;
   size = 0;
 
-  constructor(expected: number) {
+  constructor(expected: number, slots?: Int32Array) {
+    if (slots !== undefined) {
+      this.mask = slots.length / STRIDE - 1;
+      this.slots = slots;
+      return;
+    }
     let cap = 16;
     while (cap < expected * 2) cap *= 2;
     this.mask = cap - 1;
@@ -99,6 +104,21 @@ export class VipIndex {
     s[hole * STRIDE + 1] = -1;
     this.size--;
     return true;
+  }
+
+  /** The slot array (addr, protoPort, value, spare per slot) and the key count: to share the index with another thread. */
+  get rawSlots(): Int32Array {
+    return this.slots;
+  }
+
+  /** An index over slots made by another VipIndex (e.g. on a SharedArrayBuffer from the control worker): no copy. */
+  static fromSlots(slots: Int32Array, size: number): VipIndex {
+    const cap = slots.length / STRIDE;
+    if (!Number.isInteger(cap) || cap < 16 || (cap & (cap - 1)) !== 0) throw new Error(`VipIndex.fromSlots: ${slots.length} ints is not a power-of-two number of ${STRIDE}-int slots`);
+    // through the constructor: the same hidden class as every other VipIndex (the lookup stays monomorphic)
+    const v = new VipIndex(0, slots);
+    v.size = size;
+    return v;
   }
 
   /** A copy with room for `expected` keys in all (rehashed when it needs more slots). */

@@ -4,10 +4,16 @@
  * one; conntrack expiry and stale-entry removal run off the hot path.
  */
 import { performance } from 'node:perf_hooks';
-import type { Tables } from './tables.ts';
+import type { EndpointSet, Tables } from './tables.ts';
 import { Pipeline, V_FORWARD, V_PASS, V_REPLY } from './pipeline.ts';
 import type { ConntrackEntry } from './conntrack.ts';
 import { PROTO_TCP } from './addr.ts';
+
+/**
+ * The longest the loop's own housekeeping (conntrack expiry, stale-flow
+ * removal after a swap) holds the thread in one turn of the event loop (ms).
+ */
+export const SLICE_MS = 1;
 
 /** What the loop needs of a TUN device (dataplane/tun TunDevice). */
 export interface PacketDevice {
@@ -60,6 +66,7 @@ export class Loop {
   private expiryTimer: NodeJS.Timeout | null = null;
   private readonly expiryIntervalMs: number;
   private running = false;
+  private expiring = false;
   /** set when polling the device failed and the loop stopped */
   pollError: Error | null = null;
   private swapListeners: Array<(t: Tables) => void> = [];
@@ -113,9 +120,7 @@ export class Loop {
       this.drain();
     });
     if (this.expiryIntervalMs > 0) {
-      this.expiryTimer = setInterval(() => {
-        this.stats.expired += this.pipeline.conntrack.expire(this.clock());
-      }, this.expiryIntervalMs);
+      this.expiryTimer = setInterval(() => this.expireSliced(), this.expiryIntervalMs);
       this.expiryTimer.unref();
     }
   }
@@ -142,18 +147,81 @@ export class Loop {
   }
 
   /**
+   * The conntrack expiry sweep, in slices of at most SLICE_MS each (4096
+   * flows between clock reads, ~0.1 ms at 1 M flows), one slice per turn of
+   * the event loop, so packets wait at most one slice for it; a full sweep
+   * of 1 M flows (~20 ms of work) is spread over ~20 turns.
+   */
+  private expireSliced(): void {
+    if (this.expiring) return;
+    this.expiring = true;
+    const ct = this.pipeline.conntrack;
+    let left = ct.size;
+    const slice = () => {
+      if (!this.running) {
+        this.expiring = false;
+        return;
+      }
+      const t0 = performance.now();
+      do {
+        const k = Math.min(left, 4096);
+        this.stats.expired += ct.expire(this.clock(), k);
+        left -= k;
+      } while (left > 0 && performance.now() - t0 < SLICE_MS);
+      if (left > 0) setImmediate(slice);
+      else this.expiring = false;
+    };
+    slice();
+  }
+
+  /**
    * UDP and SCTP entries whose endpoint left the service: removed, so the
    * next datagram of the same 5-tuple picks a live endpoint (kube-proxy's
    * stale UDP conntrack problem). TCP connections to a leaving endpoint are
    * left to finish, as with kube-proxy's graceful termination.
+   *
+   * Runs after the swap in slices of at most SLICE_MS each (the clock is read
+   * every 256 items), one per turn of the event loop: first a map from
+   * service-port name to entry (~100 000 entries: ~10 slices), then a sweep
+   * of the connection table (conntrack.sweepSome). A newer swap abandons it
+   * and starts its own. Flows created meanwhile were decided with the new
+   * tables and need no check.
    */
   private removeStale(t: Tables): void {
     if (t !== this.tables) return; // superseded by a newer swap, which will do it
-    const live = new Set<string>();
-    for (const s of t.services) {
-      for (const set of [s.cluster, s.local]) if (set) for (const e of set.endpoints) live.add(`${s.name}|${e.addr}|${e.port}`);
-    }
-    this.stats.staleRemoved += this.pipeline.conntrack.removeStale((e: ConntrackEntry) => e.proto === PROTO_TCP || live.has(`${e.serviceName}|${e.replySrc}|${e.replySport}`));
+    const services = t.services;
+    const byName = new Map<string, number>();
+    const ct = this.pipeline.conntrack;
+    const cursor = { at: Infinity };
+    let i = 0;
+    const has = (set: EndpointSet | null, addr: number, port: number): boolean => {
+      if (set === null) return false;
+      const eps = set.endpoints;
+      for (let k = 0; k < eps.length; k++) if (eps[k].addr === addr && eps[k].port === port) return true;
+      return false;
+    };
+    const stale = (e: ConntrackEntry): boolean => {
+      if (e.proto === PROTO_TCP) return false;
+      const si = byName.get(e.serviceName);
+      if (si === undefined) return true;
+      const s = services[si];
+      return !has(s.cluster, e.replySrc, e.replySport) && !has(s.local, e.replySrc, e.replySport);
+    };
+    const slice = () => {
+      if (t !== this.tables) return;
+      const t0 = performance.now();
+      do {
+        if (i < services.length) {
+          const stop = Math.min(services.length, i + 256);
+          for (; i < stop; i++) if (services[i].live) byName.set(services[i].name, i);
+        } else {
+          this.stats.staleRemoved += ct.sweepSome(cursor, 256, stale);
+          if (cursor.at < 0) return;
+        }
+      } while (performance.now() - t0 < SLICE_MS);
+      setImmediate(slice);
+    };
+    slice();
   }
 
   /** Read, process and write batches until the device is empty or it is time to yield. */

@@ -10,7 +10,9 @@
  *   service    kube-proxy's service-port name, or "ns/name" for all its ports
  *   endpoint   the endpoint (reply source): "10.64.1.7" or "10.64.1.7:8080"
  */
+import { PassThrough } from 'node:stream';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
+import { unpackChunk } from '../worker/flows.ts';
 import type { ConntrackEntry } from '../../dataplane/conntrack.ts';
 import { formatConntrackL, stateName } from '../../dataplane/conntrack.ts';
 import { formatIPv4, parseIPv4, PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP } from '../../dataplane/addr.ts';
@@ -127,42 +129,79 @@ function wantsText(req: FastifyRequest<{ Querystring: ConntrackQuery }>): boolea
   return /text\/plain/.test(accept) && !/application\/json/.test(accept);
 }
 
+/**
+ * GET streams its answer (chunked): the packet side hands the flows over in
+ * slices (control/worker/flows.ts), each formatted here and written before
+ * the next is asked for, so a listing of 1 M flows is never built whole,
+ * neither on the packet thread nor here. The counts come last: in the JSON
+ * after the flows, and as HTTP trailers (x-flow-count, x-flow-matched).
+ */
 export function registerConntrackRoutes(app: FastifyInstance, ctx: ApiContext): void {
   app.get<{ Querystring: ConntrackQuery }>('/v1/conntrack', { schema: { querystring: conntrackQuerySchema } }, async (req, reply) => {
-    const ct = ctx.dp.pipeline.conntrack;
-    const now = ct.now();
-    const { pred } = conntrackFilter(req.query);
+    conntrackFilter(req.query); // a bad filter answers 400 before anything is streamed
     const limit = req.query.limit === undefined ? Infinity : Number(req.query.limit);
     const text = wantsText(req);
     const counters = truthy(req.query.counters);
+    let entries = 0;
+    let max = 0;
+    if (!text) ({ entries, max } = (await ctx.packets.stats()).conntrack);
+    const out = new PassThrough();
     let shown = 0;
     let matched = 0;
-    const lines: string[] = [];
-    const flows: ReturnType<typeof flowJson>[] = [];
-    for (const e of ct.entries(now)) {
-      if (!pred(e)) continue;
-      matched++;
-      if (shown >= limit) continue;
-      shown++;
-      if (text) lines.push(formatConntrackL(e, now, { counters }));
-      else flows.push(flowJson(e, now));
-    }
-    reply.header('x-flow-count', String(shown));
-    reply.header('x-flow-matched', String(matched));
-    if (text) {
-      return reply.type('text/plain; charset=utf-8').send(lines.length === 0 ? '' : lines.join('\n') + '\n');
-    }
-    return { entries: ct.size, max: ct.maxEntries, matched, shown, flows };
+    let first = true;
+    let aborted = false;
+    req.raw.once('close', () => {
+      if (!reply.raw.writableFinished) aborted = true;
+    });
+    const write = (s: string): Promise<void> | void => {
+      if (s === '' || out.write(s)) return;
+      return new Promise<void>((resolve) => {
+        const go = () => {
+          out.off('drain', go);
+          out.off('close', go);
+          resolve();
+        };
+        out.once('drain', go);
+        out.once('close', go);
+      });
+    };
+    if (!text) out.write(`{"entries":${entries},"max":${max},"flows":[`);
+    const done = ctx.packets.listFlows(req.query, limit, async (c) => {
+      if (aborted) throw new Error('the client went away');
+      const flows = unpackChunk(c);
+      let chunk = '';
+      for (const f of flows) {
+        const e = f as unknown as ConntrackEntry;
+        if (text) chunk += formatConntrackL(e, c.now, { counters }) + '\n';
+        else {
+          chunk += (first ? '' : ',') + JSON.stringify(flowJson(e, c.now));
+          first = false;
+        }
+      }
+      shown = c.shown;
+      matched = c.matched;
+      await write(chunk);
+    });
+    done.then(
+      () => {
+        if (!text) out.write(`],"matched":${matched},"shown":${shown}}`);
+        out.end();
+      },
+      (e: Error) => out.destroy(e),
+    );
+    reply.trailer('x-flow-count', async () => String(shown));
+    reply.trailer('x-flow-matched', async () => String(matched));
+    if (text) reply.type('text/plain; charset=utf-8');
+    else reply.type('application/json; charset=utf-8');
+    return reply.send(out);
   });
 
   app.delete<{ Querystring: ConntrackQuery }>('/v1/conntrack', { schema: { querystring: conntrackQuerySchema } }, async (req) => {
-    const ct = ctx.dp.pipeline.conntrack;
-    const { pred, filtered } = conntrackFilter(req.query);
+    const { filtered } = conntrackFilter(req.query);
     if (!filtered && !truthy(req.query.all)) {
       throw new ApiError(400, 'no_filter', 'DELETE /v1/conntrack without a filter would remove every flow: give a filter (protocol, src, dst, sport, dport, address, port, service, endpoint), or all=true to flush the table');
     }
     if (req.query.format !== undefined || req.query.limit !== undefined) throw new ApiError(400, 'invalid_request', 'format and limit apply to GET only');
-    const deleted = ct.deleteWhere(pred);
-    return { deleted, entries: ct.size };
+    return ctx.packets.deleteFlows(req.query);
   });
 }

@@ -6,11 +6,13 @@
  * and `holder.apply` is synchronous, so two writers never interleave: each
  * PUT/PATCH is checked and swapped against the generation it saw.
  */
-import type { Dataplane } from '../dataplane.ts';
+import { Dataplane } from '../dataplane.ts';
 import type { StateStore } from '../persist.ts';
 import type { RuleSet } from '../types.ts';
 import { GenerationMismatch } from '../runtime.ts';
-import type { ApplyResult } from '../runtime.ts';
+import type { ApplyResult, RuleSetHolder } from '../runtime.ts';
+import type { PacketSide } from '../worker/packet-side.ts';
+import { LocalPacketSide } from '../worker/packet-side.ts';
 import { RuleSetError } from '../validate.ts';
 import { ApiError } from './errors.ts';
 
@@ -31,8 +33,20 @@ export interface ContextOptions {
 export const DEFAULT_BODY_LIMIT = 64 * 1024 * 1024;
 export const SMALL_BODY_LIMIT = 64 * 1024;
 
+/**
+ * The two halves the API works on: the rule-set holder (validate, compile,
+ * swap: in the API's thread) and the packet side (counters, conntrack: in
+ * the same thread for tests and the library, in the packet thread behind
+ * messages under tunproxy run).
+ */
+export interface ControlSide {
+  readonly holder: RuleSetHolder;
+  readonly packets: PacketSide;
+}
+
 export class ApiContext {
-  readonly dp: Dataplane;
+  readonly holder: RuleSetHolder;
+  readonly packets: PacketSide;
   readonly store: StateStore | null;
   readonly requireLoop: boolean;
   readonly bodyLimit: number;
@@ -43,29 +57,31 @@ export class ApiContext {
   rejections = 0;
   private readonly closers: Array<() => void> = [];
 
-  constructor(dp: Dataplane, o: ContextOptions = {}) {
-    this.dp = dp;
+  constructor(side: Dataplane | ControlSide, o: ContextOptions = {}) {
+    this.holder = side.holder;
+    this.packets = side instanceof Dataplane ? new LocalPacketSide(side) : side.packets;
+    const holder = this.holder;
     this.store = o.store ?? null;
     this.requireLoop = o.requireLoop ?? false;
     this.bodyLimit = o.bodyLimit ?? DEFAULT_BODY_LIMIT;
-    if (dp.holder.ruleSet !== null) this.inForceSince = new Date();
+    if (holder.ruleSet !== null) this.inForceSince = new Date();
     const onSwap = () => {
       this.inForceSince = new Date();
     };
-    dp.holder.onSwap(onSwap);
+    holder.onSwap(onSwap);
   }
 
   get generation(): number {
-    return this.dp.holder.generation;
+    return this.holder.generation;
   }
 
   get ruleSet(): RuleSet | null {
-    return this.dp.holder.ruleSet;
+    return this.holder.ruleSet;
   }
 
   /** The rule set in force, or a 409 telling how to put one in force. */
   requireRuleSet(): RuleSet {
-    const rs = this.dp.holder.ruleSet;
+    const rs = this.holder.ruleSet;
     if (rs === null) throw new ApiError(409, 'no_rule_set', 'no rule set is in force yet: PUT /v1/ruleset (tunproxy apply -f FILE) first');
     return rs;
   }
@@ -76,7 +92,7 @@ export class ApiContext {
    * one. The document is the same; the holder sees by identity what changed.
    */
   reuseUnchanged(candidate: unknown): void {
-    const prev = this.dp.holder.ruleSet;
+    const prev = this.holder.ruleSet;
     if (prev === null || typeof candidate !== 'object' || candidate === null) return;
     const c = candidate as { node?: unknown; services?: unknown };
     if (!Array.isArray(c.services)) return;
@@ -112,15 +128,17 @@ export class ApiContext {
     let r: ApplyResult;
     try {
       if (whole) this.reuseUnchanged(candidate);
-      r = this.dp.holder.apply(candidate, ifGeneration);
+      r = this.holder.apply(candidate, ifGeneration);
     } catch (e) {
       throw toApiError(e);
     }
     this.applies++;
+    // in force when the answer comes: the packet thread has swapped these tables in
+    await this.packets.whenInForce(r.generation);
     const answer: ApplyAnswer = { ...r, persisted: false };
     if (this.store !== null) {
       try {
-        await this.store.saveRuleSet(this.dp.holder.ruleSet!, r.generation);
+        await this.store.saveRuleSet(this.holder.ruleSet!, r.generation);
         answer.persisted = this.store.savedGeneration >= r.generation;
       } catch (e) {
         // the rules are in force (the answer must say so); the save failure is reported, and retried by the next apply

@@ -21,18 +21,45 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics, exponential
 import { DROP_REASONS, EVENTS, VERDICTS } from '../../dataplane/counters.ts';
 import type { ApiContext } from './context.ts';
 import type { RuleSet } from '../types.ts';
+import type { PacketStats } from '../worker/packet-side.ts';
 
 export class ApiMetrics {
   readonly registry = new Registry();
   readonly syncDuration: Histogram;
   private lastSyncOk = 0;
   private syncRejected = 0;
+  /** the packet side's counters, fetched (one small message) before each scrape */
+  private snap: PacketStats | null = null;
+  private readonly ctx: ApiContext;
+
+  /** The metrics text: the packet side's counters are fetched first, then every collector reads them. */
+  async scrape(): Promise<string> {
+    this.snap = await this.ctx.packets.stats();
+    return this.registry.metrics();
+  }
 
   constructor(ctx: ApiContext) {
+    this.ctx = ctx;
     const r = this.registry;
-    const dp = ctx.dp;
-    const c = dp.pipeline.counters;
-    const ct = dp.pipeline.conntrack;
+    const holder = ctx.holder;
+    const EMPTY: number[] = [];
+    const c = {
+      get packets() { return self.snap?.raw.packets ?? EMPTY; },
+      get bytes() { return self.snap?.raw.bytes ?? EMPTY; },
+      get drops() { return self.snap?.raw.drops ?? EMPTY; },
+      get events() { return self.snap?.raw.events ?? EMPTY; },
+      get malformed() { return Object.entries(self.snap?.counters.malformed ?? {}); },
+    };
+    const self = this;
+    const ct = {
+      get size() { return self.snap?.conntrack.entries ?? 0; },
+      get maxEntries() { return self.snap?.conntrack.max ?? 0; },
+      get inserts() { return self.snap?.conntrack.inserts ?? 0; },
+      get evictions() { return self.snap?.conntrack.evictions ?? 0; },
+      get collisions() { return self.snap?.conntrack.collisions ?? 0; },
+      get clashes() { return self.snap?.conntrack.clashes ?? 0; },
+      get expired() { return self.snap?.conntrack.expired ?? 0; },
+    };
     const counter = (name: string, help: string, labelNames: string[], fill: (m: Counter) => void) =>
       new Counter({
         name,
@@ -68,10 +95,10 @@ export class ApiMetrics {
     counter('tunproxy_conntrack_collisions_total', 'Inserts refused: a hash key taken by another flow.', [], (m) => m.inc(ct.collisions));
     counter('tunproxy_conntrack_clashes_total', 'Inserts refused: the tuple is already tracked.', [], (m) => m.inc(ct.clashes));
     counter('tunproxy_conntrack_expired_total', 'Flows removed because their timer ran out.', [], (m) => m.inc(ct.expired));
-    gauge('tunproxy_affinity_entries', 'ClientIP session-affinity entries.', () => dp.pipeline.affinity.size);
-    gauge('tunproxy_ruleset_generation', 'Generation of the rule set in force (0: none).', () => dp.holder.generation);
-    gauge('tunproxy_services', 'Services in the rule set in force.', () => dp.holder.ruleSet?.services.length ?? 0);
-    gauge('tunproxy_service_ports', 'Service ports in the rule set in force.', () => servicePorts(dp.holder.ruleSet));
+    gauge('tunproxy_affinity_entries', 'ClientIP session-affinity entries.', () => self.snap?.affinity.entries ?? 0);
+    gauge('tunproxy_ruleset_generation', 'Generation of the rule set in force (0: none).', () => holder.generation);
+    gauge('tunproxy_services', 'Services in the rule set in force.', () => holder.ruleSet?.services.length ?? 0);
+    gauge('tunproxy_service_ports', 'Service ports in the rule set in force.', () => servicePorts(holder.ruleSet));
     this.syncDuration = new Histogram({
       name: 'tunproxy_sync_proxy_rules_duration_seconds',
       help: 'Time to validate, compile and swap in a rule set (like kube-proxy\'s sync_proxy_rules_duration_seconds).',
@@ -90,7 +117,7 @@ export class ApiMetrics {
         this.lastSyncOk = Date.now();
       } else this.syncRejected++;
     };
-    const listeners = dp.holder.syncListeners;
+    const listeners = holder.syncListeners;
     listeners.push(listener);
     ctx.onClose(() => {
       const i = listeners.indexOf(listener);
@@ -126,25 +153,25 @@ export function servicePorts(rs: RuleSet | null): number {
   return n;
 }
 
-export function statsOf(ctx: ApiContext) {
-  const dp = ctx.dp;
-  const ct = dp.pipeline.conntrack;
+export async function statsOf(ctx: ApiContext) {
+  const holder = ctx.holder;
+  const p = await ctx.packets.stats();
   return {
-    generation: dp.holder.generation,
+    generation: holder.generation,
     ruleSet: {
-      services: dp.holder.ruleSet?.services.length ?? 0,
-      servicePorts: servicePorts(dp.holder.ruleSet),
+      services: holder.ruleSet?.services.length ?? 0,
+      servicePorts: servicePorts(holder.ruleSet),
       inForceSince: ctx.inForceSince?.toISOString() ?? null,
       applies: ctx.applies,
       rejected: ctx.rejections,
     },
-    uptimeSeconds: (Date.now() - dp.startedAt) / 1000,
-    counters: dp.pipeline.counters.snapshot(),
-    conntrack: { entries: ct.size, max: ct.maxEntries, inserts: ct.inserts, evictions: ct.evictions, collisions: ct.collisions, clashes: ct.clashes, expired: ct.expired },
-    affinity: { entries: dp.pipeline.affinity.size, hits: dp.pipeline.affinity.hits },
-    loop: dp.loop ? { device: dp.loop.device.name, ...dp.loop.stats } : null,
+    uptimeSeconds: (Date.now() - p.startedAt) / 1000,
+    counters: p.counters,
+    conntrack: p.conntrack,
+    affinity: p.affinity,
+    loop: p.loop,
     state: ctx.store ? { dir: ctx.store.dir, savedGeneration: ctx.store.savedGeneration, lastError: ctx.store.lastError?.message ?? null } : null,
-    status: dp.statusLine(),
+    status: p.status,
   };
 }
 
@@ -152,14 +179,14 @@ export function registerObserveRoutes(app: FastifyInstance, ctx: ApiContext, met
   app.get('/v1', async () => ({ routes: ROUTES.map(([method, path, what]) => ({ method, path, what })) }));
   app.get('/v1/stats', async () => statsOf(ctx));
   app.get('/metrics', async (_req, reply) => {
-    const text = await metrics.registry.metrics();
+    const text = await metrics.scrape();
     return reply.type(metrics.registry.contentType).send(text);
   });
   app.get('/healthz', async () => ({ status: 'ok' }));
   app.get('/readyz', async (_req, reply) => {
     const reasons: string[] = [];
-    if (ctx.dp.holder.ruleSet === null) reasons.push('no rule set in force (PUT /v1/ruleset)');
-    if (ctx.requireLoop && ctx.dp.loop === null) reasons.push('no TUN device attached yet');
+    if (ctx.holder.ruleSet === null) reasons.push('no rule set in force (PUT /v1/ruleset)');
+    if (ctx.requireLoop && (await ctx.packets.stats()).loop === null) reasons.push('no TUN device attached yet');
     if (reasons.length > 0) return reply.code(503).send({ status: 'not ready', reasons, generation: ctx.generation });
     return { status: 'ready', generation: ctx.generation };
   });

@@ -27,6 +27,7 @@ import type { RuleSet } from '../types.ts';
 import { ApiError } from './errors.ts';
 import type { ApiContext } from './context.ts';
 import { flowJson } from './conntrack.ts';
+import type { ConntrackEntry } from '../../dataplane/conntrack.ts';
 
 export interface TraceRequest {
   protocol: string;
@@ -123,9 +124,7 @@ export function verdictDifferences(a: Verdict, b: Verdict): string[] {
   return d;
 }
 
-function tunproxyDecision(ctx: ApiContext, t: Tables, pkt: PacketTuple) {
-  const dp = ctx.dp;
-  const now = dp.pipeline.conntrack.now();
+async function tunproxyDecision(ctx: ApiContext, t: Tables, pkt: PacketTuple) {
   const why: string[] = [];
   const t0 = performance.now();
   const out = new LookupResult();
@@ -135,10 +134,12 @@ function tunproxyDecision(ctx: ApiContext, t: Tables, pkt: PacketTuple) {
   const svc = out.svcIndex < 0 ? null : t.services[out.svcIndex];
   const dstText = `${formatIPv4(pkt.dst)}:${pkt.dport}`;
 
-  // a flow the packet already belongs to
-  const ct = dp.pipeline.conntrack;
-  const e = ct.lookup(pkt.proto, pkt.src, pkt.dst, pkt.sport, pkt.dport, now);
-  const conntrack = e === null ? null : { direction: ct.lastDirection === 0 ? 'original' : 'reply', flow: flowJson(e, now) };
+  // a flow the packet already belongs to, and what affinity remembers: asked of the packet side
+  const wantAffinity = r === LOOKUP_DNAT && svc !== null && svc.affinityMs > 0;
+  const side = await ctx.packets.traceFlow(pkt, wantAffinity ? { generation: t.generation, svcIndex: out.svcIndex, setLocal: out.setLocal } : null);
+  const now = side.now;
+  const e = side.flow;
+  const conntrack = e === null ? null : { direction: e.direction, flow: flowJson(e.flow as unknown as ConntrackEntry, now) };
   if (e !== null) why.push(`the packet belongs to a tracked flow (${conntrack!.direction} direction): it is translated with the flow's stored tuples, not looked up again; below is what a new flow would get`);
 
   const table = svc === null ? null : VIA_NAMES[out.via] ?? null;
@@ -155,10 +156,7 @@ function tunproxyDecision(ctx: ApiContext, t: Tables, pkt: PacketTuple) {
     chain = out.setLocal ? 'node-local endpoints (KUBE-SVL-)' : 'cluster endpoints (KUBE-SVC-)';
     why.push(`${set.endpoints.length} candidate endpoint${set.endpoints.length === 1 ? '' : 's'} from the ${chain}, chosen ${set.maglev ? 'by Maglev hashing' : 'at random'}`);
     if (svc.affinityMs > 0) {
-      const aff = dp.pipeline.affinity;
-      const hits = aff.hits;
-      const i = aff.get(svc, set, pkt.src, now);
-      aff.hits = hits; // a trace is not a hit
+      const i = side.affinityIndex;
       affinity = { seconds: svc.affinityMs / 1000, hit: i >= 0 ? set.endpoints[i].text : null };
       why.push(i >= 0 ? `ClientIP affinity: ${formatIPv4(pkt.src)} is remembered with ${set.endpoints[i].text}, which a new flow gets` : `ClientIP affinity (${svc.affinityMs / 1000} s): nothing remembered for ${formatIPv4(pkt.src)} yet`);
     }
@@ -191,7 +189,7 @@ function tunproxyDecision(ctx: ApiContext, t: Tables, pkt: PacketTuple) {
 export function registerTraceRoutes(app: FastifyInstance, ctx: ApiContext, cache: LinearCache): void {
   app.post<{ Body: TraceRequest }>('/v1/trace', { schema: { body: traceSchema } }, async (req) => {
     const rs = ctx.requireRuleSet();
-    const t = ctx.dp.tables!;
+    const t = ctx.holder.current!;
     const b = req.body;
     const [src, sport] = hostPort(b.source, 'source');
     const [dst, dport] = hostPort(b.destination, 'destination');
@@ -200,7 +198,7 @@ export function registerTraceRoutes(app: FastifyInstance, ctx: ApiContext, cache
     }
     const protocol = b.protocol.toUpperCase() as ProtocolName;
     const pkt: PacketTuple = { proto: protocolNumber(protocol), src, dst, sport, dport };
-    const tunproxy = tunproxyDecision(ctx, t, pkt);
+    const tunproxy = await tunproxyDecision(ctx, t, pkt);
     let kubeProxy = null;
     let differences: string[] | null = null;
     if (b.kubeProxy !== false) {
@@ -209,7 +207,7 @@ export function registerTraceRoutes(app: FastifyInstance, ctx: ApiContext, cache
       const t0 = performance.now();
       const verdict = ev.evaluate(pkt);
       const evaluateMs = performance.now() - t0;
-      const { sample: s, steps } = ev.trace(pkt, ctx.dp.pipeline.conntrack.now());
+      const { sample: s, steps } = ev.trace(pkt, await ctx.packets.now());
       // which table each line is in: the last "*table" line above it
       const starts: Array<[number, string]> = [];
       cached.lines.forEach((l, i) => { if (l.startsWith('*')) starts.push([i + 1, l.slice(1)]); });

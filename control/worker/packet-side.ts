@@ -1,0 +1,123 @@
+/**
+ * What the control API needs of the packet thread, as asynchronous calls:
+ * counters, the connection table (listed and deleted in slices), a flow's
+ * tracked state and affinity for a trace, and "is generation N in force".
+ *
+ * Two implementations: `LocalPacketSide` when the API runs in the same
+ * thread as the dataplane (tests, the library), and `RemotePacketSide`
+ * (remote.ts) in the control worker of `tunproxy run`, which asks the packet
+ * thread by messages that `PacketHost` (host.ts) answers. Either way the
+ * packet thread works at most one slice (SLICE_MS) per turn on a request.
+ */
+import type { Dataplane } from '../dataplane.ts';
+import type { LoopStats } from '../../dataplane/loop.ts';
+import type { Tables } from '../../dataplane/tables.ts';
+import type { ConntrackQuery } from '../api/conntrack.ts';
+import { conntrackFilter } from '../api/conntrack.ts';
+import { EVENTS } from '../../dataplane/counters.ts';
+import type { FlowChunk, FlowRecord } from './flows.ts';
+import { FIELDS, FlowLister, deleteFlowsSliced, packFlow, unpackFlow } from './flows.ts';
+
+export interface PacketStats {
+  counters: { packets: Record<string, number>; bytes: Record<string, number>; drops: Record<string, number>; events: Record<string, number>; malformed: Record<string, number> };
+  raw: { packets: number[]; bytes: number[]; drops: number[]; events: number[]; lookups: number };
+  conntrack: { entries: number; max: number; inserts: number; evictions: number; collisions: number; clashes: number; expired: number };
+  affinity: { entries: number; hits: number };
+  loop: (LoopStats & { device: string }) | null;
+  status: string;
+  startedAt: number;
+  /** generation of the tables the packet thread has in force (0: none) */
+  generation: number;
+}
+
+export interface TraceFlow {
+  direction: 'original' | 'reply';
+  flow: FlowRecord;
+}
+
+export interface PacketSide {
+  stats(): Promise<PacketStats>;
+  /** the packet thread's clock (ms) */
+  now(): Promise<number>;
+  /** the flows the query selects, chunk by chunk (`onChunk` is awaited before the next slice is taken) */
+  listFlows(q: ConntrackQuery, limit: number, onChunk: (c: FlowChunk) => Promise<void> | void): Promise<{ now: number; matched: number; shown: number }>;
+  deleteFlows(q: ConntrackQuery): Promise<{ deleted: number; entries: number }>;
+  /** the tracked flow a packet belongs to, and the endpoint index affinity remembers (-1) for the service port the trace found */
+  traceFlow(p: { proto: number; src: number; dst: number; sport: number; dport: number }, affinity: { generation: number; svcIndex: number; setLocal: boolean } | null): Promise<{ now: number; flow: TraceFlow | null; affinityIndex: number }>;
+  /** resolves once the packet thread has tables of this generation (or newer) in force */
+  whenInForce(generation: number): Promise<void>;
+}
+
+export function statsOfDataplane(dp: Dataplane): PacketStats {
+  const p = dp.pipeline;
+  const c = p.counters;
+  const ct = p.conntrack;
+  return {
+    counters: c.snapshot(),
+    raw: { packets: Array.from(c.packets), bytes: Array.from(c.bytes), drops: Array.from(c.drops), events: Array.from(c.events), lookups: c.events[EVENTS.indexOf('lookups')] },
+    conntrack: { entries: ct.size, max: ct.maxEntries, inserts: ct.inserts, evictions: ct.evictions, collisions: ct.collisions, clashes: ct.clashes, expired: ct.expired },
+    affinity: { entries: p.affinity.size, hits: p.affinity.hits },
+    loop: dp.loop ? { device: dp.loop.device.name, ...dp.loop.stats } : null,
+    status: dp.statusLine(),
+    startedAt: dp.startedAt,
+    generation: dp.tables?.generation ?? 0,
+  };
+}
+
+/** The packet-thread half of a trace (shared by both sides). */
+export function traceFlowOn(dp: Dataplane, tables: Tables | null, p: { proto: number; src: number; dst: number; sport: number; dport: number }, aff: { generation: number; svcIndex: number; setLocal: boolean } | null) {
+  const ct = dp.pipeline.conntrack;
+  const now = ct.now();
+  const e = ct.lookup(p.proto, p.src, p.dst, p.sport, p.dport, now);
+  let flow: TraceFlow | null = null;
+  if (e !== null) {
+    const a = new Float64Array(FIELDS);
+    packFlow(e, a, 0);
+    flow = { direction: ct.lastDirection === 0 ? 'original' : 'reply', flow: unpackFlow(a, 0, e.serviceName) };
+  }
+  let affinityIndex = -1;
+  if (aff !== null && tables !== null && tables.generation === aff.generation) {
+    const svc = tables.services[aff.svcIndex];
+    const set = svc ? (aff.setLocal ? svc.local : svc.cluster) : null;
+    if (svc && set) {
+      const hits = dp.pipeline.affinity.hits;
+      affinityIndex = dp.pipeline.affinity.get(svc, set, p.src, now);
+      dp.pipeline.affinity.hits = hits; // a trace is not a hit
+    }
+  }
+  return { now, flow, affinityIndex };
+}
+
+/** The API in the dataplane's own thread (tests, the library): the same slices, without messages. */
+export class LocalPacketSide implements PacketSide {
+  constructor(private readonly dp: Dataplane) {}
+
+  async stats(): Promise<PacketStats> {
+    return statsOfDataplane(this.dp);
+  }
+
+  async now(): Promise<number> {
+    return this.dp.pipeline.conntrack.now();
+  }
+
+  async listFlows(q: ConntrackQuery, limit: number, onChunk: (c: FlowChunk) => Promise<void> | void) {
+    const lister = new FlowLister(this.dp.pipeline.conntrack, conntrackFilter(q).pred, limit);
+    for (;;) {
+      const c = lister.next();
+      await onChunk(c);
+      if (c.done) return { now: lister.now, matched: c.matched, shown: c.shown };
+      await new Promise((r) => setImmediate(r));
+    }
+  }
+
+  async deleteFlows(q: ConntrackQuery) {
+    const deleted = await deleteFlowsSliced(this.dp.pipeline.conntrack, conntrackFilter(q).pred);
+    return { deleted, entries: this.dp.pipeline.conntrack.size };
+  }
+
+  async traceFlow(p: { proto: number; src: number; dst: number; sport: number; dport: number }, aff: { generation: number; svcIndex: number; setLocal: boolean } | null) {
+    return traceFlowOn(this.dp, this.dp.tables, p, aff);
+  }
+
+  async whenInForce(): Promise<void> {}
+}

@@ -1,0 +1,103 @@
+/**
+ * The control worker's view of the packet thread: every call is a small
+ * message to PacketHost (host.ts) and a reply. Compiled tables go as their
+ * wire form (tables-wire.ts: shared arrays, no copy).
+ */
+import type { MessagePort } from 'node:worker_threads';
+import type { Tables } from '../../dataplane/tables.ts';
+import { TablesEncoder } from '../../dataplane/tables-wire.ts';
+import type { ConntrackQuery } from '../api/conntrack.ts';
+import type { FlowChunk } from './flows.ts';
+import { FlowRecord } from './flows.ts';
+import type { InstallInfo, Reply, Request } from './host.ts';
+import type { PacketSide, PacketStats, TraceFlow } from './packet-side.ts';
+
+type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
+
+export class RemotePacketSide implements PacketSide {
+  private nextId = 1;
+  private readonly pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
+  private readonly encoder = new TablesEncoder();
+  /** generation → the promise of its swap on the packet thread */
+  private readonly installs = new Map<number, Promise<InstallInfo>>();
+  private inForce = 0;
+  /** called with every snapshot's install report */
+  onInstalled: ((info: InstallInfo) => void) | null = null;
+
+  constructor(private readonly port: MessagePort) {}
+
+  /** Handle one message from the packet thread; false when it is not a reply. */
+  handle(m: unknown): boolean {
+    const r = m as Reply;
+    if (typeof r !== 'object' || r === null || typeof r.id !== 'number' || typeof r.ok !== 'boolean') return false;
+    const p = this.pending.get(r.id);
+    if (p === undefined) return true;
+    this.pending.delete(r.id);
+    if (r.ok) p.resolve(r.value);
+    else p.reject(new Error(r.error));
+    return true;
+  }
+
+  private call<T>(req: DistributiveOmit<Request, 'id'>, id = this.nextId++): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      this.pending.set(id, { resolve: resolve as (v: unknown) => void, reject });
+      this.port.postMessage({ ...req, id });
+    });
+  }
+
+  /** Send a snapshot to the packet thread (the holder's onSwap). */
+  sendTables(t: Tables, linear: { text: string; localAddresses: string[] } | null): Promise<InstallInfo> {
+    const wire = this.encoder.encode(t);
+    const p = this.call<InstallInfo>({ op: 'tables', wire, linear }).then((info) => {
+      if (info.generation > this.inForce) this.inForce = info.generation;
+      this.installs.delete(t.generation);
+      this.onInstalled?.(info);
+      return info;
+    });
+    this.installs.set(t.generation, p);
+    p.catch(() => this.installs.delete(t.generation));
+    return p;
+  }
+
+  async whenInForce(generation: number): Promise<void> {
+    if (generation <= this.inForce) return;
+    const p = this.installs.get(generation);
+    if (p !== undefined) await p;
+  }
+
+  stats(): Promise<PacketStats> {
+    return this.call<PacketStats>({ op: 'stats' });
+  }
+
+  now(): Promise<number> {
+    return this.call<number>({ op: 'now' });
+  }
+
+  async listFlows(q: ConntrackQuery, limit: number, onChunk: (c: FlowChunk) => Promise<void> | void) {
+    const id = this.nextId++;
+    let c = await this.call<FlowChunk>({ op: 'list', q, limit }, id);
+    const now = c.now;
+    try {
+      for (;;) {
+        await onChunk(c);
+        if (c.done) return { now, matched: c.matched, shown: c.shown };
+        c = await this.call<FlowChunk>({ op: 'list-next' }, id);
+      }
+    } catch (e) {
+      this.port.postMessage({ op: 'list-cancel', id });
+      throw e;
+    }
+  }
+
+  deleteFlows(q: ConntrackQuery): Promise<{ deleted: number; entries: number }> {
+    return this.call({ op: 'delete', q });
+  }
+
+  traceFlow(p: { proto: number; src: number; dst: number; sport: number; dport: number }, aff: { generation: number; svcIndex: number; setLocal: boolean } | null) {
+    return this.call<{ now: number; flow: TraceFlow | null; affinityIndex: number }>({ op: 'trace', p, aff }).then((r) => {
+      // a class does not survive the message: give the flow its accessors back
+      if (r.flow !== null) r.flow.flow = Object.assign(new FlowRecord(), r.flow.flow);
+      return r;
+    });
+  }
+}
