@@ -91,9 +91,13 @@ export class RuleSetHolder {
   /** 'linear': new flows are decided by walking kube-proxy's rules (written from the rule set) instead of the hash tables */
   readonly decider: 'compiled' | 'linear';
 
-  constructor(opts: { incremental?: boolean; decider?: 'compiled' | 'linear' } = {}) {
+  /** applied to every snapshot before it is kept and swapped in (the control worker puts its arrays on shared memory) */
+  private readonly prepare: ((t: Tables) => Tables) | null;
+
+  constructor(opts: { incremental?: boolean; decider?: 'compiled' | 'linear'; prepare?: (t: Tables) => Tables } = {}) {
     this.allowIncremental = opts.incremental ?? true;
     this.decider = opts.decider ?? 'compiled';
+    this.prepare = opts.prepare ?? null;
   }
 
   get ruleSet(): RuleSet | null {
@@ -242,6 +246,7 @@ export class RuleSetHolder {
   }
 
   private commit(rs: RuleSet, tables: Tables, owners: Service[], byName: Map<string, Service>, entriesOf: Map<Service, number[]>): void {
+    if (this.prepare !== null) tables = this.prepare(tables);
     if (this.decider === 'linear') tables = { ...tables, linear: linearFromText(writeIptables(rs), { localAddresses: rs.node.addresses }) };
     this.rs = rs;
     this.tables = tables;

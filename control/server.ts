@@ -10,9 +10,9 @@
  * person can act on (control/api/errors.ts).
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
-import { chmodSync, existsSync, lstatSync, mkdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { chmodSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
 import { connect } from 'node:net';
-import { dirname } from 'node:path';
+import { dirname, join } from 'node:path';
 import Fastify from 'fastify';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { parse as parseYaml } from 'yaml';
@@ -210,15 +210,18 @@ export async function startApi(dp: Dataplane | ControlSide, o: ServerOptions): P
       await prepareSocketPath(path, mode);
       const app = buildApi(ctx, metrics, cache, { logger: o.logger });
       apps.push(app);
-      // created with no permission for others from the start (umask), then set to the mode asked for
-      const old = process.umask(0o177);
+      // created where no one else can reach it (a fresh 0700 directory beside the path: process.umask
+      // is not available in the control worker), set to the mode asked for, then renamed into place
+      const hidden = mkdtempSync(join(dirname(path), '.tunproxy-sock-'));
       try {
-        await app.listen({ path });
+        const tmp = join(hidden, 's');
+        await app.listen({ path: tmp });
+        chmodSync(tmp, mode);
+        renameSync(tmp, path);
       } finally {
-        process.umask(old);
+        rmSync(hidden, { recursive: true, force: true });
       }
       socketPath = path;
-      chmodSync(path, mode);
     }
     if (o.listen !== undefined) {
       const { host, port } = parseListen(o.listen);

@@ -13,11 +13,12 @@
  */
 import type { Command } from 'commander';
 import { Dataplane } from '../dataplane.ts';
-import { readRuleSetFile } from '../load.ts';
-import { RuleSetError } from '../validate.ts';
 import { TunDevice } from '../../dataplane/tun/index.ts';
 import { DEFAULT_STATE_DIR, StateStore } from '../persist.ts';
-import type { ApiServer } from '../server.ts';
+import { ControlWorker } from '../worker/spawn.ts';
+import { FlowLister, unpackChunk } from '../worker/flows.ts';
+import { formatConntrackL } from '../../dataplane/conntrack.ts';
+import type { ConntrackEntry } from '../../dataplane/conntrack.ts';
 
 import { DEFAULT_BODY_LIMIT } from '../api/context.ts';
 // the API server itself (fastify, prom-client) is loaded by `run` only, not by the client commands
@@ -75,6 +76,29 @@ Example (inside the node namespace of the lab):
     .action((o: RunOptions) => run(o));
 }
 
+/** SIGUSR1's listing of the connection table: written in slices (FlowLister), never built whole. */
+function listConntrackToStderr(dp: Dataplane): Promise<void> {
+  const lister = new FlowLister(dp.pipeline.conntrack, () => true, Infinity);
+  return new Promise((resolve) => {
+    const slice = () => {
+      const c = lister.next();
+      let text = '';
+      for (const f of unpackChunk(c)) text += formatConntrackL(f as unknown as ConntrackEntry, c.now) + '\n';
+      const more = () => (c.done ? resolve() : setImmediate(slice));
+      if (text === '' || process.stderr.write(text)) more();
+      else process.stderr.once('drain', more);
+    };
+    slice();
+  });
+}
+
+/**
+ * Two threads: this one (the packet thread) runs the loop, the pipeline and
+ * the connection table, and answers the control worker in slices of at most
+ * SLICE_MS (control/worker/host.ts); the control worker
+ * (control/worker/control-worker.ts) serves the API, reads --rules,
+ * validates, compiles, imports and saves the rule set.
+ */
 export async function run(o: RunOptions): Promise<void> {
   const batch = Number(o.batch);
   const interval = Number(o.statusInterval);
@@ -87,69 +111,60 @@ export async function run(o: RunOptions): Promise<void> {
   if (!/^[0-7]{3}$/.test(o.socketMode)) throw new Error(`--socket-mode: ${o.socketMode} must be octal permissions like 600 or 660`);
   if (!Number.isInteger(maxBody) || maxBody < 1024) throw new Error(`--max-body: ${o.maxBody} must be a number of bytes >= 1024`);
   if (o.listen !== undefined && o.tokenFile === undefined) throw new Error('--listen needs --token-file: the TCP listener only serves requests with a bearer token');
-  const { defaultSocketPath, readTokenFile, startApi } = await import('../server.ts');
+  const { defaultSocketPath, readTokenFile } = await import('../server.ts');
   const token = o.tokenFile !== undefined ? readTokenFile(o.tokenFile) : undefined;
 
   if (o.decider !== 'compiled' && o.decider !== 'linear') throw new Error(`--decider: ${JSON.stringify(o.decider)} is not one of compiled, linear`);
   const dp = new Dataplane({ conntrackMax, decider: o.decider });
+  // the connection table's part of the state directory (the rule set's part is the control worker's)
   let store: StateStore | null = new StateStore(o.stateDir, `${o.tun}.`);
   try {
     store.init();
-  } catch (e) {
-    // an explicit --state-dir must work; the default one missing (not root) only costs the persistence
-    if (o.stateDir !== DEFAULT_STATE_DIR) throw e;
-    log(`${(e as Error).message}: the rule set and the connection table are not saved (give a --state-dir)`);
-    store = null;
+  } catch {
+    store = null; // the control worker says why (or fails the start for an explicit --state-dir)
   }
-  // every rule set that comes into force (--rules, SIGHUP, the API) is saved
-  if (store) {
-    // generations go on from the last one saved: an If-Match from before a restart cannot match after it
-    dp.holder.resumeGeneration(store.loadGeneration());
-    const st = store;
-    dp.holder.onSwap(() => {
-      const rs = dp.holder.ruleSet;
-      if (rs !== null) st.saveRuleSet(rs, dp.holder.generation).catch((e: Error) => log(`${e.message} (the rules stay in force; the next change retries)`));
-    });
-  }
-
-  if (o.rules !== undefined) {
-    try {
-      const r = dp.holder.apply(readRuleSetFile(o.rules));
-      log(`rule set ${o.rules}: generation ${r.generation}, ${r.services} services, ${r.servicePorts} service ports, compiled in ${r.compileMs.toFixed(1)} ms`);
-    } catch (e) {
-      if (e instanceof RuleSetError) throw new Error(`${o.rules}: ${e.message}`);
-      throw e;
-    }
-    if (store?.hasRuleSet()) log(`--rules given: ${store.ruleSetPath} (the rule set saved by the last run) is replaced by it`);
-  } else if (store === null) {
-    log('no --rules and no state directory: waiting for a rule set through the API (tunproxy apply -f FILE)');
-  } else {
-    const saved = store.loadRuleSet();
-    if (saved.status === 'ok') {
-      const r = dp.holder.apply(saved.ruleSet);
-      log(`rule set saved in ${saved.path} (${saved.savedAt.toISOString()}): generation ${r.generation}, ${r.services} services, compiled in ${r.compileMs.toFixed(1)} ms`);
-    } else if (saved.status === 'damaged') {
-      log(`the saved rule set ${saved.path} is damaged (${saved.reason}): moved to ${saved.movedTo}; waiting for a rule set through the API (tunproxy apply -f FILE)`);
-    } else {
-      log(`no --rules and no saved rule set in ${o.stateDir}: waiting for one through the API (tunproxy apply -f FILE)`);
-    }
-  }
-
-  const tun = TunDevice.open(o.tun, { multiQueue: !!o.multiQueue });
-
-  let api: ApiServer | null = null;
   const socket = o.socket ?? defaultSocketPath(o.tun);
+  const cw = new ControlWorker(dp, {
+    tun: o.tun,
+    rules: o.rules,
+    stateDir: o.stateDir,
+    socket,
+    socketExplicit: o.socket !== undefined || o.listen !== undefined,
+    socketMode,
+    listen: o.listen,
+    token,
+    maxBody,
+    decider: o.decider,
+  });
+  cw.on('worker-error', (e: Error) => log(`the control worker failed: ${e.stack ?? e.message}; packets keep moving with the rules in force, the API is gone`));
+  const first = await cw.next('rules', 'fatal');
+  if (first.ev === 'fatal') {
+    await cw.worker.terminate();
+    throw new Error(String(first.message));
+  }
+  await cw.inForce(dp, Number(first.generation));
+
+  let tun: TunDevice;
   try {
-    api = await startApi(dp, { socket, socketMode, listen: o.listen, token, store, requireLoop: true, bodyLimit: maxBody });
+    tun = TunDevice.open(o.tun, { multiQueue: !!o.multiQueue });
   } catch (e) {
+    await cw.stop();
+    throw e;
+  }
+  cw.post({ ctl: 'start-api' });
+  const a = await cw.next('api');
+  if (a.error !== undefined) {
     if (o.socket !== undefined || o.listen !== undefined) {
       tun.close();
-      throw e;
+      await cw.stop();
+      throw new Error(String(a.error));
     }
     // the default socket is taken (another tunproxy on a device of this name, in another namespace) or cannot be made
-    log(`control API not started: ${(e as Error).message}`);
+    log(`control API not started: ${String(a.error)}`);
+  } else {
+    const tcp = a.tcp as { host: string; port: number } | null;
+    log(`control API on ${[a.socketPath, tcp ? `http://${tcp.host}:${tcp.port} (bearer token)` : null].filter((x) => x).join(' and ')}`);
   }
-  if (api) log(`control API on ${[api.socketPath, api.tcp ? `http://${api.tcp.host}:${api.tcp.port} (bearer token)` : null].filter((x) => x).join(' and ')}`);
 
   const restoreConntrack = () => {
     if (store === null) return;
@@ -184,18 +199,16 @@ export async function run(o: RunOptions): Promise<void> {
   }, 1000);
   dropTimer.unref();
 
-  process.on('SIGHUP', () => {
-    if (o.rules === undefined) return log('SIGHUP: no --rules file to reload (change the rules with tunproxy apply)');
-    try {
-      const r = dp.holder.apply(readRuleSetFile(o.rules));
-      log(`reloaded ${o.rules}: generation ${r.generation}, ${r.services} services, compiled in ${r.compileMs.toFixed(1)} ms`);
-    } catch (e) {
-      log(`reload of ${o.rules} rejected, generation ${dp.holder.generation} stays in force: ${(e as Error).message}`);
-    }
-  });
+  // the control worker reads and reloads the file, and says what came of it
+  process.on('SIGHUP', () => cw.post({ ctl: 'reload' }));
+  let listing = false;
   process.on('SIGUSR1', () => {
     status();
-    process.stderr.write(dp.pipeline.conntrack.list());
+    if (listing) return;
+    listing = true;
+    void listConntrackToStderr(dp).finally(() => {
+      listing = false;
+    });
   });
   await new Promise<void>((resolve) => {
     let stopping = false;
@@ -218,8 +231,8 @@ export async function run(o: RunOptions): Promise<void> {
           log(`cannot save the connection table to ${store.conntrackPath}: ${(e as Error).message}`);
         }
       }
-      await store?.flush();
-      if (api) await api.close();
+      // the control worker flushes the rule set to the state directory and closes the API
+      await cw.stop();
       log(`final: ${dp.statusLine()} tun rx=${ts.rxPackets} tx=${ts.txPackets} tx_again=${ts.txAgain} tx_errors=${ts.txErrors}`);
       resolve();
     };
@@ -227,15 +240,12 @@ export async function run(o: RunOptions): Promise<void> {
     process.once('SIGTERM', () => void stop('SIGTERM'));
     // only now, with every signal handler in place, say "ready": a supervisor that signals as soon as
     // it reads it must not find Node's defaults (SIGUSR1 would start the inspector, SIGTERM would kill)
-    if (dp.holder.current !== null) attach();
+    if (dp.tables !== null) attach();
     else {
       // the first rule set through the API starts the packets moving
-      let pending = true;
-      dp.holder.onSwap(() => {
-        if (!pending) return;
-        pending = false;
-        setImmediate(attach);
-      });
+      cw.once('installed', () => setImmediate(() => {
+        if (!stopping && dp.loop === null) attach();
+      }));
     }
   });
 }

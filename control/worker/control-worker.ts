@@ -1,0 +1,156 @@
+/**
+ * The control worker of `tunproxy run` (a node:worker_threads thread): the
+ * HTTP API (fastify on the Unix socket and the TCP listener), the body
+ * parse, validation, compile and the incremental path (RuleSetHolder),
+ * imports, the rule-set file (--rules, SIGHUP reload) and the rule set saved
+ * in --state-dir. None of it runs on the packet thread: compiled tables go
+ * there as shared arrays (RemotePacketSide.sendTables), and what the API
+ * needs of the packet thread (counters, connection table) it asks by
+ * messages, answered in slices (host.ts).
+ *
+ * Messages from the packet thread (besides the replies of RemotePacketSide):
+ *   {ctl: 'start-api'}  serve the API now (the TUN device is open)
+ *   {ctl: 'reload'}     SIGHUP: reload --rules
+ *   {ctl: 'stop'}       close the API, flush the state directory, answer {ev: 'stopped'}
+ * To the packet thread:
+ *   {ev: 'rules', generation}        the start-up rule set is in force (0: none yet)
+ *   {ev: 'api', socketPath, tcp} | {ev: 'api', error}
+ *   {ev: 'fatal', message}           the start failed (a bad --rules, a bad --state-dir)
+ *   {ev: 'stopped'}
+ */
+import { parentPort, workerData } from 'node:worker_threads';
+import { RuleSetHolder } from '../runtime.ts';
+import { readRuleSetFile } from '../load.ts';
+import { RuleSetError } from '../validate.ts';
+import { DEFAULT_STATE_DIR, StateStore } from '../persist.ts';
+import { shareTables } from '../../dataplane/tables-wire.ts';
+import { writeIptables } from '../iptables/writer.ts';
+import { startApi } from '../server.ts';
+import type { ApiServer } from '../server.ts';
+import { RemotePacketSide } from './remote.ts';
+
+export interface ControlWorkerData {
+  tun: string;
+  rules?: string;
+  stateDir: string;
+  socket: string;
+  /** the socket was asked for (--socket or --listen): failing to serve it fails the start */
+  socketExplicit: boolean;
+  socketMode: number;
+  listen?: string;
+  token?: string;
+  maxBody: number;
+  decider: 'compiled' | 'linear';
+}
+
+const port = parentPort!;
+
+/** Log lines go to the packet thread on the same port as the events, so they keep their order with them. */
+function log(msg: string): void {
+  port.postMessage({ ev: 'log', msg });
+}
+
+const o = workerData as ControlWorkerData;
+const remote = new RemotePacketSide(port);
+const holder = new RuleSetHolder({ decider: o.decider, prepare: shareTables });
+holder.onSwap((t) => {
+  const rs = holder.ruleSet!;
+  const linear = o.decider === 'linear' ? { text: writeIptables(rs), localAddresses: rs.node.addresses } : null;
+  remote.sendTables(t, linear).catch((e: Error) => log(`generation ${t.generation} did not reach the packet thread: ${e.message}`));
+});
+let api: ApiServer | null = null;
+let store: StateStore | null = null;
+
+function start(): void {
+  store = new StateStore(o.stateDir, `${o.tun}.`);
+  try {
+    store.init();
+  } catch (e) {
+    // an explicit --state-dir must work; the default one missing (not root) only costs the persistence
+    if (o.stateDir !== DEFAULT_STATE_DIR) throw e;
+    log(`${(e as Error).message}: the rule set and the connection table are not saved (give a --state-dir)`);
+    store = null;
+  }
+  // every rule set that comes into force (--rules, SIGHUP, the API) is saved
+  if (store) {
+    // generations go on from the last one saved: an If-Match from before a restart cannot match after it
+    holder.resumeGeneration(store.loadGeneration());
+    const st = store;
+    holder.onSwap(() => {
+      const rs = holder.ruleSet;
+      if (rs !== null) st.saveRuleSet(rs, holder.generation).catch((e: Error) => log(`${e.message} (the rules stay in force; the next change retries)`));
+    });
+  }
+  if (o.rules !== undefined) {
+    try {
+      const r = holder.apply(readRuleSetFile(o.rules));
+      log(`rule set ${o.rules}: generation ${r.generation}, ${r.services} services, ${r.servicePorts} service ports, compiled in ${r.compileMs.toFixed(1)} ms`);
+    } catch (e) {
+      if (e instanceof RuleSetError) throw new Error(`${o.rules}: ${e.message}`);
+      throw e;
+    }
+    if (store?.hasRuleSet()) log(`--rules given: ${store.ruleSetPath} (the rule set saved by the last run) is replaced by it`);
+  } else if (store === null) {
+    log('no --rules and no state directory: waiting for a rule set through the API (tunproxy apply -f FILE)');
+  } else {
+    const saved = store.loadRuleSet();
+    if (saved.status === 'ok') {
+      const r = holder.apply(saved.ruleSet);
+      log(`rule set saved in ${saved.path} (${saved.savedAt.toISOString()}): generation ${r.generation}, ${r.services} services, compiled in ${r.compileMs.toFixed(1)} ms`);
+    } else if (saved.status === 'damaged') {
+      log(`the saved rule set ${saved.path} is damaged (${saved.reason}): moved to ${saved.movedTo}; waiting for a rule set through the API (tunproxy apply -f FILE)`);
+    } else {
+      log(`no --rules and no saved rule set in ${o.stateDir}: waiting for one through the API (tunproxy apply -f FILE)`);
+    }
+  }
+}
+
+async function startApiNow(): Promise<void> {
+  try {
+    api = await startApi({ holder, packets: remote }, { socket: o.socket, socketMode: o.socketMode, listen: o.listen, token: o.token, store, requireLoop: true, bodyLimit: o.maxBody });
+    port.postMessage({ ev: 'api', socketPath: api.socketPath, tcp: api.tcp });
+  } catch (e) {
+    port.postMessage({ ev: 'api', error: (e as Error).message });
+  }
+}
+
+function reload(): void {
+  if (o.rules === undefined) return log('SIGHUP: no --rules file to reload (change the rules with tunproxy apply)');
+  try {
+    const r = holder.apply(readRuleSetFile(o.rules));
+    log(`reloaded ${o.rules}: generation ${r.generation}, ${r.services} services, compiled in ${r.compileMs.toFixed(1)} ms`);
+  } catch (e) {
+    log(`reload of ${o.rules} rejected, generation ${holder.generation} stays in force: ${(e as Error).message}`);
+  }
+}
+
+async function stop(): Promise<void> {
+  try {
+    await store?.flush();
+    if (api) await api.close();
+  } finally {
+    port.postMessage({ ev: 'stopped' });
+  }
+}
+
+port.on('message', (m: { ctl?: string }) => {
+  if (remote.handle(m)) return;
+  switch (m.ctl) {
+    case 'start-api':
+      void startApiNow();
+      break;
+    case 'reload':
+      reload();
+      break;
+    case 'stop':
+      void stop();
+      break;
+  }
+});
+
+try {
+  start();
+  port.postMessage({ ev: 'rules', generation: holder.current?.generation ?? 0 });
+} catch (e) {
+  port.postMessage({ ev: 'fatal', message: (e as Error).message });
+}
