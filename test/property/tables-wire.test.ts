@@ -1,0 +1,120 @@
+/**
+ * The compiled tables between threads (dataplane/tables-wire.ts): a snapshot
+ * put on shared memory, encoded, and materialized again in slices gives the
+ * same entries, sets and verdicts as the snapshot the compiler made, over
+ * random sequences of full and incremental changes; entries the incremental
+ * path kept are reused, not rebuilt.
+ */
+import t from 'tap';
+import fc from 'fast-check';
+import { readFileSync } from 'node:fs';
+import { arbRuleSet, packetFor } from '../support/arbitraries.ts';
+import { RuleSetHolder } from '../../control/runtime.ts';
+import { compiledVerdict } from '../../dataplane/tables.ts';
+import type { EndpointSet, ServicePortEntry, Tables } from '../../dataplane/tables.ts';
+import { TablesEncoder, TablesMaterializer, shareTables } from '../../dataplane/tables-wire.ts';
+import type { Materialized } from '../../dataplane/tables-wire.ts';
+import type { RuleSet } from '../../control/types.ts';
+
+const golden = JSON.parse(readFileSync(new URL('../fixtures/iptables/golden-ruleset.json', import.meta.url), 'utf8')) as RuleSet;
+
+function plainSet(s: EndpointSet | null) {
+  if (s === null) return null;
+  return { endpoints: s.endpoints.map((e) => ({ ...e })), flatStart: s.flatStart, maglev: s.maglev === null ? null : Array.from(s.maglev), index: [...s.index.entries()].sort((a, b) => a[0] - b[0]) };
+}
+function plain(e: ServicePortEntry) {
+  return { ...e, internal: plainSet(e.internal), cluster: plainSet(e.cluster), local: plainSet(e.local), externalIPs: [...e.externalIPs], loadBalancerIPs: [...e.loadBalancerIPs], lbSourceIPs: [...e.lbSourceIPs], sourceRanges: e.sourceRanges && e.sourceRanges.map((r) => ({ ...r })) };
+}
+function sameTables(a: Tables, b: Tables): string | null {
+  if (a.generation !== b.generation || a.liveServicePorts !== b.liveServicePorts || a.services.length !== b.services.length) return 'shape differs';
+  for (let i = 0; i < a.services.length; i++) {
+    const x = JSON.stringify(plain(a.services[i]));
+    const y = JSON.stringify(plain(b.services[i]));
+    if (x !== y) return `entry ${i} differs:\n${x}\n${y}`;
+    // the set objects are shared within an entry as the compiler shares them
+    const s = a.services[i];
+    const m = b.services[i];
+    if ((s.internal === s.cluster) !== (m.internal === m.cluster) || (s.internal === s.local) !== (m.internal === m.local) || (s.cluster === s.local) !== (m.cluster === m.local)) return `entry ${i}: set sharing differs`;
+  }
+  return null;
+}
+
+function roundTrip(enc: TablesEncoder, t0: Tables, prev: Materialized | null, budgetMs = 0.05): { m: Materialized; mat: TablesMaterializer } {
+  const wire = enc.encode(t0);
+  // through a structured clone, as postMessage does: the arrays stay shared
+  const cloned = structuredClone(wire);
+  if (!(cloned.serviceRows.buffer instanceof SharedArrayBuffer)) throw new Error('the rows did not stay on shared memory');
+  const mat = new TablesMaterializer(cloned, prev);
+  while (!mat.step(budgetMs));
+  return { m: mat.result(), mat };
+}
+
+t.test('golden rule set, random and maglev: the materialized snapshot is the compiled one', async (t) => {
+  for (const lb of ['random', 'maglev'] as const) {
+    const h = new RuleSetHolder({ prepare: shareTables });
+    h.apply({ ...golden, node: { ...golden.node, loadBalancing: lb } });
+    const enc = new TablesEncoder();
+    const { m, mat } = roundTrip(enc, h.current!, null);
+    t.equal(sameTables(h.current!, m.tables), null, `${lb}: same entries`);
+    t.ok(mat.slices >= 1 && mat.built === h.current!.services.length, `${lb}: ${mat.built} entries built in ${mat.slices} slice(s)`);
+    t.ok(h.current!.serviceRows.buffer instanceof SharedArrayBuffer, 'the holder keeps the shared arrays');
+    const rows = h.current!.serviceRows;
+    const old = rows[0];
+    rows[0] = 0x5a5a;
+    t.equal(m.tables.serviceRows[0], 0x5a5a, 'no copy: the same memory on both sides');
+    rows[0] = old;
+  }
+});
+
+t.test('many entries: built in slices of bounded time', async (t) => {
+  const services = Array.from({ length: 5000 }, (_, i) => ({ namespace: 'bulk', name: `s${i}`, clusterIP: `10.96.${i >> 8}.${i & 255}`, ports: [{ name: 'p', protocol: 'TCP' as const, port: 80 }], endpoints: [{ address: `10.64.${(i >> 8) & 255}.${i & 255}`, ports: { p: 8080 } }] }));
+  const h = new RuleSetHolder({ prepare: shareTables });
+  h.apply({ ...golden, services: [...golden.services, ...services] } as RuleSet);
+  const { m, mat } = roundTrip(new TablesEncoder(), h.current!, null, 0.2);
+  t.equal(sameTables(h.current!, m.tables), null, 'same entries');
+  t.ok(mat.slices > 1, `${mat.slices} slices`);
+  t.comment(`longest slice ${mat.maxSliceMs.toFixed(2)} ms for a budget of 0.2 ms`);
+});
+
+t.test('random sequences of changes: same verdicts, kept entries reused', async (t) => {
+  let reused = 0;
+  let built = 0;
+  fc.assert(
+    fc.property(arbRuleSet({ maxServices: 6 }), arbRuleSet({ maxServices: 6 }), fc.array(fc.tuple(fc.nat(), fc.nat(), fc.boolean()), { minLength: 1, maxLength: 6 }), fc.nat(), (rs, donor, ops, seed) => {
+      const h = new RuleSetHolder({ prepare: shareTables });
+      const enc = new TablesEncoder();
+      h.apply(rs);
+      let prev = roundTrip(enc, h.current!, null).m;
+      let cur = rs;
+      for (const [at, from, endpointsOnly] of ops) {
+        const services = cur.services.slice();
+        const pick = donor.services[from % donor.services.length];
+        const i = at % Math.max(1, services.length);
+        if (services.length > 0 && endpointsOnly) services[i] = { ...services[i], endpoints: pick.endpoints };
+        else services.push({ ...pick, name: `${pick.name}-${at % 1000}` });
+        const next = { ...cur, services };
+        try {
+          h.apply(next);
+        } catch {
+          continue;
+        }
+        cur = next;
+        const { m, mat } = roundTrip(enc, h.current!, prev);
+        reused += mat.reused;
+        built += mat.built;
+        const d = sameTables(h.current!, m.tables);
+        if (d !== null) throw new Error(d);
+        for (const p of fc.sample(packetFor(cur), { numRuns: 10, seed })) {
+          const x = JSON.stringify(compiledVerdict(h.current!, p));
+          const y = JSON.stringify(compiledVerdict(m.tables, p));
+          if (x !== y) throw new Error(`verdicts differ for ${JSON.stringify(p)}:\n${x}\n${y}`);
+        }
+        prev = m;
+      }
+      return true;
+    }),
+    { numRuns: 150, seed: 9 },
+  );
+  t.comment(`${reused} entries reused, ${built} built`);
+  t.ok(reused > built, 'the entries an incremental change kept were reused');
+});
