@@ -1,0 +1,23 @@
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { execFileSync, execFile } from 'node:child_process';
+import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
+import { Dataplane } from '/work/wt-control/control/dataplane.ts';
+import { ControlWorker } from '/work/wt-control/control/worker/spawn.ts';
+import { syntheticRuleSet } from '/work/wt-control/bench/gen.ts';
+const dir = mkdtempSync('/tmp/tp-prof-');
+const sock = dir + '/s';
+writeFileSync(dir + '/a.json', JSON.stringify(syntheticRuleSet(100000, { endpoints: 2 })));
+writeFileSync(dir + '/b.json', JSON.stringify(syntheticRuleSet(100000, { endpoints: 2, podBase: '10.65.0.10' })));
+const dp = new Dataplane();
+const cw = new ControlWorker(dp, { tun: 'x', stateDir: dir, socket: sock, socketExplicit: true, socketMode: 0o600, maxBody: 1 << 28, decider: 'compiled' });
+await cw.next('rules'); cw.post({ ctl: 'start-api' }); await cw.next('api');
+const put = (f: string) => new Promise<string>((res) => execFile('curl', ['-s', '--unix-socket', sock, '-X', 'PUT', '-H', 'content-type: application/json', '--data-binary', '@' + f, 'http://x/v1/ruleset'], { maxBuffer: 1e8 }, (e, out) => res(out)));
+// gaps: a 0.5 ms timer, record long gaps with time stamps
+let last = performance.now(); const gaps: Array<[number, number]> = [];
+const iv = setInterval(() => { const n = performance.now(); if (n - last > 4) gaps.push([Math.round(n), +(n - last).toFixed(1)]); last = n; }, 0.5);
+const t0 = performance.now();
+console.log((await put(dir + '/a.json')).slice(0, 200));
+console.log((await put(dir + '/b.json')).slice(0, 200));
+clearInterval(iv);
+console.log('gaps > 4ms', JSON.stringify(gaps.map(([a, b]) => [a - Math.round(t0), b])));
+await cw.stop();
