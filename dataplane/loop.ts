@@ -7,7 +7,8 @@ import { performance } from 'node:perf_hooks';
 import type { EndpointSet, Tables } from './tables.ts';
 import { Pipeline, V_FORWARD, V_PASS, V_REPLY } from './pipeline.ts';
 import type { ConntrackEntry } from './conntrack.ts';
-import { PROTO_TCP } from './addr.ts';
+import { PROTO_SCTP, PROTO_TCP, PROTO_UDP } from './addr.ts';
+import { fnv1a } from './select.ts';
 
 /**
  * The longest the loop's own housekeeping (conntrack expiry, stale-flow
@@ -181,16 +182,20 @@ export class Loop {
    * left to finish, as with kube-proxy's graceful termination.
    *
    * Runs after the swap in slices of at most SLICE_MS each (the clock is read
-   * every 256 items), one per turn of the event loop: first a map from
-   * service-port name to entry (~100 000 entries: ~10 slices), then a sweep
-   * of the connection table (conntrack.sweepSome). A newer swap abandons it
-   * and starts its own. Flows created meanwhile were decided with the new
-   * tables and need no check.
+   * every 256 items), one per turn of the event loop: first a map from each
+   * live entry's uid (a number: no strings are made) to its index, ~100 000
+   * entries in a few slices, then a sweep of the connection table
+   * (conntrack.sweepSome) that checks each UDP/SCTP flow's endpoint against
+   * its service port's sets. A newer swap abandons it and starts its own.
+   * Flows created meanwhile were decided with the new tables.
    */
   private removeStale(t: Tables): void {
     if (t !== this.tables) return; // superseded by a newer swap, which will do it
     const services = t.services;
+    /** uid → entry index; -2: several entries share the uid (a hash collision), see byName */
+    const byUid = new Map<number, number>();
     const byName = new Map<string, number>();
+    const uidOf = new Map<string, number>();
     const ct = this.pipeline.conntrack;
     const cursor = { at: Infinity };
     let i = 0;
@@ -202,9 +207,17 @@ export class Loop {
     };
     const stale = (e: ConntrackEntry): boolean => {
       if (e.proto === PROTO_TCP) return false;
-      const si = byName.get(e.serviceName);
+      let u = uidOf.get(e.serviceName);
+      if (u === undefined) {
+        // the compiler's uid: the service-port name and its protocol
+        u = fnv1a(`${e.serviceName}/${e.proto === PROTO_UDP ? 'udp' : e.proto === PROTO_SCTP ? 'sctp' : String(e.proto)}`);
+        uidOf.set(e.serviceName, u);
+      }
+      let si = byUid.get(u);
+      if (si === -2) si = byName.get(e.serviceName);
       if (si === undefined) return true;
       const s = services[si];
+      if (s.name !== e.serviceName) return true;
       return !has(s.cluster, e.replySrc, e.replySport) && !has(s.local, e.replySrc, e.replySport);
     };
     const slice = () => {
@@ -213,7 +226,17 @@ export class Loop {
       do {
         if (i < services.length) {
           const stop = Math.min(services.length, i + 256);
-          for (; i < stop; i++) if (services[i].live) byName.set(services[i].name, i);
+          for (; i < stop; i++) {
+            const s = services[i];
+            if (!s.live) continue;
+            const had = byUid.get(s.uid);
+            if (had === undefined) byUid.set(s.uid, i);
+            else {
+              if (had >= 0) byName.set(services[had].name, had);
+              byUid.set(s.uid, -2);
+              byName.set(s.name, i);
+            }
+          }
         } else {
           this.stats.staleRemoved += ct.sweepSome(cursor, 256, stale);
           if (cursor.at < 0) return;

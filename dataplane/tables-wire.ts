@@ -11,11 +11,18 @@
  * - The objects the slow paths read (ServicePortEntry, EndpointSet: names,
  *   affinity, Maglev, source ranges, trace, stale-flow removal) cannot be
  *   shared. `TablesEncoder` (worker) writes them as ints into shared arrays
- *   plus one string of names; `TablesMaterializer` (packet thread) builds the
- *   objects back in slices of bounded time (`step(budgetMs)`, run between
- *   packet batches), and only then is the snapshot swapped in. An entry the
- *   previous snapshot already had (same stamp: the incremental path kept the
- *   object) is reused, so a PATCH of a few services rebuilds only those.
+ *   plus one string of names; `TablesMaterializer` (packet thread) makes one
+ *   small view object per entry (ServicePortView: the numbers as fields, the
+ *   name, address lists and endpoint sets made when first read) in slices of
+ *   bounded time (`step(budgetMs)`, run between packet batches), and only
+ *   then is the snapshot swapped in. An entry the previous snapshot already
+ *   had (same stamp: the incremental path kept the object) keeps its view,
+ *   so a PATCH of a few services makes only those.
+ *
+ *   Why views and not the objects themselves: 100 000 services made eagerly
+ *   are ~800 000 objects on the packet thread, and V8's scavenges copying
+ *   them held the thread 5-30 ms at a time (measured with --trace-gc); one
+ *   view per entry is ~8x fewer, and most entries are never read.
  *
  * The message itself is small to deserialize: a dozen shared arrays and one
  * string (the service-port names, ~30 bytes each), never an object per service.
@@ -238,16 +245,181 @@ export interface Materialized {
   readonly stamps: Float64Array;
 }
 
+/** One wire form and the endpoint sets already built from it (by set id). */
+class WireCtx {
+  readonly w: TablesWire;
+  readonly sets: Array<EndpointSet | null | undefined>;
+  constructor(w: TablesWire) {
+    this.w = w;
+    this.sets = new Array(w.sets.length / S);
+  }
+
+  set(id: number): EndpointSet | null {
+    if (id < 0) return null;
+    const have = this.sets[id];
+    if (have !== undefined) return have;
+    const w = this.w;
+    const o = id * S;
+    const flatStart = w.sets[o + S_FLAT_START];
+    const count = w.sets[o + S_COUNT];
+    const endpoints = new Array<EndpointEntry>(count);
+    const index = w.sets[o + S_INDEXED] === 1 ? new Map<number, number>() : NO_INDEX;
+    for (let k = 0; k < count; k++) {
+      const addr = w.endpointFlat[(flatStart + k) * 2] >>> 0;
+      const port = w.endpointFlat[(flatStart + k) * 2 + 1];
+      endpoints[k] = new EndpointView(addr, port, w.flatNodeLocal[flatStart + k] === 1);
+      if (index !== NO_INDEX) (index as Map<number, number>).set(addr * 65536 + port, k);
+    }
+    const ms = w.sets[o + S_MAGLEV_START];
+    const set: EndpointSet = { endpoints, flatStart, maglev: ms < 0 ? null : w.maglev.subarray(ms, ms + w.sets[o + S_MAGLEV_LEN]), index };
+    this.sets[id] = set;
+    return set;
+  }
+
+  addrs(start: number, count: number): readonly number[] {
+    if (count === 0) return NO_ADDRS;
+    const out = new Array<number>(count);
+    for (let k = 0; k < count; k++) out[k] = this.w.pool[start + k] >>> 0;
+    return out;
+  }
+}
+
+/** An endpoint; its text ("10.64.1.7:53") made when first read. */
+class EndpointView implements EndpointEntry {
+  readonly addr: number;
+  readonly port: number;
+  readonly nodeLocal: boolean;
+  private _text: string | null = null;
+  constructor(addr: number, port: number, nodeLocal: boolean) {
+    this.addr = addr;
+    this.port = port;
+    this.nodeLocal = nodeLocal;
+  }
+  get text(): string {
+    return (this._text ??= `${formatIPv4(this.addr)}:${this.port}`);
+  }
+}
+
 /**
- * Packet-thread side: the wire form → a Tables snapshot, built in slices.
- * `step(budgetMs)` works until the budget is spent (checked every 64
- * entries) and returns true when the snapshot is complete (`result`).
+ * A service-port entry over the wire form: the numbers the hot path and the
+ * lookup read are fields, set when the view is made (one small object per
+ * entry); the name, the address lists, the source ranges and the endpoint
+ * sets are made when first read (a new flow of the service, affinity, Maglev,
+ * a trace), then kept. A view the next snapshot keeps (same stamp) is
+ * rebound to the new wire form, where its entry reads the same.
+ */
+class ServicePortView implements ServicePortEntry {
+  readonly index: number;
+  readonly live: boolean;
+  readonly uid: number;
+  readonly protocol: number;
+  readonly clusterIP: number;
+  readonly port: number;
+  readonly nodePort: number;
+  readonly hasEndpoints: boolean;
+  readonly externalPolicyLocal: boolean;
+  readonly hasExternalEndpoints: boolean;
+  readonly affinityMs: number;
+  private ctx: WireCtx;
+  private _name: string | null = null;
+  private _ext: readonly number[] | null = null;
+  private _lb: readonly number[] | null = null;
+  private _lbsrc: readonly number[] | null = null;
+  private _ranges: readonly Cidr[] | null | undefined = undefined;
+  private _sets: [EndpointSet | null, EndpointSet | null, EndpointSet | null] | null = null;
+
+  constructor(ctx: WireCtx, i: number) {
+    const e = ctx.w.entries;
+    const o = i * E;
+    const flags = e[o + E_FLAGS];
+    this.ctx = ctx;
+    this.index = i;
+    this.live = e[o + E_LIVE] === 1;
+    this.uid = e[o + E_UID] >>> 0;
+    this.protocol = e[o + E_PROTO];
+    this.clusterIP = e[o + E_HAS_CLUSTER_IP] === 1 ? e[o + E_CLUSTER_IP] >>> 0 : -1;
+    this.port = e[o + E_PORT];
+    this.nodePort = e[o + E_NODE_PORT];
+    this.hasEndpoints = (flags & EF_HAS_ENDPOINTS) !== 0;
+    this.externalPolicyLocal = (flags & EF_EXTERNAL_LOCAL) !== 0;
+    this.hasExternalEndpoints = (flags & EF_HAS_EXTERNAL_ENDPOINTS) !== 0;
+    this.affinityMs = e[o + E_AFFINITY_MS];
+  }
+
+  /** The next snapshot keeps this entry (same stamp, same index): read it from the new wire form. */
+  rebind(ctx: WireCtx): void {
+    this.ctx = ctx;
+  }
+
+  private get o(): number {
+    return this.index * E;
+  }
+  get name(): string {
+    if (this._name === null) {
+      const e = this.ctx.w.entries;
+      const at = e[this.o + E_NAME];
+      this._name = this.ctx.w.names.slice(at, at + e[this.o + E_NAME + 1]);
+    }
+    return this._name;
+  }
+  get externalIPs(): readonly number[] {
+    return (this._ext ??= this.ctx.addrs(this.ctx.w.entries[this.o + E_EXT], this.ctx.w.entries[this.o + E_EXT + 1]));
+  }
+  get loadBalancerIPs(): readonly number[] {
+    return (this._lb ??= this.ctx.addrs(this.ctx.w.entries[this.o + E_LB], this.ctx.w.entries[this.o + E_LB + 1]));
+  }
+  get lbSourceIPs(): readonly number[] {
+    return (this._lbsrc ??= this.ctx.addrs(this.ctx.w.entries[this.o + E_LBSRC], this.ctx.w.entries[this.o + E_LBSRC + 1]));
+  }
+  get sourceRanges(): readonly Cidr[] | null {
+    if (this._ranges === undefined) {
+      const w = this.ctx.w;
+      const e = w.entries;
+      if ((e[this.o + E_FLAGS] & EF_HAS_RANGES) === 0) this._ranges = null;
+      else {
+        const ranges: Cidr[] = [];
+        const start = e[this.o + E_RANGES];
+        for (let k = 0; k < e[this.o + E_RANGES + 1]; k++) {
+          const p = start + k * 3;
+          ranges.push({ net: w.pool[p] >>> 0, mask: w.pool[p + 1] >>> 0, bits: w.pool[p + 2] });
+        }
+        this._ranges = ranges;
+      }
+    }
+    return this._ranges;
+  }
+  /** the three sets at once, from one wire form: shared sets stay one object */
+  private sets(): [EndpointSet | null, EndpointSet | null, EndpointSet | null] {
+    if (this._sets === null) {
+      const e = this.ctx.w.entries;
+      const o = this.o;
+      this._sets = [this.ctx.set(e[o + E_INTERNAL]), this.ctx.set(e[o + E_CLUSTER]), this.ctx.set(e[o + E_LOCAL])];
+    }
+    return this._sets;
+  }
+  get internal(): EndpointSet | null {
+    return this.sets()[0];
+  }
+  get cluster(): EndpointSet | null {
+    return this.sets()[1];
+  }
+  get local(): EndpointSet | null {
+    return this.sets()[2];
+  }
+}
+
+/**
+ * Packet-thread side: the wire form → a Tables snapshot, in slices.
+ * `step(budgetMs)` works until the budget is spent (the clock is read every
+ * 256 entries) and returns true when the snapshot is complete (`result`).
+ * Each entry costs one small object (ServicePortView), or none when the
+ * previous snapshot's view is kept; everything else is made when first read.
  */
 export class TablesMaterializer {
   readonly wire: TablesWire;
+  private readonly ctx: WireCtx;
   private readonly prev: Materialized | null;
   private readonly services: ServicePortEntry[];
-  private readonly setObjs: Array<EndpointSet | null | undefined>;
   private next = 0;
   reused = 0;
   built = 0;
@@ -257,9 +429,9 @@ export class TablesMaterializer {
 
   constructor(wire: TablesWire, prev: Materialized | null) {
     this.wire = wire;
+    this.ctx = new WireCtx(wire);
     this.prev = prev;
     this.services = new Array<ServicePortEntry>(wire.count);
-    this.setObjs = new Array(wire.sets.length / S);
   }
 
   get done(): boolean {
@@ -269,18 +441,19 @@ export class TablesMaterializer {
   step(budgetMs: number): boolean {
     const t0 = performance.now();
     const w = this.wire;
-    const prev = this.prev;
-    const prevServices = prev?.tables.services;
-    const prevStamps = prev?.stamps;
+    const prevServices = this.prev?.tables.services;
+    const prevStamps = this.prev?.stamps;
     this.slices++;
     while (this.next < w.count) {
-      const stop = Math.min(w.count, this.next + 64);
+      const stop = Math.min(w.count, this.next + 256);
       for (let i = this.next; i < stop; i++) {
-        if (prevServices !== undefined && i < prevServices.length && prevStamps![i] === w.stamps[i]) {
-          this.services[i] = prevServices[i];
+        const old = prevServices !== undefined && i < prevServices.length && prevStamps![i] === w.stamps[i] ? prevServices[i] : undefined;
+        if (old instanceof ServicePortView) {
+          old.rebind(this.ctx);
+          this.services[i] = old;
           this.reused++;
         } else {
-          this.services[i] = this.entry(i);
+          this.services[i] = new ServicePortView(this.ctx, i);
           this.built++;
         }
       }
@@ -320,71 +493,5 @@ export class TablesMaterializer {
       linear: null,
     };
     return { tables, stamps: w.stamps };
-  }
-
-  private addrs(start: number, count: number): readonly number[] {
-    if (count === 0) return NO_ADDRS;
-    const out = new Array<number>(count);
-    for (let k = 0; k < count; k++) out[k] = this.wire.pool[start + k] >>> 0;
-    return out;
-  }
-
-  private set(id: number): EndpointSet | null {
-    if (id < 0) return null;
-    const have = this.setObjs[id];
-    if (have !== undefined) return have;
-    const w = this.wire;
-    const o = id * S;
-    const flatStart = w.sets[o + S_FLAT_START];
-    const count = w.sets[o + S_COUNT];
-    const endpoints = new Array<EndpointEntry>(count);
-    const index = w.sets[o + S_INDEXED] === 1 ? new Map<number, number>() : NO_INDEX;
-    for (let k = 0; k < count; k++) {
-      const addr = w.endpointFlat[(flatStart + k) * 2] >>> 0;
-      const port = w.endpointFlat[(flatStart + k) * 2 + 1];
-      endpoints[k] = { addr, port, nodeLocal: w.flatNodeLocal[flatStart + k] === 1, text: `${formatIPv4(addr)}:${port}` };
-      if (index !== NO_INDEX) (index as Map<number, number>).set(addr * 65536 + port, k);
-    }
-    const ms = w.sets[o + S_MAGLEV_START];
-    const set: EndpointSet = { endpoints, flatStart, maglev: ms < 0 ? null : w.maglev.subarray(ms, ms + w.sets[o + S_MAGLEV_LEN]), index };
-    this.setObjs[id] = set;
-    return set;
-  }
-
-  private entry(i: number): ServicePortEntry {
-    const w = this.wire;
-    const e = w.entries;
-    const o = i * E;
-    const flags = e[o + E_FLAGS];
-    let ranges: Cidr[] | null = null;
-    if ((flags & EF_HAS_RANGES) !== 0) {
-      ranges = [];
-      const start = e[o + E_RANGES];
-      for (let k = 0; k < e[o + E_RANGES + 1]; k++) {
-        const p = start + k * 3;
-        ranges.push({ net: w.pool[p] >>> 0, mask: w.pool[p + 1] >>> 0, bits: w.pool[p + 2] });
-      }
-    }
-    return {
-      index: i,
-      live: e[o + E_LIVE] === 1,
-      name: w.names.slice(e[o + E_NAME], e[o + E_NAME] + e[o + E_NAME + 1]),
-      uid: e[o + E_UID] >>> 0,
-      protocol: e[o + E_PROTO],
-      clusterIP: e[o + E_HAS_CLUSTER_IP] === 1 ? e[o + E_CLUSTER_IP] >>> 0 : -1,
-      externalIPs: this.addrs(e[o + E_EXT], e[o + E_EXT + 1]),
-      loadBalancerIPs: this.addrs(e[o + E_LB], e[o + E_LB + 1]),
-      port: e[o + E_PORT],
-      nodePort: e[o + E_NODE_PORT],
-      hasEndpoints: (flags & EF_HAS_ENDPOINTS) !== 0,
-      internal: this.set(e[o + E_INTERNAL]),
-      cluster: this.set(e[o + E_CLUSTER]),
-      local: this.set(e[o + E_LOCAL]),
-      externalPolicyLocal: (flags & EF_EXTERNAL_LOCAL) !== 0,
-      hasExternalEndpoints: (flags & EF_HAS_EXTERNAL_ENDPOINTS) !== 0,
-      affinityMs: e[o + E_AFFINITY_MS],
-      sourceRanges: ranges,
-      lbSourceIPs: this.addrs(e[o + E_LBSRC], e[o + E_LBSRC + 1]),
-    };
   }
 }

@@ -20,10 +20,16 @@ const golden = JSON.parse(readFileSync(new URL('../fixtures/iptables/golden-rule
 
 function plainSet(s: EndpointSet | null) {
   if (s === null) return null;
-  return { endpoints: s.endpoints.map((e) => ({ ...e })), flatStart: s.flatStart, maglev: s.maglev === null ? null : Array.from(s.maglev), index: [...s.index.entries()].sort((a, b) => a[0] - b[0]) };
+  return { endpoints: s.endpoints.map((e) => ({ addr: e.addr, port: e.port, nodeLocal: e.nodeLocal, text: e.text })), flatStart: s.flatStart, maglev: s.maglev === null ? null : Array.from(s.maglev), index: [...s.index.entries()].sort((a, b) => a[0] - b[0]) };
 }
+/** every field of the interface, read through getters where the entry is a view */
 function plain(e: ServicePortEntry) {
-  return { ...e, internal: plainSet(e.internal), cluster: plainSet(e.cluster), local: plainSet(e.local), externalIPs: [...e.externalIPs], loadBalancerIPs: [...e.loadBalancerIPs], lbSourceIPs: [...e.lbSourceIPs], sourceRanges: e.sourceRanges && e.sourceRanges.map((r) => ({ ...r })) };
+  return {
+    index: e.index, live: e.live, name: e.name, uid: e.uid, protocol: e.protocol, clusterIP: e.clusterIP, port: e.port, nodePort: e.nodePort,
+    hasEndpoints: e.hasEndpoints, externalPolicyLocal: e.externalPolicyLocal, hasExternalEndpoints: e.hasExternalEndpoints, affinityMs: e.affinityMs,
+    internal: plainSet(e.internal), cluster: plainSet(e.cluster), local: plainSet(e.local),
+    externalIPs: [...e.externalIPs], loadBalancerIPs: [...e.loadBalancerIPs], lbSourceIPs: [...e.lbSourceIPs], sourceRanges: e.sourceRanges && e.sourceRanges.map((r) => ({ net: r.net, mask: r.mask, bits: r.bits })),
+  };
 }
 function sameTables(a: Tables, b: Tables): string | null {
   if (a.generation !== b.generation || a.liveServicePorts !== b.liveServicePorts || a.services.length !== b.services.length) return 'shape differs';
