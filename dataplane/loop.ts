@@ -182,19 +182,29 @@ export class Loop {
    * left to finish, as with kube-proxy's graceful termination.
    *
    * Runs after the swap in slices of at most SLICE_MS each (the clock is read
-   * every 256 items), one per turn of the event loop: first a map from each
-   * live entry's uid (a number: no strings are made) to its index, ~100 000
-   * entries in a few slices, then a sweep of the connection table
-   * (conntrack.sweepSome) that checks each UDP/SCTP flow's endpoint against
-   * its service port's sets. A newer swap abandons it and starts its own.
+   * every 256 items), one per turn of the event loop: first an index from
+   * each live entry's uid (a number: no strings are made) to its position, on
+   * typed arrays, ~100 000 entries in a few slices, then a sweep of the
+   * connection table (conntrack.sweepSome) that finds each UDP/SCTP flow's
+   * service port (where it was when the flow began, else by uid) and checks
+   * its endpoint against the port's sets. A newer swap abandons it and starts its own.
    * Flows created meanwhile were decided with the new tables.
    */
   private removeStale(t: Tables): void {
     if (t !== this.tables) return; // superseded by a newer swap, which will do it
     const services = t.services;
-    /** uid → entry index; -2: several entries share the uid (a hash collision), see byName */
-    const byUid = new Map<number, number>();
+    // uid → entry index, open addressing on typed arrays (nothing for the GC to trace);
+    // -2: several live entries share the uid (a 32-bit hash collision), then byName decides
+    let cap = 16;
+    while (cap < services.length * 2) cap *= 2;
+    const keys = new Int32Array(cap);
+    const vals = new Int32Array(cap).fill(-1);
     const byName = new Map<string, number>();
+    const slot = (uid: number): number => {
+      let h = Math.imul(uid, 0x9e3779b1) & (cap - 1);
+      while (vals[h] !== -1 && keys[h] !== (uid | 0)) h = (h + 1) & (cap - 1);
+      return h;
+    };
     const uidOf = new Map<string, number>();
     const ct = this.pipeline.conntrack;
     const cursor = { at: Infinity };
@@ -205,19 +215,25 @@ export class Loop {
       for (let k = 0; k < eps.length; k++) if (eps[k].addr === addr && eps[k].port === port) return true;
       return false;
     };
-    const stale = (e: ConntrackEntry): boolean => {
-      if (e.proto === PROTO_TCP) return false;
+    const find = (e: ConntrackEntry): number => {
+      // most flows: their service port is where it was when the flow began
+      const at = e.serviceIndex;
+      if (at >= 0 && at < services.length && services[at].live && services[at].name === e.serviceName) return at;
       let u = uidOf.get(e.serviceName);
       if (u === undefined) {
         // the compiler's uid: the service-port name and its protocol
         u = fnv1a(`${e.serviceName}/${e.proto === PROTO_UDP ? 'udp' : e.proto === PROTO_SCTP ? 'sctp' : String(e.proto)}`);
         uidOf.set(e.serviceName, u);
       }
-      let si = byUid.get(u);
-      if (si === -2) si = byName.get(e.serviceName);
-      if (si === undefined) return true;
+      const si = vals[slot(u)];
+      if (si === -2) return byName.get(e.serviceName) ?? -1;
+      return si >= 0 && services[si].name === e.serviceName ? si : -1;
+    };
+    const stale = (e: ConntrackEntry): boolean => {
+      if (e.proto === PROTO_TCP) return false;
+      const si = find(e);
+      if (si < 0) return true;
       const s = services[si];
-      if (s.name !== e.serviceName) return true;
       return !has(s.cluster, e.replySrc, e.replySport) && !has(s.local, e.replySrc, e.replySport);
     };
     const slice = () => {
@@ -229,11 +245,14 @@ export class Loop {
           for (; i < stop; i++) {
             const s = services[i];
             if (!s.live) continue;
-            const had = byUid.get(s.uid);
-            if (had === undefined) byUid.set(s.uid, i);
-            else {
+            const h = slot(s.uid);
+            const had = vals[h];
+            if (had === -1) {
+              keys[h] = s.uid | 0;
+              vals[h] = i;
+            } else {
               if (had >= 0) byName.set(services[had].name, had);
-              byUid.set(s.uid, -2);
+              vals[h] = -2;
               byName.set(s.name, i);
             }
           }

@@ -12,8 +12,9 @@
  *   affinity, Maglev, source ranges, trace, stale-flow removal) cannot be
  *   shared. `TablesEncoder` (worker) writes them as ints into shared arrays
  *   plus one string of names; `TablesMaterializer` (packet thread) makes one
- *   small view object per entry (ServicePortView: the numbers as fields, the
- *   name, address lists and endpoint sets made when first read) in slices of
+ *   small view object per entry (ServicePortView: the numbers read from the
+ *   shared ints, the name, address lists and endpoint sets made when first
+ *   read) in slices of
  *   bounded time (`step(budgetMs)`, run between packet batches), and only
  *   then is the snapshot swapped in. An entry the previous snapshot already
  *   had (same stamp: the incremental path kept the object) keeps its view,
@@ -300,50 +301,34 @@ class EndpointView implements EndpointEntry {
   }
 }
 
+/** What a view made when first read (one object, only for the entries something read). */
+class ViewCache {
+  name: string | null = null;
+  ext: readonly number[] | null = null;
+  lb: readonly number[] | null = null;
+  lbsrc: readonly number[] | null = null;
+  ranges: readonly Cidr[] | null | undefined = undefined;
+  sets: [EndpointSet | null, EndpointSet | null, EndpointSet | null] | null = null;
+}
+
 /**
- * A service-port entry over the wire form: the numbers the hot path and the
- * lookup read are fields, set when the view is made (one small object per
- * entry); the name, the address lists, the source ranges and the endpoint
- * sets are made when first read (a new flow of the service, affinity, Maglev,
- * a trace), then kept. A view the next snapshot keeps (same stamp) is
- * rebound to the new wire form, where its entry reads the same.
+ * A service-port entry over the wire form: two fields (the wire form and the
+ * position) and a cache made on the first read of a name, an address list,
+ * the source ranges or the endpoint sets (a new flow of the service,
+ * affinity, Maglev, a trace); the numbers are read from the shared ints on
+ * every access. ~40 bytes per entry on the packet thread's heap, so that a
+ * snapshot of 100 000 services costs its scavenges and mark-compacts little.
+ * A view the next snapshot keeps (same stamp) is rebound to the new wire
+ * form, where its entry reads the same.
  */
 class ServicePortView implements ServicePortEntry {
-  readonly index: number;
-  readonly live: boolean;
-  readonly uid: number;
-  readonly protocol: number;
-  readonly clusterIP: number;
-  readonly port: number;
-  readonly nodePort: number;
-  readonly hasEndpoints: boolean;
-  readonly externalPolicyLocal: boolean;
-  readonly hasExternalEndpoints: boolean;
-  readonly affinityMs: number;
   private ctx: WireCtx;
-  private _name: string | null = null;
-  private _ext: readonly number[] | null = null;
-  private _lb: readonly number[] | null = null;
-  private _lbsrc: readonly number[] | null = null;
-  private _ranges: readonly Cidr[] | null | undefined = undefined;
-  private _sets: [EndpointSet | null, EndpointSet | null, EndpointSet | null] | null = null;
+  readonly index: number;
+  private cache: ViewCache | null = null;
 
   constructor(ctx: WireCtx, i: number) {
-    const e = ctx.w.entries;
-    const o = i * E;
-    const flags = e[o + E_FLAGS];
     this.ctx = ctx;
     this.index = i;
-    this.live = e[o + E_LIVE] === 1;
-    this.uid = e[o + E_UID] >>> 0;
-    this.protocol = e[o + E_PROTO];
-    this.clusterIP = e[o + E_HAS_CLUSTER_IP] === 1 ? e[o + E_CLUSTER_IP] >>> 0 : -1;
-    this.port = e[o + E_PORT];
-    this.nodePort = e[o + E_NODE_PORT];
-    this.hasEndpoints = (flags & EF_HAS_ENDPOINTS) !== 0;
-    this.externalPolicyLocal = (flags & EF_EXTERNAL_LOCAL) !== 0;
-    this.hasExternalEndpoints = (flags & EF_HAS_EXTERNAL_ENDPOINTS) !== 0;
-    this.affinityMs = e[o + E_AFFINITY_MS];
   }
 
   /** The next snapshot keeps this entry (same stamp, same index): read it from the new wire form. */
@@ -351,51 +336,83 @@ class ServicePortView implements ServicePortEntry {
     this.ctx = ctx;
   }
 
-  private get o(): number {
-    return this.index * E;
+  private int(field: number): number {
+    return this.ctx.w.entries[this.index * E + field];
+  }
+  private c(): ViewCache {
+    return (this.cache ??= new ViewCache());
+  }
+  get live(): boolean {
+    return this.int(E_LIVE) === 1;
+  }
+  get uid(): number {
+    return this.int(E_UID) >>> 0;
+  }
+  get protocol(): number {
+    return this.int(E_PROTO);
+  }
+  get clusterIP(): number {
+    return this.int(E_HAS_CLUSTER_IP) === 1 ? this.int(E_CLUSTER_IP) >>> 0 : -1;
+  }
+  get port(): number {
+    return this.int(E_PORT);
+  }
+  get nodePort(): number {
+    return this.int(E_NODE_PORT);
+  }
+  get hasEndpoints(): boolean {
+    return (this.int(E_FLAGS) & EF_HAS_ENDPOINTS) !== 0;
+  }
+  get externalPolicyLocal(): boolean {
+    return (this.int(E_FLAGS) & EF_EXTERNAL_LOCAL) !== 0;
+  }
+  get hasExternalEndpoints(): boolean {
+    return (this.int(E_FLAGS) & EF_HAS_EXTERNAL_ENDPOINTS) !== 0;
+  }
+  get affinityMs(): number {
+    return this.int(E_AFFINITY_MS);
   }
   get name(): string {
-    if (this._name === null) {
-      const e = this.ctx.w.entries;
-      const at = e[this.o + E_NAME];
-      this._name = this.ctx.w.names.slice(at, at + e[this.o + E_NAME + 1]);
+    const c = this.c();
+    if (c.name === null) {
+      const at = this.int(E_NAME);
+      c.name = this.ctx.w.names.slice(at, at + this.int(E_NAME + 1));
     }
-    return this._name;
+    return c.name;
   }
   get externalIPs(): readonly number[] {
-    return (this._ext ??= this.ctx.addrs(this.ctx.w.entries[this.o + E_EXT], this.ctx.w.entries[this.o + E_EXT + 1]));
+    const c = this.c();
+    return (c.ext ??= this.ctx.addrs(this.int(E_EXT), this.int(E_EXT + 1)));
   }
   get loadBalancerIPs(): readonly number[] {
-    return (this._lb ??= this.ctx.addrs(this.ctx.w.entries[this.o + E_LB], this.ctx.w.entries[this.o + E_LB + 1]));
+    const c = this.c();
+    return (c.lb ??= this.ctx.addrs(this.int(E_LB), this.int(E_LB + 1)));
   }
   get lbSourceIPs(): readonly number[] {
-    return (this._lbsrc ??= this.ctx.addrs(this.ctx.w.entries[this.o + E_LBSRC], this.ctx.w.entries[this.o + E_LBSRC + 1]));
+    const c = this.c();
+    return (c.lbsrc ??= this.ctx.addrs(this.int(E_LBSRC), this.int(E_LBSRC + 1)));
   }
   get sourceRanges(): readonly Cidr[] | null {
-    if (this._ranges === undefined) {
-      const w = this.ctx.w;
-      const e = w.entries;
-      if ((e[this.o + E_FLAGS] & EF_HAS_RANGES) === 0) this._ranges = null;
+    const c = this.c();
+    if (c.ranges === undefined) {
+      if ((this.int(E_FLAGS) & EF_HAS_RANGES) === 0) c.ranges = null;
       else {
+        const pool = this.ctx.w.pool;
         const ranges: Cidr[] = [];
-        const start = e[this.o + E_RANGES];
-        for (let k = 0; k < e[this.o + E_RANGES + 1]; k++) {
+        const start = this.int(E_RANGES);
+        for (let k = 0; k < this.int(E_RANGES + 1); k++) {
           const p = start + k * 3;
-          ranges.push({ net: w.pool[p] >>> 0, mask: w.pool[p + 1] >>> 0, bits: w.pool[p + 2] });
+          ranges.push({ net: pool[p] >>> 0, mask: pool[p + 1] >>> 0, bits: pool[p + 2] });
         }
-        this._ranges = ranges;
+        c.ranges = ranges;
       }
     }
-    return this._ranges;
+    return c.ranges;
   }
   /** the three sets at once, from one wire form: shared sets stay one object */
   private sets(): [EndpointSet | null, EndpointSet | null, EndpointSet | null] {
-    if (this._sets === null) {
-      const e = this.ctx.w.entries;
-      const o = this.o;
-      this._sets = [this.ctx.set(e[o + E_INTERNAL]), this.ctx.set(e[o + E_CLUSTER]), this.ctx.set(e[o + E_LOCAL])];
-    }
-    return this._sets;
+    const c = this.c();
+    return (c.sets ??= [this.ctx.set(this.int(E_INTERNAL)), this.ctx.set(this.int(E_CLUSTER)), this.ctx.set(this.int(E_LOCAL))]);
   }
   get internal(): EndpointSet | null {
     return this.sets()[0];

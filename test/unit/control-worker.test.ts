@@ -26,8 +26,8 @@ import { PROTO_UDP } from '../../dataplane/addr.ts';
 
 const N = Number(process.env.TUNPROXY_WORKER_TEST_SERVICES ?? 100_000);
 const FLOWS = 300_000;
-/** the longest the packet thread may be held (ms): generous, the machine is shared; the design aims at SLICE_MS */
-const BOUND_MS = 100;
+/** the longest the packet thread may be held (ms): generous, the machine is shared (quiet: ~15-20 ms measured; the API in the packet thread: 1000-1800 ms) */
+const BOUND_MS = Number(process.env.TUNPROXY_WORKER_TEST_BOUND_MS ?? 250);
 
 /** The max event-loop delay (ms) while `work` runs. */
 async function maxDelay<T>(work: () => Promise<T>): Promise<{ ms: number; p99: number; value: T }> {

@@ -68,19 +68,23 @@ for (const via of ['compiler', 'wire views'] as const) {
     const ep8 = parseIPv4('10.64.1.8');
     const client = parseIPv4('10.64.1.20');
     const vip = parseIPv4('10.32.0.10');
-    const add = (proto: number, ep: number, sport: number, name = 'kube-system/kube-dns:dns') =>
-      ct.insert(proto, client, vip, sport, 53, ep, client, 53, sport, now, { serviceName: name, serviceIndex: 0, endpointAddr: ep, endpointPort: 53, masquerade: false });
+    const add = (proto: number, ep: number, sport: number, name = 'kube-system/kube-dns:dns', serviceIndex = 0) =>
+      ct.insert(proto, client, vip, sport, 53, ep, client, 53, sport, now, { serviceName: name, serviceIndex, endpointAddr: ep, endpointPort: 53, masquerade: false });
     for (let p = 0; p < 20000; p++) add(PROTO_UDP, ep7, 10000 + p);
     add(PROTO_UDP, ep8, 9000);
     add(PROTO_TCP, ep8, 9001, 'kube-system/kube-dns:dns-tcp');
     add(PROTO_UDP, ep8, 9002, 'no/such:service');
-    t.equal(ct.size, 20003);
+    // the service port moved since the flow began (another position): found by its uid
+    add(PROTO_UDP, ep7, 9003, 'kube-system/kube-dns:dns', 3);
+    add(PROTO_UDP, ep8, 9004, 'kube-system/kube-dns:dns', 3);
+    t.equal(ct.size, 20005);
     dp.installTables(tablesOf(withoutEndpoint(golden, '10.64.1.8')));
     idle.kick();
     t.equal(loop.stats.generation, 2, 'swapped at the next batch');
     await turns(200);
-    t.equal(loop.stats.staleRemoved, 2, 'the UDP flow to the endpoint that left and the one of a service that is gone');
-    t.equal(ct.size, 20001);
+    t.equal(loop.stats.staleRemoved, 3, 'the UDP flows to the endpoint that left and the one of a service that is gone');
+    t.equal(ct.size, 20002);
+    t.ok(ct.lookup(PROTO_UDP, client, vip, 9003, 53, now), 'a flow whose service port moved, to an endpoint that stays, is kept');
     t.ok(ct.lookup(PROTO_TCP, client, vip, 9001, 53, now), 'the TCP flow to the leaving endpoint finishes');
     t.ok(ct.lookup(PROTO_UDP, client, vip, 10000, 53, now), 'flows to the endpoint that stays are kept');
     dp.detach();
