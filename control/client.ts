@@ -98,8 +98,20 @@ export class ApiClient {
     return this.url ? this.url.origin : this.socket!;
   }
 
+  /**
+   * One request whose successful answer is handed over chunk by chunk as it
+   * arrives (a streamed listing: GET /v1/conntrack), never held whole; an
+   * error answer is read whole and thrown as ApiRequestError. Resolves with
+   * the headers and trailers.
+   */
+  async stream(method: string, path: string, o: RequestOptions, onData: (chunk: Buffer) => void): Promise<IncomingHttpHeaders> {
+    const r = await this.request(method, path, { ...o, onResponse: (status) => (status < 400 ? onData : null) });
+    if (r.status >= 400) throw new ApiRequestError(r.status, r.body, r.text);
+    return r.headers;
+  }
+
   /** One request; resolves with any HTTP answer (use `call` to throw on >= 400). */
-  request<T = unknown>(method: string, path: string, o: RequestOptions = {}): Promise<ApiResponse<T>> {
+  request<T = unknown>(method: string, path: string, o: RequestOptions & { onResponse?: (status: number) => ((c: Buffer) => void) | null | void } = {}): Promise<ApiResponse<T>> {
     let payload: Buffer | null = null;
     const headers: Record<string, string> = { accept: 'application/json', ...(o.headers ?? {}) };
     if (o.body !== undefined) {
@@ -128,7 +140,8 @@ export class ApiClient {
     return new Promise((resolve, reject) => {
       const req = http.request(opts, (res) => {
         const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
+        const sink = o.onResponse?.(res.statusCode ?? 0) ?? null;
+        res.on('data', (c: Buffer) => (sink ? sink(c) : chunks.push(c)));
         res.on('error', reject);
         res.on('end', () => {
           const text = Buffer.concat(chunks).toString('utf8');

@@ -10,7 +10,7 @@
  * person can act on (control/api/errors.ts).
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
-import { chmodSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
+import { chmodSync, existsSync, lstatSync, mkdirSync, mkdtempSync, renameSync, rmSync } from 'node:fs';
 import { connect } from 'node:net';
 import { dirname, join } from 'node:path';
 import Fastify from 'fastify';
@@ -29,12 +29,9 @@ import { ApiMetrics, registerObserveRoutes } from './api/observe.ts';
 
 export { ApiContext } from './api/context.ts';
 
-export const DEFAULT_SOCKET_DIR = '/run/tunproxy';
 export const SMALL_BODY_LIMIT = 1024 * 1024;
-
-export function defaultSocketPath(tun: string): string {
-  return `${DEFAULT_SOCKET_DIR}/${tun}.sock`;
-}
+// where the socket goes and the token file: in a module of their own, which the packet thread loads without fastify
+export { DEFAULT_SOCKET_DIR, defaultSocketPath, readTokenFile } from './api/local.ts';
 
 export interface BuildOptions {
   /** when set, every request needs `Authorization: Bearer <token>` */
@@ -139,21 +136,6 @@ export function parseListen(text: string): { host: string; port: number } {
   const port = m ? Number(m[3]) : NaN;
   if (!m || port > 65535) throw new Error(`--listen ${text}: expected HOST:PORT, like 127.0.0.1:9440`);
   return { host: m[1] ?? (m[2] || '0.0.0.0'), port };
-}
-
-/** The token in a file (first line, trimmed); refused when empty or readable by others. */
-export function readTokenFile(path: string): string {
-  let text: string;
-  try {
-    text = readFileSync(path, 'utf8');
-  } catch (e) {
-    throw new Error(`--token-file ${path}: cannot read it: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
-  }
-  const token = text.split('\n')[0].trim();
-  if (token.length < 16) throw new Error(`--token-file ${path}: the token must be at least 16 characters on the first line (e.g. openssl rand -hex 32 > ${path})`);
-  const mode = statSync(path).mode & 0o777;
-  if ((mode & 0o007) !== 0) throw new Error(`--token-file ${path}: the file is readable by everyone (mode ${mode.toString(8)}): chmod 600 ${path}`);
-  return token;
 }
 
 /** Is something accepting connections on this Unix socket? */

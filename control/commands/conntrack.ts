@@ -78,10 +78,21 @@ Examples:
           query.limit = f.limit;
           if (f.counters) query.counters = 'true';
           query.format = f.output;
-          const r = await client.call<unknown>('GET', '/v1/conntrack', { query, headers: { accept: f.output === 'text' ? 'text/plain' : 'application/json' } });
-          if (f.output === 'text') process.stdout.write(r.text);
-          else print(r.body, 'json');
-          err(`conntrack (tunproxy): ${r.headers['x-flow-count']} flow entries have been shown.`);
+          let count: unknown;
+          if (f.output === 'text') {
+            // streamed: a listing of a million flows is written as it comes, never held whole
+            let waiting: Promise<void> = Promise.resolve();
+            const h = await client.stream('GET', '/v1/conntrack', { query, headers: { accept: 'text/plain' } }, (c) => {
+              if (!process.stdout.write(c)) waiting = new Promise((r) => process.stdout.once('drain', () => r()));
+            });
+            await waiting;
+            count = h['x-flow-count'];
+          } else {
+            const r = await client.call<unknown>('GET', '/v1/conntrack', { query, headers: { accept: 'application/json' } });
+            print(r.body, 'json');
+            count = r.headers['x-flow-count'];
+          }
+          err(`conntrack (tunproxy): ${count} flow entries have been shown.`);
         }
         process.exitCode = EXIT_OK;
       } catch (e) {

@@ -111,7 +111,7 @@ export async function run(o: RunOptions): Promise<void> {
   if (!/^[0-7]{3}$/.test(o.socketMode)) throw new Error(`--socket-mode: ${o.socketMode} must be octal permissions like 600 or 660`);
   if (!Number.isInteger(maxBody) || maxBody < 1024) throw new Error(`--max-body: ${o.maxBody} must be a number of bytes >= 1024`);
   if (o.listen !== undefined && o.tokenFile === undefined) throw new Error('--listen needs --token-file: the TCP listener only serves requests with a bearer token');
-  const { defaultSocketPath, readTokenFile } = await import('../server.ts');
+  const { defaultSocketPath, readTokenFile } = await import('../api/local.ts');
   const token = o.tokenFile !== undefined ? readTokenFile(o.tokenFile) : undefined;
 
   if (o.decider !== 'compiled' && o.decider !== 'linear') throw new Error(`--decider: ${JSON.stringify(o.decider)} is not one of compiled, linear`);
