@@ -10,6 +10,11 @@
  * every change; without --rules, the saved one is loaded at start (with
  * neither, tunproxy waits for one through the API). On SIGTERM/SIGINT the
  * connection table is saved there and restored on the next start.
+ *
+ * Two threads: this one moves packets; a control worker
+ * (control/worker/control-worker.ts) serves the API, reads, validates,
+ * compiles and saves rule sets, and sends the tables here as shared arrays
+ * (see README "Two threads").
  */
 import type { Command } from 'commander';
 import { Dataplane } from '../dataplane.ts';
@@ -64,6 +69,10 @@ export function registerRun(program: Command): void {
 Signals: SIGHUP reloads --rules (a rejected file keeps the rules in force),
 SIGUSR1 prints the status and the connection table, SIGINT/SIGTERM save the
 connection table in --state-dir and stop.
+
+Threads: the packets move on the main thread; the API, the rule-set parse,
+validation, compile, imports and saves run in a control worker thread, and
+every piece of work the packet thread does for it is cut in slices of 1 ms.
 
 State: --state-dir holds <tun>.ruleset.json (the rule set in force, written
 atomically after every change; loaded at start when --rules is not given; a
