@@ -145,9 +145,14 @@ export async function run(o: RunOptions): Promise<void> {
     maxBody,
     decider: o.decider,
   });
+  let stopping = false;
   cw.on('worker-error', (e: Error) => log(`the control worker failed: ${e.stack ?? e.message}; packets keep moving with the rules in force, the API is gone`));
+  cw.on('exit', (code: number) => {
+    if (!stopping) log(`the control worker exited (code ${code}); packets keep moving with the rules in force, the API is gone`);
+  });
   const first = await cw.next('rules', 'fatal');
   if (first.ev === 'fatal') {
+    stopping = true;
     await cw.worker.terminate();
     throw new Error(String(first.message));
   }
@@ -157,6 +162,7 @@ export async function run(o: RunOptions): Promise<void> {
   try {
     tun = TunDevice.open(o.tun, { multiQueue: !!o.multiQueue });
   } catch (e) {
+    stopping = true;
     await cw.stop();
     throw e;
   }
@@ -165,6 +171,7 @@ export async function run(o: RunOptions): Promise<void> {
   if (a.error !== undefined) {
     if (o.socket !== undefined || o.listen !== undefined) {
       tun.close();
+      stopping = true;
       await cw.stop();
       throw new Error(String(a.error));
     }
@@ -220,7 +227,6 @@ export async function run(o: RunOptions): Promise<void> {
     });
   });
   await new Promise<void>((resolve) => {
-    let stopping = false;
     const stop = async (sig: string) => {
       if (stopping) return;
       stopping = true;
