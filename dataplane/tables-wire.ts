@@ -334,6 +334,9 @@ class ServicePortView implements ServicePortEntry {
   /** The next snapshot keeps this entry (same stamp, same index): read it from the new wire form. */
   rebind(ctx: WireCtx): void {
     this.ctx = ctx;
+    // the endpoint sets point into their wire form's Maglev pool: made again from the new one when
+    // next read, so that no old wire form stays alive through a view the snapshots keep
+    if (this.cache !== null) this.cache.sets = null;
   }
 
   private int(field: number): number {
@@ -376,7 +379,8 @@ class ServicePortView implements ServicePortEntry {
     const c = this.c();
     if (c.name === null) {
       const at = this.int(E_NAME);
-      c.name = this.ctx.w.names.slice(at, at + this.int(E_NAME + 1));
+      // a copy, not a slice of the wire form's string of names: a slice would keep all of it alive
+      c.name = (' ' + this.ctx.w.names.slice(at, at + this.int(E_NAME + 1))).slice(1);
     }
     return c.name;
   }
