@@ -121,120 +121,215 @@ function sharedInt32(n: number): Int32Array {
   return new Int32Array(new SharedArrayBuffer(Math.max(n, 2) * 4), 0, n);
 }
 
-/** Worker side: a (shared) snapshot → its wire form. Keeps a stamp per entry object across calls. */
+/** What the encoder remembers of its last wire form, to encode the next one by difference. */
+interface LastEncoding {
+  services: readonly ServicePortEntry[];
+  wire: TablesWire;
+  poolLen: number;
+  setCount: number;
+  maglevLen: number;
+  setIds: Map<EndpointSet, number>;
+  maglevAt: Map<Uint16Array, number>;
+  /** ints, sets and characters appended since the last full encoding */
+  appended: number;
+  base: number;
+}
+
+function growInt32(prev: Int32Array, used: number, add: readonly number[]): Int32Array {
+  const a = sharedInt32(used + add.length);
+  a.set(prev.subarray(0, used));
+  for (let k = 0; k < add.length; k++) a[used + k] = add[k];
+  return a;
+}
+
+/**
+ * Worker side: a (shared) snapshot → its wire form. Keeps a stamp per entry
+ * object across calls. When most entries are the objects of the last
+ * snapshot encoded (the incremental path: a PATCH), only the others are
+ * encoded: the last wire form's ints are copied (a few MB, one memcpy) and the
+ * new entries' lists, sets and names appended; a full encoding starts over
+ * when the appended part outgrows the rest.
+ */
 export class TablesEncoder {
   private readonly stampOf = new WeakMap<ServicePortEntry, number>();
   private nextStamp = 1;
+  private last: LastEncoding | null = null;
+  /** how the last call went (for tests and logs) */
+  lastMode: 'full' | 'difference' = 'full';
+
+  private stamp(s: ServicePortEntry): number {
+    let st = this.stampOf.get(s);
+    if (st === undefined) {
+      st = this.nextStamp++;
+      this.stampOf.set(s, st);
+    }
+    return st;
+  }
 
   encode(t: Tables): TablesWire {
     if (!(t.serviceRows.buffer instanceof SharedArrayBuffer)) t = shareTables(t);
+    const last = this.last;
+    if (last !== null && t.services.length >= last.services.length && last.appended < last.base) {
+      const prev = last.services;
+      const changed: number[] = [];
+      for (let i = 0; i < prev.length && changed.length * 8 <= prev.length; i++) if (t.services[i] !== prev[i]) changed.push(i);
+      for (let i = prev.length; i < t.services.length && changed.length * 8 <= t.services.length; i++) changed.push(i);
+      if (changed.length * 8 <= t.services.length) {
+        this.lastMode = 'difference';
+        return this.encodeDifference(t, last, changed);
+      }
+    }
+    this.lastMode = 'full';
+    return this.encodeFull(t);
+  }
+
+  private encodeFull(t: Tables): TablesWire {
     const n = t.services.length;
     const entries = sharedInt32(n * E);
     const stamps = new Float64Array(new SharedArrayBuffer(Math.max(n, 1) * 8), 0, n);
-    const pool: number[] = [];
-    const setIds = new Map<EndpointSet, number>();
-    const setInts: number[] = [];
-    const maglevAt = new Map<Uint16Array, number>();
-    const maglevs: Uint16Array[] = [];
-    let maglevLen = 0;
-    const flatNodeLocal = new Uint8Array(new SharedArrayBuffer(Math.max(t.endpointFlat.length / 2, 1)), 0, t.endpointFlat.length / 2);
-    let names = '';
-    const nameParts: string[] = [];
-    let nameLen = 0;
-    const setId = (set: EndpointSet | null): number => {
-      if (set === null) return -1;
-      let id = setIds.get(set);
-      if (id !== undefined) return id;
-      id = setIds.size;
-      setIds.set(set, id);
-      let mStart = -1;
-      let mLen = 0;
-      if (set.maglev !== null) {
-        let at = maglevAt.get(set.maglev);
-        if (at === undefined) {
-          at = maglevLen;
-          maglevAt.set(set.maglev, at);
-          maglevs.push(set.maglev);
-          maglevLen += set.maglev.length;
-        }
-        mStart = at;
-        mLen = set.maglev.length;
-      }
-      setInts.push(set.flatStart, set.endpoints.length, mStart, mLen, set.index.size > 0 ? 1 : 0);
-      for (let i = 0; i < set.endpoints.length; i++) if (set.endpoints[i].nodeLocal) flatNodeLocal[set.flatStart + i] = 1;
-      return id;
-    };
-    const list = (o: number, addrs: readonly number[]) => {
-      entries[o] = pool.length;
-      entries[o + 1] = addrs.length;
-      for (const a of addrs) pool.push(a | 0);
-    };
+    const st = new EncodeState(new Map(), new Map(), 0, 0, 0, 0, new Uint8Array(new SharedArrayBuffer(Math.max(t.endpointFlat.length / 2, 1)), 0, t.endpointFlat.length / 2));
     for (let i = 0; i < n; i++) {
-      const s = t.services[i];
-      let st = this.stampOf.get(s);
-      if (st === undefined) {
-        st = this.nextStamp++;
-        this.stampOf.set(s, st);
-      }
-      stamps[i] = st;
-      const o = i * E;
-      entries[o + E_LIVE] = s.live ? 1 : 0;
-      entries[o + E_UID] = s.uid | 0;
-      entries[o + E_PROTO] = s.protocol;
-      entries[o + E_CLUSTER_IP] = s.clusterIP | 0;
-      entries[o + E_HAS_CLUSTER_IP] = s.clusterIP >= 0 ? 1 : 0;
-      entries[o + E_PORT] = s.port;
-      entries[o + E_NODE_PORT] = s.nodePort;
-      entries[o + E_FLAGS] = (s.hasEndpoints ? EF_HAS_ENDPOINTS : 0) | (s.externalPolicyLocal ? EF_EXTERNAL_LOCAL : 0) | (s.hasExternalEndpoints ? EF_HAS_EXTERNAL_ENDPOINTS : 0) | (s.sourceRanges !== null ? EF_HAS_RANGES : 0);
-      entries[o + E_AFFINITY_MS] = s.affinityMs;
-      list(o + E_EXT, s.externalIPs);
-      list(o + E_LB, s.loadBalancerIPs);
-      entries[o + E_RANGES] = pool.length;
-      entries[o + E_RANGES + 1] = s.sourceRanges === null ? 0 : s.sourceRanges.length;
-      if (s.sourceRanges !== null) for (const r of s.sourceRanges) pool.push(r.net | 0, r.mask | 0, r.bits);
-      list(o + E_LBSRC, s.lbSourceIPs);
-      entries[o + E_INTERNAL] = setId(s.internal);
-      entries[o + E_CLUSTER] = setId(s.cluster);
-      entries[o + E_LOCAL] = setId(s.local);
-      entries[o + E_NAME] = nameLen;
-      entries[o + E_NAME + 1] = s.name.length;
-      nameParts.push(s.name);
-      nameLen += s.name.length;
+      stamps[i] = this.stamp(t.services[i]);
+      st.entry(t.services[i], entries, i * E);
     }
-    names = nameParts.join('');
-    const poolArr = sharedInt32(pool.length);
-    poolArr.set(pool);
-    const setsArr = sharedInt32(setInts.length);
-    setsArr.set(setInts);
-    const maglev = new Uint16Array(new SharedArrayBuffer(Math.max(maglevLen, 1) * 2), 0, maglevLen);
-    for (const m of maglevs) maglev.set(m, maglevAt.get(m)!);
-    return {
-      generation: t.generation,
-      liveServicePorts: t.liveServicePorts,
-      loadBalancing: t.loadBalancing,
-      masqueradeAll: t.masqueradeAll,
-      masqueradeAddr: t.masqueradeAddr,
-      clusterCIDR: t.clusterCIDR === null ? null : { net: t.clusterCIDR.net, mask: t.clusterCIDR.mask, bits: t.clusterCIDR.bits },
-      cidrNet: t.cidrNet,
-      cidrMask: t.cidrMask,
-      serviceRows: t.serviceRows,
-      endpointFlat: t.endpointFlat,
-      nodePorts: t.nodePorts,
-      localAddrs: t.localAddrs,
-      vipSlots: t.vipIndex.rawSlots,
-      vipSize: t.vipIndex.size,
-      addrSlots: t.vipAddrs.rawSlots,
-      addrSize: t.vipAddrs.size,
-      count: n,
-      entries,
-      stamps,
-      pool: poolArr,
-      sets: setsArr,
-      flatNodeLocal,
-      maglev,
-      names,
-    };
+    const pool = growInt32(new Int32Array(0), 0, st.pool);
+    const sets = growInt32(new Int32Array(0), 0, st.setInts);
+    const maglev = new Uint16Array(new SharedArrayBuffer(Math.max(st.maglevLen, 1) * 2), 0, st.maglevLen);
+    for (const m of st.maglevs) maglev.set(m, st.maglevAt.get(m)!);
+    const wire = wireOf(t, n, entries, stamps, pool, sets, st.flatNodeLocal, maglev, st.names.join(''));
+    this.last = { services: t.services, wire, poolLen: pool.length, setCount: sets.length / S, maglevLen: st.maglevLen, setIds: st.setIds, maglevAt: st.maglevAt, appended: 0, base: Math.max(1024, pool.length + sets.length + wire.names.length + n) };
+    return wire;
   }
+
+  private encodeDifference(t: Tables, last: LastEncoding, changed: readonly number[]): TablesWire {
+    const n = t.services.length;
+    const pw = last.wire;
+    const entries = sharedInt32(n * E);
+    entries.set(pw.entries);
+    const stamps = new Float64Array(new SharedArrayBuffer(Math.max(n, 1) * 8), 0, n);
+    stamps.set(pw.stamps);
+    const flatPairs = t.endpointFlat.length / 2;
+    const flatNodeLocal = new Uint8Array(new SharedArrayBuffer(Math.max(flatPairs, 1)), 0, flatPairs);
+    flatNodeLocal.set(pw.flatNodeLocal.subarray(0, Math.min(pw.flatNodeLocal.length, flatPairs)));
+    const st = new EncodeState(last.setIds, last.maglevAt, last.poolLen, last.setCount, last.maglevLen, pw.names.length, flatNodeLocal);
+    for (const i of changed) {
+      stamps[i] = this.stamp(t.services[i]);
+      st.entry(t.services[i], entries, i * E);
+    }
+    const pool = growInt32(pw.pool, last.poolLen, st.pool);
+    const sets = growInt32(pw.sets, last.setCount * S, st.setInts);
+    let maglev = pw.maglev;
+    if (st.maglevLen > last.maglevLen) {
+      maglev = new Uint16Array(new SharedArrayBuffer(st.maglevLen * 2), 0, st.maglevLen);
+      maglev.set(pw.maglev.subarray(0, last.maglevLen));
+      for (const m of st.maglevs) maglev.set(m, st.maglevAt.get(m)!);
+    }
+    const wire = wireOf(t, n, entries, stamps, pool, sets, flatNodeLocal, maglev, pw.names + st.names.join(''));
+    const added = st.pool.length + st.setInts.length + (wire.names.length - pw.names.length) + changed.length * E;
+    this.last = { ...last, services: t.services, wire, poolLen: pool.length, setCount: sets.length / S, maglevLen: st.maglevLen, appended: last.appended + added };
+    return wire;
+  }
+}
+
+/** Appends entries' variable parts (address lists, sets, Maglev tables, names) after what is there. */
+class EncodeState {
+  readonly pool: number[] = [];
+  readonly setInts: number[] = [];
+  readonly maglevs: Uint16Array[] = [];
+  readonly names: string[] = [];
+  constructor(
+    readonly setIds: Map<EndpointSet, number>,
+    readonly maglevAt: Map<Uint16Array, number>,
+    private readonly poolBase: number,
+    private setCount: number,
+    public maglevLen: number,
+    private nameLen: number,
+    readonly flatNodeLocal: Uint8Array,
+  ) {}
+
+  private setId(set: EndpointSet | null): number {
+    if (set === null) return -1;
+    let id = this.setIds.get(set);
+    if (id !== undefined) return id;
+    id = this.setCount++;
+    this.setIds.set(set, id);
+    let mStart = -1;
+    let mLen = 0;
+    if (set.maglev !== null) {
+      let at = this.maglevAt.get(set.maglev);
+      if (at === undefined) {
+        at = this.maglevLen;
+        this.maglevAt.set(set.maglev, at);
+        this.maglevs.push(set.maglev);
+        this.maglevLen += set.maglev.length;
+      }
+      mStart = at;
+      mLen = set.maglev.length;
+    }
+    this.setInts.push(set.flatStart, set.endpoints.length, mStart, mLen, set.index.size > 0 ? 1 : 0);
+    for (let i = 0; i < set.endpoints.length; i++) if (set.endpoints[i].nodeLocal) this.flatNodeLocal[set.flatStart + i] = 1;
+    return id;
+  }
+
+  private list(entries: Int32Array, o: number, addrs: readonly number[]): void {
+    entries[o] = this.poolBase + this.pool.length;
+    entries[o + 1] = addrs.length;
+    for (const a of addrs) this.pool.push(a | 0);
+  }
+
+  entry(s: ServicePortEntry, entries: Int32Array, o: number): void {
+    entries[o + E_LIVE] = s.live ? 1 : 0;
+    entries[o + E_UID] = s.uid | 0;
+    entries[o + E_PROTO] = s.protocol;
+    entries[o + E_CLUSTER_IP] = s.clusterIP | 0;
+    entries[o + E_HAS_CLUSTER_IP] = s.clusterIP >= 0 ? 1 : 0;
+    entries[o + E_PORT] = s.port;
+    entries[o + E_NODE_PORT] = s.nodePort;
+    entries[o + E_FLAGS] = (s.hasEndpoints ? EF_HAS_ENDPOINTS : 0) | (s.externalPolicyLocal ? EF_EXTERNAL_LOCAL : 0) | (s.hasExternalEndpoints ? EF_HAS_EXTERNAL_ENDPOINTS : 0) | (s.sourceRanges !== null ? EF_HAS_RANGES : 0);
+    entries[o + E_AFFINITY_MS] = s.affinityMs;
+    this.list(entries, o + E_EXT, s.externalIPs);
+    this.list(entries, o + E_LB, s.loadBalancerIPs);
+    entries[o + E_RANGES] = this.poolBase + this.pool.length;
+    entries[o + E_RANGES + 1] = s.sourceRanges === null ? 0 : s.sourceRanges.length;
+    if (s.sourceRanges !== null) for (const r of s.sourceRanges) this.pool.push(r.net | 0, r.mask | 0, r.bits);
+    this.list(entries, o + E_LBSRC, s.lbSourceIPs);
+    entries[o + E_INTERNAL] = this.setId(s.internal);
+    entries[o + E_CLUSTER] = this.setId(s.cluster);
+    entries[o + E_LOCAL] = this.setId(s.local);
+    entries[o + E_NAME] = this.nameLen;
+    entries[o + E_NAME + 1] = s.name.length;
+    this.names.push(s.name);
+    this.nameLen += s.name.length;
+  }
+}
+
+function wireOf(t: Tables, n: number, entries: Int32Array, stamps: Float64Array, pool: Int32Array, sets: Int32Array, flatNodeLocal: Uint8Array, maglev: Uint16Array, names: string): TablesWire {
+  return {
+    generation: t.generation,
+    liveServicePorts: t.liveServicePorts,
+    loadBalancing: t.loadBalancing,
+    masqueradeAll: t.masqueradeAll,
+    masqueradeAddr: t.masqueradeAddr,
+    clusterCIDR: t.clusterCIDR === null ? null : { net: t.clusterCIDR.net, mask: t.clusterCIDR.mask, bits: t.clusterCIDR.bits },
+    cidrNet: t.cidrNet,
+    cidrMask: t.cidrMask,
+    serviceRows: t.serviceRows,
+    endpointFlat: t.endpointFlat,
+    nodePorts: t.nodePorts,
+    localAddrs: t.localAddrs,
+    vipSlots: t.vipIndex.rawSlots,
+    vipSize: t.vipIndex.size,
+    addrSlots: t.vipAddrs.rawSlots,
+    addrSize: t.vipAddrs.size,
+    count: n,
+    entries,
+    stamps,
+    pool,
+    sets,
+    flatNodeLocal,
+    maglev,
+    names,
+  };
 }
 
 const NO_INDEX: ReadonlyMap<number, number> = new Map();

@@ -82,6 +82,35 @@ t.test('many entries: built in slices of bounded time', async (t) => {
   t.comment(`longest slice ${mat.maxSliceMs.toFixed(2)} ms for a budget of 0.2 ms`);
 });
 
+t.test('a few services changed among many: encoded by difference, materialized the same', async (t) => {
+  const bulk = (i: number, ep: number) => ({ namespace: 'bulk', name: `s${i}`, clusterIP: `10.96.${i >> 8}.${i & 255}`, ports: [{ name: 'p', protocol: (i % 3 ? 'TCP' : 'UDP') as 'TCP' | 'UDP', port: 80 }], sessionAffinity: (i % 5 ? 'None' : 'ClientIP') as 'None' | 'ClientIP', endpoints: [{ address: `10.64.${(ep >> 8) & 255}.${ep & 255}`, ports: { p: 8080 }, nodeLocal: ep % 2 === 0 }] });
+  for (const lb of ['random', 'maglev'] as const) {
+    let rs = { ...golden, node: { ...golden.node, loadBalancing: lb, ...(lb === 'maglev' ? { maglevTableSize: 251 } : {}) }, services: [...golden.services, ...Array.from({ length: 2000 }, (_, i) => bulk(i, i))] } as RuleSet;
+    const h = new RuleSetHolder({ prepare: shareTables });
+    const enc = new TablesEncoder();
+    h.apply(rs);
+    let prev = roundTrip(enc, h.current!, null).m;
+    let differences = 0;
+    for (let k = 0; k < 30; k++) {
+      const services = rs.services.slice();
+      for (let j = 0; j < 3; j++) {
+        const i = golden.services.length + ((k * 97 + j * 31) % 2000);
+        services[i] = bulk(i - golden.services.length, 3000 + k * 3 + j) as RuleSet['services'][number];
+      }
+      if (k % 10 === 9) services.push(bulk(5000 + k, 7000 + k) as RuleSet['services'][number]);
+      rs = { ...rs, services };
+      const r = h.apply(rs);
+      const { m, mat } = roundTrip(enc, h.current!, prev);
+      if (enc.lastMode === 'difference') differences++;
+      const d = sameTables(h.current!, m.tables);
+      if (d !== null) throw new Error(`${lb}, change ${k} (${r.mode}, ${enc.lastMode}): ${d}`);
+      if (r.mode === 'incremental' && mat.built > 8) throw new Error(`change ${k}: ${mat.built} views made for a change of a few services`);
+      prev = m;
+    }
+    t.ok(differences >= 20, `${lb}: ${differences} of 30 encoded by difference, every snapshot the same`);
+  }
+});
+
 t.test('random sequences of changes: same verdicts, kept entries reused', async (t) => {
   let reused = 0;
   let built = 0;
