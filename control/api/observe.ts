@@ -14,7 +14,8 @@
  *   tunproxy_sync_proxy_rules_duration_seconds (histogram, like kube-proxy's: every validate+compile+swap),
  *   tunproxy_sync_proxy_rules_last_timestamp_seconds, tunproxy_sync_proxy_rules_rejected_total,
  *   tunproxy_api_ruleset_rejected_total,
- *   tunproxy_state_saved_generation, and the process_* / nodejs_* defaults.
+ *   tunproxy_state_saved_generation, tunproxy_packet_thread_event_loop_delay_{max,p99}_seconds,
+ *   and the process_* / nodejs_* defaults (under tunproxy run: of the control worker's thread).
  */
 import type { FastifyInstance } from 'fastify';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics, exponentialBuckets } from 'prom-client';
@@ -95,6 +96,8 @@ export class ApiMetrics {
     counter('tunproxy_conntrack_collisions_total', 'Inserts refused: a hash key taken by another flow.', [], (m) => m.inc(ct.collisions));
     counter('tunproxy_conntrack_clashes_total', 'Inserts refused: the tuple is already tracked.', [], (m) => m.inc(ct.clashes));
     counter('tunproxy_conntrack_expired_total', 'Flows removed because their timer ran out.', [], (m) => m.inc(ct.expired));
+    gauge('tunproxy_packet_thread_event_loop_delay_max_seconds', 'Longest the packet thread waited to run since start (monitorEventLoopDelay): what the control side may not cost it.', () => (self.snap?.eventLoop.maxMs ?? 0) / 1000);
+    gauge('tunproxy_packet_thread_event_loop_delay_p99_seconds', '99th percentile of the packet thread\'s event-loop delay since start.', () => (self.snap?.eventLoop.p99Ms ?? 0) / 1000);
     gauge('tunproxy_affinity_entries', 'ClientIP session-affinity entries.', () => self.snap?.affinity.entries ?? 0);
     gauge('tunproxy_ruleset_generation', 'Generation of the rule set in force (0: none).', () => holder.generation);
     gauge('tunproxy_services', 'Services in the rule set in force.', () => holder.ruleSet?.services.length ?? 0);
@@ -170,6 +173,7 @@ export async function statsOf(ctx: ApiContext) {
     conntrack: p.conntrack,
     affinity: p.affinity,
     loop: p.loop,
+    packetThread: { eventLoopDelay: p.eventLoop },
     state: ctx.store ? { dir: ctx.store.dir, savedGeneration: ctx.store.savedGeneration, lastError: ctx.store.lastError?.message ?? null } : null,
     status: p.status,
   };

@@ -22,6 +22,7 @@ import { TunDevice } from '../../dataplane/tun/index.ts';
 import { DEFAULT_STATE_DIR, StateStore } from '../persist.ts';
 import { ControlWorker } from '../worker/spawn.ts';
 import { FlowLister, unpackChunk } from '../worker/flows.ts';
+import { watchEventLoop } from '../worker/packet-side.ts';
 import { formatConntrackL } from '../../dataplane/conntrack.ts';
 import type { ConntrackEntry } from '../../dataplane/conntrack.ts';
 
@@ -125,6 +126,7 @@ export async function run(o: RunOptions): Promise<void> {
 
   if (o.decider !== 'compiled' && o.decider !== 'linear') throw new Error(`--decider: ${JSON.stringify(o.decider)} is not one of compiled, linear`);
   const dp = new Dataplane({ conntrackMax, decider: o.decider });
+  watchEventLoop(dp);
   // the connection table's part of the state directory (the rule set's part is the control worker's)
   let store: StateStore | null = new StateStore(o.stateDir, `${o.tun}.`);
   try {

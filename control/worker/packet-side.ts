@@ -9,6 +9,8 @@
  * thread by messages that `PacketHost` (host.ts) answers. Either way the
  * packet thread works at most one slice (SLICE_MS) per turn on a request.
  */
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+import type { IntervalHistogram } from 'node:perf_hooks';
 import type { Dataplane } from '../dataplane.ts';
 import type { LoopStats } from '../../dataplane/loop.ts';
 import type { Tables } from '../../dataplane/tables.ts';
@@ -28,6 +30,26 @@ export interface PacketStats {
   startedAt: number;
   /** generation of the tables the packet thread has in force (0: none) */
   generation: number;
+  /** the packet thread's event-loop delay since the dataplane started (monitorEventLoopDelay, 1 ms resolution) */
+  eventLoop: { maxMs: number; p99Ms: number; meanMs: number };
+}
+
+const delays = new WeakMap<Dataplane, IntervalHistogram>();
+/** The event-loop delay of the thread that moves packets (started on the first call, in that thread). */
+function eventLoopOf(dp: Dataplane): PacketStats['eventLoop'] {
+  let h = delays.get(dp);
+  if (h === undefined) {
+    h = monitorEventLoopDelay({ resolution: 1 });
+    h.enable();
+    delays.set(dp, h);
+  }
+  const ms = (ns: number) => (Number.isFinite(ns) ? Math.round(ns / 1e3) / 1e3 : 0);
+  return { maxMs: ms(h.max), p99Ms: ms(h.percentile(99)), meanMs: ms(h.mean) };
+}
+
+/** Start measuring the packet thread's event-loop delay now (tunproxy run does at start). */
+export function watchEventLoop(dp: Dataplane): void {
+  eventLoopOf(dp);
 }
 
 export interface TraceFlow {
@@ -61,6 +83,7 @@ export function statsOfDataplane(dp: Dataplane): PacketStats {
     status: dp.statusLine(),
     startedAt: dp.startedAt,
     generation: dp.tables?.generation ?? 0,
+    eventLoop: eventLoopOf(dp),
   };
 }
 

@@ -104,7 +104,8 @@ if (skip) {
     // with the API in the packet thread such a PUT lost 40-45 % and went silent for seconds
     t.ok(s.lost <= s.sent * 0.05, `lost ${s.lost} of ${s.sent} (bound 5 %)`);
     t.ok(s.maxGapMs < 1000, `longest silence at the receiver ${s.maxGapMs} ms (bound 1 s)`);
-    const st = await api.request<{ generation: number }>('GET', '/v1/stats');
+    const st = await api.request<{ generation: number; packetThread: { eventLoopDelay: { maxMs: number; p99Ms: number } } }>('GET', '/v1/stats');
     t.equal(st.body.generation, gens[1], 'the last PUT is in force');
+    t.comment(`tunproxy's packet thread, event-loop delay since start: ${JSON.stringify(st.body.packetThread.eventLoopDelay)}`);
   });
 }
