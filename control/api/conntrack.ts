@@ -150,7 +150,8 @@ export function registerConntrackRoutes(app: FastifyInstance, ctx: ApiContext): 
     let matched = 0;
     let first = true;
     let aborted = false;
-    req.raw.once('close', () => {
+    // the response closed before it finished: the client went away, stop asking the packet side
+    reply.raw.once('close', () => {
       if (!reply.raw.writableFinished) aborted = true;
     });
     const write = (s: string): Promise<void> | void => {

@@ -76,6 +76,11 @@ export class PacketHost {
     this.port = port;
   }
 
+  /** listings under way (a client that goes away ends its listing) */
+  get activeListings(): number {
+    return this.listings.size;
+  }
+
   /** Handle one message from the worker; false when it is not a request. */
   handle(m: unknown): boolean {
     const r = m as Request;

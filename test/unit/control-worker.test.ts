@@ -106,6 +106,11 @@ t.test(`control worker: a PUT of ${N} services, a listing of ${FLOWS} flows and 
   t.comment(`GET /v1/conntrack of ${FLOWS} flows (${(list.value.bytes / 1e6).toFixed(1)} MB streamed): max delay ${list.ms.toFixed(1)} ms`);
   t.ok(list.ms < BOUND_MS, `max delay ${list.ms.toFixed(1)} ms < ${BOUND_MS} ms during the listing`);
 
+  // a client that leaves in the middle ends the listing on the packet thread too
+  await new Promise<void>((resolve) => execFile('sh', ['-c', `curl -sS --unix-socket '${sock}' -H 'accept: text/plain' 'http://tunproxy/v1/conntrack?format=text' | head -c 1000 > /dev/null`], () => resolve()));
+  for (let i = 0; i < 100 && cw.host.activeListings > 0; i++) await new Promise((r) => setTimeout(r, 20));
+  t.equal(cw.host.activeListings, 0, 'the listing a client left is ended');
+
   const stats = await maxDelay(() => c.request<{ conntrack: { entries: number } }>('GET', '/v1/stats'));
   t.equal(stats.value.body.conntrack.entries, FLOWS, 'stats from the packet thread');
   const metrics = await c.request('GET', '/metrics');
