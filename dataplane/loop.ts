@@ -68,6 +68,8 @@ export class Loop {
   private readonly expiryIntervalMs: number;
   private running = false;
   private expiring = false;
+  private staleKeys = new Int32Array(0);
+  private staleVals = new Int32Array(0);
   /** set when polling the device failed and the loop stopped */
   pollError: Error | null = null;
   private swapListeners: Array<(t: Tables) => void> = [];
@@ -197,8 +199,13 @@ export class Loop {
     // -2: several live entries share the uid (a 32-bit hash collision), then byName decides
     let cap = 16;
     while (cap < services.length * 2) cap *= 2;
-    const keys = new Int32Array(cap);
-    const vals = new Int32Array(cap).fill(-1);
+    // kept from one swap to the next (a few MB at 100 000 services: not made again every time)
+    if (this.staleKeys.length !== cap) {
+      this.staleKeys = new Int32Array(cap);
+      this.staleVals = new Int32Array(cap);
+    }
+    const keys = this.staleKeys;
+    const vals = this.staleVals.fill(-1);
     const byName = new Map<string, number>();
     const slot = (uid: number): number => {
       let h = Math.imul(uid, 0x9e3779b1) & (cap - 1);
