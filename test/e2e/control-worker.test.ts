@@ -102,8 +102,11 @@ if (skip) {
     t.equal(s.duplicated, 0, 'none duplicated');
     // generous bounds (the machine is shared; the issue's bars are bench:reliability's, run alone):
     // with the API in the packet thread such a PUT lost 40-45 % and went silent for seconds
-    t.ok(s.lost <= s.sent * 0.05, `lost ${s.lost} of ${s.sent} (bound 5 %)`);
-    t.ok(s.maxGapMs < 1000, `longest silence at the receiver ${s.maxGapMs} ms (bound 1 s)`);
+    // when the machine's load alone loses datagrams (the baseline), the bounds widen with it
+    const lossBound = Math.max(0.05, 2 * (base.lost / base.sent) + 0.01);
+    const gapBound = Math.max(1000, 3 * base.maxGapMs);
+    t.ok(s.lost <= s.sent * lossBound, `lost ${s.lost} of ${s.sent} (bound ${(lossBound * 100).toFixed(1)} %)`);
+    t.ok(s.maxGapMs < gapBound, `longest silence at the receiver ${s.maxGapMs} ms (bound ${gapBound} ms)`);
     const st = await api.request<{ generation: number; packetThread: { eventLoopDelay: { maxMs: number; p99Ms: number } } }>('GET', '/v1/stats');
     t.equal(st.body.generation, gens[1], 'the last PUT is in force');
     t.comment(`tunproxy's packet thread, event-loop delay since start: ${JSON.stringify(st.body.packetThread.eventLoopDelay)}`);
