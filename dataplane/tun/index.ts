@@ -54,6 +54,7 @@ interface Addon {
   close(fd: number): boolean;
   stats(fd: number): TunStats;
   setOffload(fd: number, flags: number): void;
+  persist(fd: number, on: boolean): void;
   IFF_MULTI_QUEUE: number;
   IFF_VNET_HDR: number;
   TUN_F_CSUM: number;
@@ -163,6 +164,16 @@ export class TunDevice {
   /** Turn on checksum / segmentation offloads (TUNSETOFFLOAD); needs vnetHdr. */
   setOffload(flags: number): void {
     this.#addon.setOffload(this.#checkedFd(), flags);
+  }
+
+  /**
+   * TUNSETPERSIST: with on, the device outlives this fd (and the process), keeping its addresses
+   * and routes, so a restarted process can attach to it again; with off, it goes away with its
+   * last fd. Needs CAP_NET_ADMIN.
+   */
+  persist(on: boolean): void {
+    if (typeof on !== 'boolean') throw new TypeError('TunDevice.persist: on must be a boolean');
+    this.#addon.persist(this.#checkedFd(), on);
   }
 
   /** Counters since open; after close(), the last ones seen are not kept, so read them before. */

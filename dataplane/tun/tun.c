@@ -6,7 +6,7 @@
  *   open(name, flags)                      -> { fd, name }   flags: IFF_MULTI_QUEUE | IFF_VNET_HDR
  *   readBatch(fd, buf, slotSize, max, lengths: Uint32Array) -> count (0 when nothing is queued)
  *   writeBatch(fd, buf, offsets, lengths, count)            -> packets consumed (< count only on EAGAIN)
- *   poll(fd, cb), stopPoll(fd), close(fd), stats(fd), setOffload(fd, flags)
+ *   poll(fd, cb), stopPoll(fd), close(fd), stats(fd), setOffload(fd, flags), persist(fd, on)
  *
  * With IFF_VNET_HDR every packet starts with a struct virtio_net_hdr (10
  * bytes): it is read into the start of the slot and written from the offset
@@ -330,6 +330,23 @@ static napi_value js_set_offload(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* persist(fd, on): TUNSETPERSIST — the device outlives the fd (on) or goes with the last one (off) */
+static napi_value js_persist(napi_env env, napi_callback_info info) {
+  napi_value argv[2]; int32_t fd; bool on = false;
+  if (!get_args(env, info, 2, argv)) return NULL;
+  INT_ARG(argv[0], &fd, "fd");
+  if (napi_get_value_bool(env, argv[1], &on) != napi_ok)
+    return napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "persist(fd, on): on must be a boolean"), NULL;
+  if (!entry_of(env, state_of(env), fd)) return NULL;
+  if (ioctl(fd, TUNSETPERSIST, (unsigned long)(on ? 1 : 0)) < 0) {
+    char msg[200]; int e = errno;
+    snprintf(msg, sizeof msg, "TUNSETPERSIST %s failed: %s — %s", on ? "on" : "off", strerrorname_np(e),
+             e == EPERM ? "CAP_NET_ADMIN is needed" : strerror(e));
+    return throw_errno(env, e, "ioctl(TUNSETPERSIST)", msg);
+  }
+  return NULL;
+}
+
 static void cleanup(void *arg) { /* environment teardown: close what is still open */
   tun_state *s = arg;
   for (int fd = 0; fd < s->cap; fd++)
@@ -347,7 +364,8 @@ NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
   napi_add_env_cleanup_hook(env, cleanup, s);
   static const struct { const char *n; napi_callback f; } fns[] = {
     { "open", js_open }, { "readBatch", js_read_batch }, { "writeBatch", js_write_batch }, { "poll", js_poll },
-    { "stopPoll", js_stop_poll }, { "close", js_close }, { "stats", js_stats }, { "setOffload", js_set_offload } };
+    { "stopPoll", js_stop_poll }, { "close", js_close }, { "stats", js_stats }, { "setOffload", js_set_offload },
+    { "persist", js_persist } };
   static const struct { const char *n; int v; } consts[] = {
     { "IFF_MULTI_QUEUE", IFF_MULTI_QUEUE }, { "IFF_VNET_HDR", IFF_VNET_HDR }, { "TUN_F_CSUM", TUN_F_CSUM },
     { "TUN_F_TSO4", TUN_F_TSO4 }, { "TUN_F_TSO6", TUN_F_TSO6 }, { "VNET_HDR_SIZE", 10 } };
