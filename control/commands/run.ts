@@ -143,6 +143,9 @@ export async function run(o: RunOptions): Promise<void> {
     const r = tun.enableOffloads();
     log(`offloads on ${tun.name}: ${r.on.length ? r.on.join(', ') : 'none'}${r.refused.length ? ` (refused by the kernel, so off: ${r.refused.join(', ')})` : ''}`);
   } else {
+    // offloads are the device's: clear what an earlier process (tunproxy --offload auto, a C forwarder -v) set,
+    // or the kernel would keep handing over partial checksums, which without a virtio header nobody completes
+    tun.setOffload(0);
     log(`offloads on ${tun.name}: off (--offload off)`);
   }
 

@@ -228,7 +228,10 @@ export class TunDevice {
     return { flags, on: names.filter(([, b]) => (flags & b) !== 0).map(([n]) => n), refused, errors };
   }
 
-  /** Turn on checksum / segmentation offloads (TUNSETOFFLOAD); needs vnetHdr. */
+  /**
+   * Set the checksum / segmentation offloads (TUNSETOFFLOAD); any but 0 need vnetHdr to be of use.
+   * They belong to the device, not the fd: setOffload(0) clears what an earlier user left.
+   */
   setOffload(flags: number): void {
     this.#addon.setOffload(this.#checkedFd(), flags);
   }
