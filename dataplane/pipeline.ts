@@ -146,6 +146,11 @@ export class Pipeline {
     this.segments = 1;
     this.segHeader = 0;
     if (len < 1) return this.malformed(-1, len);
+    if (vnet >= 0 && (buf[vnet] | buf[vnet + 1]) !== 0) {
+      // whatever the packet, a header the kernel would refuse is never written back
+      const ve = vnetCheck(buf, vnet, off - vnet + len);
+      if (ve !== 0) return this.malformed(ve, len);
+    }
     const version = buf[off] >> 4;
     if (version !== 4) {
       if (version === 6) {
