@@ -47,4 +47,26 @@ if (skip) {
     const bad = await inNs(ns, `const d = tun.TunDevice.open('tpp1'); try { d.persist('yes'); } catch (e) { console.log(JSON.stringify({ message: e.message })); }`);
     t.match(bad.message, /on must be a boolean/);
   });
+
+  t.test('enableOffloads takes what the kernel gives and says so; readPacked reads into one buffer', async (t) => {
+    const r = await inNs(ns, `
+      const d = tun.TunDevice.open('tpo0', { vnetHdr: true });
+      const got = d.enableOffloads();
+      const buf = new Uint8Array(200000), offs = new Uint32Array(8), lens = new Uint32Array(8);
+      const n = d.readPacked(buf, 8, 640, tun.MAX_OFFLOAD_PACKET, offs, lens);
+      let tooBig = '';
+      try { d.readPacked(new Uint8Array(1000), 8, 640, tun.MAX_OFFLOAD_PACKET, offs, lens); } catch (e) { tooBig = e.message; }
+      d.setOffload(0);
+      d.close();
+      const plain = tun.TunDevice.open('tpo1');
+      plain.setOffload(0); // clearing works on a device opened without the header
+      plain.close();
+      console.log(JSON.stringify({ got, n, vnet: d.vnetHeaderSize, tooBig }));`);
+    t.equal(r.vnet, 10);
+    t.ok(r.got.on.includes('csum') && r.got.on.includes('tso4') && r.got.on.includes('tso6'), `on: ${r.got.on.join(', ')}; refused: ${r.got.refused.join(', ') || 'none'}`);
+    const [maj, min] = (await import('node:os')).release().split('.').map(Number);
+    if (maj > 6 || (maj === 6 && min >= 2)) t.ok(r.got.on.includes('uso4'), 'USO on a kernel >= 6.2');
+    t.equal(r.n, 0, 'nothing queued on a device that is down');
+    t.match(r.tooBig, /reserve <= buf.byteLength/, 'a buffer smaller than one largest packet is refused with a reason');
+  });
 }
