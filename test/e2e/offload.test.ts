@@ -5,7 +5,8 @@
  * from a client outside the cluster CIDR (masquerade) and through a
  * NodePort, SHA-256 equal at both ends; no TcpInCsumErrors/UdpInCsumErrors
  * in any namespace; a bulk connection that survives 100 rule-set swaps and a
- * tunproxy restart (the connection table saved and restored).
+ * tunproxy restart (the connection table saved and restored); UDP sent
+ * with UDP_SEGMENT (USO super-packets through the TUN) arriving intact.
  */
 import t from 'tap';
 import type { Test } from 'tap';
@@ -14,10 +15,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { labDown } from '../../scripts/lab.ts';
 import type { Lab } from '../../scripts/lab.ts';
-import { TunproxyProcess, stopAllChildren } from '../../scripts/harness.ts';
+import { TunproxyProcess, buildCTool, liveChildren, stopAllChildren } from '../../scripts/harness.ts';
+import { spawn, spawnSync } from 'node:child_process';
+import { createInterface } from 'node:readline';
 import { netnsSkipReason } from './helpers.ts';
 import {
-  BULK_NODEPORT, BULK_PORT, bulkAddresses, bulkLabUp, bulkRuleSet, csumErrorSum, peerSend, peerServe,
+  IPERF_PORT, BULK_NODEPORT, BULK_PORT, bulkAddresses, bulkLabUp, bulkRuleSet, csumErrorSum, peerSend, peerServe,
 } from '../../bench/bulk-lab.ts';
 import type { PeerResult } from '../../bench/bulk-lab.ts';
 
@@ -55,6 +58,8 @@ if (skip) {
     t.equal(client.received, server.sent, `${what}: the client received every byte the pod sent (${server.sent})`);
     t.equal(client.receivedSha256, server.sentSha256, `${what}: SHA-256 of pod → client equal at both ends`);
   };
+
+  const tunTx = (): number => Number(spawnSync('ip', ['netns', 'exec', lab.node.ns, 'cat', `/sys/class/net/${lab.tunName}/statistics/tx_packets`], { encoding: 'utf8' }).stdout.trim());
 
   const transfer = async (to: string, o: { bytes?: number; seconds?: number }): Promise<{ client: PeerResult; server: PeerResult }> => {
     const srv = await peerServe(pod, BULK_PORT, o);
@@ -98,6 +103,28 @@ if (skip) {
         sameBytes(t, await cli.result, await srv.result, 'across swaps and a restart');
         const { status } = await tp.status();
         t.same(status.drops, {}, 'nothing dropped by the restarted tunproxy');
+      });
+
+      t.test('UDP sent with UDP_SEGMENT: every datagram arrives intact through the ClusterIP', async (t) => {
+        const bin = buildCTool('udpgso');
+        const recv = spawn('ip', ['netns', 'exec', pod, bin, 'recv', '--port', String(IPERF_PORT), '--idle-ms', '1500'], { stdio: ['ignore', 'pipe', 'pipe'] });
+        liveChildren.add(recv);
+        const lines: string[] = [];
+        const done = new Promise<void>((r) => recv.on('close', () => r()));
+        await new Promise<void>((r) => createInterface({ input: recv.stdout! }).on('line', (l) => (lines.push(l), l === 'ready' && r())));
+        const tunBefore = tunTx();
+        const send = spawnSync('ip', ['netns', 'exec', lab.client.ns, bin, 'send', '--to', a.vip, '--port', String(IPERF_PORT), '--count', '300', '--size', '56000', '--gso', '1400', '--gap-us', '300'], { encoding: 'utf8' });
+        t.equal(send.status, 0, `sender: ${send.stderr}`);
+        const sent = JSON.parse(send.stdout) as { datagrams: number };
+        await done;
+        liveChildren.delete(recv);
+        const got = JSON.parse(lines.find((l) => l.startsWith('{'))!) as { datagrams: number; bad: number; distinct: number };
+        t.equal(got.bad, 0, 'no datagram with wrong contents');
+        t.equal(got.distinct, got.datagrams, 'no datagram twice');
+        t.ok(got.distinct >= sent.datagrams * 0.95, `${got.distinct} of ${sent.datagrams} datagrams arrived`);
+        const tunPackets = tunTx() - tunBefore;
+        if (mode === 'auto') t.ok(tunPackets < sent.datagrams / 4, `they crossed the TUN as super-packets: ${tunPackets} TUN packets for ${sent.datagrams} datagrams`);
+        else t.ok(tunPackets >= got.distinct, `one TUN packet per datagram without offloads (${tunPackets})`);
       });
 
       t.test('no checksum errors in any namespace', async (t) => {
