@@ -33,6 +33,8 @@ export const IPERF_PORT = 5201;
 export const IPERF_NODEPORT = 30521;
 export const BULK_PORT = 9000;
 export const BULK_NODEPORT = 30900;
+/** UDP port for datagrams sent with UDP_SEGMENT (bench/tools/udpgso.c) */
+export const USO_PORT = 9001;
 
 /** The rule set; `swap` > 0 adds unrelated services that change on every swap. */
 export function bulkRuleSet(a: BulkAddresses, swap = 0): RuleSet {
@@ -44,6 +46,7 @@ export function bulkRuleSet(a: BulkAddresses, swap = 0): RuleSet {
       { name: 'iperf', protocol: 'TCP', port: IPERF_PORT, targetPort: IPERF_PORT, nodePort: IPERF_NODEPORT },
       { name: 'iperf-udp', protocol: 'UDP', port: IPERF_PORT, targetPort: IPERF_PORT, nodePort: IPERF_NODEPORT },
       { name: 'bulk', protocol: 'TCP', port: BULK_PORT, targetPort: BULK_PORT, nodePort: BULK_NODEPORT },
+      { name: 'uso', protocol: 'UDP', port: USO_PORT, targetPort: USO_PORT },
     ],
     endpoints: [{ address: a.ep, nodeLocal: true }],
   };

@@ -13,7 +13,8 @@
  * under 1 % (a search over offered rates), to the ClusterIP from outside. The C forwarder knows
  * one virtual address and no masquerade: its rows are ClusterIP only, replies un-NATed by the
  * TUN as for tunproxy. kernel-routed goes to the pod address itself: its rows say target
- * clusterip. --quick: a smoke run (2 s, 1 stream, up, outside, short UDP search).
+ * clusterip. Also UDP sent with UDP_SEGMENT (bench/tools/udpgso.c: USO super-packets), up, in the .md
+ * only (the rows have no datagram size). --quick: a smoke run (2 s, 1 stream, up, outside, short UDP search).
  *
  * Results: bench/results/throughput.json = {"rows": [...], "checksumErrors": N}, each row
  * {mode, proto, target, source, direction, streams, gbps, retransmits, cpuSecondsPerGB,
@@ -36,11 +37,11 @@ import type { TopLevelSpec } from 'vega-lite';
 import { labDown } from '../scripts/lab.ts';
 import type { Lab } from '../scripts/lab.ts';
 import { ipBatch, netnsUnavailableReason, nsRun } from '../scripts/ns.ts';
-import { ROOT, TunproxyProcess, cpuSeconds, stopAllChildren, stopChild, liveChildren } from '../scripts/harness.ts';
+import { ROOT, TunproxyProcess, buildCTool, cpuSeconds, stopAllChildren, stopChild, liveChildren } from '../scripts/harness.ts';
 import { writeIptables } from '../control/iptables/writer.ts';
 import { writeNftables } from '../control/nftables/writer.ts';
 import { argNum, fmt, machine, RESULTS_DIR, writeResults } from './common.ts';
-import { IPERF_NODEPORT, IPERF_PORT, bulkAddresses, bulkLabUp, bulkRuleSet, csumErrorSum } from './bulk-lab.ts';
+import { IPERF_NODEPORT, IPERF_PORT, USO_PORT, bulkAddresses, bulkLabUp, bulkRuleSet, csumErrorSum } from './bulk-lab.ts';
 
 export const MODES = ['kernel-routed', 'iptables-legacy', 'nftables', 'c-forwarder', 'c-forwarder-vnet', 'tunproxy-offload-off', 'tunproxy'] as const;
 type Mode = (typeof MODES)[number];
@@ -128,6 +129,7 @@ function iperf(ns: string, argv: string[], timeoutMs: number): Promise<IperfResu
 }
 
 interface Forwarder {
+  mode: Mode;
   pid: number | null;
   stop(): Promise<void>;
 }
@@ -172,15 +174,15 @@ async function startFwd(lab: Lab, vip: string, ep: string, vnet: boolean): Promi
     child.on('exit', (code) => reject(new Error(`fwd exited (${code}): ${lines.join('\n')}`)));
     setTimeout(() => reject(new Error(`fwd not ready in 5 s: ${lines.join('\n')}`)), 5000);
   });
-  return { pid: child.pid!, stop: () => stopChild(child, 2000) };
+  return { mode: vnet ? 'c-forwarder-vnet' : 'c-forwarder', pid: child.pid!, stop: () => stopChild(child, 2000) };
 }
 
 async function setUp(mode: Mode, lab: Lab, rules: string, a: ReturnType<typeof bulkAddresses>): Promise<Forwarder> {
-  const none: Forwarder = { pid: null, stop: async () => {} };
+  const none: Forwarder = { mode, pid: null, stop: async () => {} };
   switch (mode) {
     case 'kernel-routed':
       bypassTun(lab, true);
-      return { pid: null, stop: async () => bypassTun(lab, false) };
+      return { mode, pid: null, stop: async () => bypassTun(lab, false) };
     case 'iptables-legacy':
     case 'nftables': {
       bypassTun(lab, true);
@@ -188,6 +190,7 @@ async function setUp(mode: Mode, lab: Lab, rules: string, a: ReturnType<typeof b
       if (mode === 'nftables') nsRun(lab.node.ns, ['nft', '-f', '-'], { input: writeNftables(rs) });
       else nsRun(lab.node.ns, ['iptables-legacy-restore'], { input: writeIptables(rs) });
       return {
+        mode,
         pid: null,
         stop: async () => {
           flushKernelRules(lab);
@@ -203,7 +206,7 @@ async function setUp(mode: Mode, lab: Lab, rules: string, a: ReturnType<typeof b
       const p = await TunproxyProcess.start({ ns: lab.node.ns, tun: lab.tunName, rules, args: ['--offload', mode === 'tunproxy' ? 'auto' : 'off'] });
       const said = p.lines.find((l) => l.includes('offloads on'));
       if (said) log(`  ${said.replace(/^tunproxy: /, '')}`);
-      return { pid: p.pid, stop: async () => void (await p.stop()) };
+      return { mode, pid: p.pid, stop: async () => void (await p.stop()) };
     }
   }
   return none;
@@ -260,6 +263,74 @@ async function udpSearch(lab: Lab, fwd: Forwarder, clientNs: string, dst: { host
   return best ?? { r: { gbps: 0, retransmits: null, seconds: UDP_SECONDS, lostPercent: null }, cpu: 0, tunPackets: 0, rate: 0 };
 }
 
+/** What udpgso measured: the highest offered rate losing < 1 % with UDP_SEGMENT sends (not a row: the rows' shape has no datagram size). */
+interface UsoResult {
+  mode: Mode;
+  offeredGbps: number;
+  gbps: number;
+  lossPercent: number;
+  bad: number;
+  tunPacketsPerSec: number | null;
+  cpuSecondsPerGB: number | null;
+}
+const USO_SIZE = 56_000;
+const USO_GSO = 1400;
+
+async function usoOnce(lab: Lab, fwd: Forwarder, dst: { host: string; port: number }, rate: number): Promise<UsoResult & { ok: boolean }> {
+  const bin = buildCTool('udpgso');
+  const recv = spawn('ip', ['netns', 'exec', lab.pods[0].ns, bin, 'recv', '--port', String(USO_PORT), '--idle-ms', '1000'], { stdio: ['ignore', 'pipe', 'ignore'] });
+  liveChildren.add(recv);
+  const lines: string[] = [];
+  const closed = new Promise<void>((r) => recv.on('close', () => r()));
+  await new Promise<void>((r) => createInterface({ input: recv.stdout! }).on('line', (l) => (lines.push(l), l === 'ready' && r())));
+  const gap = Math.max(1, Math.round((USO_SIZE * 8) / (rate * 1e3)));
+  const count = Math.max(10, Math.round((UDP_SECONDS * 1e6) / gap));
+  const c0 = fwd.pid ? cpuSeconds(fwd.pid) : softirqSeconds();
+  const p0 = tunTxPackets(lab);
+  const s = spawnSync('ip', ['netns', 'exec', lab.client.ns, bin, 'send', '--to', dst.host, '--port', String(dst.port), '--count', String(count), '--size', String(USO_SIZE), '--gso', String(USO_GSO), '--gap-us', String(gap)], { encoding: 'utf8' });
+  await closed;
+  liveChildren.delete(recv);
+  const c1 = fwd.pid ? cpuSeconds(fwd.pid) : softirqSeconds();
+  const p1 = tunTxPackets(lab);
+  const sent = s.status === 0 ? (JSON.parse(s.stdout) as { datagrams: number }).datagrams : 0;
+  const got = JSON.parse(lines.find((l) => l.startsWith('{')) ?? '{"datagrams":0,"bytes":0,"bad":0,"distinct":0,"seconds":0}') as { bytes: number; bad: number; distinct: number; seconds: number };
+  const loss = sent > 0 ? (1 - got.distinct / sent) * 100 : 100;
+  const gbps = got.seconds > 0 ? (got.bytes * 8) / got.seconds / 1e9 : 0;
+  const tunMode = isTunMode(fwd);
+  return {
+    mode: fwd.mode, offeredGbps: rate, gbps: Number(gbps.toFixed(3)), lossPercent: Number(loss.toFixed(2)), bad: got.bad,
+    tunPacketsPerSec: tunMode && got.seconds > 0 ? Math.round((p1 - p0) / got.seconds) : null,
+    cpuSecondsPerGB: got.bytes > 0 ? Number(((c1 - c0) / (got.bytes / 1e9)).toFixed(3)) : null,
+    ok: sent > 0 && loss < 1 && got.bad === 0,
+  };
+}
+const isTunMode = (f: Forwarder): boolean => f.mode.startsWith('c-forwarder') || f.mode.startsWith('tunproxy');
+
+async function usoSearch(lab: Lab, fwd: Forwarder, dst: { host: string; port: number }): Promise<UsoResult> {
+  let best: UsoResult | null = null;
+  let bad = 0;
+  for (const rate of UDP_RATES) {
+    const r = await usoOnce(lab, fwd, dst, rate);
+    log(`    uso ${rate} Gbit/s offered: received ${r.gbps.toFixed(2)} Gbit/s, lost ${r.lossPercent} %${r.bad ? `, ${r.bad} damaged` : ''}`);
+    if (!r.ok) {
+      bad = rate;
+      break;
+    }
+    best = r;
+  }
+  let lo = best?.offeredGbps ?? 0;
+  for (let k = 0; k < 2 && bad > 0; k++) {
+    const rate = Number(((lo + bad) / 2).toFixed(3));
+    const r = await usoOnce(lab, fwd, dst, rate);
+    log(`    uso ${rate} Gbit/s offered: received ${r.gbps.toFixed(2)} Gbit/s, lost ${r.lossPercent} %${r.bad ? `, ${r.bad} damaged` : ''}`);
+    if (r.ok) {
+      best = r;
+      lo = rate;
+    } else bad = rate;
+  }
+  return best ?? { mode: fwd.mode, offeredGbps: 0, gbps: 0, lossPercent: 100, bad: 0, tunPacketsPerSec: null, cpuSecondsPerGB: null };
+}
+
 // ------------------------------------------------------------------ report
 
 function pick(rows: Row[], o: Partial<Row>): Row | undefined {
@@ -286,7 +357,7 @@ function bars(rows: Row[]): string[] {
   return out;
 }
 
-function markdown(rows: Row[], checksumErrors: number, byNs: Record<string, Record<string, number>>, header: string): string {
+function markdown(rows: Row[], uso: UsoResult[], checksumErrors: number, byNs: Record<string, Record<string, number>>, header: string): string {
   const lines = [
     '# bench:throughput — bulk traffic through a Service (iperf3)',
     '',
@@ -307,11 +378,19 @@ function markdown(rows: Row[], checksumErrors: number, byNs: Record<string, Reco
     '|---|---|---|---|---|---|---|---|---|---|',
     ...rows.map((r) => `| ${r.mode} | ${r.proto} | ${r.target} | ${r.source} | ${r.direction} | ${r.streams} | ${r.gbps.toFixed(2)} | ${r.retransmits ?? '–'} | ${r.cpuSecondsPerGB?.toFixed(2) ?? '–'} | ${r.tunPacketsPerSec === null ? '–' : fmt(r.tunPacketsPerSec)} |`),
     '',
+    `## UDP with UDP_SEGMENT (USO): ${USO_SIZE}-byte sends cut into ${USO_GSO}-byte datagrams, client outside → ClusterIP, up`,
+    '',
+    'Highest offered rate losing < 1 % (bench/tools/udpgso.c; the receiver checks every datagram). Not in the JSON rows, whose shape has no datagram size.',
+    '',
+    '| mode | offered Gbit/s | received Gbit/s | lost % | damaged | CPU s/GB | TUN packets/s |',
+    '|---|---|---|---|---|---|---|',
+    ...uso.map((u) => `| ${u.mode} | ${u.offeredGbps} | ${u.gbps.toFixed(2)} | ${u.lossPercent} | ${u.bad} | ${u.cpuSecondsPerGB?.toFixed(2) ?? '–'} | ${u.tunPacketsPerSec === null ? '–' : fmt(u.tunPacketsPerSec)} |`),
+    '',
     'Notes: kernel-routed goes from the client to the pod address, no Service, no NAT (target reads clusterip).',
     'The C forwarder rewrites one virtual address and does not masquerade: ClusterIP rows only, the pod answers the client',
     'address and the TUN carries the reply back. CPU s/GB: the forwarding process (tunproxy, C forwarder); for the kernel modes the',
     "machine's softirq time. UDP: iperf3 -u -l 1400 at the highest offered rate losing < 1 % (the figure is what arrived).",
-    'iperf3 3.12 sends no UDP_SEGMENT (GSO) datagrams, so USO is not exercised by this traffic.',
+    'iperf3 3.12 sends no UDP_SEGMENT (GSO) datagrams: USO is measured with udpgso (table above).',
     '',
   ];
   return lines.join('\n');
@@ -380,6 +459,7 @@ if (!existsSync(FWD)) {
 }
 
 const rows: Row[] = [];
+const uso: UsoResult[] = [];
 try {
   const a = bulkAddresses(60 + (process.pid % 3));
   dir = mkdtempSync(join(tmpdir(), 'tp-bench-thr-'));
@@ -416,6 +496,10 @@ try {
         rows.push(r);
         log(`  udp clusterip outside ${direction}: ${r.gbps.toFixed(2)} Gbit/s at ${m.rate} Gbit/s offered`);
       }
+      log('  uso clusterip outside up:');
+      const u = await usoSearch(L, fwd, mode === 'kernel-routed' ? { host: a.ep, port: USO_PORT } : { host: a.vip, port: USO_PORT });
+      uso.push(u);
+      log(`  uso clusterip outside up: ${u.gbps.toFixed(2)} Gbit/s at ${u.offeredGbps} Gbit/s offered`);
     } finally {
       await fwd.stop();
     }
@@ -427,7 +511,7 @@ try {
     `${QUICK ? 'QUICK smoke run, not the figures of record. ' : ''}TCP runs of ${SECONDS} s, UDP steps of ${UDP_SECONDS} s; modes: ${MODES_RUN.join(', ')}.`;
   // a quick smoke run never overwrites the figures of record
   const name = QUICK ? 'throughput-quick' : 'throughput';
-  writeResults(name, { rows, checksumErrors }, markdown(rows, checksumErrors, csum1.byNs, header).replace('(throughput.svg)', `(${name}.svg)`));
+  writeResults(name, { rows, checksumErrors }, markdown(rows, uso, checksumErrors, csum1.byNs, header).replace('[throughput.svg](throughput.svg)', `[${name}.svg](${name}.svg)`));
   writeFileSync(join(RESULTS_DIR, `${name}.svg`), await chart(rows));
   log(`written: bench/results/${name}.svg`);
 } finally {

@@ -7,7 +7,7 @@
  *       datagram k carries its number (4 bytes, network order) then a pattern of k
  *   udpgso recv --port P [--idle-ms MS]
  *       count datagrams until MS ms pass without one; print one JSON line:
- *       {"datagrams": n, "bytes": n, "bad": n, "distinct": n}
+ *       {"datagrams": n, "bytes": n, "bad": n, "distinct": n, "seconds": first to last datagram}
  * "ready" is printed by recv once bound. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -72,6 +72,7 @@ int main(int argc, char **argv) {
   printf("ready\n"); fflush(stdout);
   static unsigned char seen[MAXSEQ], want[65536], buf[65536];
   long n = 0, bytes = 0, bad = 0, distinct = 0;
+  struct timespec t0 = {0}, t1 = {0};
   struct pollfd p = { .fd = fd, .events = POLLIN };
   for (;;) {
     int r = poll(&p, 1, n ? idle : 30000);
@@ -80,10 +81,13 @@ int main(int argc, char **argv) {
     if (len < 4) { bad++; continue; }
     uint32_t k; memcpy(&k, buf, 4); k = ntohl(k);
     fill(want, (int)len, k);
+    if (n == 0) clock_gettime(CLOCK_MONOTONIC, &t0);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
     n++; bytes += len;
     if (memcmp(buf, want, len) != 0 || k >= MAXSEQ) { bad++; continue; }
     if (!seen[k]) { seen[k] = 1; distinct++; }
   }
-  printf("{\"datagrams\": %ld, \"bytes\": %ld, \"bad\": %ld, \"distinct\": %ld}\n", n, bytes, bad, distinct);
+  double secs = (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9;
+  printf("{\"datagrams\": %ld, \"bytes\": %ld, \"bad\": %ld, \"distinct\": %ld, \"seconds\": %.6f}\n", n, bytes, bad, distinct, secs);
   return 0;
 }
