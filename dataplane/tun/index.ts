@@ -8,7 +8,10 @@
  * batch, readiness from a uv_poll_t on the main event loop (never the thread
  * pool). With vnetHdr, every packet starts with a virtio_net_hdr of
  * vnetHeaderSize bytes: the IP header is at slot + vnetHeaderSize, and written
- * packets must carry the header too.
+ * packets must carry the header too. With offloads on (enableOffloads) a packet
+ * can be a 64 KiB GSO super-packet: readPacked reads packets one after another
+ * into one buffer instead of fixed slots. persist() makes the device outlive
+ * the process (TUNSETPERSIST).
  */
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
