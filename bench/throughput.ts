@@ -5,7 +5,7 @@
  * nftables, the reference C forwarder plain and with -v (IFF_VNET_HDR + TSO),
  * tunproxy --offload off and tunproxy (--offload auto).
  *
- *   node --import tsx bench/throughput.ts [--seconds 10] [--quick] [--modes m1,m2] [--udp-seconds 3]
+ *   node --import tsx bench/throughput.ts [--seconds 10] [--quick] [--modes m1,m2] [--udp-seconds 3] [--verify-checksums]
  *
  * Traffic: iperf3 TCP, 1 and 4 streams, both directions (up: client → pod, down: -R), to the
  * ClusterIP and to the NodePort, from a client outside the cluster CIDR (masquerade) and from a
@@ -60,6 +60,8 @@ export interface Row {
 }
 
 const QUICK = process.argv.includes('--quick');
+/** the node's veths without checksum offload: every checksum completed by the node and verified by the receivers (slower, for all modes) */
+const VERIFY = process.argv.includes('--verify-checksums');
 const SECONDS = argNum('seconds', QUICK ? 2 : 10);
 const UDP_SECONDS = argNum('udp-seconds', QUICK ? 1 : 3);
 const STREAMS = QUICK ? [1] : [1, 4];
@@ -393,7 +395,7 @@ function markdown(rows: Row[], uso: UsoResult[], checksumErrors: number, byNs: R
     'iperf3 3.12 sends no UDP_SEGMENT (GSO) datagrams: USO is measured with udpgso (table above).',
     'checksumErrors: between veths a partial checksum (CHECKSUM_PARTIAL) is trusted by the receiver without being',
     'completed, so in this lab the counters see the complete checksums only; test/e2e/offload.test.ts turns the',
-    "node's veth checksum offload off so that every checksum is completed and verified.",
+    "node's veth checksum offload off so that every checksum is completed and verified (here: --verify-checksums).",
     '',
   ];
   return lines.join('\n');
@@ -471,6 +473,9 @@ try {
   lab = await bulkLabUp(`tp-b${process.pid}-thr`, a, dir);
   const L = lab;
   const sources: Record<Row['source'], string> = { outside: L.client.ns, pod: L.clientPod!.ns };
+  if (VERIFY)
+    for (const dev of [L.pods[0].nodeVeth, 'veth-client', L.clientPod!.nodeVeth])
+      nsRun(L.node.ns, ['ethtool', '-K', dev, 'tx', 'off']);
   const server = spawn('ip', ['netns', 'exec', L.pods[0].ns, 'iperf3', '-s', '-p', String(IPERF_PORT)], { stdio: 'ignore' });
   liveChildren.add(server);
   await sleep(300);
@@ -511,7 +516,7 @@ try {
   const checksumErrors = csum1.total - csum0.total;
   await stopChild(server, 1000);
   const header = `Machine: ${machine()} (${spawnSync('nproc').stdout.toString().trim()} cores; kernel ${spawnSync('uname', ['-r']).stdout.toString().trim()}). ` +
-    `${QUICK ? 'QUICK smoke run, not the figures of record. ' : ''}TCP runs of ${SECONDS} s, UDP steps of ${UDP_SECONDS} s; modes: ${MODES_RUN.join(', ')}.`;
+    `${QUICK ? 'QUICK smoke run, not the figures of record. ' : ''}${VERIFY ? "Node veths' checksum offload off (--verify-checksums): every checksum verified, throughput lower. " : ''}TCP runs of ${SECONDS} s, UDP steps of ${UDP_SECONDS} s; modes: ${MODES_RUN.join(', ')}.`;
   // a quick smoke run never overwrites the figures of record
   const name = QUICK ? 'throughput-quick' : 'throughput';
   writeResults(name, { rows, checksumErrors }, markdown(rows, uso, checksumErrors, csum1.byNs, header).replace('[throughput.svg](throughput.svg)', `[${name}.svg](${name}.svg)`));
