@@ -13,7 +13,8 @@
  * wire/virtio.ts), a packet may be a GSO super-packet of up to 64 KiB: it is
  * checked against its header, NATed once (the header goes back unchanged:
  * nothing moves), counted as the segments the wire carries, and its partial
- * checksum (NEEDS_CSUM) is kept partial. See processVnet.
+ * checksum (NEEDS_CSUM) is kept partial: see process()'s `vnet` argument
+ * and vnetPrepare.
  */
 import { Conntrack } from './conntrack.ts';
 import type { ConntrackEntry, ConntrackInfo } from './conntrack.ts';
@@ -92,6 +93,8 @@ export class Pipeline {
   private segments = 1;
   /** the packet in hand: header bytes every segment repeats (IPv4 + L4), for wire byte counts */
   private segHeader = 0;
+  /** the packet in hand: its gso_size (when segments > 1) */
+  private gsoSize = 0;
   /** where a super-packet's first segment is built when an ICMP error must quote it (allocated on first use) */
   private segScratch: Uint8Array | null = null;
   private readonly segOffsets = new Uint32Array(1);
@@ -355,9 +358,6 @@ export class Pipeline {
     this.counters.events[E_REJECTED]++;
     return this.verdict(V_REPLY, total);
   }
-
-  /** gso_size of the packet in hand (set by vnetPrepare) */
-  private gsoSize = 0;
 
   /**
    * Check the virtio header at `vnet` against the IPv4 packet at `off`
