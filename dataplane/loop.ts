@@ -98,6 +98,8 @@ export class Loop {
       if (!device.readPacked) throw new Error(`device ${device.name} has a vnet header but no readPacked`);
       const bytes = o.packedBytes ?? this.batch * 2048 + 2 * PACKED_RESERVE_ROUNDED;
       if (bytes < PACKED_RESERVE) throw new Error(`packedBytes ${bytes} is too small: a super-packet needs ${PACKED_RESERVE} bytes`);
+      if (pipeline.reply.length + device.vnetHeaderSize > PACKED_MIN_SLOT)
+        throw new Error(`the pipeline's reply buffer (${pipeline.reply.length} bytes) does not fit in the ${PACKED_MIN_SLOT} bytes a packet's place holds`);
       this.buf = new Uint8Array(bytes);
     } else {
       this.buf = new Uint8Array(this.batch * this.slotSize);
