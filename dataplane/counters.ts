@@ -52,6 +52,14 @@ export const EVENTS = [
   'hairpin',
   'affinity_hits',
   'lookups',
+  /** GSO super-packets from the TUN (virtio header with a GSO type) */
+  'gso_super_packets',
+  /** the segments those super-packets stand for on the wire (also what the verdict counters count) */
+  'gso_segments',
+  /** partial checksums (NEEDS_CSUM) on other protocols than TCP/UDP, completed in software */
+  'checksums_completed',
+  /** super-packets segmented in software (to quote the first segment in an ICMP error) */
+  'gso_segmented',
 ] as const;
 export type EventName = (typeof EVENTS)[number];
 export const E_NON_IPV4 = 0;
@@ -65,6 +73,10 @@ export const E_MASQUERADED = 7;
 export const E_HAIRPIN = 8;
 export const E_AFFINITY_HITS = 9;
 export const E_LOOKUPS = 10;
+export const E_GSO_SUPER_PACKETS = 11;
+export const E_GSO_SEGMENTS = 12;
+export const E_CHECKSUMS_COMPLETED = 13;
+export const E_GSO_SEGMENTED = 14;
 
 export class Counters {
   readonly packets = new Float64Array(VERDICTS.length);

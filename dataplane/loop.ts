@@ -2,6 +2,16 @@
  * The TUN loop: batches of packets from the device through the pipeline and
  * back. A new table snapshot takes effect between two batches, never inside
  * one; conntrack expiry and stale-entry removal run off the hot path.
+ *
+ * Buffers. Without a virtio header (offloads off) packets are at most an MTU:
+ * `batch` slots of `slotSize` (64 × 2048 B = 128 KiB). With one (offloads on)
+ * a packet is up to 64 KiB + 10: instead of 64 slots of that size (4 MiB,
+ * mostly unused by small packets) packets are read one after another into
+ * one buffer (readPacked): each takes its length rounded up to 64 bytes, at
+ * least 640 (room for a generated ICMP error in its place), and reading stops
+ * while less than one largest packet is left. The default buffer,
+ * batch × 2048 + 2 × 64 KiB (≈ 256 KiB at batch 64), holds the whole batch of
+ * MTU-sized packets or at least 3 super-packets per read call.
  */
 import { performance } from 'node:perf_hooks';
 import type { EndpointSet, Tables } from './tables.ts';
@@ -21,6 +31,8 @@ export interface PacketDevice {
   readonly name: string;
   readonly vnetHeaderSize: number;
   readBatch(buf: Uint8Array, slotSize: number, maxPackets: number, lengths: Uint32Array): number;
+  /** needed when vnetHeaderSize > 0 (see TunDevice.readPacked) */
+  readPacked?(buf: Uint8Array, maxPackets: number, minSlot: number, reserve: number, offsets: Uint32Array, lengths: Uint32Array): number;
   writeBatch(buf: Uint8Array, offsets: Uint32Array, lengths: Uint32Array, count: number): number;
   onReadable(cb: (err: Error | null) => void): void;
   stopReadable(): void;
@@ -29,8 +41,10 @@ export interface PacketDevice {
 export interface LoopOptions {
   /** packets per read/write call (default 64) */
   batch?: number;
-  /** bytes per slot of the shared buffer (default 2048: an MTU-1500 packet plus room for a vnet header) */
+  /** bytes per slot of the shared buffer (default 2048: an MTU-1500 packet plus room for a vnet header); without a vnet header only */
   slotSize?: number;
+  /** with a vnet header: bytes of the packed read buffer (default batch × 2048 + 2 × 65600) */
+  packedBytes?: number;
   /** batches per readiness callback before yielding to the event loop (default 32) */
   batchesPerWake?: number;
   /** clock in ms (default performance.now) */
@@ -60,6 +74,10 @@ export class Loop {
   private pending: Tables | null = null;
   private readonly buf: Uint8Array;
   private readonly lengths: Uint32Array;
+  /** with a vnet header: where readPacked put each packet */
+  private readonly inOffsets: Uint32Array;
+  /** bytes of packet buffer this loop holds */
+  readonly bufferBytes: number;
   private readonly outOffsets: Uint32Array;
   private readonly outLengths: Uint32Array;
   private readonly batchesPerWake: number;
@@ -86,7 +104,18 @@ export class Loop {
     this.batchesPerWake = o.batchesPerWake ?? 32;
     this.clock = o.clock ?? (() => performance.now());
     this.expiryIntervalMs = o.expiryIntervalMs ?? 1000;
-    this.buf = new Uint8Array(this.batch * this.slotSize);
+    if (device.vnetHeaderSize > 0) {
+      if (!device.readPacked) throw new Error(`device ${device.name} has a vnet header but no readPacked`);
+      const bytes = o.packedBytes ?? this.batch * 2048 + 2 * PACKED_RESERVE_ROUNDED;
+      if (bytes < PACKED_RESERVE) throw new Error(`packedBytes ${bytes} is too small: a super-packet needs ${PACKED_RESERVE} bytes`);
+      if (pipeline.reply.length + device.vnetHeaderSize > PACKED_MIN_SLOT)
+        throw new Error(`the pipeline's reply buffer (${pipeline.reply.length} bytes) does not fit in the ${PACKED_MIN_SLOT} bytes a packet's place holds`);
+      this.buf = new Uint8Array(bytes);
+    } else {
+      this.buf = new Uint8Array(this.batch * this.slotSize);
+    }
+    this.bufferBytes = this.buf.length;
+    this.inOffsets = new Uint32Array(this.batch);
     this.lengths = new Uint32Array(this.batch);
     this.outOffsets = new Uint32Array(this.batch);
     this.outLengths = new Uint32Array(this.batch);
@@ -275,6 +304,10 @@ export class Loop {
 
   /** Read, process and write batches until the device is empty or it is time to yield. */
   drain(): void {
+    if (this.device.vnetHeaderSize > 0) {
+      this.drainPacked();
+      return;
+    }
     const dev = this.device;
     const buf = this.buf;
     const slot = this.slotSize;
@@ -316,4 +349,59 @@ export class Loop {
       if (n < this.batch) return;
     }
   }
+
+  /** drain() with a virtio header before every packet: packed reads, super-packets through the pipeline. */
+  private drainPacked(): void {
+    const dev = this.device;
+    const buf = this.buf;
+    const hdr = dev.vnetHeaderSize;
+    const lengths = this.lengths;
+    const inOff = this.inOffsets;
+    const outOff = this.outOffsets;
+    const outLen = this.outLengths;
+    const pl = this.pipeline;
+    for (let b = 0; b < this.batchesPerWake; b++) {
+      const n = dev.readPacked!(buf, this.batch, PACKED_MIN_SLOT, PACKED_RESERVE, inOff, lengths);
+      if (n === 0) return;
+      if (this.pending !== null) this.applyPending();
+      const tables = this.tables;
+      const now = this.clock();
+      let w = 0;
+      for (let i = 0; i < n; i++) {
+        const off = inOff[i];
+        const len = lengths[i];
+        if (len < hdr) {
+          pl.process(buf, off, 0, tables, now); // counted as malformed (too_short)
+          continue;
+        }
+        const v = pl.process(buf, off + hdr, len - hdr, tables, now, off);
+        if (v === V_FORWARD || v === V_PASS) {
+          outOff[w] = off;
+          outLen[w] = len;
+          w++;
+        } else if (v === V_REPLY) {
+          // in its place (readPacked left PACKED_MIN_SLOT bytes), after a header saying "nothing to do"
+          buf.fill(0, off, off + hdr);
+          buf.set(pl.reply.subarray(0, pl.replyLen), off + hdr);
+          outOff[w] = off;
+          outLen[w] = pl.replyLen + hdr;
+          w++;
+        }
+      }
+      if (w > 0) {
+        const written = dev.writeBatch(buf, outOff, outLen, w);
+        this.stats.packetsOut += written;
+        this.stats.txDropped += w - written;
+      }
+      this.stats.batches++;
+      this.stats.packetsIn += n;
+      if (n < this.batch && buf.length - (inOff[n - 1] + lengths[n - 1]) >= PACKED_RESERVE + 64) return;
+    }
+  }
 }
+
+/** the largest packet a TUN with offloads hands over: a 64 KiB IP packet and its virtio header */
+const PACKED_RESERVE = 65535 + 10;
+const PACKED_RESERVE_ROUNDED = 65600;
+/** every packet read gets at least this much room: a generated ICMP error (576 B) and its vnet header */
+const PACKED_MIN_SLOT = 640;

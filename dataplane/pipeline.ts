@@ -8,6 +8,13 @@
  *   2. conntrack hit → rewrite with the stored translation
  *   3. miss: service lookup → endpoint select → conntrack insert → DNAT (+SNAT)
  *   4. no endpoints → ICMP port unreachable, like kube-proxy's REJECT
+ *
+ * With a virtio-net header in front (a TUN opened with IFF_VNET_HDR, see
+ * wire/virtio.ts), a packet may be a GSO super-packet of up to 64 KiB: it is
+ * checked against its header, NATed once (the header goes back unchanged:
+ * nothing moves), counted as the segments the wire carries, and its partial
+ * checksum (NEEDS_CSUM) is kept partial: see process()'s `vnet` argument
+ * and vnetPrepare.
  */
 import { Conntrack } from './conntrack.ts';
 import type { ConntrackEntry, ConntrackInfo } from './conntrack.ts';
@@ -20,6 +27,7 @@ import {
   Counters, V_DROP, V_FORWARD, V_PASS, V_REPLY,
   D_MALFORMED, D_NO_LOCAL_ENDPOINTS, D_SOURCE_RANGE, D_CONNTRACK_COLLISION, D_NAT_PORT_EXHAUSTED, D_FRAGMENT_NO_FLOW, D_NO_ENDPOINTS, D_SCTP_FRAGMENTED,
   E_NON_IPV4, E_NEW_FLOWS, E_ESTABLISHED, E_REPLIES, E_REJECTED, E_ICMP_ERRORS, E_FRAGMENTS, E_MASQUERADED, E_HAIRPIN, E_AFFINITY_HITS, E_LOOKUPS,
+  E_GSO_SUPER_PACKETS, E_GSO_SEGMENTS, E_CHECKSUMS_COMPLETED, E_GSO_SEGMENTED,
 } from './counters.ts';
 import { get16, get32 } from './wire/bytes.ts';
 import { ipv4Check } from './wire/ipv4.ts';
@@ -30,9 +38,28 @@ import { icmpCheck, isIcmpError, buildIcmpError, icmpErrorPermitted, ICMP_DEST_U
 import { rewriteSrc, rewriteDst, icmpQuoteRewriteSrc, icmpQuoteRewriteDst } from './wire/rewrite.ts';
 import { wireErrorName } from './wire/error.ts';
 import { FragmentTable } from './fragments.ts';
+import {
+  vnetCheck, vnetMatch, vnetSegments, vnetClearNeedsCsum, vnetCsumStart, vnetCsumOffset, vnetGsoSize,
+  VIRTIO_NET_HDR_LEN, VNET_F_NEEDS_CSUM, VNET_GSO_NONE,
+} from './wire/virtio.ts';
+import { WIRE_BAD_VNET_CSUM } from './wire/error.ts';
+import { gsoSegment, completeChecksum } from './gso.ts';
 import type { PacketTuple } from './verdict.ts';
 
 export { V_FORWARD, V_REPLY, V_DROP, V_PASS } from './counters.ts';
+
+/**
+ * Conntrack's update() counted the super-packet as one packet (when it
+ * counted it at all: not for an INVALID one): make it the segments the wire
+ * carries, ceil(payload / gso_size), as the kernel's counters would read.
+ */
+function countSegments(e: ConntrackEntry, dir: number, before: number, segs: number): void {
+  if (dir === DIR_ORIGINAL) {
+    if (e.origPackets === before + 1) e.origPackets += segs - 1;
+  } else if (e.replyPackets === before + 1) {
+    e.replyPackets += segs - 1;
+  }
+}
 
 export interface PipelineOptions {
   conntrack?: Conntrack;
@@ -60,6 +87,18 @@ export class Pipeline {
   private readonly out = new LookupResult();
   private readonly tuple: PacketTuple = { proto: 0, src: 0, dst: 0, sport: 0, dport: 0 };
   private readonly info: ConntrackInfo = { serviceName: '', serviceIndex: 0, endpointAddr: 0, endpointPort: 0, masquerade: false };
+  /** the packet in hand: its TCP/UDP checksum is partial (NEEDS_CSUM): rewrites keep it so */
+  private partial = false;
+  /** the packet in hand: the segments it stands for on the wire (1 unless a GSO super-packet) */
+  private segments = 1;
+  /** the packet in hand: header bytes every segment repeats (IPv4 + L4), for wire byte counts */
+  private segHeader = 0;
+  /** the packet in hand: its gso_size (when segments > 1) */
+  private gsoSize = 0;
+  /** where a super-packet's first segment is built when an ICMP error must quote it (allocated on first use) */
+  private segScratch: Uint8Array | null = null;
+  private readonly segOffsets = new Uint32Array(1);
+  private readonly segLengths = new Uint32Array(1);
 
   constructor(o: PipelineOptions = {}) {
     this.conntrack = o.conntrack ?? new Conntrack();
@@ -68,17 +107,20 @@ export class Pipeline {
     this.reply = new Uint8Array(o.replyBufferSize ?? 576);
   }
 
+  // a super-packet counts as the segments the wire carries, with their headers
   private drop(reason: number, len: number): number {
-    this.counters.drops[reason]++;
-    this.counters.packets[V_DROP]++;
-    this.counters.bytes[V_DROP] += len;
+    const n = this.segments;
+    this.counters.drops[reason] += n;
+    this.counters.packets[V_DROP] += n;
+    this.counters.bytes[V_DROP] += len + (n - 1) * this.segHeader;
     this.lastDrop = reason;
     return V_DROP;
   }
 
   private verdict(v: number, len: number): number {
-    this.counters.packets[v]++;
-    this.counters.bytes[v] += len;
+    const n = this.segments;
+    this.counters.packets[v] += n;
+    this.counters.bytes[v] += len + (n - 1) * this.segHeader;
     return v;
   }
 
@@ -93,10 +135,25 @@ export class Pipeline {
    * in place, write it back), V_REPLY (write `reply[0 .. replyLen)` instead),
    * V_DROP (reason in `lastDrop` and the counters) or V_PASS (untouched).
    * Never throws on any input.
+   *
+   * `vnet`: the offset of the packet's virtio-net header (its IP header at
+   * off = vnet + 10), or -1 when there is none. A header that is not all
+   * "nothing to do" is checked against the packet (inconsistent: dropped as
+   * malformed with a bad_vnet_* / vnet_*_mismatch detail) and may be changed
+   * in place (a partial checksum on another protocol is completed and its
+   * NEEDS_CSUM cleared); for V_FORWARD and V_PASS write it back with the packet.
    */
-  process(buf: Uint8Array, off: number, len: number, tables: Tables, now: number): number {
+  process(buf: Uint8Array, off: number, len: number, tables: Tables, now: number, vnet = -1): number {
     this.lastEntry = null;
+    this.partial = false;
+    this.segments = 1;
+    this.segHeader = 0;
     if (len < 1) return this.malformed(-1, len);
+    if (vnet >= 0 && (buf[vnet] | buf[vnet + 1]) !== 0) {
+      // whatever the packet, a header the kernel would refuse is never written back
+      const ve = vnetCheck(buf, vnet, off - vnet + len);
+      if (ve !== 0) return this.malformed(ve, len);
+    }
     const version = buf[off] >> 4;
     if (version !== 4) {
       if (version === 6) {
@@ -113,6 +170,10 @@ export class Pipeline {
     const src = get32(buf, off + 12);
     const dst = get32(buf, off + 16);
     const fragField = get16(buf, off + 6);
+    if (vnet >= 0 && (buf[vnet] | buf[vnet + 1]) !== 0) {
+      const ve = this.vnetPrepare(buf, vnet, off, total, proto);
+      if (ve !== 0) return this.malformed(ve, total);
+    }
     if ((fragField & 0x1fff) !== 0) return this.laterFragment(buf, off, total, proto, src, dst, tables, now);
 
     const l4 = off + hlen;
@@ -151,11 +212,14 @@ export class Pipeline {
     const entry = ct.lookup(proto, src, dst, sport, dport, now);
     if (entry !== null) {
       const dir = ct.lastDirection;
-      if (ct.update(entry, dir, flags, total, now) === CT_UPDATE_REOPEN) {
+      const segs = this.segments;
+      const before = dir === DIR_ORIGINAL ? entry.origPackets : entry.replyPackets;
+      if (ct.update(entry, dir, flags, total + (segs - 1) * this.segHeader, now) === CT_UPDATE_REOPEN) {
         // a new SYN on a closed flow's tuple: netfilter starts a new connection (and a new choice)
         ct.delete(entry);
         return this.newFlow(buf, off, total, proto, src, dst, sport, dport, flags, fragField, tables, now);
       }
+      if (segs > 1) countSegments(entry, dir, before, segs);
       this.translate(buf, off, entry, dir, src, dst, sport, dport);
       this.counters.events[dir === DIR_ORIGINAL ? E_ESTABLISHED : E_REPLIES]++;
       if ((fragField & 0x2000) !== 0) this.fragments.remember(src, dst, proto, get16(buf, off + 4), entry, dir, now);
@@ -173,8 +237,8 @@ export class Pipeline {
     } else {
       nSrc = e.origDst; nSport = e.origDport; nDst = e.origSrc; nDport = e.origSport;
     }
-    if (nDst !== dst || nDport !== dport) rewriteDst(buf, off, nDst, nDport);
-    if (nSrc !== src || nSport !== sport) rewriteSrc(buf, off, nSrc, nSport);
+    if (nDst !== dst || nDport !== dport) rewriteDst(buf, off, nDst, nDport, this.partial);
+    if (nSrc !== src || nSport !== sport) rewriteSrc(buf, off, nSrc, nSport, this.partial);
   }
 
   private newFlow(
@@ -226,9 +290,11 @@ export class Pipeline {
     this.info.masquerade = masq;
     const entry = ct.insert(proto, src, dst, sport, dport, epAddr, replyDst, epPort, replyDport, now, this.info);
     if (entry === null) return this.drop(D_CONNTRACK_COLLISION, total);
-    rewriteDst(buf, off, epAddr, epPort);
-    if (replyDst !== src || replyDport !== sport) rewriteSrc(buf, off, replyDst, replyDport);
-    ct.update(entry, DIR_ORIGINAL, flags, total, now);
+    rewriteDst(buf, off, epAddr, epPort, this.partial);
+    if (replyDst !== src || replyDport !== sport) rewriteSrc(buf, off, replyDst, replyDport, this.partial);
+    const segs = this.segments;
+    ct.update(entry, DIR_ORIGINAL, flags, total + (segs - 1) * this.segHeader, now);
+    if (segs > 1) countSegments(entry, DIR_ORIGINAL, 0, segs);
     const ev = this.counters.events;
     ev[E_NEW_FLOWS]++;
     if (masq) ev[E_MASQUERADED]++;
@@ -266,11 +332,75 @@ export class Pipeline {
   /** kube-proxy's REJECT: ICMP port unreachable back to the client, from the address it tried. */
   private reject(buf: Uint8Array, off: number, total: number, dst: number): number {
     if (!icmpErrorPermitted(buf, off, total)) return this.drop(D_NO_ENDPOINTS, total);
+    if (this.segments > 1 || this.partial) return this.rejectSuper(buf, off, total, dst);
     const n = buildIcmpError(this.reply, 0, buf, off, total, ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, dst, 0);
     if (n <= 0) return this.drop(D_NO_ENDPOINTS, total);
     this.replyLen = n;
     this.counters.events[E_REJECTED]++;
     return this.verdict(V_REPLY, total);
+  }
+
+  /**
+   * REJECT of a super-packet (or of a packet whose checksum is partial): the
+   * error quotes what a host would have received, the first segment with
+   * complete checksums, built in software (gso.ts). One error per super-packet.
+   */
+  private rejectSuper(buf: Uint8Array, off: number, total: number, dst: number): number {
+    let scratch = this.segScratch;
+    if (scratch === null) scratch = this.segScratch = new Uint8Array(65536);
+    const gso = this.segments > 1 ? this.gsoSize : 65535;
+    const k = gsoSegment(buf, off, gso, scratch, 0, 0, this.segOffsets, this.segLengths, 1);
+    if (k !== 1) return this.malformed(k, total);
+    this.counters.events[E_GSO_SEGMENTED]++;
+    const n = buildIcmpError(this.reply, 0, scratch, 0, this.segLengths[0], ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, dst, 0);
+    if (n <= 0) return this.drop(D_NO_ENDPOINTS, total);
+    this.replyLen = n;
+    this.counters.events[E_REJECTED]++;
+    return this.verdict(V_REPLY, total);
+  }
+
+  /**
+   * Check the virtio header at `vnet` against the IPv4 packet at `off`
+   * (ipv4Check passed) and take what it says: a partial TCP/UDP checksum
+   * stays partial (this.partial), a partial checksum on another protocol is
+   * completed now, a GSO super-packet counts as its segments. Returns 0 or a
+   * wire error (the packet is then malformed).
+   */
+  private vnetPrepare(buf: Uint8Array, vnet: number, off: number, total: number, proto: number): number {
+    const ve = vnetCheck(buf, vnet, VIRTIO_NET_HDR_LEN + total);
+    if (ve !== 0) return ve;
+    const hlen = (buf[off] & 0x0f) << 2;
+    const l4len = total - hlen;
+    if (proto === PROTO_TCP) {
+      const e = tcpCheck(buf, off + hlen, l4len);
+      if (e !== 0) return e;
+    } else if (proto === PROTO_UDP) {
+      const e = udpCheck(buf, off + hlen, l4len);
+      if (e !== 0) return e;
+    }
+    const m = vnetMatch(buf, vnet, off, proto);
+    if (m !== 0) return m;
+    if ((buf[vnet] & VNET_F_NEEDS_CSUM) !== 0) {
+      if (proto === PROTO_TCP || proto === PROTO_UDP) {
+        this.partial = true;
+      } else {
+        if ((get16(buf, off + 6) & 0x3fff) !== 0) return WIRE_BAD_VNET_CSUM;
+        completeChecksum(buf, off, vnetCsumStart(buf, vnet), vnetCsumOffset(buf, vnet));
+        vnetClearNeedsCsum(buf, vnet);
+        this.counters.events[E_CHECKSUMS_COMPLETED]++;
+      }
+    }
+    if ((buf[vnet + 1] & 0x7f) !== VNET_GSO_NONE) {
+      const hdr = hlen + (proto === PROTO_TCP ? (buf[off + hlen + 12] >>> 4) << 2 : 8);
+      const gso = vnetGsoSize(buf, vnet);
+      this.gsoSize = gso;
+      this.segHeader = hdr;
+      this.segments = vnetSegments(total - hdr, gso);
+      const ev = this.counters.events;
+      ev[E_GSO_SUPER_PACKETS]++;
+      ev[E_GSO_SEGMENTS] += this.segments;
+    }
+    return 0;
   }
 
   /**

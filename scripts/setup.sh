@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what tunproxy needs and is missing: Debian packages (iptables,
-# nftables, iproute2, conntrack, gcc/make for the addon), node_modules via
+# nftables, iproute2, conntrack, gcc/make for the addon, iperf3 for bench:throughput, ethtool for the offload tests), node_modules via
 # `npm ci` (which builds the TUN addon), and the reference C forwarder.
 # Idempotent and quiet when everything is there.
 set -euo pipefail
@@ -17,6 +17,9 @@ have make || missing+=(make)
 have gcc || missing+=(gcc)
 have g++ || missing+=(g++)
 have python3 || missing+=(python3)
+have iperf3 || missing+=(iperf3)   # bench:throughput
+have nstat || missing+=(iproute2)  # checksum error counters in the offload tests
+have ethtool || missing+=(ethtool) # the offload tests turn the node's veth checksum offload off
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && have apt-get; then
     echo "setup: installing Debian packages: ${missing[*]}" >&2

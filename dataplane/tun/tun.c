@@ -5,8 +5,10 @@
  *
  *   open(name, flags)                      -> { fd, name }   flags: IFF_MULTI_QUEUE | IFF_VNET_HDR
  *   readBatch(fd, buf, slotSize, max, lengths: Uint32Array) -> count (0 when nothing is queued)
+ *   readPacked(fd, buf, max, minSlot, reserve, offsets, lengths) -> count: packets one after another
+ *                                          (each start 64-aligned, at least minSlot apart) while reserve bytes remain
  *   writeBatch(fd, buf, offsets, lengths, count)            -> packets consumed (< count only on EAGAIN)
- *   poll(fd, cb), stopPoll(fd), close(fd), stats(fd), setOffload(fd, flags)
+ *   poll(fd, cb), stopPoll(fd), close(fd), stats(fd), setOffload(fd, flags), persist(fd, on)
  *
  * With IFF_VNET_HDR every packet starts with a struct virtio_net_hdr (10
  * bytes): it is read into the start of the slot and written from the offset
@@ -26,6 +28,11 @@
 #include <sys/uio.h>
 #include <net/if.h>
 #include <linux/if_tun.h>
+
+#ifndef TUN_F_USO4
+#define TUN_F_USO4 0x20 /* Linux 6.2: I can handle USO for IPv4 packets */
+#define TUN_F_USO6 0x40
+#endif
 
 #define ERRNO_SLOTS 134
 #define SCRATCH (65536 + 256) /* catches the rest of a packet larger than its slot */
@@ -188,6 +195,46 @@ static napi_value js_read_batch(napi_env env, napi_callback_info info) {
   return out;
 }
 
+static napi_value js_read_packed(napi_env env, napi_callback_info info) {
+  napi_value argv[7], out; int32_t fd, max, min_slot, reserve; size_t blen, olen, llen;
+  if (!get_args(env, info, 7, argv)) return NULL;
+  INT_ARG(argv[0], &fd, "fd");
+  INT_ARG(argv[2], &max, "maxPackets");
+  INT_ARG(argv[3], &min_slot, "minSlot");
+  INT_ARG(argv[4], &reserve, "reserve");
+  unsigned char *buf = typed(env, argv[1], napi_uint8_array, &blen, "buf"); if (!buf) return NULL;
+  uint32_t *offsets = typed(env, argv[5], napi_uint32_array, &olen, "offsets"); if (!offsets) return NULL;
+  uint32_t *lengths = typed(env, argv[6], napi_uint32_array, &llen, "lengths"); if (!lengths) return NULL;
+  if (max < 0 || (size_t)max > olen || (size_t)max > llen || min_slot < 1 || reserve < 1 || (size_t)reserve > blen)
+    return napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "readPacked: need maxPackets <= offsets.length and lengths.length, minSlot >= 1, 1 <= reserve <= buf.byteLength"), NULL;
+  tun_state *s = state_of(env);
+  tun_entry *e = entry_of(env, s, fd); if (!e) return NULL;
+  int count = 0, err = 0; size_t cur = 0;
+  while (count < max && blen - cur >= (size_t)reserve) {
+    struct iovec iov[2] = { { buf + cur, blen - cur }, { s->scratch, SCRATCH } };
+    ssize_t n = readv(fd, iov, 2);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN) { err = errno; e->rx_errors++; }
+      break;
+    }
+    if ((size_t)n > blen - cur) { e->rx_truncated++; continue; } /* never hand a partial packet over */
+    offsets[count] = (uint32_t)cur;
+    lengths[count++] = (uint32_t)n;
+    e->rx_packets++; e->rx_bytes += n;
+    size_t step = (size_t)n < (size_t)min_slot ? (size_t)min_slot : (size_t)n;
+    cur += (step + 63) & ~(size_t)63;
+    if (cur > blen) cur = blen;
+  }
+  if (err && count == 0) {
+    char msg[160];
+    snprintf(msg, sizeof msg, "reading the TUN device failed: %s (%s) — the device may have been deleted", strerrorname_np(err), strerror(err));
+    return throw_errno(env, err, "read", msg);
+  }
+  napi_create_int32(env, count, &out);
+  return out;
+}
+
 static napi_value js_write_batch(napi_env env, napi_callback_info info) {
   napi_value argv[5], out; int32_t fd, count; size_t blen, olen, llen;
   if (!get_args(env, info, 5, argv)) return NULL;
@@ -330,6 +377,23 @@ static napi_value js_set_offload(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* persist(fd, on): TUNSETPERSIST — the device outlives the fd (on) or goes with the last one (off) */
+static napi_value js_persist(napi_env env, napi_callback_info info) {
+  napi_value argv[2]; int32_t fd; bool on = false;
+  if (!get_args(env, info, 2, argv)) return NULL;
+  INT_ARG(argv[0], &fd, "fd");
+  if (napi_get_value_bool(env, argv[1], &on) != napi_ok)
+    return napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "persist(fd, on): on must be a boolean"), NULL;
+  if (!entry_of(env, state_of(env), fd)) return NULL;
+  if (ioctl(fd, TUNSETPERSIST, (unsigned long)(on ? 1 : 0)) < 0) {
+    char msg[200]; int e = errno;
+    snprintf(msg, sizeof msg, "TUNSETPERSIST %s failed: %s — %s", on ? "on" : "off", strerrorname_np(e),
+             e == EPERM ? "CAP_NET_ADMIN is needed" : strerror(e));
+    return throw_errno(env, e, "ioctl(TUNSETPERSIST)", msg);
+  }
+  return NULL;
+}
+
 static void cleanup(void *arg) { /* environment teardown: close what is still open */
   tun_state *s = arg;
   for (int fd = 0; fd < s->cap; fd++)
@@ -347,10 +411,12 @@ NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
   napi_add_env_cleanup_hook(env, cleanup, s);
   static const struct { const char *n; napi_callback f; } fns[] = {
     { "open", js_open }, { "readBatch", js_read_batch }, { "writeBatch", js_write_batch }, { "poll", js_poll },
-    { "stopPoll", js_stop_poll }, { "close", js_close }, { "stats", js_stats }, { "setOffload", js_set_offload } };
+    { "stopPoll", js_stop_poll }, { "close", js_close }, { "stats", js_stats }, { "setOffload", js_set_offload },
+    { "readPacked", js_read_packed }, { "persist", js_persist } };
   static const struct { const char *n; int v; } consts[] = {
     { "IFF_MULTI_QUEUE", IFF_MULTI_QUEUE }, { "IFF_VNET_HDR", IFF_VNET_HDR }, { "TUN_F_CSUM", TUN_F_CSUM },
-    { "TUN_F_TSO4", TUN_F_TSO4 }, { "TUN_F_TSO6", TUN_F_TSO6 }, { "VNET_HDR_SIZE", 10 } };
+    { "TUN_F_TSO4", TUN_F_TSO4 }, { "TUN_F_TSO6", TUN_F_TSO6 }, { "TUN_F_TSO_ECN", TUN_F_TSO_ECN },
+    { "TUN_F_USO4", TUN_F_USO4 }, { "TUN_F_USO6", TUN_F_USO6 }, { "VNET_HDR_SIZE", 10 } };
   napi_value v;
   for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++) {
     napi_create_function(env, fns[i].n, NAPI_AUTO_LENGTH, fns[i].f, NULL, &v);

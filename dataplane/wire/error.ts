@@ -23,6 +23,20 @@ export const WIRE_BAD_UDP_LENGTH = -7;
 export const WIRE_BAD_ICMP_QUOTE = -8;
 /** a builder's output buffer has no room for the packet */
 export const WIRE_NO_ROOM = -9;
+/** virtio_net_hdr: flag bits other than NEEDS_CSUM / DATA_VALID */
+export const WIRE_BAD_VNET_FLAGS = -10;
+/** virtio_net_hdr: a GSO type the TUN never hands over (UFO, unknown, ECN without TCP) */
+export const WIRE_BAD_VNET_GSO_TYPE = -11;
+/** virtio_net_hdr: a GSO packet with gso_size 0 */
+export const WIRE_BAD_VNET_GSO_SIZE = -12;
+/** virtio_net_hdr: hdr_len beyond the packet, or shorter than the headers it must cover */
+export const WIRE_BAD_VNET_HDR_LEN = -13;
+/** virtio_net_hdr: csum_start + csum_offset outside the packet, or GSO without NEEDS_CSUM */
+export const WIRE_BAD_VNET_CSUM = -14;
+/** virtio_net_hdr: the GSO type does not match the packet (protocol, IP version, an IP fragment) */
+export const WIRE_VNET_GSO_MISMATCH = -15;
+/** virtio_net_hdr: a partial TCP/UDP checksum whose csum_start/csum_offset is not that header's checksum field */
+export const WIRE_VNET_CSUM_MISMATCH = -16;
 
 const NAMES = [
   'ok',
@@ -35,6 +49,13 @@ const NAMES = [
   'bad_udp_length',
   'bad_icmp_quote',
   'no_room',
+  'bad_vnet_flags',
+  'bad_vnet_gso_type',
+  'bad_vnet_gso_size',
+  'bad_vnet_hdr_len',
+  'bad_vnet_csum',
+  'vnet_gso_mismatch',
+  'vnet_csum_mismatch',
 ];
 
 /** "too_short", "bad_ihl", …; "unknown_wire_error" for a code outside the list. */

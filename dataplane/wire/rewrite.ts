@@ -9,6 +9,13 @@
  *
  * The packet must have passed ipv4Check and the L4 checked entry; an L4
  * header shorter than its fixed size is left alone (IP header only).
+ *
+ * `partial` (a GSO super-packet, or any packet whose virtio header says
+ * NEEDS_CSUM): the TCP/UDP checksum field holds only the pseudo-header sum,
+ * not complemented, that the kernel completes later over the whole segment.
+ * The sum is updated for the changed address and left alone for a changed
+ * port (ports are in the part still to be summed); it is never turned into a
+ * full checksum. The IPv4 header checksum is always complete and updated.
  */
 
 import { get16, get32, put16, put32 } from './bytes.ts';
@@ -18,7 +25,7 @@ import { sctpFillChecksumAt } from './sctp.ts';
 const IP_CSUM = 10;
 
 function rewriteAddrPort(
-  buf: Uint8Array, ipOff: number, addrAt: number, portAt: number, newAddr: number, newPort: number,
+  buf: Uint8Array, ipOff: number, addrAt: number, portAt: number, newAddr: number, newPort: number, partial: boolean,
 ): void {
   newAddr = newAddr >>> 0;
   const ao = ipOff + addrAt;
@@ -33,7 +40,13 @@ function rewriteAddrPort(
   const l4len = get16(buf, ipOff + 2) - hlen;
   const proto = buf[ipOff + 9];
 
-  if (proto === 6) {
+  if (partial && (proto === 6 || proto === 17)) {
+    const co = l4 + (proto === 6 ? 16 : 6);
+    if (l4len < (proto === 6 ? 20 : 8)) return;
+    // the pseudo-header sum s is stored as is: s' = s - old + new = ~csumReplace32(~s, old, new)
+    put16(buf, co, ~csumReplace32(~get16(buf, co) & 0xffff, oldAddr, newAddr) & 0xffff);
+    if (newPort >= 0) put16(buf, l4 + portAt, newPort);
+  } else if (proto === 6) {
     if (l4len < 20) return;
     let c = csumReplace32(get16(buf, l4 + 16), oldAddr, newAddr);
     if (newPort >= 0) {
@@ -76,13 +89,13 @@ function rewriteAddrPort(
  * A non-first fragment gets only its IPv4 header rewritten. ICMP errors get
  * only the outer address; their quote is icmpQuoteRewriteSrc/Dst's job.
  */
-export function rewriteSrc(buf: Uint8Array, ipOff: number, newAddr: number, newPort: number): void {
-  rewriteAddrPort(buf, ipOff, 12, 0, newAddr, newPort);
+export function rewriteSrc(buf: Uint8Array, ipOff: number, newAddr: number, newPort: number, partial = false): void {
+  rewriteAddrPort(buf, ipOff, 12, 0, newAddr, newPort, partial);
 }
 
 /** Destination NAT: as rewriteSrc, on the destination address and port. */
-export function rewriteDst(buf: Uint8Array, ipOff: number, newAddr: number, newPort: number): void {
-  rewriteAddrPort(buf, ipOff, 16, 2, newAddr, newPort);
+export function rewriteDst(buf: Uint8Array, ipOff: number, newAddr: number, newPort: number, partial = false): void {
+  rewriteAddrPort(buf, ipOff, 16, 2, newAddr, newPort, partial);
 }
 
 function quoteRewrite(

@@ -13,6 +13,17 @@ import {
 } from '../../dataplane/wire/icmp.ts';
 import { rewriteSrc, rewriteDst, icmpQuoteRewriteSrc, icmpQuoteRewriteDst } from '../../dataplane/wire/rewrite.ts';
 import { WIRE_OK, wireErrorName } from '../../dataplane/wire/error.ts';
+import { readFileSync } from 'node:fs';
+import { Pipeline, V_DROP, V_FORWARD, V_PASS, V_REPLY } from '../../dataplane/pipeline.ts';
+import { Conntrack } from '../../dataplane/conntrack.ts';
+import { Rng } from '../../dataplane/select.ts';
+import { compile } from '../../control/compile.ts';
+import { parseRuleSet } from '../../control/validate.ts';
+import { completeChecksum } from '../../dataplane/gso.ts';
+import { vnetCheck, vnetNeedsCsum, vnetCsumStart, vnetCsumOffset, writeVnetHeader } from '../../dataplane/wire/virtio.ts';
+import { checksumsValid } from '../support/packets.ts';
+import { makePartial } from '../support/vnet.ts';
+import { parseIPv4 } from '../../dataplane/addr.ts';
 
 const SENTINEL = 0xa5;
 const RUNS = { numRuns: 1500 };
@@ -150,4 +161,67 @@ t.test('buildIcmpError on arbitrary input: a refusal or a well-formed error, nev
       return true;
     }), RUNS);
   t.pass('builder verified');
+});
+
+// ---- the pipeline behind a virtio-net header (a TUN with offloads): random and plausible headers
+t.test('virtio headers, plausible and random, in front of valid and mutated packets: the pipeline never throws, never writes outside, never forwards a wrong checksum', async (t) => {
+  const tables = compile(parseRuleSet(JSON.parse(readFileSync(new URL('../../examples/demo-ruleset.json', import.meta.url), 'utf8'))));
+  const pl = new Pipeline({ conntrack: new Conntrack({ clock: () => 1e6 }), rng: new Rng(7) });
+  // services of the demo rule set, so that NAT happens: web-svc TCP, kube-dns UDP, empty-svc (REJECT), a NodePort
+  const targets = [
+    [6, '10.32.0.159', 8080], [17, '10.32.0.10', 53], [6, '10.32.0.200', 80], [6, '172.16.1.35', 30080], [17, '10.64.1.99', 9],
+  ] as const;
+  const u16 = fc.integer({ min: 0, max: 0xffff });
+  const u8 = fc.integer({ min: 0, max: 255 });
+  // -1: what the kernel would put there for this packet (GSO type of its protocol, its header length, its checksum field)
+  const plausible = fc.record({
+    flags: fc.constantFrom(0, 1, 1, 3),
+    gsoType: fc.constantFrom(-1, -1, 0, 0x80),
+    gsoSize: fc.integer({ min: 1, max: 1500 }),
+    hdrLen: fc.constant(-1),
+    csum: fc.constant(-1 as const),
+  });
+  const random = fc.record({
+    flags: fc.oneof(fc.constantFrom(0, 1, 2, 3), u8),
+    gsoType: fc.oneof(fc.constantFrom(0, 1, 5, 0x81, 4, 3), u8),
+    gsoSize: fc.oneof(fc.integer({ min: 1, max: 1500 }), u16),
+    hdrLen: fc.oneof(fc.constant(-1), u16),
+    csum: fc.oneof(fc.constant(-1 as const), fc.tuple(u16, u16)),
+  });
+  const header = fc.oneof({ arbitrary: plausible, weight: 3 }, { arbitrary: random, weight: 1 });
+  const seen = [0, 0, 0, 0];
+  fc.assert(fc.property(
+    packetSpec, fc.integer({ min: 0, max: targets.length - 1 }), header, fc.oneof(fc.constant([]), fc.array(mutation, { maxLength: 3 })), fc.integer({ min: 0, max: 4 }),
+    (spec, ti, h, muts, off) => {
+      const [proto, dst, dport] = targets[ti];
+      const s = { ...spec, proto, dst: parseIPv4(dst), dport, udpNoChecksum: false, payload: spec.payload };
+      const [p] = buildPacket(s, 0);
+      const hl = (p[0] & 15) * 4;
+      const l4h = proto === 6 ? (p[hl + 12] >> 4) * 4 : 8;
+      const b = new Uint8Array(off + 10 + p.length + 8).fill(SENTINEL);
+      const [cs, co] = h.csum === -1 ? [hl, proto === 6 ? 16 : 6] : h.csum;
+      const gsoType = h.gsoType === -1 ? (proto === 6 ? 1 : 5) : h.gsoType === 0x80 ? (proto === 6 ? 0x81 : 0) : h.gsoType;
+      writeVnetHeader(b, off, gsoType !== 0 && h.gsoType < 0 ? 1 : h.flags, gsoType, h.hdrLen === -1 ? hl + l4h : h.hdrLen, h.gsoSize, cs, co);
+      if ((b[off] & 1) !== 0) makePartial(p); // the packet is what the header says it is
+      b.set(p, off + 10);
+      for (const m of muts) b[off + 10 + (m.at % p.length)] = m.value;
+      let v: number;
+      try {
+        v = pl.process(b, off + 10, p.length, tables, 1e6, off);
+      } catch {
+        return false;
+      }
+      for (let i = 0; i < off; i++) if (b[i] !== SENTINEL) return false;
+      for (let i = off + 10 + p.length; i < b.length; i++) if (b[i] !== SENTINEL) return false;
+      seen[v]++;
+      if (v === V_DROP) return pl.lastDrop >= 0 && [...pl.counters.malformed.keys()].every((k) => k !== 'unknown_wire_error');
+      if (v === V_REPLY) return checksumsValid(pl.reply.subarray(0, pl.replyLen));
+      if (v !== V_FORWARD && v !== V_PASS) return false;
+      if (muts.length > 0 || v === V_PASS) return true; // a mutated packet may have come in with a wrong checksum
+      if (vnetCheck(b, off, 10 + p.length) !== WIRE_OK) return false;
+      const ip = b.slice(off + 10, off + 10 + p.length);
+      if (vnetNeedsCsum(b, off)) completeChecksum(ip, 0, vnetCsumStart(b, off), vnetCsumOffset(b, off));
+      return checksumsValid(ip);
+    }), RUNS);
+  t.ok(seen[V_FORWARD] > 100 && seen[V_DROP] > 100 && seen[V_REPLY] > 10, `forwarded (NAT) ${seen[V_FORWARD]}, replied ${seen[V_REPLY]}, dropped ${seen[V_DROP]}, passed ${seen[V_PASS]}`);
 });
