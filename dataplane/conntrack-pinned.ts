@@ -21,7 +21,8 @@
  *    20  u32  0
  *    24  f64  created, ms since the epoch
  *    32  40 B boot id (/proc/sys/kernel/random/boot_id), ASCII, NUL padded
- *    72  64 B network namespace (readlink /proc/self/ns/net), ASCII, NUL padded
+ *    72  64 B network namespace: readlink /proc/self/ns/net and its SO_NETNS_COOKIE,
+ *             "net:[4026532281] cookie 12", ASCII, NUL padded
  *   136  u32  pid of the writer
  *   140  u32  checksum of bytes 0..139
  *   144  u32  1 = a process has it open, 2 = closed cleanly (SIGTERM)
@@ -52,11 +53,11 @@
  * that no longer exists comes back as '' (the flow still forwards; it is
  * listed without its service).
  */
-import { existsSync, mkdirSync, readFileSync, readlinkSync, renameSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP } from './addr.ts';
 import { Conntrack, stateName, type ConntrackEntry, type ConntrackInfo, type ConntrackOptions } from './conntrack.ts';
-import { boottimeMs, mapNewFile } from './pin/index.ts';
+import { boottimeMs, mapNewFile, netnsCookie } from './pin/index.ts';
 
 export const PIN_MAGIC = 0x54435054;
 export const PIN_LAYOUT_VERSION = 1;
@@ -120,6 +121,9 @@ export function pinProvenance(): PinProvenance {
   } catch {
     /* likewise */
   }
+  // the inode of a namespace that is gone may be given to a new one: the cookie is not reused
+  const cookie = netns === '' ? null : netnsCookie();
+  if (cookie !== null) netns += ` cookie ${cookie}`;
   return { bootId, netns };
 }
 
@@ -544,15 +548,11 @@ export class PinnedConntrack extends Conntrack {
   }
 }
 
-export type PinnedOpen = {
-  conntrack: PinnedConntrack;
-  path: string;
-  /** what became of the file found at start */
-  found:
-    | { status: 'none' }
-    | { status: 'recovered'; header: PinHeader; recovery: PinRecovery }
-    | { status: 'set-aside'; reason: string; movedTo: string };
-};
+/** What became of the table file found at start. */
+export type PinnedFound =
+  | { status: 'none' }
+  | { status: 'recovered'; header: PinHeader; recovery: PinRecovery }
+  | { status: 'set-aside'; reason: string; movedTo: string };
 
 /** Rename an untrusted table aside under a name that exists nowhere yet. */
 export function setAsidePinned(path: string, now = new Date()): string {
@@ -574,45 +574,86 @@ export interface OpenPinnedOptions extends ConntrackOptions {
 }
 
 /**
- * Open the pinned table at dir/name: when a file is there, check it (a
- * foreign or damaged one is set aside), then build a new file beside it
- * (<name>.new-<pid>), put the old file's good records into the new table, and
- * rename the new file over the old one. A crash during the recovery leaves the
- * old file as it was. The capacity is the table's maxEntries (a different
- * --conntrack-max takes effect: records beyond it are evicted as on insert).
+ * The pinned table of a `tunproxy run`: open() checks the file found at
+ * dir/name (a foreign or damaged one is set aside at once) and builds the new
+ * table in a file beside it (<name>.new-<pid>); finish() puts the old file's
+ * good records into the new table and renames the new file over the old one.
+ * Between the two the caller loads the rule set, whose service names resolve
+ * the records' name hashes. A crash before finish() leaves the old file as it
+ * was (the next start removes the leftover .new- file). The capacity is the
+ * table's maxEntries: a smaller --conntrack-max than before evicts on insert.
  */
-export function openPinnedConntrack(o: OpenPinnedOptions): PinnedOpen {
-  const prov = o.provenance ?? pinProvenance();
-  mkdirSync(o.dir, { recursive: true, mode: 0o700 });
-  const path = join(o.dir, o.name);
-  let image: Uint8Array | null = null;
-  let found: PinnedOpen['found'] = { status: 'none' };
-  let header: PinHeader | null = null;
-  if (existsSync(path)) {
-    const bytes = readFileSync(path);
-    const c = checkHeader(bytes, prov);
-    if (c.ok) {
-      image = bytes;
-      header = c.header;
-    } else found = { status: 'set-aside', reason: c.reason, movedTo: setAsidePinned(path) };
+export class PinnedTable {
+  readonly conntrack: PinnedConntrack;
+  readonly path: string;
+  private readonly tmp: string;
+  private image: Uint8Array | null;
+  private header: PinHeader | null;
+  private setAside: { reason: string; movedTo: string } | null;
+  found: PinnedFound | null = null;
+
+  private constructor(conntrack: PinnedConntrack, path: string, tmp: string, image: Uint8Array | null, header: PinHeader | null, setAside: { reason: string; movedTo: string } | null) {
+    this.conntrack = conntrack;
+    this.path = path;
+    this.tmp = tmp;
+    this.image = image;
+    this.header = header;
+    this.setAside = setAside;
   }
-  const capacity = o.maxEntries ?? 262144;
-  const tmp = `${path}.new-${process.pid}`;
-  rmSync(tmp, { force: true });
-  const buf = mapNewFile(tmp, pinFileSize(capacity));
-  try {
-    writeHeader(buf, capacity, prov, Date.now(), process.pid);
-    const clock = o.clock ?? (() => performance.now());
-    const store = new PinnedStore(buf, capacity, boottimeMs() - clock());
-    const ct = new PinnedConntrack(o, store);
-    if (image !== null && header !== null) {
-      const recovery = ct.recover(image, o.serviceNames ?? []);
-      found = { status: 'recovered', header, recovery };
+
+  static open(o: OpenPinnedOptions): PinnedTable {
+    const prov = o.provenance ?? pinProvenance();
+    mkdirSync(o.dir, { recursive: true, mode: 0o700 });
+    const path = join(o.dir, o.name);
+    // a start that died before finish() left its new file: the old one is still whole
+    for (const f of readdirSync(o.dir)) if (f.startsWith(`${o.name}.new-`)) rmSync(join(o.dir, f), { force: true });
+    let image: Uint8Array | null = null;
+    let header: PinHeader | null = null;
+    let aside: { reason: string; movedTo: string } | null = null;
+    if (existsSync(path)) {
+      const bytes = readFileSync(path);
+      const c = checkHeader(bytes, prov);
+      if (c.ok) {
+        image = bytes;
+        header = c.header;
+      } else aside = { reason: c.reason, movedTo: setAsidePinned(path) };
     }
-    renameSync(tmp, path);
-    return { conntrack: ct, path, found };
-  } catch (e) {
-    rmSync(tmp, { force: true });
-    throw e;
+    const capacity = o.maxEntries ?? 262144;
+    const tmp = `${path}.new-${process.pid}`;
+    const buf = mapNewFile(tmp, pinFileSize(capacity));
+    try {
+      writeHeader(buf, capacity, prov, Date.now(), process.pid);
+      const clock = o.clock ?? (() => performance.now());
+      const store = new PinnedStore(buf, capacity, boottimeMs() - clock());
+      return new PinnedTable(new PinnedConntrack(o, store), path, tmp, image, header, aside);
+    } catch (e) {
+      rmSync(tmp, { force: true });
+      throw e;
+    }
   }
+
+  /** Recover the old file's flows (when there was a good one) and take its place. Once. */
+  finish(serviceNames: Iterable<string> = []): PinnedFound {
+    if (this.found !== null) return this.found;
+    let found: PinnedFound = this.setAside !== null ? { status: 'set-aside', ...this.setAside } : { status: 'none' };
+    if (this.image !== null && this.header !== null) {
+      found = { status: 'recovered', header: this.header, recovery: this.conntrack.recover(this.image, serviceNames) };
+      this.image = null;
+    }
+    renameSync(this.tmp, this.path);
+    this.found = found;
+    return found;
+  }
+
+  /** SIGTERM: the table stays in the file (the next start recovers it), marked closed cleanly. */
+  close(): void {
+    this.conntrack.pin.markClosed();
+  }
+}
+
+/** open() and finish() in one, for a caller that knows the service names already. */
+export function openPinnedConntrack(o: OpenPinnedOptions): { conntrack: PinnedConntrack; path: string; found: PinnedFound } {
+  const t = PinnedTable.open(o);
+  const found = t.finish(o.serviceNames ?? []);
+  return { conntrack: t.conntrack, path: t.path, found };
 }

@@ -18,6 +18,10 @@ import { RuleSetError } from '../validate.ts';
 import { TunDevice } from '../../dataplane/tun/index.ts';
 import { DEFAULT_STATE_DIR, StateStore } from '../persist.ts';
 import type { ApiServer } from '../server.ts';
+import { existsSync } from 'node:fs';
+import { performance } from 'node:perf_hooks';
+import { DEFAULT_PIN_DIR, PIN_CLOSED, PinnedTable } from '../../dataplane/conntrack-pinned.ts';
+import { tunSetPersist } from '../../dataplane/pin/index.ts';
 
 import { DEFAULT_BODY_LIMIT } from '../api/context.ts';
 // the API server itself (fastify, prom-client) is loaded by `run` only, not by the client commands
@@ -36,6 +40,8 @@ export interface RunOptions {
   statusInterval: string;
   conntrackMax: string;
   multiQueue?: boolean;
+  pin: boolean;
+  pinDir: string;
 }
 
 function log(msg: string): void {
@@ -57,12 +63,23 @@ export function registerRun(program: Command): void {
     .option('--batch <n>', 'packets per read/write system call', '64')
     .option('--status-interval <seconds>', 'print a status line this often (0: only on SIGUSR1)', '10')
     .option('--conntrack-max <n>', 'connection table size, like nf_conntrack_max', '262144')
+    .option('--pin-dir <dir>', 'where the connection table is pinned: <dir>/<tun>.ct, a file in memory that outlives the process (a crash or kill -9 keeps the connections)', DEFAULT_PIN_DIR)
+    .option('--no-pin', 'keep the connection table in the process only (a crash loses it; SIGTERM still saves it in --state-dir)')
     .option('--multi-queue', 'open the TUN with IFF_MULTI_QUEUE (the device must have been created multi_queue)')
     .option('--decider <compiled|linear>', "how new flows are decided: the hash tables, or kube-proxy's iptables rules walked linearly (for comparison)", 'compiled')
     .addHelpText('after', `
 Signals: SIGHUP reloads --rules (a rejected file keeps the rules in force),
 SIGUSR1 prints the status and the connection table, SIGINT/SIGTERM save the
 connection table in --state-dir and stop.
+
+Pinned connection table: every flow is also a record in --pin-dir/<tun>.ct
+(/dev/shm: memory, not disk), written as packets change it. A tunproxy that
+starts after a crash or kill -9 checks the file (boot, network namespace,
+layout version, header checksum; a per-record sequence and checksum) and goes
+on with its flows; a file it cannot trust is renamed *.set-aside-<time> and
+reported. Several tunproxy processes in different network namespaces with the
+same device name need different --pin-dir. A TUN device that tunproxy creates
+is made persistent, so packets wait in its queue while tunproxy restarts.
 
 State: --state-dir holds <tun>.ruleset.json (the rule set in force, written
 atomically after every change; loaded at start when --rules is not given; a
@@ -91,7 +108,16 @@ export async function run(o: RunOptions): Promise<void> {
   const token = o.tokenFile !== undefined ? readTokenFile(o.tokenFile) : undefined;
 
   if (o.decider !== 'compiled' && o.decider !== 'linear') throw new Error(`--decider: ${JSON.stringify(o.decider)} is not one of compiled, linear`);
-  const dp = new Dataplane({ conntrackMax, decider: o.decider });
+  const clock = () => performance.now();
+  let pinned: PinnedTable | null = null;
+  if (o.pin) {
+    try {
+      pinned = PinnedTable.open({ dir: o.pinDir, name: `${o.tun}.ct`, maxEntries: conntrackMax, clock });
+    } catch (e) {
+      log(`cannot pin the connection table in ${o.pinDir}: ${(e as Error).message}; it lives in the process only (a crash loses it)`);
+    }
+  }
+  const dp = new Dataplane({ conntrackMax, decider: o.decider, clock, conntrack: pinned?.conntrack });
   let store: StateStore | null = new StateStore(o.stateDir, `${o.tun}.`);
   try {
     store.init();
@@ -135,7 +161,17 @@ export async function run(o: RunOptions): Promise<void> {
     }
   }
 
+  const existed = existsSync(`/sys/class/net/${o.tun}`);
   const tun = TunDevice.open(o.tun, { multiQueue: !!o.multiQueue });
+  if (!existed) {
+    // created here: make it persistent, so packets routed to it wait in its queue while tunproxy restarts
+    try {
+      tunSetPersist(tun.fd, true);
+      log(`created ${tun.name} persistent: it stays when tunproxy stops (ip link delete ${tun.name} removes it)`);
+    } catch (e) {
+      log(`created ${tun.name}, but cannot make it persistent (${(e as Error).message}): it goes when tunproxy stops`);
+    }
+  }
 
   let api: ApiServer | null = null;
   const socket = o.socket ?? defaultSocketPath(o.tun);
@@ -152,7 +188,31 @@ export async function run(o: RunOptions): Promise<void> {
   if (api) log(`control API on ${[api.socketPath, api.tcp ? `http://${api.tcp.host}:${api.tcp.port} (bearer token)` : null].filter((x) => x).join(' and ')}`);
 
   const restoreConntrack = () => {
+    let recovered = false;
+    if (pinned !== null) {
+      const names = dp.holder.current?.services.map((sp) => sp.name) ?? [];
+      const f = pinned.finish(names);
+      if (f.status === 'set-aside') log(`the pinned connection table is not trusted (${f.reason}): moved to ${f.movedTo}; starting with an empty table`);
+      else if (f.status === 'recovered') {
+        const r = f.recovery;
+        recovered = true;
+        const how = f.header.state === PIN_CLOSED ? 'stopped cleanly' : 'did not stop cleanly';
+        log(
+          `connection table recovered from ${pinned.path} (written by pid ${f.header.pid}, which ${how}): ${r.restored} flows; ` +
+            `${r.expired} ran out meanwhile, ${r.torn} torn and ${r.damaged} damaged records skipped, ${r.clashes} duplicates` +
+            (r.unresolvedNames > 0 ? `, ${r.unresolvedNames} of services no longer in the rule set` : ''),
+        );
+      } else log(`connection table pinned in ${pinned.path}`);
+    }
     if (store === null) return;
+    if (recovered) {
+      // the pinned table is as new as a snapshot saved on SIGTERM, or newer
+      if (existsSync(store.conntrackPath)) {
+        store.consumeConntrack();
+        log(`the connection table saved in ${store.conntrackPath} is superseded by the pinned one: removed`);
+      }
+      return;
+    }
     const saved = store.loadConntrack();
     if (saved.status === 'none') return;
     if (saved.status === 'damaged') return log(`the saved connection table ${saved.path} is damaged (${saved.reason}): moved to ${saved.movedTo}; starting with an empty table`);
@@ -218,6 +278,7 @@ export async function run(o: RunOptions): Promise<void> {
           log(`cannot save the connection table to ${store.conntrackPath}: ${(e as Error).message}`);
         }
       }
+      pinned?.close();
       await store?.flush();
       if (api) await api.close();
       log(`final: ${dp.statusLine()} tun rx=${ts.rxPackets} tx=${ts.txPackets} tx_again=${ts.txAgain} tx_errors=${ts.txErrors}`);

@@ -11,6 +11,7 @@ interface PinAddon {
   map(path: string, size: number, create: boolean): ArrayBuffer;
   boottimeMs(): number;
   tunSetPersist(fd: number, on: boolean): void;
+  netnsCookie(): number;
 }
 
 const ADDON_PATH = fileURLToPath(new URL('../../build/Release/pin.node', import.meta.url));
@@ -54,4 +55,17 @@ export function boottimeMs(): number {
  */
 export function tunSetPersist(fd: number, on = true): void {
   loadPinAddon().tunSetPersist(fd, on);
+}
+
+/**
+ * SO_NETNS_COOKIE of this process's network namespace (Linux 5.14+): unlike
+ * the namespace's inode number, never given to another namespace in the same
+ * boot. null where the kernel does not have it.
+ */
+export function netnsCookie(): number | null {
+  try {
+    return loadPinAddon().netnsCookie();
+  } catch {
+    return null;
+  }
 }

@@ -9,6 +9,7 @@
  *                               else:   the existing file, size 0 = its whole length
  *   boottimeMs()             -> CLOCK_BOOTTIME in ms (counts suspend; one clock per boot)
  *   tunSetPersist(fd, on)    -> TUNSETPERSIST on an open TUN fd: the device outlives the process
+ *   netnsCookie()            -> SO_NETNS_COOKIE: this network namespace, never reused in the boot
  *
  * The mapping is released when the ArrayBuffer is collected; the file stays
  * until it is unlinked. */
@@ -23,7 +24,12 @@
 #include <unistd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <stdint.h>
+#ifndef SO_NETNS_COOKIE
+#define SO_NETNS_COOKIE 71
+#endif
 #include <linux/if_tun.h>
 
 static napi_value throw_errno(napi_env env, int err, const char *syscall, const char *what) {
@@ -85,7 +91,8 @@ static napi_value pin_map(napi_env env, napi_callback_info info) {
       return throw_errno(env, EINVAL, "map", path); /* empty, or shorter than asked */
     }
   }
-  void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  /* MAP_POPULATE: the pages are allocated now, not by a page fault on the packet path */
+  void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
   int e = errno;
   close(fd); /* the mapping keeps the file */
   if (p == MAP_FAILED) return throw_errno(env, e, "mmap", path);
@@ -117,11 +124,28 @@ static napi_value pin_tun_set_persist(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* SO_NETNS_COOKIE of this process's network namespace: unique for the boot,
+ * never reused (the namespace's inode number can be, once it is gone). */
+static napi_value pin_netns_cookie(napi_env env, napi_callback_info info) {
+  int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (s < 0) return throw_errno(env, errno, "socket", "SO_NETNS_COOKIE");
+  uint64_t cookie = 0;
+  socklen_t len = sizeof cookie;
+  int r = getsockopt(s, SOL_SOCKET, SO_NETNS_COOKIE, &cookie, &len);
+  int e = errno;
+  close(s);
+  if (r != 0) return throw_errno(env, e, "getsockopt", "SO_NETNS_COOKIE");
+  napi_value v;
+  napi_create_double(env, (double)cookie, &v);
+  return v;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     {"map", NULL, pin_map, NULL, NULL, NULL, napi_enumerable, NULL},
     {"boottimeMs", NULL, pin_boottime, NULL, NULL, NULL, napi_enumerable, NULL},
     {"tunSetPersist", NULL, pin_tun_set_persist, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"netnsCookie", NULL, pin_netns_cookie, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;
