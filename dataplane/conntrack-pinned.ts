@@ -645,6 +645,14 @@ export class PinnedTable {
     return found;
   }
 
+  /**
+   * The process ends before finish() (an error at start, or stopped while waiting for a rule
+   * set): remove the new file; the old one stays for the next start. A no-op after finish().
+   */
+  abandon(): void {
+    if (this.found === null) rmSync(this.tmp, { force: true });
+  }
+
   /** SIGTERM: the table stays in the file (the next start recovers it), marked closed cleanly. */
   close(): void {
     this.conntrack.pin.markClosed();

@@ -117,6 +117,8 @@ export async function run(o: RunOptions): Promise<void> {
       log(`cannot pin the connection table in ${o.pinDir}: ${(e as Error).message}; it lives in the process only (a crash loses it)`);
     }
   }
+  // a start that fails, or a stop before any rule set came, leaves the table found at start untouched
+  if (pinned) process.once('exit', () => pinned?.abandon());
   const dp = new Dataplane({ conntrackMax, decider: o.decider, clock, conntrack: pinned?.conntrack });
   let store: StateStore | null = new StateStore(o.stateDir, `${o.tun}.`);
   try {
