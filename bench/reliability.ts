@@ -511,7 +511,7 @@ function specs(): ScenarioSpec[] {
     ...(['restart-sigterm', 'restart-kill9'] as const).map(
       (name): ScenarioSpec => ({
         name,
-        what: `${name === 'restart-sigterm' ? 'SIGTERM' : 'kill -9'} with ${fmt(C.restartConnections)} established TCP connections, restarted at once by the harness; the stream at ${fmt(C.streamPps / 10)} pkt/s waits in the persistent TUN's queue meanwhile`,
+        what: `${name === 'restart-sigterm' ? 'SIGTERM' : 'kill -9'} with ${fmt(C.restartConnections)} established TCP connections, restarted at once by the harness; the stream at ${fmt(C.streamPps / 10)} pkt/s goes on meanwhile (the persistent TUN keeps its routes; Linux drops what is routed to a TUN no process holds open, so the restart's packets are lost, not queued)`,
         pps: C.streamPps / 10,
         connections: C.restartConnections,
         rules: baseRuleSet(),

@@ -23,7 +23,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { RuleSet } from '../../control/types.ts';
 import { labDown, labUp } from '../../scripts/lab.ts';
-import { netnsSkipReason } from './helpers.ts';
+import { ip, netnsSkipReason, testPrefix, withNetns } from './helpers.ts';
 import { NetClient, TunproxyProcess } from '../../scripts/harness.ts';
 
 const NODE = '172.16.9.1';
@@ -153,5 +153,15 @@ if (skip) {
     const went = after.filter((s, i) => same(s, first[i]) && s.responses >= before[i].responses + 3).length;
     // picked up mid-stream, each connection's endpoint is chosen anew (1 in 2 keeps its own by chance)
     t.ok(went < N, `without the table, ${N - went} of ${N} connections broke`);
+  });
+
+  t.test('4. a TUN device tunproxy creates itself is made persistent: it outlives a kill -9', async (t) => {
+    const ns = `${testPrefix('pin')}-own`;
+    withNetns(t, [ns]);
+    const own = await TunproxyProcess.start({ ns, tun: 'tpx9', rules, stateDir: join(dir, 'own-state'), pinDir: join(dir, 'own-pin') });
+    t.match(own.lines.join('\n'), /created tpx9 persistent/);
+    process.kill(own.pid, 'SIGKILL');
+    await own.exited;
+    t.match(ip(['-n', ns, '-d', 'link', 'show', 'tpx9']), /persist on/, 'the device is still there, persistent');
   });
 }
