@@ -44,6 +44,15 @@ export interface RunOptions {
   pinDir: string;
 }
 
+function pidRunning(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
 function log(msg: string): void {
   process.stderr.write(`tunproxy: ${msg}\n`);
 }
@@ -198,7 +207,8 @@ export async function run(o: RunOptions): Promise<void> {
       else if (f.status === 'recovered') {
         const r = f.recovery;
         recovered = true;
-        const how = f.header.state === PIN_CLOSED ? 'stopped cleanly' : 'did not stop cleanly';
+        let how = f.header.state === PIN_CLOSED ? 'stopped cleanly' : 'did not stop cleanly';
+        if (f.header.state !== PIN_CLOSED && f.header.pid !== process.pid && pidRunning(f.header.pid)) how += `, and a process of that pid still runs: two tunproxy on ${o.tun}?`;
         log(
           `connection table recovered from ${pinned.path} (written by pid ${f.header.pid}, which ${how}): ${r.restored} flows; ` +
             `${r.expired} ran out meanwhile, ${r.torn} torn and ${r.damaged} damaged records skipped, ${r.clashes} duplicates` +
