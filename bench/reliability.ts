@@ -326,7 +326,8 @@ async function runScenario(lab: Lab, client: NetClient, spec: ScenarioSpec): Pro
     await sleep(500);
     for (const s of sinks) s.child.kill('SIGTERM');
     const [main, ...decoys] = await Promise.all(sinks.map((s) => s.result));
-    const after = await waitProgress(await statuses(), 2, 20_000);
+    // TCP backs off its retransmissions (0.2, 0.4, 0.8 … s): after a long blackout the next one may be ~as long away
+    const after = await waitProgress(await statuses(), 2, 60_000);
     const firstClient = (s: StreamStatus) => Object.keys(s.clients)[0];
     const survived = after.filter((s, i) => !s.closed && s.errors.length === 0 && Object.keys(s.endpoints).length === 1 && Object.keys(s.clients).length === 1 && firstClient(s) === firstClient(first[i]) && s.responses >= before[i].responses + 2).length;
     const why: Record<string, number> = {};
