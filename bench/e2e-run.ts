@@ -9,6 +9,7 @@ import { spawnSync } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { request } from 'node:http';
+import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
@@ -224,6 +225,8 @@ export class TunproxyProc {
     const node = [process.execPath, ...(o.cpuProfDir ? ['--cpu-prof', '--cpu-prof-dir', o.cpuProfDir] : []), TUNPROXY];
     const args = ['run', '--tun', o.tun, '--rules', o.rulesFile, '--status-interval', '0', '--conntrack-max', String(o.conntrackMax)];
     if (this.hasApi) args.push('--socket', o.socket, '--state-dir', o.stateDir);
+    // the pinned connection table in the bench's own directory, not the shared default /dev/shm/tunproxy
+    if (this.hasApi) args.push('--pin-dir', join(o.stateDir, 'pin'));
     this.child = nsSpawn(o.ns, [...node, ...args], { stdio: ['ignore', 'ignore', 'pipe'], cwd: ROOT });
     this.child.stderr!.setEncoding('utf8').on('data', (d: string) => (this.log += d));
     this.child.on('exit', (code, sig) => (this.exited = sig ? `signal ${sig}` : `exit ${code}`));

@@ -18,6 +18,8 @@ export interface DataplaneOptions {
   clock?: () => number;
   /** 'linear': decide new flows by walking kube-proxy's iptables rules (for comparison) */
   decider?: 'compiled' | 'linear';
+  /** the connection table to use (a PinnedConntrack); default a new Conntrack of conntrackMax */
+  conntrack?: Conntrack;
 }
 
 export class Dataplane {
@@ -33,7 +35,7 @@ export class Dataplane {
     this.clock = o.clock ?? (() => performance.now());
     this.holder = new RuleSetHolder({ decider: o.decider ?? 'compiled' });
     this.pipeline = new Pipeline({
-      conntrack: new Conntrack({ maxEntries: o.conntrackMax ?? 262144, clock: this.clock }),
+      conntrack: o.conntrack ?? new Conntrack({ maxEntries: o.conntrackMax ?? 262144, clock: this.clock }),
       affinity: new AffinityTable(),
     });
     this.holder.onSwap((t) => this.loop?.setTables(t));

@@ -509,7 +509,7 @@ export class Conntrack {
   }
 
   /** remove both keys and the slot (the last flow moves into it); a no-op for a flow already removed */
-  private unlink(e: ConntrackEntry): void {
+  protected unlink(e: ConntrackEntry): void {
     if (!e.live) return;
     this.removeKeys(e);
     const flows = this.flows;

@@ -10,6 +10,8 @@
  *   udp:PORT:raw    the payload back unchanged (for load generators)
  *   udp:PORT:dns    a minimal valid DNS response: A queries get the endpoint's own address,
  *                   TXT queries "endpoint=A:P client=C:Q", others no answer; malformed queries FORMERR
+ * --keep-alive-timeout MS: how long the HTTP servers keep an idle keep-alive connection
+ * (Node's default, 5 s, when not given).
  * Prints "ready" when every socket listens; SIGTERM/SIGINT close them and exit 0.
  */
 import dgram from 'node:dgram';
@@ -91,8 +93,11 @@ export function dnsAnswer(query: Uint8Array, address: string, endpoint: string, 
 
 async function main(): Promise<void> {
   const { values } = parseArgs({
-    options: { address: { type: 'string' }, listen: { type: 'string', multiple: true } },
+    options: { address: { type: 'string' }, listen: { type: 'string', multiple: true }, 'keep-alive-timeout': { type: 'string' } },
   });
+  // HTTP keep-alive: how long an idle connection is kept (Node's default 5 s when not given)
+  const keepAliveMs = values['keep-alive-timeout'] === undefined ? null : Number(values['keep-alive-timeout']);
+  if (keepAliveMs !== null && !(Number.isInteger(keepAliveMs) && keepAliveMs > 0)) throw new Error(`--keep-alive-timeout must be milliseconds > 0, got "${values['keep-alive-timeout']}"`);
   const address = values.address ?? '';
   if (parseIPv4(address) < 0) throw new Error(`--address must be the pod's IPv4 address, got "${address}"`);
   const listens = (values.listen ?? []).map(parseListen);
@@ -115,6 +120,7 @@ async function main(): Promise<void> {
               res.writeHead(200, { 'content-type': 'application/json', 'x-endpoint': endpoint });
               res.end(body + '\n');
             });
+            if (keepAliveMs !== null) server.keepAliveTimeout = keepAliveMs;
             server.once('error', reject);
             server.listen(l.port, address, () => resolve());
             closers.push(() => {

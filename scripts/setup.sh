@@ -35,8 +35,9 @@ if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.j
   echo "setup: npm ci" >&2
   npm ci --no-audit --no-fund --loglevel=error >&2
 fi
-if [ -f binding.gyp ] && { [ ! -f build/Release/tun.node ] || [ dataplane/tun/tun.c -nt build/Release/tun.node ]; }; then
-  echo "setup: building the TUN addon" >&2
+if [ -f binding.gyp ] && { [ ! -f build/Release/tun.node ] || [ dataplane/tun/tun.c -nt build/Release/tun.node ] ||
+  [ ! -f build/Release/pin.node ] || [ dataplane/pin/pin.c -nt build/Release/pin.node ] || [ binding.gyp -nt build/Release/pin.node ]; }; then
+  echo "setup: building the native addons (TUN, pinned memory)" >&2
   npx --no-install node-gyp rebuild >&2
 fi
 if [ -d ../shared/tools/tun-echo ] && [ ! -x build/tun-echo/fwd ]; then

@@ -25,6 +25,10 @@ import { FlowLister, unpackChunk } from '../worker/flows.ts';
 import { watchEventLoop } from '../worker/packet-side.ts';
 import { formatConntrackL } from '../../dataplane/conntrack.ts';
 import type { ConntrackEntry } from '../../dataplane/conntrack.ts';
+import { existsSync } from 'node:fs';
+import { performance } from 'node:perf_hooks';
+import { DEFAULT_PIN_DIR, PIN_CLOSED, PinnedTable } from '../../dataplane/conntrack-pinned.ts';
+import { tunSetPersist } from '../../dataplane/pin/index.ts';
 
 import { DEFAULT_BODY_LIMIT } from '../api/context.ts';
 // the API server itself (fastify, prom-client) is loaded by `run` only, not by the client commands
@@ -44,6 +48,17 @@ export interface RunOptions {
   conntrackMax: string;
   multiQueue?: boolean;
   offload: string;
+  pin: boolean;
+  pinDir: string;
+}
+
+function pidRunning(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
 }
 
 function log(msg: string): void {
@@ -65,6 +80,8 @@ export function registerRun(program: Command): void {
     .option('--batch <n>', 'packets per read/write system call', '64')
     .option('--status-interval <seconds>', 'print a status line this often (0: only on SIGUSR1)', '10')
     .option('--conntrack-max <n>', 'connection table size, like nf_conntrack_max', '262144')
+    .option('--pin-dir <dir>', 'where the connection table is pinned: <dir>/<tun>.ct, a file in memory that outlives the process (a crash or kill -9 keeps the connections)', DEFAULT_PIN_DIR)
+    .option('--no-pin', 'keep the connection table in the process only (a crash loses it; SIGTERM still saves it in --state-dir)')
     .option('--multi-queue', 'open the TUN with IFF_MULTI_QUEUE (the device must have been created multi_queue)')
     .option('--decider <compiled|linear>', "how new flows are decided: the hash tables, or kube-proxy's iptables rules walked linearly (for comparison)", 'compiled')
     .option('--offload <auto|off>', 'auto: open the TUN with a virtio-net header and take checksum, TCP (TSO4/6, ECN) and UDP (USO4/6) segmentation offloads, so bulk traffic moves as 64 KiB super-packets (what the kernel refuses is said at start); off: one MTU packet per read', 'auto')
@@ -76,6 +93,15 @@ connection table in --state-dir and stop.
 Threads: the packets move on the main thread; the API, the rule-set parse,
 validation, compile, imports and saves run in a control worker thread, and
 every piece of work the packet thread does for it is cut in slices of 1 ms.
+
+Pinned connection table: every flow is also a record in --pin-dir/<tun>.ct
+(/dev/shm: memory, not disk), written as packets change it. A tunproxy that
+starts after a crash or kill -9 checks the file (boot, network namespace,
+layout version, header checksum; a per-record sequence and checksum) and goes
+on with its flows; a file it cannot trust is renamed *.set-aside-<time> and
+reported. Several tunproxy processes in different network namespaces with the
+same device name need different --pin-dir. A TUN device that tunproxy creates
+is made persistent, so packets wait in its queue while tunproxy restarts.
 
 State: --state-dir holds <tun>.ruleset.json (the rule set in force, written
 atomically after every change; loaded at start when --rules is not given; a
@@ -128,7 +154,18 @@ export async function run(o: RunOptions): Promise<void> {
 
   if (o.offload !== 'auto' && o.offload !== 'off') throw new Error(`--offload: ${JSON.stringify(o.offload)} is not one of auto, off`);
   if (o.decider !== 'compiled' && o.decider !== 'linear') throw new Error(`--decider: ${JSON.stringify(o.decider)} is not one of compiled, linear`);
-  const dp = new Dataplane({ conntrackMax, decider: o.decider });
+  const clock = () => performance.now();
+  let pinned: PinnedTable | null = null;
+  if (o.pin) {
+    try {
+      pinned = PinnedTable.open({ dir: o.pinDir, name: `${o.tun}.ct`, maxEntries: conntrackMax, clock });
+    } catch (e) {
+      log(`cannot pin the connection table in ${o.pinDir}: ${(e as Error).message}; it lives in the process only (a crash loses it)`);
+    }
+  }
+  // a start that fails, or a stop before any rule set came, leaves the table found at start untouched
+  if (pinned) process.once('exit', () => pinned?.abandon());
+  const dp = new Dataplane({ conntrackMax, decider: o.decider, clock, conntrack: pinned?.conntrack });
   watchEventLoop(dp);
   // the connection table's part of the state directory (the rule set's part is the control worker's)
   let store: StateStore | null = new StateStore(o.stateDir, `${o.tun}.`);
@@ -137,6 +174,7 @@ export async function run(o: RunOptions): Promise<void> {
   } catch {
     store = null; // the control worker says why (or fails the start for an explicit --state-dir)
   }
+  const existed = existsSync(`/sys/class/net/${o.tun}`);
   const socket = o.socket ?? defaultSocketPath(o.tun);
   const cw = new ControlWorker(dp, {
     tun: o.tun,
@@ -171,6 +209,15 @@ export async function run(o: RunOptions): Promise<void> {
     await cw.stop();
     throw e;
   }
+  if (!existed) {
+    // created here: make it persistent, so packets routed to it wait in its queue while tunproxy restarts
+    try {
+      tunSetPersist(tun.fd, true);
+      log(`created ${tun.name} persistent: it stays when tunproxy stops (ip link delete ${tun.name} removes it)`);
+    } catch (e) {
+      log(`created ${tun.name}, but cannot make it persistent (${(e as Error).message}): it goes when tunproxy stops`);
+    }
+  }
   if (o.offload === 'auto') {
     const r = tun.enableOffloads();
     log(`offloads on ${tun.name}: ${r.on.length ? r.on.join(', ') : 'none'}${r.refused.length ? ` (refused by the kernel, so off: ${r.refused.join(', ')})` : ''}`);
@@ -197,7 +244,32 @@ export async function run(o: RunOptions): Promise<void> {
   }
 
   const restoreConntrack = () => {
+    let recovered = false;
+    if (pinned !== null) {
+      const names = dp.tables?.services.map((sp) => sp.name) ?? [];
+      const f = pinned.finish(names);
+      if (f.status === 'set-aside') log(`the pinned connection table is not trusted (${f.reason}): moved to ${f.movedTo}; starting with an empty table`);
+      else if (f.status === 'recovered') {
+        const r = f.recovery;
+        recovered = true;
+        let how = f.header.state === PIN_CLOSED ? 'stopped cleanly' : 'did not stop cleanly';
+        if (f.header.state !== PIN_CLOSED && f.header.pid !== process.pid && pidRunning(f.header.pid)) how += `, and a process of that pid still runs: two tunproxy on ${o.tun}?`;
+        log(
+          `connection table recovered from ${pinned.path} (written by pid ${f.header.pid}, which ${how}): ${r.restored} flows; ` +
+            `${r.expired} ran out meanwhile, ${r.torn} torn and ${r.damaged} damaged records skipped, ${r.clashes} duplicates` +
+            (r.unresolvedNames > 0 ? `, ${r.unresolvedNames} of services no longer in the rule set` : ''),
+        );
+      } else log(`connection table pinned in ${pinned.path}`);
+    }
     if (store === null) return;
+    if (recovered) {
+      // the pinned table is as new as a snapshot saved on SIGTERM, or newer
+      if (existsSync(store.conntrackPath)) {
+        store.consumeConntrack();
+        log(`the connection table saved in ${store.conntrackPath} is superseded by the pinned one: removed`);
+      }
+      return;
+    }
     const saved = store.loadConntrack();
     if (saved.status === 'none') return;
     if (saved.status === 'damaged') return log(`the saved connection table ${saved.path} is damaged (${saved.reason}): moved to ${saved.movedTo}; starting with an empty table`);
@@ -260,6 +332,7 @@ export async function run(o: RunOptions): Promise<void> {
           log(`cannot save the connection table to ${store.conntrackPath}: ${(e as Error).message}`);
         }
       }
+      pinned?.close();
       // the control worker flushes the rule set to the state directory and closes the API
       await cw.stop();
       log(`final: ${dp.statusLine()} tun rx=${ts.rxPackets} tx=${ts.txPackets} tx_again=${ts.txAgain} tx_errors=${ts.txErrors}`);

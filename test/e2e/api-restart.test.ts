@@ -15,6 +15,9 @@
  *      force, packets move, and the connection goes on;
  *   4. the control: the saved connection table removed before a start — the
  *      connection is reset, so the checks above are not vacuous.
+ * These runs use --no-pin: they test the snapshot saved on SIGTERM (the path
+ * an upgrade across pinned-layout versions takes); the pinned table, which
+ * also survives kill -9, is tested in conntrack-pinned.test.ts.
  */
 import t from 'tap';
 import { spawn } from 'node:child_process';
@@ -151,7 +154,7 @@ if (skip) {
   const api = new ApiClient({ socket });
 
   const tunproxy = async (withRules: boolean, ready = true): Promise<Lines> => {
-    const argv = ['netns', 'exec', theLab.node.ns, process.execPath, BIN, 'run', '--tun', theLab.tunName, '--state-dir', stateDir, '--socket', socket, '--status-interval', '0', ...(withRules ? ['--rules', rules] : [])];
+    const argv = ['netns', 'exec', theLab.node.ns, process.execPath, BIN, 'run', '--tun', theLab.tunName, '--state-dir', stateDir, '--no-pin', '--socket', socket, '--status-interval', '0', ...(withRules ? ['--rules', rules] : [])];
     const p = new Lines(spawn('ip', argv, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] }));
     children.push(p);
     if (ready) await p.waitFor(/attached to .*; ready/, 30_000);
