@@ -12,11 +12,8 @@
  * connection table is saved there and restored on the next start.
  */
 import type { Command } from 'commander';
-import { Dataplane } from '../dataplane.ts';
-import { readRuleSetFile } from '../load.ts';
-import { RuleSetError } from '../validate.ts';
-import { TunDevice } from '../../dataplane/tun/index.ts';
-import { DEFAULT_STATE_DIR, StateStore } from '../persist.ts';
+import { DEFAULT_STATE_DIR } from '../persist.ts';
+import type { StateStore } from '../persist.ts';
 import type { ApiServer } from '../server.ts';
 
 import { DEFAULT_BODY_LIMIT } from '../api/context.ts';
@@ -88,6 +85,10 @@ export async function run(o: RunOptions): Promise<void> {
   if (!Number.isInteger(maxBody) || maxBody < 1024) throw new Error(`--max-body: ${o.maxBody} must be a number of bytes >= 1024`);
   if (o.listen !== undefined && o.tokenFile === undefined) throw new Error('--listen needs --token-file: the TCP listener only serves requests with a bearer token');
   const { defaultSocketPath, readTokenFile, startApi } = await import('../server.ts');
+  // the dataplane is loaded by `run` only (the other commands start faster without it)
+  const [{ Dataplane }, { readRuleSetFile }, { RuleSetError }, { TunDevice }, { StateStore }] = await Promise.all([
+    import('../dataplane.ts'), import('../load.ts'), import('../validate.ts'), import('../../dataplane/tun/index.ts'), import('../persist.ts'),
+  ]);
   const token = o.tokenFile !== undefined ? readTokenFile(o.tokenFile) : undefined;
 
   if (o.decider !== 'compiled' && o.decider !== 'linear') throw new Error(`--decider: ${JSON.stringify(o.decider)} is not one of compiled, linear`);
