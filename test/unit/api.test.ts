@@ -365,7 +365,7 @@ t.test("POST /v1/import/iptables: the seeds' dumps in, the rule set and what was
     ['seed-000-clusterip.save', 2, 3],
     ['seed-000-nodeport.save', 3, 4],
     ['seed-004-nginx.save', 1, 1],
-    ['with-other-software.save', 8, 14],
+    ['with-other-software.save', 8, 0], // docker's and flannel's rules are left to the kernel, not "not understood"
     ['golden-restore.txt', 8, 0],
   ] as Array<[string, number, number]>) {
     const text = fixture(file);
