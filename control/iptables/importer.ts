@@ -21,6 +21,7 @@ import type { RuleSet, Service, ServicePort, Endpoint } from '../types.ts';
 import { API_VERSION } from '../types.ts';
 import { DEFAULT_AFFINITY_SECONDS, DEFAULT_MASQUERADE_MARK, DEFAULT_NODEPORT_RANGE, ruleSetModel } from '../model.ts';
 import { validateRuleSet } from '../validate.ts';
+import { LOCALHOST_NODEPORTS_LIMIT } from '../limits.ts';
 import type { ProtocolName } from '../../dataplane/addr.ts';
 import { formatIPv4, parseIPv4, parseCidr, cidrContains, formatCidr } from '../../dataplane/addr.ts';
 import type { ParsedIptables, Rule, Table, AddrMatch } from './parser.ts';
@@ -63,7 +64,7 @@ export interface ImportOptions {
 }
 
 /** The text of a limit every import with localhost NodePorts reports (also in the README and `trace`). */
-export const LOCALHOST_NODEPORTS_LIMIT = "not served: NodePorts on 127.0.0.1 need route_localnet; tunproxy, like kube-proxy's nftables mode, does not serve them";
+export { LOCALHOST_NODEPORTS_LIMIT };
 
 /** The text cannot be imported at all (an IPv6 dump, or no kube-proxy chains). */
 export class IptablesImportError extends Error {
