@@ -11,6 +11,7 @@ import { registerImport } from './commands/import.ts';
 import { registerConntrack } from './commands/conntrack.ts';
 import { registerTrace } from './commands/trace.ts';
 import { registerStats } from './commands/stats.ts';
+import { registerValidate } from './commands/validate.ts';
 
 export const EXIT_OK = 0;
 export const EXIT_ERROR = 1;
@@ -27,6 +28,7 @@ export function buildCli(): Command {
   registerApply(program);
   registerGet(program);
   registerImport(program);
+  registerValidate(program);
   registerConntrack(program);
   registerTrace(program);
   registerStats(program);

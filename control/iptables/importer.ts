@@ -54,6 +54,8 @@ export interface ImportResult {
   nodeAddressesFrom: 'option' | 'dump' | null;
   /** the rule set's validation errors (empty: the rule set is valid) */
   errors: { path: string; message: string }[];
+  /** lines that do not parse as iptables-save text (also in notUnderstood) */
+  parseErrors: NotUnderstood[];
 }
 
 export interface ImportOptions {
@@ -1133,10 +1135,13 @@ class Importer {
     return `left to the kernel: ${n} rule${n === 1 ? '' : 's'} of other software in chains ${parts.join(', ')}`;
   }
 
+  private readonly parseErrors: NotUnderstood[] = [];
+
   run(): ImportResult {
     for (const e of this.parsed.errors) {
       const text = e.line > 0 ? this.lineText(e.line) : '';
       this.notUnderstood.push({ line: e.line, text, reason: e.message });
+      this.parseErrors.push({ line: e.line, text, reason: e.message });
     }
     this.infrastructure();
     this.nodeAddressesFromDump();
@@ -1159,6 +1164,7 @@ class Importer {
       warnings: this.warnings,
       nodeAddressesFrom: this.nodeAddressesFrom,
       errors,
+      parseErrors: this.parseErrors,
     };
   }
 
