@@ -117,6 +117,10 @@ interface PortRec {
   natOrder: number;
   filterOrder: number;
   chainOrder: Map<string, number>;
+  /** its ClusterIP masquerade rule: "all" (masqueradeAll), the cluster CIDR of "! -s CIDR", or null (none) */
+  masqForm: string | null;
+  /** addresses the port is served on by the kernel for some packets only: not imported for it */
+  excluded: Map<string, number>;
   /** a rule of its own chains was not understood: the port is left out (never broader than the kernel) */
   tainted: { line: number; reason: string } | null;
   /** the rules claiming an address:port (ClusterIP, external, load-balancer IP) or a NodePort, by rank (nat lines before filter lines) */
@@ -220,6 +224,9 @@ function chainRole(chain: string): 'svc' | 'svl' | 'ext' | 'fw' | 'xlb' | 'sep' 
   return null;
 }
 
+/** the comment of kube-proxy's rule sending pods' traffic for external destinations to the cluster policy chain */
+const POD_RULE = /^(pod traffic for \S+ external destinations|Redirect pods trying to reach external loadbalancer VIP to clusterIP)$/;
+
 /** kube-proxy's own chains that carry no service data */
 const TARGET_KINDS = new Set(['ACCEPT', 'DROP', 'RETURN', 'REJECT', 'MASQUERADE', 'SNAT', 'DNAT', 'MARK', 'LOG']);
 
@@ -320,6 +327,21 @@ function extraConditions(r: Rule, allowDst: boolean): string | null {
   return words.length > 0 ? words.join(' ') : null;
 }
 
+/**
+ * In a service port's own chains (KUBE-SVC-/SVL-/EXT-/XLB-/FW-/SEP-): matches kube-proxy never writes
+ * there (marks, other addrtype forms, conntrack, interfaces, unknown modules), in words; null when none.
+ * Source matches and `--src-type LOCAL` are checked where kube-proxy writes them.
+ */
+function unexpectedInChain(r: Rule): string | null {
+  const rest = {
+    ...r,
+    src: null,
+    dst: null,
+    matches: r.matches.filter((m) => m.kind !== 'statistic' && m.kind !== 'recent' && !(m.kind === 'addrtype' && !m.srcInvert && m.srcType?.length === 1 && m.srcType[0] === 'LOCAL' && !m.dstType)),
+  };
+  return extraConditions(rest, true);
+}
+
 /** `-m addrtype --dst-type LOCAL` and nothing else of addrtype */
 function onlyDstLocal(r: Rule): boolean {
   let found = false;
@@ -359,6 +381,15 @@ class Importer {
     this.nodeAddresses = opts.nodeAddresses && opts.nodeAddresses.length > 0 ? opts.nodeAddresses : null;
     if (this.nodeAddresses) this.nodeAddressesFrom = 'option';
     this.nodePortRange = opts.nodePortRange ?? null;
+  }
+
+  /**
+   * An address served by the kernel for some packets only: left out of the port. A ClusterIP (one per
+   * service, shared by its ports) cannot be left out of one port alone: the port is left out.
+   */
+  private exclude(rec: PortRec, kind: string, ip: string, line: number): void {
+    rec.excluded.set(ip, line);
+    if (kind === 'cluster' && rec.tainted === null) rec.tainted = { line, reason: `its ClusterIP rule matches only some packets` };
   }
 
   /** Other software's rule: left to the kernel, listed apart. */
@@ -434,6 +465,8 @@ class Importer {
         filterOrder: Infinity,
         chainOrder: new Map(),
         claims: [],
+        excluded: new Map(),
+        masqForm: null,
         tainted: null,
       };
       this.ports.set(key, rec);
@@ -520,10 +553,12 @@ class Importer {
       this.ok(r);
       return true;
     }
+    if (extraConditions({ ...r, src: null }, true) !== null || addrtypeOf(r) || statisticOf(r) || recentOf(r)) return false;
     if (dst !== null && port !== null && (rec.clusterIP === null || dst === rec.clusterIP)) {
       if (r.src && r.src.invert) this.clusterCIDR(cidrOf(r.src), r);
       else if (!r.src) this.masqueradeAll = true;
       else return false;
+      rec.masqForm = r.src ? cidrOf(r.src) : 'all';
       this.ok(r);
       return true;
     }
@@ -562,9 +597,9 @@ class Importer {
     let ep: EndpointRec | null = null;
     for (const r of chain.rules) {
       const t = r.target;
-      const why = hasUnknown(r);
+      const why = hasUnknown(r) ?? unexpectedInChain(r) ?? (addrtypeOf(r) || statisticOf(r) || recentOf(r)?.action === 'rcheck' || r.dst || (r.src && (r.src.invert || jumpOf(r) !== 'KUBE-MARK-MASQ')) ? 'a match kube-proxy does not write in an endpoint chain' : null);
       if (why) {
-        this.no(r, why);
+        this.no(r, hasUnknown(r) ?? `conditions kube-proxy does not write in an endpoint chain (${why})`);
         continue;
       }
       if (t && t.kind === 'DNAT') {
@@ -603,15 +638,20 @@ class Importer {
     const affinityEps: EndpointRec[] = [];
     const probabilities: (number | null)[] = [];
     for (const r of rules) {
-      const why = hasUnknown(r);
+      const why = hasUnknown(r) ?? unexpectedInChain(r);
       if (why) {
-        this.no(r, why);
+        this.no(r, hasUnknown(r) ?? `conditions kube-proxy does not write in a service chain (${why})`);
         continue;
       }
       if (this.masqueradeRule(rec, r)) continue;
       const target = jumpOf(r);
+      if (r.src || r.dst || addrtypeOf(r)) {
+        this.no(r, `not a rule kube-proxy writes in ${role === 'svc' ? 'a cluster' : 'a local'} policy chain (a source, destination or addrtype match)`);
+        continue;
+      }
       if (target === 'KUBE-MARK-DROP' && r.comment !== null && r.comment.endsWith('has no local endpoints')) {
         this.ok(r); // pre-1.24: no local endpoints for external traffic
+        this.markDropLimit(rec, r);
         continue;
       }
       if (target !== null && target.startsWith(SEP_PREFIX)) {
@@ -663,19 +703,24 @@ class Importer {
     rec.eTPLocal = true;
     const endpointRules: Rule[] = [];
     for (const r of rules) {
-      const why = hasUnknown(r);
+      const why = hasUnknown(r) ?? unexpectedInChain(r) ?? (r.dst || (r.src && r.src.invert) ? 'a destination or inverted source match' : null);
       if (why) {
-        this.no(r, why);
+        this.no(r, hasUnknown(r) ?? `conditions kube-proxy does not write in a service chain (${why})`);
         continue;
       }
       const target = jumpOf(r);
+      const local = addrtypeOf(r)?.src?.includes('LOCAL') === true;
       if (target !== null && target.startsWith(SVC_PREFIX)) {
+        if (!!r.src === local || (r.src && !POD_RULE.test(r.comment ?? ''))) {
+          this.no(r, 'a jump to the cluster policy chain that is neither kube-proxy\'s pod rule nor its --src-type LOCAL rule');
+          continue;
+        }
         if (r.src && !r.src.invert) this.clusterCIDR(cidrOf(r.src), r);
         this.ok(r);
         this.follow(rec, target, r);
         continue;
       }
-      if (target === 'KUBE-MARK-MASQ' && addrtypeOf(r)?.src?.includes('LOCAL')) {
+      if (target === 'KUBE-MARK-MASQ' && local && !r.src) {
         this.ok(r);
         continue;
       }
@@ -687,9 +732,13 @@ class Importer {
   /** KUBE-EXT-: masquerade (Cluster) or the short-circuit rules (Local), then the policy chain */
   private extChain(rec: PortRec, rules: Rule[]): void {
     for (const r of rules) {
-      const why = hasUnknown(r);
+      const why = hasUnknown(r) ?? unexpectedInChain(r) ?? (r.dst || (r.src && r.src.invert) ? 'a destination or inverted source match' : null);
       if (why) {
-        this.no(r, why);
+        this.no(r, hasUnknown(r) ?? `conditions kube-proxy does not write in a service chain (${why})`);
+        continue;
+      }
+      if (statisticOf(r) || recentOf(r)) {
+        this.no(r, 'not a rule kube-proxy writes in an external traffic chain (statistic or recent)');
         continue;
       }
       const target = jumpOf(r);
@@ -697,15 +746,15 @@ class Importer {
       if (target === 'KUBE-MARK-MASQ' && !addrtypeOf(r) && !r.src) {
         rec.eTPLocal = false;
         this.ok(r);
-      } else if (target === 'KUBE-MARK-MASQ' && addrtypeOf(r)?.src?.includes('LOCAL')) {
+      } else if (target === 'KUBE-MARK-MASQ' && addrtypeOf(r)?.src?.includes('LOCAL') && !r.src) {
         rec.eTPLocal = true;
         this.ok(r);
-      } else if (target !== null && target.startsWith(SVC_PREFIX) && r.src && !r.src.invert) {
+      } else if (target !== null && target.startsWith(SVC_PREFIX) && r.src && !r.src.invert && !addrtypeOf(r) && POD_RULE.test(c)) {
         rec.eTPLocal = true; // pod traffic for external destinations
         this.clusterCIDR(cidrOf(r.src), r);
         this.ok(r);
         this.follow(rec, target, r);
-      } else if (target !== null && target.startsWith(SVC_PREFIX) && addrtypeOf(r)?.src?.includes('LOCAL')) {
+      } else if (target !== null && target.startsWith(SVC_PREFIX) && addrtypeOf(r)?.src?.includes('LOCAL') && !r.src) {
         rec.eTPLocal = true;
         this.ok(r);
         this.follow(rec, target, r);
@@ -723,12 +772,16 @@ class Importer {
   private fwChain(rec: PortRec, rules: Rule[]): void {
     const sources: { cidr: string; rule: Rule }[] = [];
     for (const r of rules) {
-      const why = hasUnknown(r);
+      const why = hasUnknown(r) ?? unexpectedInChain(r) ?? (r.dst || (r.src && r.src.invert) ? 'a destination or inverted source match' : null);
       if (why) {
-        this.no(r, why);
+        this.no(r, hasUnknown(r) ?? `conditions kube-proxy does not write in a service chain (${why})`);
         continue;
       }
       const target = jumpOf(r);
+      if (addrtypeOf(r) || statisticOf(r) || recentOf(r)) {
+        this.no(r, 'not a rule kube-proxy writes in a firewall chain (addrtype, statistic or recent)');
+        continue;
+      }
       if (r.src && !r.src.invert && target !== null && chainRole(target) !== null && chainRole(target) !== 'sep') {
         sources.push({ cidr: cidrOf(r.src), rule: r });
         this.ok(r);
@@ -737,6 +790,7 @@ class Importer {
         this.ok(r);
       } else if (target === 'KUBE-MARK-DROP' && !r.src) {
         this.ok(r); // pre-1.24
+        this.markDropLimit(rec, r);
       } else if (target === 'KUBE-MARK-MASQ' && !r.src) {
         this.ok(r); // pre-1.21: LB traffic masqueraded in the FW chain
       } else if (target !== null && chainRole(target) !== null && !r.src) {
@@ -750,6 +804,11 @@ class Importer {
     rec.sourceRanges = sources.map((s) => s.cidr);
     this.fwSources = this.fwSources ?? new Map();
     this.fwSources.set(rec, sources);
+  }
+
+  /** pre-1.24: KUBE-MARK-DROP only marks; kubelet's KUBE-FIREWALL drops marked packets on INPUT/OUTPUT, not when forwarded */
+  private markDropLimit(rec: PortRec, r: Rule): void {
+    this.limit(r, r.line, `${rec.name}: the kernel only marks this traffic for dropping (KUBE-MARK-DROP); kubelet's KUBE-FIREWALL drops it where it is delivered to the node (INPUT), while forwarded packets go on unserved; tunproxy drops it (source_range / no_local_endpoints) either way`);
   }
 
   private fwSources: Map<PortRec, { cidr: string; rule: Rule }[]> | null = null;
@@ -789,9 +848,16 @@ class Importer {
     for (const r of chain.rules) {
       if (jumpOf(r) === 'KUBE-NODEPORTS') {
         const at = addrtypeOf(r);
+        const plainHook = onlyDstLocal(r) ? extraConditions({ ...r, matches: r.matches.filter((m) => m.kind !== 'addrtype') }, true) === null : !at && extraConditions(r, true) === null;
+        if (!plainHook) {
+          // the kernel answers NodePorts only for some packets: tunproxy cannot tell which, so none is imported
+          this.no(r, hasUnknown(r) ?? `a jump to KUBE-NODEPORTS with conditions tunproxy does not model (${extraConditions(r, true)}): no NodePort is imported`);
+          this.nodePortsHookConditional = true;
+          continue;
+        }
         if (at?.dst?.includes('LOCAL') || r.dst) {
           this.ok(r);
-          if (!at && r.dst && !(r.dst.net === 0x7f000000 && r.dst.bits === 8)) this.warn('NodePorts answer only on the addresses the dump names (kube-proxy\'s --nodeport-addresses); tunproxy answers them on every node address in node.addresses');
+          if (!at && r.dst && !(r.dst.net === 0x7f000000 && r.dst.bits === 8) && this.nodeAddressesFrom === 'option' && this.nodeAddresses!.some((a) => a !== hostOf(r.dst))) this.warn('NodePorts answer only on the addresses the dump names (kube-proxy\'s --nodeport-addresses); tunproxy answers them on every node address in node.addresses');
           continue;
         }
       }
@@ -817,6 +883,7 @@ class Importer {
             // fall through to the plain handling below
           } else {
             this.ok(r);
+            this.exclude(rec, c!.kind, dst!, r.line);
             this.limit(r, r.line, `${c!.name}: ${key} is served by this rule only when ${dst} is a node address, which it is not (${this.nodeAddresses?.join(', ') || 'no node address known'}): not imported from this rule`);
             continue;
           }
@@ -825,6 +892,7 @@ class Importer {
           if (known) this.ok(r);
           else this.no(r, why ?? `conditions tunproxy does not model (${extra})`);
           if (!this.conditional.has(key!)) this.conditional.set(key!, { target, line: r.line });
+          this.exclude(rec, c!.kind, dst!, r.line);
           this.limit(r, r.line, `${c!.name}: the kernel sends ${key} to ${target} only for packets with ${extra}; tunproxy cannot tell those packets apart, so this address is left out for every source (narrower than the kernel)`);
           continue;
         }
@@ -850,6 +918,7 @@ class Importer {
         const earlier = this.conditional.get(key!);
         if (earlier && earlier.target !== target) {
           this.ok(r);
+          this.exclude(rec, c.kind, dst, r.line);
           this.limit(r, r.line, `${c.name}: ${key} is taken first, for some packets, by the rule at line ${earlier.line}; tunproxy cannot tell those packets apart, so ${dst} is left out of ${c.name}`);
           continue;
         }
@@ -865,6 +934,7 @@ class Importer {
             this.no(r, `a masquerade rule for the ClusterIP with a source match kube-proxy does not write (${cidrOf(r.src)})`);
             continue;
           }
+          rec.masqForm = r.src ? cidrOf(r.src) : 'all';
           this.ok(r);
           continue;
         }
@@ -895,9 +965,15 @@ class Importer {
     }
   }
 
+  private nodePortsHookConditional = false;
+
   private natNodePorts(): void {
     const chain = this.chain(this.nat, 'KUBE-NODEPORTS');
     if (!chain) return;
+    if (this.nodePortsHookConditional) {
+      for (const r of chain.rules) this.no(r, 'KUBE-NODEPORTS is reached only for some packets (see the jump to it): NodePorts are left out');
+      return;
+    }
     for (const r of chain.rules) {
       if (r.dst && r.dst.net === 0x7f000000 && r.dst.bits === 8 && !r.dst.invert) {
         // kube-proxy's --iptables-localhost-nodeports (with route_localnet): tunproxy does not serve them
@@ -938,14 +1014,29 @@ class Importer {
     }
   }
 
+  /**
+   * A filter rule for a service port with conditions kube-proxy does not write: not understood, and the
+   * port is left out (the kernel rejects or drops only some of its packets). True when so.
+   */
+  private filterConditions(r: Rule): boolean {
+    // the NodePort form: `-m addrtype --dst-type LOCAL` with no destination address
+    const plain = { ...r, matches: r.matches.filter((m) => !(m.kind === 'addrtype' && onlyDstLocal(r) && !r.dst)) };
+    const extra = hasUnknown(r) ?? extraConditions(plain, true);
+    if (extra === null) return false;
+    this.no(r, hasUnknown(r) ?? `conditions tunproxy does not model (${extra})`);
+    const c = classifyComment(r.comment);
+    const proto = protoOf(r);
+    if (c && proto) {
+      const rec = this.port(c.name, proto);
+      if (rec.tainted === null) rec.tainted = { line: r.line, reason: `conditions tunproxy does not model (${extra})` };
+    }
+    return true;
+  }
+
   private filterRules(): void {
     const services = this.chain(this.filter, 'KUBE-SERVICES');
     for (const r of services?.rules ?? []) {
-      const why = hasUnknown(r);
-      if (why) {
-        this.no(r, why);
-        continue;
-      }
+      if (this.filterConditions(r)) continue;
       const c = classifyComment(r.comment);
       const proto = protoOf(r);
       const dst = hostOf(r.dst);
@@ -968,11 +1059,7 @@ class Importer {
     }
     const ext = this.chain(this.filter, 'KUBE-EXTERNAL-SERVICES');
     for (const r of ext?.rules ?? []) {
-      const why = hasUnknown(r);
-      if (why) {
-        this.no(r, why);
-        continue;
-      }
+      if (this.filterConditions(r)) continue;
       const c = classifyComment(r.comment);
       const proto = protoOf(r);
       const port = dportOf(r);
@@ -1121,6 +1208,12 @@ class Importer {
     }
   }
 
+  /** Other software's MASQUERADE/SNAT in nat POSTROUTING still applies to the packets tunproxy writes back. */
+  private otherMasquerade(): void {
+    const n = this.otherSoftware.filter((o, i) => this.otherChains[i][0] === 'nat' && /-j (MASQUERADE|SNAT)\b/.test(o.text));
+    if (n.length > 0) this.warn(`${n.length} rule${n.length === 1 ? '' : 's'} of other software masquerade in the nat table (line${n.length === 1 ? '' : 's'} ${n.map((o) => o.line).join(', ')}): the kernel still applies them to the packets tunproxy sends on, after its own masquerade decision`);
+  }
+
   /** "left to the kernel: N rules in chains …" */
   private leftToKernel(): string | null {
     if (this.otherSoftware.length === 0) return null;
@@ -1150,6 +1243,7 @@ class Importer {
     this.filterRules();
     for (const rec of this.ports.values()) this.settleSourceRanges(rec);
     this.leftovers();
+    this.otherMasquerade();
     this.notUnderstood.sort((a, b) => a.line - b.line);
     this.otherSoftware.sort((a, b) => a.line - b.line);
     const ruleSet = this.build();
@@ -1179,7 +1273,41 @@ class Importer {
   }
 
   private build(): RuleSet {
+    // external and load-balancer IPs are the service's, shared by its ports: a port the kernel serves on one
+    // of them for some packets only cannot be served there for all, so it is left out
+    const serviceIPs = new Map<string, Set<string>>();
+    const svcKey = (rec: PortRec) => rec.name.replace(/:[^/]*$/, '');
+    for (const rec of this.ports.values()) {
+      let set = serviceIPs.get(svcKey(rec));
+      if (!set) serviceIPs.set(svcKey(rec), (set = new Set()));
+      for (const ip of [...rec.externalIPs, ...rec.lbIPs, ...rec.unclassifiedIPs]) set.add(ip);
+    }
+    for (const rec of this.ports.values()) {
+      if (rec.tainted !== null) continue;
+      for (const [ip, line] of rec.excluded) {
+        if (serviceIPs.get(svcKey(rec))!.has(ip)) {
+          rec.tainted = { line, reason: `the service's address ${ip} is served for this port only for some packets` };
+          break;
+        }
+      }
+    }
+    // one masquerade setting for the node: ports whose ClusterIP masquerade rule says otherwise are left out
+    const dnatting = [...this.ports.values()].filter((rec) => rec.tainted === null && rec.clusterIP !== null && ((rec.iTPLocal ? rec.localEndpoints : rec.clusterEndpoints)?.length ?? 0) > 0).sort((a, b) => a.natOrder - b.natOrder);
+    if (dnatting.length > 0) {
+      const form = dnatting[0].masqForm ?? 'none';
+      this.masqueradeAll = form === 'all';
+      if (form !== 'all' && form !== 'none') this.clusterCIDRs = [form, ...this.clusterCIDRs.filter((c) => c !== form)];
+      for (const rec of dnatting) {
+        const f = rec.masqForm ?? 'none';
+        if (f !== form) rec.tainted = { line: rec.natOrder, reason: `its ClusterIP masquerade rule (${f === 'all' ? 'every source' : f === 'none' ? 'none' : '! -s ' + f}) differs from the node's (${form === 'all' ? 'every source' : form === 'none' ? 'none' : '! -s ' + form}, ${dnatting[0].name})` };
+      }
+    }
     const recs = [...this.ports.values()].filter((rec) => {
+      if (rec.tainted === null && rec.port === null) {
+        const line = rec.claims[0]?.line ?? 0;
+        this.limit(null, line, `${rec.name}: left out: no rule in the dump gives its service port number`);
+        return false;
+      }
       if (rec.tainted === null) return true;
       this.limit(null, rec.tainted.line, `${rec.name}: left out: a rule of its own chains (line ${rec.tainted.line}) is not understood (${rec.tainted.reason}), so what the kernel does for it is not known`);
       return false;
@@ -1394,7 +1522,8 @@ class Importer {
     for (const { rec, portName } of ports) {
       const sp: ServicePort = { name: portName, protocol: rec.proto.toUpperCase() as ProtocolName, port: rec.port ?? 0 };
       if (rec.port === null) this.warn(`${rec.name}: the service port number is not in the dump`);
-      if (rec.nodePort !== null) sp.nodePort = rec.nodePort;
+      // a NodePort whose nat rule matches only some packets (or is not understood) is not imported from the filter rules either
+      if (rec.nodePort !== null && !this.nodePortsHookConditional && !this.conditional.has(`NodePort ${rec.nodePort}/${rec.proto}`)) sp.nodePort = rec.nodePort;
       this.recOf.set(sp, rec);
       if (uniform && order.length > 0) {
         const tp = flags.get(order[0])!.ports.get(portName)!;
