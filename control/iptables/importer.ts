@@ -922,6 +922,12 @@ class Importer {
           this.limit(r, r.line, `${c.name}: ${key} is taken first, for some packets, by the rule at line ${earlier.line}; tunproxy cannot tell those packets apart, so ${dst} is left out of ${c.name}`);
           continue;
         }
+        if (earlier && earlier.target === target && rec.excluded.get(dst) === earlier.line) {
+          // the conditional rule sends its packets where this one sends all the others: served for every source
+          rec.excluded.delete(dst);
+          const at = this.limits.findIndex((l) => l.line === earlier.line);
+          if (at >= 0) this.limits.splice(at, 1);
+        }
         rec.claims.push({ kind: c.kind as Claim['kind'], ip: dst, port, rank: r.line, line: r.line });
       }
       if (c.kind === 'cluster') {
