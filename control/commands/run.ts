@@ -16,7 +16,8 @@ import { DEFAULT_STATE_DIR } from '../persist.ts';
 import type { StateStore } from '../persist.ts';
 import type { ApiServer } from '../server.ts';
 
-import { DEFAULT_BODY_LIMIT } from '../api/context.ts';
+// control/api/context.ts's DEFAULT_BODY_LIMIT, repeated so that `tunproxy --help` does not load the API (test/unit/cli-dist.test.ts checks they agree)
+export const DEFAULT_BODY_LIMIT = 64 * 1024 * 1024;
 // the API server itself (fastify, prom-client) is loaded by `run` only, not by the client commands
 
 export interface RunOptions {
