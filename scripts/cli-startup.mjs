@@ -29,7 +29,7 @@ const commands = [
   ['--help'],
   ['validate', 'examples/demo-ruleset.json'],
   ['import', 'iptables', dump, '--node-address', '192.168.0.2', '-q'],
-  ['trace', '--rules', 'examples/demo-ruleset.json', 'tcp', '10.0.0.2:40000', '10.96.0.10:53'],
+  ['trace', '--rules', 'examples/demo-ruleset.json', 'udp', '10.0.0.2:40000', '10.32.0.10:53'],
   ['trace', '--iptables', dump, '--node-address', '192.168.0.2', 'tcp', '10.0.0.2:40000', '172.30.0.41:80'],
 ];
 for (const args of commands) {
