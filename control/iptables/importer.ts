@@ -251,6 +251,11 @@ export function softwareOf(chain: string): string | null {
     [/^(f2b-|fail2ban)/, 'fail2ban'],
     [/^(IN_|OUT_|FWD_|FWDI_|FWDO_|POST_|PRE_)public/, 'firewalld'],
     [/^KUBE-IPVS|^KUBE-LOAD-BALANCER|^KUBE-NODE-PORT$/, 'kube-proxy in IPVS mode'],
+    [/^KIND-/, 'kind'],
+    [/^IP-MASQ-AGENT$/, 'ip-masq-agent'],
+    [/^(CILIUM-|cilium-)/, 'cilium'],
+    [/^(ANTREA-)/, 'antrea'],
+    [/^(AWS-|AWS_)/, 'the AWS VPC CNI'],
   ];
   for (const [re, who] of known) if (re.test(chain)) return who;
   return null;

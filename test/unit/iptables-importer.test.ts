@@ -208,5 +208,6 @@ t.test('softwareOf names well-known software by chain prefix', async (t) => {
   t.equal(softwareOf('cali-FORWARD'), 'calico');
   t.equal(softwareOf('CILIUM_POST_nat'), 'cilium');
   t.equal(softwareOf('CNI-HOSTPORT-DNAT'), 'CNI plugins (portmap, bridge)');
+  t.equal(softwareOf('KIND-MASQ-AGENT'), 'kind');
   t.equal(softwareOf('KUBE-SERVICES'), null);
 });
