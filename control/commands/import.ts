@@ -62,7 +62,8 @@ export function reportIptablesImport(label: string, r: ImportResult, o: { quiet?
   if (o.verbose) for (const n of r.otherSoftware) err(`${label}:${n.line}: left to the kernel: ${n.reason}\n    ${n.text}`);
   for (const w of r.warnings) err(`${label}: warning: ${w}`);
   const nu = r.notUnderstood.length;
-  err(`${label}: ${r.ruleSet.services.length} services; ${nu} kube-proxy rule${nu === 1 ? '' : 's'} not understood; ${r.otherSoftware.length} of other software left to the kernel; ${r.limits.length} limit${r.limits.length === 1 ? '' : 's'}; ${r.warnings.length} warning${r.warnings.length === 1 ? '' : 's'}${r.errors.length > 0 ? `; NOT a valid rule set (${r.errors.length} error${r.errors.length === 1 ? '' : 's'})` : ''}`);
+  const ns = r.ruleSet.services.length;
+  err(`${label}: ${ns} service${ns === 1 ? '' : 's'}; ${nu} kube-proxy rule${nu === 1 ? '' : 's'} not understood; ${r.otherSoftware.length} of other software left to the kernel; ${r.limits.length} limit${r.limits.length === 1 ? '' : 's'}; ${r.warnings.length} warning${r.warnings.length === 1 ? '' : 's'}${r.errors.length > 0 ? `; NOT a valid rule set (${r.errors.length} error${r.errors.length === 1 ? '' : 's'})` : ''}`);
 }
 
 function addImportOptions(cmd: Command): Command {

@@ -117,6 +117,8 @@ interface PortRec {
   natOrder: number;
   filterOrder: number;
   chainOrder: Map<string, number>;
+  /** its external traffic (or firewall) chain is missing from the dump: its NodePort and external addresses are left out */
+  externalUnknown: { line: number; chain: string } | null;
   /** its ClusterIP masquerade rule: "all" (masqueradeAll), the cluster CIDR of "! -s CIDR", or null (none) */
   masqForm: string | null;
   /** addresses the port is served on by the kernel for some packets only: not imported for it */
@@ -472,6 +474,7 @@ class Importer {
         claims: [],
         excluded: new Map(),
         masqForm: null,
+        externalUnknown: null,
         tainted: null,
       };
       this.ports.set(key, rec);
@@ -521,6 +524,10 @@ class Importer {
         text: from.text.trim(),
         reason: `jumps to ${target}, which the dump does not define (a partial dump?): what it does for ${rec.name} is unknown`,
       });
+      // without its chain, what the kernel does there is unknown: left out rather than rejected (never broader).
+      // An external traffic or firewall chain only concerns the NodePort and the external/load-balancer IPs.
+      if (role === 'ext' || role === 'fw' || role === 'xlb') rec.externalUnknown = { line: from.line, chain: target };
+      else if (rec.tainted === null) rec.tainted = { line: from.line, reason: `the dump does not define ${target}` };
       return;
     }
     switch (role) {
@@ -595,6 +602,7 @@ class Importer {
           reason: `jumps to ${sep}, which the dump does not define (a partial dump?): that endpoint of ${rec.name} is unknown`,
         });
       }
+      if (rec.tainted === null) rec.tainted = { line: from.line, reason: `the dump does not define ${sep}` };
       return null;
     }
     this.chainOwner.set(sep, rec);
@@ -1294,6 +1302,9 @@ class Importer {
       for (const ip of [...rec.externalIPs, ...rec.lbIPs, ...rec.unclassifiedIPs]) set.add(ip);
     }
     for (const rec of this.ports.values()) {
+      if (rec.tainted === null && rec.externalUnknown !== null && serviceIPs.get(svcKey(rec))!.size > 0) {
+        rec.tainted = { line: rec.externalUnknown.line, reason: `the dump does not define ${rec.externalUnknown.chain}, and the service has external or load-balancer IPs` };
+      }
       if (rec.tainted !== null) continue;
       for (const [ip, line] of rec.excluded) {
         if (serviceIPs.get(svcKey(rec))!.has(ip)) {
@@ -1534,7 +1545,9 @@ class Importer {
       const sp: ServicePort = { name: portName, protocol: rec.proto.toUpperCase() as ProtocolName, port: rec.port ?? 0 };
       if (rec.port === null) this.warn(`${rec.name}: the service port number is not in the dump`);
       // a NodePort whose nat rule matches only some packets (or is not understood) is not imported from the filter rules either
-      if (rec.nodePort !== null && !this.nodePortsHookConditional && !this.conditional.has(`NodePort ${rec.nodePort}/${rec.proto}`)) sp.nodePort = rec.nodePort;
+      if (rec.nodePort !== null && rec.externalUnknown !== null) {
+        this.limit(null, rec.externalUnknown.line, `${rec.name}: NodePort ${rec.nodePort} left out: the dump does not define ${rec.externalUnknown.chain}, where the kernel sends it`);
+      } else if (rec.nodePort !== null && !this.nodePortsHookConditional && !this.conditional.has(`NodePort ${rec.nodePort}/${rec.proto}`)) sp.nodePort = rec.nodePort;
       this.recOf.set(sp, rec);
       if (uniform && order.length > 0) {
         const tp = flags.get(order[0])!.ports.get(portName)!;
