@@ -50,3 +50,19 @@ t.test('bin/tunproxy.js runs the sources through tsx when told to (or when dist/
 t.test("run's --max-body default is the API's", async (t) => {
   t.equal(RUN_LIMIT, API_LIMIT);
 });
+
+t.test('--help, validate and the client commands load no heavy module (API server, prom-client, yaml, the iptables stack, the dataplane)', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'tp-loads-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  // a module loader hook that names every module resolved, on stderr
+  writeFileSync(join(dir, 'hook.mjs'), "export async function resolve(s, c, n) { const r = await n(s, c); process.stderr.write('LOADED ' + r.url + '\\n'); return r; }\n");
+  writeFileSync(join(dir, 'register.mjs'), `import { register } from 'node:module'; register(${JSON.stringify('file://' + join(dir, 'hook.mjs'))});\n`);
+  const heavy = /\/(fastify|prom-client|yaml|lru-cache)\/|control\/(server|compile|runtime|trace|iptables\/|api\/)|dataplane\/(tables|pipeline|conntrack|tun\/)/;
+  for (const args of [['--help'], ['validate', join(ROOT, 'examples/demo-ruleset.json')]]) {
+    const r = spawnSync(process.execPath, ['--import', join(dir, 'register.mjs'), join(ROOT, 'bin/tunproxy.js'), ...args], { encoding: 'utf8', cwd: ROOT });
+    t.equal(r.status, 0, r.stderr.split('\n').filter((l) => !l.startsWith('LOADED ')).join('\n'));
+    const loaded = r.stderr.split('\n').filter((l) => l.startsWith('LOADED ')).map((l) => l.slice(7));
+    t.ok(loaded.some((u) => /control\/cli\.(js|ts)$/.test(u)), `${args[0]}: the hook sees the modules (${loaded.length})`);
+    t.same(loaded.filter((u) => heavy.test(u) && !/node_modules\/tsx\//.test(u)), [], `tunproxy ${args[0]}: nothing heavy loaded`);
+  }
+});
