@@ -168,7 +168,7 @@ Example:
         if (f.clusterCidr !== undefined) r.ruleSet.node.clusterCIDR = f.clusterCidr;
         const { validateRuleSet } = await import('../validate.ts');
         const v = validateRuleSet(r.ruleSet);
-        r.errors = v.ok ? [] : v.errors;
+        r.errors = v.ok ? [] : v.errors.map((e) => (e.path === 'node.addresses' && r!.ruleSet.node.addresses.length === 0 ? { ...e, message: `${e.message}: give them with --node-address ADDRESS` } : e));
       }
       reportIptablesImport(label, r, f);
       if (r.errors.length > 0) {
