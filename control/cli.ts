@@ -2,42 +2,52 @@
  * `tunproxy` — the command line (commander). Each command lives in
  * control/commands/ and registers itself here. Exit codes scripts can rely
  * on: 0 success, 1 error, 2 usage error, 3 partial (some input not understood).
+ *
+ * Only the command being run is loaded (`tunproxy trace …` does not load
+ * `run`'s or `import`'s modules); `tunproxy --help`, an unknown command or no
+ * command at all load every command, for the full usage.
  */
 import { Command, CommanderError } from 'commander';
-import { registerRun } from './commands/run.ts';
-import { registerApply } from './commands/apply.ts';
-import { registerGet } from './commands/get.ts';
-import { registerImport } from './commands/import.ts';
-import { registerConntrack } from './commands/conntrack.ts';
-import { registerTrace } from './commands/trace.ts';
-import { registerStats } from './commands/stats.ts';
 
 export const EXIT_OK = 0;
 export const EXIT_ERROR = 1;
 export const EXIT_USAGE = 2;
 export const EXIT_PARTIAL = 3;
 
-export function buildCli(): Command {
+type Register = (program: Command) => void;
+
+/** Each command's module, in the order `--help` lists them. */
+const COMMANDS: Array<[string[], () => Promise<Register>]> = [
+  [['run'], async () => (await import('./commands/run.ts')).registerRun],
+  [['apply'], async () => (await import('./commands/apply.ts')).registerApply],
+  [['get'], async () => (await import('./commands/get.ts')).registerGet],
+  [['import'], async () => (await import('./commands/import.ts')).registerImport],
+  [['validate'], async () => (await import('./commands/validate.ts')).registerValidate],
+  [['conntrack'], async () => (await import('./commands/conntrack.ts')).registerConntrack],
+  [['trace'], async () => (await import('./commands/trace.ts')).registerTrace],
+  [['stats'], async () => (await import('./commands/stats.ts')).registerStats],
+];
+
+/** The program with the commands `argv` needs: the one it names, else all of them. */
+export async function buildCli(argv: string[] = process.argv): Promise<Command> {
   const program = new Command('tunproxy')
     .description('A Kubernetes-Service dataplane on a TUN device: hash-indexed service tables, conntrack, DNAT/SNAT.')
     .version('0.1.0')
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride();
-  registerRun(program);
-  registerApply(program);
-  registerGet(program);
-  registerImport(program);
-  registerConntrack(program);
-  registerTrace(program);
-  registerStats(program);
+  const name = argv[2];
+  const one = COMMANDS.find(([names]) => names.includes(name));
+  const wanted = one ? [one] : COMMANDS;
+  const registers = await Promise.all(wanted.map(([, load]) => load()));
+  for (const register of registers) register(program);
   return program;
 }
 
 async function main(): Promise<void> {
   // `tunproxy ... | head` closing the pipe is not an error
   for (const stream of [process.stdout, process.stderr]) stream.on('error', (e: NodeJS.ErrnoException) => { if (e.code === 'EPIPE') process.exit(process.exitCode ?? 0); throw e; });
-  const program = buildCli();
   try {
+    const program = await buildCli(process.argv);
     await program.parseAsync(process.argv);
   } catch (e) {
     if (e instanceof CommanderError) {

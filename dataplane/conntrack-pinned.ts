@@ -57,13 +57,14 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, renameS
 import { join } from 'node:path';
 import { PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP } from './addr.ts';
 import { Conntrack, stateName, type ConntrackEntry, type ConntrackInfo, type ConntrackOptions } from './conntrack.ts';
-import { boottimeMs, mapNewFile, netnsCookie } from './pin/index.ts';
+import { boottimeMs, DEFAULT_PIN_DIR, mapNewFile, netnsCookie } from './pin/index.ts';
+
+export { DEFAULT_PIN_DIR };
 
 export const PIN_MAGIC = 0x54435054;
 export const PIN_LAYOUT_VERSION = 1;
 export const PIN_HEADER_SIZE = 256;
 export const PIN_RECORD_SIZE = 96;
-export const DEFAULT_PIN_DIR = '/dev/shm/tunproxy';
 
 /** record fields, byte offsets */
 export const R_SEQ = 0;

@@ -40,6 +40,8 @@ if [ -f binding.gyp ] && { [ ! -f build/Release/tun.node ] || [ dataplane/tun/tu
   echo "setup: building the native addons (TUN, pinned memory)" >&2
   npx --no-install node-gyp rebuild >&2
 fi
+# the command line compiled to dist/ (bin/tunproxy.js runs the sources through tsx while it is stale)
+node scripts/build-cli.mjs >&2 || echo "setup: could not build dist/ (the command line runs through tsx, slower to start)" >&2
 if [ -d ../shared/tools/tun-echo ] && [ ! -x build/tun-echo/fwd ]; then
   make -s -C ../shared/tools/tun-echo OUT="$PWD/build/tun-echo" >&2 || echo "setup: could not build ../shared/tools/tun-echo (benchmarks will skip the C reference)" >&2
 fi

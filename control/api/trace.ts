@@ -12,235 +12,46 @@
  * candidates and the number of rules visited on the way. The linear
  * evaluator is built on the first trace of a generation and kept for the
  * next ones.
+ *
+ * The connection table and the affinity table live on the packet thread:
+ * what a live trace reads of them is asked of the packet side (one small
+ * message) before the answer is built here.
  */
-import { performance } from 'node:perf_hooks';
 import type { FastifyInstance } from 'fastify';
-import type { Tables } from '../../dataplane/tables.ts';
-import { compiledVerdict, lookup, LookupResult, resultSet, LOOKUP_DNAT, LOOKUP_DROP_NO_LOCAL, LOOKUP_DROP_SOURCE_RANGE, LOOKUP_REJECT, VIA_NODEPORT, VIP_CLUSTER, isLocal } from '../../dataplane/tables.ts';
-import type { PacketTuple, Verdict } from '../../dataplane/verdict.ts';
-import { cidrContains, formatCidr, formatIPv4, parseIPv4, protocolNumber } from '../../dataplane/addr.ts';
-import type { ProtocolName } from '../../dataplane/addr.ts';
-import { writeIptables } from '../iptables/writer.ts';
-import { linearFromText } from '../iptables/linear.ts';
-import type { LinearEvaluator } from '../iptables/linear.ts';
-import type { RuleSet } from '../types.ts';
+import { lookup, LookupResult, LOOKUP_DNAT } from '../../dataplane/tables.ts';
+import type { ConntrackEntry } from '../../dataplane/conntrack.ts';
+import { LinearCache, traceAnswer, tracePacket, traceSchema, TraceRequestError, verdictDifferences } from '../trace.ts';
+import type { TraceRequest } from '../trace.ts';
 import { ApiError } from './errors.ts';
 import type { ApiContext } from './context.ts';
 import { flowJson } from './conntrack.ts';
-import type { ConntrackEntry } from '../../dataplane/conntrack.ts';
 
-export interface TraceRequest {
-  protocol: string;
-  source: string;
-  destination: string;
-  /** the packet's input interface, for rules with -i (default: none) */
-  inInterface?: string;
-  /** the packet comes from a process on the node (its source must be a node address) */
-  local?: boolean;
-  /** also walk kube-proxy's rules (default true) */
-  kubeProxy?: boolean;
-}
-
-const endpointText = { type: 'string', pattern: '^[0-9]{1,3}(\\.[0-9]{1,3}){3}:[0-9]{1,5}$', description: 'address:port' } as const;
-export const traceSchema = {
-  type: 'object',
-  additionalProperties: false,
-  required: ['protocol', 'source', 'destination'],
-  properties: {
-    protocol: { enum: ['TCP', 'UDP', 'SCTP', 'tcp', 'udp', 'sctp'] },
-    source: endpointText,
-    destination: endpointText,
-    inInterface: { type: 'string', pattern: '^[A-Za-z0-9_.:@-]{1,15}$' },
-    local: { type: 'boolean' },
-    kubeProxy: { type: 'boolean' },
-  },
-} as const;
-
-function hostPort(text: string, field: string): [number, number] {
-  const i = text.lastIndexOf(':');
-  const a = parseIPv4(text.slice(0, i));
-  const p = Number(text.slice(i + 1));
-  if (a < 0) throw new ApiError(400, 'invalid_request', `${field}: ${JSON.stringify(text.slice(0, i))} is not an IPv4 address`, { errors: [{ path: field, message: 'not an IPv4 address' }] });
-  if (p < 1 || p > 65535) throw new ApiError(400, 'invalid_request', `${field}: port ${p} is outside 1-65535`, { errors: [{ path: field, message: `port ${p} is outside 1-65535` }] });
-  return [a, p];
-}
-
-interface CachedLinear {
-  ev: LinearEvaluator;
-  /** the iptables text's lines (for the rule-by-rule walk) */
-  lines: string[];
-  buildMs: number;
-  iptablesLines: number;
-}
-
-/** kube-proxy's rules for the rule set in force, walked linearly: built once per generation (and input interface). */
-export class LinearCache {
-  private generation = -1;
-  private readonly byInterface = new Map<string, CachedLinear>();
-  builds = 0;
-
-  get(ctx: ApiContext, rs: RuleSet, inInterface: string): { cached: CachedLinear; built: boolean } {
-    if (this.generation !== ctx.generation) {
-      this.byInterface.clear();
-      this.generation = ctx.generation;
-    }
-    let c = this.byInterface.get(inInterface);
-    if (c !== undefined) return { cached: c, built: false };
-    const t0 = performance.now();
-    const text = writeIptables(rs);
-    const ev = linearFromText(text, { localAddresses: rs.node.addresses, inInterface });
-    const lines = text.split('\n');
-    c = { ev, lines, buildMs: performance.now() - t0, iptablesLines: lines.length - (text.endsWith('\n') ? 1 : 0) };
-    if (this.byInterface.size >= 4) this.byInterface.clear();
-    this.byInterface.set(inInterface, c);
-    this.builds++;
-    return { cached: c, built: true };
-  }
-}
-
-const VIA_NAMES = ['ClusterIP', 'external IP', 'load-balancer IP', 'NodePort'];
-
-/** What differs between two verdicts (kind, service, endpoints, chances, masquerade); empty when they agree. */
-export function verdictDifferences(a: Verdict, b: Verdict): string[] {
-  const d: string[] = [];
-  if (a.kind !== b.kind) return [`tunproxy: ${a.kind}, kube-proxy: ${b.kind}`];
-  if (a.kind === 'nomatch' || b.kind === 'nomatch') return d;
-  if (a.service !== b.service) d.push(`service: tunproxy ${a.service}, kube-proxy ${b.service}`);
-  if (a.kind === 'drop' && b.kind === 'drop' && a.reason !== b.reason) d.push(`drop reason: tunproxy ${a.reason}, kube-proxy ${b.reason}`);
-  if (a.kind === 'dnat' && b.kind === 'dnat') {
-    const bm = new Map(b.candidates.map((c) => [c.endpoint, c]));
-    for (const c of a.candidates) {
-      const o = bm.get(c.endpoint);
-      if (!o) d.push(`endpoint ${c.endpoint}: only tunproxy picks it`);
-      else {
-        if (Math.abs(o.probability - c.probability) > 1e-6) d.push(`endpoint ${c.endpoint}: chance ${c.probability.toFixed(6)} in tunproxy, ${o.probability.toFixed(6)} in kube-proxy`);
-        if (o.masquerade !== c.masquerade) d.push(`endpoint ${c.endpoint}: masquerade ${c.masquerade} in tunproxy, ${o.masquerade} in kube-proxy`);
-        bm.delete(c.endpoint);
-      }
-    }
-    for (const e of bm.keys()) d.push(`endpoint ${e}: only kube-proxy picks it`);
-    if (a.affinitySeconds !== b.affinitySeconds) d.push(`session affinity: ${a.affinitySeconds} s in tunproxy, ${b.affinitySeconds} s in kube-proxy`);
-  }
-  return d;
-}
-
-async function tunproxyDecision(ctx: ApiContext, t: Tables, pkt: PacketTuple) {
-  const why: string[] = [];
-  const t0 = performance.now();
-  const out = new LookupResult();
-  const r = lookup(t, pkt.proto, pkt.src, pkt.dst, pkt.dport, out);
-  const lookupUs = (performance.now() - t0) * 1000;
-  const verdict = compiledVerdict(t, pkt);
-  const svc = out.svcIndex < 0 ? null : t.services[out.svcIndex];
-  const dstText = `${formatIPv4(pkt.dst)}:${pkt.dport}`;
-
-  // a flow the packet already belongs to, and what affinity remembers: asked of the packet side
-  const wantAffinity = r === LOOKUP_DNAT && svc !== null && svc.affinityMs > 0;
-  const side = await ctx.packets.traceFlow(pkt, wantAffinity ? { generation: t.generation, svcIndex: out.svcIndex, setLocal: out.setLocal } : null);
-  const now = side.now;
-  const e = side.flow;
-  const conntrack = e === null ? null : { direction: e.direction, flow: flowJson(e.flow as unknown as ConntrackEntry, now) };
-  if (e !== null) why.push(`the packet belongs to a tracked flow (${conntrack!.direction} direction): it is translated with the flow's stored tuples, not looked up again; below is what a new flow would get`);
-
-  const table = svc === null ? null : VIA_NAMES[out.via] ?? null;
-  if (svc !== null) {
-    const kind = out.via === VIA_NODEPORT ? `NodePort ${pkt.dport} of a node address` : `${VIA_NAMES[out.via]} ${dstText}`;
-    why.push(`${kind} belongs to ${svc.name} (${table} table)`);
-  } else {
-    why.push(isLocal(t, pkt.dst) ? `${dstText} is a node address and no NodePort ${pkt.dport}/${pkt.proto}: not a service` : `${dstText} is no ClusterIP, external IP or load-balancer IP: not a service; the packet passes unchanged`);
-  }
-  let chain: string | null = null;
-  let affinity: { seconds: number; hit: string | null } | null = null;
-  if (r === LOOKUP_DNAT && svc !== null) {
-    const set = resultSet(t, out);
-    chain = out.setLocal ? 'node-local endpoints (KUBE-SVL-)' : 'cluster endpoints (KUBE-SVC-)';
-    why.push(`${set.endpoints.length} candidate endpoint${set.endpoints.length === 1 ? '' : 's'} from the ${chain}, chosen ${set.maglev ? 'by Maglev hashing' : 'at random'}`);
-    if (svc.affinityMs > 0) {
-      const i = side.affinityIndex;
-      affinity = { seconds: svc.affinityMs / 1000, hit: i >= 0 ? set.endpoints[i].text : null };
-      why.push(i >= 0 ? `ClientIP affinity: ${formatIPv4(pkt.src)} is remembered with ${set.endpoints[i].text}, which a new flow gets` : `ClientIP affinity (${svc.affinityMs / 1000} s): nothing remembered for ${formatIPv4(pkt.src)} yet`);
-    }
-    if (out.masquerade) {
-      const reason = out.via === VIP_CLUSTER ? (t.masqueradeAll ? 'masqueradeAll is set' : `the source is outside the cluster CIDR ${t.clusterCIDR ? formatCidr(t.clusterCIDR) : ''}`) : 'external traffic with externalTrafficPolicy Cluster (or from the node itself)';
-      why.push(`masquerade: SNAT to ${formatIPv4(t.masqueradeAddr)} (${reason})`);
-    } else if (verdict.kind === 'dnat' && verdict.candidates.some((c) => c.masquerade)) {
-      why.push('masquerade only for the endpoint that is the source itself (hairpin)');
-    } else why.push(out.via === VIP_CLUSTER && t.clusterCIDR !== null && cidrContains(t.clusterCIDR, pkt.src) ? 'no masquerade: the source is a pod in the cluster CIDR' : 'no masquerade: the source address is kept');
-  } else if (r === LOOKUP_REJECT) {
-    why.push(`${svc!.name} has no endpoints: answered with ICMP port unreachable (kube-proxy's REJECT)`);
-  } else if (r === LOOKUP_DROP_NO_LOCAL) {
-    why.push(`${svc!.name} has no endpoint on this node and its traffic policy is Local: dropped (no_local_endpoints)`);
-  } else if (r === LOOKUP_DROP_SOURCE_RANGE) {
-    why.push(`${formatIPv4(pkt.src)} is outside the loadBalancerSourceRanges of ${svc!.name}: dropped (source_range)`);
-  }
-  return {
-    verdict,
-    table,
-    service: svc?.name ?? null,
-    chain,
-    affinity,
-    masquerade: { beforeEndpointChoice: out.masquerade, address: formatIPv4(t.masqueradeAddr) },
-    conntrack,
-    lookupMicros: Math.round(lookupUs * 1000) / 1000,
-    explanation: why,
-  };
-}
+// the trace itself is control/trace.ts, shared with the offline `tunproxy trace --rules/--iptables`
+export { LinearCache, traceSchema, verdictDifferences };
+export type { TraceRequest };
 
 export function registerTraceRoutes(app: FastifyInstance, ctx: ApiContext, cache: LinearCache): void {
   app.post<{ Body: TraceRequest }>('/v1/trace', { schema: { body: traceSchema } }, async (req) => {
     const rs = ctx.requireRuleSet();
     const t = ctx.holder.current!;
-    const b = req.body;
-    const [src, sport] = hostPort(b.source, 'source');
-    const [dst, dport] = hostPort(b.destination, 'destination');
-    if (b.local === true && !rs.node.addresses.includes(formatIPv4(src))) {
-      throw new ApiError(400, 'invalid_request', `local: a packet from a process on the node has a node address as its source (${rs.node.addresses.join(', ')}), not ${formatIPv4(src)}`, { errors: [{ path: 'source', message: 'not a node address' }] });
-    }
-    const protocol = b.protocol.toUpperCase() as ProtocolName;
-    const pkt: PacketTuple = { proto: protocolNumber(protocol), src, dst, sport, dport };
-    const tunproxy = await tunproxyDecision(ctx, t, pkt);
-    let kubeProxy = null;
-    let differences: string[] | null = null;
-    if (b.kubeProxy !== false) {
-      const { cached, built } = cache.get(ctx, rs, b.inInterface ?? '');
-      const ev = cached.ev;
-      const t0 = performance.now();
-      const verdict = ev.evaluate(pkt);
-      const evaluateMs = performance.now() - t0;
-      const { sample: s, steps } = ev.trace(pkt, await ctx.packets.now());
-      // which table each line is in: the last "*table" line above it
-      const starts: Array<[number, string]> = [];
-      cached.lines.forEach((l, i) => { if (l.startsWith('*')) starts.push([i + 1, l.slice(1)]); });
-      const tableOf = (line: number): string => {
-        let name = '';
-        for (const [at, n] of starts) if (at <= line) name = n;
-        return name;
+    try {
+      const { pkt } = tracePacket(rs, req.body);
+      // which affinity entry to ask the packet side about, if any
+      const out = new LookupResult();
+      const r = lookup(t, pkt.proto, pkt.src, pkt.dst, pkt.dport, out);
+      const svc = out.svcIndex < 0 ? null : t.services[out.svcIndex];
+      const wantAffinity = r === LOOKUP_DNAT && svc !== null && svc.affinityMs > 0;
+      const side = await ctx.packets.traceFlow(pkt, wantAffinity ? { generation: t.generation, svcIndex: out.svcIndex, setLocal: out.setLocal } : null);
+      const now = side.now;
+      const live = {
+        now,
+        conntrack: side.flow === null ? null : { direction: side.flow.direction, flow: flowJson(side.flow.flow as unknown as ConntrackEntry, now) },
+        affinityIndex: side.affinityIndex,
       };
-      kubeProxy = {
-        verdict,
-        // one walk as the kernel makes it: a draw at each statistic rule
-        walk: { kind: s.kind, service: s.service, endpoint: s.endpoint || null, masquerade: s.masquerade, rulesVisited: s.rulesVisited, reason: s.reason },
-        rulesVisited: s.rulesVisited,
-        rules: ev.ruleCount,
-        iptablesLines: cached.iptablesLines,
-        // the walk rule by rule, as netfilter made it for this packet (first match, jumps, returns)
-        chainWalk: steps.map((st) => {
-          const text = cached.lines[st.line - 1] ?? '';
-          return { table: tableOf(st.line), chain: /^-A (\S+)/.exec(text)?.[1] ?? '', line: st.line, rule: text, matched: st.matched };
-        }),
-        evaluateMs,
-        builtForThisTrace: built,
-        buildMs: cached.buildMs,
-      };
-      differences = verdictDifferences(tunproxy.verdict, verdict);
+      return traceAnswer({ rs, tables: t, generation: ctx.generation, request: req.body, live, linear: () => cache.get(ctx, rs, req.body.inInterface ?? ''), nowMs: now });
+    } catch (e) {
+      if (e instanceof TraceRequestError) throw new ApiError(400, 'invalid_request', e.message, { errors: [{ path: e.path, message: e.reason }] });
+      throw e;
     }
-    return {
-      generation: ctx.generation,
-      packet: { protocol, source: b.source, destination: b.destination, inInterface: b.inInterface ?? null, local: b.local ?? false },
-      tunproxy,
-      kubeProxy,
-      agree: differences === null ? null : differences.length === 0,
-      differences,
-    };
   });
 }

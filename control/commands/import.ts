@@ -3,20 +3,24 @@
  * node's iptables-save, or `kubectl get services,endpointslices -A -o json`,
  * → the rule set as JSON on stdout; each rule or object not understood on
  * stderr with its line. Works without a running tunproxy; `--apply` sends the
- * result to one. Exit 0: everything understood; 3: some was not; 1: error.
+ * result to one. The rule set is validated before it is printed.
+ * Exit 0: everything kube-proxy wrote was understood; 3: some of it was not;
+ * 1: the output is not a valid rule set (nothing on stdout), or an error.
+ * Other software's rules (docker, flannel, ...) are "left to the kernel" and
+ * do not make an import partial.
  */
 import type { Command } from 'commander';
-import { importIptables, IptablesImportError } from '../iptables/importer.ts';
-import { importKubernetes, KubernetesImportError } from '../kubernetes.ts';
 import type { KubernetesImportOptions } from '../kubernetes.ts';
+import type { ImportResult } from '../iptables/importer.ts';
 import type { RuleSet } from '../types.ts';
-import { parseIPv4 } from '../../dataplane/addr.ts';
-import { ApiRequestError } from '../client.ts';
 import type { ApiClient } from '../client.ts';
 import { EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, Progress, addClientOptions, clientFrom, err, ifMatchHeader, outputOption, print, readInput, reportApiError } from './common.ts';
 import type { ClientFlags } from './common.ts';
+// the importers are loaded by the command that runs them (the command line starts faster without them)
 
 interface ImportFlags extends ClientFlags {
+  nodePortRange?: string;
+  verbose?: boolean;
   nodeAddress?: string[];
   nodeName?: string;
   clusterCidr?: string;
@@ -30,25 +34,51 @@ interface ImportFlags extends ClientFlags {
 
 const LARGE_INPUT = 1 << 20;
 
-function collect(v: string, prev: string[] = []): string[] {
+const IPV4 = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
+
+/** --node-address A[,B] (repeatable) */
+export function collectNodeAddress(v: string, prev: string[] = []): string[] {
   for (const a of v.split(',').map((s) => s.trim()).filter((s) => s !== '')) {
-    if (parseIPv4(a) < 0) throw new Error(`--node-address ${a}: not an IPv4 address`);
+    if (!IPV4.test(a)) throw new Error(`--node-address ${a}: not an IPv4 address`);
     prev.push(a);
   }
   return prev;
 }
 
+/** --node-port-range LOW-HIGH */
+export function nodePortRangeOption(v: string): string {
+  const m = /^(\d+)-(\d+)$/.exec(v);
+  if (!m || Number(m[1]) < 1 || Number(m[2]) > 65535 || Number(m[1]) > Number(m[2])) throw new Error(`--node-port-range ${v}: expected LOW-HIGH within 1-65535, like 30000-32767`);
+  return v;
+}
+
+/** What an iptables import says on stderr: not understood (always), errors (always), then limits, other software, warnings, summary. */
+export function reportIptablesImport(label: string, r: ImportResult, o: { quiet?: boolean; verbose?: boolean }): void {
+  for (const n of r.notUnderstood) err(`${label}:${n.line}: not understood: ${n.reason}\n    ${n.text}`);
+  for (const e of r.errors) err(`${label}: invalid rule set: ${e.path}: ${e.message}`);
+  if (o.quiet) return;
+  for (const l of r.limits) err(`${label}${l.line ? ':' + l.line : ''}: limit: ${l.reason}`);
+  if (r.leftToKernel) err(`${label}: ${r.leftToKernel}`);
+  if (o.verbose) for (const n of r.otherSoftware) err(`${label}:${n.line}: left to the kernel: ${n.reason}\n    ${n.text}`);
+  for (const w of r.warnings) err(`${label}: warning: ${w}`);
+  const nu = r.notUnderstood.length;
+  const ns = r.ruleSet.services.length;
+  err(`${label}: ${ns} service${ns === 1 ? '' : 's'}; ${nu} kube-proxy rule${nu === 1 ? '' : 's'} not understood; ${r.otherSoftware.length} of other software left to the kernel; ${r.limits.length} limit${r.limits.length === 1 ? '' : 's'}; ${r.warnings.length} warning${r.warnings.length === 1 ? '' : 's'}${r.errors.length > 0 ? `; NOT a valid rule set (${r.errors.length} error${r.errors.length === 1 ? '' : 's'})` : ''}`);
+}
+
 function addImportOptions(cmd: Command): Command {
   cmd
     .argument('<file>', 'the input ("-": stdin)')
-    .option('--node-address <address>', "the node's address (repeat or comma-separate; default with --apply: the running tunproxy's)", collect)
+    .option('--node-address <address>', "the node's address (repeat or comma-separate; default: the addresses the dump's NodePort rules name, or with --apply the running tunproxy's)", collectNodeAddress)
+    .option('--node-port-range <range>', 'the NodePort range LOW-HIGH (default: 30000-32767, widened to the NodePorts of an iptables dump outside it)', nodePortRangeOption)
     .option('--node-name <name>', "the node's name")
     .option('--cluster-cidr <cidr>', "the pod CIDR (kube-proxy's --cluster-cidr)")
     .option('--apply', 'send the result to the running tunproxy (PUT /v1/ruleset)')
     .option('--allow-partial', 'with --apply: apply even when some input was not understood')
     .option('--if-match <generation>', 'with --apply: only if this generation is still in force')
     .option('--progress', 'show progress on stderr (default: for inputs over 1 MiB on a terminal)')
-    .option('-q, --quiet', 'no progress, no summary, no warnings on stderr (what was not understood is still printed)')
+    .option('-q, --quiet', 'no progress, no summary, no warnings on stderr (what was not understood and errors are still printed)')
+    .option('-v, --verbose', "also list other software's rules, each with its line")
     .addOption(outputOption(['json', 'yaml'], 'json'));
   return addClientOptions(cmd);
 }
@@ -57,7 +87,10 @@ function addImportOptions(cmd: Command): Command {
 async function runningNode(client: ApiClient): Promise<RuleSet['node'] | null> {
   const r = await client.request<RuleSet>('GET', '/v1/ruleset');
   if (r.status === 404) return null;
-  if (r.status >= 400) throw new ApiRequestError(r.status, r.body, r.text);
+  if (r.status >= 400) {
+    const { ApiRequestError } = await import('../client.ts');
+    throw new ApiRequestError(r.status, r.body, r.text);
+  }
   return r.body.node;
 }
 
@@ -71,6 +104,7 @@ async function applyResult(f: ImportFlags, client: ApiClient, rs: RuleSet, notUn
     err(`${label}: applied: generation ${r.body.generation}, ${r.body.services} services, in force after ${r.body.compileMs.toFixed(1)} ms`);
     return notUnderstood > 0 ? EXIT_PARTIAL : EXIT_OK;
   } catch (e) {
+    const { ApiRequestError } = await import('../client.ts');
     if (!(e instanceof ApiRequestError)) throw e;
     reportApiError(e);
     return EXIT_ERROR;
@@ -80,17 +114,26 @@ async function applyResult(f: ImportFlags, client: ApiClient, rs: RuleSet, notUn
 export function registerImport(program: Command): void {
   const imp = program.command('import').description('read kube-proxy\'s iptables rules or the Kubernetes objects into a rule set (JSON on stdout)');
   const help = `
-Exit status: 0 everything understood, 3 some rules/objects not understood
-(each on stderr as FILE:LINE: reason), 1 error.`;
+Exit status: 0 everything kube-proxy wrote was understood; 3 some of its
+rules/objects were not (each on stderr as FILE:LINE: reason); 1 the output is
+not a valid rule set (each error on stderr, nothing on stdout), or an error.`;
 
   const ipt = imp
     .command('iptables')
     .description("a node's iptables-save output (kube-proxy iptables mode) → rule set");
   addImportOptions(ipt)
     .addHelpText('after', `${help}
+Other software's rules (docker, flannel, libvirt, kind, ...) are summed up as
+"left to the kernel: N rules in chains ..." (-v lists them) and do not make an
+import partial. Where tunproxy cannot serve what the kernel serves (physdev or
+addrtype conditions, shadowed services, NodePorts on 127.0.0.1), it serves
+less, never more, and says so as "limit:" lines.
+The node's addresses come from --node-address, else from the dump's
+"-d ADDRESS -j KUBE-NODEPORTS" rules; with neither, the import exits 1.
 
 Example:
-  iptables-save > node.save; tunproxy import iptables node.save --node-address 172.16.1.35 > rs.json`)
+  iptables-save > node.save; tunproxy import iptables node.save --node-address 172.16.1.35 > rs.json
+  tunproxy import iptables node.save --node-address 172.16.1.35 | tunproxy trace --rules - tcp 10.0.0.2:40000 172.30.0.41:80`)
     .action(async (file: string, f: ImportFlags) => {
       const label = file === '-' ? 'stdin' : file;
       const text = readInput(file);
@@ -106,9 +149,10 @@ Example:
       }
       progress.note(`parsing ${(text.length / 1048576).toFixed(1)} MiB of iptables rules`);
       const t0 = performance.now();
+      const { importIptables, IptablesImportError } = await import('../iptables/importer.ts');
       let r;
       try {
-        r = importIptables(text, nodeAddresses ? { nodeAddresses } : {});
+        r = importIptables(text, { ...(nodeAddresses ? { nodeAddresses } : {}), ...(f.nodePortRange ? { nodePortRange: f.nodePortRange } : {}) });
       } catch (e) {
         if (e instanceof IptablesImportError) {
           err(`${label}${e.line ? ':' + e.line : ''}: ${e.message}`);
@@ -118,15 +162,20 @@ Example:
         throw e;
       }
       progress.note(`done in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
-      if (running) r.ruleSet.node = { ...running, ...r.ruleSet.node };
-      if (nodeName !== undefined) r.ruleSet.node.name = nodeName;
-      if (f.clusterCidr !== undefined) r.ruleSet.node.clusterCIDR = f.clusterCidr;
-      print(r.ruleSet, f.output);
-      for (const n of r.notUnderstood) err(`${label}:${n.line}: not understood: ${n.reason}\n    ${n.text}`);
-      if (!f.quiet) {
-        for (const w of r.warnings) err(`${label}: warning: ${w}`);
-        err(`${label}: ${r.ruleSet.services.length} services; ${r.notUnderstood.length} rule${r.notUnderstood.length === 1 ? '' : 's'} not understood; ${r.warnings.length} warning${r.warnings.length === 1 ? '' : 's'}`);
+      if (running || nodeName !== undefined || f.clusterCidr !== undefined) {
+        if (running) r.ruleSet.node = { ...running, ...r.ruleSet.node };
+        if (nodeName !== undefined) r.ruleSet.node.name = nodeName;
+        if (f.clusterCidr !== undefined) r.ruleSet.node.clusterCIDR = f.clusterCidr;
+        const { validateRuleSet } = await import('../validate.ts');
+        const v = validateRuleSet(r.ruleSet);
+        r.errors = v.ok ? [] : v.errors.map((e) => (e.path === 'node.addresses' && r!.ruleSet.node.addresses.length === 0 ? { ...e, message: `${e.message}: give them with --node-address ADDRESS` } : e));
       }
+      reportIptablesImport(label, r, f);
+      if (r.errors.length > 0) {
+        process.exitCode = EXIT_ERROR;
+        return;
+      }
+      print(r.ruleSet, f.output);
       if (client) process.exitCode = await applyResult(f, client, r.ruleSet, r.notUnderstood.length, label);
       else process.exitCode = r.notUnderstood.length > 0 ? EXIT_PARTIAL : EXIT_OK;
     });
@@ -158,8 +207,10 @@ Example:
       if (cidr !== undefined) o.clusterCIDR = cidr;
       if (node?.masqueradeAddress !== undefined) o.masqueradeAddress = node.masqueradeAddress;
       if (node?.nodePortRange !== undefined) o.nodePortRange = node.nodePortRange;
+      if (f.nodePortRange !== undefined) o.nodePortRange = f.nodePortRange;
       o.onProgress = (done, total) => progress.update(done, total, done === total);
       o.progressEvery = 500;
+      const { importKubernetes, KubernetesImportError } = await import('../kubernetes.ts');
       let r;
       try {
         r = importKubernetes(text, o);

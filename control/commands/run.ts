@@ -17,20 +17,17 @@
  * (see README "Two threads").
  */
 import type { Command } from 'commander';
-import { Dataplane } from '../dataplane.ts';
-import { TunDevice } from '../../dataplane/tun/index.ts';
-import { DEFAULT_STATE_DIR, StateStore } from '../persist.ts';
-import { ControlWorker } from '../worker/spawn.ts';
-import { FlowLister, unpackChunk } from '../worker/flows.ts';
-import { watchEventLoop } from '../worker/packet-side.ts';
-import { formatConntrackL } from '../../dataplane/conntrack.ts';
+import { DEFAULT_STATE_DIR } from '../persist.ts';
+import type { StateStore } from '../persist.ts';
 import type { ConntrackEntry } from '../../dataplane/conntrack.ts';
+import type { PinnedTable } from '../../dataplane/conntrack-pinned.ts';
+import type { TunDevice } from '../../dataplane/tun/index.ts';
 import { existsSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
-import { DEFAULT_PIN_DIR, PIN_CLOSED, PinnedTable } from '../../dataplane/conntrack-pinned.ts';
-import { tunSetPersist } from '../../dataplane/pin/index.ts';
+import { DEFAULT_PIN_DIR } from '../../dataplane/pin/index.ts';
 
-import { DEFAULT_BODY_LIMIT } from '../api/context.ts';
+// control/api/context.ts's DEFAULT_BODY_LIMIT, repeated so that `tunproxy --help` does not load the API (test/unit/cli-dist.test.ts checks they agree)
+export const DEFAULT_BODY_LIMIT = 64 * 1024 * 1024;
 // the API server itself (fastify, prom-client) is loaded by `run` only, not by the client commands
 
 export interface RunOptions {
@@ -114,22 +111,6 @@ Example (inside the node namespace of the lab):
     .action((o: RunOptions) => run(o));
 }
 
-/** SIGUSR1's listing of the connection table: written in slices (FlowLister), never built whole. */
-function listConntrackToStderr(dp: Dataplane): Promise<void> {
-  const lister = new FlowLister(dp.pipeline.conntrack, () => true, Infinity);
-  return new Promise((resolve) => {
-    const slice = () => {
-      const c = lister.next();
-      let text = '';
-      for (const f of unpackChunk(c)) text += formatConntrackL(f as unknown as ConntrackEntry, c.now) + '\n';
-      const more = () => (c.done ? resolve() : setImmediate(slice));
-      if (text === '' || process.stderr.write(text)) more();
-      else process.stderr.once('drain', more);
-    };
-    slice();
-  });
-}
-
 /**
  * Two threads: this one (the packet thread) runs the loop, the pipeline and
  * the connection table, and answers the control worker in slices of at most
@@ -150,6 +131,26 @@ export async function run(o: RunOptions): Promise<void> {
   if (!Number.isInteger(maxBody) || maxBody < 1024) throw new Error(`--max-body: ${o.maxBody} must be a number of bytes >= 1024`);
   if (o.listen !== undefined && o.tokenFile === undefined) throw new Error('--listen needs --token-file: the TCP listener only serves requests with a bearer token');
   const { defaultSocketPath, readTokenFile } = await import('../api/local.ts');
+  // the dataplane is loaded by `run` only (the other commands start faster without it)
+  const [{ Dataplane }, { TunDevice }, { StateStore }, { ControlWorker }, { FlowLister, unpackChunk }, { watchEventLoop }, { formatConntrackL }, { PIN_CLOSED, PinnedTable }, { tunSetPersist }] = await Promise.all([
+    import('../dataplane.ts'), import('../../dataplane/tun/index.ts'), import('../persist.ts'), import('../worker/spawn.ts'), import('../worker/flows.ts'),
+    import('../worker/packet-side.ts'), import('../../dataplane/conntrack.ts'), import('../../dataplane/conntrack-pinned.ts'), import('../../dataplane/pin/index.ts'),
+  ]);
+  /** SIGUSR1's listing of the connection table: written in slices (FlowLister), never built whole. */
+  const listConntrackToStderr = (dp: InstanceType<typeof Dataplane>): Promise<void> => {
+    const lister = new FlowLister(dp.pipeline.conntrack, () => true, Infinity);
+    return new Promise((resolve) => {
+      const slice = () => {
+        const c = lister.next();
+        let text = '';
+        for (const f of unpackChunk(c)) text += formatConntrackL(f as unknown as ConntrackEntry, c.now) + '\n';
+        const more = () => (c.done ? resolve() : setImmediate(slice));
+        if (text === '' || process.stderr.write(text)) more();
+        else process.stderr.once('drain', more);
+      };
+      slice();
+    });
+  };
   const token = o.tokenFile !== undefined ? readTokenFile(o.tokenFile) : undefined;
 
   if (o.offload !== 'auto' && o.offload !== 'off') throw new Error(`--offload: ${JSON.stringify(o.offload)} is not one of auto, off`);

@@ -19,7 +19,9 @@
  */
 import type { RuleSet, Service, ServicePort, Endpoint } from '../types.ts';
 import { API_VERSION } from '../types.ts';
-import { DEFAULT_AFFINITY_SECONDS, DEFAULT_MASQUERADE_MARK, ruleSetModel } from '../model.ts';
+import { DEFAULT_AFFINITY_SECONDS, DEFAULT_MASQUERADE_MARK, DEFAULT_NODEPORT_RANGE, ruleSetModel } from '../model.ts';
+import { validateRuleSet } from '../validate.ts';
+import { LOCALHOST_NODEPORTS_LIMIT } from '../limits.ts';
 import type { ProtocolName } from '../../dataplane/addr.ts';
 import { formatIPv4, parseIPv4, parseCidr, cidrContains, formatCidr } from '../../dataplane/addr.ts';
 import type { ParsedIptables, Rule, Table, AddrMatch } from './parser.ts';
@@ -36,14 +38,35 @@ export interface NotUnderstood {
 
 export interface ImportResult {
   ruleSet: RuleSet;
+  /** kube-proxy's rules (or rules in kube-proxy's chains) not understood: the import is partial */
   notUnderstood: NotUnderstood[];
+  /** other software's rules (docker, flannel, libvirt, ...): left to the kernel, not part of a rule set; the import is not partial for them */
+  otherSoftware: NotUnderstood[];
+  /** "left to the kernel: N rules in chains …" (null when there are none) */
+  leftToKernel: string | null;
+  /**
+   * kube-proxy's rules understood but served narrower by tunproxy than by the kernel (or not at all),
+   * and services or ports shadowed by an earlier rule for the same address and port: each with its line and why
+   */
+  limits: NotUnderstood[];
   warnings: string[];
+  /** where node.addresses came from */
+  nodeAddressesFrom: 'option' | 'dump' | null;
+  /** the rule set's validation errors (empty: the rule set is valid) */
+  errors: { path: string; message: string }[];
+  /** lines that do not parse as iptables-save text (also in notUnderstood) */
+  parseErrors: NotUnderstood[];
 }
 
 export interface ImportOptions {
-  /** the node's addresses (not in the dump); also tell whether a source range admits the node */
+  /** the node's addresses (else read from the dump's rules where they name them); also tell whether a source range admits the node */
   nodeAddresses?: string[];
+  /** the NodePort range ("LOW-HIGH"); default: 30000-32767, widened to the dump's NodePorts when they fall outside it */
+  nodePortRange?: string;
 }
+
+/** The text of a limit every import with localhost NodePorts reports (also in the README and `trace`). */
+export { LOCALHOST_NODEPORTS_LIMIT };
 
 /** The text cannot be imported at all (an IPv6 dump, or no kube-proxy chains). */
 export class IptablesImportError extends Error {
@@ -94,7 +117,29 @@ interface PortRec {
   natOrder: number;
   filterOrder: number;
   chainOrder: Map<string, number>;
+  /** its external traffic (or firewall) chain is missing from the dump: its NodePort and external addresses are left out */
+  externalUnknown: { line: number; chain: string } | null;
+  /** its ClusterIP masquerade rule: "all" (masqueradeAll), the cluster CIDR of "! -s CIDR", or null (none) */
+  masqForm: string | null;
+  /** addresses the port is served on by the kernel for some packets only: not imported for it */
+  excluded: Map<string, number>;
+  /** a rule of its own chains was not understood: the port is left out (never broader than the kernel) */
+  tainted: { line: number; reason: string } | null;
+  /** the rules claiming an address:port (ClusterIP, external, load-balancer IP) or a NodePort, by rank (nat lines before filter lines) */
+  claims: Claim[];
 }
+
+interface Claim {
+  kind: 'cluster' | 'external' | 'lb' | 'nodePort';
+  /** the address (null for a NodePort) */
+  ip: string | null;
+  port: number;
+  /** nat rules rank before filter rules: the kernel's nat PREROUTING decides before the filter table */
+  rank: number;
+  line: number;
+}
+
+const FILTER_RANK = 1e9;
 
 const SERVICE_SUFFIXES: [RegExp, string][] = [
   [/^(\S+) cluster IP$/, 'cluster'],
@@ -181,6 +226,9 @@ function chainRole(chain: string): 'svc' | 'svl' | 'ext' | 'fw' | 'xlb' | 'sep' 
   return null;
 }
 
+/** the comment of kube-proxy's rule sending pods' traffic for external destinations to the cluster policy chain */
+const POD_RULE = /^(pod traffic for \S+ external destinations|Redirect pods trying to reach external loadbalancer VIP to clusterIP)$/;
+
 /** kube-proxy's own chains that carry no service data */
 const TARGET_KINDS = new Set(['ACCEPT', 'DROP', 'RETURN', 'REJECT', 'MASQUERADE', 'SNAT', 'DNAT', 'MARK', 'LOG']);
 
@@ -205,6 +253,11 @@ export function softwareOf(chain: string): string | null {
     [/^(f2b-|fail2ban)/, 'fail2ban'],
     [/^(IN_|OUT_|FWD_|FWDI_|FWDO_|POST_|PRE_)public/, 'firewalld'],
     [/^KUBE-IPVS|^KUBE-LOAD-BALANCER|^KUBE-NODE-PORT$/, 'kube-proxy in IPVS mode'],
+    [/^KIND-/, 'kind'],
+    [/^IP-MASQ-AGENT$/, 'ip-masq-agent'],
+    [/^(CILIUM-|cilium-)/, 'cilium'],
+    [/^(ANTREA-)/, 'antrea'],
+    [/^(AWS-|AWS_)/, 'the AWS VPC CNI'],
   ];
   for (const [re, who] of known) if (re.test(chain)) return who;
   return null;
@@ -263,9 +316,60 @@ function mergeOrders<T>(sequences: T[][], rank: (x: T) => number, cycle: { found
   return out;
 }
 
+/** A KUBE-SERVICES / KUBE-NODEPORTS rule's conditions beyond kube-proxy's plain -d/-p/--dport/comment, in words; null when none. */
+function extraConditions(r: Rule, allowDst: boolean): string | null {
+  const words: string[] = [];
+  for (const m of r.matches) {
+    if (m.kind === 'unknown') words.push(`-m ${m.module} ${m.args.join(' ')}`.trim());
+    else if (m.kind === 'addrtype') words.push(`-m addrtype${m.srcType ? `${m.srcInvert ? ' !' : ''} --src-type ${m.srcType.join(',')}` : ''}${m.dstType ? `${m.dstInvert ? ' !' : ''} --dst-type ${m.dstType.join(',')}` : ''}`);
+    else if (m.kind === 'mark') words.push(`-m mark${m.invert ? ' !' : ''} --mark 0x${m.value.toString(16)}/0x${m.mask.toString(16)}`);
+    else if (m.kind === 'recent' || m.kind === 'statistic' || m.kind === 'multiport' || m.kind === 'conntrack') words.push(`-m ${m.kind}`);
+    else if (m.kind === 'port' && (m.sport || m.dportInvert)) words.push('a source port or inverted port match');
+  }
+  if (r.src) words.push(`${r.src.invert ? '! ' : ''}-s ${cidrOf(r.src)}`);
+  if (!allowDst && r.dst) words.push(`-d ${cidrOf(r.dst)}`);
+  if (r.inInterface) words.push(`-i ${r.inInterface.invert ? '! ' : ''}${r.inInterface.name}`);
+  if (r.outInterface) words.push(`-o ${r.outInterface.invert ? '! ' : ''}${r.outInterface.name}`);
+  if (r.fragment) words.push('-f');
+  return words.length > 0 ? words.join(' ') : null;
+}
+
+/**
+ * In a service port's own chains (KUBE-SVC-/SVL-/EXT-/XLB-/FW-/SEP-): matches kube-proxy never writes
+ * there (marks, other addrtype forms, conntrack, interfaces, unknown modules), in words; null when none.
+ * Source matches and `--src-type LOCAL` are checked where kube-proxy writes them.
+ */
+function unexpectedInChain(r: Rule): string | null {
+  const rest = {
+    ...r,
+    src: null,
+    dst: null,
+    matches: r.matches.filter((m) => m.kind !== 'statistic' && m.kind !== 'recent' && !(m.kind === 'addrtype' && !m.srcInvert && m.srcType?.length === 1 && m.srcType[0] === 'LOCAL' && !m.dstType)),
+  };
+  return extraConditions(rest, true);
+}
+
+/** `-m addrtype --dst-type LOCAL` and nothing else of addrtype */
+function onlyDstLocal(r: Rule): boolean {
+  let found = false;
+  for (const m of r.matches) {
+    if (m.kind !== 'addrtype') continue;
+    if (m.srcType || m.dstInvert || !m.dstType || m.dstType.length !== 1 || m.dstType[0] !== 'LOCAL') return false;
+    found = true;
+  }
+  return found;
+}
+
 class Importer {
   readonly notUnderstood: NotUnderstood[] = [];
+  readonly otherSoftware: NotUnderstood[] = [];
+  readonly limits: NotUnderstood[] = [];
   readonly warnings: string[] = [];
+  /** address:port/proto (or NodePort port/proto) → the chain a conditional or not-understood rule for it jumps to, and its line */
+  private readonly conditional = new Map<string, { target: string | null; line: number }>();
+  private nodeAddressesFrom: 'option' | 'dump' | null = null;
+  private readonly nodePortRange: string | null;
+  private readonly localhostNodePortLines: number[] = [];
   private readonly understood = new Set<Rule>();
   private readonly reported = new Set<Rule>();
   private readonly ports = new Map<string, PortRec>();
@@ -273,16 +377,55 @@ class Importer {
   private readonly processed = new Set<string>();
   private readonly nat: Table | undefined;
   private readonly filter: Table | undefined;
-  private readonly nodeAddresses: string[] | null;
+  private nodeAddresses: string[] | null;
   private clusterCIDRs: string[] = [];
   private masqueradeAll = false;
   private mark: number | null = null;
-  private warnedLocalhost = false;
 
   constructor(private readonly parsed: ParsedIptables, opts: ImportOptions) {
     this.nat = parsed.tables.get('nat');
     this.filter = parsed.tables.get('filter');
-    this.nodeAddresses = opts.nodeAddresses ?? null;
+    this.nodeAddresses = opts.nodeAddresses && opts.nodeAddresses.length > 0 ? opts.nodeAddresses : null;
+    if (this.nodeAddresses) this.nodeAddressesFrom = 'option';
+    this.nodePortRange = opts.nodePortRange ?? null;
+  }
+
+  /**
+   * An address served by the kernel for some packets only: left out of the port. A ClusterIP (one per
+   * service, shared by its ports) cannot be left out of one port alone: the port is left out.
+   */
+  private exclude(rec: PortRec, kind: string, ip: string, line: number): void {
+    rec.excluded.set(ip, line);
+    if (kind === 'cluster' && rec.tainted === null) rec.tainted = { line, reason: `its ClusterIP rule matches only some packets` };
+  }
+
+  /** Other software's rule: left to the kernel, listed apart. */
+  private other(r: Rule, reason: string): void {
+    if (this.reported.has(r)) return;
+    this.reported.add(r);
+    this.otherSoftware.push({ line: r.line, text: r.text.trim(), reason });
+    this.otherChains.push([r.table, r.chain]);
+  }
+
+  private readonly otherChains: [string, string][] = [];
+
+  private limit(r: Rule | null, line: number, reason: string): void {
+    this.limits.push({ line: r?.line ?? line, text: r ? r.text.trim() : '', reason });
+  }
+
+  /** The node's addresses where the dump names them: `-d ADDRESS -j KUBE-NODEPORTS` (kube-proxy's --nodeport-addresses). */
+  private nodeAddressesFromDump(): void {
+    if (this.nodeAddresses) return;
+    const found: string[] = [];
+    for (const r of this.chain(this.nat, 'KUBE-SERVICES')?.rules ?? []) {
+      const a = jumpOf(r) === 'KUBE-NODEPORTS' ? hostOf(r.dst) : null;
+      if (a !== null && !a.startsWith('127.') && !found.includes(a)) found.push(a);
+    }
+    if (found.length > 0) {
+      this.nodeAddresses = found;
+      this.nodeAddressesFrom = 'dump';
+      this.warn(`the node's addresses are taken from the dump's NodePort rules (-d … -j KUBE-NODEPORTS): ${found.join(', ')}`);
+    }
   }
 
   private ok(r: Rule): void {
@@ -293,6 +436,9 @@ class Importer {
     if (this.reported.has(r)) return;
     this.reported.add(r);
     this.notUnderstood.push({ line: r.line, text: r.text.trim(), reason });
+    // a rule not understood in a service port's own chains: what the kernel does for that port is not known
+    const owner = this.chainOwner.get(r.chain);
+    if (owner && owner.tainted === null) owner.tainted = { line: r.line, reason };
   }
 
   private warn(message: string): void {
@@ -325,6 +471,11 @@ class Importer {
         natOrder: Infinity,
         filterOrder: Infinity,
         chainOrder: new Map(),
+        claims: [],
+        excluded: new Map(),
+        masqForm: null,
+        externalUnknown: null,
+        tainted: null,
       };
       this.ports.set(key, rec);
     }
@@ -373,6 +524,10 @@ class Importer {
         text: from.text.trim(),
         reason: `jumps to ${target}, which the dump does not define (a partial dump?): what it does for ${rec.name} is unknown`,
       });
+      // without its chain, what the kernel does there is unknown: left out rather than rejected (never broader).
+      // An external traffic or firewall chain only concerns the NodePort and the external/load-balancer IPs.
+      if (role === 'ext' || role === 'fw' || role === 'xlb') rec.externalUnknown = { line: from.line, chain: target };
+      else if (rec.tainted === null) rec.tainted = { line: from.line, reason: `the dump does not define ${target}` };
       return;
     }
     switch (role) {
@@ -399,10 +554,23 @@ class Importer {
     if (jumpOf(r) !== 'KUBE-MARK-MASQ') return false;
     const dst = hostOf(r.dst);
     const port = dportOf(r);
+    // v1.22-v1.23: "<name> external IP" / "loadbalancer IP" masquerade in the service chain, off-cluster sources only
+    const kind = classifyComment(r.comment)?.kind;
+    if ((kind === 'external' || kind === 'lb') && dst !== null && port !== null && extraConditions({ ...r, src: null }, true) === null) {
+      if (r.src && !r.src.invert) return false;
+      if (r.src) {
+        this.clusterCIDR(cidrOf(r.src), r);
+        this.limit(r, r.line, `${rec.name}: kube-proxy (v1.22-v1.23 layout) does not masquerade pods of ${cidrOf(r.src)} reaching ${dst}:${port}; tunproxy masquerades all traffic to external and load-balancer IPs of an externalTrafficPolicy Cluster service, as kube-proxy v1.24+ does`);
+      }
+      this.ok(r);
+      return true;
+    }
+    if (extraConditions({ ...r, src: null }, true) !== null || addrtypeOf(r) || statisticOf(r) || recentOf(r)) return false;
     if (dst !== null && port !== null && (rec.clusterIP === null || dst === rec.clusterIP)) {
       if (r.src && r.src.invert) this.clusterCIDR(cidrOf(r.src), r);
       else if (!r.src) this.masqueradeAll = true;
       else return false;
+      rec.masqForm = r.src ? cidrOf(r.src) : 'all';
       this.ok(r);
       return true;
     }
@@ -434,6 +602,7 @@ class Importer {
           reason: `jumps to ${sep}, which the dump does not define (a partial dump?): that endpoint of ${rec.name} is unknown`,
         });
       }
+      if (rec.tainted === null) rec.tainted = { line: from.line, reason: `the dump does not define ${sep}` };
       return null;
     }
     this.chainOwner.set(sep, rec);
@@ -441,9 +610,9 @@ class Importer {
     let ep: EndpointRec | null = null;
     for (const r of chain.rules) {
       const t = r.target;
-      const why = hasUnknown(r);
+      const why = hasUnknown(r) ?? unexpectedInChain(r) ?? (addrtypeOf(r) || statisticOf(r) || recentOf(r)?.action === 'rcheck' || r.dst || (r.src && (r.src.invert || jumpOf(r) !== 'KUBE-MARK-MASQ')) ? 'a match kube-proxy does not write in an endpoint chain' : null);
       if (why) {
-        this.no(r, why);
+        this.no(r, hasUnknown(r) ?? `conditions kube-proxy does not write in an endpoint chain (${why})`);
         continue;
       }
       if (t && t.kind === 'DNAT') {
@@ -482,15 +651,20 @@ class Importer {
     const affinityEps: EndpointRec[] = [];
     const probabilities: (number | null)[] = [];
     for (const r of rules) {
-      const why = hasUnknown(r);
+      const why = hasUnknown(r) ?? unexpectedInChain(r);
       if (why) {
-        this.no(r, why);
+        this.no(r, hasUnknown(r) ?? `conditions kube-proxy does not write in a service chain (${why})`);
         continue;
       }
       if (this.masqueradeRule(rec, r)) continue;
       const target = jumpOf(r);
+      if (r.src || r.dst || addrtypeOf(r)) {
+        this.no(r, `not a rule kube-proxy writes in ${role === 'svc' ? 'a cluster' : 'a local'} policy chain (a source, destination or addrtype match)`);
+        continue;
+      }
       if (target === 'KUBE-MARK-DROP' && r.comment !== null && r.comment.endsWith('has no local endpoints')) {
         this.ok(r); // pre-1.24: no local endpoints for external traffic
+        this.markDropLimit(rec, r);
         continue;
       }
       if (target !== null && target.startsWith(SEP_PREFIX)) {
@@ -542,19 +716,24 @@ class Importer {
     rec.eTPLocal = true;
     const endpointRules: Rule[] = [];
     for (const r of rules) {
-      const why = hasUnknown(r);
+      const why = hasUnknown(r) ?? unexpectedInChain(r) ?? (r.dst || (r.src && r.src.invert) ? 'a destination or inverted source match' : null);
       if (why) {
-        this.no(r, why);
+        this.no(r, hasUnknown(r) ?? `conditions kube-proxy does not write in a service chain (${why})`);
         continue;
       }
       const target = jumpOf(r);
+      const local = addrtypeOf(r)?.src?.includes('LOCAL') === true;
       if (target !== null && target.startsWith(SVC_PREFIX)) {
+        if (!!r.src === local || (r.src && !POD_RULE.test(r.comment ?? ''))) {
+          this.no(r, 'a jump to the cluster policy chain that is neither kube-proxy\'s pod rule nor its --src-type LOCAL rule');
+          continue;
+        }
         if (r.src && !r.src.invert) this.clusterCIDR(cidrOf(r.src), r);
         this.ok(r);
         this.follow(rec, target, r);
         continue;
       }
-      if (target === 'KUBE-MARK-MASQ' && addrtypeOf(r)?.src?.includes('LOCAL')) {
+      if (target === 'KUBE-MARK-MASQ' && local && !r.src) {
         this.ok(r);
         continue;
       }
@@ -566,9 +745,13 @@ class Importer {
   /** KUBE-EXT-: masquerade (Cluster) or the short-circuit rules (Local), then the policy chain */
   private extChain(rec: PortRec, rules: Rule[]): void {
     for (const r of rules) {
-      const why = hasUnknown(r);
+      const why = hasUnknown(r) ?? unexpectedInChain(r) ?? (r.dst || (r.src && r.src.invert) ? 'a destination or inverted source match' : null);
       if (why) {
-        this.no(r, why);
+        this.no(r, hasUnknown(r) ?? `conditions kube-proxy does not write in a service chain (${why})`);
+        continue;
+      }
+      if (statisticOf(r) || recentOf(r)) {
+        this.no(r, 'not a rule kube-proxy writes in an external traffic chain (statistic or recent)');
         continue;
       }
       const target = jumpOf(r);
@@ -576,15 +759,15 @@ class Importer {
       if (target === 'KUBE-MARK-MASQ' && !addrtypeOf(r) && !r.src) {
         rec.eTPLocal = false;
         this.ok(r);
-      } else if (target === 'KUBE-MARK-MASQ' && addrtypeOf(r)?.src?.includes('LOCAL')) {
+      } else if (target === 'KUBE-MARK-MASQ' && addrtypeOf(r)?.src?.includes('LOCAL') && !r.src) {
         rec.eTPLocal = true;
         this.ok(r);
-      } else if (target !== null && target.startsWith(SVC_PREFIX) && r.src && !r.src.invert) {
+      } else if (target !== null && target.startsWith(SVC_PREFIX) && r.src && !r.src.invert && !addrtypeOf(r) && POD_RULE.test(c)) {
         rec.eTPLocal = true; // pod traffic for external destinations
         this.clusterCIDR(cidrOf(r.src), r);
         this.ok(r);
         this.follow(rec, target, r);
-      } else if (target !== null && target.startsWith(SVC_PREFIX) && addrtypeOf(r)?.src?.includes('LOCAL')) {
+      } else if (target !== null && target.startsWith(SVC_PREFIX) && addrtypeOf(r)?.src?.includes('LOCAL') && !r.src) {
         rec.eTPLocal = true;
         this.ok(r);
         this.follow(rec, target, r);
@@ -602,12 +785,16 @@ class Importer {
   private fwChain(rec: PortRec, rules: Rule[]): void {
     const sources: { cidr: string; rule: Rule }[] = [];
     for (const r of rules) {
-      const why = hasUnknown(r);
+      const why = hasUnknown(r) ?? unexpectedInChain(r) ?? (r.dst || (r.src && r.src.invert) ? 'a destination or inverted source match' : null);
       if (why) {
-        this.no(r, why);
+        this.no(r, hasUnknown(r) ?? `conditions kube-proxy does not write in a service chain (${why})`);
         continue;
       }
       const target = jumpOf(r);
+      if (addrtypeOf(r) || statisticOf(r) || recentOf(r)) {
+        this.no(r, 'not a rule kube-proxy writes in a firewall chain (addrtype, statistic or recent)');
+        continue;
+      }
       if (r.src && !r.src.invert && target !== null && chainRole(target) !== null && chainRole(target) !== 'sep') {
         sources.push({ cidr: cidrOf(r.src), rule: r });
         this.ok(r);
@@ -616,6 +803,7 @@ class Importer {
         this.ok(r);
       } else if (target === 'KUBE-MARK-DROP' && !r.src) {
         this.ok(r); // pre-1.24
+        this.markDropLimit(rec, r);
       } else if (target === 'KUBE-MARK-MASQ' && !r.src) {
         this.ok(r); // pre-1.21: LB traffic masqueraded in the FW chain
       } else if (target !== null && chainRole(target) !== null && !r.src) {
@@ -629,6 +817,11 @@ class Importer {
     rec.sourceRanges = sources.map((s) => s.cidr);
     this.fwSources = this.fwSources ?? new Map();
     this.fwSources.set(rec, sources);
+  }
+
+  /** pre-1.24: KUBE-MARK-DROP only marks; kubelet's KUBE-FIREWALL drops marked packets on INPUT/OUTPUT, not when forwarded */
+  private markDropLimit(rec: PortRec, r: Rule): void {
+    this.limit(r, r.line, `${rec.name}: the kernel only marks this traffic for dropping (KUBE-MARK-DROP); kubelet's KUBE-FIREWALL drops it where it is delivered to the node (INPUT), while forwarded packets go on unserved; tunproxy drops it (source_range / no_local_endpoints) either way`);
   }
 
   private fwSources: Map<PortRec, { cidr: string; rule: Rule }[]> | null = null;
@@ -652,7 +845,7 @@ class Importer {
         ranges = head;
         rec.lbIPSources = true;
         if (nodeAddrs === null) {
-          this.warn(`${rec.name}: its firewall chain admits the load-balancer IPs as sources (a source range holds the node), but the node's addresses are not known: pass nodeAddresses`);
+          this.warn(`${rec.name}: its firewall chain admits the load-balancer IPs as sources (a source range holds the node), but the node's addresses are not known: give them with --node-address`);
         }
       }
     }
@@ -668,24 +861,62 @@ class Importer {
     for (const r of chain.rules) {
       if (jumpOf(r) === 'KUBE-NODEPORTS') {
         const at = addrtypeOf(r);
-        if (at?.dst?.includes('LOCAL') || r.dst) {
-          this.ok(r);
-          if (!at && r.dst) this.warn('NodePorts answer only on some node addresses (--nodeport-addresses); imported as answering on all node addresses');
+        const plainHook = onlyDstLocal(r) ? extraConditions({ ...r, matches: r.matches.filter((m) => m.kind !== 'addrtype') }, true) === null : !at && extraConditions(r, true) === null;
+        if (!plainHook) {
+          // the kernel answers NodePorts only for some packets: tunproxy cannot tell which, so none is imported
+          this.no(r, hasUnknown(r) ?? `a jump to KUBE-NODEPORTS with conditions tunproxy does not model (${extraConditions(r, true)}): no NodePort is imported`);
+          this.nodePortsHookConditional = true;
           continue;
         }
-      }
-      const why = hasUnknown(r);
-      if (why) {
-        this.no(r, why);
-        continue;
+        if (at?.dst?.includes('LOCAL') || r.dst) {
+          this.ok(r);
+          if (!at && r.dst && !(r.dst.net === 0x7f000000 && r.dst.bits === 8) && this.nodeAddressesFrom === 'option' && this.nodeAddresses!.some((a) => a !== hostOf(r.dst))) this.warn('NodePorts answer only on the addresses the dump names (kube-proxy\'s --nodeport-addresses); tunproxy answers them on every node address in node.addresses');
+          continue;
+        }
       }
       const c = classifyComment(r.comment);
       const proto = protoOf(r);
       const dst = hostOf(r.dst);
       const port = dportOf(r);
       const target = jumpOf(r);
+      const key = dst !== null && port !== null && proto !== null ? `${dst}:${port}/${proto}` : null;
+      const why = hasUnknown(r);
+      const serviceRule = c !== null && ['cluster', 'external', 'lb'].includes(c.kind) && proto !== null && dst !== null && port !== null && target !== null;
+      // conditions kube-proxy's plain rules do not have (physdev, addrtype, marks, source matches) make the kernel
+      // serve the address for some packets only: tunproxy cannot tell which, so it leaves the address out
+      const masqRule = target === 'KUBE-MARK-MASQ';
+      const extra = serviceRule && !masqRule ? extraConditions(r, true) : null;
+      if (serviceRule && extra !== null) {
+        const rec = this.port(c!.name, proto!);
+        this.seen(rec, 'nat', r);
+        this.setServicePort(rec, port!, r);
+        if (onlyDstLocal(r) && extraConditions({ ...r, matches: r.matches.filter((m) => m.kind !== 'addrtype') }, true) === null) {
+          // `-m addrtype --dst-type LOCAL`: the same as the plain rule where the address is the node's, else it never matches
+          if (this.nodeAddresses?.includes(dst!)) {
+            // fall through to the plain handling below
+          } else {
+            this.ok(r);
+            this.exclude(rec, c!.kind, dst!, r.line);
+            this.limit(r, r.line, `${c!.name}: ${key} is served by this rule only when ${dst} is a node address, which it is not (${this.nodeAddresses?.join(', ') || 'no node address known'}): not imported from this rule`);
+            continue;
+          }
+        } else {
+          const known = /physdev/.test(extra) && /addrtype/.test(extra);
+          if (known) this.ok(r);
+          else this.no(r, why ?? `conditions tunproxy does not model (${extra})`);
+          if (!this.conditional.has(key!)) this.conditional.set(key!, { target, line: r.line });
+          this.exclude(rec, c!.kind, dst!, r.line);
+          this.limit(r, r.line, `${c!.name}: the kernel sends ${key} to ${target} only for packets with ${extra}; tunproxy cannot tell those packets apart, so this address is left out for every source (narrower than the kernel)`);
+          continue;
+        }
+      } else if (why) {
+        this.no(r, why);
+        if (key !== null && !this.conditional.has(key)) this.conditional.set(key, { target, line: r.line });
+        continue;
+      }
       if (!c || !['cluster', 'external', 'lb'].includes(c.kind)) {
         this.no(r, r.comment === null ? 'no comment naming the service port' : `comment "${r.comment}" does not name a service's cluster, external or load-balancer IP`);
+        if (key !== null && !this.conditional.has(key)) this.conditional.set(key, { target, line: r.line });
         continue;
       }
       if (proto === null || dst === null || port === null || target === null) {
@@ -695,12 +926,34 @@ class Importer {
       const rec = this.port(c.name, proto);
       this.seen(rec, 'nat', r);
       this.setServicePort(rec, port, r);
+      if (!masqRule) {
+        // an earlier rule for the same address and port that matches only some packets sends those elsewhere
+        const earlier = this.conditional.get(key!);
+        if (earlier && earlier.target !== target) {
+          this.ok(r);
+          this.exclude(rec, c.kind, dst, r.line);
+          this.limit(r, r.line, `${c.name}: ${key} is taken first, for some packets, by the rule at line ${earlier.line}; tunproxy cannot tell those packets apart, so ${dst} is left out of ${c.name}`);
+          continue;
+        }
+        if (earlier && earlier.target === target && rec.excluded.get(dst) === earlier.line) {
+          // the conditional rule sends its packets where this one sends all the others: served for every source
+          rec.excluded.delete(dst);
+          const at = this.limits.findIndex((l) => l.line === earlier.line);
+          if (at >= 0) this.limits.splice(at, 1);
+        }
+        rec.claims.push({ kind: c.kind as Claim['kind'], ip: dst, port, rank: r.line, line: r.line });
+      }
       if (c.kind === 'cluster') {
         this.setClusterIP(rec, dst, r);
-        if (target === 'KUBE-MARK-MASQ') {
+        if (masqRule) {
           // before v1.13 the masquerade rule sat in KUBE-SERVICES
           if (r.src && r.src.invert) this.clusterCIDR(cidrOf(r.src), r);
           else if (!r.src) this.masqueradeAll = true;
+          else {
+            this.no(r, `a masquerade rule for the ClusterIP with a source match kube-proxy does not write (${cidrOf(r.src)})`);
+            continue;
+          }
+          rec.masqForm = r.src ? cidrOf(r.src) : 'all';
           this.ok(r);
           continue;
         }
@@ -710,12 +963,20 @@ class Importer {
           continue;
         }
       } else if (c.kind === 'external') {
-        if (!rec.externalIPs.includes(dst)) rec.externalIPs.push(dst);
-        if (target === 'KUBE-MARK-MASQ') {
+        if (masqRule) {
+          if (extraConditions(r, true) !== null) {
+            this.no(r, `a masquerade rule for an external IP with conditions kube-proxy does not write (${extraConditions(r, true)})`);
+            continue;
+          }
           this.ok(r);
           continue;
         }
+        if (!rec.externalIPs.includes(dst)) rec.externalIPs.push(dst);
       } else {
+        if (masqRule) {
+          this.no(r, 'a masquerade rule for a load-balancer IP in KUBE-SERVICES');
+          continue;
+        }
         if (!rec.lbIPs.includes(dst)) rec.lbIPs.push(dst);
       }
       this.ok(r);
@@ -723,33 +984,46 @@ class Importer {
     }
   }
 
+  private nodePortsHookConditional = false;
+
   private natNodePorts(): void {
     const chain = this.chain(this.nat, 'KUBE-NODEPORTS');
     if (!chain) return;
+    if (this.nodePortsHookConditional) {
+      for (const r of chain.rules) this.no(r, 'KUBE-NODEPORTS is reached only for some packets (see the jump to it): NodePorts are left out');
+      return;
+    }
     for (const r of chain.rules) {
-      if (r.dst && r.dst.net === 0x7f000000 && r.dst.bits === 8) {
+      if (r.dst && r.dst.net === 0x7f000000 && r.dst.bits === 8 && !r.dst.invert) {
+        // kube-proxy's --iptables-localhost-nodeports (with route_localnet): tunproxy does not serve them
         this.ok(r);
-        if (!this.warnedLocalhost) {
-          this.warnedLocalhost = true;
-          this.warn('NodePorts on 127.0.0.0/8 (localhost NodePorts) are not part of a rule set; those rules are read as the NodePort itself');
-        }
-        continue;
-      }
-      const why = hasUnknown(r);
-      if (why) {
-        this.no(r, why);
+        this.localhostNodePortLines.push(r.line);
         continue;
       }
       const name = serviceFromComment(r.comment);
       const proto = protoOf(r);
       const port = dportOf(r);
       const target = jumpOf(r);
-      if (name === null || proto === null || port === null || target === null || r.dst) {
+      const key = proto !== null && port !== null ? `NodePort ${port}/${proto}` : null;
+      const why = hasUnknown(r) ?? extraConditions(r, false);
+      if (why) {
+        this.no(r, hasUnknown(r) ?? `conditions tunproxy does not model (${why})`);
+        if (key !== null && !this.conditional.has(key)) this.conditional.set(key, { target, line: r.line });
+        continue;
+      }
+      if (name === null || proto === null || port === null || target === null) {
         this.no(r, 'expected -m comment --comment <service port> -p tcp|udp|sctp --dport <nodePort> -j <chain>');
         continue;
       }
       const rec = this.port(name, proto);
       this.seen(rec, 'nat', r);
+      const earlier = this.conditional.get(key!);
+      if (earlier && earlier.target !== target) {
+        this.ok(r);
+        this.limit(r, r.line, `${name}: ${key} is taken first, for some packets, by the rule at line ${earlier.line}; tunproxy cannot tell those packets apart, so the NodePort is left out of ${name}`);
+        continue;
+      }
+      if (target !== 'KUBE-MARK-MASQ') rec.claims.push({ kind: 'nodePort', ip: null, port, rank: r.line, line: r.line });
       if (rec.nodePort !== null && rec.nodePort !== port) this.warn(`${name}: two NodePorts (${rec.nodePort}, ${port} at line ${r.line}); the first is kept`);
       if (rec.nodePort === null) rec.nodePort = port;
       this.ok(r);
@@ -759,14 +1033,29 @@ class Importer {
     }
   }
 
+  /**
+   * A filter rule for a service port with conditions kube-proxy does not write: not understood, and the
+   * port is left out (the kernel rejects or drops only some of its packets). True when so.
+   */
+  private filterConditions(r: Rule): boolean {
+    // the NodePort form: `-m addrtype --dst-type LOCAL` with no destination address
+    const plain = { ...r, matches: r.matches.filter((m) => !(m.kind === 'addrtype' && onlyDstLocal(r) && !r.dst)) };
+    const extra = hasUnknown(r) ?? extraConditions(plain, true);
+    if (extra === null) return false;
+    this.no(r, hasUnknown(r) ?? `conditions tunproxy does not model (${extra})`);
+    const c = classifyComment(r.comment);
+    const proto = protoOf(r);
+    if (c && proto) {
+      const rec = this.port(c.name, proto);
+      if (rec.tainted === null) rec.tainted = { line: r.line, reason: `conditions tunproxy does not model (${extra})` };
+    }
+    return true;
+  }
+
   private filterRules(): void {
     const services = this.chain(this.filter, 'KUBE-SERVICES');
     for (const r of services?.rules ?? []) {
-      const why = hasUnknown(r);
-      if (why) {
-        this.no(r, why);
-        continue;
-      }
+      if (this.filterConditions(r)) continue;
       const c = classifyComment(r.comment);
       const proto = protoOf(r);
       const dst = hostOf(r.dst);
@@ -784,15 +1073,12 @@ class Importer {
         rec.iTPLocal = true;
         rec.hasRemoteOnly = true;
       }
+      rec.claims.push({ kind: 'cluster', ip: dst, port, rank: FILTER_RANK + r.line, line: r.line });
       this.ok(r);
     }
     const ext = this.chain(this.filter, 'KUBE-EXTERNAL-SERVICES');
     for (const r of ext?.rules ?? []) {
-      const why = hasUnknown(r);
-      if (why) {
-        this.no(r, why);
-        continue;
-      }
+      if (this.filterConditions(r)) continue;
       const c = classifyComment(r.comment);
       const proto = protoOf(r);
       const port = dportOf(r);
@@ -808,7 +1094,9 @@ class Importer {
       if (dst !== null) {
         this.setServicePort(rec, port, r);
         if (!rec.externalIPs.includes(dst) && !rec.lbIPs.includes(dst) && !rec.unclassifiedIPs.includes(dst)) rec.unclassifiedIPs.push(dst);
+        rec.claims.push({ kind: 'external', ip: dst, port, rank: FILTER_RANK + r.line, line: r.line });
       } else if (addrtypeOf(r)?.dst?.includes('LOCAL') && !r.dst) {
+        rec.claims.push({ kind: 'nodePort', ip: null, port, rank: FILTER_RANK + r.line, line: r.line });
         if (rec.nodePort === null) rec.nodePort = port;
         else if (rec.nodePort !== port) this.warn(`${rec.name}: two NodePorts (${rec.nodePort}, ${port} at line ${r.line}); the first is kept`);
       } else {
@@ -865,7 +1153,8 @@ class Importer {
       else this.no(r, 'not one of kubelet\'s KUBE-FIREWALL rules');
     }
     for (const r of this.chain(this.filter, 'KUBE-NODEPORTS')?.rules ?? []) {
-      if (r.comment?.endsWith('health check node port')) this.no(r, 'health check node ports are not part of a tunproxy rule set');
+      // the health check NodePort kube-proxy itself answers (externalTrafficPolicy Local): accepted, not a service
+      if (r.comment?.endsWith('health check node port') && r.target?.kind === 'ACCEPT' && !hasUnknown(r)) this.ok(r);
       else this.no(r, 'not a health check node port rule');
     }
     // hooks from the built-in chains
@@ -876,10 +1165,11 @@ class Importer {
         for (const r of chain.rules) {
           const target = jumpOf(r);
           if (target !== null && KUBE_INFRA_CHAINS.has(target) && !hasUnknown(r) && !r.src && !r.dst) this.ok(r);
-          else if (target !== null && target.startsWith('KUBE-') && !KUBE_INFRA_CHAINS.has(target)) this.no(r, `jumps to ${target} from a built-in chain: not kube-proxy's layout`);
+          else if (target !== null && target.startsWith('KUBE-') && softwareOf(target) === null && !KUBE_INFRA_CHAINS.has(target)) this.no(r, `jumps to ${target} from a built-in chain: not kube-proxy's layout`);
+          else if (target !== null && KUBE_INFRA_CHAINS.has(target)) this.no(r, `a jump to ${target} with conditions kube-proxy does not write`);
           else {
             const who = target !== null ? softwareOf(target) : null;
-            this.no(r, `a rule of ${who ?? 'other software'} in the built-in chain ${chain.name} (${table.name})${target !== null && !TARGET_KINDS.has(target) ? `, jumping to ${target}` : ''}`);
+            this.other(r, `a rule of ${who ?? 'other software'} in the built-in chain ${chain.name} (${table.name})${target !== null && !TARGET_KINDS.has(target) ? `, jumping to ${target}` : ''}`);
           }
         }
       }
@@ -891,21 +1181,17 @@ class Importer {
 
   /** Everything not yet accounted for: other software's chains, stale or unknown KUBE- chains. */
   private leftovers(): void {
-    const foreign: string[] = [];
     for (const [tname, table] of this.parsed.tables) {
       for (const chain of table.chains.values()) {
-        const ours = chain.name.startsWith('KUBE-');
+        const ours = chain.name.startsWith('KUBE-') && softwareOf(chain.name) === null;
         const isInfra = KUBE_INFRA_CHAINS.has(chain.name);
         const role = chainRole(chain.name);
         if (tname !== 'nat' && tname !== 'filter') {
-          if (chain.name === 'KUBE-PROXY-CANARY' || chain.name === 'KUBE-KUBELET-CANARY') continue;
-          if (chain.rules.length > 0) foreign.push(`${chain.name} (${tname}, ${chain.rules.length} rules${softwareOf(chain.name) ? ', ' + softwareOf(chain.name) : ''})`);
-          for (const r of chain.rules) this.no(r, `table ${tname} is not read (kube-proxy writes only nat and filter)`);
+          for (const r of chain.rules) this.other(r, `table ${tname} is not read (kube-proxy writes only nat and filter)`);
           continue;
         }
         if (!ours && chain.policy === null) {
-          foreign.push(`${chain.name} (${tname}, ${chain.rules.length} rule${chain.rules.length === 1 ? '' : 's'}${softwareOf(chain.name) ? ', ' + softwareOf(chain.name) : ''})`);
-          for (const r of chain.rules) this.no(r, foreignChain(chain.name));
+          for (const r of chain.rules) this.other(r, foreignChain(chain.name));
           continue;
         }
         for (const r of chain.rules) {
@@ -916,22 +1202,83 @@ class Importer {
         }
       }
     }
-    if (foreign.length > 0) this.warn(`left out chains of other software: ${foreign.join(', ')}`);
+    // other software that runs before kube-proxy in nat PREROUTING / OUTPUT can take packets kube-proxy would serve
+    for (const hook of ['PREROUTING', 'OUTPUT']) {
+      const rules = this.chain(this.nat, hook)?.rules ?? [];
+      const at = rules.findIndex((r) => jumpOf(r) === 'KUBE-SERVICES');
+      if (at < 0) continue;
+      const before = rules.slice(0, at).filter((r) => !this.understood.has(r));
+      if (before.length > 0) {
+        this.limit(before[0], before[0].line, `${before.length} rule${before.length === 1 ? '' : 's'} of other software run${before.length === 1 ? 's' : ''} before kube-proxy's in nat ${hook} (from line ${before[0].line}): packets they translate or accept never reach kube-proxy's rules in the kernel, and tunproxy does not know which`);
+      }
+    }
+    // other software setting kube-proxy's masquerade mark: the kernel masquerades those packets, tunproxy does not
+    const mark = this.masqMark ?? 0x4000;
+    for (const table of [this.nat, this.filter]) {
+      for (const chain of table?.chains.values() ?? []) {
+        if (chain.name === 'KUBE-MARK-MASQ' || (chain.name.startsWith('KUBE-') && softwareOf(chain.name) === null)) continue;
+        for (const r of chain.rules) {
+          const t = r.target;
+          if (t && t.kind === 'MARK' && (t.value & mark) !== 0 && (t.mask & mark) !== 0) {
+            this.limit(r, r.line, `other software sets kube-proxy's masquerade mark 0x${mark.toString(16)} (chain ${chain.name}): the kernel masquerades those packets; tunproxy does not`);
+          }
+        }
+      }
+    }
   }
+
+  /** Other software's MASQUERADE/SNAT in nat POSTROUTING still applies to the packets tunproxy writes back. */
+  private otherMasquerade(): void {
+    const n = this.otherSoftware.filter((o, i) => this.otherChains[i][0] === 'nat' && /-j (MASQUERADE|SNAT)\b/.test(o.text));
+    if (n.length > 0) this.warn(`${n.length} rule${n.length === 1 ? '' : 's'} of other software masquerade in the nat table (line${n.length === 1 ? '' : 's'} ${n.map((o) => o.line).join(', ')}): the kernel still applies them to the packets tunproxy sends on, after its own masquerade decision`);
+  }
+
+  /** "left to the kernel: N rules in chains …" */
+  private leftToKernel(): string | null {
+    if (this.otherSoftware.length === 0) return null;
+    const byChain = new Map<string, number>();
+    for (const [table, chain] of this.otherChains) byChain.set(`${table} ${chain}`, (byChain.get(`${table} ${chain}`) ?? 0) + 1);
+    const parts = [...byChain].map(([k, n]) => {
+      const [table, c] = k.split(' ');
+      const who = softwareOf(c);
+      return `${c} (${table}, ${n}${who ? ', ' + who : ''})`;
+    });
+    const n = this.otherSoftware.length;
+    return `left to the kernel: ${n} rule${n === 1 ? '' : 's'} of other software in chains ${parts.join(', ')}`;
+  }
+
+  private readonly parseErrors: NotUnderstood[] = [];
 
   run(): ImportResult {
     for (const e of this.parsed.errors) {
       const text = e.line > 0 ? this.lineText(e.line) : '';
       this.notUnderstood.push({ line: e.line, text, reason: e.message });
+      this.parseErrors.push({ line: e.line, text, reason: e.message });
     }
     this.infrastructure();
+    this.nodeAddressesFromDump();
     this.natServices();
     this.natNodePorts();
     this.filterRules();
     for (const rec of this.ports.values()) this.settleSourceRanges(rec);
     this.leftovers();
+    this.otherMasquerade();
     this.notUnderstood.sort((a, b) => a.line - b.line);
-    return { ruleSet: this.build(), notUnderstood: this.notUnderstood, warnings: this.warnings };
+    this.otherSoftware.sort((a, b) => a.line - b.line);
+    const ruleSet = this.build();
+    const errors = this.validate(ruleSet);
+    this.limits.sort((a, b) => a.line - b.line);
+    return {
+      ruleSet,
+      notUnderstood: this.notUnderstood,
+      otherSoftware: this.otherSoftware,
+      leftToKernel: this.leftToKernel(),
+      limits: this.limits,
+      warnings: this.warnings,
+      nodeAddressesFrom: this.nodeAddressesFrom,
+      errors,
+      parseErrors: this.parseErrors,
+    };
   }
 
   private lines: string[] | null = null;
@@ -945,7 +1292,48 @@ class Importer {
   }
 
   private build(): RuleSet {
-    const recs = [...this.ports.values()];
+    // external and load-balancer IPs are the service's, shared by its ports: a port the kernel serves on one
+    // of them for some packets only cannot be served there for all, so it is left out
+    const serviceIPs = new Map<string, Set<string>>();
+    const svcKey = (rec: PortRec) => rec.name.replace(/:[^/]*$/, '');
+    for (const rec of this.ports.values()) {
+      let set = serviceIPs.get(svcKey(rec));
+      if (!set) serviceIPs.set(svcKey(rec), (set = new Set()));
+      for (const ip of [...rec.externalIPs, ...rec.lbIPs, ...rec.unclassifiedIPs]) set.add(ip);
+    }
+    for (const rec of this.ports.values()) {
+      if (rec.tainted === null && rec.externalUnknown !== null && serviceIPs.get(svcKey(rec))!.size > 0) {
+        rec.tainted = { line: rec.externalUnknown.line, reason: `the dump does not define ${rec.externalUnknown.chain}, and the service has external or load-balancer IPs` };
+      }
+      if (rec.tainted !== null) continue;
+      for (const [ip, line] of rec.excluded) {
+        if (serviceIPs.get(svcKey(rec))!.has(ip)) {
+          rec.tainted = { line, reason: `the service's address ${ip} is served for this port only for some packets` };
+          break;
+        }
+      }
+    }
+    // one masquerade setting for the node: ports whose ClusterIP masquerade rule says otherwise are left out
+    const dnatting = [...this.ports.values()].filter((rec) => rec.tainted === null && rec.clusterIP !== null && ((rec.iTPLocal ? rec.localEndpoints : rec.clusterEndpoints)?.length ?? 0) > 0).sort((a, b) => a.natOrder - b.natOrder);
+    if (dnatting.length > 0) {
+      const form = dnatting[0].masqForm ?? 'none';
+      this.masqueradeAll = form === 'all';
+      if (form !== 'all' && form !== 'none') this.clusterCIDRs = [form, ...this.clusterCIDRs.filter((c) => c !== form)];
+      for (const rec of dnatting) {
+        const f = rec.masqForm ?? 'none';
+        if (f !== form) rec.tainted = { line: rec.natOrder, reason: `its ClusterIP masquerade rule (${f === 'all' ? 'every source' : f === 'none' ? 'none' : '! -s ' + f}) differs from the node's (${form === 'all' ? 'every source' : form === 'none' ? 'none' : '! -s ' + form}, ${dnatting[0].name})` };
+      }
+    }
+    const recs = [...this.ports.values()].filter((rec) => {
+      if (rec.tainted === null && rec.port === null) {
+        const line = rec.claims[0]?.line ?? 0;
+        this.limit(null, line, `${rec.name}: left out: no rule in the dump gives its service port number`);
+        return false;
+      }
+      if (rec.tainted === null) return true;
+      this.limit(null, rec.tainted.line, `${rec.name}: left out: a rule of its own chains (line ${rec.tainted.line}) is not understood (${rec.tainted.reason}), so what the kernel does for it is not known`);
+      return false;
+    });
     // services, then their ports, in the order the tables list them: kube-proxy writes one
     // service's ports together, so each table's order of services is part of one order
     const services = new Map<string, { ns: string; name: string; ports: { rec: PortRec; portName: string }[] }>();
@@ -995,8 +1383,16 @@ class Importer {
     const out: Service[] = [];
     for (const s of serviceOrder) out.push(this.buildService(s.ns, s.name, s.ports));
 
-    const rs: RuleSet = { apiVersion: API_VERSION, node: { addresses: this.nodeAddresses ?? [] }, services: out };
-    if (this.nodeAddresses === null) this.warn('the node\'s addresses are not in an iptables dump: node.addresses is empty (pass nodeAddresses)');
+    this.resolveConflicts(out);
+    const rs: RuleSet = { apiVersion: API_VERSION, node: { addresses: this.nodeAddresses ?? [] }, services: out.filter((s) => s.ports.length > 0) };
+    if (this.nodeAddresses === null) this.warn("the node's addresses are not in this dump (no -d ADDRESS -j KUBE-NODEPORTS rule names them): node.addresses is empty; give them with --node-address");
+    this.nodePorts(rs);
+    if (this.localhostNodePortLines.length > 0) {
+      const lines = this.localhostNodePortLines;
+      this.limit(null, lines[0], `${LOCALHOST_NODEPORTS_LIMIT} (${lines.length} rule${lines.length === 1 ? '' : 's'} with -d 127.0.0.0/8 in KUBE-NODEPORTS, line${lines.length === 1 ? '' : 's'} ${lines.join(', ')})`);
+    } else if (rs.services.some((s) => s.ports.some((p) => p.nodePort !== undefined))) {
+      this.limit(null, 0, `${LOCALHOST_NODEPORTS_LIMIT} (kube-proxy before v1.26 answered NodePorts on 127.0.0.1 where route_localnet was set)`);
+    }
     if (this.clusterCIDRs.length > 0) rs.node.clusterCIDR = this.clusterCIDRs[0];
     if (this.masqueradeAll) rs.node.masqueradeAll = true;
     if (this.masqMark !== null) {
@@ -1148,7 +1544,11 @@ class Importer {
     for (const { rec, portName } of ports) {
       const sp: ServicePort = { name: portName, protocol: rec.proto.toUpperCase() as ProtocolName, port: rec.port ?? 0 };
       if (rec.port === null) this.warn(`${rec.name}: the service port number is not in the dump`);
-      if (rec.nodePort !== null) sp.nodePort = rec.nodePort;
+      // a NodePort whose nat rule matches only some packets (or is not understood) is not imported from the filter rules either
+      if (rec.nodePort !== null && rec.externalUnknown !== null) {
+        this.limit(null, rec.externalUnknown.line, `${rec.name}: NodePort ${rec.nodePort} left out: the dump does not define ${rec.externalUnknown.chain}, where the kernel sends it`);
+      } else if (rec.nodePort !== null && !this.nodePortsHookConditional && !this.conditional.has(`NodePort ${rec.nodePort}/${rec.proto}`)) sp.nodePort = rec.nodePort;
+      this.recOf.set(sp, rec);
       if (uniform && order.length > 0) {
         const tp = flags.get(order[0])!.ports.get(portName)!;
         if (tp !== sp.port) sp.targetPort = tp;
@@ -1169,6 +1569,89 @@ class Importer {
     });
     return svc;
   }
+
+  /** The NodePort range: --node-port-range, else the default widened to the dump's NodePorts. */
+  private nodePorts(rs: RuleSet): void {
+    if (this.nodePortRange !== null) {
+      rs.node.nodePortRange = this.nodePortRange;
+      return;
+    }
+    let lo = Infinity;
+    let hi = -Infinity;
+    for (const s of rs.services) for (const p of s.ports) if (p.nodePort !== undefined) {
+      lo = Math.min(lo, p.nodePort);
+      hi = Math.max(hi, p.nodePort);
+    }
+    if (lo === Infinity) return;
+    const [dlo, dhi] = DEFAULT_NODEPORT_RANGE.split('-').map(Number);
+    if (lo >= dlo && hi <= dhi) return;
+    rs.node.nodePortRange = `${Math.min(lo, dlo)}-${Math.max(hi, dhi)}`;
+    this.warn(`the dump's NodePorts (${lo}-${hi}) fall outside the default range ${DEFAULT_NODEPORT_RANGE}: node.nodePortRange is ${rs.node.nodePortRange} (--node-port-range sets it)`);
+  }
+
+  /**
+   * Two services on one address:port, or one NodePort claimed twice: the kernel takes the first rule in
+   * chain order (nat before filter); the later claims are left out, each reported with its line.
+   */
+  private resolveConflicts(services: Service[]): void {
+    type C = Claim & { svc: Service; sp: ServicePort; rec: PortRec };
+    const claims: C[] = [];
+    for (const svc of services) for (const sp of svc.ports) {
+      const rec = this.recOf.get(sp);
+      if (rec) for (const c of rec.claims) claims.push({ ...c, svc, sp, rec });
+    }
+    claims.sort((a, b) => a.rank - b.rank);
+    const owner = new Map<string, C>();
+    const dropPort = new Set<ServicePort>();
+    for (const c of claims) {
+      const key = c.kind === 'nodePort' ? `NodePort ${c.port}/${c.rec.proto}` : `${c.ip}:${c.port}/${c.rec.proto}`;
+      const first = owner.get(key);
+      if (!first) {
+        owner.set(key, c);
+        continue;
+      }
+      if (first.rec === c.rec) continue;
+      const what = c.kind === 'nodePort' ? key : `${key} (${c.kind === 'cluster' ? 'ClusterIP' : c.kind === 'external' ? 'external IP' : 'load-balancer IP'})`;
+      const loser = `${c.svc.namespace}/${c.svc.name}${c.sp.name ? ':' + c.sp.name : ''}`;
+      let action: string;
+      if (c.kind === 'nodePort') {
+        if (c.sp.nodePort === c.port) delete c.sp.nodePort;
+        action = 'its NodePort is left out';
+      } else if (c.kind === 'cluster') {
+        dropPort.add(c.sp);
+        action = 'the port is left out';
+      } else {
+        const list = c.kind === 'external' ? c.svc.externalIPs : c.svc.loadBalancerIPs;
+        if (list) {
+          const i = list.indexOf(c.ip!);
+          if (i >= 0) list.splice(i, 1);
+          if (list.length === 0) {
+            if (c.kind === 'external') delete c.svc.externalIPs;
+            else {
+              delete c.svc.loadBalancerIPs;
+              delete c.svc.loadBalancerSourceRanges;
+            }
+          }
+        }
+        action = `${c.ip} is left out of the service (all its ports)`;
+      }
+      this.limit(null, c.line, `shadowed: ${what} of ${loser} (line ${c.line}) is taken first by ${first.rec.name} (line ${first.line}), as in the kernel: ${action}`);
+    }
+    for (const svc of services) if (svc.ports.some((p) => dropPort.has(p))) svc.ports = svc.ports.filter((p) => !dropPort.has(p));
+  }
+
+  /** The imported rule set's validation errors; no node address gets the flag to use. */
+  private validate(rs: RuleSet): { path: string; message: string }[] {
+    const r = validateRuleSet(rs);
+    if (r.ok) return [];
+    return r.errors.map((e) =>
+      e.path === 'node.addresses' && rs.node.addresses.length === 0
+        ? { path: e.path, message: "no node address: the dump names none (no -d ADDRESS -j KUBE-NODEPORTS rule); give them with --node-address ADDRESS" }
+        : e,
+    );
+  }
+
+  private readonly recOf = new Map<ServicePort, PortRec>();
 
   /** Warn where the imported rule set would not give back the endpoints read. */
   private check(rs: RuleSet): void {

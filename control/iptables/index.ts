@@ -25,5 +25,5 @@ export { parseIptablesSave, splitArgs, tableRules, isBuiltinChain, BUILTIN_CHAIN
 export type { ParsedIptables, ParseError, Table, Chain, Rule, Match, Target, AddrMatch, PortRange, ProtocolMatch, NameMatch } from './parser.ts';
 export { LinearEvaluator, linearFromText, serviceFromComment } from './linear.ts';
 export type { LinearOptions, LinearSample } from './linear.ts';
-export { importIptables, IptablesImportError, PLACEHOLDER_REMOTE_ENDPOINT, softwareOf } from './importer.ts';
+export { importIptables, IptablesImportError, PLACEHOLDER_REMOTE_ENDPOINT, LOCALHOST_NODEPORTS_LIMIT, softwareOf } from './importer.ts';
 export type { ImportResult, ImportOptions, NotUnderstood } from './importer.ts';

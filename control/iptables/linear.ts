@@ -440,6 +440,8 @@ export class LinearEvaluator {
     switch (m.kind) {
       case 'comment':
         return null; // always matches; its text is read at compile time
+      case 'nfacct':
+        return null; // an accounting counter: always matches
       case 'port':
         cm.type = M_PORT;
         cm.a = protoNumberOf(m.module);

@@ -84,6 +84,8 @@ export type Match =
     }
   | { kind: 'mark'; value: number; mask: number; invert: boolean }
   | { kind: 'conntrack'; ctstate: string[]; invert: boolean }
+  /** `-m nfacct --nfacct-name NAME`: counts the packet in an accounting object and always matches (kube-proxy v1.29+) */
+  | { kind: 'nfacct'; name: string }
   | { kind: 'unknown'; module: string; args: string[]; reason: string };
 
 export type Target =
@@ -458,6 +460,11 @@ function buildMatch(p: RawPart, ctx: { ipv6: boolean }): Match {
       const o = opts.get(key);
       if (!o || p.options.length !== 1) return unknownMatch(p, `-m ${p.module}: only --${key} is evaluated`);
       return { kind: 'conntrack', ctstate: o.values[0].toUpperCase().split(','), invert: o.invert };
+    }
+    case 'nfacct': {
+      const o = opts.get('nfacct-name');
+      if (!o || p.options.length !== 1 || o.invert) return unknownMatch(p, '-m nfacct: only --nfacct-name is read');
+      return { kind: 'nfacct', name: o.values[0] };
     }
     default:
       return unknownMatch(p, `match module '${p.module}' is not evaluated`);

@@ -14,6 +14,9 @@ interface PinAddon {
   netnsCookie(): number;
 }
 
+/** where `tunproxy run` pins its connection table by default (memory, not disk) */
+export const DEFAULT_PIN_DIR = '/dev/shm/tunproxy';
+
 const ADDON_PATH = fileURLToPath(new URL('../../build/Release/pin.node', import.meta.url));
 let addon: PinAddon | null = null;
 

@@ -362,10 +362,11 @@ t.test("POST /v1/import/iptables: the seeds' dumps in, the rule set and what was
   const c = env.c;
   const before = state(env);
   for (const [file, services, missing] of [
-    ['seed-000-clusterip.save', 2, 3],
-    ['seed-000-nodeport.save', 3, 4],
+    // ports whose KUBE-SVC- chain the seed does not show are left out (never broader than the kernel)
+    ['seed-000-clusterip.save', 1, 3],
+    ['seed-000-nodeport.save', 1, 4],
     ['seed-004-nginx.save', 1, 1],
-    ['with-other-software.save', 8, 14],
+    ['with-other-software.save', 8, 0], // docker's and flannel's rules are left to the kernel, not "not understood"
     ['golden-restore.txt', 8, 0],
   ] as Array<[string, number, number]>) {
     const text = fixture(file);
@@ -393,7 +394,7 @@ t.test("POST /v1/import/iptables: the seeds' dumps in, the rule set and what was
   t.equal(refused.body.notUnderstood, 4);
   let r = await c.request<Imported>('POST', '/v1/import/iptables?apply=true&allowPartial=true', { body: partial, contentType: 'text/plain' });
   t.equal(r.status, 200);
-  t.match(r.body.applied, { generation: 2, services: 3 });
+  t.match(r.body.applied, { generation: 2, services: 1 });
   t.same(env.dp.holder.ruleSet, r.body.ruleSet, 'the imported rule set is in force');
   r = await c.request<Imported>('POST', '/v1/import/iptables?apply=true&nodeAddresses=172.16.1.35', { body: fixture('golden-restore.txt'), contentType: 'text/plain', headers: { 'if-match': '"2"' } });
   t.match(r.body.applied, { generation: 3, services: 8 });

@@ -56,14 +56,14 @@ const file = (name: string, text: string) => {
 };
 
 t.test('--help on every command, usage errors exit 2', async (t) => {
-  const cmds = [[], ['run'], ['apply'], ['get', 'ruleset'], ['get', 'services'], ['import', 'iptables'], ['import', 'kubernetes'], ['conntrack'], ['trace'], ['stats']];
+  const cmds = [[], ['run'], ['apply'], ['get', 'ruleset'], ['get', 'services'], ['import', 'iptables'], ['import', 'kubernetes'], ['conntrack'], ['trace'], ['stats'], ['validate']];
   const bad = [['frobnicate'], ['apply'], ['trace', 'icmp', '1.2.3.4:5', '1.2.3.4:6'], ['get', 'services', 'no-slash']];
   const runs = await Promise.all([...cmds.map((c) => cli([...c, '--help'])), ...bad.map((c) => cli(c))]);
   cmds.forEach((c, i) => {
     t.equal(runs[i].code, 0, `tunproxy ${c.join(' ')} --help exits 0`);
     t.match(runs[i].stdout, new RegExp(`^Usage: tunproxy ${c.join(' ')}`.trim()), 'usage on stdout');
   });
-  t.match(runs[5].stdout, /Exit status: 0 everything understood, 3 some/);
+  t.match(runs[5].stdout, /Exit status: 0 everything kube-proxy wrote was understood; 3 some/);
   t.match(runs[1].stdout, /--state-dir <dir>[\s\S]*--socket <path>[\s\S]*--listen <host:port>[\s\S]*--token-file/);
   for (const r of runs.slice(cmds.length)) t.equal(r.code, 2, `usage error exits 2: ${r.stderr.split('\n')[0]}`);
 });
@@ -79,7 +79,7 @@ t.test('import iptables: the rule set on stdout, each rule not understood on std
   ]);
   t.equal(partial.code, 3, 'some rules not understood: exit 3');
   const rs = JSON.parse(partial.stdout) as RuleSet;
-  t.equal(rs.services.length, 3);
+  t.equal(rs.services.length, 1, 'the ports whose chains the seed does not show are left out');
   const lines = readFileSync(join(FIX, 'seed-000-nodeport.save'), 'utf8').split('\n');
   const notUnderstood = partial.stderr.split('\n').filter((l) => / not understood: /.test(l));
   t.equal(notUnderstood.length, 4);
@@ -88,7 +88,7 @@ t.test('import iptables: the rule set on stdout, each rule not understood on std
     t.ok(m, l);
     t.ok(partial.stderr.includes(`\n    ${lines[Number(m[1]) - 1]}\n`), `line ${m[1]} is quoted`);
   }
-  t.match(partial.stderr, /3 services; 4 rules not understood/);
+  t.match(partial.stderr, /1 service; 4 kube-proxy rules not understood/);
   t.equal(whole.code, 0, 'everything understood: exit 0');
   const w = JSON.parse(whole.stdout) as RuleSet;
   t.equal(w.services.length, 8);
@@ -263,4 +263,118 @@ t.test('conntrack, trace, stats', async (t) => {
   t.equal(del.code, 0);
   t.match(del.stderr, /1 flow entries have been deleted/);
   t.equal(dp.pipeline.conntrack.size, 0);
+});
+
+t.test('import iptables: other software left to the kernel (exit 0), no node address (exit 1 naming --node-address), the NodePort range', async (t) => {
+  const [other, noNode, v129, narrow] = await Promise.all([
+    cli(['import', 'iptables', join(FIX, 'with-other-software.save'), '--node-address', '172.16.1.35']),
+    cli(['import', 'iptables', join(FIX, 'kube-proxy-v1.29.save')]),
+    cli(['import', 'iptables', join(FIX, 'kube-proxy-v1.29.save'), '--node-address', '192.168.0.2']),
+    cli(['import', 'iptables', join(FIX, 'kube-proxy-v1.29.save'), '--node-address', '192.168.0.2', '--node-port-range', '30000-32767']),
+  ]);
+  t.equal(other.code, 0, "docker's and flannel's rules do not make the import partial");
+  t.match(other.stderr, /with-other-software\.save: left to the kernel: 14 rules of other software in chains .*DOCKER \(nat, 1, docker\)/);
+  t.notMatch(other.stderr, /not understood:/);
+  t.equal(noNode.code, 1, 'not a valid rule set without a node address');
+  t.equal(noNode.stdout, '', 'nothing on stdout');
+  t.match(noNode.stderr, /invalid rule set: node\.addresses: .*--node-address/);
+  t.equal(v129.code, 0, v129.stderr);
+  t.equal((JSON.parse(v129.stdout) as RuleSet).node.nodePortRange, '3001-32767');
+  t.match(v129.stderr, /warning: the dump's NodePorts \(3001-3003\) fall outside the default range 30000-32767/);
+  t.match(v129.stderr, /kube-proxy-v1\.29\.save:69: limit: not served: NodePorts on 127\.0\.0\.1 need route_localnet; tunproxy, like kube-proxy's nftables mode, does not serve them/);
+  t.notMatch(v129.stderr, /nodeAddresses/, 'the flag is --node-address');
+  t.equal(narrow.code, 1);
+  t.match(narrow.stderr, /invalid rule set: services\[\d+\]\.ports\[0\]\.nodePort: 3001\/TCP? ?.*outside 30000-32767|nodePort.*outside 30000-32767/);
+});
+
+t.test('validate: a rule set or a dump, offline; exit 0, or 1 with every error', async (t) => {
+  const bad = { ...golden, services: [{ ...golden.services[0], clusterIP: 'x' }, { ...golden.services[1], ports: [{ name: 'p', protocol: 'TCP', port: 70000 }] }] };
+  const [ok, yaml, wrong, dump, dumpNoNode, stdin] = await Promise.all([
+    cli(['validate', join(ROOT, 'examples/demo-ruleset.json')], { env: { TUNPROXY_SOCKET: join(dir, 'none.sock') } }),
+    cli(['validate', file('rs.yaml', toYaml(golden))]),
+    cli(['validate', file('bad.json', JSON.stringify(bad))]),
+    cli(['validate', join(FIX, 'kube-proxy-v1.23.save'), '--node-address', '192.168.0.2']),
+    cli(['validate', join(FIX, 'kube-proxy-v1.29.save')]),
+    cli(['validate', '-'], { input: JSON.stringify(golden) }),
+  ]);
+  t.equal(ok.code, 0, ok.stderr);
+  t.match(ok.stdout, /demo-ruleset\.json: valid: 3 services/);
+  t.equal(yaml.code, 0, yaml.stderr);
+  t.equal(wrong.code, 1);
+  t.match(wrong.stderr, /bad\.json: services\[0\]\.clusterIP: .*\n[\s\S]*bad\.json: services\[1\]\.ports\[0\]\.port: 70000 is outside 1-65535/);
+  t.match(wrong.stderr, /not a valid rule set \(2 errors\)/);
+  t.equal(dump.code, 0, dump.stderr);
+  t.match(dump.stdout, /valid: an iptables dump that imports to a valid rule set of 4 services/);
+  t.equal(dumpNoNode.code, 1);
+  t.match(dumpNoNode.stderr, /--node-address/);
+  t.equal(stdin.code, 0);
+});
+
+t.test('trace offline: --rules FILE|-, --iptables FILE, and import | trace --rules -', async (t) => {
+  const rules = file('v129.json', (await cli(['import', 'iptables', join(FIX, 'kube-proxy-v1.29.save'), '--node-address', '192.168.0.2', '-q'])).stdout);
+  const env = { TUNPROXY_SOCKET: join(dir, 'none.sock') }; // nothing listens there: the offline trace does not ask
+  const [fromFile, fromDump, lb, localhost, json, noNode] = await Promise.all([
+    cli(['trace', '--rules', rules, 'tcp', '10.0.0.2:40000', '172.30.0.41:80'], { env }),
+    cli(['trace', '--iptables', join(FIX, 'kube-proxy-v1.29.save'), '--node-address', '192.168.0.2', 'tcp', '203.0.113.9:40000', '192.168.0.2:3003'], { env }),
+    cli(['trace', '--iptables', join(FIX, 'kube-proxy-v1.29.save'), '--node-address', '192.168.0.2', 'tcp', '198.51.100.7:40000', '5.6.7.8:80'], { env }),
+    cli(['trace', '--iptables', join(FIX, 'kube-proxy-v1.29.save'), '--node-address', '192.168.0.2', 'tcp', '127.0.0.1:40000', '127.0.0.1:3001'], { env }),
+    cli(['trace', '--rules', rules, '-o', 'json', 'udp', '10.0.0.2:40000', '172.30.0.46:80'], { env }),
+    cli(['trace', '--iptables', join(FIX, 'kube-proxy-v1.29.save'), 'tcp', '10.0.0.2:40000', '172.30.0.41:80'], { env }),
+  ]);
+  t.equal(fromFile.code, 0, fromFile.stderr);
+  t.match(fromFile.stdout, /offline, rule set .*v129\.json[\s\S]*tunproxy: +DNAT ns1\/svc1:p80[\s\S]*10\.180\.0\.1:80 +100\.0%[\s\S]*kube-proxy: DNAT ns1\/svc1:p80[\s\S]*agree: yes/);
+  t.equal(fromDump.code, 0, fromDump.stderr);
+  t.match(fromDump.stdout, /offline, iptables dump[\s\S]*DNAT ns3\/svc3:p80[\s\S]*masquerade to 192\.168\.0\.2[\s\S]*agree: yes/);
+  t.match(lb.stdout, /DROP ns5\/svc5:p80 \(source_range\)[\s\S]*kube-proxy: DROP ns5\/svc5:p80[\s\S]*agree: yes/, 'outside the source ranges: dropped by both');
+  t.match(localhost.stdout, /tunproxy: +not served: NodePorts on 127\.0\.0\.1 need route_localnet; tunproxy, like kube-proxy's nftables mode, does not serve them/);
+  t.notMatch(localhost.stdout, /tunproxy: +no service: the packet passes unchanged/);
+  t.match(localhost.stdout, /kube-proxy: DNAT ns2\/svc2:p80[\s\S]*agree: NO/, "the dump's localhost NodePort rule DNATs what tunproxy does not serve");
+  t.equal(json.code, 0);
+  const a = JSON.parse(json.stdout);
+  t.same(a.tunproxy.verdict, { kind: 'nomatch' }, 'svc6 is TCP; UDP to it is no service');
+  t.equal(a.agree, true);
+  t.equal(noNode.code, 1);
+  t.match(noNode.stderr, /--node-address/);
+  // the pipe
+  const imported = await cli(['import', 'iptables', join(FIX, 'kube-proxy-v1.29.save'), '--node-address', '192.168.0.2', '-q']);
+  const piped = await cli(['trace', '--rules', '-', 'tcp', '10.0.0.2:40000', '172.30.0.41:80'], { input: imported.stdout, env });
+  t.equal(piped.code, 0, piped.stderr);
+  t.match(piped.stdout, /offline, rule set stdin[\s\S]*DNAT ns1\/svc1:p80[\s\S]*agree: yes/);
+  const empty = await cli(['trace', '--rules', '-', 'tcp', '10.0.0.2:40000', '172.30.0.41:80'], { input: '', env });
+  t.equal(empty.code, 1, 'an import that failed (nothing on stdout) fails the trace too');
+  t.match(empty.stderr, /stdin: empty: no rule set/);
+});
+
+t.test('the offline trace gives the API\'s answer for the same rule set (no tracked flow, no affinity state)', async (t) => {
+  await cli(['apply', '-f', join(FIX, 'golden-ruleset.json')]);
+  await cli(['conntrack', '-D']);
+  const packets = [
+    ['tcp', '192.168.77.2:40000', '10.110.199.45:80'],
+    ['udp', '10.64.1.99:5353', '10.32.0.10:53'],
+    ['tcp', '203.0.113.9:1234', '172.16.1.35:32754'],
+    ['tcp', '198.18.0.1:5000', '100.64.0.10:80'],
+    ['sctp', '10.64.1.99:5000', '10.32.0.200:9999'],
+    ['tcp', '10.64.1.99:5000', '10.99.99.99:80'],
+  ];
+  for (const p of packets) {
+    const [live, offline] = await Promise.all([cli(['trace', ...p, '-o', 'json']), cli(['trace', '--rules', join(FIX, 'golden-ruleset.json'), ...p, '-o', 'json'])]);
+    t.equal(live.code, 0, live.stderr);
+    t.equal(offline.code, 0, offline.stderr);
+    const a = JSON.parse(live.stdout);
+    const b = JSON.parse(offline.stdout);
+    const pick = (x: any) => ({
+      packet: x.packet,
+      verdict: x.tunproxy.verdict,
+      table: x.tunproxy.table,
+      chain: x.tunproxy.chain,
+      masquerade: x.tunproxy.masquerade,
+      // affinity lines differ only in what is remembered (nothing offline)
+      explanation: x.tunproxy.explanation.filter((l: string) => !/ClientIP affinity/.test(l)),
+      kubeProxy: x.kubeProxy.verdict,
+      rules: x.kubeProxy.rules,
+      agree: x.agree,
+      differences: x.differences,
+    });
+    t.same(pick(b), pick(a), `${p.join(' ')}: the same answer`);
+  }
 });

@@ -12,23 +12,21 @@ t.test('seed 000, ClusterIP snapshot: kube-dns dns UDP 10.32.0.10:53 -> 10.64.1.
   const dns = r.ruleSet.services.find((s) => s.name === 'kube-dns')!;
   t.equal(dns.namespace, 'kube-system');
   t.equal(dns.clusterIP, '10.32.0.10');
-  t.same(dns.ports, [
-    { name: 'dns-tcp', protocol: 'TCP', port: 53 },
-    { name: 'dns', protocol: 'UDP', port: 53 },
-    { name: 'metrics', protocol: 'TCP', port: 9153 },
-  ], 'the ports of one service grouped, in the dump\'s order');
-  t.same(dns.endpoints, [{ address: '10.64.1.7', ports: { dns: 53 } }]);
-  const k = r.ruleSet.services.find((s) => s.name === 'kubernetes')!;
-  t.same(k, { namespace: 'default', name: 'kubernetes', clusterIP: '10.32.0.1', ports: [{ name: 'https', protocol: 'TCP', port: 443 }], endpoints: [] });
+  t.same(dns.ports, [{ name: 'dns', protocol: 'UDP', port: 53 }], 'the ports whose chains the seed does not show are left out, not rejected');
+  t.same(dns.endpoints, [{ address: '10.64.1.7' }]);
+  t.equal(r.ruleSet.services.find((s) => s.name === 'kubernetes'), undefined, 'default/kubernetes: its KUBE-SVC- chain is not in the seed');
+  t.same(r.errors, []);
   // the chains the seed does not show are named, with the line that jumps there
   t.same(r.notUnderstood.map((n) => n.line), [26, 27, 29]);
+  t.same(r.limits.filter((l) => /left out: a rule of its own chains/.test(l.reason)).map((l) => l.line), [26, 27, 29]);
   t.match(r.notUnderstood[0].reason, /jumps to KUBE-SVC-NPX46M4PTMTKRN6Y, which the dump does not define/);
-  t.match(r.warnings.join('\n'), /default\/kubernetes:https: the dump does not define KUBE-SVC-NPX46M4PTMTKRN6Y: its endpoints are unknown/);
+  t.match(r.limits.map((l) => l.reason).join('\n'), /default\/kubernetes:https: left out: .*the dump does not define KUBE-SVC-NPX46M4PTMTKRN6Y/);
 });
 
 t.test('seed 000, NodePort snapshot: web-svc 10.32.0.159:8080 and NodePort 30080 -> 10.64.1.13:80', async (t) => {
   const r = importIptables(fixture('seed-000-nodeport.save'), { nodeAddresses: ['172.16.1.35'] });
   const web = r.ruleSet.services.find((s) => s.name === 'web-svc')!;
+  t.same(r.ruleSet.services.map((s) => s.name), ['web-svc'], 'kube-dns and kubernetes: their chains are not in the seed');
   t.same(web, {
     namespace: 'default',
     name: 'web-svc',
@@ -48,12 +46,15 @@ t.test('seed 004: nginx 10.110.199.45:80 -> 10.42.0.199:80, 10.42.0.200:80', asy
       namespace: 'default',
       name: 'nginx',
       clusterIP: '10.110.199.45',
-      ports: [{ name: '80-80', protocol: 'TCP', port: 80, nodePort: 32754 }],
+      ports: [{ name: '80-80', protocol: 'TCP', port: 80 }],
       endpoints: [{ address: '10.42.0.199' }, { address: '10.42.0.200' }],
     },
   ]);
+  t.match(r.limits.map((l) => l.reason).join('\n'), /default\/nginx:80-80: NodePort 32754 left out: the dump does not define KUBE-EXT-OVTWZ4GROBJZO4C5/);
   t.same(r.ruleSet.node, { addresses: [], clusterCIDR: '10.42.0.0/24' });
-  t.match(r.warnings.join('\n'), /node's addresses are not in an iptables dump/);
+  t.match(r.warnings.join('\n'), /node's addresses are not in this dump .*give them with --node-address/);
+  t.same(r.errors.map((e) => e.path), ['node.addresses'], 'not a valid rule set without a node address');
+  t.match(r.errors[0].message, /--node-address/);
   t.match(r.warnings.join('\n'), /does not define KUBE-EXT-OVTWZ4GROBJZO4C5: its external traffic policy is unknown/);
   t.same(r.notUnderstood.map((n) => n.line), [27]);
 });
@@ -96,23 +97,25 @@ t.test('real iptables-save -c output with docker and flannel: their rules are na
   const golden = JSON.parse(fixture('golden-ruleset.json')) as RuleSet;
   const r = importIptables(fixture('with-other-software.save'), { nodeAddresses: ['172.16.1.35'] });
   t.equal(writeIptables(r.ruleSet), writeIptables(golden), 'the same rules as the golden rule set');
-  const by = (s: string) => r.notUnderstood.filter((n) => n.text.includes(s));
-  t.equal(r.notUnderstood.length, 14);
-  t.ok(r.notUnderstood.every((n) => n.line > 0 && n.text.length > 0));
+  const by = (s: string) => r.otherSoftware.filter((n) => n.text.includes(s));
+  t.same(r.notUnderstood, [], 'other software does not make the import partial');
+  t.same(r.errors, []);
+  t.equal(r.otherSoftware.length, 14);
+  t.ok(r.otherSoftware.every((n) => n.line > 0 && n.text.length > 0));
   t.same(by('-A FLANNEL-POSTRTG').map((n) => n.reason), Array(3).fill("chain FLANNEL-POSTRTG is flannel's, not kube-proxy's"));
   t.match(by('-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER')[0].reason, 'a rule of docker in the built-in chain PREROUTING (nat), jumping to DOCKER');
   t.match(by('-s 172.17.0.0/16 ! -o docker0 -j MASQUERADE')[0].reason, 'a rule of other software in the built-in chain POSTROUTING (nat)');
-  t.match(r.warnings.join('\n'), /left out chains of other software: DOCKER \(nat, 1 rule, docker\), FLANNEL-POSTRTG \(nat, 3 rules, flannel\)/);
-  t.notOk(r.notUnderstood.some((n) => n.text.includes('KUBE-')), 'every kube-proxy rule understood');
+  t.match(r.leftToKernel, /^left to the kernel: 14 rules of other software in chains .*DOCKER \(nat, 1, docker\).*FLANNEL-POSTRTG \(nat, 3, flannel\)/);
 });
 
 t.test('the pre-1.24 layout: KUBE-XLB-, KUBE-FW- with KUBE-MARK-DROP, NodePort masquerade in KUBE-NODEPORTS', async (t) => {
   const r = importIptables(fixture('pre-1.24-layout.save'), { nodeAddresses: ['192.168.0.2'] });
   t.same(r.notUnderstood, []);
-  t.same(r.warnings, []);
+  t.same(r.warnings, ["the dump's NodePorts (3001-3004) fall outside the default range 30000-32767: node.nodePortRange is 3001-32767 (--node-port-range sets it)"]);
+  t.same(r.errors, [], 'valid: the NodePort range is taken from the dump');
   t.same(r.ruleSet, {
     apiVersion: 'tunproxy.dev/v1',
-    node: { addresses: ['192.168.0.2'], clusterCIDR: '10.0.0.0/8' },
+    node: { addresses: ['192.168.0.2'], clusterCIDR: '10.0.0.0/8', nodePortRange: '3001-32767' },
     services: [
       {
         namespace: 'ns2', name: 'svc2', clusterIP: '172.30.0.42', loadBalancerIPs: ['1.2.3.4'], loadBalancerSourceRanges: ['203.0.113.0/25'],
@@ -149,12 +152,11 @@ t.test('what it cannot turn into a rule set is listed with its line and why', as
   const r = importIptables(text);
   t.same(r.notUnderstood.map((n) => [n.line, n.reason]), [
     [11, "match module 'set' is not evaluated"],
-    [19, 'health check node ports are not part of a tunproxy rule set'],
     [23, 'KUBE-SEP-STALE is not reached from KUBE-SERVICES or KUBE-NODEPORTS (a stale chain?)'],
-  ]);
+  ], 'the health check NodePort ACCEPT rule is kube-proxy\'s own: understood');
   t.match(r.warnings.join('\n'), /endpoint probabilities are not kube-proxy's equal shares/);
-  t.same(r.ruleSet.services[0].endpoints, [{ address: '10.0.0.1' }, { address: '10.0.0.2' }]);
-  t.same(r.ruleSet.services[0].ports, [{ name: 'p', protocol: 'TCP', port: 80 }]);
+  t.same(r.ruleSet.services, [], 'a rule of its own chain not understood: the port is left out, never broader than the kernel');
+  t.match(r.limits.map((l) => l.reason).join('\n'), /a\/b:p: left out: a rule of its own chains \(line 11\) is not understood/);
   t.equal(r.ruleSet.node.masqueradeMark, undefined, 'the default mark is left implicit');
 });
 
@@ -170,7 +172,7 @@ t.test('a source range holding the node without node addresses: a warning says w
   const text = writeIptables(rs);
   const without = importIptables(text);
   t.same(without.ruleSet.services[0].loadBalancerSourceRanges, ['172.16.0.0/16']);
-  t.match(without.warnings.join('\n'), /a\/lb:p: its firewall chain admits the load-balancer IPs as sources .* pass nodeAddresses/);
+  t.match(without.warnings.join('\n'), /a\/lb:p: its firewall chain admits the load-balancer IPs as sources .* give them with --node-address/);
   const withNode = importIptables(text, { nodeAddresses: ['172.16.1.35'] });
   t.equal(writeIptables(withNode.ruleSet), text);
   t.notMatch(withNode.warnings.join('\n'), /admits the load-balancer IPs/);
@@ -205,5 +207,6 @@ t.test('softwareOf names well-known software by chain prefix', async (t) => {
   t.equal(softwareOf('cali-FORWARD'), 'calico');
   t.equal(softwareOf('CILIUM_POST_nat'), 'cilium');
   t.equal(softwareOf('CNI-HOSTPORT-DNAT'), 'CNI plugins (portmap, bridge)');
+  t.equal(softwareOf('KIND-MASQ-AGENT'), 'kind');
   t.equal(softwareOf('KUBE-SERVICES'), null);
 });

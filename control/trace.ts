@@ -1,0 +1,298 @@
+/**
+ * What tunproxy would do with the first packet of a flow, and why, beside what
+ * kube-proxy's iptables rules would do with it: the one answer behind both
+ * `POST /v1/trace` (control/api/trace.ts, on the running dataplane, with its
+ * connection table and affinity state) and the offline `tunproxy trace
+ * --rules FILE` / `--iptables FILE` (control/commands/trace.ts, no root, no
+ * device, no process).
+ *
+ * tunproxy's side: the compiled tables' lookup — a tracked flow the packet
+ * belongs to (live only), the table that matched (ClusterIP, external IP,
+ * load-balancer IP, NodePort), the service port, the policy chain's endpoint
+ * candidates with their chances, a session-affinity hit (live only),
+ * masquerade. kube-proxy's side: iptables rules walked linearly
+ * (control/iptables/linear.ts) — those written by control/iptables/writer.ts
+ * for the rule set, or, offline with `--iptables`, the node's own dump — the
+ * verdict with its candidates and the rules visited on the way.
+ */
+import { performance } from 'node:perf_hooks';
+import type { Tables } from '../dataplane/tables.ts';
+import { compiledVerdict, lookup, LookupResult, resultSet, LOOKUP_DNAT, LOOKUP_DROP_NO_LOCAL, LOOKUP_DROP_SOURCE_RANGE, LOOKUP_REJECT, VIA_NODEPORT, VIP_CLUSTER, isLocal } from '../dataplane/tables.ts';
+import type { PacketTuple, Verdict } from '../dataplane/verdict.ts';
+import { cidrContains, formatCidr, formatIPv4, parseIPv4, protocolNumber } from '../dataplane/addr.ts';
+import type { ProtocolName } from '../dataplane/addr.ts';
+import { writeIptables } from './iptables/writer.ts';
+import { linearFromText } from './iptables/linear.ts';
+import type { LinearEvaluator } from './iptables/linear.ts';
+import type { RuleSet } from './types.ts';
+import { LOCALHOST_NODEPORTS_LIMIT } from './limits.ts';
+
+export interface TraceRequest {
+  protocol: string;
+  source: string;
+  destination: string;
+  /** the packet's input interface, for rules with -i (default: none) */
+  inInterface?: string;
+  /** the packet comes from a process on the node (its source must be a node address) */
+  local?: boolean;
+  /** also walk kube-proxy's rules (default true) */
+  kubeProxy?: boolean;
+}
+
+const endpointText = { type: 'string', pattern: '^[0-9]{1,3}(\\.[0-9]{1,3}){3}:[0-9]{1,5}$', description: 'address:port' } as const;
+export const traceSchema = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['protocol', 'source', 'destination'],
+  properties: {
+    protocol: { enum: ['TCP', 'UDP', 'SCTP', 'tcp', 'udp', 'sctp'] },
+    source: endpointText,
+    destination: endpointText,
+    inInterface: { type: 'string', pattern: '^[A-Za-z0-9_.:@-]{1,15}$' },
+    local: { type: 'boolean' },
+    kubeProxy: { type: 'boolean' },
+  },
+} as const;
+
+/** A trace request that cannot be answered: the field and why (the API answers 400 with it). */
+export class TraceRequestError extends Error {
+  constructor(readonly path: string, readonly reason: string, message: string) {
+    super(message);
+    this.name = 'TraceRequestError';
+  }
+}
+
+function hostPort(text: string, field: string): [number, number] {
+  const i = text.lastIndexOf(':');
+  const a = parseIPv4(text.slice(0, i));
+  const p = Number(text.slice(i + 1));
+  if (a < 0) throw new TraceRequestError(field, 'not an IPv4 address', `${field}: ${JSON.stringify(text.slice(0, i))} is not an IPv4 address`);
+  if (!(p >= 1 && p <= 65535)) throw new TraceRequestError(field, `port ${p} is outside 1-65535`, `${field}: port ${p} is outside 1-65535`);
+  return [a, p];
+}
+
+export interface CachedLinear {
+  ev: LinearEvaluator;
+  /** the iptables text's lines (for the rule-by-rule walk) */
+  lines: string[];
+  buildMs: number;
+  iptablesLines: number;
+}
+
+/** An evaluator over iptables text: its lines kept for the rule-by-rule walk. */
+export function cachedLinear(text: string, localAddresses: string[], inInterface: string): CachedLinear {
+  const t0 = performance.now();
+  const ev = linearFromText(text, { localAddresses, inInterface });
+  const lines = text.split('\n');
+  return { ev, lines, buildMs: performance.now() - t0, iptablesLines: lines.length - (text.endsWith('\n') ? 1 : 0) };
+}
+
+/** kube-proxy's rules for the rule set in force, walked linearly: built once per generation (and input interface). */
+export class LinearCache {
+  private generation = -1;
+  private readonly byInterface = new Map<string, CachedLinear>();
+  builds = 0;
+
+  get(ctx: { readonly generation: number }, rs: RuleSet, inInterface: string): { cached: CachedLinear; built: boolean } {
+    if (this.generation !== ctx.generation) {
+      this.byInterface.clear();
+      this.generation = ctx.generation;
+    }
+    let c = this.byInterface.get(inInterface);
+    if (c !== undefined) return { cached: c, built: false };
+    const t0 = performance.now();
+    c = cachedLinear(writeIptables(rs), rs.node.addresses, inInterface);
+    c.buildMs = performance.now() - t0;
+    if (this.byInterface.size >= 4) this.byInterface.clear();
+    this.byInterface.set(inInterface, c);
+    this.builds++;
+    return { cached: c, built: true };
+  }
+}
+
+const VIA_NAMES = ['ClusterIP', 'external IP', 'load-balancer IP', 'NodePort'];
+
+/** What differs between two verdicts (kind, service, endpoints, chances, masquerade); empty when they agree. */
+export function verdictDifferences(a: Verdict, b: Verdict): string[] {
+  const d: string[] = [];
+  if (a.kind !== b.kind) return [`tunproxy: ${a.kind}, kube-proxy: ${b.kind}`];
+  if (a.kind === 'nomatch' || b.kind === 'nomatch') return d;
+  if (a.service !== b.service) d.push(`service: tunproxy ${a.service}, kube-proxy ${b.service}`);
+  if (a.kind === 'drop' && b.kind === 'drop' && a.reason !== b.reason) d.push(`drop reason: tunproxy ${a.reason}, kube-proxy ${b.reason}`);
+  if (a.kind === 'dnat' && b.kind === 'dnat') {
+    const bm = new Map(b.candidates.map((c) => [c.endpoint, c]));
+    for (const c of a.candidates) {
+      const o = bm.get(c.endpoint);
+      if (!o) d.push(`endpoint ${c.endpoint}: only tunproxy picks it`);
+      else {
+        if (Math.abs(o.probability - c.probability) > 1e-6) d.push(`endpoint ${c.endpoint}: chance ${c.probability.toFixed(6)} in tunproxy, ${o.probability.toFixed(6)} in kube-proxy`);
+        if (o.masquerade !== c.masquerade) d.push(`endpoint ${c.endpoint}: masquerade ${c.masquerade} in tunproxy, ${o.masquerade} in kube-proxy`);
+        bm.delete(c.endpoint);
+      }
+    }
+    for (const e of bm.keys()) d.push(`endpoint ${e}: only kube-proxy picks it`);
+    if (a.affinitySeconds !== b.affinitySeconds) d.push(`session affinity: ${a.affinitySeconds} s in tunproxy, ${b.affinitySeconds} s in kube-proxy`);
+  }
+  return d;
+}
+
+/** The running dataplane's state a live trace reads (the offline trace has none). */
+export interface LiveState {
+  now: number;
+  /** the tracked flow the packet belongs to, or null */
+  conntrack: { direction: string; flow: unknown } | null;
+  /** the endpoint (index in the chosen set) ClientIP affinity remembers for the source, -1 when none or not asked */
+  affinityIndex: number;
+}
+
+/** Is dst:dport/proto a NodePort of the rule set on a loopback address (kube-proxy's localhost NodePorts)? */
+function localhostNodePort(rs: RuleSet, pkt: PacketTuple): boolean {
+  if (pkt.dst >>> 24 !== 127) return false;
+  for (const s of rs.services) for (const p of s.ports) if (p.nodePort === pkt.dport && protocolNumber(p.protocol) === pkt.proto) return true;
+  return false;
+}
+
+export function tunproxyDecision(t: Tables, rs: RuleSet, pkt: PacketTuple, live: LiveState | null) {
+  const why: string[] = [];
+  const t0 = performance.now();
+  const out = new LookupResult();
+  const r = lookup(t, pkt.proto, pkt.src, pkt.dst, pkt.dport, out);
+  const lookupUs = (performance.now() - t0) * 1000;
+  const verdict = compiledVerdict(t, pkt);
+  const svc = out.svcIndex < 0 ? null : t.services[out.svcIndex];
+  const dstText = `${formatIPv4(pkt.dst)}:${pkt.dport}`;
+
+  // a flow the packet already belongs to
+  const conntrack = live === null ? null : live.conntrack;
+  if (conntrack !== null) why.push(`the packet belongs to a tracked flow (${conntrack.direction} direction): it is translated with the flow's stored tuples, not looked up again; below is what a new flow would get`);
+
+  const table = svc === null ? null : VIA_NAMES[out.via] ?? null;
+  if (svc !== null) {
+    const kind = out.via === VIA_NODEPORT ? `NodePort ${pkt.dport} of a node address` : `${VIA_NAMES[out.via]} ${dstText}`;
+    why.push(`${kind} belongs to ${svc.name} (${table} table)`);
+  } else if (localhostNodePort(rs, pkt)) {
+    why.push(`${dstText}: ${LOCALHOST_NODEPORTS_LIMIT}`);
+  } else {
+    why.push(isLocal(t, pkt.dst) ? `${dstText} is a node address and no NodePort ${pkt.dport}/${pkt.proto}: not a service` : `${dstText} is no ClusterIP, external IP or load-balancer IP: not a service; the packet passes unchanged`);
+  }
+  let chain: string | null = null;
+  let affinity: { seconds: number; hit: string | null } | null = null;
+  if (r === LOOKUP_DNAT && svc !== null) {
+    const set = resultSet(t, out);
+    chain = out.setLocal ? 'node-local endpoints (KUBE-SVL-)' : 'cluster endpoints (KUBE-SVC-)';
+    why.push(`${set.endpoints.length} candidate endpoint${set.endpoints.length === 1 ? '' : 's'} from the ${chain}, chosen ${set.maglev ? 'by Maglev hashing' : 'at random'}`);
+    if (svc.affinityMs > 0) {
+      if (live !== null) {
+        const i = live.affinityIndex;
+        affinity = { seconds: svc.affinityMs / 1000, hit: i >= 0 ? set.endpoints[i].text : null };
+        why.push(i >= 0 ? `ClientIP affinity: ${formatIPv4(pkt.src)} is remembered with ${set.endpoints[i].text}, which a new flow gets` : `ClientIP affinity (${svc.affinityMs / 1000} s): nothing remembered for ${formatIPv4(pkt.src)} yet`);
+      } else {
+        affinity = { seconds: svc.affinityMs / 1000, hit: null };
+        why.push(`ClientIP affinity (${svc.affinityMs / 1000} s): offline, nothing is remembered; a client keeps the endpoint it first got`);
+      }
+    }
+    if (out.masquerade) {
+      const reason = out.via === VIP_CLUSTER ? (t.masqueradeAll ? 'masqueradeAll is set' : `the source is outside the cluster CIDR ${t.clusterCIDR ? formatCidr(t.clusterCIDR) : ''}`) : 'external traffic with externalTrafficPolicy Cluster (or from the node itself)';
+      why.push(`masquerade: SNAT to ${formatIPv4(t.masqueradeAddr)} (${reason})`);
+    } else if (verdict.kind === 'dnat' && verdict.candidates.some((c) => c.masquerade)) {
+      why.push('masquerade only for the endpoint that is the source itself (hairpin)');
+    } else why.push(out.via === VIP_CLUSTER && t.clusterCIDR !== null && cidrContains(t.clusterCIDR, pkt.src) ? 'no masquerade: the source is a pod in the cluster CIDR' : 'no masquerade: the source address is kept');
+  } else if (r === LOOKUP_REJECT) {
+    why.push(`${svc!.name} has no endpoints: answered with ICMP port unreachable (kube-proxy's REJECT)`);
+  } else if (r === LOOKUP_DROP_NO_LOCAL) {
+    why.push(`${svc!.name} has no endpoint on this node and its traffic policy is Local: dropped (no_local_endpoints)`);
+  } else if (r === LOOKUP_DROP_SOURCE_RANGE) {
+    why.push(`${formatIPv4(pkt.src)} is outside the loadBalancerSourceRanges of ${svc!.name}: dropped (source_range)`);
+  }
+  return {
+    verdict,
+    table,
+    service: svc?.name ?? null,
+    chain,
+    affinity,
+    masquerade: { beforeEndpointChoice: out.masquerade, address: formatIPv4(t.masqueradeAddr) },
+    conntrack,
+    lookupMicros: Math.round(lookupUs * 1000) / 1000,
+    explanation: why,
+  };
+}
+
+/** The packet of a trace request, checked against the rule set (a local packet's source is a node address). */
+export function tracePacket(rs: RuleSet, b: TraceRequest): { protocol: ProtocolName; pkt: PacketTuple } {
+  const [src, sport] = hostPort(b.source, 'source');
+  const [dst, dport] = hostPort(b.destination, 'destination');
+  if (b.local === true && !rs.node.addresses.includes(formatIPv4(src))) {
+    throw new TraceRequestError('source', 'not a node address', `local: a packet from a process on the node has a node address as its source (${rs.node.addresses.join(', ')}), not ${formatIPv4(src)}`);
+  }
+  const protocol = b.protocol.toUpperCase() as ProtocolName;
+  return { protocol, pkt: { proto: protocolNumber(protocol), src, dst, sport, dport } };
+}
+
+/** kube-proxy's side: the verdict of the linear walk, and one walk as the kernel makes it, rule by rule. */
+export function kubeProxyDecision(cached: CachedLinear, built: boolean, pkt: PacketTuple, nowMs: number) {
+  const ev = cached.ev;
+  const t0 = performance.now();
+  const verdict = ev.evaluate(pkt);
+  const evaluateMs = performance.now() - t0;
+  const { sample: s, steps } = ev.trace(pkt, nowMs);
+  // which table each line is in: the last "*table" line above it
+  const starts: Array<[number, string]> = [];
+  cached.lines.forEach((l, i) => { if (l.startsWith('*')) starts.push([i + 1, l.slice(1)]); });
+  const tableOf = (line: number): string => {
+    let name = '';
+    for (const [at, n] of starts) if (at <= line) name = n;
+    return name;
+  };
+  return {
+    verdict,
+    // one walk as the kernel makes it: a draw at each statistic rule
+    walk: { kind: s.kind, service: s.service, endpoint: s.endpoint || null, masquerade: s.masquerade, rulesVisited: s.rulesVisited, reason: s.reason },
+    rulesVisited: s.rulesVisited,
+    rules: ev.ruleCount,
+    iptablesLines: cached.iptablesLines,
+    // the walk rule by rule, as netfilter made it for this packet (first match, jumps, returns)
+    chainWalk: steps.map((st) => {
+      const text = cached.lines[st.line - 1] ?? '';
+      return { table: tableOf(st.line), chain: /^(?:\[\d+:\d+\] )?-A (\S+)/.exec(text)?.[1] ?? '', line: st.line, rule: text, matched: st.matched };
+    }),
+    evaluateMs,
+    builtForThisTrace: built,
+    buildMs: cached.buildMs,
+  };
+}
+
+export interface TraceInput {
+  rs: RuleSet;
+  tables: Tables;
+  generation: number;
+  request: TraceRequest;
+  /** the running dataplane's connection table and affinity (null offline) */
+  live: LiveState | null;
+  /** kube-proxy's rules walked linearly for this request (called only when request.kubeProxy is not false) */
+  linear: () => { cached: CachedLinear; built: boolean };
+  nowMs: number;
+}
+
+/** The whole answer (the JSON of POST /v1/trace). Throws TraceRequestError for a request it cannot answer. */
+export function traceAnswer(i: TraceInput) {
+  const b = i.request;
+  const { protocol, pkt } = tracePacket(i.rs, b);
+  const tunproxy = tunproxyDecision(i.tables, i.rs, pkt, i.live);
+  let kubeProxy = null;
+  let differences: string[] | null = null;
+  if (b.kubeProxy !== false) {
+    const { cached, built } = i.linear();
+    kubeProxy = kubeProxyDecision(cached, built, pkt, i.nowMs);
+    differences = verdictDifferences(tunproxy.verdict, kubeProxy.verdict);
+  }
+  return {
+    generation: i.generation,
+    packet: { protocol, source: b.source, destination: b.destination, inInterface: b.inInterface ?? null, local: b.local ?? false },
+    tunproxy,
+    kubeProxy,
+    agree: differences === null ? null : differences.length === 0,
+    differences,
+  };
+}
+
+export type TraceAnswer = ReturnType<typeof traceAnswer>;
