@@ -22,7 +22,9 @@ export class ControlWorker extends EventEmitter {
 
   constructor(dp: Dataplane, data: ControlWorkerData) {
     super();
-    this.worker = new Worker(new URL('./boot.mjs', import.meta.url), { workerData: data });
+    // compiled (dist/, this file is .js): the worker's compiled module itself; from the sources: boot.mjs registers tsx first
+    const entry = import.meta.url.endsWith('.js') ? './control-worker.js' : './boot.mjs';
+    this.worker = new Worker(new URL(entry, import.meta.url), { workerData: data });
     this.host = new PacketHost(dp, this.worker);
     this.host.onInstalled = (t: Tables, info: InstallInfo) => this.emit('installed', t, info);
     this.worker.on('message', (m: WorkerEvent) => {
