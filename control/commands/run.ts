@@ -20,9 +20,11 @@ import { DEFAULT_STATE_DIR, StateStore } from '../persist.ts';
 import type { ApiServer } from '../server.ts';
 
 import { DEFAULT_BODY_LIMIT } from '../api/context.ts';
+import { kubernetesFor } from '../kube/run.ts';
+import type { KubeRunOptions } from '../kube/run.ts';
 // the API server itself (fastify, prom-client) is loaded by `run` only, not by the client commands
 
-export interface RunOptions {
+export interface RunOptions extends KubeRunOptions {
   decider: string;
   tun: string;
   rules?: string;
@@ -59,6 +61,13 @@ export function registerRun(program: Command): void {
     .option('--conntrack-max <n>', 'connection table size, like nf_conntrack_max', '262144')
     .option('--multi-queue', 'open the TUN with IFF_MULTI_QUEUE (the device must have been created multi_queue)')
     .option('--decider <compiled|linear>', "how new flows are decided: the hash tables, or kube-proxy's iptables rules walked linearly (for comparison)", 'compiled')
+    .option('--kubernetes', 'take the rules from the cluster: list and watch Services, EndpointSlices and this Node, like kube-proxy (in-cluster service account, or --kubeconfig)')
+    .option('--kubeconfig <file>', 'with --kubernetes: the kubeconfig file (default: the in-cluster service account)')
+    .option('--hostname-override <name>', "with --kubernetes: this node's name (default: $NODE_NAME, else the host name)")
+    .option('--min-sync-period <duration>', 'with --kubernetes: at most one sync per this period; changes in between are coalesced (0: every change at once)', '1s')
+    .option('--healthz-bind-address <host:port>', 'with --kubernetes: where /healthz (and /metrics) are served, like kube-proxy ("" : not served)', '0.0.0.0:10256')
+    .option('--node-setup', 'with --kubernetes: steer the service traffic into the TUN (routes and policy rules), undone at stop')
+    .option('--dry-run', 'with --node-setup: print the ip commands instead of running them')
     .addHelpText('after', `
 Signals: SIGHUP reloads --rules (a rejected file keeps the rules in force),
 SIGUSR1 prints the status and the connection table, SIGINT/SIGTERM save the
@@ -87,6 +96,7 @@ export async function run(o: RunOptions): Promise<void> {
   if (!/^[0-7]{3}$/.test(o.socketMode)) throw new Error(`--socket-mode: ${o.socketMode} must be octal permissions like 600 or 660`);
   if (!Number.isInteger(maxBody) || maxBody < 1024) throw new Error(`--max-body: ${o.maxBody} must be a number of bytes >= 1024`);
   if (o.listen !== undefined && o.tokenFile === undefined) throw new Error('--listen needs --token-file: the TCP listener only serves requests with a bearer token');
+  const kube = kubernetesFor(o);
   const { defaultSocketPath, readTokenFile, startApi } = await import('../server.ts');
   const token = o.tokenFile !== undefined ? readTokenFile(o.tokenFile) : undefined;
 
@@ -150,6 +160,8 @@ export async function run(o: RunOptions): Promise<void> {
     log(`control API not started: ${(e as Error).message}`);
   }
   if (api) log(`control API on ${[api.socketPath, api.tcp ? `http://${api.tcp.host}:${api.tcp.port} (bearer token)` : null].filter((x) => x).join(' and ')}`);
+
+  if (kube) await kube.start(dp.holder, api?.metrics.registry, log);
 
   const restoreConntrack = () => {
     if (store === null) return;

@@ -69,14 +69,17 @@ class ReflectorWatch extends Watch {
     config: KubeConfig,
     private readonly seen: (type: string, obj: Obj) => void,
     private readonly pause: () => number,
+    private readonly stopped: () => boolean,
   ) {
     super(config);
   }
   override async watch(path: string, q: Record<string, string | number | boolean | undefined>, callback: (phase: string, apiObj: any, watchObj?: any) => void, done: (err: any) => void): Promise<AbortController> {
     // a connection that keeps dropping at once is not retried in a tight loop
     if (performance.now() - this.lastEnd < 1000) await sleep(this.pause());
+    // stopped meanwhile: no new connection (the informer's stop() only aborts the request it knows)
+    if (this.stopped()) return new AbortController();
     const params = { ...q, allowWatchBookmarks: true, timeoutSeconds: 300 + Math.floor(Math.random() * 300) };
-    return super.watch(
+    const controller = await super.watch(
       path,
       params,
       (phase, obj, w) => {
@@ -88,6 +91,8 @@ class ReflectorWatch extends Watch {
         done(err);
       },
     );
+    if (this.stopped()) controller.abort();
+    return controller;
   }
 }
 
@@ -180,7 +185,7 @@ export class KubeAgent {
 
   private informer(kind: Kind, path: string, page: (cont: string | undefined) => Promise<ListResult>, fieldSelector?: string): void {
     const rec = { kind, lw: null as unknown as ListWatch<KubernetesObject>, synced: false, backoff: this.o.backoffMs ?? 500, retry: null as NodeJS.Timeout | null };
-    const watch = new ReflectorWatch(this.kc, (type, obj) => this.onWatchEvent(kind, type, obj), () => rec.backoff);
+    const watch = new ReflectorWatch(this.kc, (type, obj) => this.onWatchEvent(kind, type, obj), () => rec.backoff, () => this.stopped);
     const list = async () => {
       const r = await pagedList(page);
       this.metrics.relists.inc({ kind });

@@ -1,0 +1,80 @@
+/**
+ * `tunproxy run --kubernetes`: the agent inside the tunproxy process. The
+ * rule sets it builds go through the holder adapter (adapter.ts); node setup
+ * (nodesetup.ts) follows each sync when asked for; SIGINT/SIGTERM stop the
+ * watches and the health servers and undo the node setup.
+ */
+import { hostname } from 'node:os';
+import type { Registry } from 'prom-client';
+import type { RuleSetHolder } from '../runtime.ts';
+import { holderSink } from './adapter.ts';
+import { KubeAgent } from './agent.ts';
+import { NodeSetup } from './nodesetup.ts';
+
+export interface KubeRunOptions {
+  tun: string;
+  kubernetes?: boolean;
+  kubeconfig?: string;
+  hostnameOverride?: string;
+  minSyncPeriod: string;
+  healthzBindAddress: string;
+  nodeSetup?: boolean;
+  dryRun?: boolean;
+}
+
+/** "1s", "500ms", "2m", "0", "1.5s" (a Go duration, as kube-proxy takes it) → milliseconds */
+export function parseDuration(text: string, flag: string): number {
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(text.trim());
+  if (!m || (m[2] === undefined && Number(m[1]) !== 0)) throw new Error(`${flag}: ${JSON.stringify(text)} is not a duration like 1s, 500ms, 0`);
+  const n = Number(m[1]);
+  return n * (m[2] === 'ms' ? 1 : m[2] === 'm' ? 60_000 : m[2] === 'h' ? 3_600_000 : 1000);
+}
+
+/** Check the flags before anything starts (a bad flag fails the command at once). */
+export function checkKubeFlags(o: KubeRunOptions & { rules?: string }): void {
+  if (!o.kubernetes) {
+    for (const f of ['kubeconfig', 'hostnameOverride', 'nodeSetup'] as const) if (o[f] !== undefined) throw new Error(`--${f.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} needs --kubernetes`);
+    return;
+  }
+  if (o.rules !== undefined) throw new Error('--rules and --kubernetes exclude each other: with --kubernetes the rules come from the cluster');
+  if (o.dryRun && !o.nodeSetup) throw new Error('--dry-run shows what --node-setup would do: give --node-setup too');
+  parseDuration(o.minSyncPeriod, '--min-sync-period');
+}
+
+/**
+ * `tunproxy run`'s one entry: null without --kubernetes; with it, the flags are checked now (before
+ * anything starts) and `start` runs the agent once the dataplane and the API are up.
+ */
+export function kubernetesFor(o: KubeRunOptions & { rules?: string }): { start(holder: RuleSetHolder, registry: Registry | undefined, log: (msg: string) => void): Promise<KubeAgent> } | null {
+  checkKubeFlags(o);
+  if (!o.kubernetes) return null;
+  return { start: (holder, registry, log) => startKubernetes(holder, o, registry, log) };
+}
+
+export async function startKubernetes(holder: RuleSetHolder, o: KubeRunOptions, registry: Registry | undefined, log: (msg: string) => void): Promise<KubeAgent> {
+  const nodeName = (o.hostnameOverride ?? process.env.NODE_NAME ?? hostname()).trim().toLowerCase();
+  const setup = o.nodeSetup ? new NodeSetup({ tun: o.tun, dryRun: !!o.dryRun, log }) : null;
+  const agent = new KubeAgent({
+    kubeconfigFile: o.kubeconfig,
+    nodeName,
+    sink: holderSink(holder),
+    minSyncPeriodMs: parseDuration(o.minSyncPeriod, '--min-sync-period'),
+    healthzBindAddress: o.healthzBindAddress === '' ? null : o.healthzBindAddress,
+    registry,
+    log: (m) => log(`kubernetes: ${m}`),
+    onSync: (r) => {
+      if (setup && r.result && holder.ruleSet) setup.update(holder.ruleSet);
+    },
+  });
+  let stopped = false;
+  const stop = () => {
+    if (stopped) return;
+    stopped = true;
+    setup?.undo();
+    void agent.stop();
+  };
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
+  await agent.start();
+  return agent;
+}
