@@ -155,7 +155,8 @@ t.test('watch failures: dropped connections resume from the resource version; 41
   r.api.apply(webSlice('default', 'web', 'aaaaa', 8080, [{ ip: '10.64.1.10' }, { ip: '10.64.1.11' }]));
   await until('the change after the drop', () => epsOf(r.holder, 'default/web')!.length === 2);
   t.equal(r.api.listRequests, lists, 'no re-list after a dropped connection');
-  t.ok(r.api.watchRequests >= watches + 3, 'the three watches reconnected');
+  await until('the three watches reconnected', () => r.api.watchRequests >= watches + 3);
+  t.pass('the three watches reconnected');
   const resumed = r.api.requests.filter((q) => q.query.watch === 'true').slice(-3);
   t.ok(resumed.every((q) => Number(q.query.resourceVersion) >= bookmarkRv), `resumed from the bookmarked resource version or later (${resumed.map((q) => q.query.resourceVersion)} ≥ ${bookmarkRv})`);
   t.ok(resumed.every((q) => q.query.allowWatchBookmarks === 'true'), 'asking for bookmarks');
