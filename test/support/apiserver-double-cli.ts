@@ -4,7 +4,7 @@
  * lines on stdin, one JSON answer per line on stdout:
  *   → {"id":1,"op":"apply","objects":[...]}        ← {"id":1,"ok":true,"result":{"rv":12}}
  *   ops: apply {objects}, remove {refs: [{kind, namespace, name}]}, drop, compact,
- *        restart {downMs}, stats, churn {slices, perSecond, seconds} (the benchmark's load), exit
+ *        restart {downMs}, stats, churn {slices?, perSecond, seconds, base?} (the benchmark's load), exit
  * Prints {"id":0,"ok":true,"result":{"url":...,"kubeconfig":...}} once listening.
  *
  *   node --import tsx test/support/apiserver-double-cli.ts [--host 127.0.0.1] [--port 0] [--token T] [--bookmark-ms 1000]
@@ -32,12 +32,12 @@ const out = (m: Json) => process.stdout.write(JSON.stringify(m) + '\n');
 
 /**
  * The benchmark's load: `perSecond` EndpointSlice changes a second for `seconds`, round robin
- * over the given slices; each change moves one endpoint to a new address and stamps
+ * over the given slices (default: every slice in the store); each change moves one endpoint to a new address and stamps
  * endpoints.kubernetes.io/last-change-trigger-time (as the EndpointSlice controller does) and
  * tunproxy.dev/sent-at-ms (performance.timeOrigin + now, sub-millisecond) at the moment it is sent.
  */
 async function churn(m: Json): Promise<Json> {
-  const slices: Json[] = m.slices;
+  const slices: Json[] = m.slices ?? api.list('endpointslices');
   const perSecond = Number(m.perSecond);
   const total = Math.round(perSecond * Number(m.seconds));
   const t0 = performance.now();
@@ -48,7 +48,7 @@ async function churn(m: Json): Promise<Json> {
     if (wait > 0) await new Promise((r) => setTimeout(r, wait));
     const s = structuredClone(slices[sent % slices.length]);
     const ep = s.endpoints[0];
-    const n = sent + 1;
+    const n = Number(m.base ?? 0) + sent + 1;
     ep.addresses = [`10.${128 + ((n >> 16) & 63)}.${(n >> 8) & 255}.${n & 255}`];
     const now = performance.timeOrigin + performance.now();
     s.metadata.annotations = { ...(s.metadata.annotations ?? {}), 'endpoints.kubernetes.io/last-change-trigger-time': new Date(now).toISOString(), 'tunproxy.dev/sent-at-ms': String(now) };
