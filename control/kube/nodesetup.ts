@@ -98,7 +98,8 @@ export class NodeSetup {
 
   /** Take everything out again (at stop). */
   undo(): void {
-    const lines = [...[...this.routes].map((r) => `route del ${r}/32 dev ${this.o.tun}`), ...(this.staticLines ? NodeSetup.undoStatic(this.staticLines) : [])];
+    // the local rule back first: the node's own addresses answer again before anything else changes
+    const lines = [...(this.staticLines ? NodeSetup.undoStatic(this.staticLines) : []), ...[...this.routes].map((r) => `route del ${r}/32 dev ${this.o.tun}`)];
     this.routes.clear();
     this.staticLines = null;
     for (const e of this.exec(lines)) this.o.log(`node setup undo: ${e}`);
