@@ -143,8 +143,16 @@ export class KubeAgent {
     if (o.kubeConfig) this.kc = o.kubeConfig;
     else {
       this.kc = new KubeConfig();
-      if (o.kubeconfigFile) this.kc.loadFromFile(o.kubeconfigFile);
-      else this.kc.loadFromCluster();
+      if (o.kubeconfigFile) {
+        try {
+          this.kc.loadFromFile(o.kubeconfigFile);
+        } catch (e) {
+          throw new Error(`--kubeconfig ${o.kubeconfigFile}: ${(e as Error).message}`);
+        }
+      } else {
+        if (!process.env.KUBERNETES_SERVICE_HOST) throw new Error('--kubernetes: not inside a cluster (no KUBERNETES_SERVICE_HOST for the service account): give --kubeconfig FILE');
+        this.kc.loadFromCluster();
+      }
     }
     if (!this.kc.getCurrentCluster()) throw new Error('--kubernetes: the kubeconfig names no current cluster');
     this.cache = new KubeCache(o.nodeName);

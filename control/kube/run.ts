@@ -8,8 +8,9 @@ import { hostname } from 'node:os';
 import type { Registry } from 'prom-client';
 import type { RuleSetHolder } from '../runtime.ts';
 import { holderSink } from './adapter.ts';
-import { KubeAgent } from './agent.ts';
+import type { KubeAgent } from './agent.ts';
 import { NodeSetup } from './nodesetup.ts';
+// the agent (and @kubernetes/client-node, a large library) is loaded by `run --kubernetes` only, not by every command
 
 export interface KubeRunOptions {
   tun: string;
@@ -54,6 +55,7 @@ export function kubernetesFor(o: KubeRunOptions & { rules?: string }): { start(h
 export async function startKubernetes(holder: RuleSetHolder, o: KubeRunOptions, registry: Registry | undefined, log: (msg: string) => void): Promise<KubeAgent> {
   const nodeName = (o.hostnameOverride ?? process.env.NODE_NAME ?? hostname()).trim().toLowerCase();
   const setup = o.nodeSetup ? new NodeSetup({ tun: o.tun, dryRun: !!o.dryRun, log }) : null;
+  const { KubeAgent } = await import('./agent.ts');
   const agent = new KubeAgent({
     kubeconfigFile: o.kubeconfig,
     nodeName,

@@ -110,6 +110,7 @@ export class ServiceSyncer {
       } else {
         this.skipped.delete(key);
         put(key, b.service);
+        for (const w of b.warnings) this.o.log(`warning: ${w}`);
         for (const p of b.sliceProblems) rejected.push({ object: p.slice(0, p.indexOf(': ')), reason: p.slice(p.indexOf(': ') + 2) });
       }
     }
