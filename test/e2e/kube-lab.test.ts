@@ -173,8 +173,13 @@ if (skip) {
     phase = `${name} (changing)`;
     await d.call('apply', { objects: [slice('web', 'aaaaa', eps)] });
     await until(`${name} in force`, async () => ((await endpointsOf('web')) ?? []).join() === expect.join());
-    phase = name;
+    // what reaches the pods is counted from here (the sync is in force); the client's answers are
+    // judged from the counter read on: the dataplane removes a left endpoint's UDP conntrack entries
+    // just after the first batch under the new tables (README, limits), and with thousands of new
+    // flows a second, a reused source port may meet such an entry in that batch
+    phase = `${name} (settling)`;
     const before = counters();
+    phase = name;
     await sleep(ms);
     const after = counters();
     const got = new Map(PODS.map((a) => [a, after.get(a)! - before.get(a)!]));
@@ -276,7 +281,7 @@ if (skip) {
     process.kill(tp!.pid!, 'SIGTERM');
     const code = await Promise.race([exited, sleep(10_000).then(() => 'still running')]);
     t.equal(code, 0, 'exit status 0 after SIGTERM (the watches and /healthz closed)', { lines: lines.slice(-15) });
-    const refused = sent.kinds.filter((k) => !/^(0|0 \(changing\)|transition|3 ready \(changing\)): /.test(k));
+    const refused = sent.kinds.filter((k) => !/^(0|0 \((changing|settling)\)|transition|3 ready \(changing\)): /.test(k));
     t.same(refused, [], 'the only refused flows were those sent while no endpoint existed (or across that change)');
   });
 }
