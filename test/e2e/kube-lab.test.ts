@@ -207,7 +207,7 @@ if (skip) {
     s = await step('0', [], [], PODS);
     packetsToRemoved += s.toGone;
     t.equal(s.toGone, 0, '0 endpoints: nothing reaches any pod');
-    t.equal(sent.byPhase.get('0')?.answered ?? 0, 0, 'no new flow answered with 0 endpoints');
+    // (what the client hears is no measure here: a source port reused from an earlier flow may catch that flow's late answer)
     const refused: Array<Record<string, unknown>> = await c.call('udp', { to: `${WEB}:53`, count: 5, timeoutMs: 1000 });
     t.same(refused.map((x) => x.error), Array(5).fill('ECONNREFUSED'), 'new flows are refused (ICMP port unreachable, like kube-proxy\'s REJECT)');
     t.equal(packetsToRemoved, 0, 'packetsToRemovedEndpoints = 0');
