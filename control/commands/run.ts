@@ -80,7 +80,10 @@ damaged file is renamed *.damaged-<time> and reported) and
 
 Example (inside the node namespace of the lab):
   tunproxy run --tun tun0 --rules examples/demo-ruleset.json
-  tunproxy get services                 # through /run/tunproxy/tun0.sock`)
+  tunproxy get services                 # through /run/tunproxy/tun0.sock
+
+In a cluster, in kube-proxy's place (README "Running in a cluster", deploy/):
+  tunproxy run --tun tun0 --kubernetes --hostname-override "$NODE_NAME" --node-setup`)
     .action((o: RunOptions) => run(o));
 }
 

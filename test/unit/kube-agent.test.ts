@@ -234,3 +234,13 @@ t.test('/healthz: 200 after a sync, 503 while a change waits longer than the tim
   t.equal(((await res.json()) as { localEndpoints: number }).localEndpoints, 0);
   t.match(await (await fetch(`http://127.0.0.1:${r.agent.healthz.port}/metrics`)).text(), /tunproxy_kube_syncs_total/, '/metrics beside /healthz');
 });
+
+t.test('a full resync runs periodically and changes nothing that is in force', async (t) => {
+  const r = await rig(t, [webService('default', 'web', '10.32.0.10'), webSlice('default', 'web', 'aaaaa', 8080, [{ ip: '10.64.1.10' }])], { fullSyncPeriodMs: 200 });
+  const before = JSON.stringify(r.holder.ruleSet);
+  await until('a full resync', () => r.syncs.some((s) => s.full && s.result !== null), 3000);
+  const full = r.syncs.find((s) => s.full)!;
+  t.same(full.keys, ['default/web'], 'every service converted again');
+  t.equal(JSON.stringify(r.holder.ruleSet), before, 'the same rule set in force');
+  t.same(full.rejected, []);
+});
