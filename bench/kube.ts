@@ -262,8 +262,12 @@ function anchor(rs: RuleSet): { fullLoadMs: number; partialMs: number; partialLi
     return ms;
   };
   try {
-    deleteNetns(ns);
-    addNetns(ns);
+    try {
+      deleteNetns(ns);
+      addNetns(ns);
+    } catch (e) {
+      return { skipped: `no network namespace for it (${(e as Error).message.split('\n')[0]})` };
+    }
     const base = writeIptables(rs);
     const fullLoadMs = timed([], base);
     // one EndpointSlice change, as in the churn: an endpoint of one service moves, and back
