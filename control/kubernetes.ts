@@ -202,14 +202,212 @@ export function parseKubernetesText(text: string): { doc: unknown; itemLines: nu
   return { doc, itemLines };
 }
 
-// ---------------------------------------------------------------- objects → rule set
+// ---------------------------------------------------------------- one service: the conversion shared by the importer and the agent
 
-interface ServiceRec {
-  line: number;
+/**
+ * What one Service object, with its EndpointSlices, becomes in a rule set. The kubectl importer
+ * (below) and the node agent fed by the API server (control/kube/) both convert with these
+ * functions, so a cluster reads the same either way.
+ */
+export interface ConvertedService {
   service: Service;
   /** port name → protocol */
   portProtocols: Map<string, string>;
+  /** address → endpoint, merged across slices */
   endpoints: Map<string, Endpoint>;
+}
+
+export type ServiceVerdict = { ok: ConvertedService } | { skip: string } | { bad: string };
+
+/** kube-proxy leaves out services with this label: another proxy serves them. */
+export const SERVICE_PROXY_NAME_LABEL = 'service.kubernetes.io/service-proxy-name';
+
+/**
+ * A Service object (already known to have a namespace and name) → a rule-set service without
+ * endpoints; or why kube-proxy writes no rules for it (`skip`); or why it cannot be read (`bad`).
+ * `where` prefixes the warnings ("Service default/web (line 12)").
+ */
+export function convertService(o: Obj, ns: string, name: string, where: string, warn: (msg: string) => void): ServiceVerdict {
+  const spec = isObj(o.spec) ? o.spec : null;
+  if (spec === null) return { bad: 'no spec' };
+  const meta = isObj(o.metadata) ? o.metadata : {};
+  const labels = isObj(meta.labels) ? meta.labels : {};
+  const proxyName = labels[SERVICE_PROXY_NAME_LABEL];
+  if (proxyName !== undefined) return { skip: `labelled ${SERVICE_PROXY_NAME_LABEL}=${String(proxyName)}: served by another proxy, as kube-proxy leaves it` };
+  const type = str(spec.type) ?? 'ClusterIP';
+  if (type === 'ExternalName') return { skip: 'an ExternalName service (a DNS name): kube-proxy writes no rules for it' };
+  if (!['ClusterIP', 'NodePort', 'LoadBalancer'].includes(type)) return { bad: `spec.type ${JSON.stringify(type)} is not ClusterIP, NodePort, LoadBalancer or ExternalName` };
+  const ips = Array.isArray(spec.clusterIPs) && spec.clusterIPs.length > 0 ? spec.clusterIPs : spec.clusterIP !== undefined ? [spec.clusterIP] : [];
+  if (ips.length === 0 || ips[0] === 'None' || ips[0] === '') return { skip: 'a headless service (clusterIP None): kube-proxy writes no rules for it' };
+  const clusterIP = ips.find(isV4);
+  if (clusterIP === undefined) {
+    if (ips.some((a) => typeof a === 'string' && a.includes(':'))) return { skip: `an IPv6 service (${ips.join(', ')}): tunproxy handles IPv4 only` };
+    return { bad: `spec.clusterIP ${JSON.stringify(ips[0])} is not an IPv4 address` };
+  }
+  const rawPorts = Array.isArray(spec.ports) ? spec.ports : [];
+  if (rawPorts.length === 0) return { bad: 'spec.ports is empty: a service with a ClusterIP needs at least one port' };
+  const ports: ServicePort[] = [];
+  const portProtocols = new Map<string, string>();
+  const externallyReachable = type === 'NodePort' || type === 'LoadBalancer';
+  for (let i = 0; i < rawPorts.length; i++) {
+    const p = rawPorts[i];
+    if (!isObj(p)) return { bad: `spec.ports[${i}] is not an object` };
+    const protocol = p.protocol === undefined ? 'TCP' : p.protocol;
+    if (protocol !== 'TCP' && protocol !== 'UDP' && protocol !== 'SCTP') return { bad: `spec.ports[${i}].protocol ${JSON.stringify(protocol)} is not TCP, UDP or SCTP` };
+    if (typeof p.port !== 'number' || !Number.isInteger(p.port) || p.port < 1 || p.port > 65535) return { bad: `spec.ports[${i}].port ${JSON.stringify(p.port)} is not a port number` };
+    const portName = p.name === undefined || p.name === null ? '' : p.name;
+    if (typeof portName !== 'string') return { bad: `spec.ports[${i}].name must be a string` };
+    const sp: ServicePort = { name: portName, protocol, port: p.port };
+    if (typeof p.targetPort === 'number' || typeof p.targetPort === 'string') sp.targetPort = p.targetPort;
+    else if (p.targetPort !== undefined && p.targetPort !== null) return { bad: `spec.ports[${i}].targetPort ${JSON.stringify(p.targetPort)} is not a port number or name` };
+    if (externallyReachable && typeof p.nodePort === 'number' && p.nodePort !== 0) sp.nodePort = p.nodePort;
+    ports.push(sp);
+    portProtocols.set(portName, protocol);
+  }
+  const svc: Service = { namespace: ns, name, clusterIP, ports };
+  const v4List = (field: string, v: unknown): string[] => {
+    if (!Array.isArray(v)) return [];
+    const out: string[] = [];
+    for (const a of v) {
+      if (isV4(a)) {
+        if (!out.includes(a)) out.push(a);
+      } else warn(`${where}: ${field} ${JSON.stringify(a)} is not an IPv4 address; left out`);
+    }
+    return out;
+  };
+  const externalIPs = v4List('spec.externalIPs', spec.externalIPs);
+  if (externalIPs.length > 0) svc.externalIPs = externalIPs;
+  if (type === 'LoadBalancer') {
+    const st = isObj(o.status) && isObj(o.status.loadBalancer) ? o.status.loadBalancer : {};
+    const lb: string[] = [];
+    for (const ing of Array.isArray(st.ingress) ? st.ingress : []) {
+      if (!isObj(ing)) continue;
+      if (ing.ipMode === 'Proxy') {
+        warn(`${where}: load-balancer IP ${ing.ip} has ipMode Proxy: kube-proxy writes no rules for it; left out`);
+        continue;
+      }
+      if (ing.ip === undefined || ing.ip === null) {
+        if (ing.hostname !== undefined && ing.hostname !== null) warn(`${where}: load-balancer ingress by hostname ${JSON.stringify(ing.hostname)} has no rules; left out`);
+        continue;
+      }
+      if (isV4(ing.ip)) {
+        if (!lb.includes(ing.ip)) lb.push(ing.ip);
+      } else warn(`${where}: load-balancer IP ${JSON.stringify(ing.ip)} is not IPv4; left out`);
+    }
+    if (lb.length > 0) svc.loadBalancerIPs = lb;
+    const ranges: string[] = [];
+    for (const r of Array.isArray(spec.loadBalancerSourceRanges) ? spec.loadBalancerSourceRanges : []) {
+      const c = typeof r === 'string' ? parseCidr(r.trim()) : null;
+      if (c) ranges.push(r.trim());
+      else warn(`${where}: loadBalancerSourceRanges ${JSON.stringify(r)} is not an IPv4 CIDR; left out`);
+    }
+    if (ranges.length > 0) svc.loadBalancerSourceRanges = ranges;
+  }
+  if (spec.sessionAffinity === 'ClientIP') {
+    svc.sessionAffinity = 'ClientIP';
+    const cfg = isObj(spec.sessionAffinityConfig) && isObj(spec.sessionAffinityConfig.clientIP) ? spec.sessionAffinityConfig.clientIP : {};
+    if (typeof cfg.timeoutSeconds === 'number') svc.sessionAffinityTimeoutSeconds = cfg.timeoutSeconds;
+  } else if (spec.sessionAffinity !== undefined && spec.sessionAffinity !== null && spec.sessionAffinity !== 'None') {
+    return { bad: `spec.sessionAffinity ${JSON.stringify(spec.sessionAffinity)} is not None or ClientIP` };
+  }
+  for (const f of ['externalTrafficPolicy', 'internalTrafficPolicy'] as const) {
+    const v = spec[f];
+    if (v === undefined || v === null) continue;
+    // "Cluster"/"Local"; the pre-1.22 external value "Global" meant Cluster
+    if (v === 'Local') svc[f] = 'Local';
+    else if (v !== 'Cluster' && !(f === 'externalTrafficPolicy' && v === 'Global')) return { bad: `spec.${f} ${JSON.stringify(v)} is not Cluster or Local` };
+  }
+  return { ok: { service: svc, portProtocols, endpoints: new Map() } };
+}
+
+/** The service an EndpointSlice belongs to ("ns/name"), or why it is skipped / not understood. */
+export function sliceServiceKey(o: Obj, ns: string): { key: string } | { skip: string } | { bad: string } {
+  const meta = isObj(o.metadata) ? o.metadata : {};
+  const labels = isObj(meta.labels) ? meta.labels : {};
+  const svcName = str(labels[SERVICE_NAME_LABEL]);
+  if (!svcName) return { skip: `no ${SERVICE_NAME_LABEL} label: not the endpoints of a service` };
+  const at = o.addressType;
+  if (at === 'IPv6') return { skip: 'addressType IPv6: tunproxy handles IPv4 only' };
+  if (at === 'FQDN') return { skip: 'addressType FQDN: kube-proxy ignores FQDN slices' };
+  if (at !== 'IPv4') return { bad: `addressType ${JSON.stringify(at)} is not IPv4, IPv6 or FQDN` };
+  return { key: `${ns}/${svcName}` };
+}
+
+/**
+ * Merge one EndpointSlice's endpoints into a converted service, as kube-proxy's EndpointSliceCache
+ * does: an endpoint that is in several slices counts once (the first one seen, unless a later one
+ * is on this node: kube-proxy favours the local copy), its port per service-port name; ports the
+ * service does not have, or with another protocol, are left out (a warning). `where` names the
+ * slice in messages; `bad` gets what cannot be read (the rest of the slice is still used).
+ */
+export function mergeSlice(rec: ConvertedService, o: Obj, where: string, nodeName: string | undefined, warn: (msg: string) => void, bad: (reason: string) => void): void {
+  const key = `${rec.service.namespace}/${rec.service.name}`;
+  const slicePorts: Array<{ name: string; port: number }> = [];
+  for (const [i, p] of (Array.isArray(o.ports) ? o.ports : []).entries()) {
+    if (!isObj(p)) return bad(`ports[${i}] is not an object`);
+    const pname = p.name === undefined || p.name === null ? '' : String(p.name);
+    const proto = p.protocol === undefined || p.protocol === null ? 'TCP' : p.protocol;
+    if (p.port === undefined || p.port === null) continue; // a port the endpoints do not serve
+    if (typeof p.port !== 'number' || !Number.isInteger(p.port) || p.port < 1 || p.port > 65535) return bad(`ports[${i}].port ${JSON.stringify(p.port)} is not a port number`);
+    const want = rec.portProtocols.get(pname);
+    if (want === undefined) {
+      warn(`${where}: port ${JSON.stringify(pname)} is not a port of ${key}; left out`);
+      continue;
+    }
+    if (want !== proto) {
+      warn(`${where}: port ${JSON.stringify(pname)} is ${proto} here but ${want} in ${key}; left out`);
+      continue;
+    }
+    slicePorts.push({ name: pname, port: p.port });
+  }
+  const eps = Array.isArray(o.endpoints) ? o.endpoints : [];
+  for (const [i, e] of eps.entries()) {
+    if (!isObj(e)) {
+      bad(`endpoints[${i}] is not an object`);
+      continue;
+    }
+    const addrs = Array.isArray(e.addresses) ? e.addresses : [];
+    const address = addrs[0];
+    if (!isV4(address)) {
+      bad(`endpoints[${i}].addresses[0] ${JSON.stringify(address)} is not an IPv4 address`);
+      continue;
+    }
+    if (slicePorts.length === 0) continue;
+    const cond = isObj(e.conditions) ? e.conditions : {};
+    const ready = cond.ready === undefined || cond.ready === null ? true : cond.ready === true;
+    const serving = cond.serving === undefined || cond.serving === null ? ready : cond.serving === true;
+    const terminating = cond.terminating === true;
+    const nodeLocal = nodeName !== undefined && e.nodeName === nodeName;
+    const prev = rec.endpoints.get(address);
+    if (prev === undefined || (nodeLocal && !prev.nodeLocal)) {
+      const ep: Endpoint = { address, ports: prev?.ports ?? {} };
+      if (!ready) ep.ready = false;
+      if (serving !== ready) ep.serving = serving;
+      if (terminating) ep.terminating = true;
+      if (nodeLocal) ep.nodeLocal = true;
+      for (const sp of slicePorts) ep.ports![sp.name] = sp.port;
+      rec.endpoints.set(address, ep);
+    } else {
+      for (const sp of slicePorts) {
+        const was = prev.ports![sp.name];
+        if (was === undefined) prev.ports![sp.name] = sp.port;
+        else if (was !== sp.port) warn(`${where}: endpoint ${address} has port ${sp.port} for ${JSON.stringify(sp.name)} here and ${was} in another slice; the first is kept`);
+      }
+    }
+  }
+}
+
+/** The merged endpoints onto the service, in kube-proxy's "ip:port" text order. */
+export function finishService(rec: ConvertedService): Service {
+  if (rec.endpoints.size > 0) rec.service.endpoints = [...rec.endpoints.values()].sort((a, b) => (a.address < b.address ? -1 : a.address > b.address ? 1 : 0));
+  else delete rec.service.endpoints;
+  return rec.service;
+}
+
+// ---------------------------------------------------------------- objects → rule set
+
+interface ServiceRec extends ConvertedService {
+  line: number;
 }
 
 interface SliceRec {
@@ -217,6 +415,17 @@ interface SliceRec {
   id: string;
   key: string;
   obj: Obj;
+}
+
+/** This node's IPv4 InternalIP/ExternalIP addresses from a Node object (empty when it has none). */
+export function nodeAddressesOf(o: Obj): string[] {
+  const st = isObj(o.status) ? o.status : {};
+  const addrs = Array.isArray(st.addresses) ? st.addresses : [];
+  const v4: string[] = [];
+  for (const a of addrs) {
+    if (isObj(a) && (a.type === 'InternalIP' || a.type === 'ExternalIP') && isV4(a.address) && !v4.includes(a.address)) v4.push(a.address);
+  }
+  return v4;
 }
 
 class Importer {
@@ -261,12 +470,7 @@ class Importer {
 
   node(o: Obj, line: number, id: string, name: string | undefined): void {
     if (this.opts.nodeName === undefined || name !== this.opts.nodeName) return this.skip(line, id, this.opts.nodeName === undefined ? 'no nodeName given: Node items are not read' : `not this node (${this.opts.nodeName})`);
-    const st = isObj(o.status) ? o.status : {};
-    const addrs = Array.isArray(st.addresses) ? st.addresses : [];
-    const v4: string[] = [];
-    for (const a of addrs) {
-      if (isObj(a) && (a.type === 'InternalIP' || a.type === 'ExternalIP') && isV4(a.address) && !v4.includes(a.address)) v4.push(a.address);
-    }
+    const v4 = nodeAddressesOf(o);
     if (v4.length === 0) return this.bad(line, id, 'status.addresses has no IPv4 InternalIP or ExternalIP');
     this.nodeAddresses = v4;
   }
@@ -275,110 +479,22 @@ class Importer {
     if (!ns || !name) return this.bad(line, id, 'metadata.namespace and metadata.name are required');
     const key = `${ns}/${name}`;
     if (this.services.has(key) || this.skippedServices.has(key)) return this.bad(line, id, `${key} appears twice; the first is kept`);
-    const spec = isObj(o.spec) ? o.spec : null;
-    if (spec === null) return this.bad(line, id, 'no spec');
-    const type = str(spec.type) ?? 'ClusterIP';
-    const skipService = (reason: string) => {
-      this.skippedServices.set(key, reason);
-      this.skip(line, id, reason);
-    };
-    if (type === 'ExternalName') return skipService('an ExternalName service (a DNS name): kube-proxy writes no rules for it');
-    if (!['ClusterIP', 'NodePort', 'LoadBalancer'].includes(type)) return this.bad(line, id, `spec.type ${JSON.stringify(type)} is not ClusterIP, NodePort, LoadBalancer or ExternalName`);
-    const ips = Array.isArray(spec.clusterIPs) && spec.clusterIPs.length > 0 ? spec.clusterIPs : spec.clusterIP !== undefined ? [spec.clusterIP] : [];
-    if (ips.length === 0 || ips[0] === 'None' || ips[0] === '') return skipService('a headless service (clusterIP None): kube-proxy writes no rules for it');
-    const clusterIP = ips.find(isV4);
-    if (clusterIP === undefined) {
-      if (ips.some((a) => typeof a === 'string' && a.includes(':'))) return skipService(`an IPv6 service (${ips.join(', ')}): tunproxy handles IPv4 only`);
-      return this.bad(line, id, `spec.clusterIP ${JSON.stringify(ips[0])} is not an IPv4 address`);
+    const v = convertService(o, ns, name, `${id} (line ${line})`, (m) => this.warnings.push(m));
+    if ('bad' in v) return this.bad(line, id, v.bad);
+    if ('skip' in v) {
+      this.skippedServices.set(key, v.skip);
+      return this.skip(line, id, v.skip);
     }
-    const rawPorts = Array.isArray(spec.ports) ? spec.ports : [];
-    if (rawPorts.length === 0) return this.bad(line, id, 'spec.ports is empty: a service with a ClusterIP needs at least one port');
-    const ports: ServicePort[] = [];
-    const portProtocols = new Map<string, string>();
-    const externallyReachable = type === 'NodePort' || type === 'LoadBalancer';
-    for (let i = 0; i < rawPorts.length; i++) {
-      const p = rawPorts[i];
-      if (!isObj(p)) return this.bad(line, id, `spec.ports[${i}] is not an object`);
-      const protocol = p.protocol === undefined ? 'TCP' : p.protocol;
-      if (protocol !== 'TCP' && protocol !== 'UDP' && protocol !== 'SCTP') return this.bad(line, id, `spec.ports[${i}].protocol ${JSON.stringify(protocol)} is not TCP, UDP or SCTP`);
-      if (typeof p.port !== 'number' || !Number.isInteger(p.port) || p.port < 1 || p.port > 65535) return this.bad(line, id, `spec.ports[${i}].port ${JSON.stringify(p.port)} is not a port number`);
-      const portName = p.name === undefined ? '' : p.name;
-      if (typeof portName !== 'string') return this.bad(line, id, `spec.ports[${i}].name must be a string`);
-      const sp: ServicePort = { name: portName, protocol, port: p.port };
-      if (typeof p.targetPort === 'number' || typeof p.targetPort === 'string') sp.targetPort = p.targetPort;
-      else if (p.targetPort !== undefined) return this.bad(line, id, `spec.ports[${i}].targetPort ${JSON.stringify(p.targetPort)} is not a port number or name`);
-      if (externallyReachable && typeof p.nodePort === 'number' && p.nodePort !== 0) sp.nodePort = p.nodePort;
-      ports.push(sp);
-      portProtocols.set(portName, protocol);
-    }
-    const svc: Service = { namespace: ns, name, clusterIP, ports };
-    const v4List = (field: string, v: unknown): string[] => {
-      if (!Array.isArray(v)) return [];
-      const out: string[] = [];
-      for (const a of v) {
-        if (isV4(a)) {
-          if (!out.includes(a)) out.push(a);
-        } else this.warnings.push(`${id} (line ${line}): ${field} ${JSON.stringify(a)} is not an IPv4 address; left out`);
-      }
-      return out;
-    };
-    const externalIPs = v4List('spec.externalIPs', spec.externalIPs);
-    if (externalIPs.length > 0) svc.externalIPs = externalIPs;
-    if (type === 'LoadBalancer') {
-      const st = isObj(o.status) && isObj(o.status.loadBalancer) ? o.status.loadBalancer : {};
-      const lb: string[] = [];
-      for (const ing of Array.isArray(st.ingress) ? st.ingress : []) {
-        if (!isObj(ing)) continue;
-        if (ing.ipMode === 'Proxy') {
-          this.warnings.push(`${id} (line ${line}): load-balancer IP ${ing.ip} has ipMode Proxy: kube-proxy writes no rules for it; left out`);
-          continue;
-        }
-        if (ing.ip === undefined) {
-          if (ing.hostname !== undefined) this.warnings.push(`${id} (line ${line}): load-balancer ingress by hostname ${JSON.stringify(ing.hostname)} has no rules; left out`);
-          continue;
-        }
-        if (isV4(ing.ip)) {
-          if (!lb.includes(ing.ip)) lb.push(ing.ip);
-        } else this.warnings.push(`${id} (line ${line}): load-balancer IP ${JSON.stringify(ing.ip)} is not IPv4; left out`);
-      }
-      if (lb.length > 0) svc.loadBalancerIPs = lb;
-      const ranges: string[] = [];
-      for (const r of Array.isArray(spec.loadBalancerSourceRanges) ? spec.loadBalancerSourceRanges : []) {
-        const c = typeof r === 'string' ? parseCidr(r.trim()) : null;
-        if (c) ranges.push(r.trim());
-        else this.warnings.push(`${id} (line ${line}): loadBalancerSourceRanges ${JSON.stringify(r)} is not an IPv4 CIDR; left out`);
-      }
-      if (ranges.length > 0) svc.loadBalancerSourceRanges = ranges;
-    }
-    if (spec.sessionAffinity === 'ClientIP') {
-      svc.sessionAffinity = 'ClientIP';
-      const cfg = isObj(spec.sessionAffinityConfig) && isObj(spec.sessionAffinityConfig.clientIP) ? spec.sessionAffinityConfig.clientIP : {};
-      if (typeof cfg.timeoutSeconds === 'number') svc.sessionAffinityTimeoutSeconds = cfg.timeoutSeconds;
-    } else if (spec.sessionAffinity !== undefined && spec.sessionAffinity !== 'None') {
-      return this.bad(line, id, `spec.sessionAffinity ${JSON.stringify(spec.sessionAffinity)} is not None or ClientIP`);
-    }
-    for (const f of ['externalTrafficPolicy', 'internalTrafficPolicy'] as const) {
-      const v = spec[f];
-      if (v === undefined) continue;
-      // "Cluster"/"Local"; the pre-1.22 external value "Global" meant Cluster
-      if (v === 'Local') svc[f] = 'Local';
-      else if (v !== 'Cluster' && !(f === 'externalTrafficPolicy' && v === 'Global')) return this.bad(line, id, `spec.${f} ${JSON.stringify(v)} is not Cluster or Local`);
-    }
-    this.services.set(key, { line, service: svc, portProtocols, endpoints: new Map() });
+    this.services.set(key, { ...v.ok, line });
   }
 
   endpointSlice(o: Obj, line: number, id: string, ns: string | undefined, name: string | undefined): void {
     if (!ns || !name) return this.bad(line, id, 'metadata.namespace and metadata.name are required');
-    const meta = o.metadata as Obj;
-    const labels = isObj(meta.labels) ? meta.labels : {};
-    const svcName = str(labels[SERVICE_NAME_LABEL]);
-    if (!svcName) return this.skip(line, id, `no ${SERVICE_NAME_LABEL} label: not the endpoints of a service`);
-    const at = o.addressType;
-    if (at === 'IPv6') return this.skip(line, id, 'addressType IPv6: tunproxy handles IPv4 only');
-    if (at === 'FQDN') return this.skip(line, id, 'addressType FQDN: kube-proxy ignores FQDN slices');
-    if (at !== 'IPv4') return this.bad(line, id, `addressType ${JSON.stringify(at)} is not IPv4, IPv6 or FQDN`);
+    const k = sliceServiceKey(o, ns);
+    if ('skip' in k) return this.skip(line, id, k.skip);
+    if ('bad' in k) return this.bad(line, id, k.bad);
     // joined to the services once they are all read (a slice may come before its service)
-    this.slices.push({ line, id, key: `${ns}/${svcName}`, obj: o });
+    this.slices.push({ line, id, key: k.key, obj: o });
   }
 
   join(): void {
@@ -390,72 +506,9 @@ class Importer {
         else this.skip(s.line, s.id, `no service ${s.key} in the input (or it was not understood): its endpoints are left out`);
         continue;
       }
-      const o = s.obj;
-      const slicePorts: Array<{ name: string; port: number }> = [];
-      for (const [i, p] of (Array.isArray(o.ports) ? o.ports : []).entries()) {
-        if (!isObj(p)) {
-          this.bad(s.line, s.id, `ports[${i}] is not an object`);
-          return;
-        }
-        const pname = p.name === undefined || p.name === null ? '' : String(p.name);
-        const proto = p.protocol === undefined ? 'TCP' : p.protocol;
-        if (p.port === undefined || p.port === null) continue; // a port the endpoints do not serve
-        if (typeof p.port !== 'number' || !Number.isInteger(p.port) || p.port < 1 || p.port > 65535) {
-          this.bad(s.line, s.id, `ports[${i}].port ${JSON.stringify(p.port)} is not a port number`);
-          return;
-        }
-        const want = rec.portProtocols.get(pname);
-        if (want === undefined) {
-          this.warnings.push(`${s.id} (line ${s.line}): port ${JSON.stringify(pname)} is not a port of ${s.key}; left out`);
-          continue;
-        }
-        if (want !== proto) {
-          this.warnings.push(`${s.id} (line ${s.line}): port ${JSON.stringify(pname)} is ${proto} here but ${want} in ${s.key}; left out`);
-          continue;
-        }
-        slicePorts.push({ name: pname, port: p.port });
-      }
-      const eps = Array.isArray(o.endpoints) ? o.endpoints : [];
-      for (const [i, e] of eps.entries()) {
-        if (!isObj(e)) {
-          this.bad(s.line, s.id, `endpoints[${i}] is not an object`);
-          continue;
-        }
-        const addrs = Array.isArray(e.addresses) ? e.addresses : [];
-        const address = addrs[0];
-        if (!isV4(address)) {
-          this.bad(s.line, s.id, `endpoints[${i}].addresses[0] ${JSON.stringify(address)} is not an IPv4 address`);
-          continue;
-        }
-        if (slicePorts.length === 0) continue;
-        const cond = isObj(e.conditions) ? e.conditions : {};
-        const ready = cond.ready === undefined || cond.ready === null ? true : cond.ready === true;
-        const serving = cond.serving === undefined || cond.serving === null ? ready : cond.serving === true;
-        const terminating = cond.terminating === true;
-        const nodeLocal = this.opts.nodeName !== undefined && e.nodeName === this.opts.nodeName;
-        const prev = rec.endpoints.get(address);
-        if (prev === undefined) {
-          const ep: Endpoint = { address, ports: {} };
-          if (!ready) ep.ready = false;
-          if (serving !== ready) ep.serving = serving;
-          if (terminating) ep.terminating = true;
-          if (nodeLocal) ep.nodeLocal = true;
-          for (const sp of slicePorts) ep.ports![sp.name] = sp.port;
-          rec.endpoints.set(address, ep);
-        } else {
-          for (const sp of slicePorts) {
-            const was = prev.ports![sp.name];
-            if (was === undefined) prev.ports![sp.name] = sp.port;
-            else if (was !== sp.port) this.warnings.push(`${s.id} (line ${s.line}): endpoint ${address} has port ${sp.port} for ${JSON.stringify(sp.name)} here and ${was} in another slice; the first is kept`);
-          }
-        }
-      }
+      mergeSlice(rec, s.obj, `${s.id} (line ${s.line})`, this.opts.nodeName, (m) => this.warnings.push(m), (reason) => this.bad(s.line, s.id, reason));
     }
-    for (const rec of this.services.values()) {
-      if (rec.endpoints.size === 0) continue;
-      // kube-proxy orders a service's endpoints by their "ip:port" text
-      rec.service.endpoints = [...rec.endpoints.values()].sort((a, b) => (a.address < b.address ? -1 : a.address > b.address ? 1 : 0));
-    }
+    for (const rec of this.services.values()) finishService(rec);
   }
 }
 

@@ -28,9 +28,11 @@ import { DEFAULT_PIN_DIR } from '../../dataplane/pin/index.ts';
 
 // control/api/context.ts's DEFAULT_BODY_LIMIT, repeated so that `tunproxy --help` does not load the API (test/unit/cli-dist.test.ts checks they agree)
 export const DEFAULT_BODY_LIMIT = 64 * 1024 * 1024;
+import { checkKubeFlags } from '../kube/run.ts';
+import type { KubeRunOptions } from '../kube/run.ts';
 // the API server itself (fastify, prom-client) is loaded by `run` only, not by the client commands
 
-export interface RunOptions {
+export interface RunOptions extends KubeRunOptions {
   decider: string;
   tun: string;
   rules?: string;
@@ -82,6 +84,13 @@ export function registerRun(program: Command): void {
     .option('--multi-queue', 'open the TUN with IFF_MULTI_QUEUE (the device must have been created multi_queue)')
     .option('--decider <compiled|linear>', "how new flows are decided: the hash tables, or kube-proxy's iptables rules walked linearly (for comparison)", 'compiled')
     .option('--offload <auto|off>', 'auto: open the TUN with a virtio-net header and take checksum, TCP (TSO4/6, ECN) and UDP (USO4/6) segmentation offloads, so bulk traffic moves as 64 KiB super-packets (what the kernel refuses is said at start); off: one MTU packet per read', 'auto')
+    .option('--kubernetes', 'take the rules from the cluster: list and watch Services, EndpointSlices and this Node, like kube-proxy (in-cluster service account, or --kubeconfig)')
+    .option('--kubeconfig <file>', 'with --kubernetes: the kubeconfig file (default: the in-cluster service account)')
+    .option('--hostname-override <name>', "with --kubernetes: this node's name (default: $NODE_NAME, else the host name)")
+    .option('--min-sync-period <duration>', 'with --kubernetes: at most one sync per this period; changes in between are coalesced (0: every change at once)', '1s')
+    .option('--healthz-bind-address <host:port>', 'with --kubernetes: where /healthz (and /metrics) are served, like kube-proxy ("" : not served)', '0.0.0.0:10256')
+    .option('--node-setup', 'with --kubernetes: steer the service traffic into the TUN (routes and policy rules), undone at stop')
+    .option('--dry-run', 'with --node-setup: print the ip commands instead of running them')
     .addHelpText('after', `
 Signals: SIGHUP reloads --rules (a rejected file keeps the rules in force),
 SIGUSR1 prints the status and the connection table, SIGINT/SIGTERM save the
@@ -107,7 +116,10 @@ damaged file is renamed *.damaged-<time> and reported) and
 
 Example (inside the node namespace of the lab):
   tunproxy run --tun tun0 --rules examples/demo-ruleset.json
-  tunproxy get services                 # through /run/tunproxy/tun0.sock`)
+  tunproxy get services                 # through /run/tunproxy/tun0.sock
+
+In a cluster, in kube-proxy's place (README "Running in a cluster", deploy/):
+  tunproxy run --tun tun0 --kubernetes --hostname-override "$NODE_NAME" --node-setup`)
     .action((o: RunOptions) => run(o));
 }
 
@@ -130,6 +142,7 @@ export async function run(o: RunOptions): Promise<void> {
   if (!/^[0-7]{3}$/.test(o.socketMode)) throw new Error(`--socket-mode: ${o.socketMode} must be octal permissions like 600 or 660`);
   if (!Number.isInteger(maxBody) || maxBody < 1024) throw new Error(`--max-body: ${o.maxBody} must be a number of bytes >= 1024`);
   if (o.listen !== undefined && o.tokenFile === undefined) throw new Error('--listen needs --token-file: the TCP listener only serves requests with a bearer token');
+  checkKubeFlags(o);
   const { defaultSocketPath, readTokenFile } = await import('../api/local.ts');
   // the dataplane is loaded by `run` only (the other commands start faster without it)
   const [{ Dataplane }, { TunDevice }, { StateStore }, { ControlWorker }, { FlowLister, unpackChunk }, { watchEventLoop }, { formatConntrackL }, { PIN_CLOSED, PinnedTable }, { tunSetPersist }] = await Promise.all([
@@ -188,6 +201,9 @@ export async function run(o: RunOptions): Promise<void> {
     token,
     maxBody,
     decider: o.decider,
+    kube: o.kubernetes
+      ? { tun: o.tun, kubernetes: true, kubeconfig: o.kubeconfig, hostnameOverride: o.hostnameOverride, minSyncPeriod: o.minSyncPeriod, healthzBindAddress: o.healthzBindAddress, nodeSetup: o.nodeSetup, dryRun: o.dryRun }
+      : undefined,
   });
   let stopping = false;
   cw.on('worker-error', (e: Error) => log(`the control worker failed: ${e.stack ?? e.message}; packets keep moving with the rules in force, the API is gone`));

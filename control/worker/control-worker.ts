@@ -30,6 +30,7 @@ import { writeIptables } from '../iptables/writer.ts';
 import { startApi } from '../server.ts';
 import type { ApiServer } from '../server.ts';
 import { RemotePacketSide } from './remote.ts';
+import type { KubeRunOptions, KubeRunning } from '../kube/run.ts';
 
 export interface ControlWorkerData {
   tun: string;
@@ -43,6 +44,8 @@ export interface ControlWorkerData {
   token?: string;
   maxBody: number;
   decider: 'compiled' | 'linear';
+  /** --kubernetes: the node agent runs here, beside the API (control/kube/run.ts) */
+  kube?: KubeRunOptions;
 }
 
 const port = parentPort!;
@@ -61,6 +64,7 @@ holder.onSwap((t) => {
   remote.sendTables(t, linear).catch((e: Error) => log(`generation ${t.generation} did not reach the packet thread: ${e.message}`));
 });
 let api: ApiServer | null = null;
+let kube: KubeRunning | null = null;
 let store: StateStore | null = null;
 
 function start(): void {
@@ -114,6 +118,15 @@ async function startApiNow(): Promise<void> {
   } catch (e) {
     port.postMessage({ ev: 'api', error: (e as Error).message });
   }
+  if (o.kube?.kubernetes) {
+    try {
+      // @kubernetes/client-node is loaded only here, with --kubernetes
+      const { startKubernetes } = await import('../kube/run.ts');
+      kube = await startKubernetes(holder, o.kube, api?.metrics.registry, log, (g) => remote.whenInForce(g));
+    } catch (e) {
+      log(`kubernetes: the agent did not start: ${(e as Error).message}`);
+    }
+  }
 }
 
 function reload(): void {
@@ -128,6 +141,7 @@ function reload(): void {
 
 async function stop(): Promise<void> {
   try {
+    await kube?.stop();
     await store?.flush();
     if (api) await api.close();
   } finally {
