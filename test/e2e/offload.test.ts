@@ -132,7 +132,7 @@ if (skip) {
         t.equal((await tp!.status()).status.gen, g0 + SWAPS, `${SWAPS} generations went into force`);
         await tp!.stop();
         tp = await TunproxyProcess.start({ ns: lab.node.ns, tun: lab.tunName, rules, stateDir: tpState, args: ['--offload', mode] });
-        t.ok(tp.lines.some((l) => /connection table restored .*: [1-9]\d* flows/.test(l)), 'the restarted tunproxy restored the connection table');
+        t.ok(tp.lines.some((l) => /connection table (?:restored|recovered) .*: [1-9]\d* flows/.test(l)), 'the restarted tunproxy restored the connection table');
         sameBytes(t, await cli.result, await srv.result, 'across swaps and a restart');
         const { status } = await tp.status();
         t.same(status.drops, {}, 'nothing dropped by the restarted tunproxy');
