@@ -1,7 +1,8 @@
 /**
- * Compiler: a validated rule set → the immutable Tables snapshot the packet
- * path reads (dataplane/tables.ts). Runs off the hot path; the result is
- * swapped in by one assignment.
+ * Compiler: the numeric model of a validated rule set (control/model.ts) →
+ * the immutable Tables snapshot the packet path reads (dataplane/tables.ts).
+ * It reads only the model: no address is parsed here. Runs off the hot path;
+ * the result is swapped in by one assignment.
  *
  * Two ways: `compile` builds everything; `patchTables` builds the next
  * snapshot from the one in force when a few services changed (the API's
@@ -10,12 +11,11 @@
  * tombstones (`live: false`, unreachable: their keys are gone) until the next
  * full compile.
  */
-import type { RuleSet, Service } from './types.ts';
-import { nodeModel, servicePortModel } from './model.ts';
-import type { EndpointModel, NodeModel, ServicePortModel } from './model.ts';
-import { parseIPv4, parseCidr, protocolNumber, protoIndex } from '../dataplane/addr.ts';
+import type { RuleSet } from './types.ts';
+import { modelOf } from './model.ts';
+import type { EndpointModel, NodeModel, RuleSetModel, ServiceModel, ServicePortModel } from './model.ts';
+import { protoIndex } from '../dataplane/addr.ts';
 import { VipIndex } from '../dataplane/hashtable.ts';
-import type { Cidr } from '../dataplane/addr.ts';
 import type { EndpointEntry, EndpointSet, ServicePortEntry, Tables } from '../dataplane/tables.ts';
 import {
   VIP_CLUSTER, VIP_EXTERNAL, VIP_LOADBALANCER, LB_MAGLEV, LB_RANDOM, ANY_PORT,
@@ -62,7 +62,7 @@ class Builder {
   }
 
   private entry(e: EndpointModel): EndpointEntry {
-    const addr = parseIPv4(e.address);
+    const addr = e.addr;
     const k = addr * 131072 + e.port * 2 + (e.nodeLocal ? 1 : 0);
     let x = this.endpointCache.get(k);
     if (x === undefined) {
@@ -139,19 +139,19 @@ class Builder {
     const cluster = sp.usesClusterPolicyChain ? this.endpointSet(sp.clusterEndpoints, affinity) : null;
     const sameSet = sp.usesLocalPolicyChain && cluster !== null && sp.localEndpoints.length === sp.clusterEndpoints.length && sp.localEndpoints.every((e, i) => e === sp.clusterEndpoints[i]);
     const local = sp.usesLocalPolicyChain ? (sameSet ? cluster : this.endpointSet(sp.localEndpoints, affinity)) : null;
-    const ranges: Cidr[] | null = sp.usesFirewallChain ? sp.loadBalancerSourceRanges.map((r) => parseCidr(r)!) : null;
-    const proto = protocolNumber(sp.protocol);
+    const ranges = sp.usesFirewallChain ? sp.sourceRanges : null;
+    const proto = sp.protocolNumber;
     const s: ServicePortEntry = {
       index,
       live: true,
       name: sp.name,
       uid: fnv1a(sp.name + '/' + sp.proto),
       protocol: proto,
-      clusterIP: sp.clusterIP === null ? -1 : parseIPv4(sp.clusterIP),
-      externalIPs: sp.externalIPs.length === 0 ? NO_ADDRS : sp.externalIPs.map(parseIPv4),
-      loadBalancerIPs: sp.loadBalancerIPs.length === 0 ? NO_ADDRS : sp.loadBalancerIPs.map(parseIPv4),
-      port: sp.port.port,
-      nodePort: sp.port.nodePort ?? 0,
+      clusterIP: sp.clusterAddr,
+      externalIPs: sp.externalAddrs.length === 0 ? NO_ADDRS : sp.externalAddrs,
+      loadBalancerIPs: sp.loadBalancerAddrs.length === 0 ? NO_ADDRS : sp.loadBalancerAddrs,
+      port: sp.portNumber,
+      nodePort: sp.nodePort,
       hasEndpoints: sp.hasEndpoints,
       internal: sp.hasInternalEndpoints ? (sp.internalPolicyLocal ? local : cluster) : null,
       cluster,
@@ -160,7 +160,7 @@ class Builder {
       hasExternalEndpoints: sp.hasExternalEndpoints,
       affinityMs: sp.affinitySeconds * 1000,
       sourceRanges: ranges,
-      lbSourceIPs: sp.usesFirewallChain && sp.allowFromNode ? sp.loadBalancerIPs.map(parseIPv4) : NO_ADDRS,
+      lbSourceIPs: sp.usesFirewallChain && sp.allowFromNode ? sp.loadBalancerAddrs : NO_ADDRS,
     };
     const rows = this.serviceRows;
     const o = s.index * ROW;
@@ -195,7 +195,7 @@ class Builder {
 
   tables(generation: number): Tables {
     const node = this.node;
-    const cidr = node.clusterCIDR === null ? null : parseCidr(node.clusterCIDR);
+    const cidr = node.cidr;
     return {
       generation,
       serviceRows: this.serviceRows,
@@ -203,12 +203,12 @@ class Builder {
       vipIndex: this.vipIndex,
       vipAddrs: this.vipAddrs,
       nodePorts: this.nodePorts,
-      localAddrs: Int32Array.from(node.addresses.map((a) => parseIPv4(a) | 0)),
+      localAddrs: Int32Array.from(node.addrs, (a) => a | 0),
       clusterCIDR: cidr,
       cidrNet: cidr === null ? 1 : cidr.net | 0,
       cidrMask: cidr === null ? 0 : cidr.mask | 0,
       masqueradeAll: node.masqueradeAll,
-      masqueradeAddr: parseIPv4(node.masqueradeAddress),
+      masqueradeAddr: node.masqueradeAddr,
       loadBalancing: this.maglev ? LB_MAGLEV : LB_RANDOM,
       services: this.services,
       liveServicePorts: this.live,
@@ -217,13 +217,9 @@ class Builder {
   }
 }
 
-function portModels(svc: Service, node: NodeModel): ServicePortModel[] {
-  return svc.ports.map((p) => servicePortModel(svc, p, node.addresses));
-}
-
 function vipCount(ports: ServicePortModel[]): number {
   let n = 0;
-  for (const sp of ports) n += (sp.clusterIP ? 1 : 0) + sp.externalIPs.length + sp.loadBalancerIPs.length;
+  for (const sp of ports) n += (sp.clusterAddr >= 0 ? 1 : 0) + sp.externalAddrs.length + sp.loadBalancerAddrs.length;
   return n;
 }
 
@@ -233,10 +229,11 @@ function flatCount(ports: ServicePortModel[]): number {
   return n;
 }
 
-export function compile(rs: RuleSet, opts: CompileOptions = {}): Tables {
-  const node = nodeModel(rs);
-  const ports: ServicePortModel[] = [];
-  for (const svc of rs.services) for (const p of svc.ports) ports.push(servicePortModel(svc, p, node.addresses));
+/** The tables of a rule set: from its model (or from a rule set already validated, modelled here). */
+export function compile(input: RuleSet | RuleSetModel, opts: CompileOptions = {}): Tables {
+  const model = modelOf(input);
+  const node = model.node;
+  const ports = model.ports;
   const b = new Builder(node, {
     services: [],
     serviceRows: new Int32Array(ports.length * ROW),
@@ -251,25 +248,24 @@ export function compile(rs: RuleSet, opts: CompileOptions = {}): Tables {
   return b.tables(opts.generation ?? 1);
 }
 
-/**
- * The next snapshot after `removed` service-port entries (indexes into
- * prev.services) went and `added` services came, everything else as in
- * `prev`. `rs` is the new rule set (for the node settings, which must be
- * unchanged). Returns the tables and, per added service, its entry indexes.
- */
 /** Same protocol, port, ClusterIP, external and LB IPs and NodePort: the same keys in the indexes. */
 function sameKeys(e: ServicePortEntry, sp: ServicePortModel): boolean {
-  if (!e.live || e.protocol !== protocolNumber(sp.protocol) || e.port !== sp.port.port || e.nodePort !== (sp.port.nodePort ?? 0)) return false;
-  if (e.clusterIP !== (sp.clusterIP === null ? -1 : parseIPv4(sp.clusterIP))) return false;
-  if (e.externalIPs.length !== sp.externalIPs.length || e.loadBalancerIPs.length !== sp.loadBalancerIPs.length) return false;
-  for (let i = 0; i < sp.externalIPs.length; i++) if (e.externalIPs[i] !== parseIPv4(sp.externalIPs[i])) return false;
-  for (let i = 0; i < sp.loadBalancerIPs.length; i++) if (e.loadBalancerIPs[i] !== parseIPv4(sp.loadBalancerIPs[i])) return false;
+  if (!e.live || e.protocol !== sp.protocolNumber || e.port !== sp.portNumber || e.nodePort !== sp.nodePort) return false;
+  if (e.clusterIP !== sp.clusterAddr) return false;
+  if (e.externalIPs.length !== sp.externalAddrs.length || e.loadBalancerIPs.length !== sp.loadBalancerAddrs.length) return false;
+  for (let i = 0; i < sp.externalAddrs.length; i++) if (e.externalIPs[i] !== sp.externalAddrs[i]) return false;
+  for (let i = 0; i < sp.loadBalancerAddrs.length; i++) if (e.loadBalancerIPs[i] !== sp.loadBalancerAddrs[i]) return false;
   return true;
 }
 
-export function patchTables(prev: Tables, rs: RuleSet, removed: readonly number[], added: readonly Service[], generation: number): { tables: Tables; entries: number[][] } {
-  const node = nodeModel(rs);
-  const models = added.map((svc) => portModels(svc, node));
+/**
+ * The next snapshot after `removed` service-port entries (indexes into
+ * prev.services) went and the `added` services' models came, everything else
+ * as in `prev`, on `node` (the node of the model in force: unchanged).
+ * Returns the tables and, per added service, its entry indexes.
+ */
+export function patchTables(prev: Tables, node: NodeModel, removed: readonly number[], added: readonly ServiceModel[], generation: number): { tables: Tables; entries: number[][] } {
+  const models = added.map((s) => s.ports);
   let newPorts = 0;
   let newFlat = 0;
   let newVips = 0;
