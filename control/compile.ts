@@ -44,12 +44,14 @@ class Builder {
   vipAddrs: VipIndex;
   nodePorts: Int32Array;
   live: number;
-  /** one EndpointEntry per (address, port, node-local) across services: key addr * 2^17 + port * 2 + local */
-  private readonly endpointCache = new Map<number, EndpointEntry>();
+  /** one EndpointEntry per (address, port, node-local) across services: (addr, port * 2 + local) → its index in endpointEntries (int pairs: no boxed keys) */
+  private endpointCache = new VipIndex(64);
+  private readonly endpointEntries: EndpointEntry[] = [];
   private readonly maglevCache = new Map<string, Uint16Array>();
 
-  constructor(node: NodeModel, init: { services: ServicePortEntry[]; serviceRows: Int32Array; endpointFlat: Int32Array; flatNext: number; vipIndex: VipIndex; vipAddrs: VipIndex; nodePorts: Int32Array; live: number }) {
+  constructor(node: NodeModel, init: { services: ServicePortEntry[]; serviceRows: Int32Array; endpointFlat: Int32Array; flatNext: number; vipIndex: VipIndex; vipAddrs: VipIndex; nodePorts: Int32Array; live: number; endpoints?: number }) {
     this.node = node;
+    if (init.endpoints !== undefined) this.endpointCache = new VipIndex(init.endpoints);
     this.maglev = node.loadBalancing === 'maglev';
     this.services = init.services;
     this.serviceRows = init.serviceRows;
@@ -63,12 +65,13 @@ class Builder {
 
   private entry(e: EndpointModel): EndpointEntry {
     const addr = e.addr;
-    const k = addr * 131072 + e.port * 2 + (e.nodeLocal ? 1 : 0);
-    let x = this.endpointCache.get(k);
-    if (x === undefined) {
-      x = { addr, port: e.port, nodeLocal: e.nodeLocal, text: e.text };
-      this.endpointCache.set(k, x);
-    }
+    const k = e.port * 2 + (e.nodeLocal ? 1 : 0);
+    const i = this.endpointCache.get(addr, k);
+    if (i >= 0) return this.endpointEntries[i];
+    const x: EndpointEntry = { addr, port: e.port, nodeLocal: e.nodeLocal, text: e.text };
+    if ((this.endpointCache.size + 1) * 2 > this.endpointCache.capacity) this.endpointCache = this.endpointCache.copy(this.endpointCache.size * 2 + 2);
+    this.endpointCache.set(addr, k, this.endpointEntries.length);
+    this.endpointEntries.push(x);
     return x;
   }
 
@@ -239,6 +242,7 @@ export function compile(input: RuleSet | RuleSetModel, opts: CompileOptions = {}
     serviceRows: new Int32Array(ports.length * ROW),
     endpointFlat: new Int32Array(flatCount(ports) * 2),
     flatNext: 0,
+    endpoints: flatCount(ports),
     vipIndex: new VipIndex(vipCount(ports)),
     vipAddrs: new VipIndex(vipCount(ports)),
     nodePorts: new Int32Array(3 * 65536).fill(-1),

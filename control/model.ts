@@ -209,6 +209,7 @@ function endpointModel(ep: Endpoint, addr: Addr, p: number): EndpointModel {
   };
 }
 
+const LOWER: Record<ProtocolName, string> = { TCP: 'tcp', UDP: 'udp', SCTP: 'sctp' };
 const NO_ADDRS: Addr[] = [];
 const NO_STRINGS: string[] = [];
 const NO_CIDRS: Cidr[] = [];
@@ -288,7 +289,7 @@ export function servicePortModel(svc: Service, port: ServicePort, node: NodeMode
     name: servicePortName(svc, port),
     protocol: port.protocol,
     protocolNumber: protocolNumber(port.protocol),
-    proto: port.protocol.toLowerCase(),
+    proto: LOWER[port.protocol],
     portNumber: port.port,
     nodePort,
     clusterIP,

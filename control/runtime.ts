@@ -105,18 +105,29 @@ function keysOfTables(t: Tables, owners: readonly Service[], byName: ReadonlyMap
 
 /** The services' models of the next rule set: those in force with the diff's removed ones out and the added ones in, in rule-set order. */
 function spliceServices(prev: readonly ServiceModel[], diff: Diff, added: readonly ServiceModel[]): ServiceModel[] {
-  const gone = new Set(diff.removed);
-  const out: ServiceModel[] = [];
+  const { removed, added: at } = diff;
+  // the common change (services replaced where they stand): a copy with those replaced
+  if (removed.length === at.length && removed.every((r, k) => r === at[k])) {
+    const out = prev.slice();
+    for (let k = 0; k < at.length; k++) out[at[k]] = added[k];
+    return out;
+  }
+  // else merge: both index lists are ascending
+  const n = prev.length - removed.length + at.length;
+  const out: ServiceModel[] = new Array(n);
   let a = 0;
+  let r = 0;
   let p = 0;
-  const n = prev.length - diff.removed.length + diff.added.length;
   for (let i = 0; i < n; i++) {
-    if (a < diff.added.length && diff.added[a] === i) {
-      out.push(added[a++]);
+    if (a < at.length && at[a] === i) {
+      out[i] = added[a++];
       continue;
     }
-    while (gone.has(p)) p++;
-    out.push(prev[p++]);
+    while (r < removed.length && removed[r] === p) {
+      r++;
+      p++;
+    }
+    out[i] = prev[p++];
   }
   return out;
 }

@@ -13,9 +13,10 @@
  */
 import { API_VERSION } from './types.ts';
 import type { RuleSet, Service } from './types.ts';
-import { parseCidr, parseIPv4, vipKey, nodePortKey } from '../dataplane/addr.ts';
+import { parseCidr, parseIPv4, protoIndex } from '../dataplane/addr.ts';
+import { VipIndex } from '../dataplane/hashtable.ts';
 import { nodeModel, serviceModel, RuleSetModel } from './model.ts';
-import type { Addr, NodeModel, ServiceModel } from './model.ts';
+import type { Addr, NodeModel, ServiceModel, ServicePortModel } from './model.ts';
 
 export interface ValidationError {
   path: string;
@@ -155,62 +156,85 @@ export interface KeysInForce {
  */
 export class Conflicts {
   private readonly c: Checker;
-  private readonly node: NodeModel;
   private readonly inForce: KeysInForce | null;
-  /** key → position * 4096 + port index * 4 + kind */
-  private readonly vips = new Map<number, number>();
-  private readonly nodePorts = new Map<number, number>();
+  /** (address, protoIndex * 65536 + port) → position * 4 + kind: int pairs in an open-addressing table, no boxed keys */
+  private vips: VipIndex;
+  /** protoIndex * 65536 + port → position, -1 when free */
+  private readonly nodePorts = new Int32Array(3 * 65536).fill(-1);
   private readonly names = new Map<string, number>();
   private readonly models = new Map<number, ServiceModel>();
   private readonly nodeAddrs: Set<Addr>;
 
-  constructor(c: Checker, node: NodeModel, inForce: KeysInForce | null) {
+  constructor(c: Checker, node: NodeModel, inForce: KeysInForce | null, expected = 64) {
     this.c = c;
-    this.node = node;
     this.inForce = inForce;
     this.nodeAddrs = new Set(node.addrs);
+    this.vips = new VipIndex(expected);
   }
 
-  private where(w: number): string {
-    const sm = this.models.get(Math.floor(w / 4096))!;
-    const pi = (w >> 2) & 1023;
-    return `services[${Math.floor(w / 4096)}].ports[${pi}] (${sm.service.namespace}/${sm.service.name}:${sm.ports[pi].port.name}`;
+  /** The text naming the first port of the service at `si` that has this protocol and port (or NodePort). */
+  private where(si: number, proto: number, port: number, nodePort: boolean): string {
+    const sm = this.models.get(si)!;
+    let pi = 0;
+    while (pi < sm.ports.length - 1 && !(sm.ports[pi].protocolNumber === proto && (nodePort ? sm.ports[pi].nodePort : sm.ports[pi].portNumber) === port)) pi++;
+    return `services[${si}].ports[${pi}] (${sm.service.namespace}/${sm.service.name}:${sm.ports[pi].port.name}`;
   }
 
   claim(sm: ServiceModel, si: number): void {
     const c = this.c;
-    const sp = `services[${si}]`;
     this.models.set(si, sm);
     const prev = this.names.get(sm.key) ?? this.inForce?.service(sm.key) ?? -1;
-    if (prev >= 0) c.err(sp, `service ${sm.key} is already defined by services[${prev}]`);
+    if (prev >= 0) c.err(`services[${si}]`, `service ${sm.key} is already defined by services[${prev}]`);
     else this.names.set(sm.key, si);
-    const svc = sm.service;
-    if (sm.ports.length > 0 && sm.ports[0].clusterAddr >= 0 && this.nodeAddrs.has(sm.ports[0].clusterAddr)) c.err(`${sp}.clusterIP`, `${svc.clusterIP} is a node address`);
+    if (sm.ports.length > 0 && sm.ports[0].clusterAddr >= 0 && this.nodeAddrs.has(sm.ports[0].clusterAddr)) c.err(`services[${si}].clusterIP`, `${sm.service.clusterIP} is a node address`);
     for (let pi = 0; pi < sm.ports.length; pi++) {
       const p = sm.ports[pi];
-      const pp = `${sp}.ports[${pi}]`;
-      const here = si * 4096 + pi * 4;
       if (p.nodePort !== 0) {
-        const k = nodePortKey(p.protocolNumber, p.nodePort);
-        const w = this.nodePorts.get(k);
-        const f = w === undefined ? this.inForce?.nodePort(p.protocolNumber, p.nodePort) ?? null : null;
-        if (w !== undefined) c.err(`${pp}.nodePort`, `${p.nodePort}/${p.protocol} is already the NodePort of ${this.where(w)})`);
-        else if (f !== null) c.err(`${pp}.nodePort`, `${p.nodePort}/${p.protocol} is already the NodePort of ${f.where})`);
-        else this.nodePorts.set(k, here);
+        const k = protoIndex(p.protocolNumber) * 65536 + p.nodePort;
+        const w = this.nodePorts[k];
+        const f = w < 0 && this.inForce !== null ? this.inForce.nodePort(p.protocolNumber, p.nodePort) : null;
+        if (w >= 0) c.err(`services[${si}].ports[${pi}].nodePort`, `${p.nodePort}/${p.protocol} is already the NodePort of ${this.where(w, p.protocolNumber, p.nodePort, true)})`);
+        else if (f !== null) c.err(`services[${si}].ports[${pi}].nodePort`, `${p.nodePort}/${p.protocol} is already the NodePort of ${f.where})`);
+        else this.nodePorts[k] = si;
       }
-      const claimVip = (addr: Addr, text: string, kind: number): void => {
-        const k = vipKey(addr, p.protocolNumber, p.portNumber);
-        const w = this.vips.get(k);
-        const f = w === undefined ? this.inForce?.vip(addr, p.protocolNumber, p.portNumber) ?? null : null;
-        if (w !== undefined) c.err(pp, `${text}:${p.portNumber}/${p.protocol} (${KINDS[kind]}) is already used by ${this.where(w)} ${KINDS[w & 3]})`);
-        else if (f !== null) c.err(pp, `${text}:${p.portNumber}/${p.protocol} (${KINDS[kind]}) is already used by ${f.where} ${KINDS[f.kind]})`);
-        else this.vips.set(k, here + kind);
-      };
-      if (p.clusterAddr >= 0) claimVip(p.clusterAddr, p.clusterIP!, 0);
-      for (let i = 0; i < p.externalAddrs.length; i++) claimVip(p.externalAddrs[i], p.externalIPs[i], 1);
-      for (let i = 0; i < p.loadBalancerAddrs.length; i++) claimVip(p.loadBalancerAddrs[i], p.loadBalancerIPs[i], 2);
+      if (p.clusterAddr >= 0) this.claimVip(p, si, pi, p.clusterAddr, 0, 0);
+      for (let i = 0; i < p.externalAddrs.length; i++) this.claimVip(p, si, pi, p.externalAddrs[i], 1, i);
+      for (let i = 0; i < p.loadBalancerAddrs.length; i++) this.claimVip(p, si, pi, p.loadBalancerAddrs[i], 2, i);
     }
   }
+
+  private claimVip(p: ServicePortModel, si: number, pi: number, addr: Addr, kind: number, i: number): void {
+    const pp = protoIndex(p.protocolNumber) * 65536 + p.portNumber;
+    const w = this.vips.get(addr, pp);
+    const f = w < 0 && this.inForce !== null ? this.inForce.vip(addr, p.protocolNumber, p.portNumber) : null;
+    if (w >= 0 || f !== null) {
+      const text = kind === 0 ? p.clusterIP! : kind === 1 ? p.externalIPs[i] : p.loadBalancerIPs[i];
+      const by = w >= 0 ? `${this.where(w >> 2, p.protocolNumber, p.portNumber, false)} ${KINDS[w & 3]})` : `${f!.where} ${KINDS[f!.kind]})`;
+      this.c.err(`services[${si}].ports[${pi}]`, `${text}:${p.portNumber}/${p.protocol} (${KINDS[kind]}) is already used by ${by}`);
+      return;
+    }
+    if ((this.vips.size + 1) * 2 > this.vips.capacity) this.vips = this.vips.copy(this.vips.size * 2 + 2);
+    this.vips.set(addr, pp, si * 4 + kind);
+  }
+}
+
+const isPortNumber = (v: unknown): boolean => typeof v === 'number' && Number.isInteger(v) && v >= 1 && v <= 65535;
+
+/** A service port with nothing to report (checked without building any string); records its name. */
+function plainPort(p: unknown, nPorts: number, names: Set<string>, range: readonly [number, number]): boolean {
+  if (!isObj(p)) return false;
+  for (const k in p) if (!PORT_FIELDS.has(k)) return false;
+  const name = p.name;
+  if (typeof name !== 'string' || names.has(name)) return false;
+  if (name === '' ? nPorts > 1 : name.length > 63 || !PORT_NAME.test(name)) return false;
+  if (p.protocol !== 'TCP' && p.protocol !== 'UDP' && p.protocol !== 'SCTP') return false;
+  if (!isPortNumber(p.port)) return false;
+  const np = p.nodePort;
+  if (np !== undefined && np !== 0 && !(isPortNumber(np) && (np as number) >= range[0] && (np as number) <= range[1])) return false;
+  const tp = p.targetPort;
+  if (tp !== undefined && !(typeof tp === 'number' ? isPortNumber(tp) : typeof tp === 'string' && PORT_NAME.test(tp))) return false;
+  names.add(name);
+  return true;
 }
 
 /**
@@ -230,24 +254,26 @@ function checkService(c: Checker, svc: unknown, si: number, range: readonly [num
     const v = svc[f];
     if (v !== undefined && (typeof v !== 'string' || !DNS_LABEL.test(v) || v.length > 63)) c.err(`${sp}.${f}`, `${describe(v)} is not a DNS label (lowercase letters, digits, '-', at most 63)`);
   }
-  const id = `${svc.namespace}/${svc.name}`;
-  if (svc.clusterIP !== undefined && svc.clusterIP !== 'None') c.ipv4(svc.clusterIP, `${sp}.clusterIP`);
-  c.ipList(svc.externalIPs, `${sp}.externalIPs`);
-  c.ipList(svc.loadBalancerIPs, `${sp}.loadBalancerIPs`);
+  // paths and names are built only for an error: a good service costs no strings
+  const cip = svc.clusterIP;
+  if (cip !== undefined && cip !== 'None' && !(typeof cip === 'string' && parseIPv4(cip) >= 0)) c.ipv4(cip, `${sp}.clusterIP`);
+  if (svc.externalIPs !== undefined) c.ipList(svc.externalIPs, `${sp}.externalIPs`);
+  if (svc.loadBalancerIPs !== undefined) c.ipList(svc.loadBalancerIPs, `${sp}.loadBalancerIPs`);
   if (svc.loadBalancerSourceRanges !== undefined) {
     if (!Array.isArray(svc.loadBalancerSourceRanges)) c.err(`${sp}.loadBalancerSourceRanges`, 'must be an array of CIDRs');
     else svc.loadBalancerSourceRanges.forEach((r, i) => c.cidr(r, `${sp}.loadBalancerSourceRanges[${i}]`));
   }
-  c.oneOf(svc.sessionAffinity, `${sp}.sessionAffinity`, ['None', 'ClientIP']);
+  if (svc.sessionAffinity !== undefined) c.oneOf(svc.sessionAffinity, `${sp}.sessionAffinity`, ['None', 'ClientIP']);
   if (svc.sessionAffinityTimeoutSeconds !== undefined) c.int(svc.sessionAffinityTimeoutSeconds, `${sp}.sessionAffinityTimeoutSeconds`, 1, 86400);
-  c.oneOf(svc.externalTrafficPolicy, `${sp}.externalTrafficPolicy`, ['Cluster', 'Local']);
-  c.oneOf(svc.internalTrafficPolicy, `${sp}.internalTrafficPolicy`, ['Cluster', 'Local']);
+  if (svc.externalTrafficPolicy !== undefined) c.oneOf(svc.externalTrafficPolicy, `${sp}.externalTrafficPolicy`, ['Cluster', 'Local']);
+  if (svc.internalTrafficPolicy !== undefined) c.oneOf(svc.internalTrafficPolicy, `${sp}.internalTrafficPolicy`, ['Cluster', 'Local']);
 
   const portNames = new Set<string>();
   if (svc.ports !== undefined && (!Array.isArray(svc.ports) || svc.ports.length === 0)) c.err(`${sp}.ports`, 'must be a non-empty array');
   const ports = Array.isArray(svc.ports) ? svc.ports : [];
   for (let pi = 0; pi < ports.length; pi++) {
     const p: unknown = ports[pi];
+    if (plainPort(p, ports.length, portNames, range)) continue; // the common case: no strings built
     const pp = `${sp}.ports[${pi}]`;
     if (!isObj(p)) {
       c.err(pp, 'must be an object');
@@ -260,7 +286,7 @@ function checkService(c: Checker, svc: unknown, si: number, range: readonly [num
       if (ports.length > 1) c.err(`${pp}.name`, 'may be empty only when the service has a single port');
     } else if (!PORT_NAME.test(p.name) || p.name.length > 63) c.err(`${pp}.name`, `${describe(p.name)} is not a valid port name`);
     if (typeof p.name === 'string') {
-      if (portNames.has(p.name)) c.err(`${pp}.name`, `port name ${describe(p.name)} is used twice in ${id}`);
+      if (portNames.has(p.name)) c.err(`${pp}.name`, `port name ${describe(p.name)} is used twice in ${svc.namespace}/${svc.name}`);
       portNames.add(p.name);
     }
     c.oneOf(p.protocol, `${pp}.protocol`, ['TCP', 'UDP', 'SCTP']);
@@ -295,14 +321,14 @@ function checkService(c: Checker, svc: unknown, si: number, range: readonly [num
     c.fields(ep, ep_, ENDPOINT_FIELDS, ['address']);
     if (ep.address !== undefined && c.ipv4(ep.address, `${ep_}.address`)) {
       const a = parseIPv4(ep.address as string);
-      if (seenEp.has(a)) c.err(`${ep_}.address`, `${ep.address} is listed twice in ${id}`);
+      if (seenEp.has(a)) c.err(`${ep_}.address`, `${ep.address} is listed twice in ${svc.namespace}/${svc.name}`);
       seenEp.add(a);
       addrs[ei] = a;
     }
     if (ep.ports !== undefined) {
       if (!isObj(ep.ports)) c.err(`${ep_}.ports`, 'must map service-port names to port numbers');
       else for (const [name, num] of Object.entries(ep.ports)) {
-        if (!portNames.has(name)) c.err(`${ep_}.ports.${name || '""'}`, `${id} has no port named ${JSON.stringify(name)}`);
+        if (!portNames.has(name)) c.err(`${ep_}.ports.${name || '""'}`, `${svc.namespace}/${svc.name} has no port named ${JSON.stringify(name)}`);
         c.int(num, `${ep_}.ports.${name || '""'}`, 1, 65535);
       }
     } else {
@@ -367,7 +393,7 @@ export function validateRuleSet(input: unknown): ValidationResult {
   const models: ServiceModel[] = [];
   if (Array.isArray(services)) {
     if (services.length > MAX_SERVICES) c.err('services', `${services.length} services is more than ${MAX_SERVICES}`);
-    const conflicts = nm === null ? null : new Conflicts(c, nm, null);
+    const conflicts = nm === null ? null : new Conflicts(c, nm, null, services.length * 2);
     for (let si = 0; si < services.length; si++) {
       const addrs = checkService(c, services[si], si, range);
       if (addrs === null || nm === null) continue;
