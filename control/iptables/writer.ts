@@ -291,3 +291,42 @@ export function writeIptables(input: RuleSet | RuleSetModel, opts: WriteOptions 
   out.push('COMMIT');
   return out.join('\n') + '\n';
 }
+
+/** kube-proxy's top-level chains: a partial sync writes them whole every time */
+const ALWAYS_WRITTEN = new Set([
+  'KUBE-SERVICES',
+  'KUBE-EXTERNAL-SERVICES',
+  'KUBE-FORWARD',
+  'KUBE-NODEPORTS',
+  'KUBE-PROXY-FIREWALL',
+  'KUBE-POSTROUTING',
+  'KUBE-MARK-MASQ',
+]);
+
+function declaredChains(text: string): Set<string> {
+  const out = new Set<string>();
+  for (const m of text.matchAll(/^:(\S+) /gm)) out.add(m[1]);
+  return out;
+}
+
+/**
+ * kube-proxy's partial sync (MinimizeIPTablesRestore) after adding one
+ * service, for `iptables-restore --noflush`: the top-level chains are always
+ * rewritten whole (their `:CHAIN` line flushes them), the new service's chains
+ * are written, every other chain is left alone.
+ */
+export function partialRestoreText(before: string, after: string): string {
+  const old = declaredChains(before);
+  const keep = (chain: string) => ALWAYS_WRITTEN.has(chain) || !old.has(chain);
+  const out: string[] = [];
+  for (const line of after.split('\n')) {
+    if (line === '') continue;
+    if (line.startsWith('*') || line === 'COMMIT') out.push(line);
+    else if (line.startsWith(':')) {
+      if (keep(line.slice(1).split(' ')[0])) out.push(line);
+    } else if (line.startsWith('-A ')) {
+      if (keep(line.split(' ')[1])) out.push(line);
+    }
+  }
+  return out.join('\n') + '\n';
+}
