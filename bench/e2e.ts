@@ -43,7 +43,7 @@ import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { syntheticRuleSet } from './gen.ts';
 import { RESULTS_DIR, machine } from './common.ts';
-import { writeIptables } from '../control/iptables/writer.ts';
+import { writeIptables, partialRestoreText } from '../control/iptables/writer.ts';
 import { writeNftables, writeNftablesServiceAdd } from '../control/nftables/writer.ts';
 import type { RuleSet, Service } from '../control/types.ts';
 import { CLIENT_POD_SOURCES, CLIENT_SOURCES, TUN_NAME, e2eLabDown, e2eLabUp } from './e2e-lab.ts';
@@ -164,43 +164,8 @@ export function extraService(n: number, endpoints: number): Service {
   return syntheticRuleSet(n + 1, { endpoints, protocol: 'UDP', port: UDP_PORT, targetPort: UDP_TARGET_PORT, pods: endpoints }).services[n];
 }
 
-const ALWAYS_WRITTEN = new Set([
-  'KUBE-SERVICES',
-  'KUBE-EXTERNAL-SERVICES',
-  'KUBE-FORWARD',
-  'KUBE-NODEPORTS',
-  'KUBE-PROXY-FIREWALL',
-  'KUBE-POSTROUTING',
-  'KUBE-MARK-MASQ',
-]);
-
-function declaredChains(text: string): Set<string> {
-  const out = new Set<string>();
-  for (const m of text.matchAll(/^:(\S+) /gm)) out.add(m[1]);
-  return out;
-}
-
-/**
- * kube-proxy's partial sync (MinimizeIPTablesRestore) after adding one
- * service, for `iptables-restore --noflush`: the top-level chains are always
- * rewritten whole (their `:CHAIN` line flushes them), the new service's chains
- * are written, every other chain is left alone.
- */
-export function partialRestoreText(before: string, after: string): string {
-  const old = declaredChains(before);
-  const keep = (chain: string) => ALWAYS_WRITTEN.has(chain) || !old.has(chain);
-  const out: string[] = [];
-  for (const line of after.split('\n')) {
-    if (line === '' ) continue;
-    if (line.startsWith('*') || line === 'COMMIT') out.push(line);
-    else if (line.startsWith(':')) {
-      if (keep(line.slice(1).split(' ')[0])) out.push(line);
-    } else if (line.startsWith('-A ')) {
-      if (keep(line.split(' ')[1])) out.push(line);
-    }
-  }
-  return out.join('\n') + '\n';
-}
+// kube-proxy's partial-sync text: with the iptables writer now (control/iptables/writer.ts), exported here too for its users
+export { partialRestoreText };
 
 // ------------------------------------------------------------------ measuring
 

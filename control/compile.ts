@@ -1,7 +1,8 @@
 /**
- * Compiler: a validated rule set → the immutable Tables snapshot the packet
- * path reads (dataplane/tables.ts). Runs off the hot path; the result is
- * swapped in by one assignment.
+ * Compiler: the numeric model of a validated rule set (control/model.ts) →
+ * the immutable Tables snapshot the packet path reads (dataplane/tables.ts).
+ * It reads only the model: no address is parsed here. Runs off the hot path;
+ * the result is swapped in by one assignment.
  *
  * Two ways: `compile` builds everything; `patchTables` builds the next
  * snapshot from the one in force when a few services changed (the API's
@@ -10,12 +11,11 @@
  * tombstones (`live: false`, unreachable: their keys are gone) until the next
  * full compile.
  */
-import type { RuleSet, Service } from './types.ts';
-import { nodeModel, servicePortModel } from './model.ts';
-import type { EndpointModel, NodeModel, ServicePortModel } from './model.ts';
-import { parseIPv4, parseCidr, protocolNumber, protoIndex } from '../dataplane/addr.ts';
+import type { RuleSet } from './types.ts';
+import { modelOf } from './model.ts';
+import type { EndpointModel, NodeModel, RuleSetModel, ServiceModel, ServicePortModel } from './model.ts';
+import { protoIndex } from '../dataplane/addr.ts';
 import { VipIndex } from '../dataplane/hashtable.ts';
-import type { Cidr } from '../dataplane/addr.ts';
 import type { EndpointEntry, EndpointSet, ServicePortEntry, Tables } from '../dataplane/tables.ts';
 import {
   VIP_CLUSTER, VIP_EXTERNAL, VIP_LOADBALANCER, LB_MAGLEV, LB_RANDOM, ANY_PORT,
@@ -44,12 +44,14 @@ class Builder {
   vipAddrs: VipIndex;
   nodePorts: Int32Array;
   live: number;
-  /** one EndpointEntry per (address, port, node-local) across services: key addr * 2^17 + port * 2 + local */
-  private readonly endpointCache = new Map<number, EndpointEntry>();
+  /** one EndpointEntry per (address, port, node-local) across services: (addr, port * 2 + local) → its index in endpointEntries (int pairs: no boxed keys) */
+  private endpointCache = new VipIndex(64);
+  private readonly endpointEntries: EndpointEntry[] = [];
   private readonly maglevCache = new Map<string, Uint16Array>();
 
-  constructor(node: NodeModel, init: { services: ServicePortEntry[]; serviceRows: Int32Array; endpointFlat: Int32Array; flatNext: number; vipIndex: VipIndex; vipAddrs: VipIndex; nodePorts: Int32Array; live: number }) {
+  constructor(node: NodeModel, init: { services: ServicePortEntry[]; serviceRows: Int32Array; endpointFlat: Int32Array; flatNext: number; vipIndex: VipIndex; vipAddrs: VipIndex; nodePorts: Int32Array; live: number; endpoints?: number }) {
     this.node = node;
+    if (init.endpoints !== undefined) this.endpointCache = new VipIndex(init.endpoints);
     this.maglev = node.loadBalancing === 'maglev';
     this.services = init.services;
     this.serviceRows = init.serviceRows;
@@ -62,13 +64,14 @@ class Builder {
   }
 
   private entry(e: EndpointModel): EndpointEntry {
-    const addr = parseIPv4(e.address);
-    const k = addr * 131072 + e.port * 2 + (e.nodeLocal ? 1 : 0);
-    let x = this.endpointCache.get(k);
-    if (x === undefined) {
-      x = { addr, port: e.port, nodeLocal: e.nodeLocal, text: e.text };
-      this.endpointCache.set(k, x);
-    }
+    const addr = e.addr;
+    const k = e.port * 2 + (e.nodeLocal ? 1 : 0);
+    const i = this.endpointCache.get(addr, k);
+    if (i >= 0) return this.endpointEntries[i];
+    const x: EndpointEntry = { addr, port: e.port, nodeLocal: e.nodeLocal, text: e.text };
+    if ((this.endpointCache.size + 1) * 2 > this.endpointCache.capacity) this.endpointCache = this.endpointCache.copy(this.endpointCache.size * 2 + 2);
+    this.endpointCache.set(addr, k, this.endpointEntries.length);
+    this.endpointEntries.push(x);
     return x;
   }
 
@@ -139,19 +142,19 @@ class Builder {
     const cluster = sp.usesClusterPolicyChain ? this.endpointSet(sp.clusterEndpoints, affinity) : null;
     const sameSet = sp.usesLocalPolicyChain && cluster !== null && sp.localEndpoints.length === sp.clusterEndpoints.length && sp.localEndpoints.every((e, i) => e === sp.clusterEndpoints[i]);
     const local = sp.usesLocalPolicyChain ? (sameSet ? cluster : this.endpointSet(sp.localEndpoints, affinity)) : null;
-    const ranges: Cidr[] | null = sp.usesFirewallChain ? sp.loadBalancerSourceRanges.map((r) => parseCidr(r)!) : null;
-    const proto = protocolNumber(sp.protocol);
+    const ranges = sp.usesFirewallChain ? sp.sourceRanges : null;
+    const proto = sp.protocolNumber;
     const s: ServicePortEntry = {
       index,
       live: true,
       name: sp.name,
       uid: fnv1a(sp.name + '/' + sp.proto),
       protocol: proto,
-      clusterIP: sp.clusterIP === null ? -1 : parseIPv4(sp.clusterIP),
-      externalIPs: sp.externalIPs.length === 0 ? NO_ADDRS : sp.externalIPs.map(parseIPv4),
-      loadBalancerIPs: sp.loadBalancerIPs.length === 0 ? NO_ADDRS : sp.loadBalancerIPs.map(parseIPv4),
-      port: sp.port.port,
-      nodePort: sp.port.nodePort ?? 0,
+      clusterIP: sp.clusterAddr,
+      externalIPs: sp.externalAddrs.length === 0 ? NO_ADDRS : sp.externalAddrs,
+      loadBalancerIPs: sp.loadBalancerAddrs.length === 0 ? NO_ADDRS : sp.loadBalancerAddrs,
+      port: sp.portNumber,
+      nodePort: sp.nodePort,
       hasEndpoints: sp.hasEndpoints,
       internal: sp.hasInternalEndpoints ? (sp.internalPolicyLocal ? local : cluster) : null,
       cluster,
@@ -160,7 +163,7 @@ class Builder {
       hasExternalEndpoints: sp.hasExternalEndpoints,
       affinityMs: sp.affinitySeconds * 1000,
       sourceRanges: ranges,
-      lbSourceIPs: sp.usesFirewallChain && sp.allowFromNode ? sp.loadBalancerIPs.map(parseIPv4) : NO_ADDRS,
+      lbSourceIPs: sp.usesFirewallChain && sp.allowFromNode ? sp.loadBalancerAddrs : NO_ADDRS,
     };
     const rows = this.serviceRows;
     const o = s.index * ROW;
@@ -195,7 +198,7 @@ class Builder {
 
   tables(generation: number): Tables {
     const node = this.node;
-    const cidr = node.clusterCIDR === null ? null : parseCidr(node.clusterCIDR);
+    const cidr = node.cidr;
     return {
       generation,
       serviceRows: this.serviceRows,
@@ -203,12 +206,12 @@ class Builder {
       vipIndex: this.vipIndex,
       vipAddrs: this.vipAddrs,
       nodePorts: this.nodePorts,
-      localAddrs: Int32Array.from(node.addresses.map((a) => parseIPv4(a) | 0)),
+      localAddrs: Int32Array.from(node.addrs, (a) => a | 0),
       clusterCIDR: cidr,
       cidrNet: cidr === null ? 1 : cidr.net | 0,
       cidrMask: cidr === null ? 0 : cidr.mask | 0,
       masqueradeAll: node.masqueradeAll,
-      masqueradeAddr: parseIPv4(node.masqueradeAddress),
+      masqueradeAddr: node.masqueradeAddr,
       loadBalancing: this.maglev ? LB_MAGLEV : LB_RANDOM,
       services: this.services,
       liveServicePorts: this.live,
@@ -217,13 +220,9 @@ class Builder {
   }
 }
 
-function portModels(svc: Service, node: NodeModel): ServicePortModel[] {
-  return svc.ports.map((p) => servicePortModel(svc, p, node.addresses));
-}
-
 function vipCount(ports: ServicePortModel[]): number {
   let n = 0;
-  for (const sp of ports) n += (sp.clusterIP ? 1 : 0) + sp.externalIPs.length + sp.loadBalancerIPs.length;
+  for (const sp of ports) n += (sp.clusterAddr >= 0 ? 1 : 0) + sp.externalAddrs.length + sp.loadBalancerAddrs.length;
   return n;
 }
 
@@ -233,15 +232,17 @@ function flatCount(ports: ServicePortModel[]): number {
   return n;
 }
 
-export function compile(rs: RuleSet, opts: CompileOptions = {}): Tables {
-  const node = nodeModel(rs);
-  const ports: ServicePortModel[] = [];
-  for (const svc of rs.services) for (const p of svc.ports) ports.push(servicePortModel(svc, p, node.addresses));
+/** The tables of a rule set: from its model (or from a rule set already validated, modelled here). */
+export function compile(input: RuleSet | RuleSetModel, opts: CompileOptions = {}): Tables {
+  const model = modelOf(input);
+  const node = model.node;
+  const ports = model.ports;
   const b = new Builder(node, {
     services: [],
     serviceRows: new Int32Array(ports.length * ROW),
     endpointFlat: new Int32Array(flatCount(ports) * 2),
     flatNext: 0,
+    endpoints: flatCount(ports),
     vipIndex: new VipIndex(vipCount(ports)),
     vipAddrs: new VipIndex(vipCount(ports)),
     nodePorts: new Int32Array(3 * 65536).fill(-1),
@@ -251,25 +252,24 @@ export function compile(rs: RuleSet, opts: CompileOptions = {}): Tables {
   return b.tables(opts.generation ?? 1);
 }
 
-/**
- * The next snapshot after `removed` service-port entries (indexes into
- * prev.services) went and `added` services came, everything else as in
- * `prev`. `rs` is the new rule set (for the node settings, which must be
- * unchanged). Returns the tables and, per added service, its entry indexes.
- */
 /** Same protocol, port, ClusterIP, external and LB IPs and NodePort: the same keys in the indexes. */
 function sameKeys(e: ServicePortEntry, sp: ServicePortModel): boolean {
-  if (!e.live || e.protocol !== protocolNumber(sp.protocol) || e.port !== sp.port.port || e.nodePort !== (sp.port.nodePort ?? 0)) return false;
-  if (e.clusterIP !== (sp.clusterIP === null ? -1 : parseIPv4(sp.clusterIP))) return false;
-  if (e.externalIPs.length !== sp.externalIPs.length || e.loadBalancerIPs.length !== sp.loadBalancerIPs.length) return false;
-  for (let i = 0; i < sp.externalIPs.length; i++) if (e.externalIPs[i] !== parseIPv4(sp.externalIPs[i])) return false;
-  for (let i = 0; i < sp.loadBalancerIPs.length; i++) if (e.loadBalancerIPs[i] !== parseIPv4(sp.loadBalancerIPs[i])) return false;
+  if (!e.live || e.protocol !== sp.protocolNumber || e.port !== sp.portNumber || e.nodePort !== sp.nodePort) return false;
+  if (e.clusterIP !== sp.clusterAddr) return false;
+  if (e.externalIPs.length !== sp.externalAddrs.length || e.loadBalancerIPs.length !== sp.loadBalancerAddrs.length) return false;
+  for (let i = 0; i < sp.externalAddrs.length; i++) if (e.externalIPs[i] !== sp.externalAddrs[i]) return false;
+  for (let i = 0; i < sp.loadBalancerAddrs.length; i++) if (e.loadBalancerIPs[i] !== sp.loadBalancerAddrs[i]) return false;
   return true;
 }
 
-export function patchTables(prev: Tables, rs: RuleSet, removed: readonly number[], added: readonly Service[], generation: number): { tables: Tables; entries: number[][] } {
-  const node = nodeModel(rs);
-  const models = added.map((svc) => portModels(svc, node));
+/**
+ * The next snapshot after `removed` service-port entries (indexes into
+ * prev.services) went and the `added` services' models came, everything else
+ * as in `prev`, on `node` (the node of the model in force: unchanged).
+ * Returns the tables and, per added service, its entry indexes.
+ */
+export function patchTables(prev: Tables, node: NodeModel, removed: readonly number[], added: readonly ServiceModel[], generation: number): { tables: Tables; entries: number[][] } {
+  const models = added.map((s) => s.ports);
   let newPorts = 0;
   let newFlat = 0;
   let newVips = 0;

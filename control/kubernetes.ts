@@ -27,7 +27,7 @@ import type { Endpoint, RuleSet, Service, ServicePort } from './types.ts';
 import { API_VERSION } from './types.ts';
 import { validateRuleSet } from './validate.ts';
 import { parseCidr, parseIPv4 } from '../dataplane/addr.ts';
-import { jsonErrorOffset } from './api/json-error.ts';
+import { jsonErrorOffset } from './json-error.ts';
 
 export interface KubernetesImportOptions {
   /** this node's name: endpoints whose nodeName equals it are node-local; picks the Node item */

@@ -5,22 +5,24 @@
  *
  * When the new rule set is the one in force with a few services changed
  * (the API's PATCH and DELETE build it that way: the other service objects
- * are the same objects), only those services are validated and compiled
- * (`patchTables`); conflicts with the rest are checked against the tables in
- * force. Anything else takes the full path. Both give the same tables and
+ * are the same objects), only those services are validated and modelled
+ * (`validateServices`, the same conflict code as a full validation, against
+ * the keys of the tables in force) and compiled (`patchTables`). Anything
+ * else takes the full path. Both give the same model and the same tables and
  * accept and refuse the same rule sets (test/property/incremental.test.ts).
+ * What is left here: finding what changed, and swapping.
  */
 import { performance } from 'node:perf_hooks';
 import type { RuleSet, Service } from './types.ts';
-import { validateRuleSet, RuleSetError } from './validate.ts';
-import type { ValidationError } from './validate.ts';
+import { validateRuleSet, validateServices, RuleSetError } from './validate.ts';
+import type { KeyHolder, KeysInForce } from './validate.ts';
 import { compile, patchTables } from './compile.ts';
-import { servicePortName } from './model.ts';
+import { RuleSetModel, servicePortName } from './model.ts';
+import type { ServiceModel } from './model.ts';
 import type { Tables } from '../dataplane/tables.ts';
 import { writeIptables } from './iptables/writer.ts';
 import { linearFromText } from './iptables/linear.ts';
-import { parseIPv4, protocolNumber, protoIndex } from '../dataplane/addr.ts';
-import type { ProtocolName } from '../dataplane/addr.ts';
+import { protoIndex } from '../dataplane/addr.ts';
 
 export interface ApplyResult {
   generation: number;
@@ -72,9 +74,66 @@ export function diffServices(prev: readonly Service[], next: readonly Service[],
   return { removed: Array.from({ length: r }, (_, k) => p + k), added: Array.from({ length: a }, (_, k) => p + k) };
 }
 
-const KINDS = ['cluster IP', 'external IP', 'loadbalancer IP'];
+/**
+ * The keys held in the tables in force by the services that stay: what an
+ * incremental apply's services are checked against (`stays`: the entry's
+ * service stays; `position`: its index in the new rule set).
+ */
+function keysOfTables(t: Tables, owners: readonly Service[], byName: ReadonlyMap<string, Service>, stays: (s: Service) => boolean, position: (s: Service) => number): KeysInForce {
+  const holder = (e: number, kind: number): KeyHolder | null => {
+    const owner = owners[e];
+    if (owner === undefined || !stays(owner)) return null;
+    const name = t.services[e].name;
+    const pi = owner.ports.findIndex((p) => servicePortName(owner, p) === name);
+    return { where: `services[${position(owner)}].ports[${pi}] (${owner.namespace}/${owner.name}:${owner.ports[pi].name}`, kind };
+  };
+  return {
+    vip(addr, proto, port) {
+      const v = t.vipIndex.get(addr, protoIndex(proto) * 65536 + port);
+      return v < 0 ? null : holder(v >> 2, v & 3);
+    },
+    nodePort(proto, port) {
+      const e = t.nodePorts[protoIndex(proto) * 65536 + port];
+      return e < 0 ? null : holder(e, 0);
+    },
+    service(key) {
+      const s = byName.get(key);
+      return s !== undefined && stays(s) ? position(s) : -1;
+    },
+  };
+}
+
+/** The services' models of the next rule set: those in force with the diff's removed ones out and the added ones in, in rule-set order. */
+function spliceServices(prev: readonly ServiceModel[], diff: Diff, added: readonly ServiceModel[]): ServiceModel[] {
+  const { removed, added: at } = diff;
+  // the common change (services replaced where they stand): a copy with those replaced
+  if (removed.length === at.length && removed.every((r, k) => r === at[k])) {
+    const out = prev.slice();
+    for (let k = 0; k < at.length; k++) out[at[k]] = added[k];
+    return out;
+  }
+  // else merge: both index lists are ascending
+  const n = prev.length - removed.length + at.length;
+  const out: ServiceModel[] = new Array(n);
+  let a = 0;
+  let r = 0;
+  let p = 0;
+  for (let i = 0; i < n; i++) {
+    if (a < at.length && at[a] === i) {
+      out[i] = added[a++];
+      continue;
+    }
+    while (r < removed.length && removed[r] === p) {
+      r++;
+      p++;
+    }
+    out[i] = prev[p++];
+  }
+  return out;
+}
 
 export class RuleSetHolder {
+  private mdl: RuleSetModel | null = null;
   private rs: RuleSet | null = null;
   private tables: Tables | null = null;
   private gen = 0;
@@ -102,6 +161,10 @@ export class RuleSetHolder {
 
   get ruleSet(): RuleSet | null {
     return this.rs;
+  }
+  /** the numeric model of the rule set in force (what the writers read) */
+  get model(): RuleSetModel | null {
+    return this.mdl;
   }
   get current(): Tables | null {
     return this.tables;
@@ -146,7 +209,7 @@ export class RuleSetHolder {
     const v = validateRuleSet(input);
     if (!v.ok) throw new RuleSetError(v.errors);
     const rs = v.ruleSet;
-    const tables = compile(rs, { generation: this.gen + 1 });
+    const tables = compile(v.model, { generation: this.gen + 1 });
     const owners: Service[] = [];
     const byName = new Map<string, Service>();
     const entriesOf = new Map<Service, number[]>();
@@ -159,15 +222,16 @@ export class RuleSetHolder {
       entriesOf.set(svc, e);
       byName.set(`${svc.namespace}/${svc.name}`, svc);
     }
-    this.commit(rs, tables, owners, byName, entriesOf);
+    this.commit(v.model, tables, owners, byName, entriesOf);
     return this.result(t0, 'full');
   }
 
   /** The few-services-changed path; null when it does not apply (then the full path runs). */
   private incremental(input: unknown, t0: number): ApplyResult | null {
+    const prevModel = this.mdl;
     const prev = this.rs;
     const prevTables = this.tables;
-    if (prev === null || prevTables === null) return null;
+    if (prev === null || prevTables === null || prevModel === null) return null;
     if (typeof input !== 'object' || input === null || Array.isArray(input)) return null;
     const o = input as Record<string, unknown>;
     for (const k of Object.keys(o)) if (k !== 'apiVersion' && k !== 'node' && k !== 'services') return null;
@@ -181,53 +245,17 @@ export class RuleSetHolder {
 
     const addedSvcs = diff.added.map((i) => next[i]);
     const removedSvcs = new Set(diff.removed.map((i) => prev.services[i]));
-    // each added service on its own, and among themselves
-    const errors: ValidationError[] = [];
-    const mini = validateRuleSet({ apiVersion: o.apiVersion, node: o.node, services: addedSvcs });
-    if (!mini.ok) {
-      for (const e of mini.errors) {
-        errors.push({ path: e.path.replace(/^services\[(\d+)\]/, (_, k) => `services[${diff.added[Number(k)]}]`), message: e.message.replace(/services\[(\d+)\]/g, (_, k) => `services[${diff.added[Number(k)]}]`) });
-      }
-      throw new RuleSetError(errors);
-    }
-    // against the services that stay
-    const stays = (s: Service | undefined): s is Service => s !== undefined && !removedSvcs.has(s);
-    const where = (owner: Service, entryName: string): string => {
-      const pi = owner.ports.findIndex((p) => servicePortName(owner, p) === entryName);
-      return `services[${next.indexOf(owner)}].ports[${pi}] (${entryName}`;
-    };
-    diff.added.forEach((j, k) => {
-      const svc = addedSvcs[k];
-      const key = `${svc.namespace}/${svc.name}`;
-      const other = this.byName.get(key);
-      if (stays(other)) errors.push({ path: `services[${j}]`, message: `service ${key} is already defined by services[${next.indexOf(other)}]` });
-      svc.ports.forEach((p, pi) => {
-        const pp = protoIndex(protocolNumber(p.protocol as ProtocolName)) * 65536;
-        const claim = (addr: string, kind: number) => {
-          const v = prevTables.vipIndex.get(parseIPv4(addr), pp + p.port);
-          if (v < 0) return;
-          const owner = this.owners[v >> 2];
-          if (stays(owner)) {
-            errors.push({ path: `services[${j}].ports[${pi}]`, message: `${addr}:${p.port}/${p.protocol} (${KINDS[kind]}) is already used by ${where(owner, prevTables.services[v >> 2].name)} ${KINDS[v & 3]})` });
-          }
-        };
-        if (svc.clusterIP && svc.clusterIP !== 'None') claim(svc.clusterIP, 0);
-        for (const a of svc.externalIPs ?? []) claim(a, 1);
-        for (const a of svc.loadBalancerIPs ?? []) claim(a, 2);
-        if (p.nodePort) {
-          const e = prevTables.nodePorts[pp + p.nodePort];
-          if (e >= 0 && stays(this.owners[e])) {
-            errors.push({ path: `services[${j}].ports[${pi}].nodePort`, message: `${p.nodePort}/${p.protocol} is already the NodePort of ${where(this.owners[e], prevTables.services[e].name)})` });
-          }
-        }
-      });
-    });
-    if (errors.length > 0) throw new RuleSetError(errors);
+    // the added services: each on its own, among themselves and against the keys of the services that stay
+    const stays = (s: Service): boolean => !removedSvcs.has(s);
+    const keys = keysOfTables(prevTables, this.owners, this.byName, stays, (s) => next.indexOf(s));
+    const v = validateServices(prevModel.node, addedSvcs, diff.added, keys);
+    if (!v.ok) throw new RuleSetError(v.errors);
 
     const removedEntries: number[] = [];
     for (const s of removedSvcs) removedEntries.push(...(this.entriesOf.get(s) ?? []));
     const rs: RuleSet = o as unknown as RuleSet;
-    const { tables, entries } = patchTables(prevTables, rs, removedEntries, addedSvcs, this.gen + 1);
+    const { tables, entries } = patchTables(prevTables, prevModel.node, removedEntries, v.services, this.gen + 1);
+    const model = new RuleSetModel(rs, prevModel.node, spliceServices(prevModel.services, diff, v.services));
     const owners = this.owners.slice();
     const byName = this.byName;
     const entriesOf = this.entriesOf;
@@ -241,14 +269,15 @@ export class RuleSetHolder {
       entriesOf.set(svc, entries[k]);
       byName.set(`${svc.namespace}/${svc.name}`, svc);
     });
-    this.commit(rs, tables, owners, byName, entriesOf);
+    this.commit(model, tables, owners, byName, entriesOf);
     return this.result(t0, 'incremental');
   }
 
-  private commit(rs: RuleSet, tables: Tables, owners: Service[], byName: Map<string, Service>, entriesOf: Map<Service, number[]>): void {
+  private commit(model: RuleSetModel, tables: Tables, owners: Service[], byName: Map<string, Service>, entriesOf: Map<Service, number[]>): void {
     if (this.prepare !== null) tables = this.prepare(tables);
-    if (this.decider === 'linear') tables = { ...tables, linear: linearFromText(writeIptables(rs), { localAddresses: rs.node.addresses }) };
-    this.rs = rs;
+    if (this.decider === 'linear') tables = { ...tables, linear: linearFromText(writeIptables(model), { localAddresses: model.node.addresses }) };
+    this.mdl = model;
+    this.rs = model.ruleSet;
     this.tables = tables;
     this.gen = tables.generation;
     this.owners = owners;

@@ -20,7 +20,7 @@ import type { Dataplane } from './dataplane.ts';
 import { ApiContext } from './api/context.ts';
 import type { ContextOptions, ControlSide } from './api/context.ts';
 import { ApiError, installErrorHandlers, sendError } from './api/errors.ts';
-import { jsonErrorOffset, lineColumn } from './api/json-error.ts';
+import { jsonErrorOffset, lineColumn } from './json-error.ts';
 import { registerRuleSetRoutes } from './api/ruleset.ts';
 import { registerImportRoutes } from './api/import.ts';
 import { registerConntrackRoutes } from './api/conntrack.ts';

@@ -2,18 +2,28 @@
  * Rule-set validation: every error names its path and its reason
  * (`services[3].ports[0].nodePort: 70000 is outside 30000-32767`), and
  * conflicts are refused instead of letting one service win silently.
+ *
+ * Validation is also where the numeric model (control/model.ts) is built:
+ * each service is checked field by field, and a service without errors is
+ * turned into its model at once (addresses parsed here are not parsed
+ * again); the conflicts (a name, a VIP key or a NodePort claimed twice, a
+ * ClusterIP that is a node address) are then checked on the model by one
+ * piece of code, `Conflicts`, for a full rule set and for the few services of
+ * an incremental apply (against the keys in force, `KeysInForce`).
  */
 import { API_VERSION } from './types.ts';
-import type { RuleSet } from './types.ts';
-import { parseCidr, parseIPv4, protocolNumber, vipKey, nodePortKey } from '../dataplane/addr.ts';
-import type { ProtocolName } from '../dataplane/addr.ts';
+import type { RuleSet, Service } from './types.ts';
+import { parseCidr, parseIPv4, protoIndex } from '../dataplane/addr.ts';
+import { VipIndex } from '../dataplane/hashtable.ts';
+import { nodeModel, serviceModel, RuleSetModel } from './model.ts';
+import type { Addr, NodeModel, ServiceModel, ServicePortModel } from './model.ts';
 
 export interface ValidationError {
   path: string;
   message: string;
 }
 
-export type ValidationResult = { ok: true; ruleSet: RuleSet } | { ok: false; errors: ValidationError[] };
+export type ValidationResult = { ok: true; ruleSet: RuleSet; model: RuleSetModel } | { ok: false; errors: ValidationError[] };
 
 export class RuleSetError extends Error {
   readonly errors: ValidationError[];
@@ -43,7 +53,10 @@ function isPrime(n: number): boolean {
 
 class Checker {
   errors: ValidationError[] = [];
+  /** every error found, also past the 1000 kept */
+  count = 0;
   err(path: string, message: string): void {
+    this.count++;
     if (this.errors.length < 1000) this.errors.push({ path, message });
   }
   fields(o: Obj, path: string, allowed: ReadonlySet<string>, required: readonly string[]): void {
@@ -96,46 +109,260 @@ function describe(v: unknown): string {
 const ENDPOINT_FIELDS = new Set(['address', 'ports', 'ready', 'serving', 'terminating', 'nodeLocal']);
 const isBoolOrUndef = (v: unknown) => v === undefined || typeof v === 'boolean';
 
-/** An endpoint with nothing to report (checked without building any path string); records its address. */
-function plainEndpoint(ep: unknown, portNames: Set<string>, namedTarget: boolean, seen: Set<number>): boolean {
-  if (!isObj(ep)) return false;
-  for (const k in ep) if (!ENDPOINT_FIELDS.has(k)) return false;
-  if (typeof ep.address !== 'string') return false;
+/** An endpoint with nothing to report (checked without building any path string): its address as a number, else -1. */
+function plainEndpoint(ep: unknown, portNames: Set<string>, namedTarget: boolean, seen: Set<number>): Addr {
+  if (!isObj(ep)) return -1;
+  for (const k in ep) if (!ENDPOINT_FIELDS.has(k)) return -1;
+  if (typeof ep.address !== 'string') return -1;
   const a = parseIPv4(ep.address);
-  if (a < 0 || seen.has(a)) return false;
-  if (!isBoolOrUndef(ep.ready) || !isBoolOrUndef(ep.serving) || !isBoolOrUndef(ep.terminating) || !isBoolOrUndef(ep.nodeLocal)) return false;
+  if (a < 0 || seen.has(a)) return -1;
+  if (!isBoolOrUndef(ep.ready) || !isBoolOrUndef(ep.serving) || !isBoolOrUndef(ep.terminating) || !isBoolOrUndef(ep.nodeLocal)) return -1;
   if (ep.ports === undefined) {
-    if (namedTarget) return false;
+    if (namedTarget) return -1;
   } else {
-    if (!isObj(ep.ports)) return false;
+    if (!isObj(ep.ports)) return -1;
     for (const name in ep.ports) {
       const n = ep.ports[name];
-      if (!portNames.has(name) || typeof n !== 'number' || !Number.isInteger(n) || n < 1 || n > 65535) return false;
+      if (!portNames.has(name) || typeof n !== 'number' || !Number.isInteger(n) || n < 1 || n > 65535) return -1;
     }
   }
   seen.add(a);
+  return a;
+}
+
+const KINDS = ['cluster IP', 'external IP', 'loadbalancer IP'];
+
+/** Who holds a key in the rule set in force: the text naming it ("services[3].ports[0] (ns/name:port") and the kind of address (0 cluster, 1 external, 2 load balancer). */
+export interface KeyHolder {
+  where: string;
+  kind: number;
+}
+
+/** The keys held by the services in force that stay (the incremental path: the tables in force answer). */
+export interface KeysInForce {
+  /** the holder of a VIP key (vipKey of address, protocol, port), or null */
+  vip(addr: Addr, proto: number, port: number): KeyHolder | null;
+  /** the holder of a NodePort (nodePortKey of protocol, port), or null */
+  nodePort(proto: number, port: number): KeyHolder | null;
+  /** the position of the service of this "ns/name" that stays, or -1 */
+  service(key: string): number;
+}
+
+/**
+ * The conflict check, one for both paths: each service's model claims its
+ * name, its VIP keys and its NodePorts at its position in the new rule set;
+ * a key already claimed (by a service checked before, or by a service in
+ * force that stays) is an error at the later claim.
+ */
+export class Conflicts {
+  private readonly c: Checker;
+  private readonly inForce: KeysInForce | null;
+  /** (address, protoIndex * 65536 + port) → position * 4 + kind: int pairs in an open-addressing table, no boxed keys */
+  private vips: VipIndex;
+  /** protoIndex * 65536 + port → position, -1 when free */
+  private readonly nodePorts = new Int32Array(3 * 65536).fill(-1);
+  private readonly names = new Map<string, number>();
+  private readonly models = new Map<number, ServiceModel>();
+  private readonly nodeAddrs: Set<Addr>;
+
+  constructor(c: Checker, node: NodeModel, inForce: KeysInForce | null, expected = 64) {
+    this.c = c;
+    this.inForce = inForce;
+    this.nodeAddrs = new Set(node.addrs);
+    this.vips = new VipIndex(expected);
+  }
+
+  /** The text naming the first port of the service at `si` that has this protocol and port (or NodePort). */
+  private where(si: number, proto: number, port: number, nodePort: boolean): string {
+    const sm = this.models.get(si)!;
+    let pi = 0;
+    while (pi < sm.ports.length - 1 && !(sm.ports[pi].protocolNumber === proto && (nodePort ? sm.ports[pi].nodePort : sm.ports[pi].portNumber) === port)) pi++;
+    return `services[${si}].ports[${pi}] (${sm.service.namespace}/${sm.service.name}:${sm.ports[pi].port.name}`;
+  }
+
+  claim(sm: ServiceModel, si: number): void {
+    const c = this.c;
+    this.models.set(si, sm);
+    const prev = this.names.get(sm.key) ?? this.inForce?.service(sm.key) ?? -1;
+    if (prev >= 0) c.err(`services[${si}]`, `service ${sm.key} is already defined by services[${prev}]`);
+    else this.names.set(sm.key, si);
+    if (sm.ports.length > 0 && sm.ports[0].clusterAddr >= 0 && this.nodeAddrs.has(sm.ports[0].clusterAddr)) c.err(`services[${si}].clusterIP`, `${sm.service.clusterIP} is a node address`);
+    for (let pi = 0; pi < sm.ports.length; pi++) {
+      const p = sm.ports[pi];
+      if (p.nodePort !== 0) {
+        const k = protoIndex(p.protocolNumber) * 65536 + p.nodePort;
+        const w = this.nodePorts[k];
+        const f = w < 0 && this.inForce !== null ? this.inForce.nodePort(p.protocolNumber, p.nodePort) : null;
+        if (w >= 0) c.err(`services[${si}].ports[${pi}].nodePort`, `${p.nodePort}/${p.protocol} is already the NodePort of ${this.where(w, p.protocolNumber, p.nodePort, true)})`);
+        else if (f !== null) c.err(`services[${si}].ports[${pi}].nodePort`, `${p.nodePort}/${p.protocol} is already the NodePort of ${f.where})`);
+        else this.nodePorts[k] = si;
+      }
+      if (p.clusterAddr >= 0) this.claimVip(p, si, pi, p.clusterAddr, 0, 0);
+      for (let i = 0; i < p.externalAddrs.length; i++) this.claimVip(p, si, pi, p.externalAddrs[i], 1, i);
+      for (let i = 0; i < p.loadBalancerAddrs.length; i++) this.claimVip(p, si, pi, p.loadBalancerAddrs[i], 2, i);
+    }
+  }
+
+  private claimVip(p: ServicePortModel, si: number, pi: number, addr: Addr, kind: number, i: number): void {
+    const pp = protoIndex(p.protocolNumber) * 65536 + p.portNumber;
+    const w = this.vips.get(addr, pp);
+    const f = w < 0 && this.inForce !== null ? this.inForce.vip(addr, p.protocolNumber, p.portNumber) : null;
+    if (w >= 0 || f !== null) {
+      const text = kind === 0 ? p.clusterIP! : kind === 1 ? p.externalIPs[i] : p.loadBalancerIPs[i];
+      const by = w >= 0 ? `${this.where(w >> 2, p.protocolNumber, p.portNumber, false)} ${KINDS[w & 3]})` : `${f!.where} ${KINDS[f!.kind]})`;
+      this.c.err(`services[${si}].ports[${pi}]`, `${text}:${p.portNumber}/${p.protocol} (${KINDS[kind]}) is already used by ${by}`);
+      return;
+    }
+    if ((this.vips.size + 1) * 2 > this.vips.capacity) this.vips = this.vips.copy(this.vips.size * 2 + 2);
+    this.vips.set(addr, pp, si * 4 + kind);
+  }
+}
+
+const isPortNumber = (v: unknown): boolean => typeof v === 'number' && Number.isInteger(v) && v >= 1 && v <= 65535;
+
+/** A service port with nothing to report (checked without building any string); records its name. */
+function plainPort(p: unknown, nPorts: number, names: Set<string>, range: readonly [number, number]): boolean {
+  if (!isObj(p)) return false;
+  for (const k in p) if (!PORT_FIELDS.has(k)) return false;
+  const name = p.name;
+  if (typeof name !== 'string' || names.has(name)) return false;
+  if (name === '' ? nPorts > 1 : name.length > 63 || !PORT_NAME.test(name)) return false;
+  if (p.protocol !== 'TCP' && p.protocol !== 'UDP' && p.protocol !== 'SCTP') return false;
+  if (!isPortNumber(p.port)) return false;
+  const np = p.nodePort;
+  if (np !== undefined && np !== 0 && !(isPortNumber(np) && (np as number) >= range[0] && (np as number) <= range[1])) return false;
+  const tp = p.targetPort;
+  if (tp !== undefined && !(typeof tp === 'number' ? isPortNumber(tp) : typeof tp === 'string' && PORT_NAME.test(tp))) return false;
+  names.add(name);
   return true;
 }
 
-/** Validate an untrusted rule set. On success the same object is returned (defaults are applied later, in control/model.ts). */
+/**
+ * Check one service field by field (`si`: its position in the rule set, for
+ * the paths). Returns its endpoints' addresses as numbers when nothing was
+ * wrong with it, else null.
+ */
+function checkService(c: Checker, svc: unknown, si: number, range: readonly [number, number]): Addr[] | null {
+  const before = c.count;
+  const sp = `services[${si}]`;
+  if (!isObj(svc)) {
+    c.err(sp, 'must be an object');
+    return null;
+  }
+  c.fields(svc, sp, SERVICE_FIELDS, ['namespace', 'name', 'ports']);
+  for (const f of ['namespace', 'name'] as const) {
+    const v = svc[f];
+    if (v !== undefined && (typeof v !== 'string' || !DNS_LABEL.test(v) || v.length > 63)) c.err(`${sp}.${f}`, `${describe(v)} is not a DNS label (lowercase letters, digits, '-', at most 63)`);
+  }
+  // paths and names are built only for an error: a good service costs no strings
+  const cip = svc.clusterIP;
+  if (cip !== undefined && cip !== 'None' && !(typeof cip === 'string' && parseIPv4(cip) >= 0)) c.ipv4(cip, `${sp}.clusterIP`);
+  if (svc.externalIPs !== undefined) c.ipList(svc.externalIPs, `${sp}.externalIPs`);
+  if (svc.loadBalancerIPs !== undefined) c.ipList(svc.loadBalancerIPs, `${sp}.loadBalancerIPs`);
+  if (svc.loadBalancerSourceRanges !== undefined) {
+    if (!Array.isArray(svc.loadBalancerSourceRanges)) c.err(`${sp}.loadBalancerSourceRanges`, 'must be an array of CIDRs');
+    else svc.loadBalancerSourceRanges.forEach((r, i) => c.cidr(r, `${sp}.loadBalancerSourceRanges[${i}]`));
+  }
+  if (svc.sessionAffinity !== undefined) c.oneOf(svc.sessionAffinity, `${sp}.sessionAffinity`, ['None', 'ClientIP']);
+  if (svc.sessionAffinityTimeoutSeconds !== undefined) c.int(svc.sessionAffinityTimeoutSeconds, `${sp}.sessionAffinityTimeoutSeconds`, 1, 86400);
+  if (svc.externalTrafficPolicy !== undefined) c.oneOf(svc.externalTrafficPolicy, `${sp}.externalTrafficPolicy`, ['Cluster', 'Local']);
+  if (svc.internalTrafficPolicy !== undefined) c.oneOf(svc.internalTrafficPolicy, `${sp}.internalTrafficPolicy`, ['Cluster', 'Local']);
+
+  const portNames = new Set<string>();
+  if (svc.ports !== undefined && (!Array.isArray(svc.ports) || svc.ports.length === 0)) c.err(`${sp}.ports`, 'must be a non-empty array');
+  const ports = Array.isArray(svc.ports) ? svc.ports : [];
+  for (let pi = 0; pi < ports.length; pi++) {
+    const p: unknown = ports[pi];
+    if (plainPort(p, ports.length, portNames, range)) continue; // the common case: no strings built
+    const pp = `${sp}.ports[${pi}]`;
+    if (!isObj(p)) {
+      c.err(pp, 'must be an object');
+      continue;
+    }
+    c.fields(p, pp, PORT_FIELDS, ['name', 'protocol', 'port']);
+    if (typeof p.name !== 'string') {
+      if (p.name !== undefined) c.err(`${pp}.name`, 'must be a string');
+    } else if (p.name === '') {
+      if (ports.length > 1) c.err(`${pp}.name`, 'may be empty only when the service has a single port');
+    } else if (!PORT_NAME.test(p.name) || p.name.length > 63) c.err(`${pp}.name`, `${describe(p.name)} is not a valid port name`);
+    if (typeof p.name === 'string') {
+      if (portNames.has(p.name)) c.err(`${pp}.name`, `port name ${describe(p.name)} is used twice in ${svc.namespace}/${svc.name}`);
+      portNames.add(p.name);
+    }
+    c.oneOf(p.protocol, `${pp}.protocol`, ['TCP', 'UDP', 'SCTP']);
+    if (p.protocol === undefined) continue;
+    if (p.port !== undefined) c.int(p.port, `${pp}.port`, 1, 65535);
+    if (p.nodePort !== undefined && p.nodePort !== 0 && c.int(p.nodePort, `${pp}.nodePort`, 1, 65535)) {
+      const np = p.nodePort as number;
+      if (np < range[0] || np > range[1]) c.err(`${pp}.nodePort`, `${np} is outside ${range[0]}-${range[1]}`);
+    }
+    if (p.targetPort !== undefined) {
+      if (typeof p.targetPort === 'number') c.int(p.targetPort, `${pp}.targetPort`, 1, 65535);
+      else if (typeof p.targetPort !== 'string' || !PORT_NAME.test(p.targetPort)) c.err(`${pp}.targetPort`, `${describe(p.targetPort)} must be a port number or a port name`);
+    }
+  }
+
+  if (svc.endpoints !== undefined && !Array.isArray(svc.endpoints)) c.err(`${sp}.endpoints`, 'must be an array');
+  const seenEp = new Set<number>();
+  let namedTarget = false;
+  for (let pi = 0; pi < ports.length; pi++) if (isObj(ports[pi]) && typeof (ports[pi] as Obj).targetPort === 'string') namedTarget = true;
+  const eps: unknown[] = Array.isArray(svc.endpoints) ? svc.endpoints : [];
+  const addrs: Addr[] = new Array(eps.length);
+  for (let ei = 0; ei < eps.length; ei++) {
+    const ep = eps[ei];
+    const pa = plainEndpoint(ep, portNames, namedTarget, seenEp);
+    addrs[ei] = pa;
+    if (pa >= 0) continue; // the common case: no strings built
+    const ep_ = `${sp}.endpoints[${ei}]`;
+    if (!isObj(ep)) {
+      c.err(ep_, 'must be an object');
+      continue;
+    }
+    c.fields(ep, ep_, ENDPOINT_FIELDS, ['address']);
+    if (ep.address !== undefined && c.ipv4(ep.address, `${ep_}.address`)) {
+      const a = parseIPv4(ep.address as string);
+      if (seenEp.has(a)) c.err(`${ep_}.address`, `${ep.address} is listed twice in ${svc.namespace}/${svc.name}`);
+      seenEp.add(a);
+      addrs[ei] = a;
+    }
+    if (ep.ports !== undefined) {
+      if (!isObj(ep.ports)) c.err(`${ep_}.ports`, 'must map service-port names to port numbers');
+      else for (const [name, num] of Object.entries(ep.ports)) {
+        if (!portNames.has(name)) c.err(`${ep_}.ports.${name || '""'}`, `${svc.namespace}/${svc.name} has no port named ${JSON.stringify(name)}`);
+        c.int(num, `${ep_}.ports.${name || '""'}`, 1, 65535);
+      }
+    } else {
+      ports.forEach((p, pi) => {
+        if (isObj(p) && typeof p.targetPort === 'string')
+          c.err(`${ep_}.ports`, `is required: ${sp}.ports[${pi}] has the named targetPort ${JSON.stringify(p.targetPort)}`);
+      });
+    }
+    for (const f of ['ready', 'serving', 'terminating', 'nodeLocal']) c.bool(ep[f], `${ep_}.${f}`);
+  }
+  return c.count === before ? addrs : null;
+}
+
+/**
+ * Validate an untrusted rule set. On success: the same object (never
+ * modified) and its numeric model, defaults applied (control/model.ts).
+ */
 export function validateRuleSet(input: unknown): ValidationResult {
   const c = new Checker();
   if (!isObj(input)) return { ok: false, errors: [{ path: '(root)', message: `a rule set must be a JSON object, got ${describe(input)}` }] };
   c.fields(input, '', ROOT_FIELDS, ['apiVersion', 'node', 'services']);
   if (input.apiVersion !== undefined && input.apiVersion !== API_VERSION) c.err('apiVersion', `${describe(input.apiVersion)} is not supported (expected "${API_VERSION}")`);
 
+  const beforeNode = c.count;
   // node
   let range: [number, number] = [30000, 32767];
-  const nodeAddrs = new Set<string>();
   const node = input.node;
   if (node !== undefined && !isObj(node)) c.err('node', 'must be an object');
   if (isObj(node)) {
     c.fields(node, 'node', NODE_FIELDS, ['addresses']);
     if (node.name !== undefined && typeof node.name !== 'string') c.err('node.name', 'must be a string');
     if (node.addresses !== undefined) {
-      const a = c.ipList(node.addresses, 'node.addresses');
+      c.ipList(node.addresses, 'node.addresses');
       if (Array.isArray(node.addresses) && node.addresses.length === 0) c.err('node.addresses', 'must list at least one address (what -m addrtype --dst-type LOCAL matches)');
-      a.forEach((x) => nodeAddrs.add(x));
     }
     if (node.masqueradeAddress !== undefined) c.ipv4(node.masqueradeAddress, 'node.masqueradeAddress');
     if (node.clusterCIDR !== undefined) c.cidr(node.clusterCIDR, 'node.clusterCIDR');
@@ -157,144 +384,48 @@ export function validateRuleSet(input: unknown): ValidationResult {
       c.err('node.maglevTableSize', `${node.maglevTableSize} is not a prime (Maglev needs a prime table size, e.g. 65537)`);
   }
 
+  // the model of the node, when the node is right (the services' models need it)
+  const nm = isObj(node) && c.count === beforeNode ? nodeModel(input as unknown as RuleSet) : null;
+
   // services
   const services = input.services;
   if (services !== undefined && !Array.isArray(services)) c.err('services', 'must be an array');
+  const models: ServiceModel[] = [];
   if (Array.isArray(services)) {
     if (services.length > MAX_SERVICES) c.err('services', `${services.length} services is more than ${MAX_SERVICES}`);
-    const names = new Map<string, number>();
-    // numeric keys (vipKey / nodePortKey) → where: services index * 2^12 + ports index * 4 + kind
-    const vips = new Map<number, number>();
-    const nodePorts = new Map<number, number>();
-    const KINDS = ['cluster IP', 'external IP', 'loadbalancer IP'];
-    const where = (w: number): string => {
-      const si = Math.floor(w / 4096);
-      const pi = (w >> 2) & 1023;
-      const sv = services[si] as Obj;
-      const pt = (sv.ports as Obj[])[pi];
-      return `services[${si}].ports[${pi}] (${sv.namespace}/${sv.name}:${pt.name}`;
-    };
+    const conflicts = nm === null ? null : new Conflicts(c, nm, null, services.length * 2);
     for (let si = 0; si < services.length; si++) {
-      const svc: unknown = services[si];
-      const sp = `services[${si}]`;
-      if (!isObj(svc)) {
-        c.err(sp, 'must be an object');
-        continue;
-      }
-      c.fields(svc, sp, SERVICE_FIELDS, ['namespace', 'name', 'ports']);
-      for (const f of ['namespace', 'name'] as const) {
-        const v = svc[f];
-        if (v !== undefined && (typeof v !== 'string' || !DNS_LABEL.test(v) || v.length > 63)) c.err(`${sp}.${f}`, `${describe(v)} is not a DNS label (lowercase letters, digits, '-', at most 63)`);
-      }
-      const id = `${svc.namespace}/${svc.name}`;
-      if (typeof svc.namespace === 'string' && typeof svc.name === 'string') {
-        const prev = names.get(id);
-        if (prev !== undefined) c.err(sp, `service ${id} is already defined by services[${prev}]`);
-        else names.set(id, si);
-      }
-      let clusterIP: string | null = null;
-      if (svc.clusterIP !== undefined && svc.clusterIP !== 'None' && c.ipv4(svc.clusterIP, `${sp}.clusterIP`)) {
-        clusterIP = svc.clusterIP as string;
-        if (nodeAddrs.has(clusterIP)) c.err(`${sp}.clusterIP`, `${clusterIP} is a node address`);
-      }
-      const externalIPs = c.ipList(svc.externalIPs, `${sp}.externalIPs`);
-      const lbIPs = c.ipList(svc.loadBalancerIPs, `${sp}.loadBalancerIPs`);
-      if (svc.loadBalancerSourceRanges !== undefined) {
-        if (!Array.isArray(svc.loadBalancerSourceRanges)) c.err(`${sp}.loadBalancerSourceRanges`, 'must be an array of CIDRs');
-        else svc.loadBalancerSourceRanges.forEach((r, i) => c.cidr(r, `${sp}.loadBalancerSourceRanges[${i}]`));
-      }
-      c.oneOf(svc.sessionAffinity, `${sp}.sessionAffinity`, ['None', 'ClientIP']);
-      if (svc.sessionAffinityTimeoutSeconds !== undefined) c.int(svc.sessionAffinityTimeoutSeconds, `${sp}.sessionAffinityTimeoutSeconds`, 1, 86400);
-      c.oneOf(svc.externalTrafficPolicy, `${sp}.externalTrafficPolicy`, ['Cluster', 'Local']);
-      c.oneOf(svc.internalTrafficPolicy, `${sp}.internalTrafficPolicy`, ['Cluster', 'Local']);
-
-      const portNames = new Set<string>();
-      if (svc.ports !== undefined && (!Array.isArray(svc.ports) || svc.ports.length === 0)) c.err(`${sp}.ports`, 'must be a non-empty array');
-      const ports = Array.isArray(svc.ports) ? svc.ports : [];
-      for (let pi = 0; pi < ports.length; pi++) {
-        const p: unknown = ports[pi];
-        const pp = `${sp}.ports[${pi}]`;
-        if (!isObj(p)) {
-          c.err(pp, 'must be an object');
-          continue;
-        }
-        c.fields(p, pp, PORT_FIELDS, ['name', 'protocol', 'port']);
-        if (typeof p.name !== 'string') {
-          if (p.name !== undefined) c.err(`${pp}.name`, 'must be a string');
-        } else if (p.name === '') {
-          if (ports.length > 1) c.err(`${pp}.name`, 'may be empty only when the service has a single port');
-        } else if (!PORT_NAME.test(p.name) || p.name.length > 63) c.err(`${pp}.name`, `${describe(p.name)} is not a valid port name`);
-        if (typeof p.name === 'string') {
-          if (portNames.has(p.name)) c.err(`${pp}.name`, `port name ${describe(p.name)} is used twice in ${id}`);
-          portNames.add(p.name);
-        }
-        c.oneOf(p.protocol, `${pp}.protocol`, ['TCP', 'UDP', 'SCTP']);
-        if (p.protocol === undefined) continue;
-        const portOk = p.port !== undefined && c.int(p.port, `${pp}.port`, 1, 65535);
-        if (p.nodePort !== undefined && p.nodePort !== 0 && c.int(p.nodePort, `${pp}.nodePort`, 1, 65535)) {
-          const np = p.nodePort as number;
-          if (np < range[0] || np > range[1]) c.err(`${pp}.nodePort`, `${np} is outside ${range[0]}-${range[1]}`);
-          else {
-            const k = nodePortKey(protocolNumber(p.protocol as ProtocolName), np);
-            const prev = nodePorts.get(k);
-            if (prev !== undefined) c.err(`${pp}.nodePort`, `${np}/${p.protocol} is already the NodePort of ${where(prev)})`);
-            else nodePorts.set(k, si * 4096 + pi * 4);
-          }
-        }
-        if (p.targetPort !== undefined) {
-          if (typeof p.targetPort === 'number') c.int(p.targetPort, `${pp}.targetPort`, 1, 65535);
-          else if (typeof p.targetPort !== 'string' || !PORT_NAME.test(p.targetPort)) c.err(`${pp}.targetPort`, `${describe(p.targetPort)} must be a port number or a port name`);
-        }
-        if (!portOk) continue;
-        const proto = protocolNumber(p.protocol as ProtocolName);
-        const claim = (addr: string, kind: number) => {
-          const k = vipKey(parseIPv4(addr), proto, p.port as number);
-          const prev = vips.get(k);
-          if (prev !== undefined) c.err(pp, `${addr}:${p.port}/${p.protocol} (${KINDS[kind]}) is already used by ${where(prev)} ${KINDS[prev & 3]})`);
-          else vips.set(k, si * 4096 + pi * 4 + kind);
-        };
-        if (clusterIP) claim(clusterIP, 0);
-        for (const a of externalIPs) claim(a, 1);
-        for (const a of lbIPs) claim(a, 2);
-      }
-
-      if (svc.endpoints !== undefined && !Array.isArray(svc.endpoints)) c.err(`${sp}.endpoints`, 'must be an array');
-      const seenEp = new Set<number>();
-      let namedTarget = false;
-      for (let pi = 0; pi < ports.length; pi++) if (isObj(ports[pi]) && typeof (ports[pi] as Obj).targetPort === 'string') namedTarget = true;
-      const eps: unknown[] = Array.isArray(svc.endpoints) ? svc.endpoints : [];
-      for (let ei = 0; ei < eps.length; ei++) {
-        const ep = eps[ei];
-        if (plainEndpoint(ep, portNames, namedTarget, seenEp)) continue; // the common case: no strings built
-        const ep_ = `${sp}.endpoints[${ei}]`;
-        if (!isObj(ep)) {
-          c.err(ep_, 'must be an object');
-          continue;
-        }
-        c.fields(ep, ep_, ENDPOINT_FIELDS, ['address']);
-        if (ep.address !== undefined && c.ipv4(ep.address, `${ep_}.address`)) {
-          const a = parseIPv4(ep.address as string);
-          if (seenEp.has(a)) c.err(`${ep_}.address`, `${ep.address} is listed twice in ${id}`);
-          seenEp.add(a);
-        }
-        if (ep.ports !== undefined) {
-          if (!isObj(ep.ports)) c.err(`${ep_}.ports`, 'must map service-port names to port numbers');
-          else for (const [name, num] of Object.entries(ep.ports)) {
-            if (!portNames.has(name)) c.err(`${ep_}.ports.${name || '""'}`, `${id} has no port named ${JSON.stringify(name)}`);
-            c.int(num, `${ep_}.ports.${name || '""'}`, 1, 65535);
-          }
-        } else {
-          ports.forEach((p, pi) => {
-            if (isObj(p) && typeof p.targetPort === 'string')
-              c.err(`${ep_}.ports`, `is required: ${sp}.ports[${pi}] has the named targetPort ${JSON.stringify(p.targetPort)}`);
-          });
-        }
-        for (const f of ['ready', 'serving', 'terminating', 'nodeLocal']) c.bool(ep[f], `${ep_}.${f}`);
-      }
+      const addrs = checkService(c, services[si], si, range);
+      if (addrs === null || nm === null) continue;
+      const sm = serviceModel(services[si] as Service, nm, addrs);
+      conflicts!.claim(sm, si);
+      models.push(sm);
     }
   }
-  if (c.errors.length > 0) return { ok: false, errors: c.errors };
-  return { ok: true, ruleSet: input as unknown as RuleSet };
+  if (c.count > 0) return { ok: false, errors: c.errors };
+  const rs = input as unknown as RuleSet;
+  return { ok: true, ruleSet: rs, model: new RuleSetModel(rs, nm!, models) };
+}
+
+/**
+ * Validate the services of an incremental apply: `changed[k]` stands at
+ * position `at[k]` of the new rule set, on the node of the model in force;
+ * conflicts are checked among them and against `inForce`, the keys of the
+ * services that stay. The same checks as validateRuleSet, the same errors.
+ */
+export function validateServices(node: NodeModel, changed: readonly unknown[], at: readonly number[], inForce: KeysInForce): { ok: true; services: ServiceModel[] } | { ok: false; errors: ValidationError[] } {
+  const c = new Checker();
+  const conflicts = new Conflicts(c, node, inForce);
+  const out: ServiceModel[] = [];
+  for (let k = 0; k < changed.length; k++) {
+    const addrs = checkService(c, changed[k], at[k], node.nodePortRange);
+    if (addrs === null) continue;
+    const sm = serviceModel(changed[k] as Service, node, addrs);
+    conflicts.claim(sm, at[k]);
+    out.push(sm);
+  }
+  if (c.count > 0) return { ok: false, errors: c.errors };
+  return { ok: true, services: out };
 }
 
 /** Validate or throw a RuleSetError listing every problem. */

@@ -29,7 +29,8 @@ export const DROP_REASONS = [
   /** SCTP to an SCTP service whose CRC could not be recomputed (a fragmented SCTP packet) */
   'sctp_fragmented',
 ] as const;
-export type DropReason = (typeof DROP_REASONS)[number];
+/** Why the packet path dropped a packet: one counter each (a decider's VerdictDropReason is one of them). */
+export type PacketDropReason = (typeof DROP_REASONS)[number];
 export const D_MALFORMED = 0;
 export const D_NO_LOCAL_ENDPOINTS = 1;
 export const D_SOURCE_RANGE = 2;
@@ -89,7 +90,7 @@ export class Counters {
   snapshot(): {
     packets: Record<VerdictName, number>;
     bytes: Record<VerdictName, number>;
-    drops: Record<DropReason, number>;
+    drops: Record<PacketDropReason, number>;
     events: Record<EventName, number>;
     malformed: Record<string, number>;
   } {

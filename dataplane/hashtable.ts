@@ -2,8 +2,9 @@
  * An open-addressing hash table from (IPv4 address, protocol+port) to a small
  * integer, on one typed array (address, protocol+port, value interleaved, so
  * a probe touches one cache line): no boxing of addresses above 2^31, no
- * allocation per lookup. Built once per snapshot, immutable afterwards, so
- * no deletion is needed.
+ * allocation per lookup. A snapshot's index is immutable once swapped in;
+ * while one is built (the incremental path patches a copy of the index in
+ * force) keys are deleted by backward shift, so no tombstones accumulate.
  */
 const STRIDE = 4; // addr, protoPort (-1 = empty), value, spare
 export class VipIndex {
@@ -104,6 +105,11 @@ export class VipIndex {
     s[hole * STRIDE + 1] = -1;
     this.size--;
     return true;
+  }
+
+  /** Slots in all; at most half of them are ever used (set throws past that: grow with copy). */
+  get capacity(): number {
+    return this.mask + 1;
   }
 
   /** The slot array (addr, protoPort, value, spare per slot) and the key count: to share the index with another thread. */

@@ -16,7 +16,8 @@ export interface Candidate {
   masquerade: boolean;
 }
 
-export type DropReason =
+/** Why a decider's verdict drops a new flow (a policy of the rule set); the packet path counts these among its PacketDropReasons (dataplane/counters.ts). */
+export type VerdictDropReason =
   /** internal/externalTrafficPolicy Local and no endpoint on this node ("has no local endpoints") */
   | 'no_local_endpoints'
   /** loadBalancerSourceRanges did not admit the source (KUBE-FW-*, KUBE-PROXY-FIREWALL) */
@@ -26,7 +27,7 @@ export type Verdict =
   | { kind: 'nomatch' }
   /** service without endpoints: ICMP port unreachable, as kube-proxy's REJECT */
   | { kind: 'reject'; service: string }
-  | { kind: 'drop'; service: string; reason: DropReason }
+  | { kind: 'drop'; service: string; reason: VerdictDropReason }
   | {
       kind: 'dnat';
       service: string;
@@ -55,7 +56,7 @@ export interface PacketTuple {
 export interface DeciderSample {
   kind: 'dnat' | 'reject' | 'drop' | 'nomatch';
   service: string;
-  reason: DropReason | null;
+  reason: VerdictDropReason | null;
   endpointAddr: number;
   endpointPort: number;
   masquerade: boolean;

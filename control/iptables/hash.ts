@@ -81,3 +81,19 @@ export function isServiceChainName(chain: string): boolean {
     chain.startsWith(XLB_PREFIX)
   );
 }
+
+/**
+ * The service-port name a kube-proxy rule comment speaks of ("ns/name:port"),
+ * or null for comments about no single service ("kubernetes service portals").
+ */
+export function serviceFromComment(comment: string | null): string | null {
+  if (comment === null || comment.startsWith('kubernetes ')) return null;
+  let m = /^(?:masquerade |pod |masquerade LOCAL |route LOCAL )traffic for (\S+) (?:external destinations|LB IP(?: to service chain)?)$/.exec(comment);
+  if (m) return m[1];
+  m = /^other traffic to (\S+) will be dropped by KUBE-PROXY-FIREWALL$/.exec(comment);
+  if (m) return m[1];
+  m = /^(\S+) (?:cluster IP|external IP|loadbalancer IP|has no endpoints|has no local endpoints|health check node port|nodePort|traffic not accepted by \S+|-> \S+)$/.exec(comment);
+  if (m) return m[1];
+  if (/^[^\s/]+\/[^\s/]+$/.test(comment)) return comment;
+  return null;
+}

@@ -23,7 +23,8 @@ export { writeIptables, probabilityText, servicePortChains, LARGE_CLUSTER_ENDPOI
 export type { WriteOptions, ServicePortChains } from './writer.ts';
 export { parseIptablesSave, splitArgs, tableRules, isBuiltinChain, BUILTIN_CHAINS } from './parser.ts';
 export type { ParsedIptables, ParseError, Table, Chain, Rule, Match, Target, AddrMatch, PortRange, ProtocolMatch, NameMatch } from './parser.ts';
-export { LinearEvaluator, linearFromText, serviceFromComment } from './linear.ts';
+export { LinearEvaluator, linearFromText } from './linear.ts';
+export { serviceFromComment } from './hash.ts';
 export type { LinearOptions, LinearSample } from './linear.ts';
 export { importIptables, IptablesImportError, PLACEHOLDER_REMOTE_ENDPOINT, LOCALHOST_NODEPORTS_LIMIT, softwareOf } from './importer.ts';
 export type { ImportResult, ImportOptions, NotUnderstood } from './importer.ts';

@@ -20,7 +20,8 @@
  * Rules are compiled once, in the constructor, to objects of one shape with
  * numeric fields; a walk does no string work and allocates nothing.
  */
-import type { Verdict, Candidate, PacketTuple, DropReason } from '../../dataplane/verdict.ts';
+import { serviceFromComment } from './hash.ts';
+import type { Verdict, Candidate, PacketTuple, VerdictDropReason } from '../../dataplane/verdict.ts';
 import { parseIPv4, formatIPv4, PROTO_TCP, PROTO_UDP, PROTO_SCTP } from '../../dataplane/addr.ts';
 import type { ParsedIptables, Rule, Match, Table } from './parser.ts';
 import { parseIptablesSave } from './parser.ts';
@@ -43,7 +44,7 @@ export interface LinearSample {
   kind: 'dnat' | 'reject' | 'drop' | 'nomatch';
   /** kube-proxy's service-port name ("" when none) */
   service: string;
-  reason: DropReason | null;
+  reason: VerdictDropReason | null;
   /** "ip:port" of the chosen endpoint ("" unless dnat) */
   endpoint: string;
   endpointAddr: number;
@@ -214,21 +215,8 @@ class CTable {
   policy: number[] = [];
 }
 
-/**
- * The service-port name a kube-proxy rule comment speaks of ("ns/name:port"),
- * or null for comments about no single service ("kubernetes service portals").
- */
-export function serviceFromComment(comment: string | null): string | null {
-  if (comment === null || comment.startsWith('kubernetes ')) return null;
-  let m = /^(?:masquerade |pod |masquerade LOCAL |route LOCAL )traffic for (\S+) (?:external destinations|LB IP(?: to service chain)?)$/.exec(comment);
-  if (m) return m[1];
-  m = /^other traffic to (\S+) will be dropped by KUBE-PROXY-FIREWALL$/.exec(comment);
-  if (m) return m[1];
-  m = /^(\S+) (?:cluster IP|external IP|loadbalancer IP|has no endpoints|has no local endpoints|health check node port|nodePort|traffic not accepted by \S+|-> \S+)$/.exec(comment);
-  if (m) return m[1];
-  if (/^[^\s/]+\/[^\s/]+$/.test(comment)) return comment;
-  return null;
-}
+// serviceFromComment lives with the chain names (./hash.ts): the names kube-proxy writes and reads back
+export { serviceFromComment };
 
 function addrTypeBits(types: string[]): number {
   let bits = 0;

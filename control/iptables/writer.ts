@@ -8,9 +8,9 @@
  * the file alone makes a working kube-proxy dataplane in a namespace.
  */
 import type { RuleSet } from '../types.ts';
-import type { ServicePortModel, EndpointModel, NodeModel } from '../model.ts';
-import { ruleSetModel } from '../model.ts';
-import { parseCidr, formatCidr } from '../../dataplane/addr.ts';
+import type { ServicePortModel, EndpointModel, NodeModel, RuleSetModel } from '../model.ts';
+import { modelOf } from '../model.ts';
+import { formatCidr } from '../../dataplane/addr.ts';
 import { clusterPolicyChain, localPolicyChain, externalChain, firewallChain, endpointChain } from './hash.ts';
 
 export interface WriteOptions {
@@ -148,38 +148,38 @@ function writeServicePort(b: Buffers, node: NodeModel, p: ServicePortModel, larg
 
   // ClusterIP
   if (p.hasInternalEndpoints) {
-    b.natRules.push(`-A KUBE-SERVICES -m comment --comment "${name} cluster IP" ${m} -d ${clusterIP} --dport ${p.port.port} -j ${internalTrafficChain}`);
+    b.natRules.push(`-A KUBE-SERVICES -m comment --comment "${name} cluster IP" ${m} -d ${clusterIP} --dport ${p.portNumber} -j ${internalTrafficChain}`);
   } else {
-    b.filterRules.push(`-A KUBE-SERVICES -m comment --comment ${internalFilterComment} ${m} -d ${clusterIP} --dport ${p.port.port} -j ${internalFilterTarget}`);
+    b.filterRules.push(`-A KUBE-SERVICES -m comment --comment ${internalFilterComment} ${m} -d ${clusterIP} --dport ${p.portNumber} -j ${internalFilterTarget}`);
   }
 
   // external IPs
   for (const ip of p.externalIPs) {
     if (p.hasEndpoints) {
-      b.natRules.push(`-A KUBE-SERVICES -m comment --comment "${name} external IP" ${m} -d ${ip} --dport ${p.port.port} -j ${c.external}`);
+      b.natRules.push(`-A KUBE-SERVICES -m comment --comment "${name} external IP" ${m} -d ${ip} --dport ${p.portNumber} -j ${c.external}`);
     }
     if (!p.hasExternalEndpoints) {
-      b.filterRules.push(`-A KUBE-EXTERNAL-SERVICES -m comment --comment ${externalFilterComment} ${m} -d ${ip} --dport ${p.port.port} -j ${externalFilterTarget}`);
+      b.filterRules.push(`-A KUBE-EXTERNAL-SERVICES -m comment --comment ${externalFilterComment} ${m} -d ${ip} --dport ${p.portNumber} -j ${externalFilterTarget}`);
     }
   }
 
   // load-balancer IPs
   for (const ip of p.loadBalancerIPs) {
     if (p.hasEndpoints) {
-      b.natRules.push(`-A KUBE-SERVICES -m comment --comment "${name} loadbalancer IP" ${m} -d ${ip} --dport ${p.port.port} -j ${loadBalancerTrafficChain}`);
+      b.natRules.push(`-A KUBE-SERVICES -m comment --comment "${name} loadbalancer IP" ${m} -d ${ip} --dport ${p.portNumber} -j ${loadBalancerTrafficChain}`);
     }
     if (p.usesFirewallChain) {
-      b.filterRules.push(`-A KUBE-PROXY-FIREWALL -m comment --comment "${name} traffic not accepted by ${c.firewall}" ${m} -d ${ip} --dport ${p.port.port} -j DROP`);
+      b.filterRules.push(`-A KUBE-PROXY-FIREWALL -m comment --comment "${name} traffic not accepted by ${c.firewall}" ${m} -d ${ip} --dport ${p.portNumber} -j DROP`);
     }
   }
   if (!p.hasExternalEndpoints) {
     for (const ip of p.loadBalancerIPs) {
-      b.filterRules.push(`-A KUBE-EXTERNAL-SERVICES -m comment --comment ${externalFilterComment} ${m} -d ${ip} --dport ${p.port.port} -j ${externalFilterTarget}`);
+      b.filterRules.push(`-A KUBE-EXTERNAL-SERVICES -m comment --comment ${externalFilterComment} ${m} -d ${ip} --dport ${p.portNumber} -j ${externalFilterTarget}`);
     }
   }
 
   // NodePort
-  const nodePort = p.port.nodePort ?? 0;
+  const nodePort = p.nodePort;
   if (nodePort !== 0) {
     if (p.hasEndpoints) {
       b.natRules.push(`-A KUBE-NODEPORTS -m comment --comment ${name} ${m} --dport ${nodePort} -j ${c.external}`);
@@ -191,7 +191,7 @@ function writeServicePort(b: Buffers, node: NodeModel, p: ServicePortModel, larg
 
   // internal traffic: masquerade off-cluster sources
   if (p.hasInternalEndpoints) {
-    const args = `-m comment --comment "${name} cluster IP" ${m} -d ${clusterIP} --dport ${p.port.port}`;
+    const args = `-m comment --comment "${name} cluster IP" ${m} -d ${clusterIP} --dport ${p.portNumber}`;
     if (node.masqueradeAll) {
       b.natRules.push(`-A ${internalTrafficChain} ${args} -j KUBE-MARK-MASQ`);
     } else if (node.clusterCIDR !== null) {
@@ -220,10 +220,7 @@ function writeServicePort(b: Buffers, node: NodeModel, p: ServicePortModel, larg
   if (p.usesFirewallChain) {
     b.natChains.push(chainLine(c.firewall));
     const args = `-A ${c.firewall} -m comment --comment "${name} loadbalancer IP"`;
-    for (const r of p.loadBalancerSourceRanges) {
-      const cidr = parseCidr(r);
-      b.natRules.push(`${args} -s ${cidr ? formatCidr(cidr) : r} -j ${c.external}`);
-    }
+    for (const cidr of p.sourceRanges) b.natRules.push(`${args} -s ${formatCidr(cidr)} -j ${c.external}`);
     if (p.allowFromNode) {
       for (const ip of p.loadBalancerIPs) b.natRules.push(`${args} -s ${ip} -j ${c.external}`);
     }
@@ -249,10 +246,10 @@ function writeServicePort(b: Buffers, node: NodeModel, p: ServicePortModel, larg
   }
 }
 
-/** kube-proxy's iptables-restore input for the rule set (IPv4). */
-export function writeIptables(rs: RuleSet, opts: WriteOptions = {}): string {
+/** kube-proxy's iptables-restore input for the rule set (IPv4), from its model (or a rule set already validated, modelled here). */
+export function writeIptables(input: RuleSet | RuleSetModel, opts: WriteOptions = {}): string {
   const withHooks = opts.withHooks ?? true;
-  const model = ruleSetModel(rs);
+  const model = modelOf(input);
   const node = model.node;
   const mark = node.masqueradeMark;
   let totalEndpoints = 0;
@@ -292,5 +289,44 @@ export function writeIptables(rs: RuleSet, opts: WriteOptions = {}): string {
   if (withHooks) append(NAT_HOOKS);
   append(b.natRules);
   out.push('COMMIT');
+  return out.join('\n') + '\n';
+}
+
+/** kube-proxy's top-level chains: a partial sync writes them whole every time */
+const ALWAYS_WRITTEN = new Set([
+  'KUBE-SERVICES',
+  'KUBE-EXTERNAL-SERVICES',
+  'KUBE-FORWARD',
+  'KUBE-NODEPORTS',
+  'KUBE-PROXY-FIREWALL',
+  'KUBE-POSTROUTING',
+  'KUBE-MARK-MASQ',
+]);
+
+function declaredChains(text: string): Set<string> {
+  const out = new Set<string>();
+  for (const m of text.matchAll(/^:(\S+) /gm)) out.add(m[1]);
+  return out;
+}
+
+/**
+ * kube-proxy's partial sync (MinimizeIPTablesRestore) after adding one
+ * service, for `iptables-restore --noflush`: the top-level chains are always
+ * rewritten whole (their `:CHAIN` line flushes them), the new service's chains
+ * are written, every other chain is left alone.
+ */
+export function partialRestoreText(before: string, after: string): string {
+  const old = declaredChains(before);
+  const keep = (chain: string) => ALWAYS_WRITTEN.has(chain) || !old.has(chain);
+  const out: string[] = [];
+  for (const line of after.split('\n')) {
+    if (line === '') continue;
+    if (line.startsWith('*') || line === 'COMMIT') out.push(line);
+    else if (line.startsWith(':')) {
+      if (keep(line.slice(1).split(' ')[0])) out.push(line);
+    } else if (line.startsWith('-A ')) {
+      if (keep(line.split(' ')[1])) out.push(line);
+    }
+  }
   return out.join('\n') + '\n';
 }

@@ -16,9 +16,9 @@
 import { createHash } from 'node:crypto';
 import { base32 } from '../iptables/hash.ts';
 import type { RuleSet, Service } from '../types.ts';
-import { ruleSetModel, servicePortModel, nodeModel } from '../model.ts';
-import type { EndpointModel, NodeModel, ServicePortModel } from '../model.ts';
-import { parseCidr, formatCidr } from '../../dataplane/addr.ts';
+import { modelOf, nodeModel, serviceModel } from '../model.ts';
+import type { EndpointModel, NodeModel, RuleSetModel, ServicePortModel } from '../model.ts';
+import { formatCidr } from '../../dataplane/addr.ts';
 
 export const KUBE_PROXY_TABLE = 'kube-proxy';
 const FAMILY = 'ip';
@@ -201,7 +201,7 @@ function writeServicePort(tx: Tx, node: NodeModel, p: ServicePortModel): void {
   const clusterIP = p.clusterIP;
   if (clusterIP === null) return; // headless: nothing
   const proto = p.proto;
-  const port = p.port.port;
+  const port = p.portNumber;
   const c = nftServiceChains(p);
   const name = p.name;
 
@@ -232,10 +232,7 @@ function writeServicePort(tx: Tx, node: NodeModel, p: ServicePortModel): void {
 
   if (p.usesFirewallChain) {
     tx.ensureChain(c.firewall);
-    const sources = p.loadBalancerSourceRanges.map((r) => {
-      const cidr = parseCidr(r);
-      return cidr ? formatCidr(cidr) : r;
-    });
+    const sources = p.sourceRanges.map(formatCidr);
     if (p.allowFromNode) sources.push(...p.loadBalancerIPs);
     tx.rule(c.firewall, `ip saddr != { ${sources.join(', ')} } drop`);
   }
@@ -245,7 +242,7 @@ function writeServicePort(tx: Tx, node: NodeModel, p: ServicePortModel): void {
   }
   if (!p.hasExternalEndpoints) for (const ip of p.loadBalancerIPs) tx.element(NO_ENDPOINT_SERVICES_MAP, key(ip), externalVerdict, name);
 
-  const nodePort = p.port.nodePort ?? 0;
+  const nodePort = p.nodePort;
   if (nodePort !== 0) {
     if (p.hasEndpoints) tx.element(SERVICE_NODEPORTS_MAP, `${proto} . ${nodePort}`, `goto ${c.external}`);
     if (!p.hasExternalEndpoints) tx.element(NO_ENDPOINT_NODEPORTS_MAP, `${proto} . ${nodePort}`, externalVerdict, name);
@@ -286,8 +283,8 @@ function writeServicePort(tx: Tx, node: NodeModel, p: ServicePortModel): void {
 }
 
 /** kube-proxy's nftables-mode transaction for the whole rule set (IPv4), `nft -f` input. */
-export function writeNftables(rs: RuleSet): string {
-  const model = ruleSetModel(rs);
+export function writeNftables(input: RuleSet | RuleSetModel): string {
+  const model = modelOf(input);
   const tx = new Tx();
   setup(tx, model.node);
   for (const p of model.ports) writeServicePort(tx, model.node, p);
@@ -299,10 +296,10 @@ export function writeNftables(rs: RuleSet): string {
  * of the same node: the service's chains and rules, then its map elements
  * (`add element ... service-ips { ... }`), without touching anything else.
  */
-export function writeNftablesServiceAdd(rs: RuleSet, svc: Service): string {
-  const node = nodeModel(rs);
+export function writeNftablesServiceAdd(input: RuleSet | RuleSetModel, svc: Service): string {
+  const node = input instanceof Object && 'ruleSet' in input ? input.node : nodeModel(input as RuleSet);
   const tx = new Tx();
-  for (const port of svc.ports) writeServicePort(tx, node, servicePortModel(svc, port, node.addresses));
+  for (const p of serviceModel(svc, node).ports) writeServicePort(tx, node, p);
   return tx.text();
 }
 

@@ -57,10 +57,13 @@ function log(msg: string): void {
 
 const o = workerData as ControlWorkerData;
 const remote = new RemotePacketSide(port);
-const holder = new RuleSetHolder({ decider: o.decider, prepare: shareTables });
+// --decider linear: the rules go to the packet thread as iptables-restore text (the walk is a graph
+// of objects, which cannot cross threads; the text is its wire form), written once from the model
+// here and built into the walk there: the holder itself builds none
+const holder = new RuleSetHolder({ prepare: shareTables });
 holder.onSwap((t) => {
-  const rs = holder.ruleSet!;
-  const linear = o.decider === 'linear' ? { text: writeIptables(rs), localAddresses: rs.node.addresses } : null;
+  const m = holder.model!;
+  const linear = o.decider === 'linear' ? { text: writeIptables(m), localAddresses: m.node.addresses } : null;
   remote.sendTables(t, linear).catch((e: Error) => log(`generation ${t.generation} did not reach the packet thread: ${e.message}`));
 });
 let api: ApiServer | null = null;

@@ -4,6 +4,7 @@
  * tables that decide every packet the same way.
  */
 import t from 'tap';
+import { isDeepStrictEqual } from 'node:util';
 import fc from 'fast-check';
 import { arbRuleSet, packetFor } from '../support/arbitraries.ts';
 import { RuleSetHolder, diffServices } from '../../control/runtime.ts';
@@ -32,6 +33,7 @@ t.test('incremental and full agree over random sequences of service changes', as
   let incrementals = 0;
   let rejections = 0;
   let checks = 0;
+  let models = 0;
   const op = fc.record({ kind: fc.constantFrom('replace', 'delete', 'append', 'insert', 'endpoints', 'endpoints') as fc.Arbitrary<Op['kind']>, at: fc.nat(), from: fc.nat() });
   fc.assert(
     fc.property(arbRuleSet({ maxServices: 6 }), arbRuleSet({ maxServices: 6 }), fc.array(op, { minLength: 1, maxLength: 8 }), fc.nat(), (rs, donorRaw, ops, seed) => {
@@ -58,6 +60,14 @@ t.test('incremental and full agree over random sequences of service changes', as
         const ti = inc.current!;
         const tf = full.current!;
         if (ti.liveServicePorts !== tf.liveServicePorts) throw new Error(`live service ports ${ti.liveServicePorts} vs ${tf.liveServicePorts}`);
+        // the model built for the incremental apply is the one built for the full apply
+        const mi = inc.model!;
+        const mf = full.model!;
+        if (mi.ruleSet !== next || mf.ruleSet !== next) throw new Error('the model is not of the rule set applied');
+        if (!isDeepStrictEqual(mi.node, mf.node)) throw new Error('node models differ');
+        if (!isDeepStrictEqual(mi.services, mf.services)) throw new Error(`service models differ:\nincremental ${JSON.stringify(mi.services.map((s) => s.key))}\nfull        ${JSON.stringify(mf.services.map((s) => s.key))}`);
+        if (!isDeepStrictEqual(mi.ports, mf.ports)) throw new Error('service-port models differ');
+        models++;
         const packets = fc.sample(packetFor(cur), { numRuns: 25, seed: seed + checks });
         for (const p of packets) {
           const x = JSON.stringify(compiledVerdict(ti, p));
@@ -73,6 +83,7 @@ t.test('incremental and full agree over random sequences of service changes', as
   );
   t.comment(`${incrementals} incremental applies, ${rejections} refusals on both paths, ${checks} packets compared`);
   t.ok(incrementals > 300, 'the incremental path was taken');
+  t.ok(models > 300, `the models of both paths compared equal (${models} times)`);
   t.ok(rejections > 20, 'refusals were exercised');
 });
 

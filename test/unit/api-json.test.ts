@@ -1,6 +1,6 @@
 import t from 'tap';
 import fc from 'fast-check';
-import { jsonErrorOffset, lineColumn } from '../../control/api/json-error.ts';
+import { jsonErrorOffset, lineColumn } from '../../control/json-error.ts';
 
 const valid = (s: string) => {
   try {

@@ -604,11 +604,11 @@ t.test('GET /v1/stats and /metrics: packets and bytes by verdict, drops by reaso
   t.equal(metric('tunproxy_ruleset_generation'), 2);
   t.equal(metric('tunproxy_services'), 8);
   t.equal(metric('tunproxy_sync_proxy_rules_duration_seconds_count'), 1, 'one sync through this server');
-  t.equal(metric('tunproxy_api_ruleset_rejected_total'), 1, 'refused by the schema: an API rejection...');
-  t.equal(metric('tunproxy_sync_proxy_rules_rejected_total'), 0, '...that never reached the compiler');
+  t.equal(metric('tunproxy_api_ruleset_rejected_total'), 1, 'an unknown field: an API rejection...');
+  t.equal(metric('tunproxy_sync_proxy_rules_rejected_total'), 1, '...by the validator (a PUT body has no schema pass before it): a failed sync');
   await c.request('PUT', '/v1/ruleset', { body: { ...golden, services: [golden.services[0], golden.services[0]] } });
   const m2 = (await c.request<string>('GET', '/metrics')).text;
-  t.match(m2, /^tunproxy_sync_proxy_rules_rejected_total 1$/m, 'a conflict is refused by the validator: a failed sync');
+  t.match(m2, /^tunproxy_sync_proxy_rules_rejected_total 2$/m, 'a conflict is refused by the validator: a failed sync');
   t.match(m2, /^tunproxy_api_ruleset_rejected_total 2$/m);
   t.match(m.text, /# TYPE tunproxy_sync_proxy_rules_duration_seconds histogram/);
   t.match(m.text, /tunproxy_sync_proxy_rules_duration_seconds_bucket\{le="0\.001"\}/);

@@ -1,7 +1,7 @@
 import t from 'tap';
 import { readFileSync } from 'node:fs';
 import type { RuleSet } from '../../control/types.ts';
-import { writeIptables, probabilityText, LARGE_CLUSTER_ENDPOINTS_THRESHOLD } from '../../control/iptables/writer.ts';
+import { writeIptables, probabilityText, partialRestoreText, LARGE_CLUSTER_ENDPOINTS_THRESHOLD } from '../../control/iptables/writer.ts';
 
 const fixture = (name: string) => new URL(`../fixtures/iptables/${name}`, import.meta.url);
 
@@ -234,4 +234,17 @@ t.test('headless services (no ClusterIP) get no rules, as kube-proxy skips them'
     services: [{ namespace: 'a', name: 'headless', clusterIP: 'None', ports: [{ name: 'x', protocol: 'TCP', port: 80, nodePort: 30000 }], endpoints: [{ address: '10.64.0.2' }] }],
   };
   t.notMatch(writeIptables(rs), 'a/headless');
+});
+
+t.test('partialRestoreText: kube-proxy\'s partial sync after one service is added', async (t) => {
+  const rs = JSON.parse(readFileSync(new URL('../../examples/demo-ruleset.json', import.meta.url), 'utf8')) as RuleSet;
+  const extra = { namespace: 'extra', name: 'added', clusterIP: '10.32.9.9', ports: [{ name: 'p', protocol: 'TCP' as const, port: 81, targetPort: 8081 }], endpoints: [{ address: '10.64.9.1' }, { address: '10.64.9.2' }] };
+  const before = writeIptables(rs);
+  const text = partialRestoreText(before, writeIptables({ ...rs, services: [...rs.services, extra] }, { withHooks: false }));
+  const lines = text.trimEnd().split('\n');
+  t.same([lines[0], lines.includes('COMMIT'), lines.at(-1)], ['*filter', true, 'COMMIT']);
+  t.ok(lines.includes(':KUBE-SERVICES - [0:0]'), 'KUBE-SERVICES is written whole (its declaration flushes it)');
+  t.ok(lines.some((l) => l.startsWith('-A KUBE-SERVICES') && l.includes('10.32.9.9')), 'with the new ClusterIP');
+  t.equal(lines.filter((l) => /^:KUBE-(SVC|SEP)-/.test(l)).length, 3, 'the new service\'s SVC chain and its two SEP chains, no other');
+  t.notOk(lines.some((l) => /^-A (INPUT|FORWARD|OUTPUT|PREROUTING|POSTROUTING) /.test(l)), 'built-in chains untouched');
 });
