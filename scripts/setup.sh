@@ -20,6 +20,7 @@ have python3 || missing+=(python3)
 have iperf3 || missing+=(iperf3)   # bench:throughput
 have nstat || missing+=(iproute2)  # checksum error counters in the offload tests
 have ethtool || missing+=(ethtool) # the offload tests turn the node's veth checksum offload off
+have tcpdump || missing+=(tcpdump) # the outside checksum oracle of the rewrite tests, and the demo's REJECT capture
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && have apt-get; then
     echo "setup: installing Debian packages: ${missing[*]}" >&2
