@@ -275,6 +275,12 @@ export class RuleSetHolder {
 
   private commit(model: RuleSetModel, tables: Tables, owners: Service[], byName: Map<string, Service>, entriesOf: Map<Service, number[]>): void {
     if (this.prepare !== null) tables = this.prepare(tables);
+    // --decider linear: kube-proxy's rules written from the model as iptables-restore text and parsed
+    // back. Kept on purpose, though the model would suffice to build rule objects: the walk is the
+    // oracle of what iptables would load, and building it from the text keeps one writer (no second
+    // model → rules path that could disagree with the text) and runs writer and parser every time.
+    // In tunproxy run the text is also the form the rules cross to the packet thread in
+    // (control/worker/control-worker.ts), so the holder there builds no walk.
     if (this.decider === 'linear') tables = { ...tables, linear: linearFromText(writeIptables(model), { localAddresses: model.node.addresses }) };
     this.mdl = model;
     this.rs = model.ruleSet;

@@ -1,6 +1,8 @@
 /**
- * The rule set's JSON schema (draft-07), served by the API and used by
- * fastify for request validation. control/validate.ts checks the same shape
+ * The rule set's JSON schema (draft-07), served by the API (GET
+ * /v1/ruleset/schema) and used by fastify for the service routes' bodies; a
+ * PUT /v1/ruleset body goes to the validator alone, which refuses all the
+ * schema refuses (test/unit/ruleset-schema.test.ts). control/validate.ts checks the same shape
  * plus what a schema cannot say (conflicts, ranges that depend on the node,
  * endpoint ports naming service ports) and words each error for a person.
  */

@@ -22,7 +22,6 @@ import { CT_UPDATE_REOPEN } from './conntrack.ts';
 import type { Tables } from './tables.ts';
 import { isServiceAddress, lookup, LookupResult, LOOKUP_DNAT, LOOKUP_REJECT, LOOKUP_DROP_NO_LOCAL, LOOKUP_DROP_SOURCE_RANGE } from './tables.ts';
 import { AffinityTable, Rng, selectEndpoint } from './select.ts';
-import { PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP } from './addr.ts';
 import {
   Counters, V_DROP, V_FORWARD, V_PASS, V_REPLY,
   D_MALFORMED, D_NO_LOCAL_ENDPOINTS, D_SOURCE_RANGE, D_CONNTRACK_COLLISION, D_NAT_PORT_EXHAUSTED, D_FRAGMENT_NO_FLOW, D_NO_ENDPOINTS, D_SCTP_FRAGMENTED,
@@ -30,7 +29,7 @@ import {
   E_GSO_SUPER_PACKETS, E_GSO_SEGMENTS, E_CHECKSUMS_COMPLETED, E_GSO_SEGMENTED,
 } from './counters.ts';
 import { get16, get32 } from './wire/bytes.ts';
-import { ipv4Check } from './wire/ipv4.ts';
+import { ipv4Check, ipv4HeaderLen } from './wire/ipv4.ts';
 import { tcpCheck } from './wire/tcp.ts';
 import { udpCheck } from './wire/udp.ts';
 import { sctpCheck } from './wire/sctp.ts';
@@ -69,7 +68,67 @@ export interface PipelineOptions {
   replyBufferSize?: number;
 }
 
+// The wire's named offsets, flags and protocol numbers, as defined in wire/ipv4.ts, wire/tcp.ts, wire/udp.ts, wire/sctp.ts, wire/icmp.ts and addr.ts
+// (test/unit/wire-names.test.ts checks that every one here equals its definition there).
+// Copied, not imported: an imported binding is read through its module cell with a TDZ
+// check on every use, which cost ~10 ns per established packet (bench:packet, 166 → 176 ns);
+// a module-local const with a literal value is folded into the code like the literal.
+const IPV4_VER_IHL = 0;
+const IPV4_TOTAL_LEN = 2;
+const IPV4_PROTOCOL = 9;
+const IPV4_SRC = 12;
+const IPV4_DST = 16;
+const IPV4_FLAGS_FRAG = 6;
+const IPV4_FRAG_OFFSET_MASK = 0x1fff;
+const IPV4_FLAG_MF = 0x2000;
+const IPV4_IDENT = 4;
+const TCP_SRC_PORT = 0;
+const TCP_DST_PORT = 2;
+const TCP_FLAGS = 13;
+const UDP_SRC_PORT = 0;
+const UDP_DST_PORT = 2;
+const IP_VERSION_4 = 4;
+const IP_VERSION_6 = 6;
+const SCTP_COMMON_HEADER_LEN = 12;
+const ICMP_TYPE = 0;
+const ICMP_QUOTE = 8;
+const PROTO_TCP = 6;
+const PROTO_UDP = 17;
+const PROTO_SCTP = 132;
+const PROTO_ICMP = 1;
+const SCTP_SRC_PORT = 0;
+const SCTP_DST_PORT = 2;
+const SCTP_FIRST_CHUNK_TYPE = 12;
 const DIR_ORIGINAL = 0;
+/** the source and destination ports: the first 4 bytes of a TCP, UDP or SCTP header */
+const L4_PORTS_LEN = 4;
+
+/**
+ * The packet whose flow is being created, as the new-flow path passes it
+ * along: one per pipeline, filled in place (no 12- or 18-argument calls, no
+ * allocation). The decision's fields (endpoint, masquerade, service) are
+ * filled by the decider before the conntrack insert and the rewrite.
+ */
+class NewFlow {
+  off = 0;
+  total = 0;
+  proto = 0;
+  src = 0;
+  dst = 0;
+  sport = 0;
+  dport = 0;
+  /** TCP flags, or the first SCTP chunk's type (-1 when none) */
+  flags = 0;
+  /** the IPv4 flags and fragment offset field */
+  fragField = 0;
+  epAddr = 0;
+  epPort = 0;
+  masquerade = false;
+  hairpin = false;
+  serviceName = '';
+  /** -1: decided by the linear walk (no tables entry) */
+  serviceIndex = 0;
+}
 
 export class Pipeline {
   readonly conntrack: Conntrack;
@@ -99,6 +158,7 @@ export class Pipeline {
   private segScratch: Uint8Array | null = null;
   private readonly segOffsets = new Uint32Array(1);
   private readonly segLengths = new Uint32Array(1);
+  private readonly flow = new NewFlow();
 
   constructor(o: PipelineOptions = {}) {
     this.conntrack = o.conntrack ?? new Conntrack();
@@ -154,9 +214,9 @@ export class Pipeline {
       const ve = vnetCheck(buf, vnet, off - vnet + len);
       if (ve !== 0) return this.malformed(ve, len);
     }
-    const version = buf[off] >> 4;
-    if (version !== 4) {
-      if (version === 6) {
+    const version = buf[off + IPV4_VER_IHL] >> 4;
+    if (version !== IP_VERSION_4) {
+      if (version === IP_VERSION_6) {
         this.counters.events[E_NON_IPV4]++;
         return this.verdict(V_PASS, len);
       }
@@ -164,17 +224,17 @@ export class Pipeline {
     }
     const err = ipv4Check(buf, off, len);
     if (err !== 0) return this.malformed(err, len);
-    const hlen = (buf[off] & 0x0f) << 2;
-    const total = get16(buf, off + 2);
-    const proto = buf[off + 9];
-    const src = get32(buf, off + 12);
-    const dst = get32(buf, off + 16);
-    const fragField = get16(buf, off + 6);
+    const hlen = ipv4HeaderLen(buf, off);
+    const total = get16(buf, off + IPV4_TOTAL_LEN);
+    const proto = buf[off + IPV4_PROTOCOL];
+    const src = get32(buf, off + IPV4_SRC);
+    const dst = get32(buf, off + IPV4_DST);
+    const fragField = get16(buf, off + IPV4_FLAGS_FRAG);
     if (vnet >= 0 && (buf[vnet] | buf[vnet + 1]) !== 0) {
       const ve = this.vnetPrepare(buf, vnet, off, total, proto);
       if (ve !== 0) return this.malformed(ve, total);
     }
-    if ((fragField & 0x1fff) !== 0) return this.laterFragment(buf, off, total, proto, src, dst, tables, now);
+    if ((fragField & IPV4_FRAG_OFFSET_MASK) !== 0) return this.laterFragment(buf, off, total, proto, src, dst, tables, now);
 
     const l4 = off + hlen;
     const l4len = total - hlen;
@@ -184,24 +244,24 @@ export class Pipeline {
     if (proto === PROTO_TCP) {
       const e = tcpCheck(buf, l4, l4len);
       if (e !== 0) return this.malformed(e, total);
-      sport = get16(buf, l4);
-      dport = get16(buf, l4 + 2);
-      flags = buf[l4 + 13];
+      sport = get16(buf, l4 + TCP_SRC_PORT);
+      dport = get16(buf, l4 + TCP_DST_PORT);
+      flags = buf[l4 + TCP_FLAGS];
     } else if (proto === PROTO_UDP) {
       const e = udpCheck(buf, l4, l4len);
       if (e !== 0) return this.malformed(e, total);
-      sport = get16(buf, l4);
-      dport = get16(buf, l4 + 2);
+      sport = get16(buf, l4 + UDP_SRC_PORT);
+      dport = get16(buf, l4 + UDP_DST_PORT);
     } else if (proto === PROTO_SCTP) {
       const e = sctpCheck(buf, l4, l4len);
       if (e !== 0) return this.malformed(e, total);
-      sport = get16(buf, l4);
-      dport = get16(buf, l4 + 2);
-      flags = l4len > 12 ? buf[l4 + 12] : -1; // the first chunk's type drives the SCTP state
+      sport = get16(buf, l4 + SCTP_SRC_PORT);
+      dport = get16(buf, l4 + SCTP_DST_PORT);
+      flags = l4len > SCTP_COMMON_HEADER_LEN ? buf[l4 + SCTP_FIRST_CHUNK_TYPE] : -1; // the first chunk's type drives the SCTP state
     } else if (proto === PROTO_ICMP) {
       const e = icmpCheck(buf, l4, l4len);
       if (e !== 0) return this.malformed(e, total);
-      if (isIcmpError(buf[l4])) return this.icmpError(buf, off, total, l4, now);
+      if (isIcmpError(buf[l4 + ICMP_TYPE])) return this.icmpError(buf, off, total, l4, now);
       // ICMP echo and the rest: kube-proxy's rules match TCP/UDP/SCTP only
       return this.verdict(V_PASS, total);
     } else {
@@ -217,16 +277,31 @@ export class Pipeline {
       if (ct.update(entry, dir, flags, total + (segs - 1) * this.segHeader, now) === CT_UPDATE_REOPEN) {
         // a new SYN on a closed flow's tuple: netfilter starts a new connection (and a new choice)
         ct.delete(entry);
-        return this.newFlow(buf, off, total, proto, src, dst, sport, dport, flags, fragField, tables, now);
+        return this.newFlow(buf, this.fill(off, total, proto, src, dst, sport, dport, flags, fragField), tables, now);
       }
       if (segs > 1) countSegments(entry, dir, before, segs);
       this.translate(buf, off, entry, dir, src, dst, sport, dport);
       this.counters.events[dir === DIR_ORIGINAL ? E_ESTABLISHED : E_REPLIES]++;
-      if ((fragField & 0x2000) !== 0) this.fragments.remember(src, dst, proto, get16(buf, off + 4), entry, dir, now);
+      if ((fragField & IPV4_FLAG_MF) !== 0) this.fragments.remember(src, dst, proto, get16(buf, off + IPV4_IDENT), entry, dir, now);
       this.lastEntry = entry;
       return this.verdict(V_FORWARD, total);
     }
-    return this.newFlow(buf, off, total, proto, src, dst, sport, dport, flags, fragField, tables, now);
+    return this.newFlow(buf, this.fill(off, total, proto, src, dst, sport, dport, flags, fragField), tables, now);
+  }
+
+  /** The packet's tuple into the pipeline's one NewFlow (the parse's locals, once, where a new flow starts). */
+  private fill(off: number, total: number, proto: number, src: number, dst: number, sport: number, dport: number, flags: number, fragField: number): NewFlow {
+    const f = this.flow;
+    f.off = off;
+    f.total = total;
+    f.proto = proto;
+    f.src = src;
+    f.dst = dst;
+    f.sport = sport;
+    f.dport = dport;
+    f.flags = flags;
+    f.fragField = fragField;
+    return f;
   }
 
   /** Rewrite a packet of a tracked flow: original direction → the reply tuple's view, reply → the original's. */
@@ -241,83 +316,80 @@ export class Pipeline {
     if (nSrc !== src || nSport !== sport) rewriteSrc(buf, off, nSrc, nSport, this.partial);
   }
 
-  private newFlow(
-    buf: Uint8Array, off: number, total: number, proto: number,
-    src: number, dst: number, sport: number, dport: number, flags: number, fragField: number,
-    tables: Tables, now: number,
-  ): number {
+  private newFlow(buf: Uint8Array, f: NewFlow, tables: Tables, now: number): number {
     const out = this.out;
     this.counters.events[E_LOOKUPS]++;
-    if (tables.linear !== null) return this.newFlowLinear(buf, off, total, proto, src, dst, sport, dport, flags, fragField, tables, now);
-    const r = lookup(tables, proto, src, dst, dport, out);
+    if (tables.linear !== null) return this.newFlowLinear(buf, f, tables, now);
+    const r = lookup(tables, f.proto, f.src, f.dst, f.dport, out);
     if (r !== LOOKUP_DNAT) {
-      if (r === LOOKUP_REJECT) return this.reject(buf, off, total, dst);
-      if (r === LOOKUP_DROP_NO_LOCAL) return this.drop(D_NO_LOCAL_ENDPOINTS, total);
-      if (r === LOOKUP_DROP_SOURCE_RANGE) return this.drop(D_SOURCE_RANGE, total);
-      return this.verdict(V_PASS, total);
+      if (r === LOOKUP_REJECT) return this.reject(buf, f.off, f.total, f.dst);
+      if (r === LOOKUP_DROP_NO_LOCAL) return this.drop(D_NO_LOCAL_ENDPOINTS, f.total);
+      if (r === LOOKUP_DROP_SOURCE_RANGE) return this.drop(D_SOURCE_RANGE, f.total);
+      return this.verdict(V_PASS, f.total);
     }
-    if (proto === PROTO_SCTP && (fragField & 0x2000) !== 0) return this.drop(D_SCTP_FRAGMENTED, total);
+    if (f.proto === PROTO_SCTP && (f.fragField & IPV4_FLAG_MF) !== 0) return this.drop(D_SCTP_FRAGMENTED, f.total);
     const hits = this.affinity.hits;
-    const k = selectEndpoint(tables, out, proto, src, dst, sport, dport, now, this.rng, this.affinity);
+    const k = selectEndpoint(tables, out, f.proto, f.src, f.dst, f.sport, f.dport, now, this.rng, this.affinity);
     if (this.affinity.hits !== hits) this.counters.events[E_AFFINITY_HITS]++;
-    const epAddr = tables.endpointFlat[2 * k] >>> 0;
-    const epPort = tables.endpointFlat[2 * k + 1];
-    const hairpin = epAddr === src;
-    const masq = out.masquerade || hairpin;
     const svc = tables.services[out.svcIndex];
-    return this.translateNew(buf, off, total, proto, src, dst, sport, dport, flags, fragField, epAddr, epPort, masq, hairpin, svc.name, svc.index, tables, now);
+    f.epAddr = tables.endpointFlat[2 * k] >>> 0;
+    f.epPort = tables.endpointFlat[2 * k + 1];
+    f.hairpin = f.epAddr === f.src;
+    f.masquerade = out.masquerade || f.hairpin;
+    f.serviceName = svc.name;
+    f.serviceIndex = svc.index;
+    return this.translateNew(buf, f, tables, now);
   }
 
   /** Conntrack insert (with a masquerade port that never reuses a tuple in use) and the first rewrite. */
-  private translateNew(
-    buf: Uint8Array, off: number, total: number, proto: number,
-    src: number, dst: number, sport: number, dport: number, flags: number, fragField: number,
-    epAddr: number, epPort: number, masq: boolean, hairpin: boolean, serviceName: string, serviceIndex: number,
-    tables: Tables, now: number,
-  ): number {
+  private translateNew(buf: Uint8Array, f: NewFlow, tables: Tables, now: number): number {
     const ct = this.conntrack;
+    const { proto, src, sport, epAddr, epPort, total } = f;
     // the reply tuple: endpoint → (masquerade address | client), keeping the client's port when it is free
-    const replyDst = masq ? tables.masqueradeAddr : src;
+    const replyDst = f.masquerade ? tables.masqueradeAddr : src;
     let replyDport = sport;
     if (ct.isTupleInUse(proto, epAddr, replyDst, epPort, replyDport)) {
       replyDport = this.allocatePort(proto, epAddr, replyDst, epPort);
       if (replyDport < 0) return this.drop(D_NAT_PORT_EXHAUSTED, total);
     }
-    this.info.serviceName = serviceName;
-    this.info.serviceIndex = serviceIndex;
-    this.info.endpointAddr = epAddr;
-    this.info.endpointPort = epPort;
-    this.info.masquerade = masq;
-    const entry = ct.insert(proto, src, dst, sport, dport, epAddr, replyDst, epPort, replyDport, now, this.info);
+    const info = this.info;
+    info.serviceName = f.serviceName;
+    info.serviceIndex = f.serviceIndex;
+    info.endpointAddr = epAddr;
+    info.endpointPort = epPort;
+    info.masquerade = f.masquerade;
+    const entry = ct.insert(proto, src, f.dst, sport, f.dport, epAddr, replyDst, epPort, replyDport, now, info);
     if (entry === null) return this.drop(D_CONNTRACK_COLLISION, total);
-    rewriteDst(buf, off, epAddr, epPort, this.partial);
-    if (replyDst !== src || replyDport !== sport) rewriteSrc(buf, off, replyDst, replyDport, this.partial);
+    rewriteDst(buf, f.off, epAddr, epPort, this.partial);
+    if (replyDst !== src || replyDport !== sport) rewriteSrc(buf, f.off, replyDst, replyDport, this.partial);
     const segs = this.segments;
-    ct.update(entry, DIR_ORIGINAL, flags, total + (segs - 1) * this.segHeader, now);
+    ct.update(entry, DIR_ORIGINAL, f.flags, total + (segs - 1) * this.segHeader, now);
     if (segs > 1) countSegments(entry, DIR_ORIGINAL, 0, segs);
     const ev = this.counters.events;
     ev[E_NEW_FLOWS]++;
-    if (masq) ev[E_MASQUERADED]++;
-    if (hairpin) ev[E_HAIRPIN]++;
-    if ((fragField & 0x2000) !== 0) this.fragments.remember(src, dst, proto, get16(buf, off + 4), entry, DIR_ORIGINAL, now);
+    if (f.masquerade) ev[E_MASQUERADED]++;
+    if (f.hairpin) ev[E_HAIRPIN]++;
+    if ((f.fragField & IPV4_FLAG_MF) !== 0) this.fragments.remember(src, f.dst, proto, get16(buf, f.off + IPV4_IDENT), entry, DIR_ORIGINAL, now);
     this.lastEntry = entry;
     return this.verdict(V_FORWARD, total);
   }
 
   /** The same as newFlow, with kube-proxy's rules walked linearly deciding (tunproxy run --decider linear). */
-  private newFlowLinear(
-    buf: Uint8Array, off: number, total: number, proto: number,
-    src: number, dst: number, sport: number, dport: number, flags: number, fragField: number,
-    tables: Tables, now: number,
-  ): number {
+  private newFlowLinear(buf: Uint8Array, f: NewFlow, tables: Tables, now: number): number {
     const p = this.tuple;
-    p.proto = proto; p.src = src; p.dst = dst; p.sport = sport; p.dport = dport;
+    p.proto = f.proto; p.src = f.src; p.dst = f.dst; p.sport = f.sport; p.dport = f.dport;
     const s = tables.linear!.sample(p, now);
-    if (s.kind === 'reject') return this.reject(buf, off, total, dst);
-    if (s.kind === 'drop') return this.drop(s.reason === 'no_local_endpoints' ? D_NO_LOCAL_ENDPOINTS : D_SOURCE_RANGE, total);
-    if (s.kind !== 'dnat') return this.verdict(V_PASS, total);
-    if (proto === PROTO_SCTP && (fragField & 0x2000) !== 0) return this.drop(D_SCTP_FRAGMENTED, total);
-    return this.translateNew(buf, off, total, proto, src, dst, sport, dport, flags, fragField, s.endpointAddr >>> 0, s.endpointPort, s.masquerade, s.endpointAddr >>> 0 === src, s.service, -1, tables, now);
+    if (s.kind === 'reject') return this.reject(buf, f.off, f.total, f.dst);
+    if (s.kind === 'drop') return this.drop(s.reason === 'no_local_endpoints' ? D_NO_LOCAL_ENDPOINTS : D_SOURCE_RANGE, f.total);
+    if (s.kind !== 'dnat') return this.verdict(V_PASS, f.total);
+    if (f.proto === PROTO_SCTP && (f.fragField & IPV4_FLAG_MF) !== 0) return this.drop(D_SCTP_FRAGMENTED, f.total);
+    f.epAddr = s.endpointAddr >>> 0;
+    f.epPort = s.endpointPort;
+    f.masquerade = s.masquerade;
+    f.hairpin = f.epAddr === f.src;
+    f.serviceName = s.service;
+    f.serviceIndex = -1;
+    return this.translateNew(buf, f, tables, now);
   }
 
   /** A source port for (endpoint → masquerade address) that no tracked flow uses, like nf_nat's random-fully. */
@@ -410,22 +482,22 @@ export class Pipeline {
    * header is put back the way its sender saw it.
    */
   private icmpError(buf: Uint8Array, off: number, total: number, l4: number, now: number): number {
-    const q = l4 + 8;
-    const qProto = buf[q + 9];
+    const q = l4 + ICMP_QUOTE;
+    const qProto = buf[q + IPV4_PROTOCOL];
     if (qProto !== PROTO_TCP && qProto !== PROTO_UDP && qProto !== PROTO_SCTP) return this.verdict(V_PASS, total);
-    const qhl = (buf[q] & 0x0f) << 2;
-    if (q + qhl + 4 > off + total) return this.verdict(V_PASS, total);
-    const qSrc = get32(buf, q + 12);
-    const qDst = get32(buf, q + 16);
-    const qSport = get16(buf, q + qhl);
-    const qDport = get16(buf, q + qhl + 2);
+    const qhl = ipv4HeaderLen(buf, q);
+    if (q + qhl + L4_PORTS_LEN > off + total) return this.verdict(V_PASS, total);
+    const qSrc = get32(buf, q + IPV4_SRC);
+    const qDst = get32(buf, q + IPV4_DST);
+    const qSport = get16(buf, q + qhl + TCP_SRC_PORT);
+    const qDport = get16(buf, q + qhl + TCP_DST_PORT);
     // the error travels opposite to the quoted packet: look the flow up by the quoted packet reversed
     const ct = this.conntrack;
     const e = ct.lookup(qProto, qDst, qSrc, qDport, qSport, now);
     if (e === null) return this.verdict(V_PASS, total);
     const dir = ct.lastDirection;
-    const src = get32(buf, off + 12);
-    const dst = get32(buf, off + 16);
+    const src = get32(buf, off + IPV4_SRC);
+    const dst = get32(buf, off + IPV4_DST);
     if (dir === DIR_ORIGINAL) {
       // a client's error about a reply it got: quoted (VIP → client) becomes (endpoint → replyDst)
       icmpQuoteRewriteSrc(buf, off, e.replySrc, e.replySport);
@@ -446,7 +518,7 @@ export class Pipeline {
 
   /** A later fragment: follows its first fragment's translation (addresses only: no L4 header here). */
   private laterFragment(buf: Uint8Array, off: number, total: number, proto: number, src: number, dst: number, tables: Tables, now: number): number {
-    const f = this.fragments.find(src, dst, proto, get16(buf, off + 4), now);
+    const f = this.fragments.find(src, dst, proto, get16(buf, off + IPV4_IDENT), now);
     if (f === null) {
       // not part of a translated flow we saw: leave it unless it heads for a service address
       if (isServiceAddress(tables, dst)) return this.drop(D_FRAGMENT_NO_FLOW, total);

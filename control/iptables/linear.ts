@@ -17,13 +17,65 @@
  * - `sample` (the packet path, benchmarked) draws at each `statistic` rule as
  *   the kernel does and keeps `recent` lists, so ClientIP affinity works.
  *
- * Rules are compiled once, in the constructor, to objects of one shape with
- * numeric fields; a walk does no string work and allocates nothing.
+ * Rules are compiled once, in the constructor (./linear-compile.ts), to
+ * objects of one shape with numeric fields; a walk does no string work and
+ * allocates nothing.
  */
 import { serviceFromComment } from './hash.ts';
+import {
+  M_PORT,
+  M_MULTIPORT,
+  M_ADDRTYPE,
+  M_RANDOM,
+  M_NTH,
+  M_RECENT,
+  M_MARK,
+  M_CTSTATE,
+  T_NONE,
+  T_JUMP,
+  T_GOTO,
+  T_RETURN,
+  T_ACCEPT,
+  T_DROP,
+  T_REJECT,
+  T_DNAT,
+  T_MARK,
+  T_MASQ,
+  T_CONTINUE,
+  O_ACCEPT,
+  O_DROP,
+  O_REJECT,
+  O_DNAT,
+  O_MASQ,
+  O_POLICY_ACCEPT,
+  O_BRANCH,
+  AT_LOCAL,
+  AT_UNICAST,
+  AT_BROADCAST,
+  AT_MULTICAST,
+  CT_NEW,
+  CT_DNAT,
+  RECENT_SET,
+  RECENT_RCHECK,
+  RECENT_UPDATE,
+  RECENT_REMOVE,
+  TWO31,
+  CMatch,
+  CRule,
+  HDR,
+  H_NEVER,
+  H_DST,
+  H_DST_INV,
+  H_SRC,
+  H_SRC_INV,
+  H_PROTO,
+  H_PROTO_INV,
+  CTable,
+  compileTable,
+} from './linear-compile.ts';
 import type { Verdict, Candidate, PacketTuple, VerdictDropReason } from '../../dataplane/verdict.ts';
 import { parseIPv4, formatIPv4, PROTO_TCP, PROTO_UDP, PROTO_SCTP } from '../../dataplane/addr.ts';
-import type { ParsedIptables, Rule, Match, Table } from './parser.ts';
+import type { ParsedIptables } from './parser.ts';
 import { parseIptablesSave } from './parser.ts';
 
 export interface LinearOptions {
@@ -55,199 +107,8 @@ export interface LinearSample {
 }
 
 // match types
-const M_PORT = 1;
-const M_MULTIPORT = 2;
-const M_ADDRTYPE = 3;
-const M_RANDOM = 4;
-const M_NTH = 5;
-const M_RECENT = 6;
-const M_MARK = 7;
-const M_CTSTATE = 8;
-const M_NEVER = 9;
-
-// targets
-const T_NONE = 0;
-const T_JUMP = 1;
-const T_GOTO = 2;
-const T_RETURN = 3;
-const T_ACCEPT = 4;
-const T_DROP = 5;
-const T_REJECT = 6;
-const T_DNAT = 7;
-const T_MARK = 8;
-const T_MASQ = 9;
-const T_CONTINUE = 10;
-
-// walk outcomes
-const O_ACCEPT = 1;
-const O_DROP = 2;
-const O_REJECT = 3;
-const O_DNAT = 4;
-const O_MASQ = 5;
-const O_POLICY_ACCEPT = 6;
-const O_POLICY_DROP = 7;
-const O_BRANCH = 8;
-
-// address types (bit per type)
-const AT_LOCAL = 1;
-const AT_UNICAST = 2;
-const AT_BROADCAST = 4;
-const AT_MULTICAST = 8;
-const AT_OTHER = 16;
-
-// conntrack states
-const CT_NEW = 1;
-const CT_DNAT = 2;
-const CT_OTHER = 4;
-
-const RECENT_SET = 0;
-const RECENT_RCHECK = 1;
-const RECENT_UPDATE = 2;
-const RECENT_REMOVE = 3;
-
-const TWO31 = 0x80000000;
-
-class CMatch {
-  type = 0;
-  inv = false;
-  // port: proto, dlo, dhi, dinv, slo, shi, sinv; addrtype: a = src mask bits, b = dst mask bits
-  a = 0;
-  b = 0;
-  c = 0;
-  d = 0;
-  e = 0;
-  f = 0;
-  ainv = false;
-  binv = false;
-  /** multiport ranges lo,hi,lo,hi… */
-  ranges: Int32Array | null = null;
-  /** statistic random: kernel threshold, round(p * 2^31) */
-  threshold = 0;
-  /** statistic nth: per-rule counter */
-  counter = 0;
-  /** recent: list index, action, seconds (-1 none), reap, mask, side (0 src, 1 dst) */
-  list = 0;
-  action = 0;
-  seconds = -1;
-  reap = false;
-  mask = 0;
-  side = 0;
-}
-
-class CRule {
-  /** line of the rule in the text */
-  line: number;
-  /** never matches (an interface or fragment test that fails for every packet here, or an unknown match) */
-  never = false;
-  hasSrc = false;
-  srcNet = 0;
-  srcMask = 0;
-  srcInv = false;
-  hasDst = false;
-  dstNet = 0;
-  dstMask = 0;
-  dstInv = false;
-  /** -1: any protocol */
-  proto = -1;
-  protoInv = false;
-  matches: CMatch[] = [];
-  target = T_NONE;
-  /** chain index for T_JUMP / T_GOTO, -1 when the chain is not defined */
-  jump = -1;
-  dnatAddr = 0;
-  /** -1: keep the destination port */
-  dnatPort = -1;
-  dnatText = '';
-  markValue = 0;
-  markMask = 0;
-  /** the service-port name this rule's comment names, or null */
-  service: string | null = null;
-  noLocalEndpoints = false;
-  firewall = false;
-  constructor(rule: Rule) {
-    this.line = rule.line;
-  }
-}
-
-// header words of a rule in a chain's packed array (stride HDR)
-const HDR = 5;
-const H_NEVER = 1;
-const H_DST = 2;
-const H_DST_INV = 4;
-const H_SRC = 8;
-const H_SRC_INV = 16;
-const H_PROTO = 32;
-const H_PROTO_INV = 64;
-
-/**
- * A chain: its rules, and their IP-header tests packed in one typed array,
- * HDR words a rule: flags | protocol << 8, dst net, dst mask, src net, src mask.
- * A walk reads the rule object only when the header matches.
- */
-class CChain {
-  readonly rules: CRule[];
-  readonly hdr: Uint32Array;
-  constructor(rules: CRule[]) {
-    this.rules = rules;
-    const h = new Uint32Array(rules.length * HDR);
-    for (let i = 0; i < rules.length; i++) {
-      const r = rules[i];
-      let f = 0;
-      if (r.never) f |= H_NEVER;
-      if (r.hasDst) f |= H_DST | (r.dstInv ? H_DST_INV : 0);
-      if (r.hasSrc) f |= H_SRC | (r.srcInv ? H_SRC_INV : 0);
-      if (r.proto >= 0) f |= H_PROTO | (r.protoInv ? H_PROTO_INV : 0) | (r.proto << 8);
-      h[i * HDR] = f;
-      h[i * HDR + 1] = r.dstNet;
-      h[i * HDR + 2] = r.dstMask;
-      h[i * HDR + 3] = r.srcNet;
-      h[i * HDR + 4] = r.srcMask;
-    }
-    this.hdr = h;
-  }
-}
-
-class CTable {
-  chains: CChain[] = [];
-  names: string[] = [];
-  index = new Map<string, number>();
-  /** per chain: O_POLICY_ACCEPT / O_POLICY_DROP for built-in chains, 0 for user chains */
-  policy: number[] = [];
-}
-
-// serviceFromComment lives with the chain names (./hash.ts): the names kube-proxy writes and reads back
+// serviceFromComment lives with the chain names (./hash.ts); exported here too for its users
 export { serviceFromComment };
-
-function addrTypeBits(types: string[]): number {
-  let bits = 0;
-  for (const t of types) {
-    if (t === 'LOCAL') bits |= AT_LOCAL;
-    else if (t === 'UNICAST') bits |= AT_UNICAST;
-    else if (t === 'BROADCAST') bits |= AT_BROADCAST;
-    else if (t === 'MULTICAST') bits |= AT_MULTICAST;
-    else bits |= AT_OTHER;
-  }
-  return bits;
-}
-
-function ctStateBits(states: string[]): number {
-  let bits = 0;
-  for (const s of states) {
-    if (s === 'NEW') bits |= CT_NEW;
-    else if (s === 'DNAT') bits |= CT_DNAT;
-    else bits |= CT_OTHER;
-  }
-  return bits;
-}
-
-function ifaceMatches(pattern: string, name: string): boolean {
-  if (pattern.endsWith('+')) return name.startsWith(pattern.slice(0, -1));
-  return pattern === name;
-}
-
-function protoNumberOf(module: string): number {
-  return module === 'tcp' ? PROTO_TCP : module === 'udp' ? PROTO_UDP : PROTO_SCTP;
-}
 
 export class LinearEvaluator {
   /** rules visited by every `sample` and `evaluate` call so far */
@@ -317,8 +178,8 @@ export class LinearEvaluator {
     const lists = new Map<string, number>();
     const inIf = opts.inInterface ?? '';
     const outIf = opts.outInterface ?? '';
-    this.nat = this.compileTable(parsed.tables.get('nat'), 'nat', lists, inIf, outIf);
-    this.filter = this.compileTable(parsed.tables.get('filter'), 'filter', lists, inIf, outIf);
+    this.nat = compileTable(parsed.tables.get('nat'), 'nat', lists, inIf, outIf);
+    this.filter = compileTable(parsed.tables.get('filter'), 'filter', lists, inIf, outIf);
     for (let i = 0; i < lists.size; i++) this.recentLists.push(new Map());
     let count = 0;
     for (const t of [this.nat, this.filter]) for (const c of t.chains) count += c.rules.length;
@@ -331,180 +192,6 @@ export class LinearEvaluator {
     this.natPostrouting = this.nat.index.get('POSTROUTING') ?? -1;
     this.filterInput = this.filter.index.get('INPUT') ?? -1;
     this.filterForward = this.filter.index.get('FORWARD') ?? -1;
-  }
-
-  private compileTable(t: Table | undefined, name: string, lists: Map<string, number>, inIf: string, outIf: string): CTable {
-    const ct = new CTable();
-    if (!t) return ct;
-    for (const chain of t.chains.values()) {
-      ct.index.set(chain.name, ct.names.length);
-      ct.names.push(chain.name);
-      ct.policy.push(chain.policy === null ? 0 : chain.policy === 'DROP' ? O_POLICY_DROP : O_POLICY_ACCEPT);
-    }
-    for (const chain of t.chains.values()) {
-      const rules: CRule[] = [];
-      for (const r of chain.rules) rules.push(this.compileRule(r, ct, name, chain.name, lists, inIf, outIf));
-      ct.chains.push(new CChain(rules));
-    }
-    return ct;
-  }
-
-  private compileRule(r: Rule, t: CTable, tableName: string, chainName: string, lists: Map<string, number>, inIf: string, outIf: string): CRule {
-    const c = new CRule(r);
-    if (r.src) {
-      c.hasSrc = true;
-      c.srcNet = r.src.net;
-      c.srcMask = r.src.mask;
-      c.srcInv = r.src.invert;
-    }
-    if (r.dst) {
-      c.hasDst = true;
-      c.dstNet = r.dst.net;
-      c.dstMask = r.dst.mask;
-      c.dstInv = r.dst.invert;
-    }
-    if (r.protocol) {
-      c.proto = r.protocol.number;
-      c.protoInv = r.protocol.invert;
-    }
-    if (r.inInterface && ifaceMatches(r.inInterface.name, inIf) === r.inInterface.invert) c.never = true;
-    if (r.outInterface && ifaceMatches(r.outInterface.name, outIf) === r.outInterface.invert) c.never = true;
-    // the first packet of a flow is never a non-first fragment: `-f` never matches, `! -f` always
-    if (r.fragment && !r.fragment.invert) c.never = true;
-    for (const m of r.matches) {
-      const cm = this.compileMatch(m, lists);
-      if (cm) c.matches.push(cm);
-    }
-    c.service = serviceFromComment(r.comment);
-    c.noLocalEndpoints = r.comment !== null && r.comment.endsWith(' has no local endpoints');
-    c.firewall = chainName === 'KUBE-PROXY-FIREWALL' || (r.comment !== null && / traffic not accepted by /.test(r.comment));
-    const tg = r.target;
-    if (tg === null) c.target = T_NONE;
-    else {
-      switch (tg.kind) {
-        case 'jump':
-          c.target = tg.goto ? T_GOTO : T_JUMP;
-          c.jump = t.index.get(tg.chain) ?? -1;
-          break;
-        case 'ACCEPT':
-          c.target = T_ACCEPT;
-          break;
-        case 'DROP':
-          c.target = T_DROP;
-          break;
-        case 'RETURN':
-          c.target = T_RETURN;
-          break;
-        case 'REJECT':
-          c.target = T_REJECT;
-          break;
-        case 'DNAT':
-          c.target = T_DNAT;
-          c.dnatAddr = tg.addr;
-          c.dnatPort = tg.port ?? -1;
-          c.dnatText = tg.port === null ? '' : `${formatIPv4(tg.addr)}:${tg.port}`;
-          break;
-        case 'MARK':
-          c.target = T_MARK;
-          c.markValue = tg.value >>> 0;
-          c.markMask = tg.mask >>> 0;
-          break;
-        case 'MASQUERADE':
-          c.target = T_MASQ;
-          break;
-        case 'unknown':
-          // SNAT is source NAT like MASQUERADE; REDIRECT/NETMAP/TPROXY end the nat walk; the rest (LOG, CONNMARK…) go on
-          if (tg.name === 'SNAT') c.target = T_MASQ;
-          else if (tableName === 'nat' && (tg.name === 'REDIRECT' || tg.name === 'NETMAP')) c.target = T_ACCEPT;
-          else c.target = T_CONTINUE;
-          break;
-      }
-    }
-    return c;
-  }
-
-  private compileMatch(m: Match, lists: Map<string, number>): CMatch | null {
-    const cm = new CMatch();
-    switch (m.kind) {
-      case 'comment':
-        return null; // always matches; its text is read at compile time
-      case 'nfacct':
-        return null; // an accounting counter: always matches
-      case 'port':
-        cm.type = M_PORT;
-        cm.a = protoNumberOf(m.module);
-        cm.b = m.dport ? m.dport.lo : 0;
-        cm.c = m.dport ? m.dport.hi : 65535;
-        cm.ainv = m.dportInvert;
-        cm.d = m.sport ? m.sport.lo : 0;
-        cm.e = m.sport ? m.sport.hi : 65535;
-        cm.binv = m.sportInvert;
-        return cm;
-      case 'multiport': {
-        cm.type = M_MULTIPORT;
-        cm.a = m.dir === 'dst' ? 0 : m.dir === 'src' ? 1 : 2;
-        cm.inv = m.invert;
-        const r = new Int32Array(m.ports.length * 2);
-        m.ports.forEach((p, i) => {
-          r[2 * i] = p.lo;
-          r[2 * i + 1] = p.hi;
-        });
-        cm.ranges = r;
-        return cm;
-      }
-      case 'addrtype':
-        cm.type = M_ADDRTYPE;
-        cm.a = m.srcType ? addrTypeBits(m.srcType) : 0;
-        cm.ainv = m.srcInvert;
-        cm.b = m.dstType ? addrTypeBits(m.dstType) : 0;
-        cm.binv = m.dstInvert;
-        return cm;
-      case 'statistic':
-        cm.inv = m.invert;
-        if (m.mode === 'random') {
-          cm.type = M_RANDOM;
-          cm.threshold = Math.round(m.probability * TWO31);
-        } else {
-          cm.type = M_NTH;
-          cm.a = m.every > 0 ? m.every - 1 : 0;
-          cm.counter = m.packet;
-        }
-        return cm;
-      case 'recent': {
-        if (m.hitcount !== null) {
-          cm.type = M_NEVER; // hit counts need every timestamp; not modelled
-          return cm;
-        }
-        cm.type = M_RECENT;
-        cm.inv = m.invert;
-        let idx = lists.get(m.name);
-        if (idx === undefined) {
-          idx = lists.size;
-          lists.set(m.name, idx);
-        }
-        cm.list = idx;
-        cm.action = m.action === 'set' ? RECENT_SET : m.action === 'rcheck' ? RECENT_RCHECK : m.action === 'update' ? RECENT_UPDATE : RECENT_REMOVE;
-        cm.seconds = m.seconds ?? -1;
-        cm.reap = m.reap;
-        cm.mask = m.mask >>> 0;
-        cm.side = m.side === 'src' ? 0 : 1;
-        return cm;
-      }
-      case 'mark':
-        cm.type = M_MARK;
-        cm.a = m.value >>> 0;
-        cm.b = m.mask >>> 0;
-        cm.inv = m.invert;
-        return cm;
-      case 'conntrack':
-        cm.type = M_CTSTATE;
-        cm.a = ctStateBits(m.ctstate);
-        cm.inv = m.invert;
-        return cm;
-      case 'unknown':
-        cm.type = M_NEVER;
-        return cm;
-    }
   }
 
   private addrType(a: number): number {

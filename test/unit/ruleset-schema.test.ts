@@ -49,3 +49,26 @@ t.test('whatever the schema rejects, the validator rejects too (random mutations
     { numRuns: 500, seed: 11 },
   );
 });
+
+t.test('a PUT body has no schema pass: whatever the schema rejects, the validator rejects (random JSON anywhere)', async (t) => {
+  let refused = 0;
+  // every field of every level, any JSON value (fc.jsonValue: nested objects and arrays too)
+  const fields = [
+    'apiVersion', 'node', 'services', 'name', 'addresses', 'masqueradeAddress', 'clusterCIDR', 'masqueradeAll', 'masqueradeMark', 'nodePortRange', 'loadBalancing', 'maglevTableSize',
+    'namespace', 'clusterIP', 'ports', 'externalIPs', 'loadBalancerIPs', 'loadBalancerSourceRanges', 'sessionAffinity', 'sessionAffinityTimeoutSeconds', 'externalTrafficPolicy', 'internalTrafficPolicy', 'endpoints',
+    'protocol', 'port', 'nodePort', 'targetPort', 'address', 'ready', 'serving', 'terminating', 'nodeLocal', 'unknown',
+  ];
+  fc.assert(
+    fc.property(fc.constantFrom(...fields), fc.jsonValue({ maxDepth: 2 }), fc.nat(), (field, value, where) => {
+      const rs = structuredClone(demo);
+      const s = rs.services[where % rs.services.length];
+      const targets: any[] = [rs, rs.node, s, s.ports[where % s.ports.length], ...(s.endpoints ?? []).slice(0, 1), ...(s.endpoints?.[0]?.ports ? [s.endpoints[0].ports] : [])];
+      targets[where % targets.length][field] = value;
+      if (schemaValid(rs)) return true;
+      refused++;
+      return !validateRuleSet(rs).ok;
+    }),
+    { numRuns: 3000, seed: 12 },
+  );
+  t.ok(refused > 1000, `the schema refused ${refused} of 3000 mutated rule sets, and the validator each of them`);
+});
