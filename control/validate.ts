@@ -159,8 +159,8 @@ export class Conflicts {
   private readonly inForce: KeysInForce | null;
   /** (address, protoIndex * 65536 + port) → position * 4 + kind: int pairs in an open-addressing table, no boxed keys */
   private vips: VipIndex;
-  /** protoIndex * 65536 + port → position, -1 when free */
-  private readonly nodePorts = new Int32Array(3 * 65536).fill(-1);
+  /** protoIndex * 65536 + port (a small integer key, never boxed) → position */
+  private readonly nodePorts = new Map<number, number>();
   private readonly names = new Map<string, number>();
   private readonly models = new Map<number, ServiceModel>();
   private readonly nodeAddrs: Set<Addr>;
@@ -191,11 +191,11 @@ export class Conflicts {
       const p = sm.ports[pi];
       if (p.nodePort !== 0) {
         const k = protoIndex(p.protocolNumber) * 65536 + p.nodePort;
-        const w = this.nodePorts[k];
+        const w = this.nodePorts.get(k) ?? -1;
         const f = w < 0 && this.inForce !== null ? this.inForce.nodePort(p.protocolNumber, p.nodePort) : null;
         if (w >= 0) c.err(`services[${si}].ports[${pi}].nodePort`, `${p.nodePort}/${p.protocol} is already the NodePort of ${this.where(w, p.protocolNumber, p.nodePort, true)})`);
         else if (f !== null) c.err(`services[${si}].ports[${pi}].nodePort`, `${p.nodePort}/${p.protocol} is already the NodePort of ${f.where})`);
-        else this.nodePorts[k] = si;
+        else this.nodePorts.set(k, si);
       }
       if (p.clusterAddr >= 0) this.claimVip(p, si, pi, p.clusterAddr, 0, 0);
       for (let i = 0; i < p.externalAddrs.length; i++) this.claimVip(p, si, pi, p.externalAddrs[i], 1, i);
