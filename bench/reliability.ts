@@ -605,7 +605,7 @@ function specs(): ScenarioSpec[] {
     },
     {
       name: 'fuzz-1m',
-      what: `${fmt(C.fuzzCount)} malformed packets (bench/tools/fuzzgen.c: UDP/TCP/ICMP/SCTP headers broken 9 ways) at ${fmt(C.fuzzRate)} pkt/s to the web ClusterIP while real traffic flows; without a vnet header (tunproxy run has no vnet-header mode in this tree)`,
+      what: `${fmt(C.fuzzCount)} malformed packets (bench/tools/fuzzgen.c: UDP/TCP/ICMP/SCTP headers broken 9 ways) at ${fmt(C.fuzzRate)} pkt/s to the web ClusterIP while real traffic flows; tunproxy runs with its default --offload auto, so every packet reaches it behind the virtio-net header the kernel writes (the kernel never hands over a header that is itself malformed; random and inconsistent headers are the packet fuzzer's part, test/property/wire-fuzz.test.ts)`,
       pps: C.streamPps,
       connections: C.connections,
       rules: baseRuleSet(),
