@@ -21,10 +21,12 @@
  * validate is damaged: it is renamed aside (`ruleset.json.damaged-<time>`),
  * reported, and never stops the start nor gets overwritten silently.
  */
-import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, readlinkSync, renameSync, rmSync, statSync, unlinkSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, statSync, unlinkSync, writeSync } from 'node:fs';
 import { open, rename, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import type { RuleSet } from './types.ts';
+import { hostProvenance } from '../dataplane/provenance.ts';
+import type { Provenance } from '../dataplane/provenance.ts';
 import { validateRuleSet } from './validate.ts';
 import type { ConntrackSnapshotItem } from '../dataplane/conntrack.ts';
 
@@ -34,26 +36,8 @@ export const CONNTRACK_FILE = 'conntrack.json';
 const CONNTRACK_KIND = 'TunproxyConntrack';
 
 /** This boot and this network namespace: where a saved connection table is valid. */
-export interface Provenance {
-  bootId: string;
-  netns: string;
-}
-
-export function currentProvenance(): Provenance {
-  let bootId = '';
-  let netns = '';
-  try {
-    bootId = readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
-  } catch {
-    // not Linux: no check
-  }
-  try {
-    netns = readlinkSync('/proc/self/ns/net');
-  } catch {
-    // likewise
-  }
-  return { bootId, netns };
-}
+export type { Provenance };
+export const currentProvenance = hostProvenance;
 
 let tmpCounter = 0;
 function tmpName(path: string): string {

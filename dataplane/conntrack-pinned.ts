@@ -53,11 +53,13 @@
  * that no longer exists comes back as '' (the flow still forwards; it is
  * listed without its service).
  */
-import { existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP } from './addr.ts';
 import { Conntrack, stateName, type ConntrackEntry, type ConntrackInfo, type ConntrackOptions } from './conntrack.ts';
 import { boottimeMs, DEFAULT_PIN_DIR, mapNewFile, netnsCookie } from './pin/index.ts';
+import { hostProvenance } from './provenance.ts';
+import type { Provenance } from './provenance.ts';
 
 export { DEFAULT_PIN_DIR };
 
@@ -103,29 +105,16 @@ const RF = PIN_RECORD_SIZE / 8; // in float64s
 const HW = PIN_HEADER_SIZE / 4;
 const HF = PIN_HEADER_SIZE / 8;
 
-/** This boot and this network namespace: where a pinned table is valid. */
-export interface PinProvenance {
-  bootId: string;
-  netns: string;
-}
+/** This boot and this network namespace: where a pinned table is valid (the namespace with its cookie). */
+export type PinProvenance = Provenance;
 
 export function pinProvenance(): PinProvenance {
-  let bootId = '';
-  let netns = '';
-  try {
-    bootId = readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
-  } catch {
-    /* not Linux: no check */
-  }
-  try {
-    netns = readlinkSync('/proc/self/ns/net');
-  } catch {
-    /* likewise */
-  }
+  const host = hostProvenance();
+  let netns = host.netns;
   // the inode of a namespace that is gone may be given to a new one: the cookie is not reused
   const cookie = netns === '' ? null : netnsCookie();
   if (cookie !== null) netns += ` cookie ${cookie}`;
-  return { bootId, netns };
+  return { bootId: host.bootId, netns };
 }
 
 /** FNV-1a over the UTF-16 code units of a name, as a uint32 (0 for ''). */
