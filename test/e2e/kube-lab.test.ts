@@ -105,7 +105,7 @@ if (skip) {
 
   // tunproxy run --kubernetes in the node namespace; /healthz on 127.0.0.1 there
   const sock = join(stateDir, 'api.sock');
-  tp = spawn('ip', ['netns', 'exec', lab.node.ns, process.execPath, TUNPROXY_BIN, 'run', '--tun', lab.tunName, '--kubernetes', '--kubeconfig', kubeconfig, '--hostname-override', NODE_NAME, '--min-sync-period', '0', '--healthz-bind-address', '127.0.0.1:10256', '--state-dir', join(stateDir, 'tp'), '--socket', sock, '--status-interval', '0'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  tp = spawn('ip', ['netns', 'exec', lab.node.ns, process.execPath, TUNPROXY_BIN, 'run', '--tun', lab.tunName, '--kubernetes', '--kubeconfig', kubeconfig, '--hostname-override', NODE_NAME, '--min-sync-period', '0', '--healthz-bind-address', '127.0.0.1:10256', '--state-dir', join(stateDir, 'tp'), '--pin-dir', join(stateDir, 'pin'), '--socket', sock, '--status-interval', '0'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
   const lines: string[] = [];
   createInterface({ input: tp.stderr! }).on('line', (l) => lines.push(l));
   createInterface({ input: tp.stdout! }).on('line', (l) => lines.push(l));
