@@ -302,101 +302,74 @@ export class Loop {
     slice();
   }
 
-  /** Read, process and write batches until the device is empty or it is time to yield. */
+  /**
+   * Read, process and write batches until the device is empty or it is time to yield. Without a
+   * virtio header packet i is read into slot i (readBatch); with one, packets are read one after
+   * another into the buffer (readPacked, room for super-packets). Either way packet i is at
+   * inOffsets[i], lengths[i] long, and forwardBatch takes it from there.
+   */
   drain(): void {
-    if (this.device.vnetHeaderSize > 0) {
-      this.drainPacked();
-      return;
-    }
     const dev = this.device;
     const buf = this.buf;
-    const slot = this.slotSize;
-    const hdr = dev.vnetHeaderSize;
     const lengths = this.lengths;
-    const outOff = this.outOffsets;
-    const outLen = this.outLengths;
-    const pl = this.pipeline;
+    const inOff = this.inOffsets;
+    const packed = dev.vnetHeaderSize > 0;
+    const slot = this.slotSize;
     for (let b = 0; b < this.batchesPerWake; b++) {
-      const n = dev.readBatch(buf, slot, this.batch, lengths);
+      let n: number;
+      if (packed) n = dev.readPacked!(buf, this.batch, PACKED_MIN_SLOT, PACKED_RESERVE, inOff, lengths);
+      else {
+        n = dev.readBatch(buf, slot, this.batch, lengths);
+        for (let i = 0; i < n; i++) inOff[i] = i * slot;
+      }
       if (n === 0) return;
       if (this.pending !== null) this.applyPending();
-      const tables = this.tables;
-      const now = this.clock();
-      let w = 0;
-      for (let i = 0; i < n; i++) {
-        const off = i * slot;
-        const v = pl.process(buf, off + hdr, lengths[i] - hdr, tables, now);
-        if (v === V_FORWARD || v === V_PASS) {
-          outOff[w] = off;
-          outLen[w] = lengths[i];
-          w++;
-        } else if (v === V_REPLY) {
-          // the generated packet replaces the one that caused it, in its slot (after a zeroed vnet header)
-          buf.fill(0, off, off + hdr);
-          buf.set(pl.reply.subarray(0, pl.replyLen), off + hdr);
-          outOff[w] = off;
-          outLen[w] = pl.replyLen + hdr;
-          w++;
-        }
-      }
-      if (w > 0) {
-        const written = dev.writeBatch(buf, outOff, outLen, w);
-        this.stats.packetsOut += written;
-        this.stats.txDropped += w - written;
-      }
-      this.stats.batches++;
-      this.stats.packetsIn += n;
-      if (n < this.batch) return;
+      this.forwardBatch(n);
+      if (n < this.batch && (!packed || buf.length - (inOff[n - 1] + lengths[n - 1]) >= PACKED_RESERVE + 64)) return;
     }
   }
 
-  /** drain() with a virtio header before every packet: packed reads, super-packets through the pipeline. */
-  private drainPacked(): void {
-    const dev = this.device;
+  /** The n packets read: each through the pipeline, the ones to send written back in one call. */
+  private forwardBatch(n: number): void {
     const buf = this.buf;
-    const hdr = dev.vnetHeaderSize;
+    const hdr = this.device.vnetHeaderSize;
     const lengths = this.lengths;
     const inOff = this.inOffsets;
     const outOff = this.outOffsets;
     const outLen = this.outLengths;
     const pl = this.pipeline;
-    for (let b = 0; b < this.batchesPerWake; b++) {
-      const n = dev.readPacked!(buf, this.batch, PACKED_MIN_SLOT, PACKED_RESERVE, inOff, lengths);
-      if (n === 0) return;
-      if (this.pending !== null) this.applyPending();
-      const tables = this.tables;
-      const now = this.clock();
-      let w = 0;
-      for (let i = 0; i < n; i++) {
-        const off = inOff[i];
-        const len = lengths[i];
-        if (len < hdr) {
-          pl.process(buf, off, 0, tables, now); // counted as malformed (too_short)
-          continue;
-        }
-        const v = pl.process(buf, off + hdr, len - hdr, tables, now, off);
-        if (v === V_FORWARD || v === V_PASS) {
-          outOff[w] = off;
-          outLen[w] = len;
-          w++;
-        } else if (v === V_REPLY) {
-          // in its place (readPacked left PACKED_MIN_SLOT bytes), after a header saying "nothing to do"
-          buf.fill(0, off, off + hdr);
-          buf.set(pl.reply.subarray(0, pl.replyLen), off + hdr);
-          outOff[w] = off;
-          outLen[w] = pl.replyLen + hdr;
-          w++;
-        }
+    const tables = this.tables;
+    const now = this.clock();
+    let w = 0;
+    for (let i = 0; i < n; i++) {
+      const off = inOff[i];
+      const len = lengths[i];
+      if (len < hdr) {
+        pl.process(buf, off, 0, tables, now); // counted as malformed (too_short)
+        continue;
       }
-      if (w > 0) {
-        const written = dev.writeBatch(buf, outOff, outLen, w);
-        this.stats.packetsOut += written;
-        this.stats.txDropped += w - written;
+      const v = pl.process(buf, off + hdr, len - hdr, tables, now, hdr > 0 ? off : -1);
+      if (v === V_FORWARD || v === V_PASS) {
+        outOff[w] = off;
+        outLen[w] = len;
+        w++;
+      } else if (v === V_REPLY) {
+        // the generated packet replaces the one that caused it, in its place (a slot, or the
+        // PACKED_MIN_SLOT bytes readPacked leaves), after a header saying "nothing to do"
+        buf.fill(0, off, off + hdr);
+        buf.set(pl.reply.subarray(0, pl.replyLen), off + hdr);
+        outOff[w] = off;
+        outLen[w] = pl.replyLen + hdr;
+        w++;
       }
-      this.stats.batches++;
-      this.stats.packetsIn += n;
-      if (n < this.batch && buf.length - (inOff[n - 1] + lengths[n - 1]) >= PACKED_RESERVE + 64) return;
     }
+    if (w > 0) {
+      const written = this.device.writeBatch(buf, outOff, outLen, w);
+      this.stats.packetsOut += written;
+      this.stats.txDropped += w - written;
+    }
+    this.stats.batches++;
+    this.stats.packetsIn += n;
   }
 }
 
