@@ -39,7 +39,7 @@
  * ICMP echo is keyed by its identifier in both port slots (sport = dport = id).
  */
 
-import { formatIPv4, parseIPv4, PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP } from './addr.ts';
+import { formatIPv4, PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP } from './addr.ts';
 import {
   initialTimeout,
   resolveTimeouts,
@@ -48,8 +48,6 @@ import {
   SCTP_CT_CLOSED,
   SCTP_CT_COOKIE_WAIT,
   SCTP_CT_ESTABLISHED,
-  stateName,
-  stateNumber,
   TCP_CT_ESTABLISHED,
   TCP_CT_IGNORE,
   TCP_CT_INVALID,
@@ -65,8 +63,14 @@ import {
   type Timeouts,
 } from './conntrack-state.ts';
 import { TupleIndex } from './conntrack-index.ts';
+import { conntrackHash, ConntrackEntry, type ConntrackInfo } from './conntrack-entry.ts';
+import { formatConntrackList, type FormatOptions } from './conntrack-format.ts';
+import { restoreEntries, snapshotEntries, type ConntrackSnapshotItem } from './conntrack-snapshot.ts';
 
 export * from './conntrack-state.ts';
+export * from './conntrack-entry.ts';
+export * from './conntrack-format.ts';
+export * from './conntrack-snapshot.ts';
 
 /** Direction of a packet relative to its flow (enum ip_conntrack_dir). */
 export const CT_DIR_ORIGINAL = 0;
@@ -85,20 +89,6 @@ export const CT_UPDATE_INVALID = 2;
  */
 export const CT_UPDATE_REOPEN = 3;
 
-/** What the NAT chose for a new flow. */
-export interface ConntrackInfo {
-  /** kube-proxy's service-port name "namespace/name:port" ('' when none); stored by reference */
-  serviceName: string;
-  /** index of the service in the compiled tables (-1 when none) */
-  serviceIndex: number;
-  /** the endpoint (DNAT destination); must equal the reply tuple's source */
-  endpointAddr: number;
-  /** the endpoint port; must equal the reply tuple's source port (ignored for ICMP) */
-  endpointPort: number;
-  /** SNAT applied: the reply tuple's destination is the masquerade address and port */
-  masquerade: boolean;
-}
-
 export interface ConntrackOptions {
   /** flows tracked at most (nf_conntrack_max); default 262144 */
   maxEntries?: number;
@@ -107,145 +97,6 @@ export interface ConntrackOptions {
   timeouts?: Partial<Timeouts>;
   /** hash seed; default random per table (a fixed seed makes keys reproducible) */
   seed?: number;
-}
-
-/** A flow. Tuple fields are immutable; addresses read as unsigned 32-bit numbers. */
-export class ConntrackEntry {
-  readonly proto: number;
-  /** @internal addresses are stored as int32 so they stay small integers in V8 (no boxed doubles) */
-  _origSrc: number;
-  /** @internal */
-  _origDst: number;
-  readonly origSport: number;
-  readonly origDport: number;
-  /** @internal */
-  _replySrc: number;
-  /** @internal */
-  _replyDst: number;
-  readonly replySport: number;
-  readonly replyDport: number;
-  /** ms; the flow is dead when expires <= now */
-  expires: number;
-  /** @internal second-chance bit for eviction: set by lookup hits */
-  _touched: number;
-  /** TCP: TCP_CT_*; SCTP: SCTP_CT_*; UDP, ICMP: 0 */
-  state: number;
-  /** a packet was seen in the reply direction (IPS_SEEN_REPLY; not [UNREPLIED]) */
-  seenReply: boolean;
-  /** [ASSURED] (IPS_ASSURED) */
-  assured: boolean;
-  /** false once removed from the table (expired, evicted, deleted) */
-  live: boolean;
-  /** ms; first packet (UDP stream detection, snapshot age) */
-  created: number;
-  origPackets: number;
-  origBytes: number;
-  replyPackets: number;
-  replyBytes: number;
-  serviceName: string;
-  serviceIndex: number;
-  masquerade: boolean;
-  /** @internal position in the table's dense flow array */
-  _slot: number;
-
-  constructor(
-    proto: number,
-    origSrc: number,
-    origDst: number,
-    origSport: number,
-    origDport: number,
-    replySrc: number,
-    replyDst: number,
-    replySport: number,
-    replyDport: number,
-    now: number,
-    expires: number,
-    serviceName: string,
-    serviceIndex: number,
-    masquerade: boolean,
-  ) {
-    this.proto = proto;
-    this._origSrc = origSrc | 0;
-    this._origDst = origDst | 0;
-    this.origSport = origSport;
-    this.origDport = origDport;
-    this._replySrc = replySrc | 0;
-    this._replyDst = replyDst | 0;
-    this.replySport = replySport;
-    this.replyDport = replyDport;
-    this.expires = expires;
-    this._touched = 0;
-    this.state = 0;
-    this.seenReply = false;
-    this.assured = false;
-    this.live = true;
-    this.created = now;
-    this.origPackets = 0;
-    this.origBytes = 0;
-    this.replyPackets = 0;
-    this.replyBytes = 0;
-    this.serviceName = serviceName;
-    this.serviceIndex = serviceIndex;
-    this.masquerade = masquerade;
-    this._slot = -1;
-  }
-
-  get origSrc(): number {
-    return this._origSrc >>> 0;
-  }
-  get origDst(): number {
-    return this._origDst >>> 0;
-  }
-  get replySrc(): number {
-    return this._replySrc >>> 0;
-  }
-  get replyDst(): number {
-    return this._replyDst >>> 0;
-  }
-  /** the endpoint is the reply tuple's source */
-  get endpointAddr(): number {
-    return this._replySrc >>> 0;
-  }
-  get endpointPort(): number {
-    return this.replySport;
-  }
-}
-
-// ---- hashing -------------------------------------------------------------------
-
-function mix(h: number, k: number): number {
-  k = Math.imul(k, 0xcc9e2d51);
-  k = (k << 15) | (k >>> 17);
-  k = Math.imul(k, 0x1b873593);
-  h ^= k;
-  h = (h << 13) | (h >>> 19);
-  return (Math.imul(h, 5) + 0xe6546b64) | 0;
-}
-
-function fmix(h: number): number {
-  h ^= h >>> 16;
-  h = Math.imul(h, 0x85ebca6b);
-  h ^= h >>> 13;
-  h = Math.imul(h, 0xc2b2ae35);
-  return h ^ (h >>> 16);
-}
-
-/**
- * The 64-bit hash of a tuple as two int32 halves, written to out[0] (hi) and
- * out[1] (lo): two seeded murmur3 mixes of (proto, src, dst, sport << 16 | dport).
- */
-export function conntrackHash(seed: number, proto: number, src: number, dst: number, sport: number, dport: number, out: Int32Array): void {
-  const ports = (sport << 16) | (dport & 0xffff);
-  let a = seed ^ proto;
-  a = mix(a, src);
-  a = mix(a, dst);
-  a = mix(a, ports);
-  let b = (seed ^ 0x9e3779b9 ^ (proto << 24)) | 0;
-  b = mix(b, ports);
-  b = mix(b, src);
-  b = mix(b, dst);
-  out[0] = fmix(a ^ 13);
-  out[1] = fmix(b ^ 13);
 }
 
 // ---- the table ------------------------------------------------------------------
@@ -748,44 +599,16 @@ export class Conntrack {
     return CT_UPDATE_OK;
   }
 
-  // ---- listing, snapshot -----------------------------------------------------------
+  // ---- listing, snapshot (conntrack-format.ts, conntrack-snapshot.ts) ----------------
 
   /** `conntrack -L` for the whole table: one line per live flow, each ending in "\n". */
   list(now: number = this.clock(), options?: FormatOptions): string {
-    let out = '';
-    for (const e of this.entries(now)) out += formatConntrackL(e, now, options) + '\n';
-    return out;
+    return formatConntrackList(this.entries(now), now, options);
   }
 
   /** Plain data (JSON-ready) for every live flow, lifetimes relative to `now`. */
   snapshot(now: number = this.clock()): ConntrackSnapshotItem[] {
-    const items: ConntrackSnapshotItem[] = [];
-    for (const e of this.entries(now)) {
-      items.push({
-        proto: e.proto,
-        origSrc: formatIPv4(e.origSrc),
-        origDst: formatIPv4(e.origDst),
-        origSport: e.origSport,
-        origDport: e.origDport,
-        replySrc: formatIPv4(e.replySrc),
-        replyDst: formatIPv4(e.replyDst),
-        replySport: e.replySport,
-        replyDport: e.replyDport,
-        state: stateName(e.proto, e.state),
-        remainingMs: e.expires - now,
-        ageMs: now - e.created,
-        seenReply: e.seenReply,
-        assured: e.assured,
-        origPackets: e.origPackets,
-        origBytes: e.origBytes,
-        replyPackets: e.replyPackets,
-        replyBytes: e.replyBytes,
-        serviceName: e.serviceName,
-        serviceIndex: e.serviceIndex,
-        masquerade: e.masquerade,
-      });
-    }
-    return items;
+    return snapshotEntries(this.entries(now), now);
   }
 
   /**
@@ -795,37 +618,7 @@ export class Conntrack {
    * whose tuple clashes with a flow already in the table is skipped).
    */
   restore(items: unknown, now: number = this.clock()): number {
-    if (!Array.isArray(items)) throw new TypeError('conntrack restore: expected an array of flows');
-    const checked = items.map((item, i) => checkSnapshotItem(item, i));
-    const names = new Map<string, string>();
-    let n = 0;
-    for (const it of checked) {
-      if (it.remainingMs <= 0) continue;
-      let serviceName = names.get(it.serviceName);
-      if (serviceName === undefined) {
-        serviceName = it.serviceName;
-        names.set(serviceName, serviceName);
-      }
-      const e = this.insert(it.proto, it.origSrc, it.origDst, it.origSport, it.origDport, it.replySrc, it.replyDst, it.replySport, it.replyDport, now, {
-        serviceName,
-        serviceIndex: it.serviceIndex,
-        endpointAddr: it.replySrc,
-        endpointPort: it.replySport,
-        masquerade: it.masquerade,
-      });
-      if (e === null) continue;
-      e.state = it.state;
-      e.expires = now + it.remainingMs;
-      e.created = now - it.ageMs;
-      e.seenReply = it.seenReply;
-      e.assured = it.assured;
-      e.origPackets = it.origPackets;
-      e.origBytes = it.origBytes;
-      e.replyPackets = it.replyPackets;
-      e.replyBytes = it.replyBytes;
-      n++;
-    }
-    return n;
+    return restoreEntries(this, items, now);
   }
 }
 
@@ -849,157 +642,3 @@ function hasTuple(e: ConntrackEntry, proto: number, src: number, dst: number, sp
     (e._replySrc === s && e._replyDst === d && e.replySport === sport && e.replyDport === dport)
   );
 }
-
-// ---- conntrack -L -----------------------------------------------------------
-
-export interface FormatOptions {
-  /** print packets= bytes= after each tuple, as with net.netfilter.nf_conntrack_acct=1 */
-  counters?: boolean;
-}
-
-const ICMP_ECHO_REQUEST = 8;
-const ICMP_ECHO_REPLY = 0;
-
-function protoLabel(proto: number): string {
-  switch (proto) {
-    case PROTO_TCP:
-      return 'tcp      6';
-    case PROTO_UDP:
-      return 'udp      17';
-    case PROTO_ICMP:
-      return 'icmp     1';
-    case PROTO_SCTP:
-      return 'sctp     132';
-    default:
-      return `${'unknown'.padEnd(8)} ${proto}`;
-  }
-}
-
-function tupleText(proto: number, src: number, dst: number, sport: number, dport: number, icmpType: number): string {
-  const l4 = proto === PROTO_ICMP ? `type=${icmpType} code=0 id=${sport}` : `sport=${sport} dport=${dport}`;
-  return `src=${formatIPv4(src)} dst=${formatIPv4(dst)} ${l4} `;
-}
-
-/**
- * One line of `conntrack -L` (libnetfilter_conntrack's default format,
- * nf_conntrack_acct off unless options.counters), without the newline:
- *   udp      17 21 src=172.16.1.35 dst=10.32.0.10 sport=44560 dport=53 src=10.64.1.7 dst=10.64.1.1 sport=53 dport=44560 mark=0 use=1
- * The remaining lifetime is whole seconds, rounded down, as the kernel reports it.
- */
-export function formatConntrackL(entry: ConntrackEntry, now: number, options?: FormatOptions): string {
-  const e = entry;
-  const remaining = Math.max(0, Math.floor((e.expires - now) / 1000));
-  let s = `${protoLabel(e.proto)} ${remaining} `;
-  if (e.proto === PROTO_TCP || e.proto === PROTO_SCTP) s += `${stateName(e.proto, e.state)} `;
-  s += tupleText(e.proto, e.origSrc, e.origDst, e.origSport, e.origDport, ICMP_ECHO_REQUEST);
-  if (options?.counters) s += `packets=${e.origPackets} bytes=${e.origBytes} `;
-  if (!e.seenReply) s += '[UNREPLIED] ';
-  s += tupleText(e.proto, e.replySrc, e.replyDst, e.replySport, e.replyDport, ICMP_ECHO_REPLY);
-  if (options?.counters) s += `packets=${e.replyPackets} bytes=${e.replyBytes} `;
-  if (e.assured) s += '[ASSURED] ';
-  s += 'mark=0 use=1';
-  return s;
-}
-
-// ---- snapshot items --------------------------------------------------------------
-
-export interface ConntrackSnapshotItem {
-  proto: number;
-  origSrc: string;
-  origDst: string;
-  origSport: number;
-  origDport: number;
-  replySrc: string;
-  replyDst: string;
-  replySport: number;
-  replyDport: number;
-  /** conntrack -L's state name ('' for UDP and ICMP) */
-  state: string;
-  remainingMs: number;
-  ageMs: number;
-  seenReply: boolean;
-  assured: boolean;
-  origPackets: number;
-  origBytes: number;
-  replyPackets: number;
-  replyBytes: number;
-  serviceName: string;
-  serviceIndex: number;
-  masquerade: boolean;
-}
-
-/** A snapshot item once checked: addresses as numbers, the state as its number. */
-type CheckedItem = Omit<ConntrackSnapshotItem, 'origSrc' | 'origDst' | 'replySrc' | 'replyDst' | 'state'> & {
-  origSrc: number;
-  origDst: number;
-  replySrc: number;
-  replyDst: number;
-  state: number;
-};
-
-function checkSnapshotItem(item: unknown, i: number): CheckedItem {
-  const where = `conntrack restore: item ${i}`;
-  if (typeof item !== 'object' || item === null || Array.isArray(item)) throw new TypeError(`${where}: expected an object`);
-  const o = item as Record<string, unknown>;
-  const num = (field: string, min: number, max: number): number => {
-    const v = o[field];
-    if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) {
-      throw new RangeError(`${where}: ${field} must be an integer from ${min} to ${max}, got ${JSON.stringify(v)}`);
-    }
-    return v;
-  };
-  const finite = (field: string): number => {
-    const v = o[field];
-    if (typeof v !== 'number' || !Number.isFinite(v)) throw new RangeError(`${where}: ${field} must be a finite number, got ${JSON.stringify(v)}`);
-    return v;
-  };
-  const addr = (field: string): number => {
-    const v = o[field];
-    const a = typeof v === 'string' ? parseIPv4(v) : -1;
-    if (a < 0) throw new RangeError(`${where}: ${field} must be an IPv4 address, got ${JSON.stringify(v)}`);
-    return a;
-  };
-  const bool = (field: string): boolean => {
-    const v = o[field];
-    if (typeof v !== 'boolean') throw new TypeError(`${where}: ${field} must be true or false, got ${JSON.stringify(v)}`);
-    return v;
-  };
-  const proto = num('proto', 0, 255);
-  if (proto !== PROTO_TCP && proto !== PROTO_UDP && proto !== PROTO_ICMP && proto !== PROTO_SCTP) {
-    throw new RangeError(`${where}: proto ${proto} is not tracked (TCP 6, UDP 17, SCTP 132, ICMP 1)`);
-  }
-  const stateText = o.state;
-  if (typeof stateText !== 'string') throw new TypeError(`${where}: state must be a string, got ${JSON.stringify(stateText)}`);
-  const state = stateNumber(proto, stateText);
-  if (state < 0) throw new RangeError(`${where}: state "${stateText}" is not a ${proto === PROTO_TCP ? 'TCP' : proto === PROTO_SCTP ? 'SCTP' : 'stateless protocol\'s'} state`);
-  const serviceName = o.serviceName;
-  if (typeof serviceName !== 'string') throw new TypeError(`${where}: serviceName must be a string, got ${JSON.stringify(serviceName)}`);
-  const serviceIndex = o.serviceIndex;
-  if (typeof serviceIndex !== 'number' || !Number.isInteger(serviceIndex) || serviceIndex < -1) {
-    throw new RangeError(`${where}: serviceIndex must be an integer >= -1, got ${JSON.stringify(serviceIndex)}`);
-  }
-  return {
-    proto,
-    origSrc: addr('origSrc'),
-    origDst: addr('origDst'),
-    origSport: num('origSport', 0, 65535),
-    origDport: num('origDport', 0, 65535),
-    replySrc: addr('replySrc'),
-    replyDst: addr('replyDst'),
-    replySport: num('replySport', 0, 65535),
-    replyDport: num('replyDport', 0, 65535),
-    state,
-    remainingMs: finite('remainingMs'),
-    ageMs: finite('ageMs'),
-    seenReply: bool('seenReply'),
-    assured: bool('assured'),
-    origPackets: num('origPackets', 0, Number.MAX_SAFE_INTEGER),
-    origBytes: num('origBytes', 0, Number.MAX_SAFE_INTEGER),
-    replyPackets: num('replyPackets', 0, Number.MAX_SAFE_INTEGER),
-    replyBytes: num('replyBytes', 0, Number.MAX_SAFE_INTEGER),
-    serviceName,
-    serviceIndex,
-    masquerade: bool('masquerade'),
-  };
-}
-

@@ -1,0 +1,64 @@
+/**
+ * `conntrack -L` text for tracked flows (libnetfilter_conntrack's default
+ * format). Split out of conntrack.ts, which re-exports it.
+ */
+
+import { formatIPv4, PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP } from './addr.ts';
+import { stateName } from './conntrack-state.ts';
+import type { ConntrackEntry } from './conntrack-entry.ts';
+
+export interface FormatOptions {
+  /** print packets= bytes= after each tuple, as with net.netfilter.nf_conntrack_acct=1 */
+  counters?: boolean;
+}
+
+const ICMP_ECHO_REQUEST = 8;
+const ICMP_ECHO_REPLY = 0;
+
+function protoLabel(proto: number): string {
+  switch (proto) {
+    case PROTO_TCP:
+      return 'tcp      6';
+    case PROTO_UDP:
+      return 'udp      17';
+    case PROTO_ICMP:
+      return 'icmp     1';
+    case PROTO_SCTP:
+      return 'sctp     132';
+    default:
+      return `${'unknown'.padEnd(8)} ${proto}`;
+  }
+}
+
+function tupleText(proto: number, src: number, dst: number, sport: number, dport: number, icmpType: number): string {
+  const l4 = proto === PROTO_ICMP ? `type=${icmpType} code=0 id=${sport}` : `sport=${sport} dport=${dport}`;
+  return `src=${formatIPv4(src)} dst=${formatIPv4(dst)} ${l4} `;
+}
+
+/**
+ * One line of `conntrack -L` (libnetfilter_conntrack's default format,
+ * nf_conntrack_acct off unless options.counters), without the newline:
+ *   udp      17 21 src=172.16.1.35 dst=10.32.0.10 sport=44560 dport=53 src=10.64.1.7 dst=10.64.1.1 sport=53 dport=44560 mark=0 use=1
+ * The remaining lifetime is whole seconds, rounded down, as the kernel reports it.
+ */
+export function formatConntrackL(entry: ConntrackEntry, now: number, options?: FormatOptions): string {
+  const e = entry;
+  const remaining = Math.max(0, Math.floor((e.expires - now) / 1000));
+  let s = `${protoLabel(e.proto)} ${remaining} `;
+  if (e.proto === PROTO_TCP || e.proto === PROTO_SCTP) s += `${stateName(e.proto, e.state)} `;
+  s += tupleText(e.proto, e.origSrc, e.origDst, e.origSport, e.origDport, ICMP_ECHO_REQUEST);
+  if (options?.counters) s += `packets=${e.origPackets} bytes=${e.origBytes} `;
+  if (!e.seenReply) s += '[UNREPLIED] ';
+  s += tupleText(e.proto, e.replySrc, e.replyDst, e.replySport, e.replyDport, ICMP_ECHO_REPLY);
+  if (options?.counters) s += `packets=${e.replyPackets} bytes=${e.replyBytes} `;
+  if (e.assured) s += '[ASSURED] ';
+  s += 'mark=0 use=1';
+  return s;
+}
+
+/** `conntrack -L` for many flows: one line per flow, each ending in "\n". */
+export function formatConntrackList(entries: Iterable<ConntrackEntry>, now: number, options?: FormatOptions): string {
+  let out = '';
+  for (const e of entries) out += formatConntrackL(e, now, options) + '\n';
+  return out;
+}
