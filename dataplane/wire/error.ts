@@ -37,6 +37,22 @@ export const WIRE_BAD_VNET_CSUM = -14;
 export const WIRE_VNET_GSO_MISMATCH = -15;
 /** virtio_net_hdr: a partial TCP/UDP checksum whose csum_start/csum_offset is not that header's checksum field */
 export const WIRE_VNET_CSUM_MISMATCH = -16;
+/** IP version nibble is not 6 (an IPv6 entry point) */
+export const WIRE_NOT_IPV6 = -17;
+/** IPv6 payload length beyond the buffer, or 0 (a jumbogram, RFC 2675: not supported) */
+export const WIRE_BAD_PAYLOAD_LENGTH = -18;
+/** an IPv6 extension header runs past the payload (or the quoted bytes) */
+export const WIRE_IPV6_EXT_TRUNCATED = -19;
+/** more IPv6 extension headers than IPV6_MAX_EXT_HEADERS */
+export const WIRE_IPV6_EXT_TOO_MANY = -20;
+/** IPv6 extension headers longer in all than IPV6_MAX_EXT_BYTES */
+export const WIRE_IPV6_EXT_TOO_LONG = -21;
+/** a hop-by-hop options header anywhere but right after the fixed header (RFC 8200 §4.3) */
+export const WIRE_IPV6_HOPOPTS_NOT_FIRST = -22;
+/** a second fragment header in one packet */
+export const WIRE_IPV6_FRAGMENT_REPEATED = -23;
+/** ICMPv6 error whose quoted IPv6 header (and its extension headers) is missing or malformed */
+export const WIRE_BAD_ICMPV6_QUOTE = -24;
 
 const NAMES = [
   'ok',
@@ -56,6 +72,14 @@ const NAMES = [
   'bad_vnet_csum',
   'vnet_gso_mismatch',
   'vnet_csum_mismatch',
+  'not_ipv6',
+  'bad_payload_length',
+  'ipv6_ext_truncated',
+  'ipv6_ext_too_many',
+  'ipv6_ext_too_long',
+  'ipv6_hopopts_not_first',
+  'ipv6_fragment_repeated',
+  'bad_icmpv6_quote',
 ];
 
 /** "too_short", "bad_ihl", …; "unknown_wire_error" for a code outside the list. */

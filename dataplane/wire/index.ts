@@ -11,3 +11,6 @@ export * from './udp.ts';
 export * from './sctp.ts';
 export * from './icmp.ts';
 export * from './rewrite.ts';
+export * from './ipv6.ts';
+export * from './icmpv6.ts';
+export * from './ipv6-rewrite.ts';
