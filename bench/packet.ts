@@ -17,6 +17,8 @@ import { argList, median, gc, machine, writeResults, fmt } from './common.ts';
 import { compile } from '../control/compile.ts';
 import { Pipeline, V_FORWARD } from '../dataplane/pipeline.ts';
 import { Conntrack } from '../dataplane/conntrack.ts';
+import { Conntrack6, CT6_ORIG_SRC, CT6_ORIG_DST, CT6_REPLY_SRC, CT6_REPLY_DST } from '../dataplane/conntrack6.ts';
+import { parseIPv6 } from '../dataplane/addr6.ts';
 import { Rng } from '../dataplane/select.ts';
 import { parseIPv4, PROTO_UDP } from '../dataplane/addr.ts';
 import { writeIpv4Header, ipv4FillChecksum } from '../dataplane/wire/ipv4.ts';
@@ -181,11 +183,53 @@ async function conntrackAtScale(): Promise<{ bytesPerEntry: number; lookupsPerSe
   return { bytesPerEntry: bytes / FLOWS, lookupsPerSec: median(rates), insertsPerSec };
 }
 
+/** The IPv6 table at FLOWS flows: heap + typed-array bytes per flow, lookups/s. */
+async function conntrack6AtScale(): Promise<{ bytesPerEntry: number; lookupsPerSec: number; insertsPerSec: number }> {
+  gc();
+  const m0 = process.memoryUsage();
+  const ct = new Conntrack6({ maxEntries: FLOWS + 1000 });
+  const info = { serviceName: 'ns-0/svc-0:p', serviceIndex: 0, masquerade: true };
+  const t = new Uint32Array(16);
+  t.set(parseIPv6('2001:db8:100::')!, CT6_ORIG_SRC);
+  t.set(parseIPv6('fd00:10:96::a')!, CT6_ORIG_DST);
+  t.set(parseIPv6('fd00:10:244:1::a')!, CT6_REPLY_SRC);
+  t.set(parseIPv6('fd00::1')!, CT6_REPLY_DST);
+  const t0 = performance.now();
+  for (let i = 0; i < FLOWS; i++) {
+    t[CT6_ORIG_SRC + 3] = i >>> 14;
+    t[CT6_REPLY_DST + 3] = 1 + Math.floor(i / 64000);
+    const sport = 1024 + (i & 16383);
+    if (ct.insert6(PROTO_UDP, t, sport, 53, 8080, 1024 + (i % 64000), 0, info) === null) throw new Error(`insert ${i} refused`);
+  }
+  const insertsPerSec = FLOWS / ((performance.now() - t0) / 1000);
+  gc();
+  const m1 = process.memoryUsage();
+  const bytes = m1.heapUsed + m1.arrayBuffers - (m0.heapUsed + m0.arrayBuffers);
+  if (ct.size !== FLOWS) throw new Error(`size ${ct.size}`);
+  const rng = new Rng(3);
+  const p = new Uint32Array(8);
+  p.set(t.subarray(CT6_ORIG_SRC, CT6_ORIG_SRC + 8));
+  const rates: number[] = [];
+  for (let r = 0; r < 5; r++) {
+    let hits = 0;
+    const L = 2_000_000;
+    const t1 = performance.now();
+    for (let k = 0; k < L; k++) {
+      const i = rng.below(FLOWS);
+      p[3] = i >>> 14;
+      if (ct.lookup6(PROTO_UDP, p, 0, 4, 1024 + (i & 16383), 53, 1) !== null) hits++;
+    }
+    rates.push(L / ((performance.now() - t1) / 1000));
+    if (hits !== L) throw new Error(`lookups missed: ${L - hits}`);
+  }
+  return { bytesPerEntry: bytes / FLOWS, lookupsPerSec: median(rates), insertsPerSec };
+}
+
 // each size and the connection-table run in a fresh process, so that one's garbage is not counted in another's GCs
 const one = process.argv.indexOf('--one');
 if (one >= 0) {
   const what = process.argv[one + 1];
-  const r = what === 'conntrack' ? await conntrackAtScale() : await perPacket(Number(what));
+  const r = what === 'conntrack' ? await conntrackAtScale() : what === 'conntrack6' ? await conntrack6AtScale() : await perPacket(Number(what));
   process.stdout.write(JSON.stringify(r) + '\n');
   process.exit(0);
 }
@@ -200,12 +244,16 @@ for (const n of sizes) {
   console.error(JSON.stringify(rows[rows.length - 1]));
 }
 const ct = child<{ bytesPerEntry: number; lookupsPerSec: number; insertsPerSec: number }>('conntrack');
+const ct6 = child<{ bytesPerEntry: number; lookupsPerSec: number; insertsPerSec: number }>('conntrack6');
 const json = {
   newFlowNs: Object.fromEntries(rows.map((r) => [String(r.services), r.newFlowNs])),
   establishedNs: Object.fromEntries(rows.map((r) => [String(r.services), r.establishedNs])),
   conntrackBytesPerEntry: ct.bytesPerEntry,
   conntrackLookupsPerSec: ct.lookupsPerSec,
   conntrackInsertsPerSec: ct.insertsPerSec,
+  conntrackBytesPerEntryV6: ct6.bytesPerEntry,
+  conntrackLookupsPerSecV6: ct6.lookupsPerSec,
+  conntrackInsertsPerSecV6: ct6.insertsPerSec,
   copyNs: Object.fromEntries(rows.map((r) => [String(r.services), r.copyNs])),
   minorGcsDuringEstablished: Object.fromEntries(rows.map((r) => [String(r.services), r.minorGcsEstablished])),
 };
@@ -221,6 +269,7 @@ const md = [
   ...rows.map((r) => `| ${fmt(r.services)} | ${r.newFlowNs.toFixed(0)} | ${r.establishedNs.toFixed(0)} | ${r.copyNs.toFixed(0)} | ${r.minorGcsEstablished} |`),
   '',
   `Connection table at ${fmt(FLOWS)} flows: ${ct.bytesPerEntry.toFixed(0)} bytes per flow (heap + typed arrays), ${fmt(ct.lookupsPerSec / 1e6, 2)} M lookups/s, ${fmt(ct.insertsPerSec / 1e6, 2)} M inserts/s.`,
+  `IPv6 connection table (Conntrack6: the same entries, addresses in a side array) at ${fmt(FLOWS)} flows: ${ct6.bytesPerEntry.toFixed(0)} bytes per flow, ${fmt(ct6.lookupsPerSec / 1e6, 2)} M lookups/s, ${fmt(ct6.insertsPerSec / 1e6, 2)} M inserts/s.`,
   '',
 ].join('\n');
 writeResults('packet', json, md);

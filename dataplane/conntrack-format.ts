@@ -30,9 +30,17 @@ function protoLabel(proto: number): string {
   }
 }
 
-function tupleText(proto: number, src: number, dst: number, sport: number, dport: number, icmpType: number): string {
+function tupleText(proto: number, src: string, dst: string, sport: number, dport: number, icmpType: number): string {
   const l4 = proto === PROTO_ICMP ? `type=${icmpType} code=0 id=${sport}` : `sport=${sport} dport=${dport}`;
-  return `src=${formatIPv4(src)} dst=${formatIPv4(dst)} ${l4} `;
+  return `src=${src} dst=${dst} ${l4} `;
+}
+
+/** The addresses of a flow as text (the IPv6 table keeps its words outside the entry). */
+export interface FlowAddressText {
+  origSrc: string;
+  origDst: string;
+  replySrc: string;
+  replyDst: string;
 }
 
 /**
@@ -43,13 +51,32 @@ function tupleText(proto: number, src: number, dst: number, sport: number, dport
  */
 export function formatConntrackL(entry: ConntrackEntry, now: number, options?: FormatOptions): string {
   const e = entry;
+  return formatLine(e, now, options, e.proto, {
+    origSrc: formatIPv4(e.origSrc),
+    origDst: formatIPv4(e.origDst),
+    replySrc: formatIPv4(e.replySrc),
+    replyDst: formatIPv4(e.replyDst),
+  });
+}
+
+/**
+ * The IPv6 line: as formatConntrackL, the addresses given (RFC 5952 text),
+ * ICMPv6 echo as `icmpv6   58 … type=128 code=0 id=… type=129 code=0 id=…`
+ * (the table keeps an ICMPv6 flow under protocol 1: it is its echo class).
+ */
+export function formatConntrackL6(entry: ConntrackEntry, now: number, addrs: FlowAddressText, options?: FormatOptions): string {
+  return formatLine(entry, now, options, entry.proto === PROTO_ICMP ? 58 : entry.proto, addrs);
+}
+
+function formatLine(e: ConntrackEntry, now: number, options: FormatOptions | undefined, shownProto: number, a: FlowAddressText): string {
   const remaining = Math.max(0, Math.floor((e.expires - now) / 1000));
-  let s = `${protoLabel(e.proto)} ${remaining} `;
+  const v6echo = shownProto === 58;
+  let s = `${v6echo ? 'icmpv6   58' : protoLabel(e.proto)} ${remaining} `;
   if (e.proto === PROTO_TCP || e.proto === PROTO_SCTP) s += `${stateName(e.proto, e.state)} `;
-  s += tupleText(e.proto, e.origSrc, e.origDst, e.origSport, e.origDport, ICMP_ECHO_REQUEST);
+  s += tupleText(e.proto, a.origSrc, a.origDst, e.origSport, e.origDport, v6echo ? 128 : ICMP_ECHO_REQUEST);
   if (options?.counters) s += `packets=${e.origPackets} bytes=${e.origBytes} `;
   if (!e.seenReply) s += '[UNREPLIED] ';
-  s += tupleText(e.proto, e.replySrc, e.replyDst, e.replySport, e.replyDport, ICMP_ECHO_REPLY);
+  s += tupleText(e.proto, a.replySrc, a.replyDst, e.replySport, e.replyDport, v6echo ? 129 : ICMP_ECHO_REPLY);
   if (options?.counters) s += `packets=${e.replyPackets} bytes=${e.replyBytes} `;
   if (e.assured) s += '[ASSURED] ';
   s += 'mark=0 use=1';

@@ -123,16 +123,44 @@ export interface ConntrackSnapshotItem {
   masquerade: boolean;
 }
 
-/** A snapshot item once checked: addresses as numbers, the state as its number. */
-type CheckedItem = Omit<ConntrackSnapshotItem, 'origSrc' | 'origDst' | 'replySrc' | 'replyDst' | 'state'> & {
-  origSrc: number;
-  origDst: number;
-  replySrc: number;
-  replyDst: number;
+/** A snapshot item once checked: addresses as A (a number for IPv4, words for IPv6), the state as its number. */
+export type CheckedSnapshotItem<A> = Omit<ConntrackSnapshotItem, 'origSrc' | 'origDst' | 'replySrc' | 'replyDst' | 'state'> & {
+  origSrc: A;
+  origDst: A;
+  replySrc: A;
+  replyDst: A;
   state: number;
 };
 
+/** How a family's snapshot items are checked: its address parser and its tracked protocols. */
+export interface SnapshotFamily<A> {
+  /** the parsed address, or null when the text is not one */
+  parseAddr(text: string): A | null;
+  /** "IPv4", "IPv6" */
+  name: string;
+  tracked(proto: number): boolean;
+  /** "TCP 6, UDP 17, SCTP 132, ICMP 1" */
+  trackedText: string;
+}
+
+const IPV4_FAMILY: SnapshotFamily<number> = {
+  parseAddr: (text) => {
+    const a = parseIPv4(text);
+    return a < 0 ? null : a;
+  },
+  name: 'IPv4',
+  tracked: (proto) => proto === PROTO_TCP || proto === PROTO_UDP || proto === PROTO_ICMP || proto === PROTO_SCTP,
+  trackedText: 'TCP 6, UDP 17, SCTP 132, ICMP 1',
+};
+
+type CheckedItem = CheckedSnapshotItem<number>;
+
 function checkSnapshotItem(item: unknown, i: number): CheckedItem {
+  return checkSnapshotItemOf(item, i, IPV4_FAMILY);
+}
+
+/** Check one snapshot item of a family; throws naming the item and field. */
+export function checkSnapshotItemOf<A>(item: unknown, i: number, family: SnapshotFamily<A>): CheckedSnapshotItem<A> {
   const where = `conntrack restore: item ${i}`;
   if (typeof item !== 'object' || item === null || Array.isArray(item)) throw new TypeError(`${where}: expected an object`);
   const o = item as Record<string, unknown>;
@@ -148,10 +176,10 @@ function checkSnapshotItem(item: unknown, i: number): CheckedItem {
     if (typeof v !== 'number' || !Number.isFinite(v)) throw new RangeError(`${where}: ${field} must be a finite number, got ${JSON.stringify(v)}`);
     return v;
   };
-  const addr = (field: string): number => {
+  const addr = (field: string): A => {
     const v = o[field];
-    const a = typeof v === 'string' ? parseIPv4(v) : -1;
-    if (a < 0) throw new RangeError(`${where}: ${field} must be an IPv4 address, got ${JSON.stringify(v)}`);
+    const a = typeof v === 'string' ? family.parseAddr(v) : null;
+    if (a === null) throw new RangeError(`${where}: ${field} must be an ${family.name} address, got ${JSON.stringify(v)}`);
     return a;
   };
   const bool = (field: string): boolean => {
@@ -160,8 +188,8 @@ function checkSnapshotItem(item: unknown, i: number): CheckedItem {
     return v;
   };
   const proto = num('proto', 0, 255);
-  if (proto !== PROTO_TCP && proto !== PROTO_UDP && proto !== PROTO_ICMP && proto !== PROTO_SCTP) {
-    throw new RangeError(`${where}: proto ${proto} is not tracked (TCP 6, UDP 17, SCTP 132, ICMP 1)`);
+  if (!family.tracked(proto)) {
+    throw new RangeError(`${where}: proto ${proto} is not tracked (${family.trackedText})`);
   }
   const stateText = o.state;
   if (typeof stateText !== 'string') throw new TypeError(`${where}: state must be a string, got ${JSON.stringify(stateText)}`);

@@ -104,7 +104,8 @@ export interface ConntrackOptions {
 /** how many recently used flows the eviction hand may pass over before it takes one anyway */
 const MAX_CLOCK_STEPS = 32;
 
-function checkProto(proto: number): void {
+/** @internal throws unless the protocol is tracked (IPv4: TCP, UDP, ICMP, SCTP) */
+export function checkProto(proto: number): void {
   if (proto !== PROTO_TCP && proto !== PROTO_UDP && proto !== PROTO_ICMP && proto !== PROTO_SCTP) {
     throw new RangeError(`conntrack: protocol ${proto} is not tracked (TCP 6, UDP 17, SCTP 132, ICMP 1)`);
   }
@@ -130,17 +131,17 @@ export class Conntrack {
   readonly seed: number;
 
   /** tuple hash -> slot * 2 + direction */
-  private readonly index: TupleIndex;
+  protected readonly index: TupleIndex;
   /** hashTuple's result: [hi, lo] */
   protected readonly hash = new Int32Array(2);
   /** live flows, dense; entry._slot is the position */
-  private readonly flows: ConntrackEntry[] = [];
+  protected readonly flows: ConntrackEntry[] = [];
   /** the eviction clock's hand: the next slot it looks at */
   private hand = 0;
   /** where a partial expire() sweep continues */
   private sweepCursor = -1;
   private readonly tcpTimeouts: Float64Array;
-  private readonly t: Timeouts;
+  protected readonly t: Timeouts;
 
   constructor(options: ConntrackOptions = {}) {
     const maxEntries = options.maxEntries ?? 262144;
@@ -330,7 +331,7 @@ export class Conntrack {
    * removed and its slot returned. After MAX_CLOCK_STEPS spared flows the
    * hand takes the flow under it anyway, so an insert stays O(1).
    */
-  private evictForInsert(now: number): number {
+  protected evictForInsert(now: number): number {
     const flows = this.flows;
     const n = flows.length;
     let h = this.hand < n ? this.hand : 0;
@@ -351,7 +352,7 @@ export class Conntrack {
     }
   }
 
-  private removeKeys(e: ConntrackEntry): void {
+  protected removeKeys(e: ConntrackEntry): void {
     const h = this.hash;
     this.hashTuple(e.proto, e._origSrc, e._origDst, e.origSport, e.origDport);
     this.index.remove(h[0], h[1]);
@@ -366,17 +367,21 @@ export class Conntrack {
     const flows = this.flows;
     const slot = e._slot;
     const last = flows.pop()!;
-    if (last !== e) {
-      flows[slot] = last;
-      last._slot = slot;
-      const h = this.hash;
-      this.hashTuple(last.proto, last._origSrc, last._origDst, last.origSport, last.origDport);
-      this.index.setValue(h[0], h[1], slot * 2);
-      this.hashTuple(last.proto, last._replySrc, last._replyDst, last.replySport, last.replyDport);
-      this.index.setValue(h[0], h[1], slot * 2 + 1);
-    }
+    if (last !== e) this.moveSlot(last, flows.length, slot);
     e._slot = -1;
     e.live = false;
+  }
+
+  /** the last flow (at slot `from`, just popped) fills the hole at `to`: its keys point there now */
+  protected moveSlot(last: ConntrackEntry, from: number, to: number): void {
+    this.flows[to] = last;
+    last._slot = to;
+    const h = this.hash;
+    this.hashTuple(last.proto, last._origSrc, last._origDst, last.origSport, last.origDport);
+    this.index.setValue(h[0], h[1], to * 2);
+    this.hashTuple(last.proto, last._replySrc, last._replyDst, last.replySport, last.replyDport);
+    this.index.setValue(h[0], h[1], to * 2 + 1);
+    void from;
   }
 
   /** Remove a flow; false when it was no longer in the table. */
