@@ -12,8 +12,9 @@
  * full compile.
  */
 import type { RuleSet } from './types.ts';
-import { modelOf, portsOfFamily } from './model.ts';
-import type { EndpointModel, NodeModel, RuleSetModel, ServiceModel, ServicePortModel } from './model.ts';
+import { addr6, modelOf, portsOfFamily } from './model.ts';
+import type { Addr, EndpointModel, NodeModel, RuleSetModel, ServiceModel, ServicePortModel } from './model.ts';
+import { Addr6Ids, type Tables6 } from '../dataplane/tables6.ts';
 import { protoIndex } from '../dataplane/addr.ts';
 import { VipIndex } from '../dataplane/hashtable.ts';
 import type { EndpointEntry, EndpointSet, ServicePortEntry, Tables } from '../dataplane/tables.ts';
@@ -250,7 +251,83 @@ export function compile(input: RuleSet | RuleSetModel, opts: CompileOptions = {}
     live: 0,
   });
   for (const sp of ports) b.add(sp);
-  return b.tables(opts.generation ?? 1);
+  const t = b.tables(opts.generation ?? 1);
+  const v6 = compile6(model, opts.generation ?? 1);
+  return v6 === null ? t : { ...t, v6 };
+}
+
+/**
+ * The IPv6 half (kube-proxy's IPv6 proxier): the family-6 service ports
+ * compiled by the same Builder with every IPv6 address replaced by a dense
+ * id (dataplane/tables6.ts), plus the id map, the words, the IPv6 cluster
+ * CIDR, masquerade address and source ranges. Null when the rule set has no
+ * IPv6 service port and the node no IPv6 address.
+ */
+export function compile6(model: RuleSetModel, generation = 1): Tables6 | null {
+  const node = model.node;
+  const ports = model.portsOf(6);
+  if (ports.length === 0 && node.addrs6.length === 0) return null;
+  const ids = new Map<Addr, number>();
+  const words: number[] = [];
+  const id = (a: Addr): number => {
+    let i = ids.get(a);
+    if (i === undefined) {
+      i = ids.size;
+      ids.set(a, i);
+      const w = addr6.words(a);
+      words.push(w[0], w[1], w[2], w[3]);
+    }
+    return i;
+  };
+  for (const a of node.addrs6) id(a);
+  const masqId = node.masqueradeAddr6 >= 0 ? id(node.masqueradeAddr6) : -1;
+  // the models with ids for addresses (endpoint models mapped once each: the Builder compares them by identity)
+  const eps = new Map<EndpointModel, EndpointModel>();
+  const ep = (e: EndpointModel): EndpointModel => {
+    let m = eps.get(e);
+    if (m === undefined) eps.set(e, (m = { ...e, addr: id(e.addr) }));
+    return m;
+  };
+  const mapped: ServicePortModel[] = ports.map((sp) => ({
+    ...sp,
+    clusterAddr: sp.clusterAddr >= 0 ? id(sp.clusterAddr) : -1,
+    externalAddrs: sp.externalAddrs.map(id),
+    loadBalancerAddrs: sp.loadBalancerAddrs.map(id),
+    clusterEndpoints: sp.clusterEndpoints.map(ep),
+    localEndpoints: sp.localEndpoints.map(ep),
+    sourceRanges: [],
+  }));
+  const b = new Builder(node, {
+    services: [],
+    serviceRows: new Int32Array(mapped.length * ROW),
+    endpointFlat: new Int32Array(flatCount(mapped) * 2),
+    flatNext: 0,
+    endpoints: flatCount(mapped),
+    vipIndex: new VipIndex(vipCount(mapped)),
+    vipAddrs: new VipIndex(vipCount(mapped)),
+    nodePorts: new Int32Array(3 * 65536).fill(-1),
+    live: 0,
+  });
+  for (const sp of mapped) b.add(sp);
+  const base: Tables = {
+    ...b.tables(generation),
+    localAddrs: Int32Array.from(node.addrs6, id),
+    clusterCIDR: null,
+    cidrNet: 1,
+    cidrMask: 0,
+    masqueradeAddr: masqId,
+  };
+  const index = new Addr6Ids(ids.size);
+  const w = Uint32Array.from(words);
+  for (let i = 0; i < ids.size; i++) index.set(w, i * 4, i);
+  return {
+    base,
+    ids: index,
+    words: w,
+    cidr6: node.cidr6,
+    masqId,
+    sourceRanges6: ports.map((sp) => (sp.usesFirewallChain ? sp.sourceRanges6 : null)),
+  };
 }
 
 /** Same protocol, port, ClusterIP, external and LB IPs and NodePort: the same keys in the indexes. */
@@ -309,7 +386,7 @@ export function patchTables(prev: Tables, node: NodeModel, removed: readonly num
       live: prev.liveServicePorts,
     });
     const entries = models.map((m, k) => m.map((sp, j) => b.replace(sp, inPlace[k][j]).index));
-    return { tables: b.tables(generation), entries };
+    return { tables: withV6(b.tables(generation), prev), entries };
   }
 
   const nServices = prev.services.length + newPorts;
@@ -330,5 +407,10 @@ export function patchTables(prev: Tables, node: NodeModel, removed: readonly num
   });
   for (const i of removed) b.remove(i);
   const entries = models.map((m) => m.map((sp) => b.add(sp).index));
-  return { tables: b.tables(generation), entries };
+  return { tables: withV6(b.tables(generation), prev), entries };
+}
+
+/** An incremental snapshot keeps the IPv6 tables in force (a change to IPv6 service ports takes the full path). */
+function withV6(t: Tables, prev: Tables): Tables {
+  return prev.v6 ? { ...t, v6: prev.v6 } : t;
 }

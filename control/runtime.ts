@@ -16,7 +16,7 @@ import { performance } from 'node:perf_hooks';
 import type { RuleSet, Service } from './types.ts';
 import { validateRuleSet, validateServices, RuleSetError } from './validate.ts';
 import type { KeyHolder, KeysInForce } from './validate.ts';
-import { compile, patchTables } from './compile.ts';
+import { compile, compile6, patchTables } from './compile.ts';
 import { RuleSetModel, servicePortName, isIPv6 } from './model.ts';
 import type { ServiceModel } from './model.ts';
 import type { Tables } from '../dataplane/tables.ts';
@@ -258,8 +258,13 @@ export class RuleSetHolder {
     const removedEntries: number[] = [];
     for (const s of removedSvcs) removedEntries.push(...(this.entriesOf.get(s) ?? []));
     const rs: RuleSet = o as unknown as RuleSet;
-    const { tables, entries } = patchTables(prevTables, prevModel.node, removedEntries, v.services, this.gen + 1);
+    const patched = patchTables(prevTables, prevModel.node, removedEntries, v.services, this.gen + 1);
+    let tables = patched.tables;
+    const entries = patched.entries;
     const model = new RuleSetModel(rs, prevModel.node, spliceServices(prevModel.services, diff, v.services));
+    // IPv6 service ports changed: the IPv6 tables are compiled again, whole (the IPv4 ones were patched)
+    const v6Changed = v.services.some((s) => s.ports.some((p) => p.family === 6)) || prevModel.services.some((s) => removedSvcs.has(s.service) && s.ports.some((p) => p.family === 6));
+    if (v6Changed) tables = { ...tables, v6: compile6(model, this.gen + 1) };
     const owners = this.owners.slice();
     const byName = this.byName;
     const entriesOf = this.entriesOf;

@@ -9,6 +9,7 @@ import type { Cidr } from './addr.ts';
 import { cidrContains, protoIndex, formatIPv4 } from './addr.ts';
 import type { VipIndex } from './hashtable.ts';
 import type { Candidate, Verdict, PacketTuple, SampleDecider } from './verdict.ts';
+import type { Tables6 } from './tables6.ts';
 
 export interface EndpointEntry {
   readonly addr: number;
@@ -130,6 +131,8 @@ export interface Tables {
   readonly endpointFlat: Int32Array;
   /** when set, new flows are decided by walking kube-proxy's rules instead (tunproxy run --decider linear) */
   readonly linear: SampleDecider | null;
+  /** the IPv6 tables (tables6.ts), absent when the rule set has no IPv6 service port and the node no IPv6 address */
+  readonly v6?: Tables6 | null;
 }
 
 export const LOOKUP_NOMATCH = 0;

@@ -1,0 +1,224 @@
+/**
+ * The IPv6 tables: kube-proxy's IPv6 proxier compiled, answered in O(1) for
+ * a 128-bit destination.
+ *
+ * How: every IPv6 address the tables know (ClusterIPs, external and LB IPs,
+ * endpoints, the node's addresses, the masquerade address) gets a small
+ * dense id at compile time; `ids` maps the 128-bit address to its id (one
+ * probe of an open-addressing table of words), `words` maps an id back to
+ * its four words. `base` is an ordinary Tables (tables.ts) compiled from the
+ * family-6 service-port models with ids in place of addresses, so the VIP
+ * index, NodePorts, rows, endpoint sets, Maglev and affinity are the IPv4
+ * machinery unchanged. What depends on the source's full 128 bits (the
+ * cluster CIDR, loadBalancerSourceRanges) is checked on words here.
+ */
+import { cidr6Contains, type Cidr6 } from './addr6.ts';
+import { protoIndex } from './addr.ts';
+import {
+  isLocal, LookupResult, ROW, R_FLAGS, R_CLUSTER_START, R_CLUSTER_COUNT, R_LOCAL_START, R_LOCAL_COUNT,
+  F_HAS_ENDPOINTS, F_EXTERNAL_LOCAL, F_HAS_EXTERNAL_ENDPOINTS, F_HAS_INTERNAL, F_INTERNAL_LOCAL, F_FIREWALL,
+  VIP_CLUSTER, VIP_LOADBALANCER, VIA_NODEPORT, ANY_PORT,
+  LOOKUP_NOMATCH, LOOKUP_DNAT, LOOKUP_REJECT, LOOKUP_DROP_NO_LOCAL, LOOKUP_DROP_SOURCE_RANGE,
+  type Tables,
+} from './tables.ts';
+
+const STRIDE = 5; // four words, id + 1 (0 = empty)
+
+function hash4(w: ArrayLike<number>, o: number): number {
+  let h = Math.imul(w[o] ^ 0x9e3779b9, 0x85ebca6b);
+  h = Math.imul(h ^ (h >>> 13) ^ w[o + 1], 0xc2b2ae35);
+  h = Math.imul(h ^ (h >>> 16) ^ w[o + 2], 0x85ebca6b);
+  h = Math.imul(h ^ (h >>> 13) ^ w[o + 3], 0xc2b2ae35);
+  return h ^ (h >>> 16);
+}
+
+/**
+ * 128-bit address → small id: open addressing with linear probing over one
+ * Int32Array (four words and id + 1 per slot, 0 = empty), built once,
+ * immutable after. No allocation per lookup.
+ */
+export class Addr6Ids {
+  readonly slots: Int32Array;
+  private readonly mask: number;
+  size = 0;
+
+  constructor(expected: number, slots?: Int32Array) {
+    if (slots !== undefined) {
+      this.slots = slots;
+      this.mask = slots.length / STRIDE - 1;
+      let n = 0;
+      for (let i = 4; i < slots.length; i += STRIDE) if (slots[i] !== 0) n++;
+      this.size = n;
+      return;
+    }
+    let cap = 16;
+    while (cap < expected * 2) cap *= 2;
+    this.mask = cap - 1;
+    this.slots = new Int32Array(cap * STRIDE);
+  }
+
+  /** The id of the address w[o..o+4), or -1. */
+  get(w: ArrayLike<number>, o: number): number {
+    const s = this.slots;
+    const a = w[o] | 0, b = w[o + 1] | 0, c = w[o + 2] | 0, d = w[o + 3] | 0;
+    let i = hash4(w, o) & this.mask;
+    for (;;) {
+      const p = i * STRIDE;
+      const v = s[p + 4];
+      if (v === 0) return -1;
+      if (s[p + 3] === d && s[p] === a && s[p + 1] === b && s[p + 2] === c) return v - 1;
+      i = (i + 1) & this.mask;
+    }
+  }
+
+  /** Insert (build time only); the capacity must hold it (expected given to the constructor). */
+  set(w: ArrayLike<number>, o: number, id: number): void {
+    if ((this.size + 1) * 2 > this.mask + 1) throw new Error('Addr6Ids: full (more addresses than expected)');
+    const s = this.slots;
+    let i = hash4(w, o) & this.mask;
+    for (;;) {
+      const p = i * STRIDE;
+      if (s[p + 4] === 0) {
+        s[p] = w[o]; s[p + 1] = w[o + 1]; s[p + 2] = w[o + 2]; s[p + 3] = w[o + 3];
+        s[p + 4] = id + 1;
+        this.size++;
+        return;
+      }
+      if (s[p] === (w[o] | 0) && s[p + 1] === (w[o + 1] | 0) && s[p + 2] === (w[o + 2] | 0) && s[p + 3] === (w[o + 3] | 0)) {
+        s[p + 4] = id + 1;
+        return;
+      }
+      i = (i + 1) & this.mask;
+    }
+  }
+}
+
+export interface Tables6 {
+  /** the family-6 service ports compiled as Tables, every address an id of `ids` */
+  readonly base: Tables;
+  readonly ids: Addr6Ids;
+  /** id → four words at id * 4 */
+  readonly words: Uint32Array;
+  /** the IPv6 cluster CIDR (null: none, then ClusterIP traffic is masqueraded only with masqueradeAll) */
+  readonly cidr6: Cidr6 | null;
+  /** the id of the IPv6 masquerade address, -1 when the node has none (masquerading flows are then dropped) */
+  readonly masqId: number;
+  /** per service index: its IPv6 loadBalancerSourceRanges when it has a firewall (KUBE-FW-), else null */
+  readonly sourceRanges6: readonly (readonly Cidr6[] | null)[];
+}
+
+/** Is the address w[o..o+4) a ClusterIP, external IP or LB IP of some IPv6 service (any port)? */
+export function isServiceAddress6(t: Tables6, w: ArrayLike<number>, o: number): boolean {
+  const id = t.ids.get(w, o);
+  return id >= 0 && t.base.vipAddrs.get(id, ANY_PORT) > 0;
+}
+
+function inCidr6(t: Tables6, w: Uint32Array, o: number): boolean {
+  return t.cidr6 !== null && cidr6Contains(t.cidr6, w, o);
+}
+
+function inRanges6(ranges: readonly Cidr6[] | null, w: Uint32Array, o: number): boolean {
+  if (ranges === null) return false;
+  for (let i = 0; i < ranges.length; i++) if (cidr6Contains(ranges[i], w, o)) return true;
+  return false;
+}
+
+function useSet(rows: Int32Array, o: number, local: boolean, out: LookupResult): void {
+  out.setLocal = local;
+  out.flatStart = rows[o + (local ? R_LOCAL_START : R_CLUSTER_START)];
+  out.count = rows[o + (local ? R_LOCAL_COUNT : R_CLUSTER_COUNT)];
+}
+
+function external6(t6: Tables6, rows: Int32Array, o: number, flags: number, w: Uint32Array, so: number, srcId: number, out: LookupResult): boolean {
+  if ((flags & F_EXTERNAL_LOCAL) === 0) {
+    useSet(rows, o, false, out);
+    out.masquerade = true;
+    return true;
+  }
+  if (inCidr6(t6, w, so)) {
+    useSet(rows, o, false, out);
+    out.masquerade = false;
+    return true;
+  }
+  if (isLocal(t6.base, srcId)) {
+    useSet(rows, o, false, out);
+    out.masquerade = true;
+    return true;
+  }
+  if ((flags & F_HAS_EXTERNAL_ENDPOINTS) === 0) return false;
+  useSet(rows, o, true, out);
+  out.masquerade = false;
+  return true;
+}
+
+/**
+ * tables.ts's `lookup` for an IPv6 packet: the source at w[so..so+4) (its id
+ * `srcId`, -1 when not a known address), the destination's id `dstId` (-1:
+ * not a service or node address: no match). Same order of decisions (nat
+ * table, then filter's REJECT and DROP), same results in `out`; endpoints in
+ * base.endpointFlat are (id, port) pairs.
+ */
+export function lookup6(t6: Tables6, proto: number, w: Uint32Array, so: number, srcId: number, dstId: number, dport: number, out: LookupResult): number {
+  out.svcIndex = -1;
+  out.masquerade = false;
+  if (dstId < 0) return LOOKUP_NOMATCH;
+  const pi = protoIndex(proto);
+  if (pi < 0) return LOOKUP_NOMATCH;
+  const t = t6.base;
+  const protoPort = pi * 65536 + dport;
+  const rows = t.serviceRows;
+  const v = t.vipIndex.get(dstId, protoPort);
+  let firewalled = false;
+  let vo = 0;
+  let vflags = 0;
+  if (v >= 0) {
+    const si = v >> 2;
+    const kind = v & 3;
+    vo = si * ROW;
+    vflags = rows[vo + R_FLAGS];
+    out.svcIndex = si;
+    out.via = kind;
+    if (kind === VIP_CLUSTER) {
+      if ((vflags & F_HAS_INTERNAL) !== 0) {
+        useSet(rows, vo, (vflags & F_INTERNAL_LOCAL) !== 0, out);
+        out.masquerade = t.masqueradeAll || (t6.cidr6 !== null && !inCidr6(t6, w, so));
+        return LOOKUP_DNAT;
+      }
+    } else if ((vflags & F_HAS_ENDPOINTS) !== 0) {
+      if (kind === VIP_LOADBALANCER && (vflags & F_FIREWALL) !== 0) {
+        const s = t.services[si];
+        if (!inRanges6(t6.sourceRanges6[si], w, so) && (srcId < 0 || s.lbSourceIPs.indexOf(srcId) < 0)) firewalled = true;
+      }
+      if (!firewalled && external6(t6, rows, vo, vflags, w, so, srcId, out)) return LOOKUP_DNAT;
+    }
+  }
+  const dstLocal = isLocal(t, dstId);
+  const npi = dstLocal ? t.nodePorts[protoPort] : -1;
+  let nflags = 0;
+  if (npi >= 0) {
+    nflags = rows[npi * ROW + R_FLAGS];
+    if ((nflags & F_HAS_ENDPOINTS) !== 0 && external6(t6, rows, npi * ROW, nflags, w, so, srcId, out)) {
+      out.svcIndex = npi;
+      out.via = VIA_NODEPORT;
+      return LOOKUP_DNAT;
+    }
+  }
+  out.masquerade = false;
+  out.count = 0;
+  if (v >= 0) {
+    out.svcIndex = v >> 2;
+    out.via = v & 3;
+    if (firewalled || ((v & 3) === VIP_LOADBALANCER && (vflags & F_FIREWALL) !== 0)) return LOOKUP_DROP_SOURCE_RANGE;
+    if ((vflags & F_HAS_ENDPOINTS) === 0) return LOOKUP_REJECT;
+    if ((v & 3) === VIP_CLUSTER) {
+      if (!dstLocal) return LOOKUP_DROP_NO_LOCAL;
+    } else if ((vflags & F_HAS_EXTERNAL_ENDPOINTS) === 0) return LOOKUP_DROP_NO_LOCAL;
+  }
+  if (npi >= 0 && (nflags & (F_HAS_ENDPOINTS | F_HAS_EXTERNAL_ENDPOINTS)) !== (F_HAS_ENDPOINTS | F_HAS_EXTERNAL_ENDPOINTS)) {
+    out.svcIndex = npi;
+    out.via = VIA_NODEPORT;
+    return (nflags & F_HAS_ENDPOINTS) !== 0 ? LOOKUP_DROP_NO_LOCAL : LOOKUP_REJECT;
+  }
+  out.svcIndex = -1;
+  return LOOKUP_NOMATCH;
+}
