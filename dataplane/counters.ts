@@ -28,6 +28,10 @@ export const DROP_REASONS = [
   'no_endpoints',
   /** SCTP to an SCTP service whose CRC could not be recomputed (a fragmented SCTP packet) */
   'sctp_fragmented',
+  /** IPv6: the flow must be masqueraded and the node has no IPv6 masquerade address */
+  'ipv6_no_masquerade_address',
+  /** IPv6: a GSO super-packet from the TUN (TSO6/USO6 are not enabled; never expected) */
+  'ipv6_gso_unsupported',
 ] as const;
 /** Why the packet path dropped a packet: one counter each (a decider's VerdictDropReason is one of them). */
 export type PacketDropReason = (typeof DROP_REASONS)[number];
@@ -39,6 +43,8 @@ export const D_NAT_PORT_EXHAUSTED = 4;
 export const D_FRAGMENT_NO_FLOW = 5;
 export const D_NO_ENDPOINTS = 6;
 export const D_SCTP_FRAGMENTED = 7;
+export const D_IPV6_NO_MASQUERADE_ADDRESS = 8;
+export const D_IPV6_GSO_UNSUPPORTED = 9;
 
 /** What else is counted (not verdicts): how the packets were handled. */
 export const EVENTS = [
@@ -61,6 +67,8 @@ export const EVENTS = [
   'checksums_completed',
   /** super-packets segmented in software (to quote the first segment in an ICMP error) */
   'gso_segmented',
+  /** IPv6 packets handled by the IPv6 path (tables with IPv6 services or node addresses) */
+  'ipv6_packets',
 ] as const;
 export type EventName = (typeof EVENTS)[number];
 export const E_NON_IPV4 = 0;
@@ -78,6 +86,7 @@ export const E_GSO_SUPER_PACKETS = 11;
 export const E_GSO_SEGMENTS = 12;
 export const E_CHECKSUMS_COMPLETED = 13;
 export const E_GSO_SEGMENTED = 14;
+export const E_IPV6 = 15;
 
 export class Counters {
   readonly packets = new Float64Array(VERDICTS.length);

@@ -25,7 +25,7 @@ import { AffinityTable, Rng, selectEndpoint } from './select.ts';
 import {
   Counters, V_DROP, V_FORWARD, V_PASS, V_REPLY,
   D_MALFORMED, D_NO_LOCAL_ENDPOINTS, D_SOURCE_RANGE, D_CONNTRACK_COLLISION, D_NAT_PORT_EXHAUSTED, D_FRAGMENT_NO_FLOW, D_NO_ENDPOINTS, D_SCTP_FRAGMENTED,
-  E_NON_IPV4, E_NEW_FLOWS, E_ESTABLISHED, E_REPLIES, E_REJECTED, E_ICMP_ERRORS, E_FRAGMENTS, E_MASQUERADED, E_HAIRPIN, E_AFFINITY_HITS, E_LOOKUPS,
+  E_NEW_FLOWS, E_ESTABLISHED, E_REPLIES, E_REJECTED, E_ICMP_ERRORS, E_FRAGMENTS, E_MASQUERADED, E_HAIRPIN, E_AFFINITY_HITS, E_LOOKUPS,
   E_GSO_SUPER_PACKETS, E_GSO_SEGMENTS, E_CHECKSUMS_COMPLETED, E_GSO_SEGMENTED,
 } from './counters.ts';
 import { get16, get32 } from './wire/bytes.ts';
@@ -37,6 +37,8 @@ import { icmpCheck, isIcmpError, buildIcmpError, icmpErrorPermitted, ICMP_DEST_U
 import { rewriteSrc, rewriteDst, icmpQuoteRewriteSrc, icmpQuoteRewriteDst } from './wire/rewrite.ts';
 import { wireErrorName } from './wire/error.ts';
 import { FragmentTable } from './fragments.ts';
+import { Conntrack6 } from './conntrack6.ts';
+import { Pipeline6 } from './pipeline6.ts';
 import {
   vnetCheck, vnetMatch, vnetSegments, vnetClearNeedsCsum, vnetCsumStart, vnetCsumOffset, vnetGsoSize,
   VIRTIO_NET_HDR_LEN, VNET_F_NEEDS_CSUM, VNET_GSO_NONE,
@@ -62,6 +64,8 @@ function countSegments(e: ConntrackEntry, dir: number, before: number, segs: num
 
 export interface PipelineOptions {
   conntrack?: Conntrack;
+  /** the IPv6 connection table (default: one like `conntrack`, made on the first IPv6 packet) */
+  conntrack6?: Conntrack6;
   affinity?: AffinityTable;
   rng?: Rng;
   /** size of the buffer generated replies (ICMP errors) are written into; RFC 1812 suggests 576 */
@@ -165,6 +169,20 @@ export class Pipeline {
     this.affinity = o.affinity ?? new AffinityTable();
     this.rng = o.rng ?? new Rng();
     this.reply = new Uint8Array(o.replyBufferSize ?? 576);
+    this.conntrack6 = o.conntrack6 ?? null;
+  }
+
+  /** the IPv6 path (pipeline6.ts), made with its connection table on the first IPv6 packet */
+  private v6: Pipeline6 | null = null;
+  private conntrack6: Conntrack6 | null;
+
+  /** The IPv6 path: its connection table (Conntrack6), fragments and affinity. */
+  ipv6(): Pipeline6 {
+    if (this.v6 === null) {
+      const ct = this.conntrack;
+      this.v6 = new Pipeline6(this, this.conntrack6 ?? new Conntrack6({ maxEntries: ct.maxEntries, timeouts: ct.timeouts, clock: ct.clock }));
+    }
+    return this.v6;
   }
 
   // a super-packet counts as the segments the wire carries, with their headers
@@ -216,10 +234,7 @@ export class Pipeline {
     }
     const version = buf[off + IPV4_VER_IHL] >> 4;
     if (version !== IP_VERSION_4) {
-      if (version === IP_VERSION_6) {
-        this.counters.events[E_NON_IPV4]++;
-        return this.verdict(V_PASS, len);
-      }
+      if (version === IP_VERSION_6) return this.ipv6().process(buf, off, len, tables, now, vnet);
       return this.malformed(-2, len);
     }
     const err = ipv4Check(buf, off, len);

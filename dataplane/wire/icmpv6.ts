@@ -169,19 +169,21 @@ export function icmpv6ErrorPermitted(buf: Uint8Array, off: number, c: Ipv6Chain,
  * (the MTU for packet too big, the pointer for parameter problem), from
  * src[srcOff..+4) to the original source, hop limit 64, traffic class 0.
  * The body quotes as much of the original packet as keeps the error within
- * 1280 bytes (RFC 4443 §2.4 (c)). The checksum is filled. `out` may be
+ * 1280 bytes (RFC 4443 §2.4 (c)), or within `maxTotal` when smaller (a
+ * reply buffer's size). The checksum is filled. `out` may be
  * `orig` (in place); two views over overlapping memory are not supported.
  * Returns the bytes written, or a negative wire error (the original's
  * ipv6Check code, WIRE_NO_ROOM).
  */
 export function buildIcmpv6Error(
   out: Uint8Array, outOff: number, orig: Uint8Array, origOff: number, origLen: number,
-  type: number, code: number, src: ArrayLike<number>, srcOff: number, param = 0,
+  type: number, code: number, src: ArrayLike<number>, srcOff: number, param = 0, maxTotal = IPV6_MIN_MTU,
 ): number {
   const chk = ipv6Check(orig, origOff, origLen);
   if (chk !== WIRE_OK) return chk;
   const ototal = IPV6_HEADER_LEN + get16(orig, origOff + IPV6_PAYLOAD_LEN);
-  const quoteLen = Math.min(ototal, IPV6_MIN_MTU - IPV6_HEADER_LEN - ICMPV6_HEADER_LEN);
+  const quoteLen = Math.min(ototal, Math.min(maxTotal, IPV6_MIN_MTU) - IPV6_HEADER_LEN - ICMPV6_HEADER_LEN);
+  if (quoteLen < IPV6_HEADER_LEN) return WIRE_NO_ROOM;
   const total = IPV6_HEADER_LEN + ICMPV6_HEADER_LEN + quoteLen;
   if (outOff < 0 || outOff + total > out.length) return WIRE_NO_ROOM;
   const io = outOff + IPV6_HEADER_LEN;
