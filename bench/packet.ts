@@ -6,7 +6,10 @@
  * flow (conntrack hit, rewrite), at 10 and 100 000 services; the connection
  * table's insert and lookup rates and heap bytes per tracked flow at
  * 1 000 000 flows; and whether the established path allocates (minor GCs
- * counted while it runs). bench/results/packet.{json,md}.
+ * counted while it runs). The same for IPv6 (the synthetic services with
+ * every address IPv6, through the IPv6 path: newFlowNsV6, establishedNsV6)
+ * and the IPv6 connection table's bytes per flow (conntrackBytesPerEntryV6).
+ * bench/results/packet.{json,md}.
  */
 import { Bench } from 'tinybench';
 import { spawnSync } from 'node:child_process';
@@ -19,6 +22,8 @@ import { Pipeline, V_FORWARD } from '../dataplane/pipeline.ts';
 import { Conntrack } from '../dataplane/conntrack.ts';
 import { Conntrack6, CT6_ORIG_SRC, CT6_ORIG_DST, CT6_REPLY_SRC, CT6_REPLY_DST } from '../dataplane/conntrack6.ts';
 import { parseIPv6 } from '../dataplane/addr6.ts';
+import { writeIpv6Header, l4Checksum6 } from '../dataplane/wire/ipv6.ts';
+import type { RuleSet } from '../control/types.ts';
 import { Rng } from '../dataplane/select.ts';
 import { parseIPv4, PROTO_UDP } from '../dataplane/addr.ts';
 import { writeIpv4Header, ipv4FillChecksum } from '../dataplane/wire/ipv4.ts';
@@ -145,6 +150,141 @@ async function perPacket(n: number): Promise<PacketRow> {
   };
 }
 
+/** The same synthetic rule set in IPv6: every IPv4 address a.b.c.d becomes fd00::a.b.c.d (CIDRs: +96 bits), single-stack IPv6 services. */
+function ipv6RuleSet(rs: RuleSet): RuleSet {
+  const v6 = (a: string): string => `fd00::${a}`;
+  const cidr6 = (c: string): string => {
+    const [a, bits] = c.split('/');
+    return `${v6(a)}/${Number(bits) + 96}`;
+  };
+  const n = rs.node;
+  return {
+    ...rs,
+    node: {
+      ...n,
+      addresses: [...n.addresses, ...n.addresses.map(v6)],
+      masqueradeAddress: `${n.masqueradeAddress},${v6(n.masqueradeAddress!)}`,
+      clusterCIDR: `${n.clusterCIDR},${cidr6(n.clusterCIDR!)}`,
+    },
+    services: rs.services.map((s) => ({
+      ...s,
+      clusterIP: v6(s.clusterIP!),
+      ipFamilies: ['IPv6' as const],
+      ipFamilyPolicy: 'SingleStack' as const,
+      endpoints: (s.endpoints ?? []).map((e) => ({ ...e, address: v6(e.address) })),
+    })),
+  };
+}
+
+/** An IPv6 UDP packet with a 64-byte payload, checksum filled. */
+function udpPacket6(buf: Uint8Array, off: number, src: Uint32Array, dst: Uint32Array, sport: number, dport: number): number {
+  const len = 40 + 8 + 64;
+  writeIpv6Header(buf, off, 8 + 64, PROTO_UDP, 64, src, 0, dst, 0);
+  const u = off + 40;
+  buf[u] = sport >> 8; buf[u + 1] = sport; buf[u + 2] = dport >> 8; buf[u + 3] = dport; buf[u + 4] = 0; buf[u + 5] = 72;
+  for (let i = 0; i < 64; i++) buf[u + 8 + i] = i;
+  buf[u + 6] = 0; buf[u + 7] = 0;
+  const sub = buf.subarray(off, off + len);
+  const k = l4Checksum6(sub, 0, 40, 72, 6, PROTO_UDP);
+  buf[u + 6] = (k || 0xffff) >> 8;
+  buf[u + 7] = k || 0xffff;
+  return len;
+}
+
+/** perPacket for IPv6: the same services, traffic and measurement, every address IPv6. */
+async function perPacket6(n: number): Promise<PacketRow> {
+  const rs = ipv6RuleSet(syntheticRuleSet(n, { endpoints: 3, protocol: 'UDP', port: 53, targetPort: 5353 }));
+  const tables: Tables = compile(rs);
+  if (!tables.v6) throw new Error('no IPv6 tables');
+  const pl = new Pipeline({ conntrack: new Conntrack({ maxEntries: 16 }), conntrack6: new Conntrack6({ maxEntries: 1 << 20 }), rng: new Rng(1) });
+  const SLOT = 128;
+  const K = 4096;
+  const rng = new Rng(7);
+  const newT = new Uint8Array(K * SLOT);
+  const vips = rs.services.map((s) => parseIPv6(s.clusterIP!)!);
+  const src = parseIPv6('2001:db8:168::')!;
+  let flow = 0;
+  const fillNew = () => {
+    for (let i = 0; i < K; i++) {
+      src[3] = flow >>> 14;
+      udpPacket6(newT, i * SLOT, src, vips[rng.below(n)], 1024 + (flow & 16383), 53);
+      flow++;
+    }
+  };
+  fillNew();
+  const work = new Uint8Array(SLOT);
+  let now = 0;
+  let ni = 0;
+  const E = 1024;
+  const estT = new Uint8Array(E * SLOT);
+  const client = parseIPv6('2001:db8:172::1')!;
+  for (let i = 0; i < E; i++) {
+    client[3] = i + 1;
+    const len = udpPacket6(estT, i * SLOT, client, vips[i % n], 40000, 53);
+    work.set(estT.subarray(i * SLOT, i * SLOT + len));
+    if (pl.process(work, 0, len, tables, now) !== V_FORWARD) throw new Error('setup flow not forwarded');
+  }
+  let ei = 0;
+  const LEN = 112;
+  const B = 256;
+  const bench = new Bench({ time: 1000, warmupTime: 200 });
+  bench.add('copy only', () => {
+    for (let k = 0; k < B; k++) {
+      const o = (ei++ & (E - 1)) * SLOT;
+      work.set(estT.subarray(o, o + LEN));
+    }
+  });
+  bench.add('established', () => {
+    now += 1;
+    for (let k = 0; k < B; k++) {
+      const o = (ei++ & (E - 1)) * SLOT;
+      for (let j = 0; j < LEN; j++) work[j] = estT[o + j];
+      pl.process(work, 0, LEN, tables, now);
+    }
+  });
+  bench.add('new flow', () => {
+    now += 1;
+    for (let k = 0; k < B; k++) {
+      if (ni === K) {
+        fillNew();
+        ni = 0;
+      }
+      const o = ni++ * SLOT;
+      for (let j = 0; j < LEN; j++) work[j] = newT[o + j];
+      pl.process(work, 0, LEN, tables, now);
+    }
+  });
+  await bench.run();
+  const [copy, est, nf] = bench.tasks;
+  for (let i = 0; i < E; i++) {
+    for (let j = 0; j < LEN; j++) work[j] = estT[i * SLOT + j];
+    pl.process(work, 0, LEN, tables, now);
+  }
+  gc();
+  const newBefore = pl.counters.events[1];
+  const before = minorGcs;
+  const P = 5_000_000;
+  for (let p = 0; p < P; p++) {
+    const o = (p & (E - 1)) * SLOT;
+    for (let j = 0; j < LEN; j++) work[j] = estT[o + j];
+    pl.process(work, 0, LEN, tables, now + p / 1e6);
+  }
+  await new Promise((r) => setImmediate(r));
+  const gcs = minorGcs - before;
+  const s = pl.counters.snapshot();
+  if (s.events.new_flows !== newBefore) throw new Error(`the established loop created ${s.events.new_flows - newBefore} flows`);
+  if (s.drops.malformed > 0) throw new Error('malformed packets in the benchmark');
+  if (s.events.ipv6_packets === 0) throw new Error('no packet took the IPv6 path');
+  return {
+    services: n,
+    newFlowNs: (nf.result!.latency.p50! * 1e6) / B,
+    establishedNs: (est.result!.latency.p50! * 1e6) / B,
+    copyNs: (copy.result!.latency.p50! * 1e6) / B,
+    minorGcsEstablished: gcs,
+    establishedPackets: P,
+  };
+}
+
 async function conntrackAtScale(): Promise<{ bytesPerEntry: number; lookupsPerSec: number; insertsPerSec: number }> {
   gc();
   const m0 = process.memoryUsage();
@@ -229,7 +369,7 @@ async function conntrack6AtScale(): Promise<{ bytesPerEntry: number; lookupsPerS
 const one = process.argv.indexOf('--one');
 if (one >= 0) {
   const what = process.argv[one + 1];
-  const r = what === 'conntrack' ? await conntrackAtScale() : what === 'conntrack6' ? await conntrack6AtScale() : await perPacket(Number(what));
+  const r = what === 'conntrack' ? await conntrackAtScale() : what === 'conntrack6' ? await conntrack6AtScale() : what.startsWith('v6:') ? await perPacket6(Number(what.slice(3))) : await perPacket(Number(what));
   process.stdout.write(JSON.stringify(r) + '\n');
   process.exit(0);
 }
@@ -242,6 +382,11 @@ const rows: PacketRow[] = [];
 for (const n of sizes) {
   rows.push(child<PacketRow>(String(n)));
   console.error(JSON.stringify(rows[rows.length - 1]));
+}
+const rows6: PacketRow[] = [];
+for (const n of sizes) {
+  rows6.push(child<PacketRow>(`v6:${n}`));
+  console.error(JSON.stringify({ family: 'ipv6', ...rows6[rows6.length - 1] }));
 }
 const ct = child<{ bytesPerEntry: number; lookupsPerSec: number; insertsPerSec: number }>('conntrack');
 const ct6 = child<{ bytesPerEntry: number; lookupsPerSec: number; insertsPerSec: number }>('conntrack6');
@@ -256,6 +401,10 @@ const json = {
   conntrackInsertsPerSecV6: ct6.insertsPerSec,
   copyNs: Object.fromEntries(rows.map((r) => [String(r.services), r.copyNs])),
   minorGcsDuringEstablished: Object.fromEntries(rows.map((r) => [String(r.services), r.minorGcsEstablished])),
+  newFlowNsV6: Object.fromEntries(rows6.map((r) => [String(r.services), r.newFlowNs])),
+  establishedNsV6: Object.fromEntries(rows6.map((r) => [String(r.services), r.establishedNs])),
+  copyNsV6: Object.fromEntries(rows6.map((r) => [String(r.services), r.copyNs])),
+  minorGcsDuringEstablishedV6: Object.fromEntries(rows6.map((r) => [String(r.services), r.minorGcsEstablished])),
 };
 const md = [
   '# Packet path: `Pipeline.process`',
@@ -267,6 +416,12 @@ const md = [
   '| services | new flow ns/packet | established ns/packet | copy ns | minor GCs in 5 M established packets |',
   '|---:|---:|---:|---:|---:|',
   ...rows.map((r) => `| ${fmt(r.services)} | ${r.newFlowNs.toFixed(0)} | ${r.establishedNs.toFixed(0)} | ${r.copyNs.toFixed(0)} | ${r.minorGcsEstablished} |`),
+  '',
+  'IPv6 (the same services and traffic, every address IPv6: `fd00::a.b.c.d`; 112-byte packets). Bars: established ≤ 1.25× IPv4, new flow ≤ 1.3× IPv4.',
+  '',
+  '| services | new flow ns/packet | × IPv4 | established ns/packet | × IPv4 | copy ns | minor GCs in 5 M established packets |',
+  '|---:|---:|---:|---:|---:|---:|---:|',
+  ...rows6.map((r, i) => `| ${fmt(r.services)} | ${r.newFlowNs.toFixed(0)} | ${(r.newFlowNs / rows[i].newFlowNs).toFixed(2)} | ${r.establishedNs.toFixed(0)} | ${(r.establishedNs / rows[i].establishedNs).toFixed(2)} | ${r.copyNs.toFixed(0)} | ${r.minorGcsEstablished} |`),
   '',
   `Connection table at ${fmt(FLOWS)} flows: ${ct.bytesPerEntry.toFixed(0)} bytes per flow (heap + typed arrays), ${fmt(ct.lookupsPerSec / 1e6, 2)} M lookups/s, ${fmt(ct.insertsPerSec / 1e6, 2)} M inserts/s.`,
   `IPv6 connection table (Conntrack6: the same entries, addresses in a side array) at ${fmt(FLOWS)} flows: ${ct6.bytesPerEntry.toFixed(0)} bytes per flow, ${fmt(ct6.lookupsPerSec / 1e6, 2)} M lookups/s, ${fmt(ct6.insertsPerSec / 1e6, 2)} M inserts/s.`,

@@ -49,15 +49,6 @@ export interface ConntrackInfo6 {
   masquerade: boolean;
 }
 
-function mix(h: number, k: number): number {
-  k = Math.imul(k, 0xcc9e2d51);
-  k = (k << 15) | (k >>> 17);
-  k = Math.imul(k, 0x1b873593);
-  h ^= k;
-  h = (h << 13) | (h >>> 19);
-  return (Math.imul(h, 5) + 0xe6546b64) | 0;
-}
-
 function fmix(h: number): number {
   h ^= h >>> 16;
   h = Math.imul(h, 0x85ebca6b);
@@ -68,33 +59,36 @@ function fmix(h: number): number {
 
 /**
  * The 64-bit hash of an IPv6 tuple as two int32 halves (out[0] hi, out[1]
- * lo): two seeded murmur3 mixes of (proto, src words, dst words, ports),
- * src at w[so..so+4), dst at w[dd..dd+4).
+ * lo): a seeded murmur3 lane and a multiply-rotate lane over (proto, src
+ * words, dst words, ports), each finished with murmur3's fmix; src at
+ * w[so..so+4), dst at w[dd..dd+4). Written out word by word (no calls: this
+ * runs twice per new flow and once per packet).
  */
 export function conntrackHash6(
   seed: number, proto: number, w: Uint32Array, so: number, dd: number, sport: number, dport: number, out: Int32Array,
 ): void {
   const ports = (sport << 16) | (dport & 0xffff);
   let a = seed ^ proto ^ 0x6000000;
-  a = mix(a, w[so]);
-  a = mix(a, w[so + 1]);
-  a = mix(a, w[so + 2]);
-  a = mix(a, w[so + 3]);
-  a = mix(a, w[dd]);
-  a = mix(a, w[dd + 1]);
-  a = mix(a, w[dd + 2]);
-  a = mix(a, w[dd + 3]);
-  a = mix(a, ports);
   let b = (seed ^ 0x9e3779b9 ^ (proto << 24) ^ 0x66) | 0;
-  b = mix(b, ports);
-  b = mix(b, w[dd + 3]);
-  b = mix(b, w[so + 3]);
-  b = mix(b, w[dd + 2]);
-  b = mix(b, w[so + 2]);
-  b = mix(b, w[dd + 1]);
-  b = mix(b, w[so + 1]);
-  b = mix(b, w[dd]);
-  b = mix(b, w[so]);
+  let k: number;
+  k = Math.imul(w[so], 0xcc9e2d51); k = (k << 15) | (k >>> 17); a ^= Math.imul(k, 0x1b873593); a = (a << 13) | (a >>> 19); a = (Math.imul(a, 5) + 0xe6546b64) | 0;
+  b = Math.imul(b ^ w[so], 0x27d4eb2d); b = (b << 17) | (b >>> 15);
+  k = Math.imul(w[so + 1], 0xcc9e2d51); k = (k << 15) | (k >>> 17); a ^= Math.imul(k, 0x1b873593); a = (a << 13) | (a >>> 19); a = (Math.imul(a, 5) + 0xe6546b64) | 0;
+  b = Math.imul(b ^ w[so + 1], 0x27d4eb2d); b = (b << 17) | (b >>> 15);
+  k = Math.imul(w[so + 2], 0xcc9e2d51); k = (k << 15) | (k >>> 17); a ^= Math.imul(k, 0x1b873593); a = (a << 13) | (a >>> 19); a = (Math.imul(a, 5) + 0xe6546b64) | 0;
+  b = Math.imul(b ^ w[so + 2], 0x27d4eb2d); b = (b << 17) | (b >>> 15);
+  k = Math.imul(w[so + 3], 0xcc9e2d51); k = (k << 15) | (k >>> 17); a ^= Math.imul(k, 0x1b873593); a = (a << 13) | (a >>> 19); a = (Math.imul(a, 5) + 0xe6546b64) | 0;
+  b = Math.imul(b ^ w[so + 3], 0x27d4eb2d); b = (b << 17) | (b >>> 15);
+  k = Math.imul(w[dd], 0xcc9e2d51); k = (k << 15) | (k >>> 17); a ^= Math.imul(k, 0x1b873593); a = (a << 13) | (a >>> 19); a = (Math.imul(a, 5) + 0xe6546b64) | 0;
+  b = Math.imul(b ^ w[dd], 0x27d4eb2d); b = (b << 17) | (b >>> 15);
+  k = Math.imul(w[dd + 1], 0xcc9e2d51); k = (k << 15) | (k >>> 17); a ^= Math.imul(k, 0x1b873593); a = (a << 13) | (a >>> 19); a = (Math.imul(a, 5) + 0xe6546b64) | 0;
+  b = Math.imul(b ^ w[dd + 1], 0x27d4eb2d); b = (b << 17) | (b >>> 15);
+  k = Math.imul(w[dd + 2], 0xcc9e2d51); k = (k << 15) | (k >>> 17); a ^= Math.imul(k, 0x1b873593); a = (a << 13) | (a >>> 19); a = (Math.imul(a, 5) + 0xe6546b64) | 0;
+  b = Math.imul(b ^ w[dd + 2], 0x27d4eb2d); b = (b << 17) | (b >>> 15);
+  k = Math.imul(w[dd + 3], 0xcc9e2d51); k = (k << 15) | (k >>> 17); a ^= Math.imul(k, 0x1b873593); a = (a << 13) | (a >>> 19); a = (Math.imul(a, 5) + 0xe6546b64) | 0;
+  b = Math.imul(b ^ w[dd + 3], 0x27d4eb2d); b = (b << 17) | (b >>> 15);
+  k = Math.imul(ports, 0xcc9e2d51); k = (k << 15) | (k >>> 17); a ^= Math.imul(k, 0x1b873593); a = (a << 13) | (a >>> 19); a = (Math.imul(a, 5) + 0xe6546b64) | 0;
+  b = Math.imul(b ^ ports, 0x27d4eb2d); b = (b << 17) | (b >>> 15);
   out[0] = fmix(a ^ 37);
   out[1] = fmix(b ^ 37);
 }

@@ -38,7 +38,7 @@ import { checksumRaw } from './wire/checksum.ts';
 import { wireErrorName } from './wire/error.ts';
 import { buildIcmpv6Error, icmpv6Check, icmpv6ErrorPermitted } from './wire/icmpv6.ts';
 import { ipv6Check, ipv6Walk, Ipv6Chain } from './wire/ipv6.ts';
-import { icmpv6QuoteRewriteDst, icmpv6QuoteRewriteSrc, rewriteDst6, rewriteSrc6 } from './wire/ipv6-rewrite.ts';
+import { icmpv6QuoteRewriteDst, icmpv6QuoteRewriteSrc, rewriteBoth6, rewriteDst6, rewriteSrc6 } from './wire/ipv6-rewrite.ts';
 import { tcpCheck } from './wire/tcp.ts';
 import { sctpCheck } from './wire/sctp.ts';
 
@@ -137,8 +137,22 @@ export class Pipeline6 {
     const total = IPV6_HEADER_LEN + get16(buf, off + IPV6_PAYLOAD_LEN);
     this.host.counters.events[E_IPV6]++;
     const c = this.chain;
-    const we = ipv6Walk(buf, off, c);
-    if (we !== 0) return this.malformed(we, total);
+    const nh = buf[off + 6];
+    if (nh === PROTO_TCP || nh === PROTO_UDP) {
+      // no extension header (the common case): the walk's answer without the walk
+      c.proto = nh;
+      c.l4Off = off + IPV6_HEADER_LEN;
+      c.l4Len = total - IPV6_HEADER_LEN;
+      c.fragHdrOff = -1;
+      c.fragOffset = 0;
+      c.moreFragments = 0;
+      c.fragId = 0;
+      c.extCount = 0;
+      c.extBytes = 0;
+    } else {
+      const we = ipv6Walk(buf, off, c);
+      if (we !== 0) return this.malformed(we, total);
+    }
     if (vnet >= 0 && (buf[vnet] | buf[vnet + 1]) !== 0) {
       if ((buf[vnet + 1] & 0x7f) !== VNET_GSO_NONE) return this.drop(D_IPV6_GSO_UNSUPPORTED, total);
       if ((buf[vnet] & VNET_F_NEEDS_CSUM) !== 0) {
@@ -223,8 +237,11 @@ export class Pipeline6 {
       nSrc = b + CT6_ORIG_DST; nSport = e.origDport; nDst = b + CT6_ORIG_SRC; nDport = e.origSport;
     }
     const c = this.chain;
-    if (!same4(ws, nDst, w, 4) || nDport !== dport) rewriteDst6(buf, off, c, ws, nDst, nDport);
-    if (!same4(ws, nSrc, w, 0) || nSport !== sport) rewriteSrc6(buf, off, c, ws, nSrc, nSport);
+    const dChange = !same4(ws, nDst, w, 4) || nDport !== dport;
+    const sChange = !same4(ws, nSrc, w, 0) || nSport !== sport;
+    if (dChange && sChange) rewriteBoth6(buf, off, c, ws, nDst, nDport, nSrc, nSport);
+    else if (dChange) rewriteDst6(buf, off, c, ws, nDst, nDport);
+    else if (sChange) rewriteSrc6(buf, off, c, ws, nSrc, nSport);
   }
 
   private newFlow(buf: Uint8Array, off: number, total: number, t6: Tables6, proto: number, sport: number, dport: number, flags: number, now: number): number {
@@ -277,8 +294,8 @@ export class Pipeline6 {
     info.masquerade = masquerade;
     const entry = ct.insert6(proto, tw, sport, dport, epPort, replyDport, now, info);
     if (entry === null) return this.drop(D_CONNTRACK_COLLISION, total);
-    rewriteDst6(buf, off, c, tw, CT6_REPLY_SRC, epPort);
-    if (masquerade || replyDport !== sport) rewriteSrc6(buf, off, c, tw, CT6_REPLY_DST, replyDport);
+    if (masquerade || replyDport !== sport) rewriteBoth6(buf, off, c, tw, CT6_REPLY_SRC, epPort, CT6_REPLY_DST, replyDport);
+    else rewriteDst6(buf, off, c, tw, CT6_REPLY_SRC, epPort);
     ct.update(entry, DIR_ORIGINAL, flags, total, now);
     ev[E_NEW_FLOWS]++;
     if (masquerade) ev[E_MASQUERADED]++;

@@ -109,6 +109,67 @@ export function rewriteDst6(buf: Uint8Array, ipOff: number, c: Ipv6Chain, w: Arr
   rewriteAddrPort6(buf, ipOff, c, IPV6_DST, TCP_DST_PORT, w, wo, newPort, partial);
 }
 
+/**
+ * Both translations of a NATed packet in one pass: destination :=
+ * w[dAt..dAt+4) port dport, source := w[sAt..sAt+4) port sport (negative
+ * ports kept), the TCP/UDP/ICMPv6 checksum updated once for all four
+ * changes (the same bits as rewriteDst6 then rewriteSrc6). Not for
+ * `partial` checksums (use those two).
+ */
+export function rewriteBoth6(
+  buf: Uint8Array, ipOff: number, c: Ipv6Chain, w: ArrayLike<number>, dAt: number, dport: number, sAt: number, sport: number,
+): void {
+  const proto = c.proto;
+  if (c.fragOffset !== 0 || (proto !== PROTO_TCP && proto !== PROTO_UDP && proto !== PROTO_ICMPV6)) {
+    rewriteAddrPort6(buf, ipOff, c, IPV6_DST, TCP_DST_PORT, w, dAt, dport, false);
+    rewriteAddrPort6(buf, ipOff, c, IPV6_SRC, TCP_SRC_PORT, w, sAt, sport, false);
+    return;
+  }
+  const l4 = c.l4Off;
+  const csumAt = proto === PROTO_TCP ? TCP_CHECKSUM : proto === PROTO_UDP ? UDP_CHECKSUM : ICMPV6_CHECKSUM;
+  if (c.l4Len < (proto === PROTO_TCP ? TCP_MIN_HEADER_LEN : UDP_HEADER_LEN)) {
+    rewriteAddrPort6(buf, ipOff, c, IPV6_DST, TCP_DST_PORT, w, dAt, dport, false);
+    rewriteAddrPort6(buf, ipOff, c, IPV6_SRC, TCP_SRC_PORT, w, sAt, sport, false);
+    return;
+  }
+  // Σ ~old + Σ new over the 32 address bytes at IPV6_SRC (src then dst) and the ports
+  // per word: Σ~old16 + Σnew16 = (0x1fffe - (old >>> 16) - (old & 0xffff)) + (new >>> 16) + (new & 0xffff); written as read
+  let s = 0;
+  const a = ipOff + IPV6_SRC;
+  for (let k = 0; k < 4; k++) {
+    const o = a + (k << 2);
+    const v = w[sAt + k];
+    s += 0x1fffe - ((buf[o] << 8) | buf[o + 1]) - ((buf[o + 2] << 8) | buf[o + 3]) + (v >>> 16) + (v & 0xffff);
+    buf[o] = v >>> 24; buf[o + 1] = v >>> 16; buf[o + 2] = v >>> 8; buf[o + 3] = v;
+  }
+  for (let k = 0; k < 4; k++) {
+    const o = a + 16 + (k << 2);
+    const v = w[dAt + k];
+    s += 0x1fffe - ((buf[o] << 8) | buf[o + 1]) - ((buf[o + 2] << 8) | buf[o + 3]) + (v >>> 16) + (v & 0xffff);
+    buf[o] = v >>> 24; buf[o + 1] = v >>> 16; buf[o + 2] = v >>> 8; buf[o + 3] = v;
+  }
+  const echo = proto === PROTO_ICMPV6 && (buf[l4] === ICMPV6_ECHO_REQUEST || buf[l4] === ICMPV6_ECHO_REPLY);
+  if (proto !== PROTO_ICMPV6) {
+    if (dport >= 0) {
+      s += (~((buf[l4 + 2] << 8) | buf[l4 + 3]) & 0xffff) + dport;
+      buf[l4 + 2] = dport >>> 8; buf[l4 + 3] = dport;
+    }
+    if (sport >= 0) {
+      s += (~((buf[l4] << 8) | buf[l4 + 1]) & 0xffff) + sport;
+      buf[l4] = sport >>> 8; buf[l4 + 1] = sport;
+    }
+  } else if (echo && sport >= 0) {
+    s += (~((buf[l4 + ICMPV6_IDENT] << 8) | buf[l4 + ICMPV6_IDENT + 1]) & 0xffff) + sport;
+    buf[l4 + ICMPV6_IDENT] = sport >>> 8; buf[l4 + ICMPV6_IDENT + 1] = sport;
+  }
+  s = (s & 0xffff) + (s >>> 16);
+  s = (s & 0xffff) + (s >>> 16);
+  const co = l4 + csumAt;
+  const old = (buf[co] << 8) | buf[co + 1];
+  const k = proto === PROTO_UDP ? udpCsumApplyDelta(old, s) : csumApplyDelta(old, s);
+  buf[co] = k >>> 8; buf[co + 1] = k;
+}
+
 function quoteRewrite6(
   buf: Uint8Array, c: Ipv6Chain, q: Ipv6Chain, addrAt: number, portAt: number,
   w: ArrayLike<number>, wo: number, newPort: number,

@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { writeIpv6Header, ipv6Walk, Ipv6Chain, l4Checksum6, l4Checksum6Valid } from '../../dataplane/wire/ipv6.ts';
 import { buildIcmpv6Error, icmpv6Check, icmpv6ChecksumValid, icmpv6FillChecksum } from '../../dataplane/wire/icmpv6.ts';
-import { rewriteSrc6, rewriteDst6, icmpv6QuoteRewriteSrc, icmpv6QuoteRewriteDst } from '../../dataplane/wire/ipv6-rewrite.ts';
+import { rewriteSrc6, rewriteDst6, rewriteBoth6, icmpv6QuoteRewriteSrc, icmpv6QuoteRewriteDst } from '../../dataplane/wire/ipv6-rewrite.ts';
 
 const haveTcpdump = spawnSync('tcpdump', ['--version']).status === 0;
 
@@ -102,6 +102,25 @@ t.test('incremental rewrites give the same checksum as a full computation', asyn
   rewriteSrc6(b, 0, c, s.newSrc, 0, 1234);
   t.equal((b[46] << 8) | b[47], 0);
   void icmpv6FillChecksum;
+});
+
+t.test('rewriteBoth6 gives the bytes of rewriteDst6 then rewriteSrc6', async (t) => {
+  fc.assert(fc.property(spec, fc.boolean(), fc.boolean(), (s, keepD, keepS) => {
+    const a = build(s);
+    const b = build(s);
+    const c = new Ipv6Chain();
+    ipv6Walk(a, 0, c);
+    const w = new Uint32Array(8);
+    w.set(s.newDst, 0);
+    w.set(s.newSrc, 4);
+    const dp = keepD ? -1 : s.ndport;
+    const sp = keepS ? -1 : s.nsport;
+    rewriteDst6(a, 0, c, w, 0, s.proto === 58 ? -1 : dp);
+    rewriteSrc6(a, 0, c, w, 4, sp);
+    rewriteBoth6(b, 0, c, w, 0, s.proto === 58 ? -1 : dp, 4, sp);
+    return Buffer.from(a).equals(Buffer.from(b));
+  }), { numRuns: 3000, seed: 62 });
+  t.pass('3000 random packets');
 });
 
 t.test('tcpdump -vvv finds every rewritten IPv6 checksum correct', { skip: haveTcpdump ? false : 'tcpdump is not installed (the outside checksum oracle)' }, async (t) => {
