@@ -45,3 +45,29 @@ export function syntheticRuleSet(n: number, o: GenOptions = {}): RuleSet {
     services,
   };
 }
+
+/** The same synthetic rule set in IPv6: every IPv4 address a.b.c.d becomes fd00::a.b.c.d (CIDRs: +96 bits), single-stack IPv6 services. */
+export function ipv6RuleSet(rs: RuleSet): RuleSet {
+  const v6 = (a: string): string => `fd00::${a}`;
+  const cidr6 = (c: string): string => {
+    const [a, bits] = c.split('/');
+    return `${v6(a)}/${Number(bits) + 96}`;
+  };
+  const n = rs.node;
+  return {
+    ...rs,
+    node: {
+      ...n,
+      addresses: [...n.addresses, ...n.addresses.map(v6)],
+      masqueradeAddress: `${n.masqueradeAddress},${v6(n.masqueradeAddress!)}`,
+      clusterCIDR: `${n.clusterCIDR},${cidr6(n.clusterCIDR!)}`,
+    },
+    services: rs.services.map((s) => ({
+      ...s,
+      clusterIP: v6(s.clusterIP!),
+      ipFamilies: ['IPv6' as const],
+      ipFamilyPolicy: 'SingleStack' as const,
+      endpoints: (s.endpoints ?? []).map((e) => ({ ...e, address: v6(e.address) })),
+    })),
+  };
+}

@@ -4,11 +4,15 @@
  * Median ns per first-packet decision (service lookup + endpoint choice),
  * compiled hash tables vs kube-proxy's rules walked linearly, on the same
  * rule set and the same packets, spread over all services; plus compile
- * time and the compiled tables' heap size. bench/results/lookup.{json,md}.
+ * time and the compiled tables' heap size; and the compiled IPv6 lookup on
+ * the same services in IPv6 (compiledNsV6, compileMsV6).
+ * bench/results/lookup.{json,md}.
  */
 import { Bench } from 'tinybench';
 import { performance } from 'node:perf_hooks';
-import { syntheticRuleSet } from './gen.ts';
+import { syntheticRuleSet, ipv6RuleSet } from './gen.ts';
+import { parseIPv6 } from '../dataplane/addr6.ts';
+import { lookup6 } from '../dataplane/tables6.ts';
 import { argList, median, gc, machine, writeResults, fmt } from './common.ts';
 import { compile } from '../control/compile.ts';
 import { writeIptables } from '../control/iptables/writer.ts';
@@ -28,6 +32,51 @@ interface Row {
   linearRulesVisited: number;
   compileMs: number;
   tablesBytes: number;
+  /** the same services in IPv6 (tables.v6): ns per first-packet decision, 128-bit destination */
+  compiledNsV6: number;
+  /** compile time of that rule set (its IPv6 half) */
+  compileMsV6: number;
+}
+
+/** The IPv6 row: the same services with every address IPv6 (fd00::a.b.c.d), lookup6 + endpoint choice. */
+async function measure6(n: number): Promise<{ compiledNsV6: number; compileMsV6: number }> {
+  const rs = ipv6RuleSet(syntheticRuleSet(n, { endpoints: 3 }));
+  const times: number[] = [];
+  for (let i = 0; i < (n >= 100000 ? 3 : 5); i++) {
+    const t0 = performance.now();
+    compile(rs);
+    times.push(performance.now() - t0);
+  }
+  const t6 = compile(rs).v6!;
+  const rng = new Rng(n);
+  const words = new Uint32Array(PACKETS * 8);
+  const sports = new Int32Array(PACKETS);
+  const client = parseIPv6('fd00::192.168.77.2')!;
+  for (let i = 0; i < PACKETS; i++) {
+    words.set(client, i * 8);
+    words.set(parseIPv6(rs.services[rng.below(n)].clusterIP!)!, i * 8 + 4);
+    sports[i] = 1024 + rng.below(60000);
+  }
+  const out = new LookupResult();
+  let sink = 0;
+  let ci = 0;
+  const batch = 256;
+  const bench = new Bench({ time: n >= 10000 ? 1500 : 400, warmupTime: 100 });
+  bench.add('compiled v6', () => {
+    for (let k = 0; k < batch; k++) {
+      const i = ci++ & (PACKETS - 1);
+      const o = i * 8;
+      const srcId = t6.ids.get(words, o);
+      const dstId = t6.ids.get(words, o + 4);
+      if (lookup6(t6, PROTO_TCP, words, o, srcId, dstId, 80, out) === LOOKUP_DNAT) {
+        const client32 = (words[o] ^ words[o + 1] ^ words[o + 2] ^ words[o + 3]) >>> 0;
+        sink += t6.base.endpointFlat[2 * selectEndpoint(t6.base, out, PROTO_TCP, client32, dstId, sports[i], 80, 0, rng, null) + 1];
+      } else sink--;
+    }
+  });
+  await bench.run();
+  if (sink < 0) throw new Error('an IPv6 lookup did not DNAT');
+  return { compiledNsV6: (bench.tasks[0].result!.latency.p50! * 1e6) / batch, compileMsV6: median(times) };
 }
 
 async function measure(n: number): Promise<Row> {
@@ -87,13 +136,14 @@ async function measure(n: number): Promise<Row> {
   const visited = (linear.rulesVisited - visitedBefore) / Math.max(1, lookupsLinear);
   if (sink === -1) console.log(sink);
   tables = null as never;
-  return { services: n, compiledNs, linearNs, linearRulesVisited: visited, compileMs: median(times), tablesBytes };
+  return { services: n, compiledNs, linearNs, linearRulesVisited: visited, compileMs: median(times), tablesBytes, ...(await measure6(n)) };
 }
 
 const rows: Row[] = [];
 for (const n of sizes) {
   const r = await measure(n);
   rows.push(r);
+  console.error(`${n} services: IPv6 compiled ${r.compiledNsV6.toFixed(1)} ns, IPv6 compile ${r.compileMsV6.toFixed(1)} ms`);
   console.error(`${n} services: compiled ${r.compiledNs.toFixed(1)} ns, linear ${r.linearNs.toFixed(0)} ns (${r.linearRulesVisited.toFixed(0)} rules), compile ${r.compileMs.toFixed(1)} ms, ${(r.tablesBytes / 1e6).toFixed(1)} MB`);
   gc();
 }
@@ -106,6 +156,12 @@ const md = [
   '| services | compiled ns/lookup | linear ns/lookup | linear ÷ compiled | rules visited (linear) | compile ms | tables MB |',
   '|---:|---:|---:|---:|---:|---:|---:|',
   ...rows.map((r) => `| ${fmt(r.services)} | ${r.compiledNs.toFixed(1)} | ${fmt(r.linearNs)} | ${fmt(r.linearNs / r.compiledNs)}× | ${fmt(r.linearRulesVisited)} | ${r.compileMs.toFixed(1)} | ${(r.tablesBytes / 1e6).toFixed(1)} |`),
+  '',
+  'IPv6: the same services with every address IPv6 (`fd00::a.b.c.d`), single-stack IPv6; the compiled IPv6 tables (128-bit destination → id, then the same index).',
+  '',
+  '| services | compiled IPv6 ns/lookup | × IPv4 | compile ms (IPv6 rule set) |',
+  '|---:|---:|---:|---:|',
+  ...rows.map((r) => `| ${fmt(r.services)} | ${r.compiledNsV6.toFixed(1)} | ${(r.compiledNsV6 / r.compiledNs).toFixed(2)} | ${r.compileMsV6.toFixed(1)} |`),
   '',
 ].join('\n');
 writeResults('lookup', rows, md);

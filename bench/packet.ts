@@ -15,7 +15,7 @@ import { Bench } from 'tinybench';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { PerformanceObserver, performance } from 'node:perf_hooks';
-import { syntheticRuleSet } from './gen.ts';
+import { syntheticRuleSet, ipv6RuleSet } from './gen.ts';
 import { argList, median, gc, machine, writeResults, fmt } from './common.ts';
 import { compile } from '../control/compile.ts';
 import { Pipeline, V_FORWARD } from '../dataplane/pipeline.ts';
@@ -23,7 +23,6 @@ import { Conntrack } from '../dataplane/conntrack.ts';
 import { Conntrack6, CT6_ORIG_SRC, CT6_ORIG_DST, CT6_REPLY_SRC, CT6_REPLY_DST } from '../dataplane/conntrack6.ts';
 import { parseIPv6 } from '../dataplane/addr6.ts';
 import { writeIpv6Header, l4Checksum6 } from '../dataplane/wire/ipv6.ts';
-import type { RuleSet } from '../control/types.ts';
 import { Rng } from '../dataplane/select.ts';
 import { parseIPv4, PROTO_UDP } from '../dataplane/addr.ts';
 import { writeIpv4Header, ipv4FillChecksum } from '../dataplane/wire/ipv4.ts';
@@ -147,32 +146,6 @@ async function perPacket(n: number): Promise<PacketRow> {
     copyNs: (copy.result!.latency.p50! * 1e6) / B,
     minorGcsEstablished: gcs,
     establishedPackets: P,
-  };
-}
-
-/** The same synthetic rule set in IPv6: every IPv4 address a.b.c.d becomes fd00::a.b.c.d (CIDRs: +96 bits), single-stack IPv6 services. */
-function ipv6RuleSet(rs: RuleSet): RuleSet {
-  const v6 = (a: string): string => `fd00::${a}`;
-  const cidr6 = (c: string): string => {
-    const [a, bits] = c.split('/');
-    return `${v6(a)}/${Number(bits) + 96}`;
-  };
-  const n = rs.node;
-  return {
-    ...rs,
-    node: {
-      ...n,
-      addresses: [...n.addresses, ...n.addresses.map(v6)],
-      masqueradeAddress: `${n.masqueradeAddress},${v6(n.masqueradeAddress!)}`,
-      clusterCIDR: `${n.clusterCIDR},${cidr6(n.clusterCIDR!)}`,
-    },
-    services: rs.services.map((s) => ({
-      ...s,
-      clusterIP: v6(s.clusterIP!),
-      ipFamilies: ['IPv6' as const],
-      ipFamilyPolicy: 'SingleStack' as const,
-      endpoints: (s.endpoints ?? []).map((e) => ({ ...e, address: v6(e.address) })),
-    })),
   };
 }
 

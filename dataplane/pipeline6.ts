@@ -15,7 +15,9 @@
  *   later fragments follow their first fragment (FragmentTable6).
  *
  * Every drop has a named reason (counters.ts), the same ones as IPv4 where
- * the cause is the same. No allocation per packet once warm (a first
+ * the cause is the same. A partial TCP/UDP checksum from the TUN (NEEDS_CSUM,
+ * GSO super-packets with TSO6) stays partial through the rewrites; a GSO
+ * super-packet counts as one packet here (IPv4 counts its segments). No allocation per packet once warm (a first
  * fragment remembered allocates its record, as for IPv4).
  */
 import { PROTO_SCTP, PROTO_TCP, PROTO_UDP } from './addr.ts';
@@ -25,7 +27,7 @@ import { Conntrack6, CT6_ORIG_DST, CT6_ORIG_SRC, CT6_REPLY_DST, CT6_REPLY_SRC } 
 import {
   Counters, V_DROP, V_FORWARD, V_PASS, V_REPLY, D_MALFORMED, D_NO_LOCAL_ENDPOINTS, D_SOURCE_RANGE,
   D_CONNTRACK_COLLISION, D_NAT_PORT_EXHAUSTED, D_FRAGMENT_NO_FLOW, D_NO_ENDPOINTS, D_SCTP_FRAGMENTED,
-  D_IPV6_NO_MASQUERADE_ADDRESS, D_IPV6_GSO_UNSUPPORTED,
+  D_IPV6_NO_MASQUERADE_ADDRESS,
   E_NEW_FLOWS, E_ESTABLISHED, E_REPLIES, E_REJECTED, E_ICMP_ERRORS, E_FRAGMENTS, E_MASQUERADED, E_HAIRPIN,
   E_AFFINITY_HITS, E_LOOKUPS, E_IPV6, E_CHECKSUMS_COMPLETED, E_NON_IPV4,
 } from './counters.ts';
@@ -58,7 +60,6 @@ const ICMPV6_PORT_UNREACH = 4;
 const ICMPV6_QUOTE = 8;
 const DIR_ORIGINAL = 0;
 const VNET_F_NEEDS_CSUM = 1;
-const VNET_GSO_NONE = 0;
 
 /** What the IPv6 path shares with the Pipeline that owns it (the Pipeline itself). */
 export interface Pipeline6Host {
@@ -89,6 +90,8 @@ export class Pipeline6 {
   private readonly tw = new Uint32Array(16);
   private readonly out = new LookupResult();
   private readonly info = { serviceName: '', serviceIndex: 0, masquerade: false };
+  /** the packet in hand: its TCP/UDP checksum is partial (virtio NEEDS_CSUM; a GSO super-packet's too): rewrites keep it so */
+  private partial = false;
 
   constructor(host: Pipeline6Host, conntrack?: Conntrack6, affinity?: AffinityTable) {
     this.host = host;
@@ -153,10 +156,13 @@ export class Pipeline6 {
       const we = ipv6Walk(buf, off, c);
       if (we !== 0) return this.malformed(we, total);
     }
-    if (vnet >= 0 && (buf[vnet] | buf[vnet + 1]) !== 0) {
-      if ((buf[vnet + 1] & 0x7f) !== VNET_GSO_NONE) return this.drop(D_IPV6_GSO_UNSUPPORTED, total);
-      if ((buf[vnet] & VNET_F_NEEDS_CSUM) !== 0) {
-        // a partial checksum: complete it now (csum_start, csum_offset are from the IPv6 header)
+    this.partial = false;
+    if (vnet >= 0 && (buf[vnet] & VNET_F_NEEDS_CSUM) !== 0) {
+      if (c.proto === PROTO_TCP || c.proto === PROTO_UDP) {
+        // a partial TCP/UDP checksum (and maybe a GSO super-packet): the rewrites keep it partial, the kernel completes it
+        this.partial = true;
+      } else {
+        // on another protocol: complete it now (csum_start, csum_offset from the IPv6 header)
         const start = buf[vnet + 6] | (buf[vnet + 7] << 8);
         const at = buf[vnet + 8] | (buf[vnet + 9] << 8);
         if (start + at + 2 > total) return this.malformed(-14, total);
@@ -239,9 +245,11 @@ export class Pipeline6 {
     const c = this.chain;
     const dChange = !same4(ws, nDst, w, 4) || nDport !== dport;
     const sChange = !same4(ws, nSrc, w, 0) || nSport !== sport;
-    if (dChange && sChange) rewriteBoth6(buf, off, c, ws, nDst, nDport, nSrc, nSport);
-    else if (dChange) rewriteDst6(buf, off, c, ws, nDst, nDport);
-    else if (sChange) rewriteSrc6(buf, off, c, ws, nSrc, nSport);
+    if (dChange && sChange && !this.partial) rewriteBoth6(buf, off, c, ws, nDst, nDport, nSrc, nSport);
+    else {
+      if (dChange) rewriteDst6(buf, off, c, ws, nDst, nDport, this.partial);
+      if (sChange) rewriteSrc6(buf, off, c, ws, nSrc, nSport, this.partial);
+    }
   }
 
   private newFlow(buf: Uint8Array, off: number, total: number, t6: Tables6, proto: number, sport: number, dport: number, flags: number, now: number): number {
@@ -294,7 +302,10 @@ export class Pipeline6 {
     info.masquerade = masquerade;
     const entry = ct.insert6(proto, tw, sport, dport, epPort, replyDport, now, info);
     if (entry === null) return this.drop(D_CONNTRACK_COLLISION, total);
-    if (masquerade || replyDport !== sport) rewriteBoth6(buf, off, c, tw, CT6_REPLY_SRC, epPort, CT6_REPLY_DST, replyDport);
+    if (this.partial) {
+      rewriteDst6(buf, off, c, tw, CT6_REPLY_SRC, epPort, true);
+      if (masquerade || replyDport !== sport) rewriteSrc6(buf, off, c, tw, CT6_REPLY_DST, replyDport, true);
+    } else if (masquerade || replyDport !== sport) rewriteBoth6(buf, off, c, tw, CT6_REPLY_SRC, epPort, CT6_REPLY_DST, replyDport);
     else rewriteDst6(buf, off, c, tw, CT6_REPLY_SRC, epPort);
     ct.update(entry, DIR_ORIGINAL, flags, total, now);
     ev[E_NEW_FLOWS]++;

@@ -235,3 +235,26 @@ t.test('an IPv6 service on a node without an IPv6 address is refused before the 
   t.notOk(r.ok);
   if (!r.ok) t.match(r.errors[0].message, /node.addresses has no IPv6 address/);
 });
+
+t.test('a partial TCP checksum from the TUN (NEEDS_CSUM) stays partial through DNAT and masquerade', async (t) => {
+  const tb = tables();
+  const pl = new Pipeline({ rng: new Rng(7) });
+  const p = tcp(CLIENT, VIP, 45000, 80, 0x18);
+  // the partial form: the pseudo-header sum, not complemented, in the checksum field
+  const { pseudoHeaderSum6 } = await import('../../dataplane/wire/ipv6.ts');
+  const ps = pseudoHeaderSum6(p, 0, 6, 20);
+  p[56] = ps >> 8; p[57] = ps;
+  const buf = new Uint8Array(10 + p.length);
+  buf[0] = 1; // VIRTIO_NET_HDR_F_NEEDS_CSUM
+  buf[6] = 40; buf[8] = 16; // csum_start 40 (the TCP header), csum_offset 16 (little-endian)
+  buf.set(p, 10);
+  t.equal(pl.process(buf, 10, p.length, tb, 0, 0), V_FORWARD);
+  const out = buf.subarray(10);
+  t.same(addrs(out), [MASQ, POD, 45000, 8080]);
+  t.equal(buf[0] & 1, 1, 'still NEEDS_CSUM');
+  // what the kernel does next: sum from csum_start, complement, store
+  const { checksumRaw } = await import('../../dataplane/wire/checksum.ts');
+  const k = ~checksumRaw(out, 40, 20, 0) & 0xffff;
+  out[56] = k >> 8; out[57] = k;
+  t.ok(l4Checksum6Valid(out, 0, 40, 20, 6), 'completed, the checksum is right for the translated packet');
+});
