@@ -33,6 +33,8 @@ import type { Cidr } from './addr.ts';
 import { formatIPv4 } from './addr.ts';
 import { VipIndex } from './hashtable.ts';
 import type { EndpointEntry, EndpointSet, ServicePortEntry, Tables } from './tables.ts';
+import type { Cidr6 } from './addr6.ts';
+import { Addr6Ids, type Tables6 } from './tables6.ts';
 
 type IntArray = Int32Array | Uint16Array | Uint8Array | Float64Array;
 
@@ -54,6 +56,7 @@ export function shareTables(t: Tables): Tables {
     localAddrs: onShared(t.localAddrs),
     vipIndex: t.vipIndex.rawSlots.buffer instanceof SharedArrayBuffer ? t.vipIndex : VipIndex.fromSlots(onShared(t.vipIndex.rawSlots), t.vipIndex.size),
     vipAddrs: t.vipAddrs.rawSlots.buffer instanceof SharedArrayBuffer ? t.vipAddrs : VipIndex.fromSlots(onShared(t.vipAddrs.rawSlots), t.vipAddrs.size),
+    ...(t.v6 ? { v6: shareTables6(t.v6) } : {}),
   };
 }
 
@@ -115,6 +118,8 @@ export interface TablesWire {
   readonly flatNodeLocal: Uint8Array;
   readonly maglev: Uint16Array;
   readonly names: string;
+  /** the IPv6 tables (tables6.ts), when the snapshot has them */
+  readonly v6?: Tables6Wire | null;
 }
 
 function sharedInt32(n: number): Int32Array {
@@ -166,7 +171,17 @@ export class TablesEncoder {
     return st;
   }
 
+  /** the IPv6 half's own encoder (its entries are other objects) */
+  private v6Encoder: TablesEncoder | null = null;
+
   encode(t: Tables): TablesWire {
+    const wire = this.encode4(t);
+    if (!t.v6) return wire;
+    if (this.v6Encoder === null) this.v6Encoder = new TablesEncoder();
+    return { ...wire, v6: encodeTables6(t.v6, this.v6Encoder) };
+  }
+
+  private encode4(t: Tables): TablesWire {
     if (!(t.serviceRows.buffer instanceof SharedArrayBuffer)) t = shareTables(t);
     const last = this.last;
     if (last !== null && t.services.length >= last.services.length && last.appended < last.base) {
@@ -607,7 +622,58 @@ export class TablesMaterializer {
       serviceRows: w.serviceRows,
       endpointFlat: w.endpointFlat,
       linear: null,
+      ...(w.v6 ? { v6: materializeTables6(w.v6) } : {}),
     };
     return { tables, stamps: w.stamps };
   }
 }
+
+// ---- the IPv6 tables (tables6.ts) ------------------------------------------------
+// The IPv6 half is a Tables of its own (addresses are ids) plus the id map, the
+// words, the IPv6 cluster CIDR, masquerade id and source ranges. Its Tables goes
+// through the same encoding; the id map and words are shared arrays; the CIDRs
+// are small plain objects (typed arrays), copied by postMessage.
+
+export interface Tables6Wire {
+  readonly base: TablesWire;
+  readonly idSlots: Int32Array;
+  readonly words: Uint32Array;
+  readonly cidr6: Cidr6 | null;
+  readonly masqId: number;
+  readonly sourceRanges6: readonly (readonly Cidr6[] | null)[];
+}
+
+function onShared32(a: Uint32Array): Uint32Array {
+  if (a.buffer instanceof SharedArrayBuffer) return a;
+  const c = new Uint32Array(new SharedArrayBuffer(Math.max(a.byteLength, 8)), 0, a.length);
+  c.set(a);
+  return c;
+}
+
+/** The IPv6 tables with every typed array on a SharedArrayBuffer. */
+export function shareTables6(t6: Tables6): Tables6 {
+  const slots = t6.ids.slots;
+  return {
+    ...t6,
+    base: shareTables(t6.base),
+    ids: slots.buffer instanceof SharedArrayBuffer ? t6.ids : new Addr6Ids(0, onShared(slots)),
+    words: onShared32(t6.words),
+  };
+}
+
+function encodeTables6(t6: Tables6, enc: TablesEncoder): Tables6Wire {
+  const s = shareTables6(t6);
+  return { base: enc.encode(s.base), idSlots: s.ids.slots, words: s.words, cidr6: s.cidr6, masqId: s.masqId, sourceRanges6: s.sourceRanges6 };
+}
+
+function materializeTables6(w: Tables6Wire): Tables6 {
+  return {
+    base: new TablesMaterializer(w.base, null).all().tables,
+    ids: new Addr6Ids(0, w.idSlots),
+    words: w.words,
+    cidr6: w.cidr6,
+    masqId: w.masqId,
+    sourceRanges6: w.sourceRanges6,
+  };
+}
+
