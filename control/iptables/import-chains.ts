@@ -6,12 +6,13 @@
  * the rules left over). RuleSetBuilder (import-build.ts) turns that state
  * into a rule set; Importer (importer.ts) runs both.
  */
-import { formatIPv4, parseIPv4, parseCidr, cidrContains, formatCidr } from '../../dataplane/addr.ts';
+import { formatIPv4 } from '../../dataplane/addr.ts';
+import { formatIPv6 } from '../../dataplane/addr6.ts';
 import type { ParsedIptables, Rule, Table } from './parser.ts';
 import { serviceFromComment } from './linear.ts';
 import { endpointChain, SVC_PREFIX, SVL_PREFIX, SEP_PREFIX, XLB_PREFIX } from './hash.ts';
 import type { NotUnderstood, ImportOptions, EndpointRec, PortRec, Claim } from './import-rules.ts';
-import { FILTER_RANK, classifyComment, dportOf, protoOf, hostOf, cidrOf, jumpOf, hasUnknown, addrtypeOf, recentOf, statisticOf, chainRole, POD_RULE, TARGET_KINDS, KUBE_INFRA_CHAINS, softwareOf, foreignChain, extraConditions, unexpectedInChain, onlyDstLocal } from './import-rules.ts';
+import { hostCidr, cidrTextContains, canonicalCidr, FILTER_RANK, classifyComment, dportOf, protoOf, hostOf, cidrOf, jumpOf, hasUnknown, addrtypeOf, recentOf, statisticOf, chainRole, POD_RULE, TARGET_KINDS, KUBE_INFRA_CHAINS, softwareOf, foreignChain, extraConditions, unexpectedInChain, onlyDstLocal } from './import-rules.ts';
 
 export abstract class ChainReader {
   readonly notUnderstood: NotUnderstood[] = [];
@@ -275,7 +276,12 @@ export abstract class ChainReader {
         }
         const rp = protoOf(r);
         if (rp !== null && rp !== rec.proto) this.warn(`${sep}: DNAT for ${rp} in a ${rec.proto} service port (line ${r.line})`);
-        ep = { address: formatIPv4(t.addr), port: t.port, text: `${formatIPv4(t.addr)}:${t.port}` };
+        if (t.addr6) {
+          const a = formatIPv6(t.addr6);
+          ep = { address: a, port: t.port, text: `[${a}]:${t.port}` };
+        } else {
+          ep = { address: formatIPv4(t.addr), port: t.port, text: `${formatIPv4(t.addr)}:${t.port}` };
+        }
         this.ok(r);
       } else if (jumpOf(r) === 'KUBE-MARK-MASQ' && hostOf(r.src) !== null) {
         this.ok(r); // hairpin: the endpoint talking to its own service
@@ -487,13 +493,10 @@ export abstract class ChainReader {
     let ranges = sources.map((s) => s.cidr);
     if (k > 0 && sources.length > k) {
       const tail = sources.slice(sources.length - k);
-      const tailIsLbIPs = tail.every((s, i) => s.cidr === `${rec.lbIPs[i]}/32`);
+      const tailIsLbIPs = tail.every((s, i) => s.cidr === hostCidr(rec.lbIPs[i]));
       const head = ranges.slice(0, ranges.length - k);
       const nodeAddrs = this.nodeAddresses;
-      const holdsNode = nodeAddrs !== null && head.some((c) => {
-        const p = parseCidr(c);
-        return p !== null && nodeAddrs.some((a) => parseIPv4(a) >= 0 && cidrContains(p, parseIPv4(a)));
-      });
+      const holdsNode = nodeAddrs !== null && head.some((c) => nodeAddrs.some((a) => cidrTextContains(c, a)));
       if (tailIsLbIPs && (nodeAddrs === null || holdsNode)) {
         ranges = head;
         rec.lbIPSources = true;
@@ -502,10 +505,7 @@ export abstract class ChainReader {
         }
       }
     }
-    rec.sourceRanges = ranges.map((c) => {
-      const p = parseCidr(c);
-      return p ? formatCidr(p) : c;
-    });
+    rec.sourceRanges = ranges.map(canonicalCidr);
   }
 
   protected natServices(): void {

@@ -5,7 +5,8 @@
  * addrtype/recent/statistic matches, whose software a chain is).
  */
 import type { RuleSet } from '../types.ts';
-import { formatIPv4 } from '../../dataplane/addr.ts';
+import { formatIPv4, parseIPv4, parseCidr, cidrContains, formatCidr } from '../../dataplane/addr.ts';
+import { formatIPv6, parseIPv6, parseCidr6, cidr6Contains, formatCidr6 } from '../../dataplane/addr6.ts';
 import type { Rule, AddrMatch } from './parser.ts';
 import { SVC_PREFIX, SVL_PREFIX, EXT_PREFIX, FW_PREFIX, SEP_PREFIX, XLB_PREFIX } from './hash.ts';
 import { LOCALHOST_NODEPORTS_LIMIT } from '../limits.ts';
@@ -162,12 +163,42 @@ export function protoOf(r: Rule): 'tcp' | 'udp' | 'sctp' | null {
 }
 
 export function hostOf(a: AddrMatch | null): string | null {
-  if (!a || a.invert || a.mask !== 0xffffffff) return null;
+  if (!a || a.invert) return null;
+  if (a.net6) return a.bits === 128 ? formatIPv6(a.net6) : null;
+  if (a.mask !== 0xffffffff) return null;
   return formatIPv4(a.net);
 }
 
 export function cidrOf(a: AddrMatch): string {
+  if (a.net6) return `${formatIPv6(a.net6)}/${a.bits}`;
   return a.bits >= 0 ? `${formatIPv4(a.net)}/${a.bits}` : a.text;
+}
+
+/** an address as a host CIDR: /32 (IPv4), /128 (IPv6) */
+export function hostCidr(ip: string): string {
+  return ip.includes(':') ? `${ip}/128` : `${ip}/32`;
+}
+
+/** Does the CIDR text (either family) hold the address text? */
+export function cidrTextContains(cidr: string, ip: string): boolean {
+  if (cidr.includes(':')) {
+    const c = parseCidr6(cidr);
+    const a = ip.includes(':') ? parseIPv6(ip) : null;
+    return c !== null && a !== null && cidr6Contains(c, a);
+  }
+  const c = parseCidr(cidr);
+  const a = parseIPv4(ip);
+  return c !== null && a >= 0 && cidrContains(c, a);
+}
+
+/** The CIDR text in canonical form (either family); as given when it does not parse. */
+export function canonicalCidr(cidr: string): string {
+  if (cidr.includes(':')) {
+    const c = parseCidr6(cidr);
+    return c ? formatCidr6(c) : cidr;
+  }
+  const c = parseCidr(cidr);
+  return c ? formatCidr(c) : cidr;
 }
 
 export function jumpOf(r: Rule): string | null {
