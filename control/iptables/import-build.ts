@@ -10,8 +10,9 @@ import { validateRuleSet } from '../validate.ts';
 import type { ProtocolName } from '../../dataplane/addr.ts';
 import { EXT_PREFIX, FW_PREFIX, SEP_PREFIX } from './hash.ts';
 import type { PortRec, Claim } from './import-rules.ts';
-import { PLACEHOLDER_REMOTE_ENDPOINT, mergeOrders, LOCALHOST_NODEPORTS_LIMIT } from './import-rules.ts';
+import { PLACEHOLDER_REMOTE_ENDPOINT, PLACEHOLDER_REMOTE_ENDPOINT6, mergeOrders, LOCALHOST_NODEPORTS_LIMIT } from './import-rules.ts';
 import { ChainReader } from './import-chains.ts';
+import { endpointText } from './writer.ts';
 
 export abstract class RuleSetBuilder extends ChainReader {
 
@@ -114,7 +115,8 @@ export abstract class RuleSetBuilder extends ChainReader {
     if (this.localhostNodePortLines.length > 0) {
       const lines = this.localhostNodePortLines;
       this.limit(null, lines[0], `${LOCALHOST_NODEPORTS_LIMIT} (${lines.length} rule${lines.length === 1 ? '' : 's'} with -d 127.0.0.0/8 in KUBE-NODEPORTS, line${lines.length === 1 ? '' : 's'} ${lines.join(', ')})`);
-    } else if (rs.services.some((s) => s.ports.some((p) => p.nodePort !== undefined))) {
+    } else if (this.parsed.family !== 6 && rs.services.some((s) => s.ports.some((p) => p.nodePort !== undefined))) {
+      // (kube-proxy never served IPv6 NodePorts on localhost: route_localnet is IPv4's)
       this.limit(null, 0, `${LOCALHOST_NODEPORTS_LIMIT} (kube-proxy before v1.26 answered NodePorts on 127.0.0.1 where route_localnet was set)`);
     }
     if (this.clusterCIDRs.length > 0) rs.node.clusterCIDR = this.clusterCIDRs[0];
@@ -228,9 +230,10 @@ export abstract class RuleSetBuilder extends ChainReader {
           seq.push(e.address);
         }
       } else if (rec.hasRemoteOnly) {
-        note(PLACEHOLDER_REMOTE_ENDPOINT, portName, rec.port ?? 1, true, false);
-        seq.push(PLACEHOLDER_REMOTE_ENDPOINT);
-        this.warn(`${rec.name}: has endpoints only on other nodes, which an iptables dump does not name; a placeholder endpoint ${PLACEHOLDER_REMOTE_ENDPOINT} stands for them`);
+        const placeholder = this.parsed.family === 6 ? PLACEHOLDER_REMOTE_ENDPOINT6 : PLACEHOLDER_REMOTE_ENDPOINT;
+        note(placeholder, portName, rec.port ?? 1, true, false);
+        seq.push(placeholder);
+        this.warn(`${rec.name}: has endpoints only on other nodes, which an iptables dump does not name; a placeholder endpoint ${placeholder} stands for them`);
       }
       sequences.push(seq);
     }
@@ -386,14 +389,14 @@ export abstract class RuleSetBuilder extends ChainReader {
       this.warn(`the imported rule set does not model: ${(e as Error).message}`);
       return;
     }
-    for (const p of model.ports) {
+    for (const p of model.portsOf(this.parsed.family)) {
       const rec = this.ports.get(`${p.name}|${p.proto}`);
       if (!rec) continue;
       const want = (rec.clusterEndpoints ?? []).map((e) => e.text).join(',');
-      const got = p.usesClusterPolicyChain ? p.clusterEndpoints.map((e) => e.text).join(',') : '';
+      const got = p.usesClusterPolicyChain ? p.clusterEndpoints.map(endpointText).join(',') : '';
       if (rec.clusterEndpoints !== null && want !== got) this.warn(`${p.name}: the imported endpoints give the cluster chain [${got}], the dump has [${want}]`);
       const wantL = (rec.localEndpoints ?? []).map((e) => e.text).join(',');
-      const gotL = p.usesLocalPolicyChain ? p.localEndpoints.map((e) => e.text).join(',') : '';
+      const gotL = p.usesLocalPolicyChain ? p.localEndpoints.map(endpointText).join(',') : '';
       if (rec.localEndpoints !== null && wantL !== gotL) this.warn(`${p.name}: the imported endpoints give the local chain [${gotL}], the dump has [${wantL}]`);
     }
   }

@@ -73,7 +73,7 @@ export abstract class ChainReader {
     const found: string[] = [];
     for (const r of this.chain(this.nat, 'KUBE-SERVICES')?.rules ?? []) {
       const a = jumpOf(r) === 'KUBE-NODEPORTS' ? hostOf(r.dst) : null;
-      if (a !== null && !a.startsWith('127.') && !found.includes(a)) found.push(a);
+      if (a !== null && !a.startsWith('127.') && a !== '::1' && !found.includes(a)) found.push(a);
     }
     if (found.length > 0) {
       this.nodeAddresses = found;

@@ -14,6 +14,8 @@ import { LOCALHOST_NODEPORTS_LIMIT } from '../limits.ts';
 export interface NotUnderstood {
   /** 1-based line in the text */
   line: number;
+  /** in a dual-stack import (importIptablesDualStack): which dump the line is in, 4 (iptables-save) or 6 (ip6tables-save) */
+  family?: 4 | 6;
   text: string;
   reason: string;
 }
@@ -41,6 +43,8 @@ export interface ImportResult {
 }
 
 export interface ImportOptions {
+  /** the dump's family: 4 (iptables-save) or 6 (ip6tables-save); default: told from the text (detectFamily) */
+  family?: 4 | 6;
   /** the node's addresses (else read from the dump's rules where they name them); also tell whether a source range admits the node */
   nodeAddresses?: string[];
   /** the NodePort range ("LOW-HIGH"); default: 30000-32767, widened to the dump's NodePorts when they fall outside it */
@@ -50,7 +54,7 @@ export interface ImportOptions {
 /** The text of a limit every import with localhost NodePorts reports (also in the README and `trace`). */
 export { LOCALHOST_NODEPORTS_LIMIT };
 
-/** The text cannot be imported at all (an IPv6 dump, or no kube-proxy chains). */
+/** The text cannot be imported at all (IPv6 in an iptables dump, or no kube-proxy chains). */
 export class IptablesImportError extends Error {
   readonly line: number;
   constructor(message: string, line = 0) {
@@ -62,6 +66,8 @@ export class IptablesImportError extends Error {
 
 /** Documentation address (TEST-NET-1) standing for endpoints the dump shows exist on other nodes but does not name. */
 export const PLACEHOLDER_REMOTE_ENDPOINT = '192.0.2.1';
+/** The same for an ip6tables dump: the discard-only prefix (RFC 6666). */
+export const PLACEHOLDER_REMOTE_ENDPOINT6 = '100::1';
 
 export interface EndpointRec {
   address: string;

@@ -21,11 +21,11 @@
  * import-chains.ts (ChainReader: reading the chains), import-build.ts
  * (RuleSetBuilder: the rule set), this file (running them).
  */
-import { parseIptablesSave } from './parser.ts';
+import { parseIptablesSave, detectFamily } from './parser.ts';
 import type { NotUnderstood, ImportResult, ImportOptions } from './import-rules.ts';
 import { IptablesImportError } from './import-rules.ts';
 import { RuleSetBuilder } from './import-build.ts';
-export { IptablesImportError, PLACEHOLDER_REMOTE_ENDPOINT, LOCALHOST_NODEPORTS_LIMIT, softwareOf } from './import-rules.ts';
+export { IptablesImportError, PLACEHOLDER_REMOTE_ENDPOINT, PLACEHOLDER_REMOTE_ENDPOINT6, LOCALHOST_NODEPORTS_LIMIT, softwareOf } from './import-rules.ts';
 export type { NotUnderstood, ImportResult, ImportOptions } from './import-rules.ts';
 
 class Importer extends RuleSetBuilder {
@@ -77,15 +77,18 @@ class Importer extends RuleSetBuilder {
 
 /**
  * Import kube-proxy's iptables rules (iptables-save output, with or without
- * counters, or kube-proxy's restore input). Throws IptablesImportError for an
- * IPv6 dump or text without kube-proxy's chains.
+ * counters, or kube-proxy's restore input), or its IPv6 proxier's
+ * (ip6tables-save output: `family: 6`, else told from the text). Throws
+ * IptablesImportError for IPv6 in an iptables dump or text without
+ * kube-proxy's chains.
  */
 export function importIptables(text: string, opts: ImportOptions = {}): ImportResult {
-  const parsed = parseIptablesSave(text);
-  if (parsed.ipv6) {
+  const family = opts.family ?? detectFamily(text);
+  const parsed = parseIptablesSave(text, { family });
+  if (family === 4 && parsed.ipv6) {
     const line = parsed.errors.find((e) => /IPv6/.test(e.message))?.line ?? 0;
     throw new IptablesImportError(
-      `this is an IPv6 dump (ip6tables-save or IPv6 addresses${line ? `, line ${line}` : ''}): tunproxy handles IPv4 only; import the output of iptables-save, not ip6tables-save`,
+      `IPv6 in an iptables dump (${line ? `line ${line}` : 'ip6tables-save output'}): import an ip6tables-save dump on its own (family 6) or beside the iptables-save one (--ip6tables), not mixed into it`,
       line,
     );
   }
@@ -94,7 +97,7 @@ export function importIptables(text: string, opts: ImportOptions = {}): ImportRe
   if (!nat?.chains.has('KUBE-SERVICES') && !filter?.chains.has('KUBE-SERVICES')) {
     const first = parsed.errors[0];
     throw new IptablesImportError(
-      `no KUBE-SERVICES chain in a nat or filter table: not kube-proxy's iptables rules (iptables mode)${first ? `; first parse error, line ${first.line}: ${first.message}` : ''}`,
+      `no KUBE-SERVICES chain in a nat or filter table: not kube-proxy's ${family === 6 ? 'ip6tables' : 'iptables'} rules (iptables mode)${first ? `; first parse error, line ${first.line}: ${first.message}` : ''}`,
       first?.line ?? 0,
     );
   }

@@ -39,7 +39,7 @@ t.test('family 6: addresses, CIDRs, [addr]:port DNAT, icmp6, REJECT icmp6-port-u
   t.equal(svc.src!.bits, 64);
   t.same([...svc.src!.mask6!], [0xffffffff, 0xffffffff, 0, 0]);
   t.equal(svc.src!.net, 0, 'IPv4 fields stay 0');
-  const sep = nat.chains.get('KUBE-SEP-I77PXRDZVX7PMWMN')!.rules[1];
+  const sep = nat.chains.get('KUBE-SEP-444PU7POPLHL2BLW')!.rules[1];
   t.match(sep.target, { kind: 'DNAT', addr: 0, port: 80, text: '[fd00:10::3]:80' });
   t.equal(sep.target!.kind === 'DNAT' && formatIPv6(sep.target!.addr6!), 'fd00:10::3');
   const recent = sep.matches.find((m) => m.kind === 'recent');
