@@ -207,8 +207,10 @@ Example:
     .description('kubectl get services,endpointslices -A -o json (or -o yaml) → rule set');
   addImportOptions(kube)
     .addHelpText('after', `${help}
-Services kube-proxy writes no rules for (ExternalName, headless, IPv6) are
-noted on stderr as skipped; they do not change the exit status.
+Services kube-proxy writes no rules for (ExternalName, headless) are noted
+on stderr as skipped; they do not change the exit status. Dual-stack services
+(spec.clusterIPs, ipFamilies) keep both families, with the endpoints of their
+IPv4 and IPv6 EndpointSlices; --node-address takes addresses of both.
 
 Example:
   kubectl get services,endpointslices -A -o json > cluster.json
