@@ -86,7 +86,7 @@ import type { PacketTuple6, DeciderSample6, SampleDecider6 } from '../../datapla
 import { parseIPv4, formatIPv4, PROTO_TCP, PROTO_UDP, PROTO_SCTP } from '../../dataplane/addr.ts';
 import { parseIPv6, formatIPv6 } from '../../dataplane/addr6.ts';
 import type { ParsedIptables } from './parser.ts';
-import { parseIptablesSave } from './parser.ts';
+import { parseIptablesSave, detectFamily } from './parser.ts';
 
 export interface LinearOptions {
   /**
@@ -763,9 +763,9 @@ export class LinearEvaluator implements SampleDecider6 {
   }
 }
 
-/** Parse iptables-save text (`family: 6`: ip6tables-save text) and build an evaluator; throws on parse errors, naming the first lines. */
+/** Parse iptables-save text (`family: 6`: ip6tables-save text; default: told from the text) and build an evaluator; throws on parse errors, naming the first lines. */
 export function linearFromText(text: string, opts: LinearOptions & { family?: 4 | 6 }): LinearEvaluator {
-  const parsed = parseIptablesSave(text, { family: opts.family ?? 4 });
+  const parsed = parseIptablesSave(text, { family: opts.family ?? detectFamily(text) });
   if (parsed.errors.length > 0) {
     const first = parsed.errors.slice(0, 3).map((e) => `line ${e.line}: ${e.message}`).join('; ');
     throw new Error(`iptables text does not parse (${parsed.errors.length} errors): ${first}`);
