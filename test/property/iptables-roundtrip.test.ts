@@ -8,11 +8,11 @@ import { importIptables } from '../../control/iptables/importer.ts';
 import { linearFromText } from '../../control/iptables/linear.ts';
 import { validateRuleSet } from '../../control/validate.ts';
 import { arbRuleSet, arbRuleSetWithPackets } from '../support/arbitraries.ts';
-import { arbDualStackRuleSet } from '../support/arb-dualstack.ts';
+import { arbDualStackRuleSet, packet6For } from '../support/arb-dualstack.ts';
 import { endpointText } from '../../control/iptables/writer.ts';
 import { importIptablesDualStack } from '../../control/iptables/import-dual.ts';
 import { parseIptablesSave } from '../../control/iptables/parser.ts';
-import { parseIPv6, parseCidr6, formatCidr6 } from '../../dataplane/addr6.ts';
+import { parseIPv6, parseCidr6, formatCidr6, formatIPv6 } from '../../dataplane/addr6.ts';
 
 const RUNS = 250;
 
@@ -292,4 +292,32 @@ t.test('dual stack: the IPv6 linear walk of the writer\'s text answers with the 
     { numRuns: RUNS, seed: 66 },
   );
   t.ok(kinds.dnat > 0 && kinds.reject > 0, `verdict kinds seen: ${JSON.stringify(kinds)}`);
+});
+
+t.test('dual stack: random IPv6 packets, evaluate6 and sample6 agree; DNAT probabilities sum to 1', async (t) => {
+  const kinds: Record<string, number> = {};
+  fc.assert(
+    fc.property(
+      arbDualStackRuleSet().chain((rs) => fc.record({ rs: fc.constant(rs), packets: fc.array(packet6For(rs), { minLength: 10, maxLength: 10 }) })),
+      ({ rs, packets }) => {
+        const model = ruleSetModel(rs);
+        const ev = linearFromText(writeIptables(model, { family: 6 }), { localAddresses: rs.node.addresses, family: 6 });
+        for (const pkt of packets) {
+          const v = ev.evaluate6(pkt);
+          kinds[v.kind] = (kinds[v.kind] ?? 0) + 1;
+          ev.clearAffinity();
+          const s = ev.sample6(pkt, 0);
+          if (s.kind !== v.kind) throw new Error(`sample6 ${s.kind}, evaluate6 ${JSON.stringify(v)}`);
+          if (v.kind !== 'dnat') continue;
+          const sum = v.candidates.reduce((x, c) => x + c.probability, 0);
+          if (Math.abs(sum - 1) > 1e-9) throw new Error(`probabilities sum to ${sum}`);
+          const c = v.candidates.find((x) => x.endpoint === s.endpoint);
+          if (!c) throw new Error(`sampled ${s.endpoint}, not among ${JSON.stringify(v.candidates)}`);
+          if (`[${formatIPv6(s.endpointAddr6)}]:${s.endpointPort}` !== s.endpoint) throw new Error(`endpointAddr6/endpointPort ${formatIPv6(s.endpointAddr6)} ${s.endpointPort} vs ${s.endpoint}`);
+        }
+      },
+    ),
+    { numRuns: RUNS, seed: 6116 },
+  );
+  t.ok(kinds.dnat > 0 && kinds.nomatch > 0 && kinds.reject > 0, `verdict kinds seen: ${JSON.stringify(kinds)}`);
 });

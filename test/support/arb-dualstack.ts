@@ -9,8 +9,9 @@
  */
 import fc from 'fast-check';
 import type { RuleSet, Service } from '../../control/types.ts';
-import { parseIPv4 } from '../../dataplane/addr.ts';
-import { formatIPv6 } from '../../dataplane/addr6.ts';
+import { parseIPv4, PROTO_TCP, PROTO_UDP, PROTO_SCTP } from '../../dataplane/addr.ts';
+import { formatIPv6, parseIPv6, parseCidr6 } from '../../dataplane/addr6.ts';
+import type { PacketTuple6 } from '../../dataplane/decider6.ts';
 import { arbRuleSet } from './arbitraries.ts';
 import type { RuleSetArbOptions } from './arbitraries.ts';
 
@@ -70,4 +71,45 @@ export function arbDualStackRuleSet(opts: RuleSetArbOptions = {}): fc.Arbitrary<
       if (rs.node.clusterCIDR !== undefined) node.clusterCIDR = `${rs.node.clusterCIDR},${mapCidrToV6(rs.node.clusterCIDR)}`;
       return { ...rs, node, services: rs.services.map((s, i) => convert(s, modes[i % modes.length], keep6)) };
     });
+}
+
+/**
+ * IPv6 packets for a dual-stack rule set: mostly to its IPv6 ClusterIPs,
+ * external and load-balancer IPs and NodePorts on the node's IPv6 addresses,
+ * from pods of the IPv6 cluster CIDR, its endpoints, the node, its source
+ * ranges or outside; sometimes another port or protocol, sometimes a miss.
+ */
+export function packet6For(rs: RuleSet): fc.Arbitrary<PacketTuple6> {
+  const protoNum = (p: string) => (p === 'TCP' ? PROTO_TCP : p === 'UDP' ? PROTO_UDP : PROTO_SCTP);
+  const v6 = (a: string) => a.includes(':');
+  const dsts: { dst: string; dport: number; proto: number }[] = [];
+  const node6 = rs.node.addresses.filter(v6);
+  for (const s of rs.services) {
+    const ips = (s.clusterIPs ?? (s.clusterIP ? [s.clusterIP] : [])).filter(v6);
+    for (const p of s.ports) {
+      const proto = protoNum(p.protocol);
+      for (const ip of [...ips, ...(s.externalIPs ?? []).filter(v6), ...(s.loadBalancerIPs ?? []).filter(v6)]) dsts.push({ dst: ip, dport: p.port, proto });
+      if (p.nodePort) for (const a of node6) dsts.push({ dst: a, dport: p.nodePort, proto });
+    }
+  }
+  const srcs: string[] = ['2001:db8:7::7', '2001:db8:7::8', ...node6];
+  const cidr6 = (rs.node.clusterCIDR ?? '').split(',').find(v6);
+  if (cidr6) {
+    // a pod of the IPv6 cluster CIDR (its host part .77)
+    const pod = parseCidr6(cidr6)!.net.slice();
+    pod[3] = (pod[3] + 77) >>> 0;
+    srcs.push(formatIPv6(pod));
+  }
+  for (const s of rs.services) for (const e of s.endpoints ?? []) if (v6(e.address)) srcs.push(e.address);
+  for (const s of rs.services) for (const r of s.loadBalancerSourceRanges ?? []) if (v6(r)) srcs.push(formatIPv6(parseCidr6(r)!.net));
+  const protos = [PROTO_TCP, PROTO_UDP, PROTO_SCTP];
+  const miss = fc.record({ dst: fc.constant('fd00:ffff::1'), dport: fc.integer({ min: 1, max: 65535 }), proto: fc.constantFrom(...protos) });
+  const dest = dsts.length === 0
+    ? miss
+    : fc.oneof(
+        { weight: 6, arbitrary: fc.constantFrom(...dsts) },
+        { weight: 1, arbitrary: fc.tuple(fc.constantFrom(...dsts), fc.integer({ min: 1, max: 65535 }), fc.constantFrom(...protos), fc.boolean()).map(([d, port, proto, changePort]) => (changePort ? { ...d, dport: port } : { ...d, proto })) },
+        { weight: 1, arbitrary: miss },
+      );
+  return fc.record({ d: dest, src: fc.constantFrom(...srcs), sport: fc.integer({ min: 1024, max: 65535 }) }).map(({ d, src, sport }) => ({ proto: d.proto, src: parseIPv6(src)!, dst: parseIPv6(d.dst)!, sport, dport: d.dport }));
 }
