@@ -172,7 +172,7 @@ export interface ParseOptions {
  * when the first address of a -s/-d/--to-destination is IPv6; else 4.
  */
 export function detectFamily(text: string): 4 | 6 {
-  const head = /^#.*\bip(6?)tables-(save|restore)\b/m.exec(text);
+  const head = /^#.*\bip(6?)tables(?:-nft|-legacy)?-(save|restore)\b/m.exec(text);
   if (head) return head[1] === '6' ? 6 : 4;
   const m = /(?:^|\s)(?:-s|-d|--source|--destination|--to-destination)\s+(\S+)/m.exec(text);
   return m && m[1].includes(':') && !/^[0-9.]+:[0-9-]+$/.test(m[1]) ? 6 : 4;
@@ -857,7 +857,7 @@ export function parseIptablesSave(text: string, opts: ParseOptions = {}): Parsed
     const line = raw.trim();
     if (line === '') continue;
     if (line.startsWith('#')) {
-      if (/ip6tables-save/.test(line)) ctx.ipv6 = true;
+      if (/ip6tables(-nft|-legacy)?-save/.test(line)) ctx.ipv6 = true;
       continue;
     }
     if (line.startsWith('*')) {

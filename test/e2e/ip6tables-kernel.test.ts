@@ -11,6 +11,7 @@ import { readFileSync } from 'node:fs';
 import type { RuleSet } from '../../control/types.ts';
 import { validateRuleSet } from '../../control/validate.ts';
 import { writeIptables } from '../../control/iptables/writer.ts';
+import { importIptables } from '../../control/iptables/importer.ts';
 import { parseIptablesSave } from '../../control/iptables/parser.ts';
 import { LinearEvaluator } from '../../control/iptables/linear.ts';
 import { writeNftables } from '../../control/nftables/writer.ts';
@@ -83,6 +84,12 @@ if (reason) {
       t.match(saved.stdout, /-j REJECT --reject-with icmp6-port-unreachable/, 'the kernel\'s REJECT in IPv6 is icmp6-port-unreachable');
       t.match(saved.stdout, /--to-destination \[fd00:10:64:1::7\]:8080/);
       t.same(walk(saved.stdout), want, `ip6tables-${backend}-save walks to the same verdicts`);
+      // and the save imports (its family told from the header) to the rule set's IPv6 half
+      const imp = importIptables(saved.stdout, { nodeAddresses: RS.node.addresses });
+      t.same(imp.notUnderstood, [], `ip6tables-${backend}-save: everything understood`);
+      t.same(imp.errors, []);
+      const back = validateRuleSet(imp.ruleSet);
+      t.ok(back.ok && back.model.portsOf(4).length === 0 && back.model.portsOf(6).length === v.model.portsOf(6).length, 'the IPv6 ports, and only they');
     }
   });
 
