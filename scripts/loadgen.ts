@@ -36,6 +36,7 @@
  *
  * CLI:   node --import tsx scripts/loadgen.ts --target 10.96.0.10:53 --mode new \
  *          --sources 192.168.80.0/20 --seconds 5 [--concurrency 32 | --rate 20000] [--json]
+ *        IPv6: --target [fd00:10:96::a]:53 --sources fd00:80::/116 (a /96 or longer)
  * Agent: node --import tsx scripts/loadgen.ts --agent   (one JSON LoadSpec per stdin
  *        line, one JSON LoadResult per stdout line; used by bench/e2e.ts)
  */
