@@ -189,6 +189,9 @@ export class Loop {
     this.expiring = true;
     const ct = this.pipeline.conntrack;
     let left = ct.size;
+    // the IPv6 table: 4096 flows a turn, continuing where the last call stopped
+    const ct6 = this.pipeline.conntrackV6;
+    if (ct6 !== null) this.stats.expired += ct6.expire(this.clock(), 4096);
     const slice = () => {
       if (!this.running) {
         this.expiring = false;

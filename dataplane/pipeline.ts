@@ -176,6 +176,11 @@ export class Pipeline {
   private v6: Pipeline6 | null = null;
   private conntrack6: Conntrack6 | null;
 
+  /** The IPv6 connection table, null until the first IPv6 packet made the IPv6 path. */
+  get conntrackV6(): Conntrack6 | null {
+    return this.v6 === null ? null : this.v6.conntrack;
+  }
+
   /** The IPv6 path: its connection table (Conntrack6), fragments and affinity. */
   ipv6(): Pipeline6 {
     if (this.v6 === null) {
