@@ -66,11 +66,10 @@ async function measure6(n: number): Promise<{ compiledNsV6: number; compileMsV6:
     for (let k = 0; k < batch; k++) {
       const i = ci++ & (PACKETS - 1);
       const o = i * 8;
-      const srcId = t6.ids.get(words, o);
-      const dstId = t6.ids.get(words, o + 4);
-      if (lookup6(t6, PROTO_TCP, words, o, srcId, dstId, 80, out) === LOOKUP_DNAT) {
+      if (lookup6(t6, PROTO_TCP, words, o, o + 4, 80, out) === LOOKUP_DNAT) {
         const client32 = (words[o] ^ words[o + 1] ^ words[o + 2] ^ words[o + 3]) >>> 0;
-        sink += t6.base.endpointFlat[2 * selectEndpoint(t6.base, out, PROTO_TCP, client32, dstId, sports[i], 80, 0, rng, null) + 1];
+        const dst32 = (words[o + 4] ^ words[o + 5] ^ words[o + 6] ^ words[o + 7]) >>> 0;
+        sink += t6.base.endpointFlat[2 * selectEndpoint(t6.base, out, PROTO_TCP, client32, dst32, sports[i], 80, 0, rng, null) + 1];
       } else sink--;
     }
   });

@@ -157,8 +157,7 @@ function udpPacket6(buf: Uint8Array, off: number, src: Uint32Array, dst: Uint32A
   buf[u] = sport >> 8; buf[u + 1] = sport; buf[u + 2] = dport >> 8; buf[u + 3] = dport; buf[u + 4] = 0; buf[u + 5] = 72;
   for (let i = 0; i < 64; i++) buf[u + 8 + i] = i;
   buf[u + 6] = 0; buf[u + 7] = 0;
-  const sub = buf.subarray(off, off + len);
-  const k = l4Checksum6(sub, 0, 40, 72, 6, PROTO_UDP);
+  const k = l4Checksum6(buf, off, u, 72, 6, PROTO_UDP);
   buf[u + 6] = (k || 0xffff) >> 8;
   buf[u + 7] = k || 0xffff;
   return len;

@@ -284,7 +284,9 @@ export class Conntrack6 extends Conntrack {
       grown.set(this.words);
       this.words = grown;
     }
-    this.words.set(t.subarray(0, CT6_WORDS), slot * CT6_WORDS);
+    const ws = this.words;
+    const b = slot * CT6_WORDS;
+    for (let i = 0; i < CT6_WORDS; i++) ws[b + i] = t[i];
     this.index.insert(origHi, origLo, slot * 2);
     this.index.insert(replyHi, replyLo, slot * 2 + 1);
     this.inserts++;

@@ -257,9 +257,7 @@ export class Pipeline6 {
     const w = this.w;
     const ev = this.host.counters.events;
     ev[E_LOOKUPS]++;
-    const srcId = t6.ids.get(w, 0);
-    const dstId = t6.ids.get(w, 4);
-    const r = lookup6(t6, proto, w, 0, srcId, dstId, dport, out);
+    const r = lookup6(t6, proto, w, 0, 4, dport, out);
     if (r !== LOOKUP_DNAT) {
       if (r === LOOKUP_REJECT) return this.reject(buf, off, total);
       if (r === LOOKUP_DROP_NO_LOCAL) return this.drop(D_NO_LOCAL_ENDPOINTS, total);
@@ -272,7 +270,9 @@ export class Pipeline6 {
     const client = (w[0] ^ w[1] ^ w[2] ^ w[3]) >>> 0;
     const aff = this.affinity;
     const hits = aff.hits;
-    const k = selectEndpoint(base, out, proto, client, dstId, sport, dport, now, this.host.rng, aff);
+    // the destination as the selection's flow hash sees it (Maglev): a 32-bit fold, as for the client
+    const dst32 = (w[4] ^ w[5] ^ w[6] ^ w[7]) >>> 0;
+    const k = selectEndpoint(base, out, proto, client, dst32, sport, dport, now, this.host.rng, aff);
     if (aff.hits !== hits) ev[E_AFFINITY_HITS]++;
     const svc = base.services[out.svcIndex];
     const epId = base.endpointFlat[2 * k];

@@ -129,7 +129,7 @@ function useSet(rows: Int32Array, o: number, local: boolean, out: LookupResult):
   out.count = rows[o + (local ? R_LOCAL_COUNT : R_CLUSTER_COUNT)];
 }
 
-function external6(t6: Tables6, rows: Int32Array, o: number, flags: number, w: Uint32Array, so: number, srcId: number, out: LookupResult): boolean {
+function external6(t6: Tables6, rows: Int32Array, o: number, flags: number, w: Uint32Array, so: number, out: LookupResult): boolean {
   if ((flags & F_EXTERNAL_LOCAL) === 0) {
     useSet(rows, o, false, out);
     out.masquerade = true;
@@ -140,7 +140,7 @@ function external6(t6: Tables6, rows: Int32Array, o: number, flags: number, w: U
     out.masquerade = false;
     return true;
   }
-  if (isLocal(t6.base, srcId)) {
+  if (isLocal(t6.base, t6.ids.get(w, so))) {
     useSet(rows, o, false, out);
     out.masquerade = true;
     return true;
@@ -152,15 +152,17 @@ function external6(t6: Tables6, rows: Int32Array, o: number, flags: number, w: U
 }
 
 /**
- * tables.ts's `lookup` for an IPv6 packet: the source at w[so..so+4) (its id
- * `srcId`, -1 when not a known address), the destination's id `dstId` (-1:
- * not a service or node address: no match). Same order of decisions (nat
+ * tables.ts's `lookup` for an IPv6 packet: the source at w[so..so+4), the
+ * destination at w[dd..dd+4) (its id: one probe; not a service or node
+ * address: no match; the source's id is looked up only where a decision
+ * needs it: eTP Local, LB source admission). Same order of decisions (nat
  * table, then filter's REJECT and DROP), same results in `out`; endpoints in
  * base.endpointFlat are (id, port) pairs.
  */
-export function lookup6(t6: Tables6, proto: number, w: Uint32Array, so: number, srcId: number, dstId: number, dport: number, out: LookupResult): number {
+export function lookup6(t6: Tables6, proto: number, w: Uint32Array, so: number, dd: number, dport: number, out: LookupResult): number {
   out.svcIndex = -1;
   out.masquerade = false;
+  const dstId = t6.ids.get(w, dd);
   if (dstId < 0) return LOOKUP_NOMATCH;
   const pi = protoIndex(proto);
   if (pi < 0) return LOOKUP_NOMATCH;
@@ -187,9 +189,12 @@ export function lookup6(t6: Tables6, proto: number, w: Uint32Array, so: number, 
     } else if ((vflags & F_HAS_ENDPOINTS) !== 0) {
       if (kind === VIP_LOADBALANCER && (vflags & F_FIREWALL) !== 0) {
         const s = t.services[si];
-        if (!inRanges6(t6.sourceRanges6[si], w, so) && (srcId < 0 || s.lbSourceIPs.indexOf(srcId) < 0)) firewalled = true;
+        if (!inRanges6(t6.sourceRanges6[si], w, so)) {
+          const srcId = s.lbSourceIPs.length === 0 ? -1 : t6.ids.get(w, so);
+          if (srcId < 0 || s.lbSourceIPs.indexOf(srcId) < 0) firewalled = true;
+        }
       }
-      if (!firewalled && external6(t6, rows, vo, vflags, w, so, srcId, out)) return LOOKUP_DNAT;
+      if (!firewalled && external6(t6, rows, vo, vflags, w, so, out)) return LOOKUP_DNAT;
     }
   }
   const dstLocal = isLocal(t, dstId);
@@ -197,7 +202,7 @@ export function lookup6(t6: Tables6, proto: number, w: Uint32Array, so: number, 
   let nflags = 0;
   if (npi >= 0) {
     nflags = rows[npi * ROW + R_FLAGS];
-    if ((nflags & F_HAS_ENDPOINTS) !== 0 && external6(t6, rows, npi * ROW, nflags, w, so, srcId, out)) {
+    if ((nflags & F_HAS_ENDPOINTS) !== 0 && external6(t6, rows, npi * ROW, nflags, w, so, out)) {
       out.svcIndex = npi;
       out.via = VIA_NODEPORT;
       return LOOKUP_DNAT;

@@ -49,7 +49,7 @@ function ask(t6: Tables6, proto: number, src: string, dst: string, dport: number
   const w = new Uint32Array(8);
   w.set(parseIPv6(src)!, 0);
   w.set(parseIPv6(dst)!, 4);
-  const r = lookup6(t6, proto, w, 0, t6.ids.get(w, 0), t6.ids.get(w, 4), dport, out);
+  const r = lookup6(t6, proto, w, 0, 4, dport, out);
   const eps: string[] = [];
   if (r === LOOKUP_DNAT) {
     for (let i = 0; i < out.count; i++) {
