@@ -269,7 +269,10 @@ export function compile6(model: RuleSetModel, generation = 1): Tables6 | null {
   if (ports.length === 0 && node.addrs6.length === 0) return null;
   const ids = new Map<Addr, number>();
   const words: number[] = [];
-  const id = (a: Addr): number => {
+  // ids a packet's address is looked up by (node, ClusterIP, external, LB addresses): in `ids`;
+  // endpoints get ids for their words only (a smaller probe table: fewer cache misses per lookup)
+  const keyed = new Set<number>();
+  const idOf = (a: Addr): number => {
     let i = ids.get(a);
     if (i === undefined) {
       i = ids.size;
@@ -279,13 +282,18 @@ export function compile6(model: RuleSetModel, generation = 1): Tables6 | null {
     }
     return i;
   };
+  const id = (a: Addr): number => {
+    const i = idOf(a);
+    keyed.add(i);
+    return i;
+  };
   for (const a of node.addrs6) id(a);
-  const masqId = node.masqueradeAddr6 >= 0 ? id(node.masqueradeAddr6) : -1;
+  const masqId = node.masqueradeAddr6 >= 0 ? idOf(node.masqueradeAddr6) : -1;
   // the models with ids for addresses (endpoint models mapped once each: the Builder compares them by identity)
   const eps = new Map<EndpointModel, EndpointModel>();
   const ep = (e: EndpointModel): EndpointModel => {
     let m = eps.get(e);
-    if (m === undefined) eps.set(e, (m = { ...e, addr: id(e.addr) }));
+    if (m === undefined) eps.set(e, (m = { ...e, addr: idOf(e.addr) }));
     return m;
   };
   const mapped: ServicePortModel[] = ports.map((sp) => ({
@@ -317,9 +325,9 @@ export function compile6(model: RuleSetModel, generation = 1): Tables6 | null {
     cidrMask: 0,
     masqueradeAddr: masqId,
   };
-  const index = new Addr6Ids(ids.size);
+  const index = new Addr6Ids(keyed.size);
   const w = Uint32Array.from(words);
-  for (let i = 0; i < ids.size; i++) index.set(w, i * 4, i);
+  for (const i of keyed) index.set(w, i * 4, i);
   return {
     base,
     ids: index,

@@ -4,9 +4,10 @@
  *
  * How: every IPv6 address the tables know (ClusterIPs, external and LB IPs,
  * endpoints, the node's addresses, the masquerade address) gets a small
- * dense id at compile time; `ids` maps the 128-bit address to its id (one
- * probe of an open-addressing table of words), `words` maps an id back to
- * its four words. `base` is an ordinary Tables (tables.ts) compiled from the
+ * dense id at compile time; `ids` maps a 128-bit address a packet is looked
+ * up by (the node's, ClusterIPs, external and LB IPs: not endpoints) to its
+ * id (one probe of an open-addressing table of words), `words` maps any id
+ * back to its four words. `base` is an ordinary Tables (tables.ts) compiled from the
  * family-6 service-port models with ids in place of addresses, so the VIP
  * index, NodePorts, rows, endpoint sets, Maglev and affinity are the IPv4
  * machinery unchanged. What depends on the source's full 128 bits (the
@@ -96,8 +97,9 @@ export class Addr6Ids {
 export interface Tables6 {
   /** the family-6 service ports compiled as Tables, every address an id of `ids` */
   readonly base: Tables;
+  /** the node's, ClusterIP, external and LB addresses → id (endpoints are not keyed) */
   readonly ids: Addr6Ids;
-  /** id → four words at id * 4 */
+  /** id → four words at id * 4 (every id, endpoints included) */
   readonly words: Uint32Array;
   /** the IPv6 cluster CIDR (null: none, then ClusterIP traffic is masqueraded only with masqueradeAll) */
   readonly cidr6: Cidr6 | null;
