@@ -51,7 +51,7 @@
 import { spawn, spawnSync } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { performance } from 'node:perf_hooks';
@@ -83,10 +83,12 @@ const OUT_DIR = argStr('out-dir') ?? RESULTS_DIR;
 const PPS = argStr('pps') !== undefined ? Number(argStr('pps')) : null;
 /**
  * --node-args "A B": node's options for tunproxy (default --no-memory-reducer: V8's memory reducer
- * otherwise compacts the packet thread's heap once, ~8 s after the start, a 5–20 ms pause; README
- * "Packets that never wait"); --tp-log FILE: tunproxy's output kept in FILE.<scenario> (diagnostics)
+ * otherwise compacts the packet thread's heap once, ~8 s after the start, a 5–20 ms pause;
+ * --single-threaded-gc: no GC helper threads, on which the real-time packet thread would otherwise
+ * wait in pthread_cond_signal; README "Packets that never wait"); --tp-log FILE: tunproxy's output
+ * kept in FILE.<scenario> (diagnostics)
  */
-const NODE_ARGS = argStr('node-args') !== undefined ? argStr('node-args')!.split(' ').filter(Boolean) : ['--no-memory-reducer'];
+const NODE_ARGS = argStr('node-args') !== undefined ? argStr('node-args')!.split(' ').filter(Boolean) : ['--no-memory-reducer', '--single-threaded-gc'];
 const TP_LOG = argStr('tp-log');
 /** --baseline-seconds N: how long the baseline's stream runs alone */
 const BASELINE_SECONDS = argStr('baseline-seconds') !== undefined ? Number(argStr('baseline-seconds')) : null;
@@ -173,10 +175,14 @@ const log = (m: string) => process.stderr.write(`reliability: ${m}\n`);
  */
 const INSTR_RT = !argv.includes('--no-instr-rt');
 /**
- * tunproxy's own options for every scenario: the packet thread at SCHED_FIFO 10 and a TUN queue of
- * 10 000 packets (README "Packets that never wait"). --tp-args "..." replaces them ("" : tunproxy's defaults).
+ * tunproxy's own options for every scenario: the packet thread at SCHED_FIFO 10 on the last CPU, the
+ * control worker on the others, and a TUN queue of 10 000 packets (README "Packets that never wait").
+ * --tp-args "..." replaces them ("" : tunproxy's defaults).
  */
-const TP_ARGS = argStr('tp-args') !== undefined ? argStr('tp-args')!.split(' ').filter(Boolean) : ['--packet-priority', 'fifo:10', '--txqueuelen', '10000'];
+const TP_ARGS =
+  argStr('tp-args') !== undefined
+    ? argStr('tp-args')!.split(' ').filter(Boolean)
+    : ['--packet-priority', 'fifo:10', ...(availableParallelism() > 1 ? ['--packet-cpu', String(availableParallelism() - 1)] : []), '--txqueuelen', '10000'];
 
 function spawnIn(ns: string, cmd: string[]): ChildProcess {
   const pre = !INSTR_RT ? [] : cmd[0] === SEQSINK ? ['chrt', '-f', '20'] : cmd[0] === GEN || cmd[0] === FUZZGEN ? ['nice', '-n', '-10'] : [];

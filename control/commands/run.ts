@@ -51,6 +51,7 @@ export interface RunOptions extends KubeRunOptions {
   pinDir: string;
   packetPriority: string;
   txqueuelen: string;
+  packetCpu?: string;
 }
 
 function pidRunning(pid: number): boolean {
@@ -87,6 +88,7 @@ export function registerRun(program: Command): void {
     .option('--decider <compiled|linear>', "how new flows are decided: the hash tables, or kube-proxy's iptables rules walked linearly (for comparison)", 'compiled')
     .option('--offload <auto|off>', 'auto: open the TUN with a virtio-net header and take checksum, TCP (TSO4/6, ECN) and UDP (USO4/6) segmentation offloads, so bulk traffic moves as 64 KiB super-packets (what the kernel refuses is said at start); off: one MTU packet per read', 'auto')
     .option('--packet-priority <none|nice:N|fifo:N>', "CPU priority of the packet thread alone: nice:N (-20..19) or fifo:N (SCHED_FIFO 1..99, above every ordinary task, like the kernel's own packet processing); needs root or CAP_SYS_NICE. On a busy machine a stall of the packet thread is packets queued in the TUN, or lost (README \"Packets that never wait\")", 'none')
+    .option('--packet-cpu <n>', 'run the packet thread on CPU n alone and the control worker on the other CPUs (with --packet-priority fifo, the worker is then never preempted by the packet thread while it hands a message over)')
     .option('--txqueuelen <packets>', "set the TUN device's queue (Linux's default for a TUN: 500 packets) to this many packets: what waits while the packet thread is held up instead of being dropped (0: keep the device's)", '0')
     .option('--kubernetes', 'take the rules from the cluster: list and watch Services, EndpointSlices and this Node, like kube-proxy (in-cluster service account, or --kubeconfig)')
     .option('--kubeconfig <file>', 'with --kubernetes: the kubeconfig file (default: the in-cluster service account)')
@@ -151,6 +153,8 @@ export async function run(o: RunOptions): Promise<void> {
   const priority = parsePacketPriority(o.packetPriority ?? 'none');
   const { parseTxQueueLen, setTxQueueLen } = await import('../worker/priority.ts');
   const txqueuelen = parseTxQueueLen(o.txqueuelen ?? '0');
+  const { parsePacketCpu, pinPacketThread } = await import('../worker/priority.ts');
+  const packetCpu = parsePacketCpu(o.packetCpu);
   const { defaultSocketPath, readTokenFile } = await import('../api/local.ts');
   // the dataplane is loaded by `run` only (the other commands start faster without it)
   const [{ Dataplane }, { TunDevice }, { StateStore }, { ControlWorker }, { FlowLister, unpackChunk }, { watchEventLoop }, { formatConntrackL }, { PIN_CLOSED, PinnedTable }, { tunSetPersist }] = await Promise.all([
@@ -209,6 +213,7 @@ export async function run(o: RunOptions): Promise<void> {
     token,
     maxBody,
     decider: o.decider,
+    keepNice: priority.kind === 'fifo',
     kube: o.kubernetes
       ? { tun: o.tun, kubernetes: true, kubeconfig: o.kubeconfig, hostnameOverride: o.hostnameOverride, minSyncPeriod: o.minSyncPeriod, healthzBindAddress: o.healthzBindAddress, nodeSetup: o.nodeSetup, dryRun: o.dryRun }
       : undefined,
@@ -268,6 +273,7 @@ export async function run(o: RunOptions): Promise<void> {
   // every thread exists now (the control worker, V8's and libuv's): raise this one alone
   try {
     if (priority.kind !== 'none') log(await raisePacketThread(priority));
+    if (packetCpu >= 0) log(pinPacketThread(packetCpu, Number(first.tid ?? -1)));
   } catch (e) {
     tun.close();
     stopping = true;

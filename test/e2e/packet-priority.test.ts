@@ -6,7 +6,7 @@
 import t from 'tap';
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { RuleSet } from '../../control/types.ts';
 import { labDown, labUp } from '../../scripts/lab.ts';
@@ -59,10 +59,19 @@ t.test('--packet-priority and --txqueuelen', { skip: skip ?? false, timeout: 120
   await tp.stop();
   tp = null;
 
-  tp = await start(['--packet-priority', 'fifo:5']);
+  const cpus = availableParallelism();
+  tp = await start(['--packet-priority', 'fifo:5', ...(cpus > 1 ? ['--packet-cpu', '1'] : [])]);
   th = threads(tp.pid);
   t.equal(th.find((x) => x.tid === tp!.pid)?.policy, 1, 'the packet thread at SCHED_FIFO');
   t.ok(th.filter((x) => x.tid !== tp!.pid).every((x) => x.policy === 0), 'every other thread at SCHED_OTHER');
+  t.ok(th.every((x) => x.nice === 0), 'with fifo the control worker keeps its nice (0)');
+  if (cpus > 1) {
+    const allowed = (tid: number) => /Cpus_allowed_list:\s*(\S+)/.exec(readFileSync(`/proc/${tp!.pid}/task/${tid}/status`, 'utf8'))![1];
+    t.equal(allowed(tp.pid), '1', 'the packet thread on CPU 1 alone');
+    const worker = /the control worker on CPU (\S+)/.exec(tp.lines.find((l) => /the packet thread on CPU 1, the control worker on CPU/.test(l)) ?? '');
+    t.ok(worker, 'the pinning said at start');
+    t.ok(th.some((x) => x.tid !== tp!.pid && allowed(x.tid) === worker?.[1] && !allowed(x.tid).split(/[,-]/).includes('1')), 'a thread (the control worker) kept off CPU 1');
+  }
   t.equal(queue(), 3000, 'without --txqueuelen the device keeps its queue');
   await tp.stop();
   tp = null;

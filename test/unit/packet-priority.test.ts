@@ -3,7 +3,7 @@
  * error (naming the option) for what they do not.
  */
 import t from 'tap';
-import { parsePacketPriority, parseTxQueueLen } from '../../control/worker/priority.ts';
+import { parsePacketCpu, parsePacketPriority, parseTxQueueLen } from '../../control/worker/priority.ts';
 
 t.test('--packet-priority', async (t) => {
   t.same(parsePacketPriority('none'), { kind: 'none' });
@@ -23,4 +23,13 @@ t.test('--txqueuelen', async (t) => {
   for (const bad of ['', '-1', '1e4', '1000001', 'many', '10.5']) {
     t.throws(() => parseTxQueueLen(bad), /--txqueuelen: .* must be a number of packets 0\.\.1000000/, JSON.stringify(bad));
   }
+});
+
+t.test('--packet-cpu', async (t) => {
+  t.equal(parsePacketCpu(undefined, 4), -1);
+  t.equal(parsePacketCpu('none', 4), -1);
+  t.equal(parsePacketCpu('0', 4), 0);
+  t.equal(parsePacketCpu('3', 4), 3);
+  for (const bad of ['4', '-1', 'x', '1.5', '']) t.throws(() => parsePacketCpu(bad, 4), /--packet-cpu: .* must be a CPU number 0\.\.3 \(or none\)/, JSON.stringify(bad));
+  t.throws(() => parsePacketCpu('0', 1), /--packet-cpu: this machine has one CPU/);
 });
