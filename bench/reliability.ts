@@ -83,12 +83,11 @@ const OUT_DIR = argStr('out-dir') ?? RESULTS_DIR;
 const PPS = argStr('pps') !== undefined ? Number(argStr('pps')) : null;
 /**
  * --node-args "A B": node's options for tunproxy (default --no-memory-reducer: V8's memory reducer
- * otherwise compacts the packet thread's heap once, ~8 s after the start, a 5–20 ms pause;
- * --single-threaded-gc: no GC helper threads, on which the real-time packet thread would otherwise
- * wait in pthread_cond_signal; README "Packets that never wait"); --tp-log FILE: tunproxy's output
- * kept in FILE.<scenario> (diagnostics)
+ * otherwise compacts the packet thread's heap once, ~8 s after the start, a 5–20 ms pause; not
+ * --single-threaded-gc, which lost datagrams in put-100k at 200 000 pkt/s: README "Packets that
+ * never wait"); --tp-log FILE: tunproxy's output kept in FILE.<scenario> (diagnostics)
  */
-const NODE_ARGS = argStr('node-args') !== undefined ? argStr('node-args')!.split(' ').filter(Boolean) : ['--no-memory-reducer', '--single-threaded-gc'];
+const NODE_ARGS = argStr('node-args') !== undefined ? argStr('node-args')!.split(' ').filter(Boolean) : ['--no-memory-reducer'];
 const TP_LOG = argStr('tp-log');
 /** --baseline-seconds N: how long the baseline's stream runs alone */
 const BASELINE_SECONDS = argStr('baseline-seconds') !== undefined ? Number(argStr('baseline-seconds')) : null;
@@ -167,12 +166,13 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const log = (m: string) => process.stderr.write(`reliability: ${m}\n`);
 
 /**
- * The instruments: the sinks (seqsink, cheap) and the senders up to 50 000 pkt/s at SCHED_FIFO 20,
- * faster senders at nice -10: on a shared machine a sender that is not scheduled makes gaps of its
- * own, which are not the dataplane's (measured: up to 86 ms at the default priority, 58 ms at nice
- * -10 under a load of 12); not SCHED_FIFO above 50 000 pkt/s, as at 200 000 the kernel's work of
- * sending takes most of a core and starved the control worker (a PUT took 200 s). --no-instr-rt: all
- * at the default priority. Either way the sender's own longest pause is reported beside the gaps.
+ * The instruments: senders and sinks of streams up to 50 000 pkt/s at SCHED_FIFO 20, faster ones at
+ * nice -10: on a shared machine a sender that is not scheduled makes gaps of its own, which are not
+ * the dataplane's (measured: up to 86 ms at the default priority, 58 ms at nice -10 under a load of
+ * 12); not SCHED_FIFO at 200 000 pkt/s: a real-time sender took most of a core and starved the
+ * control worker (a PUT took 200 s), a real-time sink, woken for every datagram, held the sender to
+ * 40 000 pkt/s. --no-instr-rt: all at the default priority. Either way the sender's own longest
+ * pause is reported beside the gaps.
  */
 const INSTR_RT = !argv.includes('--no-instr-rt');
 /**
@@ -188,13 +188,17 @@ const TP_ARGS =
 function spawnIn(ns: string, cmd: string[]): ChildProcess {
   const rate = cmd.includes('--rate') ? Number(cmd[cmd.indexOf('--rate') + 1]) : Infinity;
   const sender = cmd[0] === GEN || cmd[0] === FUZZGEN;
-  const pre = !INSTR_RT ? [] : cmd[0] === SEQSINK || (sender && rate <= 50_000) ? ['chrt', '-f', '20'] : sender ? ['nice', '-n', '-10'] : [];
+  // a sink's rate: the running scenario's stream's
+  const r = sender ? rate : cmd[0] === SEQSINK ? STREAM_RATE.pps : Infinity;
+  const pre = !INSTR_RT || !(sender || cmd[0] === SEQSINK) ? [] : r <= 50_000 ? ['chrt', '-f', '20'] : ['nice', '-n', '-10'];
   const c = spawn('ip', ['netns', 'exec', ns, ...pre, ...cmd], { stdio: ['ignore', 'pipe', 'pipe'] });
   extra.add(c);
   c.on('exit', () => extra.delete(c));
   return c;
 }
 const extra = new Set<ChildProcess>();
+/** the running scenario's stream rate (the sinks' priority follows it) */
+const STREAM_RATE = { pps: 0 };
 
 /** A C tool that prints "ready" (optionally) and one JSON line at the end. */
 function jsonTool<T>(ns: string, cmd: string[], waitReady: boolean): { child: ChildProcess; ready: Promise<void>; result: Promise<T> } {
@@ -360,6 +364,7 @@ async function runScenario(lab: Lab, client: NetClient, spec: ScenarioSpec): Pro
     if (open < spec.connections) notes.push(`${spec.connections - open} of ${spec.connections} connections did not answer before the event`);
 
     // the stream: sink at the endpoint, decoys at the other pods
+    STREAM_RATE.pps = spec.pps;
     const expect = Math.ceil(spec.pps * 4000) + 1_000_000;
     sinks.push(jsonTool<SinkResult>(lab.podFor(SINK_POD).ns, [SEQSINK, '--bind', SINK_POD, '--port', String(STREAM_PORT), '--expect', String(Math.min(expect, 2 ** 28))], true));
     for (const p of WEB_PODS) sinks.push(jsonTool<SinkResult>(lab.podFor(p).ns, [SEQSINK, '--bind', p, '--port', String(STREAM_PORT), '--expect', '1'], true));
@@ -724,8 +729,8 @@ One run on ${machine()}. Command: \`npm run bench:reliability${QUICK ? ' -- --qu
 
 Every scenario runs its own \`tunproxy run ${TP_ARGS.join(' ')}\` (node ${NODE_ARGS.join(' ') || 'with no option'}) in the
 lab's node namespace and carries a stream of sequence-numbered UDP datagrams (64-byte payload, paced in 1 ms
-batches by bench/tools/udpgen.c${INSTR_RT ? ', at SCHED_FIFO up to 50 000 pkt/s, else at nice -10' : ''}) through a masqueraded ClusterIP to one pod, counted there by
-bench/tools/seqsink.c${INSTR_RT ? ' (SCHED_FIFO)' : ''} (lost = sent − distinct received; the longest gap is between two arrivals at
+batches by bench/tools/udpgen.c) through a masqueraded ClusterIP to one pod, counted there by
+bench/tools/seqsink.c${INSTR_RT ? ' (both at SCHED_FIFO up to 50 000 pkt/s, else at nice -10)' : ''} (lost = sent − distinct received; the longest gap is between two arrivals at
 the pod, by the kernel's receive time of each datagram, SO_TIMESTAMPNS; "gap before the event": the same
 for the stream before the event began, the floor at that rate with nothing happening; "longest delay": the
 longest time from send, stamped in the datagram, to arrival, what the path held a datagram), decoy sinks on the other pods (the endpoints of every

@@ -106,8 +106,8 @@ Threads: the packets move on the main thread; the API, the rule-set parse,
 validation, compile, imports and saves run in a control worker thread, and
 every piece of work the packet thread does for it is cut in slices of 1 ms.
 On a busy machine: --packet-priority fifo:10 --packet-cpu N --txqueuelen 10000,
-and node's --no-memory-reducer --single-threaded-gc (node --no-memory-reducer
---single-threaded-gc bin/tunproxy.js run ...): README "Packets that never wait".
+and node's --no-memory-reducer (node --no-memory-reducer bin/tunproxy.js run
+...): README "Packets that never wait".
 
 Pinned connection table: every flow is also a record in --pin-dir/<tun>.ct
 (/dev/shm: memory, not disk), written as packets change it. A tunproxy that
