@@ -15,7 +15,9 @@
  *   --count N           stop after N packets
  *   --rate PPS          pace to this rate (default: as fast as possible)
  *   --batch N           packets per sendmmsg (default 64, at most 256)
- *   --seq               payload starts with a 64-bit sequence number (big endian), from 0
+ *   --seq               payload starts with a 64-bit sequence number (big endian), from 0,
+ *                       then (with --size 16 or more) the send time: CLOCK_REALTIME in ns,
+ *                       64-bit big endian, read just before the sendmmsg call that sends it
  *   --flows N           socket mode: number of sockets (default 1)
  *   --src ADDR          raw mode: first source address (required with --raw)
  *   --src-count N       raw mode: consecutive source addresses (default 1)
@@ -25,7 +27,9 @@
  *                       says 100 bytes more than the datagram holds (a malformed packet)
  *
  * Prints one JSON line on stdout when done:
- *   {"sent":N,"seconds":S,"pps":P,"errors":E,"firstError":"..."}
+ *   {"sent":N,"seconds":S,"pps":P,"errors":E,"firstError":"...","maxSendGapMs":G}
+ * maxSendGapMs: the longest time between two sendmmsg calls that sent something (this
+ * sender's own pauses: its pacing, or the scheduler not running it).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -61,6 +65,12 @@ static void die(const char *what) {
 static void usage(const char *msg) {
   fprintf(stderr, "udpgen: %s\nusage: udpgen --dst ADDR --dport PORT [--raw --src ADDR] [--size B] [--duration S] [--count N] [--rate PPS] [--seq] ...\n", msg);
   exit(2);
+}
+
+static uint64_t realtime_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
 static uint32_t sum16(const uint8_t *p, size_t n, uint32_t s) {
@@ -157,9 +167,10 @@ int main(int argc, char **argv) {
   int sndbuf = 4 << 20;
   for (unsigned f = 0; f < nfds; f++) setsockopt(fds[f], SOL_SOCKET, SO_SNDBUFFORCE, &sndbuf, sizeof sndbuf);
 
+  unsigned stamp = seq && size >= 16;
   for (unsigned i = 0; i < MAX_BATCH; i++) {
     memset(pkts[i], 0, sizeof pkts[i]);
-    for (unsigned b = seq ? 8 : 0; b < size; b++) pkts[i][hdr + b] = (uint8_t)('a' + b % 26);
+    for (unsigned b = seq ? (stamp ? 16 : 8) : 0; b < size; b++) pkts[i][hdr + b] = (uint8_t)('a' + b % 26);
     iov[i].iov_base = pkts[i];
     iov[i].iov_len = plen;
     msgs[i].msg_hdr.msg_iov = &iov[i];
@@ -175,6 +186,7 @@ int main(int argc, char **argv) {
   uint16_t ip_id = 1;
   char first_error[128] = "";
   unsigned flow = 0;
+  double last_send = -1, max_send_gap = 0;
   double t0 = now_s(), tend = duration > 0 ? t0 + duration : 1e300;
   unsigned per_call = batch;
   if (rate > 0 && rate / 1000 < per_call) per_call = rate / 1000 < 1 ? 1 : (unsigned)(rate / 1000);
@@ -194,11 +206,14 @@ int main(int argc, char **argv) {
     }
     unsigned n = per_call;
     if (count && count - sent < n) n = (unsigned)(count - sent);
+    uint64_t ns = stamp ? realtime_ns() : 0;
     for (unsigned i = 0; i < n; i++) {
       uint8_t *p = pkts[i];
       if (seq) {
         uint64_t s = next_seq + i;
         for (int b = 0; b < 8; b++) p[hdr + b] = (uint8_t)(s >> (56 - 8 * b));
+        if (stamp)
+          for (int b = 0; b < 8; b++) p[hdr + 8 + b] = (uint8_t)(ns >> (56 - 8 * b));
       }
       if (!raw) continue;
       uint32_t s_addr = src + src_i;
@@ -232,9 +247,14 @@ int main(int argc, char **argv) {
     }
     sent += (unsigned)r;
     next_seq += (unsigned)r;
+    double ts = now_s();
+    if (r > 0) {
+      if (last_send >= 0 && ts - last_send > max_send_gap) max_send_gap = ts - last_send;
+      last_send = ts;
+    }
   }
   double secs = now_s() - t0;
-  printf("{\"sent\":%llu,\"seconds\":%.6f,\"pps\":%.1f,\"errors\":%llu,\"firstError\":\"%s\"}\n",
-         (unsigned long long)sent, secs, secs > 0 ? sent / secs : 0.0, (unsigned long long)errors, first_error);
+  printf("{\"sent\":%llu,\"seconds\":%.6f,\"pps\":%.1f,\"errors\":%llu,\"firstError\":\"%s\",\"maxSendGapMs\":%.3f}\n",
+         (unsigned long long)sent, secs, secs > 0 ? sent / secs : 0.0, (unsigned long long)errors, first_error, max_send_gap * 1e3);
   return 0;
 }

@@ -49,6 +49,9 @@ export interface RunOptions extends KubeRunOptions {
   offload: string;
   pin: boolean;
   pinDir: string;
+  packetPriority: string;
+  txqueuelen: string;
+  packetCpu?: string;
 }
 
 function pidRunning(pid: number): boolean {
@@ -84,6 +87,9 @@ export function registerRun(program: Command): void {
     .option('--multi-queue', 'open the TUN with IFF_MULTI_QUEUE (the device must have been created multi_queue)')
     .option('--decider <compiled|linear>', "how new flows are decided: the hash tables, or kube-proxy's iptables rules walked linearly (for comparison)", 'compiled')
     .option('--offload <auto|off>', 'auto: open the TUN with a virtio-net header and take checksum, TCP (TSO4/6, ECN) and UDP (USO4/6) segmentation offloads, so bulk traffic moves as 64 KiB super-packets (what the kernel refuses is said at start); off: one MTU packet per read', 'auto')
+    .option('--packet-priority <none|nice:N|fifo:N>', "CPU priority of the packet thread alone: nice:N (-20..19) or fifo:N (SCHED_FIFO 1..99, above every ordinary task, like the kernel's own packet processing); needs root or CAP_SYS_NICE. On a busy machine a stall of the packet thread is packets queued in the TUN, or lost (README \"Packets that never wait\")", 'none')
+    .option('--packet-cpu <n>', 'run the packet thread on CPU n alone and the control worker on the other CPUs (with --packet-priority fifo, the worker is then never preempted by the packet thread while it hands a message over)')
+    .option('--txqueuelen <packets>', "set the TUN device's queue (Linux's default for a TUN: 500 packets) to this many packets: what waits while the packet thread is held up instead of being dropped (0: keep the device's)", '0')
     .option('--kubernetes', 'take the rules from the cluster: list and watch Services, EndpointSlices and this Node, like kube-proxy (in-cluster service account, or --kubeconfig)')
     .option('--kubeconfig <file>', 'with --kubernetes: the kubeconfig file (default: the in-cluster service account)')
     .option('--hostname-override <name>', "with --kubernetes: this node's name (default: $NODE_NAME, else the host name)")
@@ -99,6 +105,9 @@ connection table in --state-dir and stop.
 Threads: the packets move on the main thread; the API, the rule-set parse,
 validation, compile, imports and saves run in a control worker thread, and
 every piece of work the packet thread does for it is cut in slices of 1 ms.
+On a busy machine: --packet-priority fifo:10 --packet-cpu N --txqueuelen 10000,
+and node's --no-memory-reducer (node --no-memory-reducer bin/tunproxy.js run
+...): README "Packets that never wait".
 
 Pinned connection table: every flow is also a record in --pin-dir/<tun>.ct
 (/dev/shm: memory, not disk), written as packets change it. A tunproxy that
@@ -143,6 +152,12 @@ export async function run(o: RunOptions): Promise<void> {
   if (!Number.isInteger(maxBody) || maxBody < 1024) throw new Error(`--max-body: ${o.maxBody} must be a number of bytes >= 1024`);
   if (o.listen !== undefined && o.tokenFile === undefined) throw new Error('--listen needs --token-file: the TCP listener only serves requests with a bearer token');
   checkKubeFlags(o);
+  const { parsePacketPriority, raisePacketThread } = await import('../worker/priority.ts');
+  const priority = parsePacketPriority(o.packetPriority ?? 'none');
+  const { parseTxQueueLen, setTxQueueLen } = await import('../worker/priority.ts');
+  const txqueuelen = parseTxQueueLen(o.txqueuelen ?? '0');
+  const { parsePacketCpu, pinPacketThread } = await import('../worker/priority.ts');
+  const packetCpu = parsePacketCpu(o.packetCpu);
   const { defaultSocketPath, readTokenFile } = await import('../api/local.ts');
   // the dataplane is loaded by `run` only (the other commands start faster without it)
   const [{ Dataplane }, { TunDevice }, { StateStore }, { ControlWorker }, { FlowLister, unpackChunk }, { watchEventLoop }, { formatConntrackL }, { PIN_CLOSED, PinnedTable }, { tunSetPersist }] = await Promise.all([
@@ -201,6 +216,7 @@ export async function run(o: RunOptions): Promise<void> {
     token,
     maxBody,
     decider: o.decider,
+    keepNice: priority.kind === 'fifo',
     kube: o.kubernetes
       ? { tun: o.tun, kubernetes: true, kubeconfig: o.kubeconfig, hostnameOverride: o.hostnameOverride, minSyncPeriod: o.minSyncPeriod, healthzBindAddress: o.healthzBindAddress, nodeSetup: o.nodeSetup, dryRun: o.dryRun }
       : undefined,
@@ -235,6 +251,17 @@ export async function run(o: RunOptions): Promise<void> {
       log(`created ${tun.name}, but cannot make it persistent (${(e as Error).message}): it goes when tunproxy stops`);
     }
   }
+  if (txqueuelen > 0) {
+    try {
+      const q = setTxQueueLen(tun.name, txqueuelen);
+      log(`${tun.name} queue: ${q.after} packets${q.before !== q.after ? ` (was ${q.before})` : ''}`);
+    } catch (e) {
+      tun.close();
+      stopping = true;
+      await cw.stop();
+      throw e;
+    }
+  }
   if (o.offload === 'auto') {
     const r = tun.enableOffloads();
     log(`offloads on ${tun.name}: ${r.on.length ? r.on.join(', ') : 'none'}${r.refused.length ? ` (refused by the kernel, so off: ${r.refused.join(', ')})` : ''}`);
@@ -246,6 +273,16 @@ export async function run(o: RunOptions): Promise<void> {
   }
   cw.post({ ctl: 'start-api' });
   const a = await cw.next('api');
+  // every thread exists now (the control worker, V8's and libuv's): raise this one alone
+  try {
+    if (priority.kind !== 'none') log(await raisePacketThread(priority));
+    if (packetCpu >= 0) log(pinPacketThread(packetCpu, Number(first.tid ?? -1)));
+  } catch (e) {
+    tun.close();
+    stopping = true;
+    await cw.stop();
+    throw e;
+  }
   if (a.error !== undefined) {
     if (o.socket !== undefined || o.listen !== undefined) {
       tun.close();

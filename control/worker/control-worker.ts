@@ -13,7 +13,7 @@
  *   {ctl: 'reload'}     SIGHUP: reload --rules
  *   {ctl: 'stop'}       close the API, flush the state directory, answer {ev: 'stopped'}
  * To the packet thread:
- *   {ev: 'rules', generation}        the start-up rule set is in force (0: none yet)
+ *   {ev: 'rules', generation, tid}   the start-up rule set is in force (0: none yet); tid: this thread's Linux id (-1: unknown)
  *   {ev: 'api', socketPath, tcp} | {ev: 'api', error}
  *   {ev: 'fatal', message}           the start failed (a bad --rules, a bad --state-dir)
  *   {ev: 'stopped'}
@@ -44,6 +44,8 @@ export interface ControlWorkerData {
   token?: string;
   maxBody: number;
   decider: 'compiled' | 'linear';
+  /** --packet-priority fifo: the packet thread runs before this one anyway, so this one keeps its nice (+10 would only starve the compiles on a busy machine) */
+  keepNice?: boolean;
   /** --kubernetes: the node agent runs here, beside the API (control/kube/run.ts) */
   kube?: KubeRunOptions;
 }
@@ -167,23 +169,36 @@ port.on('message', (m: { ctl?: string }) => {
   }
 });
 
-/**
- * This thread at a lower CPU priority than the packet thread (nice +10, Linux
- * applies it per thread): on a busy machine a compile waits, packets do not.
- */
-function lowerPriority(): void {
+/** This thread's Linux thread id (-1: not Linux). */
+function ownTid(): number {
   try {
     const m = /\/task\/(\d+)$/.exec(readlinkSync('/proc/thread-self'));
-    if (m !== null) setPriority(Number(m[1]), Math.min(19, getPriority(Number(m[1])) + 10));
+    return m !== null ? Number(m[1]) : -1;
   } catch {
-    // not Linux, or not allowed: same priority
+    return -1;
   }
 }
 
-lowerPriority();
+/**
+ * This thread at a lower CPU priority than the packet thread (nice +10, Linux
+ * applies it per thread): on a busy machine a compile waits, packets do not.
+ * Not with --packet-priority fifo (keepNice), where the packet thread runs
+ * first whatever this one's nice.
+ */
+function lowerPriority(tid: number): void {
+  if (o.keepNice || tid < 0) return;
+  try {
+    setPriority(tid, Math.min(19, getPriority(tid) + 10));
+  } catch {
+    // not allowed: same priority
+  }
+}
+
+const tid = ownTid();
+lowerPriority(tid);
 try {
   start();
-  port.postMessage({ ev: 'rules', generation: holder.current?.generation ?? 0 });
+  port.postMessage({ ev: 'rules', generation: holder.current?.generation ?? 0, tid });
 } catch (e) {
   port.postMessage({ ev: 'fatal', message: (e as Error).message });
 }

@@ -1,7 +1,7 @@
 /**
  * CI smoke of `npm run bench:reliability`: the whole suite in its quick mode
  * (every scenario in seconds) into a temporary directory — every scenario of
- * issue 9 present, in order, with exactly its fields; numbers where a field
+ * issue 9 present, in order, with exactly its fields (and a baseline with no event, the same fields); numbers where a field
  * applies and null where it does not; the counts sane; no crash; every
  * connection through a SIGTERM restart and a kill -9 goes on.
  */
@@ -38,7 +38,7 @@ t.test('bench:reliability --quick: every scenario, every field', { skip: reason 
   t.ok(existsSync(join(out, 'reliability.md')), 'reliability.md written');
   const doc = JSON.parse(readFileSync(jsonPath, 'utf8')) as { scenarios: Array<Record<string, unknown>> };
   t.same(Object.keys(doc), ['scenarios']);
-  t.same(doc.scenarios.map((s) => s.name), NAMES, 'the ten scenarios, in the order of the issue');
+  t.same(doc.scenarios.map((s) => s.name), [...NAMES, 'baseline'], 'the ten scenarios, in the order of the issue, then the baseline (no event) with the same fields');
   for (const s of doc.scenarios) {
     const name = String(s.name);
     t.same(Object.keys(s), FIELDS, `${name}: exactly the fields of the issue`);
@@ -65,5 +65,6 @@ t.test('bench:reliability --quick: every scenario, every field', { skip: reason 
   t.ok(Math.abs(by('soak-10min').rssGrowthRatio) < 1, 'the soak: an RSS growth ratio');
   const md = readFileSync(join(out, 'reliability.md'), 'utf8');
   t.match(md, /## Bars/);
-  for (const name of NAMES) t.match(md, new RegExp(`### ${name}\\n`), `${name} described in the .md`);
+  for (const name of [...NAMES, 'baseline']) t.match(md, new RegExp(`### ${name}\\n`), `${name} described in the .md`);
+  t.match(md, /before the event \([\d,]+ datagrams, no event: the floor\): longest gap/, 'the floor of each scenario (the stream before its event) in the .md');
 });
