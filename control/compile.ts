@@ -6,10 +6,27 @@
  *
  * Two ways: `compile` builds everything; `patchTables` builds the next
  * snapshot from the one in force when a few services changed (the API's
- * PATCH): it copies the typed arrays (a few MB at 100 000 services, ~ms) and
- * touches only the changed services' entries. Removed entries stay as
- * tombstones (`live: false`, unreachable: their keys are gone) until the next
- * full compile.
+ * PATCH) and touches only the changed services' entries. Removed entries stay
+ * as tombstones (`live: false`, unreachable: their keys are gone), and
+ * replaced endpoint sets as unreferenced pairs in `endpointFlat`, until the
+ * next full compile.
+ *
+ * `patchTables` works one of two ways:
+ * - `inPlace` (the holder's tables are read by no other thread: tunproxy as a
+ *   library, the API in the packet thread's process): the next snapshot is
+ *   written into the arrays of the one in force, which it shares. Rows are
+ *   rewritten where they stand, endpoint pairs and new rows appended into the
+ *   arrays' spare room (grown by a quarter when full: amortized), keys set and
+ *   deleted in the VIP indexes in place. A change costs in proportion to its
+ *   size: a one-service PATCH on 100 000 services writes a few dozen ints.
+ *   The snapshot in force is given up by this (its arrays now read as the new
+ *   one): that is safe because the apply runs on the thread that moves the
+ *   packets, between two batches, and the loop swaps the new snapshot in
+ *   before its next batch — no batch ever sees a table change under it.
+ * - a copy (the tables are shared with the packet thread, which may be in the
+ *   middle of a batch: the control worker of tunproxy run): the typed arrays
+ *   are copied (a few MB at 100 000 services, ~ms) and the copy patched; the
+ *   key indexes are shared when the keys did not change.
  */
 import type { RuleSet } from './types.ts';
 import { modelOf } from './model.ts';
@@ -31,6 +48,19 @@ export interface CompileOptions {
   generation?: number;
 }
 
+/** `a`, or a copy of it with room for `need` ints and a quarter more (the incremental path appends). */
+function withRoom(a: Int32Array, need: number): Int32Array {
+  if (need <= a.length) return a;
+  const b = new Int32Array(Math.max(need, a.length + (a.length >> 2) + 1024));
+  b.set(a);
+  return b;
+}
+
+/** `v`, or a copy of it with slots for `keys` keys and a quarter more. */
+function indexWithRoom(v: VipIndex, keys: number): VipIndex {
+  return keys * 2 <= v.capacity ? v : v.copy(keys + (keys >> 2) + 64);
+}
+
 /** The arrays a snapshot is made of, while it is being built. */
 class Builder {
   readonly node: NodeModel;
@@ -44,6 +74,8 @@ class Builder {
   vipAddrs: VipIndex;
   nodePorts: Int32Array;
   live: number;
+  /** endpoint pairs of endpointFlat that rows no longer point at (replaced or removed entries' sets) */
+  freedPairs = 0;
   /** one EndpointEntry per (address, port, node-local) across services: (addr, port * 2 + local) → its index in endpointEntries (int pairs: no boxed keys) */
   private endpointCache = new VipIndex(64);
   private readonly endpointEntries: EndpointEntry[] = [];
@@ -131,6 +163,7 @@ class Builder {
 
   /** Rebuild the entry at `index` for a service port with the same keys (VIPs, NodePort): the keys stay as they are. */
   replace(sp: ServicePortModel, index: number): ServicePortEntry {
+    this.freedPairs += this.rowPairs(index);
     const s = this.entryAt(sp, index);
     this.services[index] = s;
     return s;
@@ -182,10 +215,19 @@ class Builder {
     return s;
   }
 
+  /** The endpoint pairs the row at `index` points at (its local set counted apart when it is not the cluster set). */
+  private rowPairs(index: number): number {
+    const r = this.serviceRows;
+    const o = index * ROW;
+    const local = r[o + R_LOCAL_START] !== r[o + R_CLUSTER_START] || r[o + R_CLUSTER_COUNT] === 0 ? r[o + R_LOCAL_COUNT] : 0;
+    return r[o + R_CLUSTER_COUNT] + local;
+  }
+
   /** Make an entry unreachable: its keys go, its row is cleared, a tombstone keeps its index. */
   remove(index: number): void {
     const s = this.services[index];
     if (!s.live) return;
+    this.freedPairs += this.rowPairs(index);
     if (s.clusterIP >= 0) this.removeVip(s.clusterIP, s);
     for (const a of s.externalIPs) this.removeVip(a, s);
     for (const a of s.loadBalancerIPs) this.removeVip(a, s);
@@ -203,6 +245,7 @@ class Builder {
       generation,
       serviceRows: this.serviceRows,
       endpointFlat: this.endpointFlat,
+      endpointPairs: this.flatNext,
       vipIndex: this.vipIndex,
       vipAddrs: this.vipAddrs,
       nodePorts: this.nodePorts,
@@ -262,13 +305,23 @@ function sameKeys(e: ServicePortEntry, sp: ServicePortModel): boolean {
   return true;
 }
 
+/** What `patchTables` gives back. */
+export interface Patched {
+  tables: Tables;
+  /** per added service, the indexes of its entries in tables.services */
+  entries: number[][];
+  /** endpoint pairs no row points at any more (the replaced and removed entries' sets) */
+  freedPairs: number;
+}
+
 /**
  * The next snapshot after `removed` service-port entries (indexes into
  * prev.services) went and the `added` services' models came, everything else
  * as in `prev`, on `node` (the node of the model in force: unchanged).
- * Returns the tables and, per added service, its entry indexes.
+ * `inPlace`: written into prev's arrays (see the top of this file: only when
+ * no other thread reads them); else into copies.
  */
-export function patchTables(prev: Tables, node: NodeModel, removed: readonly number[], added: readonly ServiceModel[], generation: number): { tables: Tables; entries: number[][] } {
+export function patchTables(prev: Tables, node: NodeModel, removed: readonly number[], added: readonly ServiceModel[], generation: number, inPlace = false): Patched {
   const models = added.map((s) => s.ports);
   let newPorts = 0;
   let newFlat = 0;
@@ -279,55 +332,55 @@ export function patchTables(prev: Tables, node: NodeModel, removed: readonly num
     newVips += vipCount(m);
   }
   // the common PATCH: the same service ports with other endpoints or policies, the same keys:
-  // rebuild their entries where they are and share the key indexes with the snapshot in force
+  // rebuild their entries where they are; the key indexes stay as they are
   const byName = new Map<string, number>();
   for (const i of removed) byName.set(prev.services[i].name, i);
-  const inPlace: number[][] = [];
-  let allInPlace = newPorts === removed.length;
+  const inPlaceAt: number[][] = [];
+  let sameKeysAll = newPorts === removed.length;
   for (const m of models) {
     const at: number[] = [];
     for (const sp of m) {
       const i = byName.get(sp.name);
-      if (i === undefined || !sameKeys(prev.services[i], sp)) allInPlace = false;
+      if (i === undefined || !sameKeys(prev.services[i], sp)) sameKeysAll = false;
       else at.push(i);
     }
-    inPlace.push(at);
+    inPlaceAt.push(at);
   }
-  if (allInPlace) {
-    const flatUsed = prev.endpointFlat.length / 2;
-    const flat = new Int32Array((flatUsed + newFlat) * 2);
-    flat.set(prev.endpointFlat);
+  const flatUsed = prev.endpointPairs;
+  const flatNeed = (flatUsed + newFlat) * 2;
+  if (sameKeysAll) {
     const b = new Builder(node, {
-      services: prev.services.slice(),
-      serviceRows: prev.serviceRows.slice(),
-      endpointFlat: flat,
+      services: inPlace ? (prev.services as ServicePortEntry[]) : prev.services.slice(),
+      serviceRows: inPlace ? prev.serviceRows : prev.serviceRows.slice(),
+      endpointFlat: inPlace ? withRoom(prev.endpointFlat, flatNeed) : copyInto(new Int32Array(flatNeed), prev.endpointFlat, flatUsed * 2),
       flatNext: flatUsed,
       vipIndex: prev.vipIndex,
       vipAddrs: prev.vipAddrs,
       nodePorts: prev.nodePorts,
       live: prev.liveServicePorts,
     });
-    const entries = models.map((m, k) => m.map((sp, j) => b.replace(sp, inPlace[k][j]).index));
-    return { tables: b.tables(generation), entries };
+    const entries = models.map((m, k) => m.map((sp, j) => b.replace(sp, inPlaceAt[k][j]).index));
+    return { tables: b.tables(generation), entries, freedPairs: b.freedPairs };
   }
 
-  const nServices = prev.services.length + newPorts;
-  const rows = new Int32Array(nServices * ROW);
-  rows.set(prev.serviceRows);
-  const flatUsed = prev.endpointFlat.length / 2;
-  const flat = new Int32Array((flatUsed + newFlat) * 2);
-  flat.set(prev.endpointFlat);
+  const rowsNeed = (prev.services.length + newPorts) * ROW;
   const b = new Builder(node, {
-    services: prev.services.slice(),
-    serviceRows: rows,
-    endpointFlat: flat,
+    services: inPlace ? (prev.services as ServicePortEntry[]) : prev.services.slice(),
+    serviceRows: inPlace ? withRoom(prev.serviceRows, rowsNeed) : copyInto(new Int32Array(rowsNeed), prev.serviceRows, prev.services.length * ROW),
+    endpointFlat: inPlace ? withRoom(prev.endpointFlat, flatNeed) : copyInto(new Int32Array(flatNeed), prev.endpointFlat, flatUsed * 2),
     flatNext: flatUsed,
-    vipIndex: prev.vipIndex.copy(prev.vipIndex.size + newVips),
-    vipAddrs: prev.vipAddrs.copy(prev.vipAddrs.size + newVips),
-    nodePorts: prev.nodePorts.slice(),
+    vipIndex: inPlace ? indexWithRoom(prev.vipIndex, prev.vipIndex.size + newVips) : prev.vipIndex.copy(prev.vipIndex.size + newVips),
+    vipAddrs: inPlace ? indexWithRoom(prev.vipAddrs, prev.vipAddrs.size + newVips) : prev.vipAddrs.copy(prev.vipAddrs.size + newVips),
+    nodePorts: inPlace ? prev.nodePorts : prev.nodePorts.slice(),
     live: prev.liveServicePorts,
   });
   for (const i of removed) b.remove(i);
   const entries = models.map((m) => m.map((sp) => b.add(sp).index));
-  return { tables: b.tables(generation), entries };
+  return { tables: b.tables(generation), entries, freedPairs: b.freedPairs };
+}
+
+/** `to` with the first `n` ints of `from` copied in. */
+function copyInto(to: Int32Array, from: Int32Array, n: number): Int32Array {
+  to.set(n === from.length ? from : from.subarray(0, n));
+  return to;
 }

@@ -103,12 +103,24 @@ function keysOfTables(t: Tables, owners: readonly Service[], byName: ReadonlyMap
   };
 }
 
-/** The services' models of the next rule set: those in force with the diff's removed ones out and the added ones in, in rule-set order. */
-function spliceServices(prev: readonly ServiceModel[], diff: Diff, added: readonly ServiceModel[]): ServiceModel[] {
+/** Services replaced where they stand (the same positions removed and added): the common change. */
+function inPlaceDiff(diff: Diff): boolean {
+  const { removed, added } = diff;
+  if (removed.length !== added.length) return false;
+  for (let k = 0; k < removed.length; k++) if (removed[k] !== added[k]) return false;
+  return true;
+}
+
+/**
+ * The services' models of the next rule set: those in force with the diff's
+ * removed ones out and the added ones in, in rule-set order. `reuse`: the
+ * array in force may be written (its model is given up), so a replacement
+ * where they stand costs only the replaced services.
+ */
+function spliceServices(prev: readonly ServiceModel[], diff: Diff, added: readonly ServiceModel[], reuse: boolean): ServiceModel[] {
   const { removed, added: at } = diff;
-  // the common change (services replaced where they stand): a copy with those replaced
-  if (removed.length === at.length && removed.every((r, k) => r === at[k])) {
-    const out = prev.slice();
+  if (inPlaceDiff(diff)) {
+    const out = reuse ? (prev as ServiceModel[]) : prev.slice();
     for (let k = 0; k < at.length; k++) out[at[k]] = added[k];
     return out;
   }
@@ -152,11 +164,22 @@ export class RuleSetHolder {
 
   /** applied to every snapshot before it is kept and swapped in (the control worker puts its arrays on shared memory) */
   private readonly prepare: ((t: Tables) => Tables) | null;
+  /**
+   * The incremental path writes the next snapshot into the arrays of the one
+   * in force (control/compile.ts patchTables), and the next model and owner
+   * list into theirs: a change costs in proportion to its size. Only when no
+   * other thread reads the tables (default: when there is no `prepare`, i.e.
+   * the tables stay in this thread and the loop swaps them between batches).
+   */
+  private readonly inPlace: boolean;
+  /** endpoint pairs in the tables in force that no row points at (replaced sets): compacted by a full compile past the live ones */
+  private freedPairs = 0;
 
-  constructor(opts: { incremental?: boolean; decider?: 'compiled' | 'linear'; prepare?: (t: Tables) => Tables } = {}) {
+  constructor(opts: { incremental?: boolean; decider?: 'compiled' | 'linear'; prepare?: (t: Tables) => Tables; inPlace?: boolean } = {}) {
     this.allowIncremental = opts.incremental ?? true;
     this.decider = opts.decider ?? 'compiled';
     this.prepare = opts.prepare ?? null;
+    this.inPlace = opts.inPlace ?? this.prepare === null;
   }
 
   get ruleSet(): RuleSet | null {
@@ -223,6 +246,7 @@ export class RuleSetHolder {
       byName.set(`${svc.namespace}/${svc.name}`, svc);
     }
     this.commit(v.model, tables, owners, byName, entriesOf);
+    this.freedPairs = 0;
     return this.result(t0, 'full');
   }
 
@@ -237,8 +261,9 @@ export class RuleSetHolder {
     for (const k of Object.keys(o)) if (k !== 'apiVersion' && k !== 'node' && k !== 'services') return null;
     if (o.apiVersion !== prev.apiVersion || !Array.isArray(o.services)) return null;
     if (o.node !== prev.node && JSON.stringify(o.node) !== JSON.stringify(prev.node)) return null;
-    // too many tombstones: compact with a full compile
+    // too many tombstones or unreferenced endpoint pairs: compact with a full compile
     if (prevTables.services.length > 2 * prevTables.liveServicePorts + 1024) return null;
+    if (this.freedPairs > prevTables.endpointPairs - this.freedPairs + 65536) return null;
     const next = o.services as Service[];
     const diff = diffServices(prev.services, next);
     if (diff === null) return null;
@@ -254,12 +279,13 @@ export class RuleSetHolder {
     const removedEntries: number[] = [];
     for (const s of removedSvcs) removedEntries.push(...(this.entriesOf.get(s) ?? []));
     const rs: RuleSet = o as unknown as RuleSet;
-    const { tables, entries } = patchTables(prevTables, prevModel.node, removedEntries, v.services, this.gen + 1);
-    const model = new RuleSetModel(rs, prevModel.node, spliceServices(prevModel.services, diff, v.services));
-    const owners = this.owners.slice();
+    // from here on nothing can fail: in place, the tables, model and owners in force are written
+    const inPlace = this.inPlace;
+    const { tables, entries, freedPairs } = patchTables(prevTables, prevModel.node, removedEntries, v.services, this.gen + 1, inPlace);
+    const model = new RuleSetModel(rs, prevModel.node, spliceServices(prevModel.services, diff, v.services, inPlace));
+    const owners = inPlace ? this.owners : this.owners.slice();
     const byName = this.byName;
     const entriesOf = this.entriesOf;
-    // commit (nothing below can fail)
     for (const s of removedSvcs) {
       entriesOf.delete(s);
       if (byName.get(`${s.namespace}/${s.name}`) === s) byName.delete(`${s.namespace}/${s.name}`);
@@ -270,6 +296,7 @@ export class RuleSetHolder {
       byName.set(`${svc.namespace}/${svc.name}`, svc);
     });
     this.commit(model, tables, owners, byName, entriesOf);
+    this.freedPairs += freedPairs;
     return this.result(t0, 'incremental');
   }
 

@@ -124,10 +124,12 @@ export interface Tables {
   readonly services: readonly ServicePortEntry[];
   /** entries of `services` that are live (not tombstones) */
   readonly liveServicePorts: number;
-  /** ROW ints per service port (see R_*) */
+  /** ROW ints per service port (see R_*); may be longer than services.length * ROW (room to append) */
   readonly serviceRows: Int32Array;
-  /** endpoint pairs: addr | 0, port */
+  /** endpoint pairs: addr | 0, port (the array may be longer than the pairs in use: room the incremental path appends into) */
   readonly endpointFlat: Int32Array;
+  /** endpoint pairs in use at the start of endpointFlat */
+  readonly endpointPairs: number;
   /** when set, new flows are decided by walking kube-proxy's rules instead (tunproxy run --decider linear) */
   readonly linear: SampleDecider | null;
 }
