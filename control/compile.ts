@@ -76,14 +76,10 @@ class Builder {
   live: number;
   /** endpoint pairs of endpointFlat that rows no longer point at (replaced or removed entries' sets) */
   freedPairs = 0;
-  /** one EndpointEntry per (address, port, node-local) across services: (addr, port * 2 + local) → its index in endpointEntries (int pairs: no boxed keys) */
-  private endpointCache = new VipIndex(64);
-  private readonly endpointEntries: EndpointEntry[] = [];
   private readonly maglevCache = new Map<string, Uint16Array>();
 
-  constructor(node: NodeModel, init: { services: ServicePortEntry[]; serviceRows: Int32Array; endpointFlat: Int32Array; flatNext: number; vipIndex: VipIndex; vipAddrs: VipIndex; nodePorts: Int32Array; live: number; endpoints?: number }) {
+  constructor(node: NodeModel, init: { services: ServicePortEntry[]; serviceRows: Int32Array; endpointFlat: Int32Array; flatNext: number; vipIndex: VipIndex; vipAddrs: VipIndex; nodePorts: Int32Array; live: number }) {
     this.node = node;
-    if (init.endpoints !== undefined) this.endpointCache = new VipIndex(init.endpoints);
     this.maglev = node.loadBalancing === 'maglev';
     this.services = init.services;
     this.serviceRows = init.serviceRows;
@@ -95,22 +91,11 @@ class Builder {
     this.live = init.live;
   }
 
-  private entry(e: EndpointModel): EndpointEntry {
-    const addr = e.addr;
-    const k = e.port * 2 + (e.nodeLocal ? 1 : 0);
-    const i = this.endpointCache.get(addr, k);
-    if (i >= 0) return this.endpointEntries[i];
-    const x: EndpointEntry = { addr, port: e.port, nodeLocal: e.nodeLocal, text: e.text };
-    if ((this.endpointCache.size + 1) * 2 > this.endpointCache.capacity) this.endpointCache = this.endpointCache.copy(this.endpointCache.size * 2 + 2);
-    this.endpointCache.set(addr, k, this.endpointEntries.length);
-    this.endpointEntries.push(x);
-    return x;
-  }
-
   private endpointSet(eps: EndpointModel[], affinity: boolean): EndpointSet | null {
     if (eps.length === 0) return null;
-    const endpoints: EndpointEntry[] = new Array(eps.length);
-    for (let i = 0; i < eps.length; i++) endpoints[i] = this.entry(eps[i]);
+    // the model's endpoints are the entries (an EndpointModel is an EndpointEntry with more fields):
+    // nothing is made per endpoint, and the model, which the holder keeps anyway, holds them
+    const endpoints: readonly EndpointEntry[] = eps;
     const flatStart = this.flatNext;
     const flat = this.endpointFlat;
     for (const e of endpoints) {
@@ -181,7 +166,8 @@ class Builder {
       index,
       live: true,
       name: sp.name,
-      uid: fnv1a(sp.name + '/' + sp.proto),
+      // fnv1a of "name/proto" (what loop.ts recomputes from a flow's service name), without making the string
+      uid: fnv1a(sp.proto, fnv1a('/', fnv1a(sp.name))),
       protocol: proto,
       clusterIP: sp.clusterAddr,
       externalIPs: sp.externalAddrs.length === 0 ? NO_ADDRS : sp.externalAddrs,
@@ -285,7 +271,6 @@ export function compile(input: RuleSet | RuleSetModel, opts: CompileOptions = {}
     serviceRows: new Int32Array(ports.length * ROW),
     endpointFlat: new Int32Array(flatCount(ports) * 2),
     flatNext: 0,
-    endpoints: flatCount(ports),
     vipIndex: new VipIndex(vipCount(ports)),
     vipAddrs: new VipIndex(vipCount(ports)),
     nodePorts: new Int32Array(3 * 65536).fill(-1),
