@@ -29,7 +29,7 @@
  *   key indexes are shared when the keys did not change.
  */
 import type { RuleSet } from './types.ts';
-import { modelOf } from './model.ts';
+import { modelOf, portsOfFamily } from './model.ts';
 import type { EndpointModel, NodeModel, RuleSetModel, ServiceModel, ServicePortModel } from './model.ts';
 import { protoIndex } from '../dataplane/addr.ts';
 import { VipIndex } from '../dataplane/hashtable.ts';
@@ -235,7 +235,7 @@ class Builder {
       vipIndex: this.vipIndex,
       vipAddrs: this.vipAddrs,
       nodePorts: this.nodePorts,
-      localAddrs: Int32Array.from(node.addrs, (a) => a | 0),
+      localAddrs: Int32Array.from(node.addrs4, (a) => a | 0),
       clusterCIDR: cidr,
       cidrNet: cidr === null ? 1 : cidr.net | 0,
       cidrMask: cidr === null ? 0 : cidr.mask | 0,
@@ -265,7 +265,8 @@ function flatCount(ports: ServicePortModel[]): number {
 export function compile(input: RuleSet | RuleSetModel, opts: CompileOptions = {}): Tables {
   const model = modelOf(input);
   const node = model.node;
-  const ports = model.ports;
+  // IPv4 service ports (IPv6 ones are compiled by the IPv6 tables: V6-CONTRACT, v6dp)
+  const ports = model.portsOf(4);
   const b = new Builder(node, {
     services: [],
     serviceRows: new Int32Array(ports.length * ROW),
@@ -307,7 +308,7 @@ export interface Patched {
  * no other thread reads them); else into copies.
  */
 export function patchTables(prev: Tables, node: NodeModel, removed: readonly number[], added: readonly ServiceModel[], generation: number, inPlace = false): Patched {
-  const models = added.map((s) => s.ports);
+  const models = added.map((s) => portsOfFamily(s.ports, 4));
   let newPorts = 0;
   let newFlat = 0;
   let newVips = 0;

@@ -9,25 +9,113 @@
  *
  * Addresses. Every address of the model is an `Addr`: a number. An IPv4
  * address is its unsigned 32-bit value (0 ≤ a < 2^32, the fast path: a key
- * part, a typed-array element, compared with ===). IPv6 is planned into the
- * same type, so that no stage needs a second copy for it: an IPv6 address
- * will be a number ≥ 2^32, `2^32 + i`, naming entry i of the model's address
- * pool (`RuleSetModel.addr6`: four 32-bit words per address, network order),
- * interned so that equal addresses get equal numbers. Everything that only
- * keys, compares or counts addresses (conflict checks, diffs, the VIP index
- * key) then works unchanged; the few places that need the bits (the packet
- * path's wire form, the writers' text) branch on `isIPv6(a)`. The address
- * text of the input is kept beside the number for the writers (a reference
- * to the input's string, not a copy), so nothing formats it back.
+ * part, a typed-array element, compared with ===). An IPv6 address is a
+ * number ≥ 2^32, `2^32 + i`, naming entry i of the process-wide address pool
+ * `addr6` (four 32-bit words per address, network order), interned so that
+ * equal addresses get equal numbers — in every model, so the model in force
+ * and an incremental apply's services compare by ===. Everything that only
+ * keys, compares or counts addresses (conflict checks, diffs) then works
+ * unchanged; the few places that need the bits (compile, which puts the
+ * words in the tables; the writers' text) branch on `isIPv6(a)`. The pool
+ * only grows: 16 bytes per distinct IPv6 address ever seen (1 M addresses,
+ * 16 MB), a price paid for numbers that stay valid across rule sets. The
+ * address text of the input is kept beside the number for the writers (a
+ * reference to the input's string, not a copy), so nothing formats it back.
+ *
+ * Families. kube-proxy runs one proxier per IP family (its meta-proxier):
+ * each sees a dual-stack Service with its own family's ClusterIP and
+ * endpoints only. The model does the same: a service port has one
+ * ServicePortModel per family of the service (`ipFamilies` order), each
+ * holding only that family's addresses, so every later stage reads one
+ * family's view at a time.
  */
 import type { RuleSet, Service, ServicePort, Endpoint } from './types.ts';
 import type { Cidr, ProtocolName } from '../dataplane/addr.ts';
-import { parseCidr, parseIPv4, cidrContains, protocolNumber } from '../dataplane/addr.ts';
+import { parseCidr, parseIPv4, cidrContains, protocolNumber, formatIPv4 } from '../dataplane/addr.ts';
+import type { Cidr6 } from '../dataplane/addr6.ts';
+import { parseIPv6Into, formatIPv6, parseCidr6, cidr6Contains, looksIPv6 } from '../dataplane/addr6.ts';
 
-/** An address of the model: IPv4 as its uint32 value; IPv6 (to come) as 2^32 + its index in `RuleSetModel.addr6`. */
+/** An address of the model: IPv4 as its uint32 value; IPv6 as 2^32 + its index in the pool `addr6`. */
 export type Addr = number;
 export const ADDR6_BASE = 2 ** 32;
 export const isIPv6 = (a: Addr): boolean => a >= ADDR6_BASE;
+
+export const FAMILY_IPV4 = 4;
+export const FAMILY_IPV6 = 6;
+/** An IP family: 4 or 6. */
+export type Family = 4 | 6;
+export const familyOf = (a: Addr): Family => (a >= ADDR6_BASE ? 6 : 4);
+/** "IPv4" / "IPv6", as Kubernetes' ipFamilies spells them */
+export const familyName = (f: Family): 'IPv4' | 'IPv6' => (f === 6 ? 'IPv6' : 'IPv4');
+
+/**
+ * The IPv6 address pool: interns IPv6 addresses to Addr numbers
+ * (ADDR6_BASE + index), four words per address in one growing Uint32Array.
+ */
+export class Addr6Pool {
+  #words = new Uint32Array(4 * 256);
+  #count = 0;
+  readonly #index = new Map<string, number>();
+  readonly #tmp = new Uint32Array(4);
+
+  /** how many distinct IPv6 addresses the pool holds */
+  get size(): number {
+    return this.#count;
+  }
+
+  /** The Addr of the address at w[off..off+4). */
+  internWords(w: ArrayLike<number>, off = 0): Addr {
+    const key = `${w[off]},${w[off + 1]},${w[off + 2]},${w[off + 3]}`;
+    const have = this.#index.get(key);
+    if (have !== undefined) return ADDR6_BASE + have;
+    const i = this.#count++;
+    if (i * 4 + 4 > this.#words.length) {
+      const grown = new Uint32Array(this.#words.length * 2);
+      grown.set(this.#words);
+      this.#words = grown;
+    }
+    for (let k = 0; k < 4; k++) this.#words[i * 4 + k] = w[off + k];
+    this.#index.set(key, i);
+    return ADDR6_BASE + i;
+  }
+
+  /** The Addr of IPv6 text, or -1 when the text is not an IPv6 address. */
+  intern(text: string): Addr {
+    return parseIPv6Into(text, this.#tmp, 0) ? this.internWords(this.#tmp, 0) : -1;
+  }
+
+  /** The four words of an IPv6 Addr (a view into the pool: read, do not keep across interning, do not write). */
+  words(a: Addr): Uint32Array {
+    const i = a - ADDR6_BASE;
+    if (!(i >= 0 && i < this.#count)) throw new RangeError(`${a} is not an IPv6 address of the pool`);
+    return this.#words.subarray(i * 4, i * 4 + 4);
+  }
+
+  /** RFC 5952 text of an IPv6 Addr. */
+  text(a: Addr): string {
+    return formatIPv6(this.words(a));
+  }
+}
+
+/** The process-wide IPv6 address pool (see "Addresses" above). */
+export const addr6 = new Addr6Pool();
+
+/** An address of either family as an Addr, or -1 when the text is neither. */
+export function parseAddr(text: string): Addr {
+  const a = parseIPv4(text);
+  if (a >= 0 || !looksIPv6(text)) return a;
+  return addr6.intern(text);
+}
+
+/** The text of an Addr of either family (IPv6 in RFC 5952 form). */
+export function formatAddr(a: Addr): string {
+  return isIPv6(a) ? addr6.text(a) : formatIPv4(a);
+}
+
+/** Split kube-proxy's dual-stack form "a,b" (one per family) into its parts, trimmed. */
+export function splitPair(text: string): string[] {
+  return text.split(',').map((x) => x.trim());
+}
 
 export const DEFAULT_AFFINITY_SECONDS = 10800;
 export const DEFAULT_MASQUERADE_MARK = '0x4000';
@@ -37,13 +125,25 @@ export const DEFAULT_MAGLEV_TABLE_SIZE = 65537;
 export interface NodeModel {
   name: string;
   addresses: string[];
-  /** the node's addresses as numbers */
+  /** the node's addresses as numbers, both families */
   addrs: Addr[];
+  /** the node's IPv4 addresses (what IPv4's addrtype LOCAL matches) */
+  addrs4: Addr[];
+  /** the node's IPv6 addresses, as pool numbers */
+  addrs6: Addr[];
+  /** IPv4 SNAT source ("0.0.0.0" when the node has no IPv4 address) */
   masqueradeAddress: string;
   masqueradeAddr: Addr;
-  /** the clusterCIDR text as given, or null */
+  /** IPv6 SNAT source, null when the node has no IPv6 address */
+  masqueradeAddress6: string | null;
+  /** IPv6 SNAT source as a pool number, -1 when none */
+  masqueradeAddr6: Addr;
+  /** the IPv4 clusterCIDR text, or null */
   clusterCIDR: string | null;
   cidr: Cidr | null;
+  /** the IPv6 clusterCIDR text (the second of kube-proxy's dual-stack pair, or the only one), or null */
+  clusterCIDR6: string | null;
+  cidr6: Cidr6 | null;
   masqueradeAll: boolean;
   /** "0x4000" */
   masqueradeMark: string;
@@ -67,6 +167,8 @@ export interface EndpointModel {
 export interface ServicePortModel {
   service: Service;
   port: ServicePort;
+  /** the IP family of this view of the service port: 4 or 6 (a dual-stack port has one model per family) */
+  family: Family;
   /** kube-proxy's service-port name: "ns/name:port", or "ns/name" for an unnamed port */
   name: string;
   protocol: ProtocolName;
@@ -85,8 +187,12 @@ export interface ServicePortModel {
   externalAddrs: Addr[];
   loadBalancerIPs: string[];
   loadBalancerAddrs: Addr[];
+  /** the source ranges of this family, as given */
   loadBalancerSourceRanges: string[];
+  /** family 4: the IPv4 source ranges (family 6: empty) */
   sourceRanges: Cidr[];
+  /** family 6: the IPv6 source ranges (family 4: empty) */
+  sourceRanges6: Cidr6[];
   /** ClientIP affinity timeout, 0 when sessionAffinity is None */
   affinitySeconds: number;
   internalPolicyLocal: boolean;
@@ -134,6 +240,7 @@ export class RuleSetModel {
   readonly node: NodeModel;
   readonly services: readonly ServiceModel[];
   #ports: ServicePortModel[] | null = null;
+  #ports4: ServicePortModel[] | null = null;
   constructor(ruleSet: RuleSet, node: NodeModel, services: readonly ServiceModel[]) {
     this.ruleSet = ruleSet;
     this.node = node;
@@ -147,6 +254,20 @@ export class RuleSetModel {
     }
     return this.#ports;
   }
+  /** The service ports of one family (the whole `ports` when the rule set has only that family). */
+  portsOf(family: Family): ServicePortModel[] {
+    const all = this.ports;
+    if (family === 4) {
+      if (this.#ports4 === null) this.#ports4 = all.every((p) => p.family === 4) ? all : all.filter((p) => p.family === 4);
+      return this.#ports4;
+    }
+    return all.filter((p) => p.family === 6);
+  }
+}
+
+/** The service ports of one family among services' models (the array itself when all are of that family). */
+export function portsOfFamily(ports: ServicePortModel[], family: Family): ServicePortModel[] {
+  return ports.every((p) => p.family === family) ? ports : ports.filter((p) => p.family === family);
 }
 
 export function isRuleSetModel(x: RuleSet | RuleSetModel): x is RuleSetModel {
@@ -165,23 +286,49 @@ export function servicePortName(svc: Service, port: ServicePort): string {
 /** The node's settings with defaults applied (input assumed validated). */
 export function nodeModel(rs: RuleSet): NodeModel {
   const n = rs.node;
-  const cidrText = n.clusterCIDR ?? null;
+  let cidrText: string | null = null;
+  let cidr6Text: string | null = null;
+  for (const c of n.clusterCIDR ? splitPair(n.clusterCIDR) : []) {
+    if (looksIPv6(c)) cidr6Text = c;
+    else cidrText = c;
+  }
   const cidr = cidrText ? parseCidr(cidrText) : null;
-  const addrs = n.addresses.map(parseIPv4);
-  let masq = n.masqueradeAddress;
+  const cidr6 = cidr6Text ? parseCidr6(cidr6Text) : null;
+  const addrs = n.addresses.map(parseAddr);
+  const addrs4 = addrs.filter((a) => !isIPv6(a));
+  const addrs6 = addrs.filter(isIPv6);
+  let masq: string | undefined;
+  let masq6: string | undefined;
+  for (const m of n.masqueradeAddress ? splitPair(n.masqueradeAddress) : []) {
+    if (looksIPv6(m)) masq6 = m;
+    else masq = m;
+  }
+  // default: the first node address of the family inside the clusterCIDR of that family, else the first of that family
   if (!masq) {
-    const i = cidr ? addrs.findIndex((a) => cidrContains(cidr, a)) : -1;
-    masq = n.addresses[i < 0 ? 0 : i] ?? '0.0.0.0';
+    const i = addrs.findIndex((a) => !isIPv6(a) && cidr !== null && cidrContains(cidr, a));
+    const j = i >= 0 ? i : addrs.findIndex((a) => !isIPv6(a));
+    masq = j >= 0 ? n.addresses[j] : '0.0.0.0';
+  }
+  if (!masq6) {
+    const i = addrs.findIndex((a) => isIPv6(a) && cidr6 !== null && cidr6Contains(cidr6, addr6.words(a)));
+    const j = i >= 0 ? i : addrs.findIndex(isIPv6);
+    masq6 = j >= 0 ? n.addresses[j] : undefined;
   }
   const range = (n.nodePortRange ?? DEFAULT_NODEPORT_RANGE).split('-').map(Number) as [number, number];
   return {
     name: n.name ?? '',
     addresses: n.addresses,
     addrs,
+    addrs4,
+    addrs6,
     masqueradeAddress: masq,
     masqueradeAddr: parseIPv4(masq),
+    masqueradeAddress6: masq6 ?? null,
+    masqueradeAddr6: masq6 === undefined ? -1 : addr6.intern(masq6),
     clusterCIDR: cidrText,
     cidr,
+    clusterCIDR6: cidr6Text,
+    cidr6,
     masqueradeAll: n.masqueradeAll ?? false,
     masqueradeMark: n.masqueradeMark ?? DEFAULT_MASQUERADE_MARK,
     nodePortRange: range,
@@ -213,19 +360,66 @@ const LOWER: Record<ProtocolName, string> = { TCP: 'tcp', UDP: 'udp', SCTP: 'sct
 const NO_ADDRS: Addr[] = [];
 const NO_STRINGS: string[] = [];
 const NO_CIDRS: Cidr[] = [];
+const NO_CIDRS6: Cidr6[] = [];
 const NO_ENDPOINTS: EndpointModel[] = [];
-const addrsOf = (l: string[]): Addr[] => (l.length === 0 ? NO_ADDRS : l.map(parseIPv4));
+const ONLY_IPV4: readonly Family[] = [4];
+
+/** The addresses of one family among texts (and their numbers): the same arrays when all are of that family. */
+function ofFamily(texts: string[], family: Family): { texts: string[]; addrs: Addr[] } {
+  if (texts.length === 0) return { texts: NO_STRINGS, addrs: NO_ADDRS };
+  const addrs = texts.map(parseAddr);
+  let all = true;
+  for (const a of addrs) if (familyOf(a) !== family) all = false;
+  if (all) return { texts, addrs };
+  const t: string[] = [];
+  const a: Addr[] = [];
+  for (let i = 0; i < addrs.length; i++) if (familyOf(addrs[i]) === family) (t.push(texts[i]), a.push(addrs[i]));
+  return { texts: t, addrs: a };
+}
 
 /**
- * One service port as kube-proxy's syncProxyRules sees it. `epAddrs`: the
- * endpoints' addresses as numbers when the caller has them (validation
- * parsed them already), else they are parsed here.
+ * The IP families of a service, in order: `ipFamilies` when given, else the
+ * families of `clusterIPs` (or `clusterIP`), else — a headless service
+ * without ipFamilies — the families its addresses have (IPv4 first), IPv4
+ * when it has none. Input assumed validated.
  */
-export function servicePortModel(svc: Service, port: ServicePort, node: NodeModel, epAddrs?: readonly Addr[]): ServicePortModel {
-  const clusterIP = svc.clusterIP && svc.clusterIP !== 'None' ? svc.clusterIP : null;
-  const externalIPs = svc.externalIPs ?? NO_STRINGS;
-  const loadBalancerIPs = svc.loadBalancerIPs ?? NO_STRINGS;
-  const ranges = svc.loadBalancerSourceRanges ?? NO_STRINGS;
+export function serviceFamilies(svc: Service): readonly Family[] {
+  if (svc.ipFamilies !== undefined && svc.ipFamilies.length > 0) return svc.ipFamilies.map((f) => (f === 'IPv6' ? 6 : 4));
+  const ips = svc.clusterIPs !== undefined && svc.clusterIPs.length > 0 ? svc.clusterIPs : svc.clusterIP !== undefined ? [svc.clusterIP] : [];
+  if (ips.length > 0 && ips[0] !== 'None') return ips.map((ip) => (looksIPv6(ip) ? 6 : 4));
+  let v4 = false;
+  let v6 = false;
+  const see = (t: string): void => {
+    if (looksIPv6(t)) v6 = true;
+    else v4 = true;
+  };
+  for (const e of svc.endpoints ?? []) see(e.address);
+  for (const t of svc.externalIPs ?? []) see(t);
+  for (const t of svc.loadBalancerIPs ?? []) see(t);
+  if (!v6) return ONLY_IPV4;
+  return v4 ? [4, 6] : [6];
+}
+
+/** The service's ClusterIP of one family (text), or null (headless, or none of that family). */
+export function clusterIPOf(svc: Service, family: Family): string | null {
+  const ips = svc.clusterIPs !== undefined && svc.clusterIPs.length > 0 ? svc.clusterIPs : svc.clusterIP !== undefined ? [svc.clusterIP] : [];
+  for (const ip of ips) if (ip !== 'None' && (looksIPv6(ip) ? 6 : 4) === family) return ip;
+  return null;
+}
+
+/**
+ * One service port as kube-proxy's syncProxyRules of one family's proxier
+ * sees it. `epAddrs`: the endpoints' addresses as numbers when the caller has
+ * them (validation parsed them already), else they are parsed here.
+ */
+export function servicePortModel(svc: Service, port: ServicePort, node: NodeModel, epAddrs?: readonly Addr[], family: Family = 4): ServicePortModel {
+  const clusterIP = clusterIPOf(svc, family);
+  const ext = ofFamily(svc.externalIPs ?? NO_STRINGS, family);
+  const lb = ofFamily(svc.loadBalancerIPs ?? NO_STRINGS, family);
+  const externalIPs = ext.texts;
+  const loadBalancerIPs = lb.texts;
+  const allRanges = svc.loadBalancerSourceRanges ?? NO_STRINGS;
+  const ranges = allRanges.length === 0 || allRanges.every((r) => looksIPv6(r) === (family === 6)) ? allRanges : allRanges.filter((r) => looksIPv6(r) === (family === 6));
   const nodePort = port.nodePort ?? 0;
   const externallyAccessible = nodePort !== 0 || externalIPs.length > 0 || loadBalancerIPs.length > 0;
   const internalPolicyLocal = svc.internalTrafficPolicy === 'Local';
@@ -239,7 +433,9 @@ export function servicePortModel(svc: Service, port: ServicePort, node: NodeMode
     for (let i = 0; i < eps.length; i++) {
       const ep = eps[i];
       const p = endpointPort(ep, port);
-      if (p > 0) endpoints.push(endpointModel(ep, epAddrs !== undefined ? epAddrs[i] : parseIPv4(ep.address), p));
+      if (p <= 0) continue;
+      const a = epAddrs !== undefined ? epAddrs[i] : parseAddr(ep.address);
+      if (familyOf(a) === family) endpoints.push(endpointModel(ep, a, p));
     }
   }
 
@@ -280,12 +476,16 @@ export function servicePortModel(svc: Service, port: ServicePort, node: NodeMode
   const hasEndpoints = hasAny;
   const hasInternalEndpoints = internalPolicyLocal ? hasEndpoints && localEndpoints.length > 0 : hasEndpoints;
   const hasExternalEndpoints = externalPolicyLocal ? hasEndpoints && localEndpoints.length > 0 : hasEndpoints;
-  const sourceRanges = ranges.length === 0 ? NO_CIDRS : ranges.map((r) => parseCidr(r)!);
-  const allowFromNode = sourceRanges.some((c) => node.addrs.some((a) => cidrContains(c, a)));
-  const loadBalancerAddrs = addrsOf(loadBalancerIPs);
+  const sourceRanges = family === 6 || ranges.length === 0 ? NO_CIDRS : ranges.map((r) => parseCidr(r)!);
+  const sourceRanges6 = family === 4 || ranges.length === 0 ? NO_CIDRS6 : ranges.map((r) => parseCidr6(r)!);
+  const allowFromNode =
+    family === 4
+      ? sourceRanges.some((c) => node.addrs4.some((a) => cidrContains(c, a)))
+      : sourceRanges6.some((c) => node.addrs6.some((a) => cidr6Contains(c, addr6.words(a))));
   return {
     service: svc,
     port,
+    family,
     name: servicePortName(svc, port),
     protocol: port.protocol,
     protocolNumber: protocolNumber(port.protocol),
@@ -293,13 +493,14 @@ export function servicePortModel(svc: Service, port: ServicePort, node: NodeMode
     portNumber: port.port,
     nodePort,
     clusterIP,
-    clusterAddr: clusterIP === null ? -1 : parseIPv4(clusterIP),
+    clusterAddr: clusterIP === null ? -1 : parseAddr(clusterIP),
     externalIPs,
-    externalAddrs: addrsOf(externalIPs),
+    externalAddrs: ext.addrs,
     loadBalancerIPs,
-    loadBalancerAddrs,
+    loadBalancerAddrs: lb.addrs,
     loadBalancerSourceRanges: ranges,
     sourceRanges,
+    sourceRanges6,
     affinitySeconds: svc.sessionAffinity === 'ClientIP' ? (svc.sessionAffinityTimeoutSeconds ?? DEFAULT_AFFINITY_SECONDS) : 0,
     internalPolicyLocal,
     externalPolicyLocal,
@@ -319,10 +520,12 @@ export function servicePortModel(svc: Service, port: ServicePort, node: NodeMode
   };
 }
 
-/** One service's model (input assumed validated). */
+/** One service's model (input assumed validated): its ports, once per family of the service, in ipFamilies order. */
 export function serviceModel(svc: Service, node: NodeModel, epAddrs?: readonly Addr[]): ServiceModel {
-  const ports: ServicePortModel[] = new Array(svc.ports.length);
-  for (let i = 0; i < svc.ports.length; i++) ports[i] = servicePortModel(svc, svc.ports[i], node, epAddrs);
+  const fams = serviceFamilies(svc);
+  const n = svc.ports.length;
+  const ports: ServicePortModel[] = new Array(n * fams.length);
+  for (let f = 0; f < fams.length; f++) for (let i = 0; i < n; i++) ports[f * n + i] = servicePortModel(svc, svc.ports[i], node, epAddrs, fams[f]);
   return { service: svc, key: `${svc.namespace}/${svc.name}`, ports };
 }
 

@@ -17,7 +17,7 @@ import type { RuleSet, Service } from './types.ts';
 import { validateRuleSet, validateServices, RuleSetError } from './validate.ts';
 import type { KeyHolder, KeysInForce } from './validate.ts';
 import { compile, patchTables } from './compile.ts';
-import { RuleSetModel, servicePortName } from './model.ts';
+import { RuleSetModel, servicePortName, isIPv6 } from './model.ts';
 import type { ServiceModel } from './model.ts';
 import type { Tables } from '../dataplane/tables.ts';
 import { writeIptables } from './iptables/writer.ts';
@@ -89,6 +89,7 @@ function keysOfTables(t: Tables, owners: readonly Service[], byName: ReadonlyMap
   };
   return {
     vip(addr, proto, port) {
+      if (isIPv6(addr)) return null; // the tables hold IPv4 keys only until IPv6 is compiled (V6-CONTRACT: v6dp)
       const v = t.vipIndex.get(addr, protoIndex(proto) * 65536 + port);
       return v < 0 ? null : holder(v >> 2, v & 3);
     },
@@ -236,9 +237,12 @@ export class RuleSetHolder {
     const owners: Service[] = [];
     const byName = new Map<string, Service>();
     const entriesOf = new Map<Service, number[]>();
-    for (const svc of rs.services) {
+    for (const sm of v.model.services) {
+      const svc = sm.service;
       const e: number[] = [];
-      for (let k = 0; k < svc.ports.length; k++) {
+      // one entry per service port the tables hold (IPv4 ones: compile's portsOf(4))
+      for (let k = 0; k < sm.ports.length; k++) {
+        if (sm.ports[k].family !== 4) continue;
         e.push(owners.length);
         owners.push(svc);
       }
@@ -308,7 +312,7 @@ export class RuleSetHolder {
     // model → rules path that could disagree with the text) and runs writer and parser every time.
     // In tunproxy run the text is also the form the rules cross to the packet thread in
     // (control/worker/control-worker.ts), so the holder there builds no walk.
-    if (this.decider === 'linear') tables = { ...tables, linear: linearFromText(writeIptables(model), { localAddresses: model.node.addresses }) };
+    if (this.decider === 'linear') tables = { ...tables, linear: linearFromText(writeIptables(model), { localAddresses: model.node.addresses.filter((a) => !a.includes(':')) }) };
     this.mdl = model;
     this.rs = model.ruleSet;
     this.tables = tables;

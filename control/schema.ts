@@ -9,7 +9,14 @@
 import { API_VERSION } from './types.ts';
 
 const ipv4 = { type: 'string', format: 'ipv4', description: 'IPv4 address in dotted-quad form' } as const;
-const cidr = { type: 'string', pattern: '^[0-9.]+(/[0-9]{1,2})?$', description: 'IPv4 CIDR, like 10.64.0.0/16' } as const;
+const ipv6 = { type: 'string', format: 'ipv6', description: 'IPv6 address (RFC 4291 text)' } as const;
+const ip = { anyOf: [ipv4, ipv6], description: 'IPv4 or IPv6 address' } as const;
+const cidr = { type: 'string', pattern: '^([0-9.]+(/[0-9]{1,2})?|[0-9a-fA-F:.]*:[0-9a-fA-F:.]*(/[0-9]{1,3})?)$', description: 'IPv4 or IPv6 CIDR, like 10.64.0.0/16 or fd00:10:244::/56' } as const;
+/** one value or kube-proxy's dual-stack pair "IPv4,IPv6" */
+const pairOf = (pattern: string, description: string) => ({ type: 'string', pattern: `^${pattern}(,${pattern})?$`, description }) as const;
+const ipText = '([0-9.]+|[0-9a-fA-F:.]*:[0-9a-fA-F:.]*)';
+const cidrText = '([0-9.]+(/[0-9]{1,2})?|[0-9a-fA-F:.]*:[0-9a-fA-F:.]*(/[0-9]{1,3})?)';
+const family = { enum: ['IPv4', 'IPv6'] } as const;
 const dnsLabel = { type: 'string', pattern: '^[a-z0-9]([-a-z0-9]*[a-z0-9])?$', maxLength: 63 } as const;
 
 export const ruleSetSchema = {
@@ -28,9 +35,9 @@ export const ruleSetSchema = {
       required: ['addresses'],
       properties: {
         name: { type: 'string' },
-        addresses: { type: 'array', minItems: 1, items: ipv4, description: 'the local addresses (-m addrtype --dst-type LOCAL); NodePorts answer on these' },
-        masqueradeAddress: { ...ipv4, description: 'SNAT source; default: the first address inside clusterCIDR, else addresses[0]' },
-        clusterCIDR: { ...cidr, description: "pod CIDR (kube-proxy's --cluster-cidr)" },
+        addresses: { type: 'array', minItems: 1, items: ip, description: 'the local addresses, IPv4 and IPv6 (-m addrtype --dst-type LOCAL); NodePorts answer on these' },
+        masqueradeAddress: pairOf(ipText, 'SNAT source, or a dual-stack pair "IPv4,IPv6"; default per family: the first node address of that family inside clusterCIDR, else the first of that family'),
+        clusterCIDR: pairOf(cidrText, 'pod CIDR (kube-proxy\'s --cluster-cidr), or its dual-stack pair "10.244.0.0/16,fd00:10:244::/56"'),
         masqueradeAll: { type: 'boolean', default: false },
         masqueradeMark: { type: 'string', pattern: '^0x[0-9a-fA-F]{1,8}$', default: '0x4000' },
         nodePortRange: { type: 'string', pattern: '^[0-9]+-[0-9]+$', default: '30000-32767' },
@@ -47,7 +54,10 @@ export const ruleSetSchema = {
         properties: {
           namespace: dnsLabel,
           name: dnsLabel,
-          clusterIP: { anyOf: [ipv4, { const: 'None' }] },
+          clusterIP: { anyOf: [ipv4, ipv6, { const: 'None' }], description: 'the primary family\'s ClusterIP (= clusterIPs[0]), "None" when headless' },
+          clusterIPs: { type: 'array', minItems: 1, maxItems: 2, items: { anyOf: [ipv4, ipv6, { const: 'None' }] }, description: 'a ClusterIP per family, in ipFamilies order' },
+          ipFamilies: { type: 'array', minItems: 1, maxItems: 2, uniqueItems: true, items: family, description: 'the IP families, primary first' },
+          ipFamilyPolicy: { enum: ['SingleStack', 'PreferDualStack', 'RequireDualStack'], description: 'SingleStack takes one family, RequireDualStack two, PreferDualStack one or two; when absent, as many as ipFamilies or clusterIPs list' },
           ports: {
             type: 'array',
             minItems: 1,
@@ -64,8 +74,8 @@ export const ruleSetSchema = {
               },
             },
           },
-          externalIPs: { type: 'array', items: ipv4 },
-          loadBalancerIPs: { type: 'array', items: ipv4 },
+          externalIPs: { type: 'array', items: ip },
+          loadBalancerIPs: { type: 'array', items: ip },
           loadBalancerSourceRanges: { type: 'array', items: cidr },
           sessionAffinity: { enum: ['None', 'ClientIP'], default: 'None' },
           sessionAffinityTimeoutSeconds: { type: 'integer', minimum: 1, maximum: 86400, default: 10800 },
@@ -78,7 +88,7 @@ export const ruleSetSchema = {
               additionalProperties: false,
               required: ['address'],
               properties: {
-                address: ipv4,
+                address: ip,
                 ports: { type: 'object', additionalProperties: { type: 'integer', minimum: 1, maximum: 65535 }, description: 'port per service-port name' },
                 ready: { type: 'boolean', default: true },
                 serving: { type: 'boolean' },

@@ -10,11 +10,14 @@ export const API_VERSION = 'tunproxy.dev/v1';
 export interface NodeSpec {
   /** node name (informational; kube-proxy's --hostname-override) */
   name?: string;
-  /** the node's local addresses: what `-m addrtype --dst-type LOCAL` matches; NodePorts answer on these */
+  /** the node's local addresses, IPv4 and IPv6: what `-m addrtype --dst-type LOCAL` matches; NodePorts answer on these */
   addresses: string[];
-  /** the source address used for masquerade (SNAT); default: the first address inside clusterCIDR, else addresses[0] */
+  /**
+   * the source address used for masquerade (SNAT), or a dual-stack pair "IPv4,IPv6";
+   * default per family: the first node address of that family inside clusterCIDR, else the first of that family
+   */
   masqueradeAddress?: string;
-  /** pod CIDR (kube-proxy's --cluster-cidr); traffic from outside it to a ClusterIP is masqueraded */
+  /** pod CIDR (kube-proxy's --cluster-cidr), or its dual-stack pair "10.244.0.0/16,fd00:10:244::/56"; traffic from outside it to a ClusterIP is masqueraded */
   clusterCIDR?: string;
   /** kube-proxy's --masquerade-all */
   masqueradeAll?: boolean;
@@ -49,11 +52,20 @@ export interface Endpoint {
   nodeLocal?: boolean;   // default false
 }
 
+export type IPFamily = 'IPv4' | 'IPv6';
+export type IPFamilyPolicy = 'SingleStack' | 'PreferDualStack' | 'RequireDualStack';
+
 export interface Service {
   namespace: string;
   name: string;
-  /** "None" or absent for headless services (no ClusterIP rules) */
+  /** "None" or absent for headless services (no ClusterIP rules); the primary family's ClusterIP (= clusterIPs[0]) */
   clusterIP?: string;
+  /** a ClusterIP per family, in ipFamilies order (spec.clusterIPs); ["None"] for headless */
+  clusterIPs?: string[];
+  /** the service's IP families, primary first (spec.ipFamilies); default: the families of clusterIPs */
+  ipFamilies?: IPFamily[];
+  /** spec.ipFamilyPolicy: SingleStack (default) takes one family, RequireDualStack two, PreferDualStack one or two */
+  ipFamilyPolicy?: IPFamilyPolicy;
   ports: ServicePort[];
   externalIPs?: string[];
   /** status.loadBalancer.ingress[].ip */

@@ -14,9 +14,10 @@
 import { API_VERSION } from './types.ts';
 import type { RuleSet, Service } from './types.ts';
 import { parseCidr, parseIPv4, protoIndex } from '../dataplane/addr.ts';
+import { parseCidr6, looksIPv6 } from '../dataplane/addr6.ts';
 import { VipIndex } from '../dataplane/hashtable.ts';
-import { nodeModel, serviceModel, RuleSetModel } from './model.ts';
-import type { Addr, NodeModel, ServiceModel, ServicePortModel } from './model.ts';
+import { nodeModel, serviceModel, RuleSetModel, parseAddr, isIPv6, familyOf, splitPair, serviceFamilies, ADDR6_BASE } from './model.ts';
+import type { Addr, Family, NodeModel, ServiceModel, ServicePortModel } from './model.ts';
 
 export interface ValidationError {
   path: string;
@@ -40,7 +41,7 @@ const MAX_SERVICES = 1_000_000;
 
 const ROOT_FIELDS = new Set(['apiVersion', 'node', 'services']);
 const NODE_FIELDS = new Set(['name', 'addresses', 'masqueradeAddress', 'clusterCIDR', 'masqueradeAll', 'masqueradeMark', 'nodePortRange', 'loadBalancing', 'maglevTableSize']);
-const SERVICE_FIELDS = new Set(['namespace', 'name', 'clusterIP', 'ports', 'externalIPs', 'loadBalancerIPs', 'loadBalancerSourceRanges', 'sessionAffinity', 'sessionAffinityTimeoutSeconds', 'externalTrafficPolicy', 'internalTrafficPolicy', 'endpoints']);
+const SERVICE_FIELDS = new Set(['namespace', 'name', 'clusterIP', 'clusterIPs', 'ipFamilies', 'ipFamilyPolicy', 'ports', 'externalIPs', 'loadBalancerIPs', 'loadBalancerSourceRanges', 'sessionAffinity', 'sessionAffinityTimeoutSeconds', 'externalTrafficPolicy', 'internalTrafficPolicy', 'endpoints']);
 const PORT_FIELDS = new Set(['name', 'protocol', 'port', 'nodePort', 'targetPort']);
 type Obj = Record<string, unknown>;
 const isObj = (v: unknown): v is Obj => typeof v === 'object' && v !== null && !Array.isArray(v);
@@ -63,15 +64,32 @@ class Checker {
     for (const k in o) if (!allowed.has(k)) this.err(path ? `${path}.${k}` : k, `unknown field (allowed: ${[...allowed].join(', ')})`);
     for (let i = 0; i < required.length; i++) if (o[required[i]] === undefined) this.err(path ? `${path}.${required[i]}` : required[i], 'is required');
   }
-  ipv4(v: unknown, path: string): boolean {
-    if (typeof v !== 'string') return this.err(path, `must be an IPv4 address string, got ${describe(v)}`), false;
-    if (v.includes(':')) return this.err(path, `${v} is an IPv6 address; only IPv4 is supported`), false;
-    if (parseIPv4(v) < 0) return this.err(path, `${JSON.stringify(v)} is not an IPv4 address`), false;
-    return true;
+  /** An address of either family as an Addr, or -1 (error reported). */
+  ip(v: unknown, path: string): Addr {
+    if (typeof v !== 'string') return this.err(path, `must be an IPv4 or IPv6 address string, got ${describe(v)}`), -1;
+    const a = parseAddr(v);
+    if (a < 0) this.err(path, `${JSON.stringify(v)} is not an ${looksIPv6(v) ? 'IPv6' : 'IPv4'} address`);
+    return a;
   }
-  cidr(v: unknown, path: string): boolean {
-    if (typeof v !== 'string' || parseCidr(v) === null) return this.err(path, `${describe(v)} is not an IPv4 CIDR (like 10.64.0.0/16)`), false;
-    return true;
+  /** A CIDR of either family: its family, or 0 (error reported). */
+  cidr(v: unknown, path: string): number {
+    if (typeof v === 'string' && (looksIPv6(v) ? parseCidr6(v) !== null : parseCidr(v) !== null)) return looksIPv6(v) ? 6 : 4;
+    this.err(path, `${describe(v)} is not an ${typeof v === 'string' && looksIPv6(v) ? 'IPv6 CIDR (like fd00:10:244::/56)' : 'IPv4 CIDR (like 10.64.0.0/16)'}`);
+    return 0;
+  }
+  /** One value or kube-proxy's dual-stack pair "IPv4,IPv6" (one per family). */
+  pair(v: unknown, path: string, one: (x: string, p: string) => number): void {
+    if (typeof v !== 'string') return this.err(path, `must be a string, got ${describe(v)}`);
+    const parts = splitPair(v);
+    if (parts.length > 2) return this.err(path, `${describe(v)}: at most two, one per IP family ("IPv4,IPv6")`);
+    const fams = parts.map((x) => one(x, path));
+    if (fams.length === 2 && fams[0] !== 0 && fams[0] === fams[1]) this.err(path, `${describe(v)}: a dual-stack pair needs one of each IP family, not two IPv${fams[0]}`);
+  }
+  /** An address of the service's families: false (error reported) when its family is not one of them. */
+  inFamilies(a: Addr, text: string, fams: readonly Family[], path: string): boolean {
+    if (a < 0 || fams.includes(familyOf(a))) return true;
+    this.err(path, `${text} is IPv${familyOf(a)}, but the service's IP families are [${fams.map((f) => 'IPv' + f).join(', ')}]`);
+    return false;
   }
   bool(v: unknown, path: string): void {
     if (v !== undefined && typeof v !== 'boolean') this.err(path, `must be true or false, got ${describe(v)}`);
@@ -84,17 +102,18 @@ class Checker {
   oneOf(v: unknown, path: string, options: readonly string[]): void {
     if (v !== undefined && !options.includes(v as string)) this.err(path, `${describe(v)} is not one of ${options.join(', ')}`);
   }
-  ipList(v: unknown, path: string): string[] {
+  /** An array of addresses of either family (of `fams` when given): their Addrs. */
+  ipList(v: unknown, path: string, fams?: readonly Family[]): Addr[] {
     if (v === undefined) return [];
-    if (!Array.isArray(v)) return this.err(path, 'must be an array of IPv4 addresses'), [];
-    const out: string[] = [];
-    const seen = new Set<string>();
+    if (!Array.isArray(v)) return this.err(path, 'must be an array of IPv4 or IPv6 addresses'), [];
+    const out: Addr[] = [];
+    const seen = new Set<Addr>();
     v.forEach((a, i) => {
-      if (this.ipv4(a, `${path}[${i}]`)) {
-        if (seen.has(a as string)) this.err(`${path}[${i}]`, `${a} is listed twice`);
-        seen.add(a as string);
-        out.push(a as string);
-      }
+      const n = this.ip(a, `${path}[${i}]`);
+      if (n < 0) return;
+      if (seen.has(n)) this.err(`${path}[${i}]`, `${a} is listed twice`);
+      else if (fams === undefined || this.inFamilies(n, a as string, fams, `${path}[${i}]`)) out.push(n);
+      seen.add(n);
     });
     return out;
   }
@@ -109,13 +128,13 @@ function describe(v: unknown): string {
 const ENDPOINT_FIELDS = new Set(['address', 'ports', 'ready', 'serving', 'terminating', 'nodeLocal']);
 const isBoolOrUndef = (v: unknown) => v === undefined || typeof v === 'boolean';
 
-/** An endpoint with nothing to report (checked without building any path string): its address as a number, else -1. */
-function plainEndpoint(ep: unknown, portNames: Set<string>, namedTarget: boolean, seen: Set<number>): Addr {
+/** An endpoint with nothing to report (checked without building any path string; `fams`: bit 1 IPv4, bit 2 IPv6 allowed): its address as a number, else -1. */
+function plainEndpoint(ep: unknown, portNames: Set<string>, namedTarget: boolean, seen: Set<number>, fams: number): Addr {
   if (!isObj(ep)) return -1;
   for (const k in ep) if (!ENDPOINT_FIELDS.has(k)) return -1;
   if (typeof ep.address !== 'string') return -1;
-  const a = parseIPv4(ep.address);
-  if (a < 0 || seen.has(a)) return -1;
+  const a = parseAddr(ep.address);
+  if (a < 0 || seen.has(a) || (fams & (a >= ADDR6_BASE ? 2 : 1)) === 0) return -1;
   if (!isBoolOrUndef(ep.ready) || !isBoolOrUndef(ep.serving) || !isBoolOrUndef(ep.terminating) || !isBoolOrUndef(ep.nodeLocal)) return -1;
   if (ep.ports === undefined) {
     if (namedTarget) return -1;
@@ -131,6 +150,8 @@ function plainEndpoint(ep: unknown, portNames: Set<string>, namedTarget: boolean
 }
 
 const KINDS = ['cluster IP', 'external IP', 'loadbalancer IP'];
+/** the family bit of Conflicts' VIP keys (above protoIndex * 65536 + port) */
+const V6_KEY = 1 << 18;
 
 /** Who holds a key in the rule set in force: the text naming it ("services[3].ports[0] (ns/name:port") and the kind of address (0 cluster, 1 external, 2 load balancer). */
 export interface KeyHolder {
@@ -177,7 +198,7 @@ export class Conflicts {
     const sm = this.models.get(si)!;
     let pi = 0;
     while (pi < sm.ports.length - 1 && !(sm.ports[pi].protocolNumber === proto && (nodePort ? sm.ports[pi].nodePort : sm.ports[pi].portNumber) === port)) pi++;
-    return `services[${si}].ports[${pi}] (${sm.service.namespace}/${sm.service.name}:${sm.ports[pi].port.name}`;
+    return `services[${si}].ports[${pi % sm.service.ports.length}] (${sm.service.namespace}/${sm.service.name}:${sm.ports[pi].port.name}`;
   }
 
   claim(sm: ServiceModel, si: number): void {
@@ -186,10 +207,19 @@ export class Conflicts {
     const prev = this.names.get(sm.key) ?? this.inForce?.service(sm.key) ?? -1;
     if (prev >= 0) c.err(`services[${si}]`, `service ${sm.key} is already defined by services[${prev}]`);
     else this.names.set(sm.key, si);
-    if (sm.ports.length > 0 && sm.ports[0].clusterAddr >= 0 && this.nodeAddrs.has(sm.ports[0].clusterAddr)) c.err(`services[${si}].clusterIP`, `${sm.service.clusterIP} is a node address`);
+    // each family's ClusterIP (the first port of each family carries it)
     for (let pi = 0; pi < sm.ports.length; pi++) {
       const p = sm.ports[pi];
-      if (p.nodePort !== 0) {
+      if (p.clusterAddr >= 0 && (pi === 0 || sm.ports[pi - 1].family !== p.family) && this.nodeAddrs.has(p.clusterAddr))
+        c.err(`services[${si}].${p.clusterIP === sm.service.clusterIP ? 'clusterIP' : 'clusterIPs'}`, `${p.clusterIP} is a node address`);
+    }
+    // a dual-stack service port has a model per family; paths name the rule set's port (pi % n)
+    const n = sm.service.ports.length;
+    for (let mi = 0; mi < sm.ports.length; mi++) {
+      const p = sm.ports[mi];
+      const pi = mi % n;
+      // a NodePort is the node's, whatever the family: claimed once per service port (by its first family)
+      if (p.nodePort !== 0 && mi < n) {
         const k = protoIndex(p.protocolNumber) * 65536 + p.nodePort;
         const w = this.nodePorts.get(k) ?? -1;
         const f = w < 0 && this.inForce !== null ? this.inForce.nodePort(p.protocolNumber, p.nodePort) : null;
@@ -204,8 +234,11 @@ export class Conflicts {
   }
 
   private claimVip(p: ServicePortModel, si: number, pi: number, addr: Addr, kind: number, i: number): void {
-    const pp = protoIndex(p.protocolNumber) * 65536 + p.portNumber;
-    const w = this.vips.get(addr, pp);
+    // an IPv6 address keys by its pool index, with a family bit above any protocol+port
+    const v6 = isIPv6(addr);
+    const pp = protoIndex(p.protocolNumber) * 65536 + p.portNumber + (v6 ? V6_KEY : 0);
+    const key = v6 ? addr - ADDR6_BASE : addr;
+    const w = this.vips.get(key, pp);
     const f = w < 0 && this.inForce !== null ? this.inForce.vip(addr, p.protocolNumber, p.portNumber) : null;
     if (w >= 0 || f !== null) {
       const text = kind === 0 ? p.clusterIP! : kind === 1 ? p.externalIPs[i] : p.loadBalancerIPs[i];
@@ -214,7 +247,7 @@ export class Conflicts {
       return;
     }
     if ((this.vips.size + 1) * 2 > this.vips.capacity) this.vips = this.vips.copy(this.vips.size * 2 + 2);
-    this.vips.set(addr, pp, si * 4 + kind);
+    this.vips.set(key, pp, si * 4 + kind);
   }
 }
 
@@ -237,12 +270,84 @@ function plainPort(p: unknown, nPorts: number, names: Set<string>, range: readon
   return true;
 }
 
+const FAMILIES_HINT = 'must be ["IPv4"], ["IPv6"], ["IPv4", "IPv6"] or ["IPv6", "IPv4"]';
+const fname = (f: Family): string => `IPv${f}`;
+
+/**
+ * The IP-family fields of a service (clusterIP, clusterIPs, ipFamilies,
+ * ipFamilyPolicy) as the Kubernetes API server checks them: clusterIPs[0] is
+ * clusterIP, one ClusterIP per family, ipFamilies in the order of
+ * clusterIPs, SingleStack one family and RequireDualStack two. Returns the
+ * service's families (control/model.ts serviceFamilies), or both when
+ * something was wrong (so that its addresses are not reported again).
+ */
+function checkFamilies(c: Checker, svc: Obj, sp: string): readonly Family[] {
+  const before = c.count;
+  const cip = svc.clusterIP;
+  let cipFam: Family | 0 = 0;
+  if (cip !== undefined && cip !== 'None') {
+    const a = c.ip(cip, `${sp}.clusterIP`);
+    if (a >= 0) cipFam = familyOf(a);
+  }
+  const ipsFams: Family[] = [];
+  const ips = svc.clusterIPs;
+  if (ips !== undefined) {
+    if (!Array.isArray(ips) || ips.length === 0 || ips.length > 2) c.err(`${sp}.clusterIPs`, 'must be an array of one or two addresses (one per IP family), or ["None"]');
+    else {
+      ips.forEach((x, i) => {
+        const p = `${sp}.clusterIPs[${i}]`;
+        if (x === 'None') {
+          if (ips.length !== 1) c.err(p, '"None" (headless) must be the only entry');
+          return;
+        }
+        const a = c.ip(x, p);
+        if (a >= 0) ipsFams.push(familyOf(a));
+      });
+      if (ipsFams.length === 2 && ipsFams[0] === ipsFams[1]) c.err(`${sp}.clusterIPs[1]`, `${describe(ips[1])} is a second ${fname(ipsFams[1])} address: a dual-stack service has one ClusterIP per family`);
+      if (cip !== undefined && ips[0] !== cip) c.err(`${sp}.clusterIPs[0]`, `${describe(ips[0])} must equal clusterIP ${describe(cip)}`);
+    }
+  }
+  let given: Family[] | null = null;
+  const fl = svc.ipFamilies;
+  if (fl !== undefined) {
+    if (!Array.isArray(fl) || fl.length === 0 || fl.length > 2) c.err(`${sp}.ipFamilies`, FAMILIES_HINT);
+    else {
+      const g: Family[] = [];
+      fl.forEach((f, i) => {
+        if (f === 'IPv4' || f === 'IPv6') g.push(f === 'IPv6' ? 6 : 4);
+        else c.err(`${sp}.ipFamilies[${i}]`, `${describe(f)} is not one of IPv4, IPv6`);
+      });
+      if (g.length === 2 && g[0] === g[1]) c.err(`${sp}.ipFamilies[1]`, `${fname(g[1])} is listed twice`);
+      else if (g.length === fl.length) given = g;
+    }
+  }
+  const ipF: Family[] = ipsFams.length > 0 ? ipsFams : cipFam !== 0 ? [cipFam] : [];
+  if (given !== null) {
+    if (cipFam !== 0 && given.length > 0 && given[0] !== cipFam) c.err(`${sp}.clusterIP`, `${cip} is ${fname(cipFam)}, but ipFamilies[0] is ${fname(given[0])}`);
+    ipsFams.forEach((f, i) => {
+      if (i >= given!.length) c.err(`${sp}.clusterIPs[${i}]`, `${describe((ips as unknown[])[i])} is ${fname(f)}, but ipFamilies lists only [${given!.map(fname).join(', ')}]`);
+      else if (given![i] !== f) c.err(`${sp}.clusterIPs[${i}]`, `${describe((ips as unknown[])[i])} is ${fname(f)}, but ipFamilies[${i}] is ${fname(given![i])}`);
+    });
+  }
+  const pol = svc.ipFamilyPolicy;
+  c.oneOf(pol, `${sp}.ipFamilyPolicy`, ['SingleStack', 'PreferDualStack', 'RequireDualStack']);
+  const n = given !== null ? given.length : ipF.length;
+  if (pol === 'SingleStack' && n === 2) c.err(`${sp}.ipFamilyPolicy`, 'SingleStack takes one IP family, but the service lists two (ipFamilies, clusterIPs)');
+  if (pol === 'RequireDualStack' && n < 2) c.err(`${sp}.ipFamilyPolicy`, 'RequireDualStack needs both IP families: list them in ipFamilies (and a ClusterIP of each in clusterIPs)');
+  if (c.count !== before) return BOTH_FAMILIES;
+  return serviceFamilies(svc as unknown as Service);
+}
+const BOTH_FAMILIES: readonly Family[] = [4, 6];
+const ONLY_IPV4: readonly Family[] = [4];
+/** the node's families as bits: 1 IPv4, 2 IPv6 */
+const nodeFamilies = (n: NodeModel): number => (n.addrs4.length > 0 ? 1 : 0) | (n.addrs6.length > 0 ? 2 : 0);
+
 /**
  * Check one service field by field (`si`: its position in the rule set, for
  * the paths). Returns its endpoints' addresses as numbers when nothing was
  * wrong with it, else null.
  */
-function checkService(c: Checker, svc: unknown, si: number, range: readonly [number, number]): Addr[] | null {
+function checkService(c: Checker, svc: unknown, si: number, range: readonly [number, number], nodeFams: number): Addr[] | null {
   const before = c.count;
   const sp = `services[${si}]`;
   if (!isObj(svc)) {
@@ -256,12 +361,20 @@ function checkService(c: Checker, svc: unknown, si: number, range: readonly [num
   }
   // paths and names are built only for an error: a good service costs no strings
   const cip = svc.clusterIP;
-  if (cip !== undefined && cip !== 'None' && !(typeof cip === 'string' && parseIPv4(cip) >= 0)) c.ipv4(cip, `${sp}.clusterIP`);
-  if (svc.externalIPs !== undefined) c.ipList(svc.externalIPs, `${sp}.externalIPs`);
-  if (svc.loadBalancerIPs !== undefined) c.ipList(svc.loadBalancerIPs, `${sp}.loadBalancerIPs`);
+  const plainFamilies = svc.clusterIPs === undefined && svc.ipFamilies === undefined && svc.ipFamilyPolicy === undefined && (cip === undefined || cip === 'None' || (typeof cip === 'string' && parseIPv4(cip) >= 0));
+  const fams = plainFamilies && cip !== undefined && cip !== 'None' ? ONLY_IPV4 : checkFamilies(c, svc, sp);
+  const famBits = (fams.includes(4) ? 1 : 0) | (fams.includes(6) ? 2 : 0);
+  if ((famBits & 2) !== 0 && (nodeFams & 2) === 0 && fams !== BOTH_FAMILIES)
+    c.err(sp, `${svc.namespace}/${svc.name} is IPv6 (its IP families are [${fams.map(fname).join(', ')}]), but node.addresses has no IPv6 address (to answer NodePorts on and masquerade to)`);
+  if (svc.externalIPs !== undefined) c.ipList(svc.externalIPs, `${sp}.externalIPs`, fams);
+  if (svc.loadBalancerIPs !== undefined) c.ipList(svc.loadBalancerIPs, `${sp}.loadBalancerIPs`, fams);
   if (svc.loadBalancerSourceRanges !== undefined) {
     if (!Array.isArray(svc.loadBalancerSourceRanges)) c.err(`${sp}.loadBalancerSourceRanges`, 'must be an array of CIDRs');
-    else svc.loadBalancerSourceRanges.forEach((r, i) => c.cidr(r, `${sp}.loadBalancerSourceRanges[${i}]`));
+    else
+      svc.loadBalancerSourceRanges.forEach((r, i) => {
+        const f = c.cidr(r, `${sp}.loadBalancerSourceRanges[${i}]`);
+        if (f !== 0 && !fams.includes(f as Family)) c.err(`${sp}.loadBalancerSourceRanges[${i}]`, `${r} is IPv${f}, but the service's IP families are [${fams.map(fname).join(', ')}]`);
+      });
   }
   if (svc.sessionAffinity !== undefined) c.oneOf(svc.sessionAffinity, `${sp}.sessionAffinity`, ['None', 'ClientIP']);
   if (svc.sessionAffinityTimeoutSeconds !== undefined) c.int(svc.sessionAffinityTimeoutSeconds, `${sp}.sessionAffinityTimeoutSeconds`, 1, 86400);
@@ -310,7 +423,7 @@ function checkService(c: Checker, svc: unknown, si: number, range: readonly [num
   const addrs: Addr[] = new Array(eps.length);
   for (let ei = 0; ei < eps.length; ei++) {
     const ep = eps[ei];
-    const pa = plainEndpoint(ep, portNames, namedTarget, seenEp);
+    const pa = plainEndpoint(ep, portNames, namedTarget, seenEp, famBits);
     addrs[ei] = pa;
     if (pa >= 0) continue; // the common case: no strings built
     const ep_ = `${sp}.endpoints[${ei}]`;
@@ -319,9 +432,10 @@ function checkService(c: Checker, svc: unknown, si: number, range: readonly [num
       continue;
     }
     c.fields(ep, ep_, ENDPOINT_FIELDS, ['address']);
-    if (ep.address !== undefined && c.ipv4(ep.address, `${ep_}.address`)) {
-      const a = parseIPv4(ep.address as string);
+    const a = ep.address === undefined ? -1 : c.ip(ep.address, `${ep_}.address`);
+    if (a >= 0) {
       if (seenEp.has(a)) c.err(`${ep_}.address`, `${ep.address} is listed twice in ${svc.namespace}/${svc.name}`);
+      else c.inFamilies(a, ep.address as string, fams, `${ep_}.address`);
       seenEp.add(a);
       addrs[ei] = a;
     }
@@ -364,8 +478,11 @@ export function validateRuleSet(input: unknown): ValidationResult {
       c.ipList(node.addresses, 'node.addresses');
       if (Array.isArray(node.addresses) && node.addresses.length === 0) c.err('node.addresses', 'must list at least one address (what -m addrtype --dst-type LOCAL matches)');
     }
-    if (node.masqueradeAddress !== undefined) c.ipv4(node.masqueradeAddress, 'node.masqueradeAddress');
-    if (node.clusterCIDR !== undefined) c.cidr(node.clusterCIDR, 'node.clusterCIDR');
+    if (node.masqueradeAddress !== undefined) c.pair(node.masqueradeAddress, 'node.masqueradeAddress', (x, p) => {
+      const a = c.ip(x, p);
+      return a < 0 ? 0 : familyOf(a);
+    });
+    if (node.clusterCIDR !== undefined) c.pair(node.clusterCIDR, 'node.clusterCIDR', (x, p) => c.cidr(x, p));
     c.bool(node.masqueradeAll, 'node.masqueradeAll');
     if (node.masqueradeMark !== undefined) {
       const m = node.masqueradeMark;
@@ -386,6 +503,7 @@ export function validateRuleSet(input: unknown): ValidationResult {
 
   // the model of the node, when the node is right (the services' models need it)
   const nm = isObj(node) && c.count === beforeNode ? nodeModel(input as unknown as RuleSet) : null;
+  const nodeFams = nm === null ? 3 : nodeFamilies(nm);
 
   // services
   const services = input.services;
@@ -395,7 +513,7 @@ export function validateRuleSet(input: unknown): ValidationResult {
     if (services.length > MAX_SERVICES) c.err('services', `${services.length} services is more than ${MAX_SERVICES}`);
     const conflicts = nm === null ? null : new Conflicts(c, nm, null, services.length * 2);
     for (let si = 0; si < services.length; si++) {
-      const addrs = checkService(c, services[si], si, range);
+      const addrs = checkService(c, services[si], si, range, nodeFams);
       if (addrs === null || nm === null) continue;
       const sm = serviceModel(services[si] as Service, nm, addrs);
       conflicts!.claim(sm, si);
@@ -418,7 +536,7 @@ export function validateServices(node: NodeModel, changed: readonly unknown[], a
   const conflicts = new Conflicts(c, node, inForce);
   const out: ServiceModel[] = [];
   for (let k = 0; k < changed.length; k++) {
-    const addrs = checkService(c, changed[k], at[k], node.nodePortRange);
+    const addrs = checkService(c, changed[k], at[k], node.nodePortRange, nodeFamilies(node));
     if (addrs === null) continue;
     const sm = serviceModel(changed[k] as Service, node, addrs);
     conflicts.claim(sm, at[k]);

@@ -253,7 +253,8 @@ export function writeIptables(input: RuleSet | RuleSetModel, opts: WriteOptions 
   const node = model.node;
   const mark = node.masqueradeMark;
   let totalEndpoints = 0;
-  for (const p of model.ports) totalEndpoints += p.endpoints.length;
+  const ports = model.portsOf(4); // iptables-save: IPv4 (ip6tables: V6-CONTRACT, v6ipt)
+  for (const p of ports) totalEndpoints += p.endpoints.length;
   const largeClusterMode = opts.largeClusterMode ?? totalEndpoints > LARGE_CLUSTER_ENDPOINTS_THRESHOLD;
 
   const b = new Buffers();
@@ -268,7 +269,7 @@ export function writeIptables(input: RuleSet | RuleSetModel, opts: WriteOptions 
   b.natRules.push('-A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT" -j MASQUERADE --random-fully');
   b.natRules.push(`-A KUBE-MARK-MASQ -j MARK --or-mark ${mark}`);
 
-  for (const p of model.ports) writeServicePort(b, node, p, largeClusterMode);
+  for (const p of ports) writeServicePort(b, node, p, largeClusterMode);
 
   b.natRules.push('-A KUBE-SERVICES -m comment --comment "kubernetes service nodeports; NOTE: this must be the last rule in this chain" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS');
   b.filterRules.push('-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP');

@@ -51,7 +51,7 @@ export class NodeSetup {
   static staticPlan(tun: string, rs: RuleSet): string[] {
     const range = rs.node.nodePortRange ?? '30000-32767';
     const lines = [`route replace default dev ${tun} table ${TUN_TABLE}`, `rule add pref 7400 iif ${tun} goto 7499`];
-    for (const a of rs.node.addresses) for (const p of ['tcp', 'udp']) lines.push(`rule add pref 7450 to ${a}/32 ipproto ${p} dport ${range} lookup ${TUN_TABLE}`);
+    for (const a of rs.node.addresses) if (!a.includes(':')) for (const p of ['tcp', 'udp']) lines.push(`rule add pref 7450 to ${a}/32 ipproto ${p} dport ${range} lookup ${TUN_TABLE}`);
     if (rs.node.clusterCIDR) for (const p of ['tcp', 'udp', 'icmp', 'sctp']) lines.push(`rule add pref 7460 from ${rs.node.clusterCIDR} ipproto ${p} lookup ${TUN_TABLE}`);
     lines.push('rule add pref 7499 lookup local', 'rule del pref 0 lookup local');
     return lines;

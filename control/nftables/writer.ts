@@ -164,7 +164,7 @@ function setup(tx: Tx, node: NodeModel): void {
   // NodePorts on the node's addresses (kube-proxy's --nodeport-addresses: the node IPs)
   tx.add(`add set ${T} ${NODEPORT_IPS_SET} { type ipv4_addr ; comment "IPs that accept NodePort traffic" ; }`);
   tx.add(`flush set ${T} ${NODEPORT_IPS_SET}`);
-  for (const a of node.addresses) tx.element(NODEPORT_IPS_SET, a);
+  for (const a of node.addresses) if (!a.includes(':')) tx.element(NODEPORT_IPS_SET, a); // ipv4_addr (ip6: V6-CONTRACT, v6ipt)
 
   tx.add(`add map ${T} ${NO_ENDPOINT_SERVICES_MAP} { type ipv4_addr . inet_proto . inet_service : verdict ; comment "vmap to drop or reject packets to services with no endpoints" ; }`);
   tx.add(`add map ${T} ${NO_ENDPOINT_NODEPORTS_MAP} { type inet_proto . inet_service : verdict ; comment "vmap to drop or reject packets to service nodeports with no endpoints" ; }`);
@@ -287,7 +287,7 @@ export function writeNftables(input: RuleSet | RuleSetModel): string {
   const model = modelOf(input);
   const tx = new Tx();
   setup(tx, model.node);
-  for (const p of model.ports) writeServicePort(tx, model.node, p);
+  for (const p of model.portsOf(4)) writeServicePort(tx, model.node, p); // table ip (ip6: V6-CONTRACT, v6ipt)
   return tx.text();
 }
 
@@ -299,7 +299,7 @@ export function writeNftables(input: RuleSet | RuleSetModel): string {
 export function writeNftablesServiceAdd(input: RuleSet | RuleSetModel, svc: Service): string {
   const node = input instanceof Object && 'ruleSet' in input ? input.node : nodeModel(input as RuleSet);
   const tx = new Tx();
-  for (const p of serviceModel(svc, node).ports) writeServicePort(tx, node, p);
+  for (const p of serviceModel(svc, node).ports) if (p.family === 4) writeServicePort(tx, node, p);
   return tx.text();
 }
 

@@ -34,9 +34,10 @@ t.test('incremental and full agree over random sequences of service changes', as
   let rejections = 0;
   let checks = 0;
   let models = 0;
+  let v6ports = 0;
   const op = fc.record({ kind: fc.constantFrom('replace', 'delete', 'append', 'insert', 'endpoints', 'endpoints') as fc.Arbitrary<Op['kind']>, at: fc.nat(), from: fc.nat() });
   fc.assert(
-    fc.property(arbRuleSet({ maxServices: 6 }), arbRuleSet({ maxServices: 6 }), fc.array(op, { minLength: 1, maxLength: 8 }), fc.nat(), (rs, donorRaw, ops, seed) => {
+    fc.property(arbRuleSet({ maxServices: 6, dualStack: true }), arbRuleSet({ maxServices: 6, dualStack: true }), fc.array(op, { minLength: 1, maxLength: 8 }), fc.nat(), (rs, donorRaw, ops, seed) => {
       // the donor's services on the same node, so that only services differ
       const donor: RuleSet = { ...donorRaw, node: rs.node, apiVersion: rs.apiVersion };
       const inc = new RuleSetHolder();
@@ -74,6 +75,7 @@ t.test('incremental and full agree over random sequences of service changes', as
         if (!isDeepStrictEqual(mi.services, mf.services)) throw new Error(`service models differ:\nincremental ${JSON.stringify(mi.services.map((s) => s.key))}\nfull        ${JSON.stringify(mf.services.map((s) => s.key))}`);
         if (!isDeepStrictEqual(mi.ports, mf.ports)) throw new Error('service-port models differ');
         models++;
+        for (const p of mi.ports) if (p.family === 6) v6ports++;
         const packets = fc.sample(packetFor(cur), { numRuns: 25, seed: seed + checks });
         for (const p of packets) {
           const x = JSON.stringify(compiledVerdict(ti, p));
@@ -93,6 +95,7 @@ t.test('incremental and full agree over random sequences of service changes', as
   t.ok(incrementals > 300, 'the incremental path was taken');
   t.ok(models > 300, `the models of both paths compared equal (${models} times)`);
   t.ok(rejections > 20, 'refusals were exercised');
+  t.ok(v6ports > 300, `dual-stack rule sets: IPv6 service-port models compared equal too (${v6ports})`);
 });
 
 t.test('a one-service change on many services is written in place: the arrays are shared, only its row changes', async (t) => {

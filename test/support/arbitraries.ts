@@ -32,6 +32,12 @@ export interface RuleSetArbOptions {
   maxServices?: number;
   /** default 4 */
   maxEndpoints?: number;
+  /**
+   * dual-stack rule sets: the node gets an IPv6 address and an IPv6 cluster CIDR beside its IPv4 ones,
+   * and each service is IPv4-only, dual-stack (either family primary) or IPv6-only (Kubernetes'
+   * ipFamilies, ipFamilyPolicy, clusterIPs), its endpoints and addresses in its families
+   */
+  dualStack?: boolean;
 }
 
 const PROTOCOLS: ProtocolName[] = ['TCP', 'UDP', 'SCTP'];
@@ -140,6 +146,42 @@ function endpointFlags(state: EndpointState): Pick<Endpoint, 'ready' | 'serving'
   }
 }
 
+/** An IPv4 address's IPv6 twin in a /96 of `prefix` ("fd00:10:96::" + the address's low 32 bits). */
+function twin6(prefix: string, v4: string): string {
+  const a = parseIPv4(v4);
+  return `${prefix}${(a >>> 16).toString(16)}:${(a & 0xffff).toString(16)}`;
+}
+
+/** Turn an IPv4 rule set into a dual-stack one: families[i] says what service i becomes. */
+function dualStack(rs: RuleSet, families: number[]): void {
+  rs.node.addresses.push(twin6('fd00:172:16::', rs.node.addresses[0]));
+  rs.node.clusterCIDR = rs.node.clusterCIDR ? `${rs.node.clusterCIDR},fd00:10:200::/64` : 'fd00:10:200::/64';
+  rs.services.forEach((svc, i) => {
+    const mode = families[i % families.length];
+    if (mode === 0) return;
+    const v4 = svc.clusterIP!;
+    const v6 = twin6('fd00:10:96::', v4);
+    const eps4 = svc.endpoints ?? [];
+    const eps6 = eps4.map((e) => ({ ...e, address: twin6('fd00:10:200::', e.address) }));
+    const ext6 = (l: string[] | undefined) => l?.map((a) => twin6('2001:db8:99::', a));
+    if (mode === 3) {
+      svc.clusterIP = v6;
+      svc.ipFamilies = ['IPv6'];
+      svc.endpoints = eps6;
+      if (svc.externalIPs) svc.externalIPs = ext6(svc.externalIPs);
+      if (svc.loadBalancerIPs) svc.loadBalancerIPs = ext6(svc.loadBalancerIPs);
+      if (svc.loadBalancerSourceRanges) svc.loadBalancerSourceRanges = ['2001:db8::/32', 'fd00:172:16::/64'].slice(0, svc.loadBalancerSourceRanges.length);
+      return;
+    }
+    svc.ipFamilyPolicy = i % 2 === 0 ? 'RequireDualStack' : 'PreferDualStack';
+    svc.ipFamilies = mode === 1 ? ['IPv4', 'IPv6'] : ['IPv6', 'IPv4'];
+    svc.clusterIPs = mode === 1 ? [v4, v6] : [v6, v4];
+    svc.clusterIP = svc.clusterIPs[0];
+    svc.endpoints = [...eps4, ...eps6];
+    if (svc.externalIPs) svc.externalIPs = [...svc.externalIPs, ...ext6(svc.externalIPs)!];
+  });
+}
+
 /** A random valid rule set. */
 export function arbRuleSet(opts: RuleSetArbOptions = {}): fc.Arbitrary<RuleSet> {
   const minServices = opts.minServices ?? 1;
@@ -157,6 +199,8 @@ export function arbRuleSet(opts: RuleSetArbOptions = {}): fc.Arbitrary<RuleSet> 
       lbPool: fc.uniqueArray(fc.integer({ min: 1, max: 0xfffe }), { minLength: 2 * maxServices, maxLength: 2 * maxServices }),
       podPool: fc.uniqueArray(fc.integer({ min: 2, max: 250 }), { minLength: 16, maxLength: 16 }),
       nodePortPool: fc.uniqueArray(fc.integer({ min: 30000, max: 32767 }), { minLength: 3 * maxServices, maxLength: 3 * maxServices }),
+      // 0 IPv4 only, 1 dual-stack IPv4 primary, 2 dual-stack IPv6 primary, 3 IPv6 only (used with opts.dualStack)
+      families: fc.array(fc.integer({ min: 0, max: 3 }), { minLength: maxServices, maxLength: maxServices }),
     })
     .map((g) => {
       const cidr = g.clusterCIDR;
@@ -214,6 +258,7 @@ export function arbRuleSet(opts: RuleSetArbOptions = {}): fc.Arbitrary<RuleSet> 
       });
       const rs: RuleSet = { apiVersion: API_VERSION, node: { addresses: nodeAddresses }, services };
       if (cidr !== null) rs.node.clusterCIDR = cidr;
+      if (opts.dualStack) dualStack(rs, g.families);
       if (g.masqueradeAll) rs.node.masqueradeAll = true;
       if (g.mark !== undefined) rs.node.masqueradeMark = g.mark;
       return rs;
@@ -226,15 +271,21 @@ interface Destination {
   proto: number;
 }
 
+/** The IPv4 ones among addresses or CIDRs (packetFor aims IPv4 packets; IPv6 ones are the dual-stack tests' own) */
+const v4 = (l: readonly string[]): string[] => l.filter((a) => !a.includes(':'));
+/** the service's IPv4 ClusterIP, if any */
+const clusterIP4 = (svc: Service): string | null => v4(svc.clusterIPs ?? (svc.clusterIP && svc.clusterIP !== 'None' ? [svc.clusterIP] : []))[0] ?? null;
+
 function destinations(rs: RuleSet): Destination[] {
   const out: Destination[] = [];
   for (const svc of rs.services) {
     for (const p of svc.ports) {
       const proto = protocolNumber(p.protocol);
-      if (svc.clusterIP && svc.clusterIP !== 'None') out.push({ dst: parseIPv4(svc.clusterIP), dport: p.port, proto });
-      for (const ip of svc.externalIPs ?? []) out.push({ dst: parseIPv4(ip), dport: p.port, proto });
-      for (const ip of svc.loadBalancerIPs ?? []) out.push({ dst: parseIPv4(ip), dport: p.port, proto });
-      if (p.nodePort) for (const a of rs.node.addresses) out.push({ dst: parseIPv4(a), dport: p.nodePort, proto });
+      const cip = clusterIP4(svc);
+      if (cip !== null) out.push({ dst: parseIPv4(cip), dport: p.port, proto });
+      for (const ip of v4(svc.externalIPs ?? [])) out.push({ dst: parseIPv4(ip), dport: p.port, proto });
+      for (const ip of v4(svc.loadBalancerIPs ?? [])) out.push({ dst: parseIPv4(ip), dport: p.port, proto });
+      if (p.nodePort) for (const a of v4(rs.node.addresses)) out.push({ dst: parseIPv4(a), dport: p.nodePort, proto });
     }
   }
   return out;
@@ -248,15 +299,15 @@ function addrIn(cidr: string): fc.Arbitrary<number> {
 
 function sources(rs: RuleSet): fc.Arbitrary<number> {
   const choices: fc.WeightedArbitrary<number>[] = [];
-  const cidr = rs.node.clusterCIDR;
+  const cidr = v4((rs.node.clusterCIDR ?? '').split(','))[0];
   if (cidr) choices.push({ weight: 3, arbitrary: addrIn(cidr) });
   choices.push({ weight: 3, arbitrary: addrIn('198.18.0.0/15') });
-  choices.push({ weight: 2, arbitrary: fc.constantFrom(...rs.node.addresses.map(parseIPv4)) });
-  const endpoints = rs.services.flatMap((s) => (s.endpoints ?? []).map((e) => parseIPv4(e.address)));
+  choices.push({ weight: 2, arbitrary: fc.constantFrom(...v4(rs.node.addresses).map(parseIPv4)) });
+  const endpoints = rs.services.flatMap((s) => v4((s.endpoints ?? []).map((e) => e.address)).map(parseIPv4));
   if (endpoints.length > 0) choices.push({ weight: 2, arbitrary: fc.constantFrom(...endpoints) });
-  const ranges = [...new Set(rs.services.flatMap((s) => s.loadBalancerSourceRanges ?? []))];
+  const ranges = [...new Set(rs.services.flatMap((s) => v4(s.loadBalancerSourceRanges ?? [])))];
   if (ranges.length > 0) choices.push({ weight: 2, arbitrary: fc.constantFrom(...ranges).chain(addrIn) });
-  const lbs = rs.services.flatMap((s) => s.loadBalancerIPs ?? []).map(parseIPv4);
+  const lbs = rs.services.flatMap((s) => v4(s.loadBalancerIPs ?? [])).map(parseIPv4);
   if (lbs.length > 0) choices.push({ weight: 1, arbitrary: fc.constantFrom(...lbs) });
   choices.push({ weight: 1, arbitrary: fc.integer({ min: 0x01000000, max: 0xdfffffff }) });
   return fc.oneof(...choices);

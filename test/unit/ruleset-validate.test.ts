@@ -34,7 +34,7 @@ t.test('every error is reported, not just the first', async (t) => {
     /^apiVersion: "v0" is not supported/,
     /^node\.addresses\[0\]: "300\.1\.1\.1" is not an IPv4 address/,
     /^services\[0\]\.ports\[0\]\.protocol: "ICMP" is not one of TCP, UDP, SCTP/,
-    /^services\[0\]\.endpoints\[0\]\.address: fd00::1 is an IPv6 address/,
+    /^services\[0\]\.endpoints\[0\]\.address: fd00::1 is IPv6, but the service's IP families are \[IPv4\]/,
     /^services\[2\]\.bogus: unknown field/,
   ]);
   t.equal(errs.length, 5);
