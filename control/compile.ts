@@ -244,7 +244,6 @@ class Builder {
       loadBalancing: this.maglev ? LB_MAGLEV : LB_RANDOM,
       services: this.services,
       liveServicePorts: this.live,
-      linear: null,
     };
   }
 }

@@ -20,6 +20,7 @@ import { compile, patchTables } from './compile.ts';
 import { RuleSetModel, servicePortName, isIPv6 } from './model.ts';
 import type { ServiceModel } from './model.ts';
 import type { Tables } from '../dataplane/tables.ts';
+import type { SampleDecider } from '../dataplane/verdict.ts';
 import { writeIptables } from './iptables/writer.ts';
 import { linearFromText } from './iptables/linear.ts';
 import { protoIndex } from '../dataplane/addr.ts';
@@ -162,6 +163,8 @@ export class RuleSetHolder {
   private readonly allowIncremental: boolean;
   /** 'linear': new flows are decided by walking kube-proxy's rules (written from the rule set) instead of the hash tables */
   readonly decider: 'compiled' | 'linear';
+  /** with decider 'linear': the walk of the rule set in force, for the pipeline's `linear` option */
+  private lin: SampleDecider | null = null;
 
   /** applied to every snapshot before it is kept and swapped in (the control worker puts its arrays on shared memory) */
   private readonly prepare: ((t: Tables) => Tables) | null;
@@ -192,6 +195,10 @@ export class RuleSetHolder {
   }
   get current(): Tables | null {
     return this.tables;
+  }
+  /** With decider 'linear', the linear walk of kube-proxy's rules for the rule set in force (set it as the pipeline's `linear`, with the tables); else null. */
+  get linear(): SampleDecider | null {
+    return this.lin;
   }
   get generation(): number {
     return this.gen;
@@ -307,12 +314,13 @@ export class RuleSetHolder {
   private commit(model: RuleSetModel, tables: Tables, owners: Service[], byName: Map<string, Service>, entriesOf: Map<Service, number[]>): void {
     if (this.prepare !== null) tables = this.prepare(tables);
     // --decider linear: kube-proxy's rules written from the model as iptables-restore text and parsed
-    // back. Kept on purpose, though the model would suffice to build rule objects: the walk is the
-    // oracle of what iptables would load, and building it from the text keeps one writer (no second
-    // model → rules path that could disagree with the text) and runs writer and parser every time.
-    // In tunproxy run the text is also the form the rules cross to the packet thread in
-    // (control/worker/control-worker.ts), so the holder there builds no walk.
-    if (this.decider === 'linear') tables = { ...tables, linear: linearFromText(writeIptables(model), { localAddresses: model.node.addresses.filter((a) => !a.includes(':')) }) };
+    // back, for the pipeline (its `linear` option, set with the tables: control/dataplane.ts). Kept on
+    // purpose, though the model would suffice to build rule objects: the walk is the oracle of what
+    // iptables would load, and building it from the text keeps one writer (no second model → rules
+    // path that could disagree with the text) and runs writer and parser every time. In tunproxy run
+    // the text is also the form the rules cross to the packet thread in (control/worker/control-worker.ts),
+    // so the holder there builds no walk.
+    if (this.decider === 'linear') this.lin = linearFromText(writeIptables(model), { localAddresses: model.node.addresses.filter((a) => !a.includes(':')) });
     this.mdl = model;
     this.rs = model.ruleSet;
     this.tables = tables;

@@ -609,7 +609,6 @@ export class TablesMaterializer {
       serviceRows: w.serviceRows,
       endpointFlat: w.endpointFlat,
       endpointPairs: w.endpointPairs,
-      linear: null,
     };
     return { tables, stamps: w.stamps };
   }

@@ -8,7 +8,7 @@
 import type { Cidr } from './addr.ts';
 import { cidrContains, protoIndex, formatIPv4 } from './addr.ts';
 import type { VipIndex } from './hashtable.ts';
-import type { Candidate, Verdict, PacketTuple, SampleDecider } from './verdict.ts';
+import type { Candidate, Verdict, PacketTuple } from './verdict.ts';
 
 export interface EndpointEntry {
   readonly addr: number;
@@ -130,8 +130,6 @@ export interface Tables {
   readonly endpointFlat: Int32Array;
   /** endpoint pairs in use at the start of endpointFlat */
   readonly endpointPairs: number;
-  /** when set, new flows are decided by walking kube-proxy's rules instead (tunproxy run --decider linear) */
-  readonly linear: SampleDecider | null;
 }
 
 export const LOOKUP_NOMATCH = 0;
