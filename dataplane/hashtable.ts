@@ -19,37 +19,45 @@
 const STRIDE = 4; // a, b, value (EMPTY = free), spare
 const EMPTY = -1;
 
+export interface IntPairTableOptions {
+  /** the table is at most this full (default ½) */
+  load?: number;
+  /**
+   * `a` is already a well-mixed hash (the connection table's tuple hash):
+   * its low bits are the home slot, as they are. Else (addresses and ports,
+   * which differ in few bits) both halves are mixed first.
+   */
+  prehashed?: boolean;
+  /** slots made by another table of the same layout (another thread's, on shared memory): no copy */
+  slots?: Int32Array;
+}
+
 export class IntPairTable {
   private readonly mask: number;
   private readonly slots: Int32Array;
+  private readonly prehashed: boolean;
   /** keys it may hold: set/insert throw past it (the table stays at most `load` full) */
   readonly maxKeys: number;
   /** keys held */
   size = 0;
 
-  /**
-   * Room for `expected` keys with the table at most `load` full (slots: the
-   * least power of two, ≥ 16, that allows it). `slots`: an array made by
-   * another table of the same layout (another thread's, on shared memory), no copy.
-   */
-  constructor(expected: number, load = 0.5, slots?: Int32Array) {
-    if (slots !== undefined) {
-      const cap = slots.length / STRIDE;
-      this.mask = cap - 1;
-      this.slots = slots;
-      this.maxKeys = Math.floor(cap * load);
-      return;
-    }
+  /** Room for `expected` keys with the table at most `load` full (slots: the least power of two, ≥ 16, that allows it). */
+  constructor(expected: number, o: IntPairTableOptions = {}) {
+    const load = o.load ?? 0.5;
     let cap = 16;
-    while (cap * load < expected) cap *= 2;
+    if (o.slots !== undefined) cap = o.slots.length / STRIDE;
+    else while (cap * load < expected) cap *= 2;
+    // every field in the same order on every path: one hidden class for every table (monomorphic lookups)
     this.mask = cap - 1;
+    this.slots = o.slots ?? new Int32Array(cap * STRIDE);
+    this.prehashed = o.prehashed ?? false;
     this.maxKeys = Math.floor(cap * load);
-    this.slots = new Int32Array(cap * STRIDE);
-    for (let o = 2; o < this.slots.length; o += STRIDE) this.slots[o] = EMPTY;
+    if (o.slots === undefined) for (let i = 2; i < this.slots.length; i += STRIDE) this.slots[i] = EMPTY;
   }
 
-  /** The home slot of a key (a 32-bit mix of both halves: VIP keys differ in few bits). */
-  private static home(a: number, b: number): number {
+  /** The home slot of a key, before the mask. */
+  private home(a: number, b: number): number {
+    if (this.prehashed) return a;
     let h = Math.imul(a ^ 0x9e3779b9, 0x85ebca6b);
     h ^= Math.imul(b, 0xc2b2ae35);
     h ^= h >>> 15;
@@ -62,7 +70,7 @@ export class IntPairTable {
     const x = a | 0;
     const s = this.slots;
     const mask = this.mask;
-    let i = IntPairTable.home(x, b) & mask;
+    let i = this.home(x, b) & mask;
     for (;;) {
       const o = i * STRIDE;
       const v = s[o + 2];
@@ -77,7 +85,7 @@ export class IntPairTable {
     const x = a | 0;
     const s = this.slots;
     const mask = this.mask;
-    let i = IntPairTable.home(x, b) & mask;
+    let i = this.home(x, b) & mask;
     for (;;) {
       const o = i * STRIDE;
       if (s[o + 2] === EMPTY) {
@@ -97,7 +105,7 @@ export class IntPairTable {
     const x = a | 0;
     const s = this.slots;
     const mask = this.mask;
-    let i = IntPairTable.home(x, b) & mask;
+    let i = this.home(x, b) & mask;
     while (s[i * STRIDE + 2] !== EMPTY) i = (i + 1) & mask;
     this.put(i * STRIDE, x, b, value);
   }
@@ -116,7 +124,7 @@ export class IntPairTable {
     const x = a | 0;
     const s = this.slots;
     const mask = this.mask;
-    let i = IntPairTable.home(x, b) & mask;
+    let i = this.home(x, b) & mask;
     for (;;) {
       const o = i * STRIDE;
       if (s[o + 2] === EMPTY) return false;
@@ -133,7 +141,7 @@ export class IntPairTable {
     const x = a | 0;
     const s = this.slots;
     const mask = this.mask;
-    let i = IntPairTable.home(x, b) & mask;
+    let i = this.home(x, b) & mask;
     for (;;) {
       const o = i * STRIDE;
       if (s[o + 2] === EMPTY) return false;
@@ -146,7 +154,7 @@ export class IntPairTable {
       j = (j + 1) & mask;
       const oj = j * STRIDE;
       if (s[oj + 2] === EMPTY) break;
-      const home = IntPairTable.home(s[oj], s[oj + 1]) & mask;
+      const home = this.home(s[oj], s[oj + 1]) & mask;
       // the entry at j may move back to the hole only if its home is not cyclically within (hole, j]
       const stays = hole <= j ? home > hole && home <= j : home > hole || home <= j;
       if (stays) continue;
@@ -185,18 +193,18 @@ export class IntPairTable {
   }
 
   /** A table over slots made by another one (e.g. on a SharedArrayBuffer from the control worker): no copy. */
-  static fromSlots(slots: Int32Array, size: number): IntPairTable {
+  static fromSlots(slots: Int32Array, size: number, prehashed = false): IntPairTable {
     const cap = slots.length / STRIDE;
     if (!Number.isInteger(cap) || cap < 16 || (cap & (cap - 1)) !== 0) throw new Error(`IntPairTable.fromSlots: ${slots.length} ints is not a power-of-two number of ${STRIDE}-int slots`);
     // through the constructor: the same hidden class as every other table (lookups stay monomorphic)
-    const t = new IntPairTable(0, 0.5, slots);
+    const t = new IntPairTable(0, { slots, prehashed });
     t.size = size;
     return t;
   }
 
   /** A copy (load ½) with room for `expected` keys in all (rehashed when it needs more slots). */
   copy(expected: number): IntPairTable {
-    const n = new IntPairTable(Math.max(expected, this.size));
+    const n = new IntPairTable(Math.max(expected, this.size), { prehashed: this.prehashed });
     if (n.mask === this.mask) {
       n.slots.set(this.slots);
       n.size = this.size;

@@ -1,6 +1,10 @@
 /**
  * The compiled snapshot: hash maps keyed by numbers, built off the hot path by
- * control/compile.ts and swapped by one assignment. `lookup` answers, in O(1)
+ * control/compile.ts and swapped by one assignment, between two packet
+ * batches. A batch never sees its tables change: a full compile makes new
+ * arrays; a few services changed are written into the arrays in force only
+ * where the apply runs on the packet thread itself, between batches (else
+ * into copies: control/compile.ts patchTables). `lookup` answers, in O(1)
  * in the number of services, what kube-proxy's nat and filter chains decide
  * for the first packet of a flow (see control/iptables/linear.ts for the walk
  * it must agree with).

@@ -66,9 +66,10 @@ export interface PacketTuple {
 /**
  * A decider that walks rules for one packet at a time and draws at random
  * rules as the kernel does (control/iptables/linear.ts's LinearEvaluator).
- * `tunproxy run --decider linear` puts one in the tables, and the packet path
- * then asks it instead of the hash tables: the same traffic through
- * kube-proxy's linear chains, in the same process.
+ * `tunproxy run --decider linear` sets one as the pipeline's `linear` option
+ * (with each rule set's tables), and the packet path then asks it instead of
+ * the hash tables: the same traffic through kube-proxy's linear chains, in
+ * the same process.
  */
 export interface DeciderSample {
   kind: 'dnat' | 'reject' | 'drop' | 'nomatch';

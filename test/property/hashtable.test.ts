@@ -9,8 +9,9 @@ import fc from 'fast-check';
 import { IntPairTable, VipIndex } from '../../dataplane/hashtable.ts';
 import { TupleIndex } from '../../dataplane/conntrack-index.ts';
 
-t.test('the int-pair table agrees with a Map (clustered, wrapping runs; backward-shift deletion)', async (t) => {
-  // 8 × 4 keys (addresses signed and unsigned, like VIP keys) into 16 slots: at most 8 held at once
+for (const prehashed of [false, true]) t.test(`the int-pair table agrees with a Map (clustered, wrapping runs; backward-shift deletion)${prehashed ? ', keys used as their own hash' : ''}`, async (t) => {
+  // 8 × 4 keys (addresses signed and unsigned, like VIP keys) into 16 slots: at most 8 held at once;
+  // used as their own hash, their homes are 0, 1, 15, 15, 0, 1, 1, 1: runs across the table's end
   const A = [0, 1, -1, 0x7fffffff, -0x80000000, 0xc0a80001, 17, 0x0a600001];
   const key = fc.tuple(fc.constantFrom(...A), fc.integer({ min: 0, max: 3 }));
   const op = fc.oneof(
@@ -22,7 +23,7 @@ t.test('the int-pair table agrees with a Map (clustered, wrapping runs; backward
   let deletes = 0;
   fc.assert(
     fc.property(fc.array(op, { maxLength: 200 }), (ops) => {
-      const tb = new IntPairTable(8);
+      const tb = new IntPairTable(8, { prehashed });
       if (tb.capacity !== 16 || tb.maxKeys !== 8) throw new Error(`capacity ${tb.capacity}, maxKeys ${tb.maxKeys}`);
       const m = new Map<string, number>();
       const id = (a: number, b: number) => `${a | 0},${b}`;
@@ -52,7 +53,7 @@ t.test('the int-pair table agrees with a Map (clustered, wrapping runs; backward
       }
       // a copy and a table over the same slots read the same
       const c = tb.copy(40);
-      const f = IntPairTable.fromSlots(tb.rawSlots, tb.size);
+      const f = IntPairTable.fromSlots(tb.rawSlots, tb.size, prehashed);
       for (const [k, v] of m) {
         const [x, y] = k.split(',').map(Number);
         if (c.get(x, y) !== v || f.get(x, y) !== v) throw new Error(`copy/fromSlots lost ${k}`);
