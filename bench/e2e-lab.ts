@@ -32,6 +32,24 @@
  * In the clients, an nftables filter rule drops the ICMP port-unreachable the
  * kernel would send for every answer (the generator reads them on a raw
  * socket; no UDP socket owns those ports); no conntrack is loaded there.
+ *
+ * With `ipv6: true` every link also carries IPv6, the same shape (no IPv4
+ * part changes):
+ *
+ *   client eth0 fd00:77::2/64, local fd00:80::/116 dev lo (sources), default via fd00:77::1
+ *   node   veth-client fd00:77::1/64, route fd00:80::/116 via fd00:77::2;
+ *          vp<i>, vcpod fd00:10:64::1/128 (the IPv6 masquerade address), route <endpoint6>/128 dev vp<i>,
+ *          fd00:10:64:120::1/128 dev vcpod, fd00:10:64:121::/116 via fd00:10:64:120::1
+ *   pods   eth0 <endpoint6>/128, route fd00:10:64::1/128 dev eth0, default via fd00:10:64::1
+ *   client pod eth0 fd00:10:64:120::1/128, local fd00:10:64:121::/116 dev lo (sources)
+ * IPv6 is switched on in every namespace before any device is made (so the
+ * devices inherit it) without duplicate address detection (accept_dad=0 and
+ * every address `nodad`) or router solicitations; the node forwards. With a
+ * TUN: tun0 gets no link-local address (`addrgenmode none`, so the kernel
+ * sends no neighbour discovery, MLD or RS into it), the IPv6 service CIDR
+ * fd00:10:96::/108 is routed into it, and `ip -6 rule`s send the pods' TCP,
+ * UDP and ICMPv6 into it as for IPv4. The responders answer on both families
+ * (--ipv6). The clients drop their ICMPv6 destination-unreachable too.
  */
 import { readFileSync } from 'node:fs';
 import type { ChildProcess } from 'node:child_process';
@@ -49,6 +67,26 @@ export const MASQUERADE_ADDRESS = '10.64.0.1';
 export const CLIENT_POD_ADDRESS = '10.120.16.1';
 export const CLIENT_POD_SOURCES = '10.120.0.0/20';
 export const TUN_NAME = 'tun0';
+
+export const NODE_ADDRESS6 = 'fd00:77::1';
+export const CLIENT_ADDRESS6 = 'fd00:77::2';
+export const CLIENT_SOURCES6 = 'fd00:80::/116';
+export const MASQUERADE_ADDRESS6 = 'fd00:10:64::1';
+export const CLIENT_POD_ADDRESS6 = 'fd00:10:64:120::1';
+export const CLIENT_POD_SOURCES6 = 'fd00:10:64:121::/116';
+export const SERVICE_CIDR6 = 'fd00:10:96::/108';
+
+/** IPv6 on, without duplicate address detection or router solicitations (as scripts/lab.ts) */
+const IPV6_ON = {
+  'net.ipv6.conf.all.disable_ipv6': 0,
+  'net.ipv6.conf.default.disable_ipv6': 0,
+  'net.ipv6.conf.all.accept_dad': 0,
+  'net.ipv6.conf.default.accept_dad': 0,
+  'net.ipv6.conf.all.router_solicitations': 0,
+  'net.ipv6.conf.default.router_solicitations': 0,
+  'net.ipv6.conf.all.accept_ra': 0,
+  'net.ipv6.conf.default.accept_ra': 0,
+};
 const TUN_TABLE = 100;
 
 export interface E2eLabOptions {
@@ -65,6 +103,11 @@ export interface E2eLabOptions {
   serviceCIDR?: string;
   /** node-namespace sysctls (e.g. conntrack timeouts for the kernel modes) */
   nodeSysctls?: Record<string, string | number>;
+  /** IPv6 too (dual-stack links); `endpoints6`: the pods' IPv6 addresses, one per pod, in the order of `endpoints` */
+  ipv6?: boolean;
+  endpoints6?: string[];
+  /** routed into the TUN with ipv6 (default fd00:10:96::/108) */
+  serviceCIDR6?: string;
 }
 
 export interface E2eLab {
@@ -88,9 +131,14 @@ const DROP_PORT_UNREACHABLE = [
   'add chain ip loadgen out { type filter hook output priority 0 ; }',
   'add rule ip loadgen out icmp type destination-unreachable drop',
 ].join('\n');
+const DROP_PORT_UNREACHABLE6 = [
+  'add table ip6 loadgen6',
+  'add chain ip6 loadgen6 out { type filter hook output priority 0 ; }',
+  'add rule ip6 loadgen6 out icmpv6 type destination-unreachable drop',
+].join('\n');
 
-function startResponder(bin: string, ns: string, udpPort: number, tcpPort: number): Promise<ChildProcess> {
-  const child = nsSpawn(ns, [bin, '--udp', String(udpPort), '--tcp', String(tcpPort)], { stdio: ['ignore', 'pipe', 'pipe'] });
+function startResponder(bin: string, ns: string, udpPort: number, tcpPort: number, v6: boolean): Promise<ChildProcess> {
+  const child = nsSpawn(ns, [bin, '--udp', String(udpPort), '--tcp', String(tcpPort), ...(v6 ? ['--ipv6'] : [])], { stdio: ['ignore', 'pipe', 'pipe'] });
   return new Promise((resolve, reject) => {
     let out = '';
     let err = '';
@@ -160,8 +208,14 @@ export async function e2eLabUp(o: E2eLabOptions): Promise<E2eLab> {
   const clientPodNs = `${prefix}-cpod`;
   const podNs = o.endpoints.map((_, i) => `${prefix}-pod-${i}`);
   const pids: number[] = [];
+  const v6 = !!o.ipv6;
+  if (v6 && (o.endpoints6?.length ?? 0) !== o.endpoints.length) throw new Error(`e2e lab ${prefix}: ipv6 needs one IPv6 endpoint address per pod (${o.endpoints.length}), got ${o.endpoints6?.length ?? 0}`);
   try {
     for (const ns of [nodeNs, clientNs, clientPodNs, ...podNs]) addNetns(ns);
+    // IPv6 before any device exists, so that every device inherits it
+    if (v6) for (const ns of [nodeNs, clientNs, clientPodNs, ...podNs]) nsSysctl(ns, IPV6_ON);
+    if (v6) nsSysctl(nodeNs, { 'net.ipv6.conf.all.forwarding': 1 });
+    const node6: string[] = [];
     nsSysctl(nodeNs, {
       'net.ipv4.ip_forward': 1,
       'net.ipv4.conf.all.rp_filter': 0,
@@ -194,9 +248,33 @@ export async function e2eLabUp(o: E2eLabOptions): Promise<E2eLab> {
       `route add default via ${MASQUERADE_ADDRESS} dev eth0 src ${CLIENT_POD_ADDRESS}`,
       `route add local ${CLIENT_POD_SOURCES} dev lo table local`,
     ]);
+    if (v6) {
+      node6.push(
+        `addr add ${NODE_ADDRESS6}/64 dev veth-client nodad`,
+        `route add ${CLIENT_SOURCES6} via ${CLIENT_ADDRESS6} dev veth-client`,
+        `addr add ${MASQUERADE_ADDRESS6}/128 dev vcpod nodad`,
+        `route add ${CLIENT_POD_ADDRESS6}/128 dev vcpod`,
+        `route add ${CLIENT_POD_SOURCES6} via ${CLIENT_POD_ADDRESS6} dev vcpod`,
+      );
+      ipBatch(
+        clientNs,
+        [`addr add ${CLIENT_ADDRESS6}/64 dev eth0 nodad`, `route add default via ${NODE_ADDRESS6} dev eth0`, `route add local ${CLIENT_SOURCES6} dev lo table local`],
+        6,
+      );
+      ipBatch(
+        clientPodNs,
+        [
+          `addr add ${CLIENT_POD_ADDRESS6}/128 dev eth0 nodad`,
+          `route add ${MASQUERADE_ADDRESS6}/128 dev eth0`,
+          `route add default via ${MASQUERADE_ADDRESS6} dev eth0 src ${CLIENT_POD_ADDRESS6}`,
+          `route add local ${CLIENT_POD_SOURCES6} dev lo table local`,
+        ],
+        6,
+      );
+    }
     for (const ns of [clientNs, clientPodNs]) {
       nsSysctl(ns, { 'net.ipv4.conf.all.rp_filter': 0, 'net.ipv4.conf.default.rp_filter': 0 });
-      nsRun(ns, ['nft', '-f', '-'], { input: DROP_PORT_UNREACHABLE + '\n' });
+      nsRun(ns, ['nft', '-f', '-'], { input: DROP_PORT_UNREACHABLE + '\n' + (v6 ? DROP_PORT_UNREACHABLE6 + '\n' : '') });
     }
     // pods
     o.endpoints.forEach((addr, i) => {
@@ -209,9 +287,16 @@ export async function e2eLabUp(o: E2eLabOptions): Promise<E2eLab> {
         `route add ${MASQUERADE_ADDRESS}/32 dev eth0 scope link`,
         `route add default via ${MASQUERADE_ADDRESS} dev eth0 src ${addr}`,
       ]);
+      if (v6) {
+        const a6 = o.endpoints6![i];
+        node6.push(`addr add ${MASQUERADE_ADDRESS6}/128 dev ${v} nodad`, `route add ${a6}/128 dev ${v}`);
+        ipBatch(podNs[i], [`addr add ${a6}/128 dev eth0 nodad`, `route add ${MASQUERADE_ADDRESS6}/128 dev eth0`, `route add default via ${MASQUERADE_ADDRESS6} dev eth0 src ${a6}`], 6);
+      }
     });
     if (o.tun) {
       ip(['-n', nodeNs, 'tuntap', 'add', 'dev', TUN_NAME, 'mode', 'tun']);
+      // (IPv6: no link-local address on the TUN, so the kernel sends no neighbour discovery, MLD or RS into it)
+      if (v6) node.push(`link set ${TUN_NAME} addrgenmode none`);
       node.push(
         `link set ${TUN_NAME} mtu 1500 up`,
         `route add ${o.serviceCIDR ?? '10.96.0.0/12'} dev ${TUN_NAME}`,
@@ -221,10 +306,21 @@ export async function e2eLabUp(o: E2eLabOptions): Promise<E2eLab> {
         'rule add pref 100 lookup local',
         'rule del pref 0 lookup local',
       );
+      if (v6) {
+        node6.push(
+          `route add ${o.serviceCIDR6 ?? SERVICE_CIDR6} dev ${TUN_NAME}`,
+          `route add default dev ${TUN_NAME} table ${TUN_TABLE}`,
+          ...o.endpoints.flatMap((_, i) => ['tcp', 'udp', 'ipv6-icmp'].map((p) => `rule add pref 60 iif vp${i} ipproto ${p} lookup ${TUN_TABLE}`)),
+          'rule add pref 100 lookup local',
+          'rule del pref 0 lookup local',
+        );
+      }
     }
     ipBatch(nodeNs, node);
+    // (after the IPv4 batch: the devices are up)
+    ipBatch(nodeNs, node6, 6);
     if (o.tun) nsSysctl(nodeNs, { [`net.ipv4.conf.${TUN_NAME}.accept_local`]: 1, [`net.ipv4.conf.${TUN_NAME}.rp_filter`]: 0 });
-    for (const ns of podNs) pids.push((await startResponder(bin, ns, o.udpPort, o.tcpPort)).pid!);
+    for (const ns of podNs) pids.push((await startResponder(bin, ns, o.udpPort, o.tcpPort, v6)).pid!);
   } catch (e) {
     await e2eLabDown(prefix, pids);
     throw new Error(`e2e lab ${prefix}: building failed and everything was removed again: ${(e as Error).message}`, { cause: e });

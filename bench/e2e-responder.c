@@ -6,7 +6,10 @@
  * SYN-ACK). Written in C so that the endpoint is not what limits the rates
  * being measured.
  *
- *   e2e-responder --udp 5353 [--tcp 8080]
+ *   e2e-responder --udp 5353 [--tcp 8080] [--ipv6]
+ *
+ * --ipv6: the sockets are AF_INET6 with IPV6_V6ONLY off, so they answer IPv6
+ * and IPv4 (as v4-mapped addresses) alike; without it they are AF_INET.
  *
  * Prints "ready" on stdout once bound; stops on SIGTERM/SIGINT and prints
  * {"answered":N} on stdout.
@@ -43,12 +46,13 @@ static int port_arg(const char *name, const char *v) {
 }
 
 int main(int argc, char **argv) {
-  int udp_port = 0, tcp_port = 0;
+  int udp_port = 0, tcp_port = 0, v6 = 0;
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--udp")) udp_port = port_arg("--udp", i + 1 < argc ? argv[++i] : NULL);
     else if (!strcmp(argv[i], "--tcp")) tcp_port = port_arg("--tcp", i + 1 < argc ? argv[++i] : NULL);
+    else if (!strcmp(argv[i], "--ipv6")) v6 = 1;
     else {
-      fprintf(stderr, "e2e-responder: unknown option %s\nusage: e2e-responder --udp PORT [--tcp PORT]\n", argv[i]);
+      fprintf(stderr, "e2e-responder: unknown option %s\nusage: e2e-responder --udp PORT [--tcp PORT] [--ipv6]\n", argv[i]);
       return 2;
     }
   }
@@ -62,26 +66,38 @@ int main(int argc, char **argv) {
   sigaction(SIGTERM, &sa, NULL);
   sigaction(SIGINT, &sa, NULL);
 
-  int one = 1;
+  int one = 1, zero = 0;
   if (tcp_port) {
-    int t = socket(AF_INET, SOCK_STREAM, 0);
+    int t = socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM, 0);
     if (t < 0) die("socket(tcp)");
     setsockopt(t, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(tcp_port), .sin_addr = {htonl(INADDR_ANY)}};
-    if (bind(t, (struct sockaddr *)&a, sizeof a) < 0) die("bind(tcp)");
+    if (v6) {
+      if (setsockopt(t, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero) < 0) die("IPV6_V6ONLY(tcp)");
+      struct sockaddr_in6 a6 = {.sin6_family = AF_INET6, .sin6_port = htons(tcp_port), .sin6_addr = IN6ADDR_ANY_INIT};
+      if (bind(t, (struct sockaddr *)&a6, sizeof a6) < 0) die("bind(tcp6)");
+    } else {
+      struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(tcp_port), .sin_addr = {htonl(INADDR_ANY)}};
+      if (bind(t, (struct sockaddr *)&a, sizeof a) < 0) die("bind(tcp)");
+    }
     if (listen(t, 4096) < 0) die("listen");
   }
-  int u = socket(AF_INET, SOCK_DGRAM, 0);
+  int u = socket(v6 ? AF_INET6 : AF_INET, SOCK_DGRAM, 0);
   if (u < 0) die("socket(udp)");
   int rcvbuf = 4 << 20;
   setsockopt(u, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
-  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(udp_port), .sin_addr = {htonl(INADDR_ANY)}};
-  if (bind(u, (struct sockaddr *)&a, sizeof a) < 0) die("bind(udp)");
+  if (v6) {
+    if (setsockopt(u, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero) < 0) die("IPV6_V6ONLY(udp)");
+    struct sockaddr_in6 a6 = {.sin6_family = AF_INET6, .sin6_port = htons(udp_port), .sin6_addr = IN6ADDR_ANY_INIT};
+    if (bind(u, (struct sockaddr *)&a6, sizeof a6) < 0) die("bind(udp6)");
+  } else {
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(udp_port), .sin_addr = {htonl(INADDR_ANY)}};
+    if (bind(u, (struct sockaddr *)&a, sizeof a) < 0) die("bind(udp)");
+  }
   printf("ready\n");
   fflush(stdout);
 
   static char bufs[BATCH][MAXLEN];
-  static struct sockaddr_in from[BATCH];
+  static struct sockaddr_in6 from[BATCH]; /* large enough for either family */
   static struct iovec iov[BATCH];
   static struct mmsghdr msgs[BATCH];
   unsigned long long answered = 0;

@@ -5,8 +5,21 @@
  * measured with the same load generator (scripts/loadgen.ts, raw sockets).
  *
  *   npm run bench:e2e -- [--sizes 100,10000] [--endpoints 3] [--seconds 5] [--cap 180]
- *                        [--modes iptables-legacy,iptables-nft,nftables,tunproxy]
+ *                        [--family ipv4|ipv6|both]
+ *                        [--modes iptables-legacy,iptables-nft,ip6tables-legacy,nftables,tunproxy]
  *                        [--concurrency 32] [--out DIR] [--tunproxy-cpu-prof DIR]
+ *
+ * --family (default ipv4, the run of before): ipv6 runs the same measurements
+ * over IPv6 — N single-stack IPv6 services (ClusterIPs from the /108 service
+ * CIDR fd00:10:96::/108, IPv6 endpoints, bench/gen.ts), the lab with IPv6 on
+ * every link (bench/e2e-lab.ts), the load generator crafting IPv6 packets —
+ * in the modes ip6tables-legacy (ip6tables-legacy-restore of kube-proxy's IPv6
+ * proxier's rules), nftables (`nft -f` of its `table ip6 kube-proxy`) and
+ * tunproxy; both runs IPv4 then IPv6. --modes lists modes of either family;
+ * each family runs those of its own (IPv4: iptables-legacy, iptables-nft,
+ * nftables, tunproxy; IPv6: ip6tables-legacy, nftables, tunproxy). Every row
+ * of e2e.json says its `family` ("ipv4" or "ipv6"). A cell whose new flows get
+ * no answer at all is recorded failed with the reason, never as a number.
  *
  * For each size N one rule set (bench/gen.ts: N UDP services port 53 →
  * targetPort 5353, E endpoints on E pod addresses shared by every service; the
@@ -46,15 +59,32 @@ import { RESULTS_DIR, machine } from './common.ts';
 import { writeIptables, partialRestoreText } from '../control/iptables/writer.ts';
 import { writeNftables, writeNftablesServiceAdd } from '../control/nftables/writer.ts';
 import type { RuleSet, Service } from '../control/types.ts';
-import { CLIENT_POD_SOURCES, CLIENT_SOURCES, TUN_NAME, e2eLabDown, e2eLabUp } from './e2e-lab.ts';
+import { CLIENT_POD_SOURCES, CLIENT_POD_SOURCES6, CLIENT_SOURCES, CLIENT_SOURCES6, TUN_NAME, e2eLabDown, e2eLabUp } from './e2e-lab.ts';
 import type { E2eLab } from './e2e-lab.ts';
 import { LoadAgent, TunproxyProc, kernelMemorySample, rssKiB, timedInNs, tunproxyHasApi, unixHttp } from './e2e-run.ts';
 import { nearCeiling } from '../scripts/loadgen.ts';
+import { hostPort } from '../dataplane/addr6.ts';
 import type { LoadMode, LoadResult, LoadSpec } from '../scripts/loadgen.ts';
 import { renderCharts } from './charts.ts';
 
+/** the IPv4 run's modes */
 export const MODES = ['iptables-legacy', 'iptables-nft', 'nftables', 'tunproxy'] as const;
-export type Mode = (typeof MODES)[number];
+/** the IPv6 run's modes */
+export const MODES6 = ['ip6tables-legacy', 'nftables', 'tunproxy'] as const;
+export const ALL_MODES = ['iptables-legacy', 'iptables-nft', 'ip6tables-legacy', 'nftables', 'tunproxy'] as const;
+export type Mode = (typeof ALL_MODES)[number];
+export type Family = 'ipv4' | 'ipv6';
+export type FamilyOption = Family | 'both';
+
+/** The modes a family's run has. */
+export function modesOf(family: Family): readonly Mode[] {
+  return family === 'ipv6' ? MODES6 : MODES;
+}
+
+/** The families a --family value runs, in order. */
+export function familiesOf(f: FamilyOption): Family[] {
+  return f === 'both' ? ['ipv4', 'ipv6'] : [f];
+}
 export const DEFAULT_SIZES = [100, 1000, 5000, 10000, 20000, 50000, 100000];
 
 const UDP_PORT = 53;
@@ -70,6 +100,8 @@ export interface E2eOptions {
   /** seconds */
   cap: number;
   modes: Mode[];
+  /** default 'ipv4' */
+  family?: FamilyOption;
   concurrency: number;
   /** where e2e.json, e2e.md and the charts go */
   out: string;
@@ -83,6 +115,8 @@ export type Source = 'outside' | 'pod';
 /** One object per mode × size × target × source in e2e.json. */
 export interface E2eRecord {
   mode: Mode;
+  /** the IP family of the services, addresses and traffic of this row */
+  family: Family;
   services: number;
   endpointsPerService: number;
   /** first or last service of the chain order (KUBE-SERVICES / rule-set order) */
@@ -130,6 +164,7 @@ export interface E2eRecord {
 }
 
 export interface CeilingRecord {
+  family: Family;
   source: Source;
   newFlowsPerSec: number;
   newFlowRttP50Us: number;
@@ -142,7 +177,7 @@ export interface E2eReport {
   generatedAt: string;
   machine: string;
   command: string;
-  options: { sizes: number[]; endpoints: number; seconds: number; cap: number; modes: Mode[]; concurrency: number };
+  options: { sizes: number[]; endpoints: number; seconds: number; cap: number; modes: Mode[]; family: FamilyOption; concurrency: number };
   tunproxyApi: boolean;
   durationSeconds: number;
   ceiling: CeilingRecord[];
@@ -151,8 +186,9 @@ export interface E2eReport {
 
 // ------------------------------------------------------------------ rule sets
 
-export function benchRuleSet(n: number, endpoints: number): RuleSet {
-  const rs = syntheticRuleSet(n, { endpoints, protocol: 'UDP', port: UDP_PORT, targetPort: UDP_TARGET_PORT, pods: endpoints });
+/** N UDP services (+ TCP on the first and the last); family ipv6: single-stack IPv6 services (bench/gen.ts). */
+export function benchRuleSet(n: number, endpoints: number, family: Family = 'ipv4'): RuleSet {
+  const rs = syntheticRuleSet(n, { endpoints, protocol: 'UDP', port: UDP_PORT, targetPort: UDP_TARGET_PORT, pods: endpoints, family });
   const withTcp = (s: Service): Service => ({ ...s, ports: [...s.ports, { name: 'tcp', protocol: 'TCP', port: TCP_PORT, targetPort: TCP_TARGET_PORT }] });
   rs.services[0] = withTcp(rs.services[0]);
   if (n > 1) rs.services[n - 1] = withTcp(rs.services[n - 1]);
@@ -160,8 +196,65 @@ export function benchRuleSet(n: number, endpoints: number): RuleSet {
 }
 
 /** The service added by the add-one measurement: the next one the generator would make. */
-export function extraService(n: number, endpoints: number): Service {
-  return syntheticRuleSet(n + 1, { endpoints, protocol: 'UDP', port: UDP_PORT, targetPort: UDP_TARGET_PORT, pods: endpoints }).services[n];
+export function extraService(n: number, endpoints: number, family: Family = 'ipv4'): Service {
+  return syntheticRuleSet(n + 1, { endpoints, protocol: 'UDP', port: UDP_PORT, targetPort: UDP_TARGET_PORT, pods: endpoints, family }).services[n];
+}
+
+/** The pods' addresses of a family (one pod per endpoint, shared by every service). */
+export function benchEndpoints(endpoints: number, family: Family): string[] {
+  return syntheticRuleSet(1, { endpoints, pods: endpoints, family }).services[0].endpoints!.map((e) => e.address);
+}
+
+// ------------------------------------------------------------------ the kernel modes' rules
+//
+// The one place the kernel modes' rule text comes from: kube-proxy's writers
+// (control/iptables/writer.ts, control/nftables/writer.ts), for the family's
+// proxier (IPv6: ip6tables-restore input, nft's `table ip6 kube-proxy`).
+
+const famNum = (f: Family): 4 | 6 => (f === 'ipv6' ? 6 : 4);
+
+/** kube-proxy's IPv6 iptables rules (ip6tables-restore input) for the rule set's IPv6 service ports. */
+export function ip6Rules(rs: RuleSet, withHooks = true): string {
+  return writeIptables(rs, { family: 6, withHooks });
+}
+
+/** kube-proxy's nftables-mode `ip6` table for the rule set's IPv6 service ports (`nft -f` input). */
+export function nft6Rules(rs: RuleSet): string {
+  return writeNftables(rs, { family: 6 });
+}
+
+/** The whole rule set in a kernel mode's form, and the command that loads FILE. */
+export function kernelLoad(mode: Mode, family: Family, rs: RuleSet, file: string): { text: string; argv: string[] } {
+  switch (mode) {
+    case 'nftables':
+      return { text: family === 'ipv6' ? nft6Rules(rs) : writeNftables(rs), argv: ['nft', '-f', file] };
+    case 'ip6tables-legacy':
+      return { text: ip6Rules(rs), argv: ['ip6tables-legacy-restore', file] };
+    case 'iptables-legacy':
+    case 'iptables-nft':
+      return { text: writeIptables(rs), argv: [mode === 'iptables-legacy' ? 'iptables-legacy-restore' : 'iptables-nft-restore', file] };
+    default:
+      throw new Error(`${mode} is not a kernel mode`);
+  }
+}
+
+/** Adding one service kube-proxy's way: the text and the command that reads it on stdin. */
+export function kernelAdd(mode: Mode, family: Family, rs: RuleSet, extra: Service): { text: string; argv: string[] } {
+  const rsPlus: RuleSet = { ...rs, services: [...rs.services, extra] };
+  switch (mode) {
+    case 'nftables':
+      return { text: writeNftablesServiceAdd(rs, extra, { family: famNum(family) }), argv: ['nft', '-f', '-'] };
+    case 'ip6tables-legacy':
+      return { text: partialRestoreText(ip6Rules(rs), ip6Rules(rsPlus, false)), argv: ['ip6tables-legacy-restore', '--noflush'] };
+    case 'iptables-legacy':
+    case 'iptables-nft':
+      return {
+        text: partialRestoreText(writeIptables(rs), writeIptables(rsPlus, { withHooks: false })),
+        argv: [mode === 'iptables-legacy' ? 'iptables-legacy-restore' : 'iptables-nft-restore', '--noflush'],
+      };
+    default:
+      throw new Error(`${mode} is not a kernel mode`);
+  }
 }
 
 // kube-proxy's partial-sync text: with the iptables writer now (control/iptables/writer.ts), exported here too for its users
@@ -185,11 +278,20 @@ function pinCpus(pids: number[], cpu: number | null): void {
   for (const pid of pids) spawnSync('taskset', ['-a', '-p', '-c', cpus, String(pid)], { stdio: 'ignore' });
 }
 
+/** A run whose new flows got no answer at all: the cell is failed with this reason, not given a number. */
+export class NoAnswers extends Error {}
+
+const SOURCES: Record<Family, Record<Source, string>> = {
+  ipv4: { outside: CLIENT_SOURCES, pod: CLIENT_POD_SOURCES },
+  ipv6: { outside: CLIENT_SOURCES6, pod: CLIENT_POD_SOURCES6 },
+};
+
 class Runner {
   private tupleOffset = 0;
   constructor(
     private readonly o: E2eOptions,
     private readonly agents: Record<Source, LoadAgent>,
+    private readonly family: Family = 'ipv4',
   ) {}
 
   resetTuples(): void {
@@ -201,7 +303,7 @@ class Runner {
       mode,
       target,
       port,
-      sources: source === 'outside' ? CLIENT_SOURCES : CLIENT_POD_SOURCES,
+      sources: SOURCES[this.family][source],
       seconds: this.o.seconds,
       concurrency: this.o.concurrency,
       timeoutMs: 1000,
@@ -222,6 +324,13 @@ class Runner {
   async traffic(source: Source, address: string, udpPort: number, tcpPort: number, pinned: number[]): Promise<TrafficSet> {
     const short = Math.max(0.25, Math.min(2, this.o.seconds / 2));
     const newFlows = await this.load(source, 'new', address, udpPort, {});
+    if (newFlows.completed === 0) {
+      throw new NoAnswers(
+        `no answers: not one new-flow request to ${hostPort(address, udpPort)} from ${SOURCES[this.family][source]} was answered in ${newFlows.seconds} s ` +
+          `(K=${newFlows.concurrency} in flight, ${newFlows.sent} more sent in the window, ${newFlows.lost} lost, timeout 1000 ms)` +
+          (newFlows.sendErrors ? ` (${newFlows.sendErrors} send errors: ${newFlows.firstSendError})` : ''),
+      );
+    }
     const all = [this.agents[source].pid, ...pinned];
     pinCpus(all, PIN_CPU);
     let newFlowLatency: LoadResult;
@@ -236,9 +345,10 @@ class Runner {
   }
 }
 
-function emptyRecord(mode: Mode, n: number, e: number, target: 'first' | 'last', address: string, source: Source): E2eRecord {
+function emptyRecord(mode: Mode, family: Family, n: number, e: number, target: 'first' | 'last', address: string, source: Source): E2eRecord {
   return {
     mode,
+    family,
     services: n,
     endpointsPerService: e,
     target,
@@ -279,6 +389,8 @@ function loadMethodOf(mode: Mode): string {
       return 'iptables-legacy-restore FILE';
     case 'iptables-nft':
       return 'iptables-nft-restore FILE';
+    case 'ip6tables-legacy':
+      return 'ip6tables-legacy-restore FILE';
     case 'nftables':
       return 'nft -f FILE';
     case 'tunproxy':
@@ -292,6 +404,8 @@ function addMethodOf(mode: Mode): string {
       return 'iptables-legacy-restore --noflush (partial)';
     case 'iptables-nft':
       return 'iptables-nft-restore --noflush (partial)';
+    case 'ip6tables-legacy':
+      return 'ip6tables-legacy-restore --noflush (partial)';
     case 'nftables':
       return 'nft -f (new chains + add element)';
     case 'tunproxy':
@@ -346,7 +460,10 @@ function kernelSysctls(): Record<string, number> {
 export async function runE2e(o: E2eOptions): Promise<E2eReport> {
   const t0 = performance.now();
   const log = o.log;
-  const endpoints = syntheticRuleSet(1, { endpoints: o.endpoints, pods: o.endpoints }).services[0].endpoints!.map((e) => e.address);
+  const endpoints = benchEndpoints(o.endpoints, 'ipv4');
+  const endpoints6 = benchEndpoints(o.endpoints, 'ipv6');
+  const families = familiesOf(o.family ?? 'ipv4');
+  for (const f of families) if (!o.modes.some((m) => modesOf(f).includes(m))) throw new Error(`bench:e2e: none of the modes ${o.modes.join(', ')} runs in ${f} (its modes: ${modesOf(f).join(', ')})`);
   const work = mkdtempSync(join(tmpdir(), 'tunproxy-e2e-'));
   const results: E2eRecord[] = [];
   const ceiling: CeilingRecord[] = [];
@@ -363,59 +480,66 @@ export async function runE2e(o: E2eOptions): Promise<E2eReport> {
   process.once('SIGTERM', onSignal);
 
   try {
-    // --- the generator's ceiling: plain routed path to an endpoint's own address
-    {
-      const lab = await e2eLabUp({ prefix: nextPrefix(), endpoints, udpPort: UDP_TARGET_PORT, tcpPort: TCP_TARGET_PORT, tun: false });
-      let agents: Record<Source, LoadAgent> | null = null;
-      try {
-        agents = await agentsFor(lab);
-        const runner = new Runner(o, agents);
-        for (const source of ['outside', 'pod'] as Source[]) {
-          const t = await runner.traffic(source, endpoints[0], UDP_TARGET_PORT, TCP_TARGET_PORT, lab.responderPids);
-          const c: CeilingRecord = {
-            source,
-            newFlowsPerSec: t.newFlows.perSec,
-            newFlowRttP50Us: t.newFlowLatency.rttUs.p50,
-            establishedReqPerSec: t.established.perSec,
-            tcpConnectsPerSec: t.tcpConnect.perSec,
-          };
-          ceiling.push(c);
-          log(`ceiling (${source}, plain routed, no NAT): new ${c.newFlowsPerSec.toFixed(0)}/s (K=1 p50 ${c.newFlowRttP50Us} µs), established ${c.establishedReqPerSec.toFixed(0)}/s, tcp connects ${c.tcpConnectsPerSec.toFixed(0)}/s`);
-        }
-      } finally {
-        if (agents) await Promise.all([agents.outside.stop(), agents.pod.stop()]);
-        await lab.down();
-      }
-    }
-
-    const sizes = [...o.sizes].sort((a, b) => a - b);
-    for (const mode of o.modes) {
-      let cappedAt: number | null = null;
-      for (const n of sizes) {
-        const rs = benchRuleSet(n, o.endpoints);
-        const first = rs.services[0].clusterIP!;
-        const last = rs.services[n - 1].clusterIP!;
-        const cells: E2eRecord[] = [];
-        for (const target of ['first', 'last'] as const) {
-          for (const source of ['outside', 'pod'] as Source[]) cells.push(emptyRecord(mode, n, o.endpoints, target, target === 'first' ? first : last, source));
-        }
-        const mark = (status: E2eRecord['status'], note: string) => cells.forEach((c) => ((c.status = status), (c.note = note)));
-        if (cappedAt !== null) {
-          mark('skipped', `not run: loading ${cappedAt} services already exceeded the cap of ${o.cap} s`);
-          results.push(...cells);
-          log(`${mode} N=${n}: skipped (the cap was exceeded at N=${cappedAt})`);
-          continue;
-        }
-        log(`${mode} N=${n}: lab, load...`);
+    for (const family of families) {
+      const v6 = family === 'ipv6';
+      const labFamily = v6 ? { ipv6: true, endpoints6 } : {};
+      // --- the generator's ceiling: plain routed path to an endpoint's own address
+      {
+        const lab = await e2eLabUp({ prefix: nextPrefix(), endpoints, udpPort: UDP_TARGET_PORT, tcpPort: TCP_TARGET_PORT, tun: false, ...labFamily });
+        let agents: Record<Source, LoadAgent> | null = null;
         try {
-          const r = await measureCell(o, mode, n, rs, endpoints, cells, work, nextPrefix(), ceiling);
-          if (r === 'capped') cappedAt = n;
-        } catch (e) {
-          mark('failed', (e as Error).message.slice(0, 500));
-          log(`${mode} N=${n}: FAILED: ${(e as Error).message}`);
+          agents = await agentsFor(lab);
+          const runner = new Runner(o, agents, family);
+          for (const source of ['outside', 'pod'] as Source[]) {
+            const t = await runner.traffic(source, v6 ? endpoints6[0] : endpoints[0], UDP_TARGET_PORT, TCP_TARGET_PORT, lab.responderPids);
+            const c: CeilingRecord = {
+              family,
+              source,
+              newFlowsPerSec: t.newFlows.perSec,
+              newFlowRttP50Us: t.newFlowLatency.rttUs.p50,
+              establishedReqPerSec: t.established.perSec,
+              tcpConnectsPerSec: t.tcpConnect.perSec,
+            };
+            ceiling.push(c);
+            log(`ceiling (${family}, ${source}, plain routed, no NAT): new ${c.newFlowsPerSec.toFixed(0)}/s (K=1 p50 ${c.newFlowRttP50Us} µs), established ${c.establishedReqPerSec.toFixed(0)}/s, tcp connects ${c.tcpConnectsPerSec.toFixed(0)}/s`);
+          }
+        } finally {
+          if (agents) await Promise.all([agents.outside.stop(), agents.pod.stop()]);
+          await lab.down();
         }
-        results.push(...cells);
-        await writeOutputs(o, { ceiling, results, hasApi, t0 });
+      }
+
+      const sizes = [...o.sizes].sort((a, b) => a - b);
+      for (const mode of o.modes) {
+        if (!modesOf(family).includes(mode)) continue;
+        const name = v6 ? `${mode} (ipv6)` : mode;
+        let cappedAt: number | null = null;
+        for (const n of sizes) {
+          const rs = benchRuleSet(n, o.endpoints, family);
+          const first = rs.services[0].clusterIP!;
+          const last = rs.services[n - 1].clusterIP!;
+          const cells: E2eRecord[] = [];
+          for (const target of ['first', 'last'] as const) {
+            for (const source of ['outside', 'pod'] as Source[]) cells.push(emptyRecord(mode, family, n, o.endpoints, target, target === 'first' ? first : last, source));
+          }
+          const mark = (status: E2eRecord['status'], note: string) => cells.forEach((c) => ((c.status = status), (c.note = note)));
+          if (cappedAt !== null) {
+            mark('skipped', `not run: loading ${cappedAt} services already exceeded the cap of ${o.cap} s`);
+            results.push(...cells);
+            log(`${name} N=${n}: skipped (the cap was exceeded at N=${cappedAt})`);
+            continue;
+          }
+          log(`${name} N=${n}: lab, load...`);
+          try {
+            const r = await measureCell(o, mode, family, n, rs, endpoints, endpoints6, cells, work, nextPrefix(), ceiling);
+            if (r === 'capped') cappedAt = n;
+          } catch (e) {
+            mark('failed', (e as Error).message.slice(0, 500));
+            log(`${name} N=${n}: FAILED: ${(e as Error).message}`);
+          }
+          results.push(...cells);
+          await writeOutputs(o, { ceiling, results, hasApi, t0 });
+        }
       }
     }
   } finally {
@@ -430,9 +554,11 @@ export async function runE2e(o: E2eOptions): Promise<E2eReport> {
 async function measureCell(
   o: E2eOptions,
   mode: Mode,
+  family: Family,
   n: number,
   rs: RuleSet,
   endpoints: string[],
+  endpoints6: string[],
   cells: E2eRecord[],
   work: string,
   prefix: string,
@@ -440,6 +566,8 @@ async function measureCell(
 ): Promise<'ok' | 'capped'> {
   const log = o.log;
   const capMs = o.cap * 1000;
+  const v6 = family === 'ipv6';
+  const name = v6 ? `${mode} (ipv6)` : mode;
   const lab = await e2eLabUp({
     prefix,
     endpoints,
@@ -447,12 +575,13 @@ async function measureCell(
     tcpPort: TCP_TARGET_PORT,
     tun: mode === 'tunproxy',
     nodeSysctls: mode === 'tunproxy' ? {} : kernelSysctls(),
+    ...(v6 ? { ipv6: true, endpoints6 } : {}),
   });
   let agents: Record<Source, LoadAgent> | null = null;
   let tp: TunproxyProc | null = null;
   const all = (f: (c: E2eRecord) => void) => cells.forEach(f);
   try {
-    const extra = extraService(n, o.endpoints);
+    const extra = extraService(n, o.endpoints, family);
     const rsPlus: RuleSet = { ...rs, services: [...rs.services, extra] };
     // ---------------- load
     if (mode === 'tunproxy') {
@@ -486,46 +615,54 @@ async function measureCell(
       }
       const rss = rssKiB(tp.pid);
       all((c) => ((c.loadMs = loadMs), (c.compileMs = compileMs), (c.memoryKiB = rss)));
-      log(`${mode} N=${n}: loaded in ${loadMs.toFixed(1)} ms (compile ${compileMs?.toFixed(1)} ms), RSS ${rss} KiB`);
+      log(`${name} N=${n}: loaded in ${loadMs.toFixed(1)} ms (compile ${compileMs?.toFixed(1)} ms), RSS ${rss} KiB`);
     } else {
-      const text = mode === 'nftables' ? writeNftables(rs) : writeIptables(rs);
       const file = join(work, `${prefix}.rules`);
+      const { text, argv } = kernelLoad(mode, family, rs, file);
       writeFileSync(file, text);
       const before = await kernelMemorySample();
-      const argv = mode === 'nftables' ? ['nft', '-f', file] : [mode === 'iptables-legacy' ? 'iptables-legacy-restore' : 'iptables-nft-restore', file];
       const t = await timedInNs(lab.nodeNs, argv, capMs);
       if (t.capped) {
         all((c) => ((c.status = 'skipped'), (c.note = `load exceeded the cap of ${o.cap} s (${argv[0]} killed)`)));
-        log(`${mode} N=${n}: load exceeded the cap of ${o.cap} s: killed, skipped`);
+        log(`${name} N=${n}: load exceeded the cap of ${o.cap} s: killed, skipped`);
         return 'capped';
       }
       if (t.code !== 0) throw new Error(`${argv[0]} failed (exit ${t.code}): ${t.stderr.slice(0, 500)}`);
       const after = await kernelMemorySample();
       all((c) => ((c.loadMs = t.ms), (c.memoryKiB = after - before)));
-      log(`${mode} N=${n}: loaded in ${t.ms.toFixed(1)} ms, kernel memory +${after - before} KiB`);
+      log(`${name} N=${n}: loaded in ${t.ms.toFixed(1)} ms, kernel memory +${after - before} KiB`);
     }
 
     // ---------------- traffic
     agents = await agentsFor(lab);
-    const runner = new Runner(o, agents);
+    const runner = new Runner(o, agents, family);
     const pinned = [...lab.responderPids, ...(tp ? [tp.pid] : [])];
     for (const c of cells) {
-      const t = await runner.traffic(c.source, c.targetAddress, UDP_PORT, TCP_PORT, pinned);
-      fill(c, t, ceiling.find((x) => x.source === c.source));
+      let t: TrafficSet;
+      try {
+        t = await runner.traffic(c.source, c.targetAddress, UDP_PORT, TCP_PORT, pinned);
+      } catch (e) {
+        if (!(e instanceof NoAnswers)) throw e;
+        c.status = 'failed';
+        c.note = e.message + (mode === 'tunproxy' && v6 ? ' (does this tunproxy translate IPv6 yet?)' : '');
+        log(`${name} N=${n} ${c.target}/${c.source}: FAILED: ${c.note}`);
+        continue;
+      }
+      fill(c, t, ceiling.find((x) => x.source === c.source && x.family === family));
       log(
-        `${mode} N=${n} ${c.target}/${c.source}: new ${t.newFlows.perSec.toFixed(0)}/s (lost ${t.newFlows.lost}, K=1 p50 ${t.newFlowLatency.rttUs.p50} p99 ${t.newFlowLatency.rttUs.p99} µs), ` +
+        `${name} N=${n} ${c.target}/${c.source}: new ${t.newFlows.perSec.toFixed(0)}/s (lost ${t.newFlows.lost}, K=1 p50 ${t.newFlowLatency.rttUs.p50} p99 ${t.newFlowLatency.rttUs.p99} µs), ` +
           `established ${t.established.perSec.toFixed(0)}/s, tcp ${t.tcpConnect.perSec.toFixed(0)}/s`,
       );
     }
     if (tp) {
       const rss = rssKiB(tp.pid);
-      log(`${mode} N=${n}: RSS after traffic ${rss} KiB`);
+      log(`${name} N=${n}: RSS after traffic ${rss} KiB`);
     }
 
     // ---------------- add one service
     const addCapped = (): 'ok' => {
       all((c) => (c.note = `adding one service exceeded the cap of ${o.cap} s (killed); the other figures stand`));
-      log(`${mode} N=${n}: adding one service exceeded the cap of ${o.cap} s: killed`);
+      log(`${name} N=${n}: adding one service exceeded the cap of ${o.cap} s: killed`);
       return 'ok';
     };
     let addMs: number;
@@ -538,22 +675,16 @@ async function measureCell(
         writeFileSync(tp!.o.rulesFile, JSON.stringify(rsPlus));
         addMs = await tp!.reload(capMs);
       }
-    } else if (mode === 'nftables') {
-      const t = await timedInNs(lab.nodeNs, ['nft', '-f', '-'], capMs, writeNftablesServiceAdd(rs, extra));
-      if (t.capped) return addCapped();
-      if (t.code !== 0) throw new Error(`nft add: ${t.stderr.slice(0, 300)}`);
-      addMs = t.ms;
     } else {
-      const partial = partialRestoreText(writeIptables(rs), writeIptables(rsPlus, { withHooks: false }));
-      const bin = mode === 'iptables-legacy' ? 'iptables-legacy-restore' : 'iptables-nft-restore';
-      const t = await timedInNs(lab.nodeNs, [bin, '--noflush'], capMs, partial);
+      const { text, argv } = kernelAdd(mode, family, rs, extra);
+      const t = await timedInNs(lab.nodeNs, argv, capMs, text);
       if (t.capped) return addCapped();
-      if (t.code !== 0) throw new Error(`${bin} --noflush: ${t.stderr.slice(0, 300)}`);
+      if (t.code !== 0) throw new Error(`${argv.join(' ')} (adding one service): ${t.stderr.slice(0, 300)}`);
       addMs = t.ms;
     }
     const check = await runner.load('outside', 'new', extra.clusterIP!, UDP_PORT, { count: 200, seconds: 3, warmupMs: 0, concurrency: 8 });
     all((c) => ((c.addServiceMs = addMs), (c.addedServiceAnswered = check.completed)));
-    log(`${mode} N=${n}: added one service in ${addMs.toFixed(1)} ms; ${check.completed}/200 requests to it answered`);
+    log(`${name} N=${n}: added one service in ${addMs.toFixed(1)} ms; ${check.completed}/200 requests to it answered`);
     return 'ok';
   } finally {
     if (agents) await Promise.all([agents.outside.stop(), agents.pod.stop()]);
@@ -570,7 +701,7 @@ async function writeOutputs(o: E2eOptions, s: { ceiling: CeilingRecord[]; result
     generatedAt: new Date().toISOString(),
     machine: machine(),
     command: `npm run bench:e2e -- ${process.argv.slice(2).join(' ')}`.trim(),
-    options: { sizes: o.sizes, endpoints: o.endpoints, seconds: o.seconds, cap: o.cap, modes: o.modes, concurrency: o.concurrency },
+    options: { sizes: o.sizes, endpoints: o.endpoints, seconds: o.seconds, cap: o.cap, modes: o.modes, family: o.family ?? 'ipv4', concurrency: o.concurrency },
     tunproxyApi: s.hasApi,
     durationSeconds: Math.round((performance.now() - s.t0) / 100) / 10,
     ceiling: s.ceiling,
@@ -580,7 +711,13 @@ async function writeOutputs(o: E2eOptions, s: { ceiling: CeilingRecord[]; result
   writeFileSync(join(o.out, 'e2e.json'), JSON.stringify(report, null, 2) + '\n');
   writeFileSync(join(o.out, 'e2e.md'), markdown(report));
   try {
-    await renderCharts(report, o.out);
+    // the IPv4 charts as before; the IPv6 run's in <out>/ipv6/
+    const fams = familiesOf(o.family ?? 'ipv4');
+    if (fams.includes('ipv4')) await renderCharts({ ...report, results: report.results.filter((r) => r.family === 'ipv4') }, o.out);
+    if (fams.includes('ipv6')) {
+      mkdirSync(join(o.out, 'ipv6'), { recursive: true });
+      await renderCharts({ ...report, results: report.results.filter((r) => r.family === 'ipv6') }, join(o.out, 'ipv6'));
+    }
   } catch (e) {
     o.log(`charts not written: ${(e as Error).message}`);
   }
@@ -590,8 +727,11 @@ async function writeOutputs(o: E2eOptions, s: { ceiling: CeilingRecord[]; result
 const num = (x: number | null | undefined, d = 0): string =>
   x === null || x === undefined ? '—' : x.toLocaleString('en-US', { maximumFractionDigits: d, minimumFractionDigits: d });
 
-function cell(report: E2eReport, mode: Mode, n: number, target: 'first' | 'last', source: Source): E2eRecord | undefined {
-  return report.results.find((r) => r.mode === mode && r.services === n && r.target === target && r.source === source);
+/** (a row without `family` comes from a report of before the IPv6 run: IPv4) */
+const familyOfRow = (r: { family?: Family }): Family => r.family ?? 'ipv4';
+
+function cell(report: E2eReport, mode: Mode, n: number, target: 'first' | 'last', source: Source, family: Family = 'ipv4'): E2eRecord | undefined {
+  return report.results.find((r) => r.mode === mode && r.services === n && r.target === target && r.source === source && familyOfRow(r) === family);
 }
 
 export interface Bar {
@@ -602,8 +742,8 @@ export interface Bar {
 
 /** The issue's bars, checked on one report (null: a figure is missing). */
 export function bars(report: E2eReport): Bar[] {
-  const v = (mode: Mode, n: number, f: keyof E2eRecord, target: 'first' | 'last' = 'last', source: Source = 'outside') => {
-    const c = cell(report, mode, n, target, source);
+  const v = (mode: Mode, n: number, f: keyof E2eRecord, target: 'first' | 'last' = 'last', source: Source = 'outside', family: Family = 'ipv4') => {
+    const c = cell(report, mode, n, target, source, family);
     const x = c && c.status === 'ok' ? (c[f] as number | null) : null;
     return typeof x === 'number' ? x : null;
   };
@@ -642,12 +782,21 @@ export function bars(report: E2eReport): Bar[] {
     const rn = ratio(nf, tp);
     out.push({ bar: 'loading 10 000 services: tunproxy ≥ 20× faster than iptables-legacy-restore and ≥ 200× faster than nft -f', met: rl === null || rn === null ? null : rl >= 20 && rn >= 200, detail: `tunproxy ${num(tp, 1)} ms, legacy ${num(l, 0)} ms (${num(rl, 1)}×), nft ${num(nf, 0)} ms (${num(rn, 1)}×)` });
   }
+  // the bars above are the IPv4 run's; issue 13's IPv6 bar is listed when the run has IPv6
+  const fams = familiesOf(report.options.family ?? 'ipv4');
+  if (!fams.includes('ipv4')) out.length = 0;
+  if (fams.includes('ipv6')) {
+    const tp = v('tunproxy', 20000, 'newFlowsPerSec', 'last', 'outside', 'ipv6');
+    const l = v('ip6tables-legacy', 20000, 'newFlowsPerSec', 'last', 'outside', 'ipv6');
+    const r = ratio(tp, l);
+    out.push({ bar: 'IPv6, 20 000 services, last: tunproxy new flows/s ≥ 10× ip6tables-legacy', met: r === null ? null : r >= 10, detail: `tunproxy ${num(tp)}/s, ip6tables-legacy ${num(l)}/s (${num(r, 1)}×)` });
+  }
   return out;
 }
 
 function markdown(r: E2eReport): string {
   const sizes = [...new Set(r.results.map((x) => x.services))].sort((a, b) => a - b);
-  const modes = r.options.modes;
+  const families = familiesOf(r.options.family ?? 'ipv4');
   const L: string[] = [];
   L.push('# End to end: kube-proxy\'s rules in the kernel vs tunproxy', '');
   L.push(`One run on ${r.machine}. Command: \`${r.command}\`; it took ${num(r.durationSeconds / 60, 1)} min.`);
@@ -658,52 +807,74 @@ function markdown(r: E2eReport): string {
       '"RTT" is measured one request at a time (K = 1), "loaded RTT" with K in flight. Endpoints answer with bench/e2e-responder.c (C, UDP echo).',
   );
   L.push(`tunproxy's API: ${r.tunproxyApi ? 'yes (PUT /v1/ruleset to load, PUT /v1/services/{ns}/{name} to add)' : 'absent in this tree: load and add are SIGHUP reloads of its --rules file'}.`, '');
-  L.push('## The generator\'s ceiling (plain routed path to an endpoint, no NAT)', '');
-  L.push('| source | new flows/s | new-flow RTT p50 µs | established req/s | TCP connects/s |', '|---|---:|---:|---:|---:|');
-  for (const c of r.ceiling) L.push(`| ${c.source} | ${num(c.newFlowsPerSec)} | ${num(c.newFlowRttP50Us, 1)} | ${num(c.establishedReqPerSec)} | ${num(c.tcpConnectsPerSec)} |`);
-  L.push('', 'A figure marked † is within 20 % of that ceiling: the generator may be what limits it.', '');
-
-  const table = (title: string, f: (c: E2eRecord) => string, target: 'first' | 'last', source: Source) => {
-    L.push(`### ${title}`, '', `| services | ${modes.join(' | ')} |`, `|---:|${modes.map(() => '---:').join('|')}|`);
-    for (const n of sizes) {
+  for (const family of families) {
+    const v6 = family === 'ipv6';
+    const modes = r.options.modes.filter((m) => modesOf(family).includes(m));
+    const h = v6 ? '##' : '#';
+    if (v6) {
+      L.push('# IPv6', '');
       L.push(
-        `| ${num(n)} | ${modes
-          .map((m) => {
-            const c = cell(r, m, n, target, source);
-            if (!c) return '';
-            if (c.status !== 'ok') return c.status === 'skipped' ? 'skipped (cap)' : 'failed';
-            return f(c);
-          })
-          .join(' | ')} |`,
+        'The same measurements over IPv6: N single-stack IPv6 services (ClusterIPs from fd00:10:96::/108), IPv6 endpoints, every link of the lab dual-stack; ' +
+          'kernel modes: ip6tables-legacy-restore of kube-proxy\'s IPv6 proxier\'s rules, `nft -f` of its `table ip6 kube-proxy`. A cell marked "failed" got no answer (see the notes below).',
+        '',
       );
     }
-    L.push('');
-  };
-  const dagger = (b: boolean) => (b ? ' †' : '');
-  L.push('## Loading and changing the rule set', '');
-  table('Time to load the whole rule set (ms)', (c) => num(c.loadMs, c.loadMs !== null && c.loadMs < 100 ? 1 : 0), 'first', 'outside');
-  table('Time to add one service to the loaded set (ms)', (c) => `${c.addServiceMs === null && c.note ? `> ${num(r.options.cap * 1000)} (cap)` : num(c.addServiceMs, 1)}${c.addedServiceAnswered !== null && c.addedServiceAnswered < 200 ? ` (${c.addedServiceAnswered}/200 answered)` : ''}`, 'first', 'outside');
-  table('Memory (KiB): kernel Slab+Vmalloc+Percpu growth for the kernel modes, RSS for tunproxy', (c) => num(c.memoryKiB), 'first', 'outside');
-  for (const source of ['outside', 'pod'] as Source[]) {
-    const who = source === 'outside' ? 'from outside the pod CIDR (masquerade)' : 'from a client pod (no masquerade)';
-    L.push(`## Traffic ${who}`, '');
-    for (const target of ['last', 'first'] as const) {
-      table(`New flows/s, ${target} service`, (c) => `${num(c.newFlowsPerSec)}${dagger(c.nearCeiling.newFlows)}${c.newFlowLost ? ` (${c.newFlowLost} lost)` : ''}`, target, source);
-      table(`New-flow RTT p50 / p99 (µs, one at a time), ${target} service`, (c) => `${num(c.newFlowRttP50Us, 1)} / ${num(c.newFlowRttP99Us, 1)}`, target, source);
+    L.push(`#${h} The generator's ceiling (plain routed path to an endpoint, no NAT)`, '');
+    L.push('| source | new flows/s | new-flow RTT p50 µs | established req/s | TCP connects/s |', '|---|---:|---:|---:|---:|');
+    for (const c of r.ceiling.filter((x) => familyOfRow(x) === family)) L.push(`| ${c.source} | ${num(c.newFlowsPerSec)} | ${num(c.newFlowRttP50Us, 1)} | ${num(c.establishedReqPerSec)} | ${num(c.tcpConnectsPerSec)} |`);
+    L.push('', 'A figure marked † is within 20 % of that ceiling: the generator may be what limits it.', '');
+
+    const table = (title: string, f: (c: E2eRecord) => string, target: 'first' | 'last', source: Source) => {
+      L.push(`##${h} ${title}`, '', `| services | ${modes.join(' | ')} |`, `|---:|${modes.map(() => '---:').join('|')}|`);
+      for (const n of sizes) {
+        L.push(
+          `| ${num(n)} | ${modes
+            .map((m) => {
+              const c = cell(r, m, n, target, source, family);
+              if (!c) return '';
+              if (c.status !== 'ok') return c.status === 'skipped' ? 'skipped (cap)' : 'failed';
+              return f(c);
+            })
+            .join(' | ')} |`,
+        );
+      }
+      L.push('');
+    };
+    const dagger = (b: boolean) => (b ? ' †' : '');
+    L.push(`#${h} Loading and changing the rule set`, '');
+    table('Time to load the whole rule set (ms)', (c) => num(c.loadMs, c.loadMs !== null && c.loadMs < 100 ? 1 : 0), 'first', 'outside');
+    table('Time to add one service to the loaded set (ms)', (c) => `${c.addServiceMs === null && c.note ? `> ${num(r.options.cap * 1000)} (cap)` : num(c.addServiceMs, 1)}${c.addedServiceAnswered !== null && c.addedServiceAnswered < 200 ? ` (${c.addedServiceAnswered}/200 answered)` : ''}`, 'first', 'outside');
+    table('Memory (KiB): kernel Slab+Vmalloc+Percpu growth for the kernel modes, RSS for tunproxy', (c) => num(c.memoryKiB), 'first', 'outside');
+    for (const source of ['outside', 'pod'] as Source[]) {
+      const who = source === 'outside' ? 'from outside the pod CIDR (masquerade)' : 'from a client pod (no masquerade)';
+      L.push(`#${h} Traffic ${who}`, '');
+      for (const target of ['last', 'first'] as const) {
+        table(`New flows/s, ${target} service`, (c) => `${num(c.newFlowsPerSec)}${dagger(c.nearCeiling.newFlows)}${c.newFlowLost ? ` (${c.newFlowLost} lost)` : ''}`, target, source);
+        table(`New-flow RTT p50 / p99 (µs, one at a time), ${target} service`, (c) => `${num(c.newFlowRttP50Us, 1)} / ${num(c.newFlowRttP99Us, 1)}`, target, source);
+      }
+      table('New-flow RTT p50 / p99 under load (µs, K in flight), last service', (c) => `${num(c.newFlowLoadedRttP50Us, 0)} / ${num(c.newFlowLoadedRttP99Us, 0)}`, 'last', source);
+      table('Established requests/s (one 5-tuple), last service', (c) => `${num(c.establishedReqPerSec)}${dagger(c.nearCeiling.established)}`, 'last', source);
+      table('TCP connects/s (SYN → SYN-ACK), last service', (c) => `${num(c.tcpConnectsPerSec)}${dagger(c.nearCeiling.tcpConnect)} (p50 ${num(c.tcpConnectRttP50Us, 0)} µs)`, 'last', source);
     }
-    table('New-flow RTT p50 / p99 under load (µs, K in flight), last service', (c) => `${num(c.newFlowLoadedRttP50Us, 0)} / ${num(c.newFlowLoadedRttP99Us, 0)}`, 'last', source);
-    table('Established requests/s (one 5-tuple), last service', (c) => `${num(c.establishedReqPerSec)}${dagger(c.nearCeiling.established)}`, 'last', source);
-    table('TCP connects/s (SYN → SYN-ACK), last service', (c) => `${num(c.tcpConnectsPerSec)}${dagger(c.nearCeiling.tcpConnect)} (p50 ${num(c.tcpConnectRttP50Us, 0)} µs)`, 'last', source);
   }
   L.push('## Bars', '', '| bar | met | figures |', '|---|---|---|');
   for (const b of bars(r)) L.push(`| ${b.bar} | ${b.met === null ? 'not measured' : b.met ? 'yes' : '**no**'} | ${b.detail} |`);
-  L.push('', '## Charts', '', '![new-flow RTT vs services](e2e-new-flow-rtt.svg)', '', '![new flows/s vs services](e2e-new-flows.svg)', '', '![load time vs services](e2e-load-time.svg)', '');
-  const notes = r.results.filter((x) => (x.status !== 'ok' || x.note) && x.target === 'first' && x.source === 'outside');
-  if (notes.length) {
-    L.push('## Skipped, failed and capped', '');
-    for (const x of notes) L.push(`- ${x.mode}, ${num(x.services)} services: ${x.status}: ${x.note}`);
-    L.push('');
+  L.push('', '## Charts', '');
+  for (const family of families) {
+    const d = family === 'ipv6' ? 'ipv6/' : '';
+    const w = family === 'ipv6' ? 'IPv6: ' : '';
+    L.push(`![${w}new-flow RTT vs services](${d}e2e-new-flow-rtt.svg)`, '', `![${w}new flows/s vs services](${d}e2e-new-flows.svg)`, '', `![${w}load time vs services](${d}e2e-load-time.svg)`, '');
   }
+  // one note per (mode, family, size), and every failed cell (a failure may be one target's or source's only)
+  const notes = r.results.filter((x) => (x.status !== 'ok' || x.note) && ((x.target === 'first' && x.source === 'outside') || x.status === 'failed'));
+  const seen = new Set<string>();
+  const lines: string[] = [];
+  for (const x of notes) {
+    const line = `- ${x.mode}${familyOfRow(x) === 'ipv6' ? ' (IPv6)' : ''}, ${num(x.services)} services${x.status === 'failed' ? `, ${x.target}/${x.source}` : ''}: ${x.status}: ${x.note}`;
+    if (!seen.has(line)) lines.push(line);
+    seen.add(line);
+  }
+  if (lines.length) L.push('## Skipped, failed and capped', '', ...lines, '');
   L.push(
     '## Method notes',
     '',
@@ -741,13 +912,20 @@ function parseCli(argv: string[]): E2eOptions {
         return n;
       })
     : DEFAULT_SIZES;
+  const familyText = get('family') ?? 'ipv4';
+  if (!['ipv4', 'ipv6', 'both'].includes(familyText)) throw new Error(`--family: "${familyText}" is not ipv4, ipv6 or both`);
+  const family = familyText as FamilyOption;
+  const families = familiesOf(family);
   const modesText = get('modes');
   const modes = modesText
     ? modesText.split(',').map((m) => {
-        if (!(MODES as readonly string[]).includes(m.trim())) throw new Error(`--modes: "${m}" is not one of ${MODES.join(', ')}`);
+        if (!(ALL_MODES as readonly string[]).includes(m.trim())) throw new Error(`--modes: "${m}" is not one of ${ALL_MODES.join(', ')}`);
         return m.trim() as Mode;
       })
-    : [...MODES];
+    : ALL_MODES.filter((m) => families.some((f) => modesOf(f).includes(m)));
+  for (const f of families) {
+    if (!modes.some((m) => modesOf(f).includes(m))) throw new Error(`--modes: none of ${modes.join(', ')} runs in ${f} (its modes: ${modesOf(f).join(', ')})`);
+  }
   const endpoints = positive('endpoints', 3);
   if (!Number.isInteger(endpoints) || endpoints > 64) throw new Error('--endpoints must be a whole number 1-64');
   const concurrency = positive('concurrency', 32);
@@ -757,6 +935,7 @@ function parseCli(argv: string[]): E2eOptions {
     seconds: positive('seconds', 5),
     cap: positive('cap', 180),
     modes,
+    family,
     concurrency,
     out: get('out') ?? RESULTS_DIR,
     prefix: `tp-b${process.pid}`,

@@ -3,19 +3,24 @@
  * of Service and discovery.k8s.io/v1 EndpointSlice items; `-o yaml` too) →
  * a rule set, read the way kube-proxy reads those objects:
  *
- * - Services: ClusterIP (the IPv4 one of spec.clusterIPs), ports (name,
+ * - Services: ClusterIPs of both families (spec.clusterIPs, spec.ipFamilies,
+ *   spec.ipFamilyPolicy: a dual-stack service keeps all three), ports (name,
  *   protocol, port, targetPort, nodePort for NodePort/LoadBalancer),
  *   externalIPs, status.loadBalancer.ingress[].ip (LoadBalancer; ipMode Proxy
  *   left out as kube-proxy does), loadBalancerSourceRanges, sessionAffinity
  *   and its timeout, external/internalTrafficPolicy. ExternalName and
  *   headless services get no proxy rules (kube-proxy skips them): skipped.
- * - EndpointSlices (addressType IPv4), joined to their service by the
+ *   Addresses and ranges of a family the service has no ClusterIP of are left
+ *   out (a warning): kube-proxy's proxier of that family does not see the
+ *   service.
+ * - EndpointSlices (addressType IPv4 or IPv6; a slice of a family the
+ *   service does not have is left out, as kube-proxy does), joined to their service by the
  *   kubernetes.io/service-name label: the first address of each endpoint,
  *   its ready/serving/terminating conditions (nil ready = true, nil serving
  *   = ready), the port per service-port name, nodeLocal when nodeName is
  *   this node (`nodeName` option).
  * - Node items (kubectl get nodes,services,endpointslices): this node's
- *   InternalIP/ExternalIP addresses become node.addresses when none are given.
+ *   InternalIP/ExternalIP addresses (both families) become node.addresses when none are given.
  *
  * Nothing is dropped silently: an object that cannot be read is in
  * `notUnderstood` with its line in the text and the reason; an object that
@@ -27,6 +32,7 @@ import type { Endpoint, RuleSet, Service, ServicePort } from './types.ts';
 import { API_VERSION } from './types.ts';
 import { validateRuleSet } from './validate.ts';
 import { parseCidr, parseIPv4 } from '../dataplane/addr.ts';
+import { parseIPv6, parseCidr6 } from '../dataplane/addr6.ts';
 import { jsonErrorOffset } from './json-error.ts';
 
 export interface KubernetesImportOptions {
@@ -55,7 +61,7 @@ export interface KubernetesImportResult {
   ruleSet: RuleSet;
   /** objects that could not be read (or were refused by the rule-set validator) */
   notUnderstood: ObjectNote[];
-  /** objects kube-proxy writes no rules for (ExternalName, headless, IPv6, FQDN slices, other nodes) */
+  /** objects kube-proxy writes no rules for (ExternalName, headless, FQDN slices, other nodes) */
   skipped: ObjectNote[];
   warnings: string[];
   /** objects read */
@@ -76,6 +82,15 @@ type Obj = Record<string, unknown>;
 const isObj = (v: unknown): v is Obj => typeof v === 'object' && v !== null && !Array.isArray(v);
 const str = (v: unknown): string | undefined => (typeof v === 'string' ? v : undefined);
 const isV4 = (a: unknown): a is string => typeof a === 'string' && parseIPv4(a) >= 0;
+const isV6 = (a: unknown): a is string => typeof a === 'string' && a.includes(':') && parseIPv6(a) !== null;
+/** the family of an address text, or 0 when it is neither */
+const familyOfText = (a: unknown): 0 | 4 | 6 => (isV4(a) ? 4 : isV6(a) ? 6 : 0);
+const FAMILY_NAME = { 4: 'IPv4', 6: 'IPv6' } as const;
+/** the IP families a converted service has (its ClusterIPs') */
+export function serviceFamiliesOf(svc: Service): (4 | 6)[] {
+  const ips = svc.clusterIPs ?? (svc.clusterIP !== undefined ? [svc.clusterIP] : []);
+  return ips.map((ip) => (ip.includes(':') ? 6 : 4));
+}
 const SERVICE_NAME_LABEL = 'kubernetes.io/service-name';
 
 // ---------------------------------------------------------------- reading the text with line numbers
@@ -239,11 +254,25 @@ export function convertService(o: Obj, ns: string, name: string, where: string, 
   if (!['ClusterIP', 'NodePort', 'LoadBalancer'].includes(type)) return { bad: `spec.type ${JSON.stringify(type)} is not ClusterIP, NodePort, LoadBalancer or ExternalName` };
   const ips = Array.isArray(spec.clusterIPs) && spec.clusterIPs.length > 0 ? spec.clusterIPs : spec.clusterIP !== undefined ? [spec.clusterIP] : [];
   if (ips.length === 0 || ips[0] === 'None' || ips[0] === '') return { skip: 'a headless service (clusterIP None): kube-proxy writes no rules for it' };
-  const clusterIP = ips.find(isV4);
-  if (clusterIP === undefined) {
-    if (ips.some((a) => typeof a === 'string' && a.includes(':'))) return { skip: `an IPv6 service (${ips.join(', ')}): tunproxy handles IPv4 only` };
-    return { bad: `spec.clusterIP ${JSON.stringify(ips[0])} is not an IPv4 address` };
+  const families: (4 | 6)[] = [];
+  for (const [i, ip] of ips.entries()) {
+    const f = familyOfText(ip);
+    if (f === 0) return { bad: `spec.clusterIPs[${i}] ${JSON.stringify(ip)} is not an IPv4 or IPv6 address` };
+    if (families.includes(f)) return { bad: `spec.clusterIPs ${JSON.stringify(ips)}: two ${FAMILY_NAME[f]} addresses` };
+    families.push(f);
   }
+  if (ips.length > 2) return { bad: `spec.clusterIPs ${JSON.stringify(ips)}: more than one per family` };
+  if (Array.isArray(spec.ipFamilies) && spec.ipFamilies.length > 0) {
+    const want = families.map((f) => FAMILY_NAME[f]);
+    if (spec.ipFamilies.length !== want.length || spec.ipFamilies.some((f, i) => f !== want[i])) {
+      return { bad: `spec.ipFamilies ${JSON.stringify(spec.ipFamilies)} do not match spec.clusterIPs ${JSON.stringify(ips)}` };
+    }
+  }
+  const policy = spec.ipFamilyPolicy;
+  if (policy !== undefined && policy !== null && policy !== 'SingleStack' && policy !== 'PreferDualStack' && policy !== 'RequireDualStack') {
+    return { bad: `spec.ipFamilyPolicy ${JSON.stringify(policy)} is not SingleStack, PreferDualStack or RequireDualStack` };
+  }
+  const clusterIP = ips[0] as string;
   const rawPorts = Array.isArray(spec.ports) ? spec.ports : [];
   if (rawPorts.length === 0) return { bad: 'spec.ports is empty: a service with a ClusterIP needs at least one port' };
   const ports: ServicePort[] = [];
@@ -265,17 +294,27 @@ export function convertService(o: Obj, ns: string, name: string, where: string, 
     portProtocols.set(portName, protocol);
   }
   const svc: Service = { namespace: ns, name, clusterIP, ports };
-  const v4List = (field: string, v: unknown): string[] => {
+  if (ips.length === 2) {
+    // dual-stack: both families' ClusterIPs, the primary first
+    svc.clusterIPs = ips as string[];
+    svc.ipFamilies = families.map((f) => FAMILY_NAME[f]);
+    svc.ipFamilyPolicy = policy === 'PreferDualStack' ? 'PreferDualStack' : 'RequireDualStack';
+  }
+  /** an address of a family the service has no ClusterIP of: that family's proxier does not see the service */
+  const otherFamily = (field: string, a: string, f: 4 | 6) =>
+    warn(`${where}: ${field} ${a} is ${FAMILY_NAME[f]} but the service has no ${FAMILY_NAME[f]} ClusterIP (kube-proxy's ${FAMILY_NAME[f]} proxier does not see it); left out`);
+  const ipList = (field: string, v: unknown): string[] => {
     if (!Array.isArray(v)) return [];
     const out: string[] = [];
     for (const a of v) {
-      if (isV4(a)) {
-        if (!out.includes(a)) out.push(a);
-      } else warn(`${where}: ${field} ${JSON.stringify(a)} is not an IPv4 address; left out`);
+      const f = familyOfText(a);
+      if (f === 0) warn(`${where}: ${field} ${JSON.stringify(a)} is not an IPv4 or IPv6 address; left out`);
+      else if (!families.includes(f)) otherFamily(field, a as string, f);
+      else if (!out.includes(a as string)) out.push(a as string);
     }
     return out;
   };
-  const externalIPs = v4List('spec.externalIPs', spec.externalIPs);
+  const externalIPs = ipList('spec.externalIPs', spec.externalIPs);
   if (externalIPs.length > 0) svc.externalIPs = externalIPs;
   if (type === 'LoadBalancer') {
     const st = isObj(o.status) && isObj(o.status.loadBalancer) ? o.status.loadBalancer : {};
@@ -290,16 +329,19 @@ export function convertService(o: Obj, ns: string, name: string, where: string, 
         if (ing.hostname !== undefined && ing.hostname !== null) warn(`${where}: load-balancer ingress by hostname ${JSON.stringify(ing.hostname)} has no rules; left out`);
         continue;
       }
-      if (isV4(ing.ip)) {
-        if (!lb.includes(ing.ip)) lb.push(ing.ip);
-      } else warn(`${where}: load-balancer IP ${JSON.stringify(ing.ip)} is not IPv4; left out`);
+      const f = familyOfText(ing.ip);
+      if (f === 0) warn(`${where}: load-balancer IP ${JSON.stringify(ing.ip)} is not an IPv4 or IPv6 address; left out`);
+      else if (!families.includes(f)) otherFamily('load-balancer IP', ing.ip as string, f);
+      else if (!lb.includes(ing.ip as string)) lb.push(ing.ip as string);
     }
     if (lb.length > 0) svc.loadBalancerIPs = lb;
     const ranges: string[] = [];
     for (const r of Array.isArray(spec.loadBalancerSourceRanges) ? spec.loadBalancerSourceRanges : []) {
-      const c = typeof r === 'string' ? parseCidr(r.trim()) : null;
-      if (c) ranges.push(r.trim());
-      else warn(`${where}: loadBalancerSourceRanges ${JSON.stringify(r)} is not an IPv4 CIDR; left out`);
+      const text = typeof r === 'string' ? r.trim() : '';
+      const f = text.includes(':') ? (parseCidr6(text) ? 6 : 0) : parseCidr(text) ? 4 : 0;
+      if (f === 0) warn(`${where}: loadBalancerSourceRanges ${JSON.stringify(r)} is not an IPv4 or IPv6 CIDR; left out`);
+      else if (!families.includes(f)) otherFamily('loadBalancerSourceRanges', text, f);
+      else ranges.push(text);
     }
     if (ranges.length > 0) svc.loadBalancerSourceRanges = ranges;
   }
@@ -321,16 +363,15 @@ export function convertService(o: Obj, ns: string, name: string, where: string, 
 }
 
 /** The service an EndpointSlice belongs to ("ns/name"), or why it is skipped / not understood. */
-export function sliceServiceKey(o: Obj, ns: string): { key: string } | { skip: string } | { bad: string } {
+export function sliceServiceKey(o: Obj, ns: string): { key: string; family: 4 | 6 } | { skip: string } | { bad: string } {
   const meta = isObj(o.metadata) ? o.metadata : {};
   const labels = isObj(meta.labels) ? meta.labels : {};
   const svcName = str(labels[SERVICE_NAME_LABEL]);
   if (!svcName) return { skip: `no ${SERVICE_NAME_LABEL} label: not the endpoints of a service` };
   const at = o.addressType;
-  if (at === 'IPv6') return { skip: 'addressType IPv6: tunproxy handles IPv4 only' };
   if (at === 'FQDN') return { skip: 'addressType FQDN: kube-proxy ignores FQDN slices' };
-  if (at !== 'IPv4') return { bad: `addressType ${JSON.stringify(at)} is not IPv4, IPv6 or FQDN` };
-  return { key: `${ns}/${svcName}` };
+  if (at !== 'IPv4' && at !== 'IPv6') return { bad: `addressType ${JSON.stringify(at)} is not IPv4, IPv6 or FQDN` };
+  return { key: `${ns}/${svcName}`, family: at === 'IPv6' ? 6 : 4 };
 }
 
 /**
@@ -342,6 +383,12 @@ export function sliceServiceKey(o: Obj, ns: string): { key: string } | { skip: s
  */
 export function mergeSlice(rec: ConvertedService, o: Obj, where: string, nodeName: string | undefined, warn: (msg: string) => void, bad: (reason: string) => void): void {
   const key = `${rec.service.namespace}/${rec.service.name}`;
+  const family: 4 | 6 = o.addressType === 'IPv6' ? 6 : 4;
+  if (!serviceFamiliesOf(rec.service).includes(family)) {
+    // kube-proxy's proxier of that family has no ClusterIP of the service: it ignores the slice
+    warn(`${where}: addressType ${FAMILY_NAME[family]} but ${key} has no ${FAMILY_NAME[family]} ClusterIP; its endpoints are left out, as kube-proxy leaves them`);
+    return;
+  }
   const slicePorts: Array<{ name: string; port: number }> = [];
   for (const [i, p] of (Array.isArray(o.ports) ? o.ports : []).entries()) {
     if (!isObj(p)) return bad(`ports[${i}] is not an object`);
@@ -368,8 +415,8 @@ export function mergeSlice(rec: ConvertedService, o: Obj, where: string, nodeNam
     }
     const addrs = Array.isArray(e.addresses) ? e.addresses : [];
     const address = addrs[0];
-    if (!isV4(address)) {
-      bad(`endpoints[${i}].addresses[0] ${JSON.stringify(address)} is not an IPv4 address`);
+    if (familyOfText(address) !== family) {
+      bad(`endpoints[${i}].addresses[0] ${JSON.stringify(address)} is not an ${FAMILY_NAME[family]} address (the slice's addressType)`);
       continue;
     }
     if (slicePorts.length === 0) continue;
@@ -417,15 +464,15 @@ interface SliceRec {
   obj: Obj;
 }
 
-/** This node's IPv4 InternalIP/ExternalIP addresses from a Node object (empty when it has none). */
+/** This node's InternalIP/ExternalIP addresses (IPv4 and IPv6, in the Node's order) from a Node object (empty when it has none). */
 export function nodeAddressesOf(o: Obj): string[] {
   const st = isObj(o.status) ? o.status : {};
   const addrs = Array.isArray(st.addresses) ? st.addresses : [];
-  const v4: string[] = [];
+  const out: string[] = [];
   for (const a of addrs) {
-    if (isObj(a) && (a.type === 'InternalIP' || a.type === 'ExternalIP') && isV4(a.address) && !v4.includes(a.address)) v4.push(a.address);
+    if (isObj(a) && (a.type === 'InternalIP' || a.type === 'ExternalIP') && familyOfText(a.address) !== 0 && !out.includes(a.address as string)) out.push(a.address as string);
   }
-  return v4;
+  return out;
 }
 
 class Importer {
@@ -471,7 +518,7 @@ class Importer {
   node(o: Obj, line: number, id: string, name: string | undefined): void {
     if (this.opts.nodeName === undefined || name !== this.opts.nodeName) return this.skip(line, id, this.opts.nodeName === undefined ? 'no nodeName given: Node items are not read' : `not this node (${this.opts.nodeName})`);
     const v4 = nodeAddressesOf(o);
-    if (v4.length === 0) return this.bad(line, id, 'status.addresses has no IPv4 InternalIP or ExternalIP');
+    if (v4.length === 0) return this.bad(line, id, 'status.addresses has no InternalIP or ExternalIP');
     this.nodeAddresses = v4;
   }
 

@@ -33,7 +33,7 @@ import type { RuleSet, Service, ServicePort, Endpoint } from './types.ts';
 import type { Cidr, ProtocolName } from '../dataplane/addr.ts';
 import { parseCidr, parseIPv4, cidrContains, protocolNumber, formatIPv4 } from '../dataplane/addr.ts';
 import type { Cidr6 } from '../dataplane/addr6.ts';
-import { parseIPv6Into, formatIPv6, parseCidr6, cidr6Contains, looksIPv6 } from '../dataplane/addr6.ts';
+import { parseIPv6Into, formatIPv6, parseCidr6, cidr6Contains, looksIPv6, hostPort } from '../dataplane/addr6.ts';
 
 /** An address of the model: IPv4 as its uint32 value; IPv6 as 2^32 + its index in the pool `addr6`. */
 export type Addr = number;
@@ -156,7 +156,7 @@ export interface EndpointModel {
   address: string;
   addr: Addr;
   port: number;
-  /** "10.64.1.7:53" */
+  /** "10.64.1.7:53", "[fd00:10:64::7]:53" */
   text: string;
   ready: boolean;
   serving: boolean;
@@ -348,7 +348,7 @@ function endpointModel(ep: Endpoint, addr: Addr, p: number): EndpointModel {
     address: ep.address,
     addr,
     port: p,
-    text: `${ep.address}:${p}`,
+    text: hostPort(ep.address, p),
     ready,
     serving: ep.serving ?? ready,
     terminating: ep.terminating ?? false,

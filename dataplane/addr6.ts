@@ -9,6 +9,11 @@
  */
 import { parseIPv4 } from './addr.ts';
 
+/** "10.64.1.7:53", "[fd00:10:64::7]:53": an address and a port as Go's net.JoinHostPort writes them (kube-proxy's endpoint strings, iptables' --to-destination) */
+export function hostPort(address: string, port: number): string {
+  return looksIPv6(address) ? `[${address}]:${port}` : `${address}:${port}`;
+}
+
 /** Is this text meant as IPv6 (it has a colon)? Says nothing of its validity. */
 export function looksIPv6(text: string): boolean {
   return text.indexOf(':') >= 0;

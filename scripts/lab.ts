@@ -29,6 +29,17 @@
  *   rule pref 100  lookup local                            (moved from pref 0, behind the rules above)
  *   sysctls        ip_forward=1, rp_filter=0, tun0 accept_local=1 (written-back packets may come
  *                  from the node's own masquerade or NodePort address)
+ * Dual-stack: when node.addresses holds an IPv6 address, the lab is built in
+ * both families. The same links carry IPv6 (the node's first IPv6 address on
+ * veth-client/64, the client ::2 of that /64 by default, every IPv6 endpoint a
+ * pod namespace of its own, linked to the IPv6 masquerade address /128 like the
+ * IPv4 pods), IPv6 service addresses /128 dev tun0, and the same rules with
+ * `ip -6 rule`, but for one difference: pref 70 sends the pods' TCP, UDP and
+ * SCTP into the TUN and not ICMPv6, whose neighbour discovery must stay on the
+ * pod's link (an ICMPv6 error from a pod to a masqueraded client is therefore
+ * not un-NATed in the lab). DAD and router solicitations are off; the TUN has
+ * no IPv6 link-local address (addrgenmode none), so the kernel sends nothing
+ * of its own into it.
  * A packet the dataplane writes back is routed by the local and main tables
  * only (pref 1). Since every IP packet from a pod enters the TUN, the dataplane
  * must write back, unchanged, every packet that is neither a service packet
@@ -40,6 +51,7 @@ import type { ChildProcess, SpawnOptions } from 'node:child_process';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { cidrContains, formatIPv4, parseCidr, parseIPv4 } from '../dataplane/addr.ts';
+import { looksIPv6, parseIPv6, formatIPv6, parseCidr6, cidr6Contains, canonicalIPv6 } from '../dataplane/addr6.ts';
 import type { Cidr } from '../dataplane/addr.ts';
 import type { RuleSet } from '../control/types.ts';
 import {
@@ -79,6 +91,8 @@ export interface LabOptions {
   clientAddress?: string;
   /** prefix length of the client/node link (default 24) */
   clientPrefixLength?: number;
+  /** the client's IPv6 address in a dual-stack lab (default: ::2 of the node's first IPv6 address's /64, or the next free) */
+  clientAddress6?: string;
   /** also build a "client pod" in the cluster CIDR that is no endpoint (true: pick its address) */
   clientPod?: boolean | string;
   /** route these CIDRs into the TUN instead of each service address inside them */
@@ -105,11 +119,24 @@ export interface Lab {
   tunName: string;
   /** client, node, the pods, the client pod: every namespace of the lab */
   namespaces: string[];
-  client: { ns: string; address: string; nodeAddress: string };
+  client: {
+    ns: string;
+    address: string;
+    nodeAddress: string;
+    /** dual-stack: the client's IPv6 address (null in an IPv4 lab) */
+    address6: string | null;
+    /** dual-stack: the node's IPv6 address on the client link */
+    nodeAddress6: string | null;
+  };
   node: {
     ns: string;
+    /** the node's IPv4 addresses */
     addresses: string[];
+    /** the node's IPv6 addresses (empty in an IPv4 lab) */
+    addresses6: string[];
     masqueradeAddress: string;
+    /** dual-stack: the IPv6 masquerade address (the pods' IPv6 gateway), else null */
+    masqueradeAddress6: string | null;
     clientVeth: string;
     nodePortRange: [number, number];
     /** the destinations routed into the TUN by the main table */
@@ -143,6 +170,17 @@ function addr(text: string, what: string): number {
   return a;
 }
 
+/** An address of either family, checked; IPv6 comes back in canonical form. */
+function anyAddr(text: string, what: string): string {
+  if (!looksIPv6(text)) return (addr(text, what), text);
+  const c = canonicalIPv6(text);
+  if (c === null) throw new Error(`lab: ${what} "${text}" is not an IPv6 address`);
+  return c;
+}
+
+/** the IPv4 (or IPv6) parts of a value or a dual-stack pair "IPv4,IPv6" */
+const partOf = (text: string | undefined, v6: boolean): string | undefined => text?.split(',').map((x) => x.trim()).find((x) => looksIPv6(x) === v6);
+
 function parseRange(text: string | undefined): [number, number] {
   const m = /^(\d+)-(\d+)$/.exec(text ?? '30000-32767');
   const lo = m ? Number(m[1]) : NaN;
@@ -153,10 +191,24 @@ function parseRange(text: string | undefined): [number, number] {
 
 /** node.masqueradeAddress, else the first node address inside clusterCIDR, else node.addresses[0] (control/types.ts). */
 export function masqueradeAddressOf(rs: RuleSet): string {
-  if (rs.node.masqueradeAddress) return rs.node.masqueradeAddress;
-  const cidr = rs.node.clusterCIDR ? parseCidr(rs.node.clusterCIDR) : null;
+  const given = partOf(rs.node.masqueradeAddress, false);
+  if (given) return given;
+  const cidrText = partOf(rs.node.clusterCIDR, false);
+  const cidr = cidrText ? parseCidr(cidrText) : null;
   const inside = cidr && rs.node.addresses.find((a) => parseIPv4(a) >= 0 && cidrContains(cidr, parseIPv4(a)));
-  return inside || rs.node.addresses[0];
+  return inside || rs.node.addresses.find((a) => !looksIPv6(a)) || rs.node.addresses[0];
+}
+
+/** The IPv6 masquerade address, as control/model.ts picks it (the IPv6 part of masqueradeAddress, else the first IPv6 node address inside the IPv6 clusterCIDR, else the first IPv6 node address), or null. */
+export function masqueradeAddress6Of(rs: RuleSet): string | null {
+  const given = partOf(rs.node.masqueradeAddress, true);
+  if (given) return canonicalIPv6(given);
+  const cidrText = partOf(rs.node.clusterCIDR, true);
+  const cidr = cidrText ? parseCidr6(cidrText) : null;
+  const six = rs.node.addresses.filter(looksIPv6);
+  const inside = cidr && six.find((a) => cidr6Contains(cidr, parseIPv6(a)!));
+  const pick = inside || six[0];
+  return pick ? canonicalIPv6(pick) : null;
 }
 
 /** The servers each endpoint address needs: TCP ports serve HTTP, UDP ports named like dns answer DNS, others echo. */
@@ -164,9 +216,9 @@ export function podListens(rs: RuleSet): Map<string, PodListen[]> {
   const out = new Map<string, Map<string, PodListen>>();
   for (const svc of rs.services) {
     for (const ep of svc.endpoints ?? []) {
-      addr(ep.address, `endpoint address of ${svc.namespace}/${svc.name}`);
-      const byPort = out.get(ep.address) ?? new Map<string, PodListen>();
-      out.set(ep.address, byPort);
+      const address = anyAddr(ep.address, `endpoint address of ${svc.namespace}/${svc.name}`);
+      const byPort = out.get(address) ?? new Map<string, PodListen>();
+      out.set(address, byPort);
       for (const sp of svc.ports) {
         const port =
           ep.ports?.[sp.name] ??
@@ -184,7 +236,7 @@ export function podListens(rs: RuleSet): Map<string, PodListen[]> {
 
 /** Name of the pod namespace of an address: `${prefix}-pod-10-64-1-13`. */
 export function podNamespace(prefix: string, address: string): string {
-  return `${prefix}-pod-${address.replaceAll('.', '-')}`;
+  return `${prefix}-pod-${address.replaceAll('.', '-').replaceAll(':', '-')}`;
 }
 
 function stateFile(stateDir: string, prefix: string): string {
@@ -207,17 +259,30 @@ export async function labUp(opts: LabOptions): Promise<Lab> {
   if (!rs?.node?.addresses?.length) throw new Error('lab: ruleSet.node.addresses must hold at least one address (the client-facing one first)');
 
   // --- everything derived from the rule set, checked before anything is built
-  const nodeAddresses = rs.node.addresses.map((a) => (addr(a, 'node address'), a));
+  const allNodeAddresses = rs.node.addresses.map((a) => anyAddr(a, 'node address'));
+  const nodeAddresses = allNodeAddresses.filter((a) => !looksIPv6(a));
+  const nodeAddresses6 = allNodeAddresses.filter(looksIPv6);
+  if (nodeAddresses.length === 0) throw new Error('lab: ruleSet.node.addresses must hold an IPv4 address (the client-facing one, first)');
   const nodeAddress = nodeAddresses[0];
   const masq = masqueradeAddressOf(rs);
   addr(masq, 'node.masqueradeAddress');
+  // dual-stack: the node's first IPv6 address faces the client; the IPv6 pods hang off the IPv6 masquerade address
+  const dual = nodeAddresses6.length > 0;
+  const nodeAddress6 = dual ? nodeAddresses6[0] : null;
+  const masq6 = dual ? masqueradeAddress6Of(rs) : null;
   const plen = opts.clientPrefixLength ?? 24;
   const clientNet = parseCidr(`${nodeAddress}/${plen}`);
   if (!clientNet || plen < 8 || plen > 30) throw new Error(`lab: clientPrefixLength ${plen} must be within 8..30`);
   const nodePortRange = parseRange(rs.node.nodePortRange);
   const listens = podListens(rs);
-  const nodeSet = new Set(nodeAddresses);
-  const podAddresses = [...listens.keys()].filter((a) => !nodeSet.has(a) && a !== masq);
+  const nodeSet = new Set(allNodeAddresses);
+  const podAddresses = [...listens.keys()].filter((a) => !nodeSet.has(a) && a !== masq && a !== masq6);
+  if (!dual && podAddresses.some(looksIPv6)) throw new Error('lab: an endpoint is IPv6 but node.addresses has no IPv6 address (a dual-stack lab needs one)');
+  let clientAddress6: string | null = null;
+  if (nodeAddress6 !== null) {
+    const used6 = new Set([...nodeSet, ...podAddresses, masq6]);
+    clientAddress6 = opts.clientAddress6 ? anyAddr(opts.clientAddress6, 'clientAddress6') : firstFree6(nodeAddress6, used6);
+  }
   const clientAddress = opts.clientAddress ?? firstFree(clientNet, new Set([...nodeSet, ...podAddresses]));
   addr(clientAddress, 'clientAddress');
   if (!cidrContains(clientNet, parseIPv4(clientAddress))) throw new Error(`lab: clientAddress ${clientAddress} is not inside ${nodeAddress}/${plen}`);
@@ -227,15 +292,22 @@ export async function labUp(opts: LabOptions): Promise<Lab> {
     return p;
   });
   const routed = new Set<string>(serviceCidrs.map((c) => `${formatIPv4(c.net)}/${c.bits}`));
+  const routed6 = new Set<string>();
   const localServicePorts: { address: string; protocol: string; port: number }[] = [];
   const inClientNet: string[] = [];
   for (const svc of rs.services) {
     const vips = [
-      ...(svc.clusterIP && svc.clusterIP !== 'None' ? [svc.clusterIP] : []),
+      ...(svc.clusterIPs ?? (svc.clusterIP ? [svc.clusterIP] : [])).filter((c) => c !== 'None'),
       ...(svc.externalIPs ?? []),
       ...(svc.loadBalancerIPs ?? []),
-    ];
+    ].map((v) => anyAddr(v, `service address of ${svc.namespace}/${svc.name}`));
     for (const v of vips) {
+      if (looksIPv6(v)) {
+        if (!dual) throw new Error(`lab: ${svc.namespace}/${svc.name} has the IPv6 address ${v} but node.addresses has no IPv6 address`);
+        if (nodeSet.has(v)) for (const sp of svc.ports) localServicePorts.push({ address: v, protocol: sp.protocol.toLowerCase(), port: sp.port });
+        else routed6.add(`${v}/128`);
+        continue;
+      }
       const a = addr(v, `service address of ${svc.namespace}/${svc.name}`);
       if (nodeSet.has(v)) {
         // an external/LB IP that is a node address: only its ports go to the TUN
@@ -277,6 +349,10 @@ export async function labUp(opts: LabOptions): Promise<Lab> {
 
   try {
     for (const ns of namespaces) addNetns(ns);
+    if (dual) for (const ns of namespaces) nsSysctl(ns, IPV6_ON);
+    if (dual) nsSysctl(nodeNs, { 'net.ipv6.conf.all.forwarding': 1 });
+    const node6Lines: string[] = [];
+    const rule6Lines: string[] = [];
 
     // node: sysctls first, so the devices created below inherit them
     nsSysctl(nodeNs, {
@@ -300,18 +376,36 @@ export async function labUp(opts: LabOptions): Promise<Lab> {
       // service addresses inside the client's own subnet would be ARPed for: send them to the node
       ...inClientNet.map((v) => `route add ${v}/32 via ${nodeAddress} dev eth0`),
     ]);
+    if (dual) {
+      ipBatch(clientNs, [`addr add ${clientAddress6}/64 dev eth0 nodad`, `route add default via ${nodeAddress6} dev eth0`], 6);
+      node6Lines.push(`addr add ${nodeAddress6}/64 dev ${CLIENT_VETH} nodad`, ...nodeAddresses6.slice(1).map((a) => `addr add ${a}/128 dev lo nodad`));
+    }
 
     // the TUN (persistent, up without a reader: tunproxy attaches by name)
     ip(['-n', nodeNs, 'tuntap', 'add', 'dev', tunName, 'mode', 'tun', ...(opts.multiQueue ? ['multi_queue'] : [])]);
+    // (dual-stack: no IPv6 link-local on the TUN, so the kernel sends no MLD or router solicitation into it)
+    if (dual) nodeLines.push(`link set ${tunName} addrgenmode none`);
     nodeLines.push(`link set ${tunName} mtu 1500 up`, `route add default dev ${tunName} table ${TUN_TABLE}`);
+    if (dual) node6Lines.push(`route add default dev ${tunName} table ${TUN_TABLE}`);
 
     // pods (and the client pod): calico-style /32 links to the node's masquerade address
     // the source of the node's own packets to its pods: a node address that is not the masquerade address, so
     // that the pods' replies to it can be told from replies to masqueraded traffic (which go through the TUN)
     const nodeSource = nodeAddresses.find((a) => a !== masq) ?? masq;
+    const nodeSource6 = nodeAddresses6.find((a) => a !== masq6) ?? masq6;
     const podLinks = [...pods.map((p) => ({ ns: p.ns, address: p.address, nodeVeth: p.nodeVeth })), ...(clientPod ? [clientPod] : [])];
     for (const p of podLinks) {
       ip(['-n', nodeNs, 'link', 'add', p.nodeVeth, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', p.ns]);
+      if (looksIPv6(p.address)) {
+        nodeLines.push(`link set ${p.nodeVeth} up`);
+        node6Lines.push(`addr add ${masq6}/128 dev ${p.nodeVeth} nodad`, `route add ${p.address}/128 dev ${p.nodeVeth} src ${nodeSource6}`);
+        ipBatch(
+          p.ns,
+          ['link set eth0 up', `addr add ${p.address}/128 dev eth0 nodad`, `route add ${masq6}/128 dev eth0`, `route add default via ${masq6} dev eth0 src ${p.address}`],
+          6,
+        );
+        continue;
+      }
       nodeLines.push(
         `addr add ${masq}/32 dev ${p.nodeVeth}`,
         `link set ${p.nodeVeth} up`,
@@ -325,9 +419,11 @@ export async function labUp(opts: LabOptions): Promise<Lab> {
       ]);
     }
     if (!podLinks.length && !nodeSet.has(masq)) nodeLines.push(`addr add ${masq}/32 dev lo`);
+    if (dual && !podLinks.some((p) => looksIPv6(p.address)) && !nodeSet.has(masq6!)) node6Lines.push(`addr add ${masq6}/128 dev lo nodad`);
 
     // into the TUN: services by the main table, NodePorts and pod traffic by policy rules
     nodeLines.push(...[...routed].map((r) => `route add ${r} dev ${tunName}`));
+    node6Lines.push(...[...routed6].map((r) => `route add ${r} dev ${tunName}`));
     // (the number of rules a packet walks stays constant in the number of pods but for one goto per pod)
     const range = `${nodePortRange[0]}-${nodePortRange[1]}`;
     nodeLines.push(
@@ -339,7 +435,7 @@ export async function labUp(opts: LabOptions): Promise<Lab> {
         [...nodePortProtocols].map((proto) => `rule add pref 50 to ${a}/32 ipproto ${proto} dport ${range} lookup ${TUN_TABLE}`),
       ),
       ...localServicePorts
-        .filter((l) => l.protocol !== 'sctp')
+        .filter((l) => l.protocol !== 'sctp' && !looksIPv6(l.address))
         .map((l) => `rule add pref 51 to ${l.address}/32 ipproto ${l.protocol} dport ${l.port} lookup ${TUN_TABLE}`),
       // the client's other packets: by local/main (services are in main)
       `rule add pref 55 iif ${CLIENT_VETH} goto 100`,
@@ -354,6 +450,24 @@ export async function labUp(opts: LabOptions): Promise<Lab> {
       'rule del pref 0 lookup local',
     );
     ipBatch(nodeNs, nodeLines);
+    if (dual) {
+      // the same rules in IPv6, but pref 70: the pods' TCP, UDP and SCTP, not ICMPv6 (neighbour discovery stays on the link)
+      rule6Lines.push(
+        'rule add pref 100 lookup local',
+        `rule add pref 1 iif ${tunName} goto 100`,
+        ...nodeAddresses6.flatMap((a) => [...nodePortProtocols].map((proto) => `rule add pref 50 to ${a}/128 ipproto ${proto} dport ${range} lookup ${TUN_TABLE}`)),
+        ...localServicePorts
+          .filter((l) => l.protocol !== 'sctp' && looksIPv6(l.address))
+          .map((l) => `rule add pref 51 to ${l.address}/128 ipproto ${l.protocol} dport ${l.port} lookup ${TUN_TABLE}`),
+        `rule add pref 55 iif ${CLIENT_VETH} goto 100`,
+        ...nodeAddresses6.filter((a) => a !== masq6).map((a) => `rule add pref 58 to ${a}/128 lookup local`),
+        ...podLinks.map((p) => `rule add pref 60 iif ${p.nodeVeth} goto 70`),
+        'rule add pref 65 goto 100',
+        ...POD_PROTOCOLS.filter((proto) => proto !== 1).map((proto) => `rule add pref 70 ipproto ${proto} lookup ${TUN_TABLE}`),
+        'rule del pref 0 lookup local',
+      );
+      ipBatch(nodeNs, [...node6Lines, ...rule6Lines], 6);
+    }
     nsSysctl(nodeNs, {
       [`net.ipv4.conf.${tunName}.accept_local`]: 1,
       [`net.ipv4.conf.${tunName}.rp_filter`]: 0,
@@ -375,8 +489,17 @@ export async function labUp(opts: LabOptions): Promise<Lab> {
     prefix,
     tunName,
     namespaces,
-    client: { ns: clientNs, address: clientAddress, nodeAddress },
-    node: { ns: nodeNs, addresses: nodeAddresses, masqueradeAddress: masq, clientVeth: CLIENT_VETH, nodePortRange, serviceRoutes: [...routed] },
+    client: { ns: clientNs, address: clientAddress, nodeAddress, address6: clientAddress6, nodeAddress6 },
+    node: {
+      ns: nodeNs,
+      addresses: nodeAddresses,
+      addresses6: nodeAddresses6,
+      masqueradeAddress: masq,
+      masqueradeAddress6: masq6,
+      clientVeth: CLIENT_VETH,
+      nodePortRange,
+      serviceRoutes: [...routed, ...routed6],
+    },
     pods,
     clientPod,
     serverPids: state.servers.map((s) => s.pid),
@@ -384,13 +507,34 @@ export async function labUp(opts: LabOptions): Promise<Lab> {
     run: (ns, argv, o) => nsRun(ns, argv, o),
     spawn: (ns, argv, o) => nsSpawn(ns, argv, o),
     podFor(address) {
-      const p = pods.find((x) => x.address === address);
+      const want = looksIPv6(address) ? canonicalIPv6(address) : address;
+      const p = pods.find((x) => x.address === want);
       if (!p) throw new Error(`lab ${prefix}: no pod has address ${address}`);
       return p;
     },
     down: () => labDown(prefix, { stateDir }),
   };
   return lab;
+}
+
+/** IPv6 in the lab's namespaces: on, without duplicate address detection or router solicitations */
+const IPV6_ON = {
+  'net.ipv6.conf.all.disable_ipv6': 0,
+  'net.ipv6.conf.default.disable_ipv6': 0,
+  'net.ipv6.conf.all.accept_dad': 0,
+  'net.ipv6.conf.default.accept_dad': 0,
+  'net.ipv6.conf.all.router_solicitations': 0,
+  'net.ipv6.conf.default.router_solicitations': 0,
+};
+
+/** The first free host (from ::2) of the /64 of `node6`. */
+function firstFree6(node6: string, used: Set<string | null>): string {
+  const w = parseIPv6(node6)!;
+  for (let h = 2; h < 65536; h++) {
+    const a = formatIPv6([w[0], w[1], 0, h]);
+    if (!used.has(a)) return a;
+  }
+  throw new Error(`lab: no free client IPv6 address in the /64 of ${node6}`);
 }
 
 function firstFree(net: Cidr, used: Set<string>): string {

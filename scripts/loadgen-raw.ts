@@ -23,7 +23,8 @@ interface RawSocket {
 }
 
 interface RawSocketModule {
-  createSocket(o: { protocol: number; bufferSize?: number }): RawSocket;
+  createSocket(o: { protocol: number; bufferSize?: number; addressFamily?: number }): RawSocket;
+  AddressFamily: { IPv4: number; IPv6: number };
   Protocol: { UDP: number; TCP: number; ICMP: number };
   SocketLevel: { SOL_SOCKET: number; IPPROTO_IP: number };
   SocketOption: { SO_RCVBUF: number; SO_SNDBUF: number; IP_HDRINCL: number };
@@ -44,10 +45,19 @@ export function rawSocketModule(): RawSocketModule {
 
 const noop = (): void => {};
 
+/** Linux's IPPROTO_IPV6 and IPV6_HDRINCL (<linux/in6.h>; the addon names the latter only on Windows) */
+const IPPROTO_IPV6 = 41;
+const IPV6_HDRINCL = 36;
+
 /**
  * One raw IPv4 socket for `protocol` (17 UDP, 6 TCP) with IP_HDRINCL: every
  * packet sent carries its own IP header (chosen source address), and every
  * packet of that protocol arriving in the namespace is read with its header.
+ *
+ * `family` 6: an AF_INET6 raw socket with IPV6_HDRINCL: packets are sent with
+ * their own IPv6 header too, but (as for every IPv6 raw socket) they are read
+ * WITHOUT it: the buffer starts at the L4 header and the source address comes
+ * as text (the third argument of onPacket).
  */
 export class RawIp {
   private readonly sock: RawSocket;
@@ -56,18 +66,19 @@ export class RawIp {
   sendErrors = 0;
   firstSendError = '';
 
-  constructor(protocol: number, onPacket: (buf: Buffer, len: number) => void) {
+  constructor(protocol: number, onPacket: (buf: Buffer, len: number, source: string) => void, family: 4 | 6 = 4) {
     const m = rawSocketModule();
     try {
-      this.sock = m.createSocket({ protocol, bufferSize: 4096 });
-      this.sock.setOption(m.SocketLevel.IPPROTO_IP, m.SocketOption.IP_HDRINCL, 1);
+      this.sock = m.createSocket({ protocol, bufferSize: 4096, addressFamily: family === 6 ? m.AddressFamily.IPv6 : m.AddressFamily.IPv4 });
+      if (family === 6) this.sock.setOption(IPPROTO_IPV6, IPV6_HDRINCL, 1);
+      else this.sock.setOption(m.SocketLevel.IPPROTO_IP, m.SocketOption.IP_HDRINCL, 1);
       this.sock.setOption(m.SocketLevel.SOL_SOCKET, m.SocketOption.SO_RCVBUF, 8 << 20);
       this.sock.setOption(m.SocketLevel.SOL_SOCKET, m.SocketOption.SO_SNDBUF, 8 << 20);
     } catch (e) {
       throw new Error(`loadgen: cannot open a raw socket (${(e as Error).message}): it needs root or CAP_NET_RAW`);
     }
     const rx = this.rx;
-    const deliver = (_b: Buffer, bytes: number): void => onPacket(rx, bytes);
+    const deliver = (_b: Buffer, bytes: number, source: string): void => onPacket(rx, bytes, source);
     const wrap = this.sock.wrap;
     wrap.removeAllListeners('recvReady');
     wrap.on('recvReady', () => {

@@ -1,7 +1,13 @@
 /**
- * Load generator for the lab: crafts IPv4 packets on a raw socket (npm
- * raw-socket, IP_HDRINCL) so that it can pick every packet's source address
- * and port, and times request → answer.
+ * Load generator for the lab: crafts IPv4 or IPv6 packets on a raw socket
+ * (npm raw-socket, IP_HDRINCL / IPV6_HDRINCL) so that it can pick every
+ * packet's source address and port, and times request → answer.
+ *
+ * IPv6: a target that is an IPv6 address makes the run IPv6 (the sources are
+ * then an IPv6 CIDR of at least /96: the address varies in its last 32 bits).
+ * Packets carry a 40-byte IPv6 header (hop limit 64, no extension headers);
+ * the UDP and TCP checksums cover IPv6's pseudo-header (RFC 8200 §8.1; a UDP
+ * checksum of 0 is sent as 0xffff).
  *
  * Modes
  *   new          UDP request/response, every request from a fresh 5-tuple (the
@@ -30,6 +36,7 @@
  *
  * CLI:   node --import tsx scripts/loadgen.ts --target 10.96.0.10:53 --mode new \
  *          --sources 192.168.80.0/20 --seconds 5 [--concurrency 32 | --rate 20000] [--json]
+ *        IPv6: --target [fd00:10:96::a]:53 --sources fd00:80::/116 (a /96 or longer)
  * Agent: node --import tsx scripts/loadgen.ts --agent   (one JSON LoadSpec per stdin
  *        line, one JSON LoadResult per stdout line; used by bench/e2e.ts)
  */
@@ -38,6 +45,7 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import * as hdr from 'hdr-histogram-js';
 import { parseCidr, parseIPv4 } from '../dataplane/addr.ts';
+import { canonicalIPv6, looksIPv6, parseCidr6, parseIPv6 } from '../dataplane/addr6.ts';
 import { RawIp } from './loadgen-raw.ts';
 
 export type LoadMode = 'new' | 'established' | 'tcp-connect';
@@ -166,6 +174,68 @@ function pseudo(src: number, dst: number, proto: number, len: number): number {
   return (src >>> 16) + (src & 0xffff) + (dst >>> 16) + (dst & 0xffff) + proto + len;
 }
 
+// ------------------------------------------------------------------ IPv6 packets
+
+const IP6_HLEN = 40;
+
+/** An IPv6 header (40 bytes) at 0: version 6, traffic class and flow label 0, hop limit 64. */
+function ip6Header(b: Uint8Array, payloadLen: number, next: number, src: ArrayLike<number>, dst: ArrayLike<number>): void {
+  put32(b, 0, 0x60000000);
+  put16(b, 4, payloadLen);
+  b[6] = next;
+  b[7] = 64;
+  for (let i = 0; i < 4; i++) {
+    put32(b, 8 + 4 * i, src[i]);
+    put32(b, 24 + 4 * i, dst[i]);
+  }
+}
+
+/** IPv6's pseudo-header sum: both addresses, the upper-layer length (32 bits) and the next header. */
+function pseudo6(src: ArrayLike<number>, dst: ArrayLike<number>, next: number, len: number): number {
+  let acc = next + (len >>> 16) + (len & 0xffff);
+  for (let i = 0; i < 4; i++) acc += (src[i] >>> 16) + (src[i] & 0xffff) + (dst[i] >>> 16) + (dst[i] & 0xffff);
+  return acc;
+}
+
+/** IPv6 UDP request: IPv6 + UDP + payload (the request id in the first 4 bytes, then zeros); its length. Addresses: four network-order words. */
+export function buildUdp6(b: Uint8Array, src: ArrayLike<number>, sport: number, dst: ArrayLike<number>, dport: number, id: number, payload: number): number {
+  const udpLen = 8 + payload;
+  const total = IP6_HLEN + udpLen;
+  ip6Header(b, udpLen, PROTO_UDP, src, dst);
+  put16(b, 40, sport);
+  put16(b, 42, dport);
+  put16(b, 44, udpLen);
+  put16(b, 46, 0);
+  put32(b, 48, id);
+  b.fill(0, 52, total);
+  let c = fold(sum16(b, 40, udpLen, pseudo6(src, dst, PROTO_UDP, udpLen)));
+  if (c === 0) c = 0xffff;
+  put16(b, 46, c);
+  return total;
+}
+
+/** IPv6 TCP SYN with an MSS option (1440); the initial sequence number is the request id. */
+export function buildSyn6(b: Uint8Array, src: ArrayLike<number>, sport: number, dst: ArrayLike<number>, dport: number, id: number): number {
+  const tcpLen = 24;
+  const total = IP6_HLEN + tcpLen;
+  ip6Header(b, tcpLen, PROTO_TCP, src, dst);
+  const o = IP6_HLEN;
+  put16(b, o, sport);
+  put16(b, o + 2, dport);
+  put32(b, o + 4, id);
+  put32(b, o + 8, 0);
+  b[o + 12] = (tcpLen / 4) << 4;
+  b[o + 13] = TCP_SYN;
+  put16(b, o + 14, 64240);
+  put16(b, o + 16, 0);
+  put16(b, o + 18, 0);
+  b[o + 20] = 2; // MSS
+  b[o + 21] = 4;
+  put16(b, o + 22, 1440);
+  put16(b, o + 16, fold(sum16(b, o, tcpLen, pseudo6(src, dst, PROTO_TCP, tcpLen))));
+  return total;
+}
+
 /** UDP request: IP + UDP + payload (the request id in the first 4 bytes, then zeros); returns its length. */
 export function buildUdp(b: Uint8Array, src: number, sport: number, dst: number, dport: number, id: number, payload: number): number {
   const udpLen = 8 + payload;
@@ -207,18 +277,27 @@ export function buildSyn(b: Uint8Array, src: number, sport: number, dst: number,
 // ------------------------------------------------------------------ the run
 
 export interface SourceSpace {
+  /** IPv4: the first address; IPv6: the last 32 bits of the first address */
   base: number;
   count: number;
+  /** IPv6 only: the first address's four words (its last word = base) */
+  base6?: Uint32Array;
 }
 
 export function parseSources(text: string): SourceSpace {
+  if (looksIPv6(text)) {
+    const c6 = parseCidr6(text);
+    if (!c6) throw new Error(`loadgen: --sources "${text}" is not an IPv6 address or CIDR`);
+    if (c6.bits < 96) throw new Error(`loadgen: --sources "${text}": an IPv6 source range must be /96 or longer (its addresses vary in the last 32 bits)`);
+    return { base: c6.net[3], count: 2 ** (128 - c6.bits), base6: c6.net };
+  }
   const c = parseCidr(text.includes('/') ? text : `${text}/32`);
   if (!c) throw new Error(`loadgen: --sources "${text}" is not an IPv4 address or CIDR`);
   const count = 2 ** (32 - c.bits);
   return { base: c.net >>> 0, count };
 }
 
-/** The i-th 5-tuple's source: addresses vary fastest, then ports 1024-65535. */
+/** The i-th 5-tuple's source: addresses vary fastest, then ports 1024-65535 (IPv6: `src` is the address's last word). */
 export function tupleAt(space: SourceSpace, i: number): { src: number; sport: number } {
   const a = i % space.count;
   const p = Math.floor(i / space.count) % PORT_COUNT;
@@ -227,7 +306,8 @@ export function tupleAt(space: SourceSpace, i: number): { src: number; sport: nu
 
 function checkSpec(s: LoadSpec): void {
   if (!['new', 'established', 'tcp-connect'].includes(s.mode)) throw new Error(`loadgen: mode "${s.mode}" is not new, established or tcp-connect`);
-  if (parseIPv4(s.target) < 0) throw new Error(`loadgen: target "${s.target}" is not an IPv4 address`);
+  const v6 = looksIPv6(s.target);
+  if (v6 ? parseIPv6(s.target) === null : parseIPv4(s.target) < 0) throw new Error(`loadgen: target "${s.target}" is not an ${v6 ? 'IPv6' : 'IPv4'} address`);
   if (!Number.isInteger(s.port) || s.port < 1 || s.port > 65535) throw new Error(`loadgen: port ${s.port} is not 1-65535`);
   if (!(s.seconds > 0) || s.seconds > 3600) throw new Error(`loadgen: seconds ${s.seconds} must be within (0, 3600]`);
   if (s.count !== undefined && !(Number.isInteger(s.count) && s.count > 0)) throw new Error(`loadgen: count ${s.count} must be a positive integer`);
@@ -235,7 +315,8 @@ function checkSpec(s: LoadSpec): void {
   const k = s.concurrency ?? 32;
   if (!Number.isInteger(k) || k < 1 || k > SLOTS) throw new Error(`loadgen: concurrency ${k} must be an integer 1-${SLOTS}`);
   if ((s.payload ?? 32) < 8 || (s.payload ?? 32) > 1400) throw new Error(`loadgen: payload ${s.payload} must be 8-1400 bytes`);
-  parseSources(s.sources);
+  const space = parseSources(s.sources);
+  if (v6 !== !!space.base6) throw new Error(`loadgen: sources "${s.sources}" and target "${s.target}" are not of one IP family`);
 }
 
 function summarize(h: hdr.Histogram): RttSummary {
@@ -256,9 +337,15 @@ export function runLoad(spec: LoadSpec): Promise<LoadResult> {
   checkSpec(spec);
   const mode = spec.mode;
   const tcp = mode === 'tcp-connect';
-  const dst = parseIPv4(spec.target) >>> 0;
+  const v6 = looksIPv6(spec.target);
+  const dst = v6 ? 0 : parseIPv4(spec.target) >>> 0;
+  // IPv6: the target's words, its text as the raw socket reports sources, the source address being built
+  const dst6 = v6 ? parseIPv6(spec.target)! : new Uint32Array(4);
+  const dstText6 = v6 ? canonicalIPv6(spec.target)! : '';
+  const src6 = new Uint32Array(4);
   const dport = spec.port;
   const space = parseSources(spec.sources);
+  if (space.base6) src6.set(space.base6);
   const payload = spec.payload ?? 32;
   const open = spec.rate !== undefined;
   const k = open ? SLOTS : (spec.concurrency ?? 32);
@@ -292,7 +379,16 @@ export function runLoad(spec: LoadSpec): Promise<LoadResult> {
       const gen = (slotGen[slot] = (slotGen[slot] + 1) & 0xffff);
       const id = ((gen << SLOT_BITS) | slot) >>> 0;
       let len: number;
-      if (mode === 'established') {
+      if (v6) {
+        if (mode === 'established') {
+          src6[3] = space.base;
+          len = buildUdp6(tx, src6, estPort, dst6, dport, id, payload);
+        } else {
+          const t = tupleAt(space, tupleNext++);
+          src6[3] = t.src;
+          len = tcp ? buildSyn6(tx, src6, t.sport, dst6, dport, id) : buildUdp6(tx, src6, t.sport, dst6, dport, id, payload);
+        }
+      } else if (mode === 'established') {
         len = buildUdp(tx, space.base, estPort, dst, dport, id, payload);
       } else {
         const t = tupleAt(space, tupleNext++);
@@ -329,6 +425,22 @@ export function runLoad(spec: LoadSpec): Promise<LoadResult> {
       else if (stopping && inFlight === 0) finish();
     };
 
+    // IPv6: the raw socket hands over the L4 header on (no IPv6 header) and the source as text
+    const onPacket6 = (b: Buffer, len: number, source: string): void => {
+      if (len < 8 || source !== dstText6) return; // answers come from the address we sent to
+      if (((b[0] << 8) | b[1]) !== dport) return;
+      if (tcp) {
+        if (len < 20) return;
+        const flags = b[13];
+        const ack = get32(b, 8);
+        if ((flags & (TCP_SYN | TCP_ACK)) === (TCP_SYN | TCP_ACK)) answered((ack - 1) >>> 0, false);
+        else if (flags & TCP_RST && flags & TCP_ACK) answered((ack - 1) >>> 0, true);
+      } else {
+        if (len < 12) return;
+        answered(get32(b, 8), false);
+      }
+    };
+
     const onPacket = (b: Buffer, len: number): void => {
       if (len < 28 || (b[0] >>> 4) !== 4) return;
       const ihl = (b[0] & 0x0f) << 2;
@@ -348,7 +460,7 @@ export function runLoad(spec: LoadSpec): Promise<LoadResult> {
     };
 
     try {
-      sock = new RawIp(tcp ? PROTO_TCP : PROTO_UDP, onPacket);
+      sock = v6 ? new RawIp(tcp ? PROTO_TCP : PROTO_UDP, onPacket6, 6) : new RawIp(tcp ? PROTO_TCP : PROTO_UDP, onPacket);
     } catch (e) {
       reject(e);
       return;
@@ -503,12 +615,12 @@ function parseArgs(argv: string[]): Record<string, string | boolean> {
 }
 
 function hostPort(text: string, what: string): { address: string; port: number } {
-  const m = /^(\d+\.\d+\.\d+\.\d+):(\d+)$/.exec(text);
-  if (!m) throw new Error(`loadgen: ${what} "${text}" is not ADDRESS:PORT`);
+  const m = /^(\d+\.\d+\.\d+\.\d+):(\d+)$/.exec(text) ?? /^\[([0-9A-Fa-f:.]+)\]:(\d+)$/.exec(text);
+  if (!m) throw new Error(`loadgen: ${what} "${text}" is not ADDRESS:PORT (IPv6: [ADDRESS]:PORT)`);
   return { address: m[1], port: Number(m[2]) };
 }
 
-const USAGE = `usage: loadgen --target ADDR:PORT --sources CIDR [--mode new|established|tcp-connect]
+const USAGE = `usage: loadgen --target ADDR:PORT|[ADDR6]:PORT --sources CIDR [--mode new|established|tcp-connect]
                [--seconds S] [--count N] [--concurrency K | --rate R] [--timeout-ms MS]
                [--payload BYTES] [--tuple-offset I] [--ceiling ADDR:PORT] [--json]
        loadgen --agent      (JSON LoadSpec lines on stdin, JSON LoadResult lines on stdout)`;

@@ -53,9 +53,10 @@ export function ip(args: string[], opts: RunOptions = {}): string {
 }
 
 /** Run many iproute2 commands in one process (`ip -n NS -batch -`); lines like "route add 10.96.0.10/32 dev tun0". */
-export function ipBatch(ns: string, lines: string[]): void {
+export function ipBatch(ns: string, lines: string[], family?: 6): void {
   if (lines.length === 0) return;
-  run(['ip', '-n', ns, '-batch', '-'], { input: lines.join('\n') + '\n' });
+  // (a batch line takes no options: IPv6 rules and routes without an address in them need `ip -6 -batch`)
+  run(['ip', '-n', ns, ...(family === 6 ? ['-6'] : []), '-batch', '-'], { input: lines.join('\n') + '\n' });
 }
 
 /** argv run inside namespace ns (synchronously); throws on failure. Returns stdout. */

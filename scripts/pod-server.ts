@@ -20,6 +20,7 @@ import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { parseIPv4 } from '../dataplane/addr.ts';
+import { parseIPv6, hostPort } from '../dataplane/addr6.ts';
 
 export type PodListenKind = 'http' | 'echo' | 'raw' | 'dns';
 
@@ -73,10 +74,16 @@ export function dnsAnswer(query: Uint8Array, address: string, endpoint: string, 
   const qclass = q.readUInt16BE(p + 3);
   let rdata: Buffer | null = null;
   let type = qtype;
-  if (qclass === 1 && (qtype === 1 || qtype === 255)) {
-    const a = parseIPv4(address);
+  const a = parseIPv4(address);
+  const a6 = a < 0 ? parseIPv6(address) : null;
+  if (qclass === 1 && a >= 0 && (qtype === 1 || qtype === 255)) {
     rdata = Buffer.from([a >>> 24, (a >>> 16) & 255, (a >>> 8) & 255, a & 255]);
     type = 1;
+  } else if (qclass === 1 && a6 !== null && (qtype === 28 || qtype === 255)) {
+    // an IPv6 pod answers AAAA with its own address
+    rdata = Buffer.alloc(16);
+    for (let i = 0; i < 4; i++) rdata.writeUInt32BE(a6[i], 4 * i);
+    type = 28;
   } else if (qclass === 1 && qtype === 16) {
     const text = Buffer.from(`endpoint=${endpoint} client=${client}`);
     rdata = Buffer.concat([Buffer.from([text.length]), text]);
@@ -99,7 +106,7 @@ async function main(): Promise<void> {
   const keepAliveMs = values['keep-alive-timeout'] === undefined ? null : Number(values['keep-alive-timeout']);
   if (keepAliveMs !== null && !(Number.isInteger(keepAliveMs) && keepAliveMs > 0)) throw new Error(`--keep-alive-timeout must be milliseconds > 0, got "${values['keep-alive-timeout']}"`);
   const address = values.address ?? '';
-  if (parseIPv4(address) < 0) throw new Error(`--address must be the pod's IPv4 address, got "${address}"`);
+  if (parseIPv4(address) < 0 && parseIPv6(address) === null) throw new Error(`--address must be the pod's IPv4 or IPv6 address, got "${address}"`);
   const listens = (values.listen ?? []).map(parseListen);
   if (listens.length === 0) throw new Error('give at least one --listen tcp:PORT or udp:PORT[:echo|raw|dns]');
 
@@ -108,12 +115,12 @@ async function main(): Promise<void> {
     listens.map(
       (l) =>
         new Promise<void>((resolve, reject) => {
-          const endpoint = `${address}:${l.port}`;
+          const endpoint = hostPort(address, l.port);
           if (l.protocol === 'TCP') {
             const server = http.createServer((req, res) => {
               const body = JSON.stringify({
                 endpoint,
-                client: `${req.socket.remoteAddress}:${req.socket.remotePort}`,
+                client: hostPort(req.socket.remoteAddress ?? '', req.socket.remotePort ?? 0),
                 method: req.method,
                 path: req.url,
               });
@@ -128,9 +135,9 @@ async function main(): Promise<void> {
               server.close();
             });
           } else {
-            const sock = dgram.createSocket('udp4');
+            const sock = dgram.createSocket(address.includes(':') ? 'udp6' : 'udp4');
             sock.on('message', (msg, rinfo) => {
-              const client = `${rinfo.address}:${rinfo.port}`;
+              const client = hostPort(rinfo.address, rinfo.port);
               let out: Uint8Array | null;
               if (l.kind === 'dns') out = dnsAnswer(msg, address, endpoint, client);
               else if (l.kind === 'raw') out = msg;

@@ -1,6 +1,7 @@
 /**
- * `tunproxy import iptables FILE` / `tunproxy import kubernetes FILE`: a
- * node's iptables-save, or `kubectl get services,endpointslices -A -o json`,
+ * `tunproxy import iptables FILE [--ip6tables FILE6]` / `tunproxy import kubernetes FILE`: a
+ * node's iptables-save (or ip6tables-save, or both: a dual-stack node), or
+ * `kubectl get services,endpointslices -A -o json`,
  * → the rule set as JSON on stdout; each rule or object not understood on
  * stderr with its line. Works without a running tunproxy; `--apply` sends the
  * result to one. The rule set is validated before it is printed.
@@ -16,6 +17,7 @@ import type { RuleSet } from '../types.ts';
 import type { ApiClient } from '../client.ts';
 import { EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, Progress, addClientOptions, clientFrom, err, ifMatchHeader, outputOption, print, readInput, reportApiError } from './common.ts';
 import type { ClientFlags } from './common.ts';
+import { canonicalIPv6 } from '../../dataplane/addr6.ts';
 // the importers are loaded by the command that runs them (the command line starts faster without them)
 
 interface ImportFlags extends ClientFlags {
@@ -30,15 +32,22 @@ interface ImportFlags extends ClientFlags {
   quiet?: boolean;
   progress?: boolean;
   output: string;
+  ip6tables?: string;
 }
 
 const LARGE_INPUT = 1 << 20;
 
 const IPV4 = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
 
-/** --node-address A[,B] (repeatable) */
+/** --node-address A[,B] (repeatable; IPv4 or IPv6) */
 export function collectNodeAddress(v: string, prev: string[] = []): string[] {
   for (const a of v.split(',').map((s) => s.trim()).filter((s) => s !== '')) {
+    if (a.includes(':')) {
+      const c = canonicalIPv6(a);
+      if (c === null) throw new Error(`--node-address ${a}: not an IPv6 address`);
+      prev.push(c);
+      continue;
+    }
     if (!IPV4.test(a)) throw new Error(`--node-address ${a}: not an IPv4 address`);
     prev.push(a);
   }
@@ -53,13 +62,15 @@ export function nodePortRangeOption(v: string): string {
 }
 
 /** What an iptables import says on stderr: not understood (always), errors (always), then limits, other software, warnings, summary. */
-export function reportIptablesImport(label: string, r: ImportResult, o: { quiet?: boolean; verbose?: boolean }): void {
-  for (const n of r.notUnderstood) err(`${label}:${n.line}: not understood: ${n.reason}\n    ${n.text}`);
+export function reportIptablesImport(label: string, r: ImportResult, o: { quiet?: boolean; verbose?: boolean; label6?: string }): void {
+  // a dual-stack import tags each line with its dump
+  const at = (n: { family?: 4 | 6 }) => (n.family === 6 && o.label6 !== undefined ? o.label6 : label);
+  for (const n of r.notUnderstood) err(`${at(n)}:${n.line}: not understood: ${n.reason}\n    ${n.text}`);
   for (const e of r.errors) err(`${label}: invalid rule set: ${e.path}: ${e.message}`);
   if (o.quiet) return;
-  for (const l of r.limits) err(`${label}${l.line ? ':' + l.line : ''}: limit: ${l.reason}`);
+  for (const l of r.limits) err(`${at(l)}${l.line ? ':' + l.line : ''}: limit: ${l.reason}`);
   if (r.leftToKernel) err(`${label}: ${r.leftToKernel}`);
-  if (o.verbose) for (const n of r.otherSoftware) err(`${label}:${n.line}: left to the kernel: ${n.reason}\n    ${n.text}`);
+  if (o.verbose) for (const n of r.otherSoftware) err(`${at(n)}:${n.line}: left to the kernel: ${n.reason}\n    ${n.text}`);
   for (const w of r.warnings) err(`${label}: warning: ${w}`);
   const nu = r.notUnderstood.length;
   const ns = r.ruleSet.services.length;
@@ -120,9 +131,14 @@ not a valid rule set (each error on stderr, nothing on stdout), or an error.`;
 
   const ipt = imp
     .command('iptables')
-    .description("a node's iptables-save output (kube-proxy iptables mode) → rule set");
+    .description("a node's iptables-save output (kube-proxy iptables mode), its ip6tables-save output, or both → rule set");
   addImportOptions(ipt)
+    .option('--ip6tables <file6>', "the same node's ip6tables-save output: a dual-stack node (services in both dumps are merged by name into dual-stack ones)")
     .addHelpText('after', `${help}
+FILE may be ip6tables-save output (told from its header or addresses): an
+IPv6 node. With --ip6tables FILE6 beside an iptables-save FILE, services of
+one name in both become dual-stack (clusterIPs IPv4 then IPv6); each line on
+stderr names the dump it is in.
 Other software's rules (docker, flannel, libvirt, kind, ...) are summed up as
 "left to the kernel: N rules in chains ..." (-v lists them) and do not make an
 import partial. Where tunproxy cannot serve what the kernel serves (physdev or
@@ -133,10 +149,13 @@ The node's addresses come from --node-address, else from the dump's
 
 Example:
   iptables-save > node.save; tunproxy import iptables node.save --node-address 172.16.1.35 > rs.json
-  tunproxy import iptables node.save --node-address 172.16.1.35 | tunproxy trace --rules - tcp 10.0.0.2:40000 172.30.0.41:80`)
+  tunproxy import iptables node.save --node-address 172.16.1.35 | tunproxy trace --rules - tcp 10.0.0.2:40000 172.30.0.41:80
+  ip6tables-save > node6.save; tunproxy import iptables node.save --ip6tables node6.save --node-address 172.16.1.35,fd00:50::2 > rs.json`)
     .action(async (file: string, f: ImportFlags) => {
       const label = file === '-' ? 'stdin' : file;
       const text = readInput(file);
+      const label6 = f.ip6tables === undefined ? undefined : f.ip6tables === '-' ? 'stdin' : f.ip6tables;
+      const text6 = f.ip6tables === undefined ? undefined : readInput(f.ip6tables);
       const progress = new Progress(!f.quiet && (f.progress === true || (process.stderr.isTTY === true && text.length > LARGE_INPUT)), `import ${label}`);
       let nodeAddresses = f.nodeAddress;
       let nodeName = f.nodeName;
@@ -150,12 +169,14 @@ Example:
       progress.note(`parsing ${(text.length / 1048576).toFixed(1)} MiB of iptables rules`);
       const t0 = performance.now();
       const { importIptables, IptablesImportError } = await import('../iptables/importer.ts');
+      const { importIptablesDualStack } = await import('../iptables/import-dual.ts');
       let r;
       try {
-        r = importIptables(text, { ...(nodeAddresses ? { nodeAddresses } : {}), ...(f.nodePortRange ? { nodePortRange: f.nodePortRange } : {}) });
+        const opts = { ...(nodeAddresses ? { nodeAddresses } : {}), ...(f.nodePortRange ? { nodePortRange: f.nodePortRange } : {}) };
+        r = text6 === undefined ? importIptables(text, opts) : importIptablesDualStack(text, text6, opts);
       } catch (e) {
         if (e instanceof IptablesImportError) {
-          err(`${label}${e.line ? ':' + e.line : ''}: ${e.message}`);
+          err(`${label6 !== undefined && e.message.startsWith('ip6tables dump:') ? label6 : label}${e.line ? ':' + e.line : ''}: ${e.message}`);
           process.exitCode = EXIT_ERROR;
           return;
         }
@@ -170,7 +191,7 @@ Example:
         const v = validateRuleSet(r.ruleSet);
         r.errors = v.ok ? [] : v.errors.map((e) => (e.path === 'node.addresses' && r!.ruleSet.node.addresses.length === 0 ? { ...e, message: `${e.message}: give them with --node-address ADDRESS` } : e));
       }
-      reportIptablesImport(label, r, f);
+      reportIptablesImport(label, r, { ...f, ...(label6 !== undefined ? { label6 } : {}) });
       if (r.errors.length > 0) {
         process.exitCode = EXIT_ERROR;
         return;
@@ -186,8 +207,10 @@ Example:
     .description('kubectl get services,endpointslices -A -o json (or -o yaml) → rule set');
   addImportOptions(kube)
     .addHelpText('after', `${help}
-Services kube-proxy writes no rules for (ExternalName, headless, IPv6) are
-noted on stderr as skipped; they do not change the exit status.
+Services kube-proxy writes no rules for (ExternalName, headless) are noted
+on stderr as skipped; they do not change the exit status. Dual-stack services
+(spec.clusterIPs, ipFamilies) keep both families, with the endpoints of their
+IPv4 and IPv6 EndpointSlices; --node-address takes addresses of both.
 
 Example:
   kubectl get services,endpointslices -A -o json > cluster.json

@@ -7,6 +7,7 @@
  */
 import { serviceFromComment } from './hash.ts';
 import { formatIPv4, PROTO_TCP, PROTO_UDP, PROTO_SCTP } from '../../dataplane/addr.ts';
+import { formatIPv6 } from '../../dataplane/addr6.ts';
 import type { Rule, Match, Table } from './parser.ts';
 
 export const M_PORT = 1;
@@ -18,6 +19,8 @@ export const M_RECENT = 6;
 export const M_MARK = 7;
 export const M_CTSTATE = 8;
 export const M_NEVER = 9;
+/** ICMPv6 type (a) and code (b, -1 any) of an IPv6 packet with proto 58 (its sport/dport carry them) */
+export const M_ICMP6 = 10;
 
 // targets
 export const T_NONE = 0;
@@ -85,6 +88,8 @@ export class CMatch {
   seconds = -1;
   reap = false;
   mask = 0;
+  /** recent, IPv6: the mask's 4 words */
+  mask6: Uint32Array | null = null;
   side = 0;
 }
 
@@ -101,6 +106,11 @@ export class CRule {
   dstNet = 0;
   dstMask = 0;
   dstInv = false;
+  /** IPv6 (family-6 tables): the -s/-d networks and masks, 4 words each; null when absent or IPv4 */
+  srcNet6: Uint32Array | null = null;
+  srcMask6: Uint32Array | null = null;
+  dstNet6: Uint32Array | null = null;
+  dstMask6: Uint32Array | null = null;
   /** -1: any protocol */
   proto = -1;
   protoInv = false;
@@ -109,6 +119,8 @@ export class CRule {
   /** chain index for T_JUMP / T_GOTO, -1 when the chain is not defined */
   jump = -1;
   dnatAddr = 0;
+  /** IPv6 DNAT target's 4 words (family 6), else null */
+  dnatAddr6: Uint32Array | null = null;
   /** -1: keep the destination port */
   dnatPort = -1;
   dnatText = '';
@@ -132,6 +144,8 @@ export const H_SRC = 8;
 export const H_SRC_INV = 16;
 export const H_PROTO = 32;
 export const H_PROTO_INV = 64;
+/** IPv6 chains: flags | proto << 8, dst net (4 words), dst mask (4), src net (4), src mask (4) */
+export const HDR6 = 17;
 
 /**
  * A chain: its rules, and their IP-header tests packed in one typed array,
@@ -141,9 +155,10 @@ export const H_PROTO_INV = 64;
 export class CChain {
   readonly rules: CRule[];
   readonly hdr: Uint32Array;
-  constructor(rules: CRule[]) {
+  constructor(rules: CRule[], family: 4 | 6 = 4) {
     this.rules = rules;
-    const h = new Uint32Array(rules.length * HDR);
+    const stride = family === 6 ? HDR6 : HDR;
+    const h = new Uint32Array(rules.length * stride);
     for (let i = 0; i < rules.length; i++) {
       const r = rules[i];
       let f = 0;
@@ -151,6 +166,19 @@ export class CChain {
       if (r.hasDst) f |= H_DST | (r.dstInv ? H_DST_INV : 0);
       if (r.hasSrc) f |= H_SRC | (r.srcInv ? H_SRC_INV : 0);
       if (r.proto >= 0) f |= H_PROTO | (r.protoInv ? H_PROTO_INV : 0) | (r.proto << 8);
+      if (family === 6) {
+        const b = i * HDR6;
+        h[b] = f;
+        if (r.dstNet6 && r.dstMask6) {
+          h.set(r.dstNet6, b + 1);
+          h.set(r.dstMask6, b + 5);
+        }
+        if (r.srcNet6 && r.srcMask6) {
+          h.set(r.srcNet6, b + 9);
+          h.set(r.srcMask6, b + 13);
+        }
+        continue;
+      }
       h[i * HDR] = f;
       h[i * HDR + 1] = r.dstNet;
       h[i * HDR + 2] = r.dstMask;
@@ -200,7 +228,7 @@ export function protoNumberOf(module: string): number {
   return module === 'tcp' ? PROTO_TCP : module === 'udp' ? PROTO_UDP : PROTO_SCTP;
 }
 
-export function compileTable(t: Table | undefined, name: string, lists: Map<string, number>, inIf: string, outIf: string): CTable {
+export function compileTable(t: Table | undefined, name: string, lists: Map<string, number>, inIf: string, outIf: string, family: 4 | 6 = 4): CTable {
   const ct = new CTable();
   if (!t) return ct;
   for (const chain of t.chains.values()) {
@@ -211,7 +239,7 @@ export function compileTable(t: Table | undefined, name: string, lists: Map<stri
   for (const chain of t.chains.values()) {
     const rules: CRule[] = [];
     for (const r of chain.rules) rules.push(compileRule(r, ct, name, chain.name, lists, inIf, outIf));
-    ct.chains.push(new CChain(rules));
+    ct.chains.push(new CChain(rules, family));
   }
   return ct;
 }
@@ -223,12 +251,16 @@ export function compileRule(r: Rule, t: CTable, tableName: string, chainName: st
     c.srcNet = r.src.net;
     c.srcMask = r.src.mask;
     c.srcInv = r.src.invert;
+    c.srcNet6 = r.src.net6 ?? null;
+    c.srcMask6 = r.src.mask6 ?? null;
   }
   if (r.dst) {
     c.hasDst = true;
     c.dstNet = r.dst.net;
     c.dstMask = r.dst.mask;
     c.dstInv = r.dst.invert;
+    c.dstNet6 = r.dst.net6 ?? null;
+    c.dstMask6 = r.dst.mask6 ?? null;
   }
   if (r.protocol) {
     c.proto = r.protocol.number;
@@ -268,8 +300,9 @@ export function compileRule(r: Rule, t: CTable, tableName: string, chainName: st
       case 'DNAT':
         c.target = T_DNAT;
         c.dnatAddr = tg.addr;
+        c.dnatAddr6 = tg.addr6 ?? null;
         c.dnatPort = tg.port ?? -1;
-        c.dnatText = tg.port === null ? '' : `${formatIPv4(tg.addr)}:${tg.port}`;
+        c.dnatText = tg.port === null ? '' : tg.addr6 ? `[${formatIPv6(tg.addr6)}]:${tg.port}` : `${formatIPv4(tg.addr)}:${tg.port}`;
         break;
       case 'MARK':
         c.target = T_MARK;
@@ -354,6 +387,7 @@ export function compileMatch(m: Match, lists: Map<string, number>): CMatch | nul
       cm.seconds = m.seconds ?? -1;
       cm.reap = m.reap;
       cm.mask = m.mask >>> 0;
+      cm.mask6 = m.mask6 ?? null;
       cm.side = m.side === 'src' ? 0 : 1;
       return cm;
     }
@@ -366,6 +400,12 @@ export function compileMatch(m: Match, lists: Map<string, number>): CMatch | nul
     case 'conntrack':
       cm.type = M_CTSTATE;
       cm.a = ctStateBits(m.ctstate);
+      cm.inv = m.invert;
+      return cm;
+    case 'icmp6':
+      cm.type = M_ICMP6;
+      cm.a = m.type;
+      cm.b = m.code;
       cm.inv = m.invert;
       return cm;
     case 'unknown':

@@ -17,6 +17,12 @@
  * - `sample` (the packet path, benchmarked) draws at each `statistic` rule as
  *   the kernel does and keeps `recent` lists, so ClientIP affinity works.
  *
+ * IPv6: an evaluator built from an ip6tables-save parse (`parseIptablesSave(text,
+ * { family: 6 })`) walks IPv6 packets with the same first-match semantics:
+ * `sample6` / `evaluate6` take a PacketTuple6 (dataplane/decider6.ts, the
+ * addresses as 4 words), the endpoints are `[fd00::1]:8080`. One evaluator
+ * reads one family, as the kernel has one ruleset per family.
+ *
  * Rules are compiled once, in the constructor (./linear-compile.ts), to
  * objects of one shape with numeric fields; a walk does no string work and
  * allocates nothing.
@@ -31,6 +37,8 @@ import {
   M_RECENT,
   M_MARK,
   M_CTSTATE,
+  M_ICMP6,
+  HDR6,
   T_NONE,
   T_JUMP,
   T_GOTO,
@@ -74,13 +82,19 @@ import {
   compileTable,
 } from './linear-compile.ts';
 import type { Verdict, Candidate, PacketTuple, VerdictDropReason } from '../../dataplane/verdict.ts';
+import type { PacketTuple6, DeciderSample6, SampleDecider6 } from '../../dataplane/decider6.ts';
 import { parseIPv4, formatIPv4, PROTO_TCP, PROTO_UDP, PROTO_SCTP } from '../../dataplane/addr.ts';
+import { parseIPv6, formatIPv6 } from '../../dataplane/addr6.ts';
 import type { ParsedIptables } from './parser.ts';
-import { parseIptablesSave } from './parser.ts';
+import { parseIptablesSave, detectFamily } from './parser.ts';
 
 export interface LinearOptions {
-  /** what `-m addrtype --src-type/--dst-type LOCAL` matches: the node's addresses (text or numbers) */
-  localAddresses: ReadonlyArray<string | number>;
+  /**
+   * what `-m addrtype --src-type/--dst-type LOCAL` matches: the node's addresses (text or numbers).
+   * An IPv6 evaluator takes the IPv6 ones (text or 4-word arrays) and skips IPv4 ones, so a dual-stack
+   * node's list serves both.
+   */
+  localAddresses: ReadonlyArray<string | number | Uint32Array>;
   /** uniform in [0, 1); default Math.random. Drawn once per `statistic --mode random` rule visited by `sample`. */
   random?: () => number;
   /** entries per `recent` list (xt_recent's ip_list_tot, 100 by default); the least recently set is dropped beyond it */
@@ -91,17 +105,20 @@ export interface LinearOptions {
   outInterface?: string;
 }
 
-/** What `sample` answers. The same object is reused by every call: copy what you keep. */
-export interface LinearSample {
+/** What `sample` and `sample6` answer. The same object is reused by every call: copy what you keep. */
+export interface LinearSample extends DeciderSample6 {
   kind: 'dnat' | 'reject' | 'drop' | 'nomatch';
   /** kube-proxy's service-port name ("" when none) */
   service: string;
   reason: VerdictDropReason | null;
   /** "ip:port" of the chosen endpoint ("" unless dnat) */
   endpoint: string;
+  /** IPv4: the chosen endpoint's address (0 for IPv6: see endpointAddr6) */
   endpointAddr: number;
   endpointPort: number;
   masquerade: boolean;
+  /** IPv6: the chosen endpoint's 4 words (zeros for IPv4) */
+  endpointAddr6: Uint32Array;
   /** rules whose matches were evaluated for this packet, across all chains */
   rulesVisited: number;
 }
@@ -110,7 +127,11 @@ export interface LinearSample {
 // serviceFromComment lives with the chain names (./hash.ts); exported here too for its users
 export { serviceFromComment };
 
-export class LinearEvaluator {
+const ALL_ONES6 = new Uint32Array([0xffffffff, 0xffffffff, 0xffffffff, 0xffffffff]);
+
+export class LinearEvaluator implements SampleDecider6 {
+  /** the family of the rules (the parse's): 4 walks PacketTuples, 6 PacketTuple6s */
+  readonly family: 4 | 6;
   /** rules visited by every `sample` and `evaluate` call so far */
   rulesVisited = 0;
   /** when set (by `trace`), called for every rule visited: its line in the iptables text and whether it matched */
@@ -127,7 +148,10 @@ export class LinearEvaluator {
   private readonly local: Set<number>;
   private readonly random: () => number;
   private readonly recentListSize: number;
-  private readonly recentLists: Map<number, number>[] = [];
+  /** IPv4 lists keyed by the masked address, IPv6 ones by its masked words as text */
+  private readonly recentLists: Map<number | string, number>[] = [];
+  /** IPv6 local addresses, 4 words each */
+  private readonly local6: Uint32Array;
   private readonly stackChain: Int32Array;
   private readonly stackPos: Int32Array;
   private readonly maxVisits: number;
@@ -138,6 +162,10 @@ export class LinearEvaluator {
   private proto = 0;
   private sport = 0;
   private dport = 0;
+  /** IPv6 walk: the packet's addresses (copied: a DNAT rewrites dst6) */
+  private readonly src6 = new Uint32Array(4);
+  private readonly dst6 = new Uint32Array(4);
+  private readonly scratch6 = new Uint32Array(4);
   private mark = 0;
   private ct = CT_NEW;
   private srcType = 0;
@@ -163,23 +191,42 @@ export class LinearEvaluator {
     endpointAddr: 0,
     endpointPort: 0,
     masquerade: false,
+    endpointAddr6: new Uint32Array(4),
     rulesVisited: 0,
   };
+  private cur4: PacketTuple | null = null;
+  private cur6: PacketTuple6 | null = null;
 
   constructor(parsed: ParsedIptables, opts: LinearOptions) {
+    this.family = parsed.family ?? 4;
     this.local = new Set();
+    const local6: number[] = [];
     for (const a of opts.localAddresses) {
+      if (this.family === 6) {
+        if (typeof a === 'number') continue;
+        if (typeof a !== 'string') {
+          local6.push(a[0], a[1], a[2], a[3]);
+          continue;
+        }
+        if (!a.includes(':')) continue; // an IPv4 address of a dual-stack node
+        const w = parseIPv6(a);
+        if (w === null) throw new Error(`localAddresses: '${a}' is not an IPv6 address`);
+        local6.push(...w);
+        continue;
+      }
+      if (a instanceof Uint32Array) throw new Error('localAddresses: an IPv6 address (4 words) for an IPv4 evaluator');
       const n = typeof a === 'number' ? a >>> 0 : parseIPv4(a);
       if (n < 0) throw new Error(`localAddresses: '${a}' is not an IPv4 address`);
       this.local.add(n);
     }
+    this.local6 = Uint32Array.from(local6);
     this.random = opts.random ?? Math.random;
     this.recentListSize = opts.recentListSize ?? 100;
     const lists = new Map<string, number>();
     const inIf = opts.inInterface ?? '';
     const outIf = opts.outInterface ?? '';
-    this.nat = compileTable(parsed.tables.get('nat'), 'nat', lists, inIf, outIf);
-    this.filter = compileTable(parsed.tables.get('filter'), 'filter', lists, inIf, outIf);
+    this.nat = compileTable(parsed.tables.get('nat'), 'nat', lists, inIf, outIf, this.family);
+    this.filter = compileTable(parsed.tables.get('filter'), 'filter', lists, inIf, outIf, this.family);
     for (let i = 0; i < lists.size; i++) this.recentLists.push(new Map());
     let count = 0;
     for (const t of [this.nat, this.filter]) for (const c of t.chains) count += c.rules.length;
@@ -201,13 +248,29 @@ export class LinearEvaluator {
     return AT_UNICAST;
   }
 
+  /** kernel's addrtype for IPv6: LOCAL (a node address, ::1), MULTICAST (ff00::/8), else UNICAST */
+  private addrType6(a: Uint32Array): number {
+    const l = this.local6;
+    for (let i = 0; i < l.length; i += 4) if (l[i] === a[0] && l[i + 1] === a[1] && l[i + 2] === a[2] && l[i + 3] === a[3]) return AT_LOCAL;
+    if (a[0] === 0 && a[1] === 0 && a[2] === 0 && a[3] === 1) return AT_LOCAL;
+    if (a[0] >>> 24 === 0xff) return AT_MULTICAST;
+    return AT_UNICAST;
+  }
+
+  /** an IPv6 recent list's key: the masked address's words as text (made only when a recent rule is reached) */
+  private recentKey6(m: CMatch): string {
+    const a = m.side === 0 ? this.src6 : this.dst6;
+    const k = m.mask6 ?? ALL_ONES6;
+    return `${(a[0] & k[0]) >>> 0},${(a[1] & k[1]) >>> 0},${(a[2] & k[2]) >>> 0},${(a[3] & k[3]) >>> 0}`;
+  }
+
   private recentMatch(m: CMatch): boolean {
     if (this.enumerate) {
       // no affinity state: only --set matches
       return m.action === RECENT_SET ? !m.inv : m.inv;
     }
     const list = this.recentLists[m.list];
-    const key = ((m.side === 0 ? this.src : this.dst) & m.mask) >>> 0;
+    const key = this.family === 6 ? this.recentKey6(m) : ((m.side === 0 ? this.src : this.dst) & m.mask) >>> 0;
     const now = this.now;
     const seen = list.get(key);
     if (seen === undefined) {
@@ -234,11 +297,11 @@ export class LinearEvaluator {
     return hit !== m.inv;
   }
 
-  private recentSet(list: Map<number, number>, key: number, now: number): void {
+  private recentSet(list: Map<number | string, number>, key: number | string, now: number): void {
     list.delete(key);
     list.set(key, now);
     if (list.size > this.recentListSize) {
-      const oldest = list.keys().next().value as number;
+      const oldest = list.keys().next().value as number | string;
       list.delete(oldest);
     }
   }
@@ -316,6 +379,11 @@ export class LinearEvaluator {
         case M_CTSTATE:
           if (((this.ct & m.a) !== 0) === m.inv) return false;
           break;
+        case M_ICMP6:
+          // ip6t icmp6: only ICMPv6 packets, inversion applies to the type/code test alone
+          if (this.proto !== 58) return false;
+          if ((this.sport === m.a && (m.b < 0 || this.dport === m.b)) === m.inv) return false;
+          break;
         default:
           return false;
       }
@@ -338,6 +406,8 @@ export class LinearEvaluator {
     const dst = this.dst;
     const src = this.src;
     const proto = this.proto;
+    const v6 = this.family === 6;
+    const stride = v6 ? HDR6 : HDR;
     const tracer = this.tracer;
     let visits = this.visits;
     for (;;) {
@@ -355,17 +425,15 @@ export class LinearEvaluator {
         continue;
       }
       // the IP header first, from the packed array (most rules fail here), then the match modules
-      const h = pos * HDR;
+      const h = pos * stride;
       const f = hdr[h];
       pos++;
       visits++;
       if (f !== 0) {
-        if (
-          (f & H_NEVER) !== 0 ||
+        if (v6 ? this.headerMisses6(hdr, h, f) : (f & H_NEVER) !== 0 ||
           ((f & H_DST) !== 0 && (((dst & hdr[h + 2]) >>> 0) === hdr[h + 1]) === ((f & H_DST_INV) !== 0)) ||
           ((f & H_SRC) !== 0 && (((src & hdr[h + 4]) >>> 0) === hdr[h + 3]) === ((f & H_SRC_INV) !== 0)) ||
-          ((f & H_PROTO) !== 0 && (proto === f >>> 8) === ((f & H_PROTO_INV) !== 0))
-        ) {
+          ((f & H_PROTO) !== 0 && (proto === f >>> 8) === ((f & H_PROTO_INV) !== 0))) {
           if (tracer !== null) tracer(chain.rules[pos - 1].line, false);
           continue;
         }
@@ -443,6 +511,50 @@ export class LinearEvaluator {
     }
   }
 
+  /** The IPv6 header test of the rule at hdr[h] (HDR6 words): true when the packet fails it. */
+  private headerMisses6(hdr: Uint32Array, h: number, f: number): boolean {
+    if ((f & H_NEVER) !== 0) return true;
+    if ((f & H_DST) !== 0) {
+      const a = this.dst6;
+      const inside =
+        ((a[0] & hdr[h + 5]) >>> 0) === hdr[h + 1] &&
+        ((a[1] & hdr[h + 6]) >>> 0) === hdr[h + 2] &&
+        ((a[2] & hdr[h + 7]) >>> 0) === hdr[h + 3] &&
+        ((a[3] & hdr[h + 8]) >>> 0) === hdr[h + 4];
+      if (inside === ((f & H_DST_INV) !== 0)) return true;
+    }
+    if ((f & H_SRC) !== 0) {
+      const a = this.src6;
+      const inside =
+        ((a[0] & hdr[h + 13]) >>> 0) === hdr[h + 9] &&
+        ((a[1] & hdr[h + 14]) >>> 0) === hdr[h + 10] &&
+        ((a[2] & hdr[h + 15]) >>> 0) === hdr[h + 11] &&
+        ((a[3] & hdr[h + 16]) >>> 0) === hdr[h + 12];
+      if (inside === ((f & H_SRC_INV) !== 0)) return true;
+    }
+    return (f & H_PROTO) !== 0 && (this.proto === f >>> 8) === ((f & H_PROTO_INV) !== 0);
+  }
+
+  private load6(pkt: PacketTuple6): void {
+    this.src6.set(pkt.src);
+    this.dst6.set(pkt.dst);
+    this.src = 0;
+    this.dst = 0;
+    this.proto = pkt.proto;
+    this.sport = pkt.sport;
+    this.dport = pkt.dport;
+    this.mark = 0;
+    this.ct = CT_NEW;
+    this.srcType = this.addrType6(this.src6);
+    this.dstType = this.addrType6(this.dst6);
+    this.lastService = null;
+    this.lastNoLocal = false;
+    this.decidingRule = null;
+    this.branchProbability = 0;
+    this.branching = false;
+    this.affinitySeconds = 0;
+  }
+
   private load(pkt: PacketTuple): void {
     this.src = pkt.src >>> 0;
     this.dst = pkt.dst >>> 0;
@@ -462,8 +574,9 @@ export class LinearEvaluator {
   }
 
   /** One packet through nat PREROUTING, then nat POSTROUTING or filter INPUT/FORWARD; fills `out`. Returns false when evaluate needs a decision. */
-  private run(pkt: PacketTuple, out: LinearSample): boolean {
-    this.load(pkt);
+  private run(out: LinearSample): boolean {
+    if (this.family === 6) this.load6(this.cur6!);
+    else this.load(this.cur4!);
     this.visits = 0;
     const o = this.walk(this.nat, this.natPrerouting);
     if (o === O_BRANCH) return this.stop();
@@ -472,12 +585,21 @@ export class LinearEvaluator {
       out.kind = 'dnat';
       out.service = r.service ?? this.lastService ?? '';
       out.reason = null;
-      out.endpointAddr = r.dnatAddr;
       out.endpointPort = r.dnatPort >= 0 ? r.dnatPort : this.dport;
-      out.endpoint = r.dnatPort >= 0 ? r.dnatText : `${formatIPv4(r.dnatAddr)}:${this.dport}`;
-      this.dst = r.dnatAddr;
+      if (this.family === 6) {
+        const a6 = r.dnatAddr6 ?? ALL_ONES6;
+        out.endpointAddr = 0;
+        out.endpointAddr6.set(a6);
+        out.endpoint = r.dnatPort >= 0 ? r.dnatText : `[${formatIPv6(a6)}]:${this.dport}`;
+        this.dst6.set(a6);
+        this.dstType = this.addrType6(this.dst6);
+      } else {
+        out.endpointAddr = r.dnatAddr;
+        out.endpoint = r.dnatPort >= 0 ? r.dnatText : `${formatIPv4(r.dnatAddr)}:${this.dport}`;
+        this.dst = r.dnatAddr;
+        this.dstType = this.addrType(this.dst);
+      }
       if (r.dnatPort >= 0) this.dport = r.dnatPort;
-      this.dstType = this.addrType(this.dst);
       this.ct = CT_NEW | CT_DNAT;
       const p = this.walk(this.nat, this.natPostrouting);
       if (p === O_BRANCH) return this.stop();
@@ -487,12 +609,13 @@ export class LinearEvaluator {
     }
     out.endpoint = '';
     out.endpointAddr = 0;
+    out.endpointAddr6.fill(0);
     out.endpointPort = 0;
     out.masquerade = false;
     if (o === O_DROP) {
       this.drop(out);
     } else {
-      const chain = this.local.has(this.dst) ? this.filterInput : this.filterForward;
+      const chain = (this.family === 6 ? this.addrType6(this.dst6) === AT_LOCAL : this.local.has(this.dst)) ? this.filterInput : this.filterForward;
       const f = this.walk(this.filter, chain);
       if (f === O_BRANCH) return this.stop();
       if (f === O_REJECT) {
@@ -527,11 +650,12 @@ export class LinearEvaluator {
    * `sample`, recording the walk: every rule visited, by its line in the
    * iptables text, and whether it matched (its target then ran).
    */
-  trace(pkt: PacketTuple, nowMs: number): { sample: LinearSample; steps: Array<{ line: number; matched: boolean }> } {
+  trace(pkt: PacketTuple | PacketTuple6, nowMs: number): { sample: LinearSample; steps: Array<{ line: number; matched: boolean }> } {
     const steps: Array<{ line: number; matched: boolean }> = [];
     this.tracer = (line, matched) => steps.push({ line, matched });
     try {
-      return { sample: { ...this.sample(pkt, nowMs) }, steps };
+      const s = typeof pkt.src === 'number' ? this.sample(pkt as PacketTuple, nowMs) : this.sample6(pkt as PacketTuple6, nowMs);
+      return { sample: { ...s, endpointAddr6: s.endpointAddr6.slice() }, steps };
     } finally {
       this.tracer = null;
     }
@@ -544,11 +668,31 @@ export class LinearEvaluator {
    * is reused by the next call.
    */
   sample(pkt: PacketTuple, nowMs: number): LinearSample {
+    if (this.family !== 4) throw new Error('sample: this evaluator holds ip6tables rules; use sample6 with a PacketTuple6');
     this.enumerate = false;
     this.now = nowMs;
-    this.run(pkt, this.result);
+    this.cur4 = pkt;
+    this.run(this.result);
     this.rulesVisited += this.visits;
     return this.result;
+  }
+
+  /** `sample` for an IPv6 packet through ip6tables rules (SampleDecider6). The returned object is reused by the next call. */
+  sample6(pkt: PacketTuple6, nowMs: number): LinearSample {
+    if (this.family !== 6) throw new Error('sample6: this evaluator holds IPv4 iptables rules; use sample with a PacketTuple');
+    this.enumerate = false;
+    this.now = nowMs;
+    this.cur6 = pkt;
+    this.run(this.result);
+    this.rulesVisited += this.visits;
+    return this.result;
+  }
+
+  /** `evaluate` for an IPv6 packet through ip6tables rules; endpoints are `[address]:port`. */
+  evaluate6(pkt: PacketTuple6): Verdict {
+    if (this.family !== 6) throw new Error('evaluate6: this evaluator holds IPv4 iptables rules; use evaluate with a PacketTuple');
+    this.cur6 = pkt;
+    return this.enumerateAll();
   }
 
   /**
@@ -560,18 +704,24 @@ export class LinearEvaluator {
    * less than 1.
    */
   evaluate(pkt: PacketTuple): Verdict {
+    if (this.family !== 4) throw new Error('evaluate: this evaluator holds ip6tables rules; use evaluate6 with a PacketTuple6');
+    this.cur4 = pkt;
+    return this.enumerateAll();
+  }
+
+  private enumerateAll(): Verdict {
     this.enumerate = true;
     const candidates: Candidate[] = [];
     const byEndpoint = new Map<string, Candidate>();
     let service = '';
     let affinity = 0;
     let other: Verdict | null = null;
-    const out: LinearSample = { ...this.result };
+    const out: LinearSample = { ...this.result, endpointAddr6: new Uint32Array(4) };
     const explore = (prefix: boolean[], probability: number): void => {
       if (probability === 0) return;
       this.decisions = prefix;
       this.cursor = 0;
-      if (!this.run(pkt, out)) {
+      if (!this.run(out)) {
         const p = this.branchProbability;
         explore([...prefix, true], probability * p);
         explore([...prefix, false], probability * (1 - p));
@@ -613,9 +763,9 @@ export class LinearEvaluator {
   }
 }
 
-/** Parse iptables-save text and build an evaluator; throws on parse errors, naming the first lines. */
-export function linearFromText(text: string, opts: LinearOptions): LinearEvaluator {
-  const parsed = parseIptablesSave(text);
+/** Parse iptables-save text (`family: 6`: ip6tables-save text; default: told from the text) and build an evaluator; throws on parse errors, naming the first lines. */
+export function linearFromText(text: string, opts: LinearOptions & { family?: 4 | 6 }): LinearEvaluator {
+  const parsed = parseIptablesSave(text, { family: opts.family ?? detectFamily(text) });
   if (parsed.errors.length > 0) {
     const first = parsed.errors.slice(0, 3).map((e) => `line ${e.line}: ${e.message}`).join('; ');
     throw new Error(`iptables text does not parse (${parsed.errors.length} errors): ${first}`);

@@ -11,8 +11,15 @@
  * Modules and targets it does not know are kept as `unknown` parts with
  * their arguments, so an importer can name them. What it cannot read at all
  * is reported as a line-numbered error; the rest of the text is still parsed.
+ *
+ * One family a parse: `{ family: 4 }` (the default) reads iptables-save text
+ * and flags IPv6 in it; `{ family: 6 }` reads ip6tables-save text (IPv6
+ * addresses and CIDRs in -s/-d, `--to-destination [fd00::1]:8080`,
+ * `-p ipv6-icmp` / `-m icmp6 --icmpv6-type`, recent `--mask` of IPv6) and
+ * refuses IPv4 addresses in it. `detectFamily` tells which a text is.
  */
 import { parseIPv4, maskOf } from '../../dataplane/addr.ts';
+import { parseIPv6, parseCidr6, formatIPv6 } from '../../dataplane/addr6.ts';
 
 export interface ParseError {
   /** 1-based line number */
@@ -20,12 +27,16 @@ export interface ParseError {
   message: string;
 }
 
-/** An address match: `[!] -s 10.0.0.0/8`. */
+/** An address match: `[!] -s 10.0.0.0/8` (IPv4: net, mask), `[!] -s fd00::/64` (IPv6: net6, mask6; net and mask 0). */
 export interface AddrMatch {
   net: number;
   mask: number;
-  /** prefix length, or -1 for a non-contiguous dotted mask */
+  /** prefix length (0..32, IPv6 0..128), or -1 for a non-contiguous mask */
   bits: number;
+  /** IPv6: the network's 4 words (host bits cleared); absent for IPv4 */
+  net6?: Uint32Array;
+  /** IPv6: the mask's 4 words; absent for IPv4 */
+  mask6?: Uint32Array;
   invert: boolean;
   /** as written */
   text: string;
@@ -78,6 +89,8 @@ export type Match =
       reap: boolean;
       hitcount: number | null;
       mask: number;
+      /** IPv6 (ip6tables): the --mask's 4 words (default all ones); absent for IPv4 */
+      mask6?: Uint32Array;
       /** which address is recorded / looked up */
       side: 'src' | 'dst';
       invert: boolean;
@@ -86,6 +99,8 @@ export type Match =
   | { kind: 'conntrack'; ctstate: string[]; invert: boolean }
   /** `-m nfacct --nfacct-name NAME`: counts the packet in an accounting object and always matches (kube-proxy v1.29+) */
   | { kind: 'nfacct'; name: string }
+  /** `-m icmp6 --icmpv6-type TYPE[/CODE]` (ip6tables): type, code (-1: any code) */
+  | { kind: 'icmp6'; type: number; code: number; invert: boolean }
   | { kind: 'unknown'; module: string; args: string[]; reason: string };
 
 export type Target =
@@ -94,7 +109,8 @@ export type Target =
   | { kind: 'DROP' }
   | { kind: 'RETURN' }
   | { kind: 'REJECT'; rejectWith: string | null }
-  | { kind: 'DNAT'; addr: number; port: number | null; portHi: number | null; text: string }
+  /** addr: IPv4 (0 for IPv6); addr6: IPv6 words (absent for IPv4); text as written (`10.1.0.1:80`, `[fd00::1]:80`) */
+  | { kind: 'DNAT'; addr: number; addr6?: Uint32Array; port: number | null; portHi: number | null; text: string }
   /** mark = (mark & ~mask) ^ value, as the kernel's MARK target v2 */
   | { kind: 'MARK'; value: number; mask: number }
   | { kind: 'MASQUERADE'; randomFully: boolean; random: boolean; toPorts: string | null }
@@ -140,8 +156,58 @@ export interface Table {
 export interface ParsedIptables {
   tables: Map<string, Table>;
   errors: ParseError[];
-  /** an ip6tables dump, or IPv6 addresses seen (tunproxy handles IPv4 only) */
+  /** an ip6tables dump (family 6), or IPv6 seen in a family-4 parse */
   ipv6: boolean;
+  /** the family the text was read as: 4 (iptables-save) or 6 (ip6tables-save) */
+  family: 4 | 6;
+}
+
+export interface ParseOptions {
+  /** 4: iptables-save text (default); 6: ip6tables-save text */
+  family?: 4 | 6;
+}
+
+/**
+ * Which family a save text is: 6 when its header says ip6tables-save, or
+ * when the first address of a -s/-d/--to-destination is IPv6; else 4.
+ */
+export function detectFamily(text: string): 4 | 6 {
+  const head = /^#.*\bip(6?)tables(?:-nft|-legacy)?-(save|restore)\b/m.exec(text);
+  if (head) return head[1] === '6' ? 6 : 4;
+  const m = /(?:^|\s)(?:-s|-d|--source|--destination|--to-destination)\s+(\S+)/m.exec(text);
+  return m && m[1].includes(':') && !/^[0-9.]+:[0-9-]+$/.test(m[1]) ? 6 : 4;
+}
+
+/** ICMPv6 type names ip6tables knows (libxt_icmp's icmpv6_codes): name → [type, code or -1] */
+const ICMPV6_TYPES: Record<string, [number, number]> = {
+  'destination-unreachable': [1, -1],
+  'no-route': [1, 0],
+  'communication-prohibited': [1, 1],
+  'beyond-scope': [1, 2],
+  'address-unreachable': [1, 3],
+  'port-unreachable': [1, 4],
+  'failed-policy': [1, 5],
+  'reject-route': [1, 6],
+  'packet-too-big': [2, -1],
+  'time-exceeded': [3, -1],
+  'ttl-exceeded': [3, -1],
+  'ttl-zero-during-transit': [3, 0],
+  'ttl-zero-during-reassembly': [3, 1],
+  'parameter-problem': [4, -1],
+  'bad-header': [4, 0],
+  'unknown-header-type': [4, 1],
+  'unknown-option': [4, 2],
+  'echo-request': [128, -1],
+  ping: [128, -1],
+  'echo-reply': [129, -1],
+  pong: [129, -1],
+  'router-solicitation': [133, -1],
+  'router-advertisement': [134, -1],
+  'neighbour-solicitation': [135, -1],
+  'neighbor-solicitation': [135, -1],
+  'neighbour-advertisement': [136, -1],
+  'neighbor-advertisement': [136, -1],
+  redirect: [137, -1],
 }
 
 export const BUILTIN_CHAINS: Record<string, string[]> = {
@@ -180,6 +246,7 @@ const MATCH_OPTIONS: Record<string, Record<string, number>> = {
     ctorigdstport: 1, ctreplsrcport: 1, ctrepldstport: 1, ctstatus: 1, ctexpire: 1, ctdir: 1,
   },
   state: { state: 1 },
+  icmp6: { 'icmpv6-type': 1 },
 };
 
 const TARGET_OPTIONS: Record<string, Record<string, number>> = {
@@ -265,7 +332,35 @@ function parseNumber(text: string, what: string, max = 0xffffffff): number {
   return n;
 }
 
-function parseAddr(text: string, invert: boolean, opt: string, ctx: { ipv6: boolean }): AddrMatch {
+interface Ctx {
+  ipv6: boolean;
+  family: 4 | 6;
+}
+
+function parseAddr6(text: string, invert: boolean, opt: string): AddrMatch {
+  if (text.includes(',')) fail(`${opt} ${text}: address lists are not read (ip6tables-save prints one address per rule)`);
+  if (!text.includes(':')) fail(`${opt} ${text}: an IPv4 address in an ip6tables dump`);
+  const slash = text.indexOf('/');
+  const m = slash < 0 ? '' : text.slice(slash + 1);
+  let c;
+  if (slash >= 0 && m.includes(':')) {
+    // a mask written as an address: contiguous ones only
+    const mask = parseIPv6(m);
+    const addr = parseIPv6(text.slice(0, slash));
+    if (!mask || !addr) fail(`${opt} ${text}: not an IPv6 address and mask`);
+    let bits = 0;
+    while (bits < 128 && (mask[bits >>> 5] >>> (31 - (bits & 31))) & 1) bits++;
+    c = parseCidr6(`${formatIPv6(addr)}/${bits}`);
+    if (!c || c.mask.some((w, i) => w !== mask[i])) fail(`${opt} ${text}: a non-contiguous IPv6 mask is not read`);
+  } else {
+    c = parseCidr6(text);
+    if (!c) fail(slash >= 0 && /^[0-9]+$/.test(m) && Number(m) > 128 ? `${opt} ${text}: prefix length ${m} is over 128` : `${opt} ${text}: not an IPv6 address or CIDR`);
+  }
+  return { net: 0, mask: 0, bits: c.bits, invert, text, net6: c.net, mask6: c.mask };
+}
+
+function parseAddr(text: string, invert: boolean, opt: string, ctx: Ctx): AddrMatch {
+  if (ctx.family === 6) return parseAddr6(text, invert, opt);
   if (text.includes(':')) {
     ctx.ipv6 = true;
     fail(`${opt} ${text}: an IPv6 address (tunproxy handles IPv4 only)`);
@@ -351,7 +446,7 @@ class Options {
   }
 }
 
-function buildMatch(p: RawPart, ctx: { ipv6: boolean }): Match {
+function buildMatch(p: RawPart, ctx: Ctx): Match {
   const opts = new Options(p.options);
   switch (p.module) {
     case 'comment': {
@@ -431,7 +526,11 @@ function buildMatch(p: RawPart, ctx: { ipv6: boolean }): Match {
       const hit = opts.value('hitcount');
       const maskText = opts.value('mask');
       let mask = 0xffffffff;
-      if (maskText !== undefined) {
+      let mask6: Uint32Array | null = null;
+      if (ctx.family === 6) {
+        mask6 = maskText === undefined ? new Uint32Array([0xffffffff, 0xffffffff, 0xffffffff, 0xffffffff]) : parseIPv6(maskText);
+        if (mask6 === null) fail(`--mask ${maskText}: not an IPv6 mask`);
+      } else if (maskText !== undefined) {
         if (maskText.includes(':')) ctx.ipv6 = true;
         mask = parseIPv4(maskText);
         if (mask < 0) fail(`--mask ${maskText}: not an IPv4 mask`);
@@ -444,6 +543,7 @@ function buildMatch(p: RawPart, ctx: { ipv6: boolean }): Match {
         reap: opts.has('reap'),
         hitcount: hit === undefined ? null : parseNumber(hit, '--hitcount'),
         mask,
+        ...(mask6 ? { mask6 } : {}),
         side: opts.has('rdest') ? 'dst' : 'src',
         invert: opts.get(actions[0])!.invert,
       };
@@ -466,12 +566,28 @@ function buildMatch(p: RawPart, ctx: { ipv6: boolean }): Match {
       if (!o || p.options.length !== 1 || o.invert) return unknownMatch(p, '-m nfacct: only --nfacct-name is read');
       return { kind: 'nfacct', name: o.values[0] };
     }
+    case 'icmp6': {
+      const o = opts.get('icmpv6-type');
+      if (!o) fail('-m icmp6 without --icmpv6-type');
+      if (ctx.family !== 6) return unknownMatch(p, '-m icmp6 in an IPv4 dump');
+      const text = o.values[0].toLowerCase();
+      let type: number;
+      let code = -1;
+      const num = /^([0-9]+)(?:\/([0-9]+))?$/.exec(text);
+      if (num) {
+        type = parseNumber(num[1], '--icmpv6-type', 255);
+        if (num[2] !== undefined) code = parseNumber(num[2], '--icmpv6-type code', 255);
+      } else if (text in ICMPV6_TYPES) {
+        [type, code] = ICMPV6_TYPES[text];
+      } else fail(`--icmpv6-type ${o.values[0]}: unknown ICMPv6 type`);
+      return { kind: 'icmp6', type, code, invert: o.invert };
+    }
     default:
       return unknownMatch(p, `match module '${p.module}' is not evaluated`);
   }
 }
 
-function buildTarget(name: string, p: RawPart, ctx: { ipv6: boolean }): Target {
+function buildTarget(name: string, p: RawPart, ctx: Ctx): Target {
   const opts = new Options(p.options);
   const unknown = (reason: string): Target => ({ kind: 'unknown', name, args: rawArgs(p), reason });
   switch (name) {
@@ -486,6 +602,18 @@ function buildTarget(name: string, p: RawPart, ctx: { ipv6: boolean }): Target {
       const to = opts.value('to-destination');
       if (to === undefined) fail('-j DNAT without --to-destination');
       if (opts.has('random') || opts.has('persistent')) return unknown('DNAT --random/--persistent is not evaluated');
+      if (ctx.family === 6) {
+        // [fd00::1]:8080, [fd00::1], fd00::1 (ip6tables' forms; a range [a]-[b] is not read)
+        const m6 = /^\[([0-9a-fA-F:.]+)\](?::([0-9]+)(?:-([0-9]+))?)?$/.exec(to) ?? /^()([0-9a-fA-F:.]*:[0-9a-fA-F:.]*)$/.exec(to);
+        if (!m6) fail(`--to-destination ${to}: expected [address]:port or address (IPv6)`);
+        const bracketed = to.startsWith('[');
+        const addr6 = parseIPv6(bracketed ? m6[1] : m6[2]);
+        if (addr6 === null) fail(`--to-destination ${to}: not an IPv6 address`);
+        const port = bracketed && m6[2] !== undefined ? parseNumber(m6[2], '--to-destination port', 65535) : null;
+        const portHi = bracketed && m6[3] !== undefined ? parseNumber(m6[3], '--to-destination port', 65535) : port;
+        if (port !== portHi) return unknown('DNAT to a port range is not evaluated');
+        return { kind: 'DNAT', addr: 0, addr6, port, portHi, text: to };
+      }
       if (to.startsWith('[') || (to.match(/:/g) ?? []).length > 1) {
         ctx.ipv6 = true;
         fail(`--to-destination ${to}: an IPv6 address (tunproxy handles IPv4 only)`);
@@ -546,7 +674,7 @@ function parseRule(
   args: string[],
   base: { line: number; text: string; table: string; chain: string; counters: Rule['counters'] },
   declared: Map<string, Chain>,
-  ctx: { ipv6: boolean },
+  ctx: Ctx,
 ): Rule {
   const rule: Rule = {
     line: base.line,
@@ -598,7 +726,7 @@ function parseRule(
         if (/^[0-9]+$/.test(name)) num = parseNumber(name, a, 255);
         else if (name in PROTOCOLS) num = PROTOCOLS[name];
         else fail(`${a} ${args[i + 1]}: unknown protocol`);
-        if (num === 58) ctx.ipv6 = true;
+        if (num === 58 && ctx.family === 4) ctx.ipv6 = true;
         rule.protocol = num === 0 && !invert ? null : { name, number: num, invert };
         i += 2;
       } else if (a === '-i' || a === '--in-interface' || a === '-o' || a === '--out-interface') {
@@ -666,12 +794,13 @@ function parseRule(
         }
       }
     }
-    if (!owner && rule.protocol && !rule.protocol.invert && ['tcp', 'udp', 'sctp'].includes(rule.protocol.name)) {
-      const n = MATCH_OPTIONS[rule.protocol.name][name];
+    const implicitModule = rule.protocol && !rule.protocol.invert ? (['tcp', 'udp', 'sctp'].includes(rule.protocol.name) ? rule.protocol.name : ctx.family === 6 && rule.protocol.number === 58 ? 'icmp6' : null) : null;
+    if (!owner && implicitModule !== null) {
+      const n = MATCH_OPTIONS[implicitModule][name];
       if (n !== undefined) {
-        // `-p tcp --dport 80` loads the tcp match implicitly
+        // `-p tcp --dport 80` loads the tcp match implicitly (`-p ipv6-icmp --icmpv6-type …` the icmp6 one)
         if (!implicitPort) {
-          implicitPort = { module: rule.protocol.name, options: [], known: true };
+          implicitPort = { module: implicitModule, options: [], known: true };
           parts.push(implicitPort);
         }
         owner = implicitPort;
@@ -713,11 +842,12 @@ function parseCounters(text: string): { packets: number; bytes: number } | null 
   return m ? { packets: Number(m[1]), bytes: Number(m[2]) } : null;
 }
 
-/** Parse `iptables-save` (or restore-input) text. Never throws: what cannot be read is in `errors`. */
-export function parseIptablesSave(text: string): ParsedIptables {
+/** Parse `iptables-save` (or restore-input) text; `{ family: 6 }`: `ip6tables-save` text. Never throws: what cannot be read is in `errors`. */
+export function parseIptablesSave(text: string, opts: ParseOptions = {}): ParsedIptables {
   const tables = new Map<string, Table>();
   const errors: ParseError[] = [];
-  const ctx = { ipv6: false };
+  const family = opts.family ?? 4;
+  const ctx: Ctx = { ipv6: family === 6, family };
   let table: Table | null = null;
   let tableLine = 0;
   const lines = text.split('\n');
@@ -727,7 +857,7 @@ export function parseIptablesSave(text: string): ParsedIptables {
     const line = raw.trim();
     if (line === '') continue;
     if (line.startsWith('#')) {
-      if (/ip6tables-save/.test(line)) ctx.ipv6 = true;
+      if (/ip6tables(-nft|-legacy)?-save/.test(line)) ctx.ipv6 = true;
       continue;
     }
     if (line.startsWith('*')) {
@@ -852,7 +982,7 @@ export function parseIptablesSave(text: string): ParsedIptables {
     }
   }
   if (table) errors.push({ line: tableLine, message: `table '${table.name}' has no COMMIT` });
-  return { tables, errors, ipv6: ctx.ipv6 };
+  return { tables, errors, ipv6: ctx.ipv6, family };
 }
 
 /** Every rule of a table in chain order (for tests and tools). */

@@ -3,6 +3,14 @@
  * writes in syncProxyRules: a *filter and a *nat table, chain declarations
  * before rules, arguments in kube-proxy's order (not iptables-save's).
  *
+ * `family: 6` writes the ip6tables-restore input of kube-proxy's IPv6 proxier
+ * (its meta-proxier runs one per family) from the rule set's family-6 service
+ * ports: the same tables and chains, IPv6 addresses and CIDRs, the cluster CIDR
+ * and source ranges of IPv6, KUBE-SEP- DNAT to `[address]:port` (its chain
+ * name hashed from that text, as kube-proxy's endpoint String()). REJECT is
+ * written bare, as kube-proxy does: ip6tables' default is
+ * icmp6-port-unreachable (ip6tables-save prints it so).
+ *
  * With `withHooks` (the default) the jumps from the built-in chains that
  * kube-proxy installs separately with `iptables -I` are written too, so that
  * the file alone makes a working kube-proxy dataplane in a namespace.
@@ -11,6 +19,7 @@ import type { RuleSet } from '../types.ts';
 import type { ServicePortModel, EndpointModel, NodeModel, RuleSetModel } from '../model.ts';
 import { modelOf } from '../model.ts';
 import { formatCidr } from '../../dataplane/addr.ts';
+import { formatCidr6 } from '../../dataplane/addr6.ts';
 import { clusterPolicyChain, localPolicyChain, externalChain, firewallChain, endpointChain } from './hash.ts';
 
 export interface WriteOptions {
@@ -22,6 +31,8 @@ export interface WriteOptions {
    * rules. Default: as kube-proxy decides (more than 1000 endpoints).
    */
   largeClusterMode?: boolean;
+  /** which proxier's rules: 4 (iptables-restore input, the default) or 6 (ip6tables-restore input) */
+  family?: 4 | 6;
 }
 
 /** kube-proxy's threshold (largeClusterEndpointsThreshold) */
@@ -94,6 +105,11 @@ class Buffers {
   natRules: string[] = [];
 }
 
+/** kube-proxy's endpoint String(): net.JoinHostPort, "10.64.1.7:53" or "[fd00:10::7]:53" */
+export function endpointText(ep: EndpointModel): string {
+  return ep.address.includes(':') ? `[${ep.address}]:${ep.port}` : `${ep.address}:${ep.port}`;
+}
+
 function writeServiceToEndpointRules(
   b: Buffers,
   p: ServicePortModel,
@@ -101,23 +117,24 @@ function writeServiceToEndpointRules(
   endpoints: EndpointModel[],
   largeClusterMode: boolean,
 ): void {
-  const comment = (ep: EndpointModel) => (largeClusterMode ? '' : ` -m comment --comment "${p.name} -> ${ep.text}"`);
+  const comment = (ep: EndpointModel) => (largeClusterMode ? '' : ` -m comment --comment "${p.name} -> ${endpointText(ep)}"`);
   if (p.affinitySeconds > 0) {
     for (const ep of endpoints) {
-      const sep = endpointChain(p.name, p.proto, ep.text);
+      const sep = endpointChain(p.name, p.proto, endpointText(ep));
       b.natRules.push(`-A ${chain}${comment(ep)} -m recent --name ${sep} --rcheck --seconds ${p.affinitySeconds} --reap -j ${sep}`);
     }
   }
   const n = endpoints.length;
   for (let i = 0; i < n; i++) {
     const ep = endpoints[i];
-    const sep = endpointChain(p.name, p.proto, ep.text);
+    const sep = endpointChain(p.name, p.proto, endpointText(ep));
     const stat = i < n - 1 ? ` -m statistic --mode random --probability ${probabilityText(n - i)}` : '';
     b.natRules.push(`-A ${chain}${comment(ep)}${stat} -j ${sep}`);
   }
 }
 
 function writeServicePort(b: Buffers, node: NodeModel, p: ServicePortModel, largeClusterMode: boolean): void {
+  const clusterCIDR = p.family === 6 ? node.clusterCIDR6 : node.clusterCIDR;
   const clusterIP = p.clusterIP;
   if (clusterIP === null) return; // headless: kube-proxy skips the service entirely
   const proto = p.proto;
@@ -194,8 +211,8 @@ function writeServicePort(b: Buffers, node: NodeModel, p: ServicePortModel, larg
     const args = `-m comment --comment "${name} cluster IP" ${m} -d ${clusterIP} --dport ${p.portNumber}`;
     if (node.masqueradeAll) {
       b.natRules.push(`-A ${internalTrafficChain} ${args} -j KUBE-MARK-MASQ`);
-    } else if (node.clusterCIDR !== null) {
-      b.natRules.push(`-A ${internalTrafficChain} ${args} ! -s ${node.clusterCIDR} -j KUBE-MARK-MASQ`);
+    } else if (clusterCIDR !== null) {
+      b.natRules.push(`-A ${internalTrafficChain} ${args} ! -s ${clusterCIDR} -j KUBE-MARK-MASQ`);
     }
   }
 
@@ -205,8 +222,8 @@ function writeServicePort(b: Buffers, node: NodeModel, p: ServicePortModel, larg
     if (!p.externalPolicyLocal) {
       b.natRules.push(`-A ${c.external} -m comment --comment "masquerade traffic for ${name} external destinations" -j KUBE-MARK-MASQ`);
     } else {
-      if (node.clusterCIDR !== null) {
-        b.natRules.push(`-A ${c.external} -m comment --comment "pod traffic for ${name} external destinations" -s ${node.clusterCIDR} -j ${c.cluster}`);
+      if (clusterCIDR !== null) {
+        b.natRules.push(`-A ${c.external} -m comment --comment "pod traffic for ${name} external destinations" -s ${clusterCIDR} -j ${c.cluster}`);
       }
       b.natRules.push(`-A ${c.external} -m comment --comment "masquerade LOCAL traffic for ${name} external destinations" -m addrtype --src-type LOCAL -j KUBE-MARK-MASQ`);
       b.natRules.push(`-A ${c.external} -m comment --comment "route LOCAL traffic for ${name} external destinations" -m addrtype --src-type LOCAL -j ${c.cluster}`);
@@ -220,7 +237,8 @@ function writeServicePort(b: Buffers, node: NodeModel, p: ServicePortModel, larg
   if (p.usesFirewallChain) {
     b.natChains.push(chainLine(c.firewall));
     const args = `-A ${c.firewall} -m comment --comment "${name} loadbalancer IP"`;
-    for (const cidr of p.sourceRanges) b.natRules.push(`${args} -s ${formatCidr(cidr)} -j ${c.external}`);
+    const ranges = p.family === 6 ? p.sourceRanges6.map(formatCidr6) : p.sourceRanges.map(formatCidr);
+    for (const cidr of ranges) b.natRules.push(`${args} -s ${cidr} -j ${c.external}`);
     if (p.allowFromNode) {
       for (const ip of p.loadBalancerIPs) b.natRules.push(`${args} -s ${ip} -j ${c.external}`);
     }
@@ -237,23 +255,28 @@ function writeServicePort(b: Buffers, node: NodeModel, p: ServicePortModel, larg
   }
 
   for (const ep of p.allReachableEndpoints) {
-    const sep = endpointChain(name, proto, ep.text);
+    const sep = endpointChain(name, proto, endpointText(ep));
     b.natChains.push(chainLine(sep));
     const head = largeClusterMode ? `-A ${sep}` : `-A ${sep} -m comment --comment ${name}`;
     b.natRules.push(`${head} -s ${ep.address} -j KUBE-MARK-MASQ`);
     const recent = p.affinitySeconds > 0 ? ` -m recent --name ${sep} --set` : '';
-    b.natRules.push(`${head}${recent} ${m} -j DNAT --to-destination ${ep.text}`);
+    b.natRules.push(`${head}${recent} ${m} -j DNAT --to-destination ${endpointText(ep)}`);
   }
 }
 
-/** kube-proxy's iptables-restore input for the rule set (IPv4), from its model (or a rule set already validated, modelled here). */
+/**
+ * kube-proxy's iptables-restore input for the rule set's IPv4 service ports (`family: 6`: the
+ * ip6tables-restore input for its IPv6 ones), from its model (or a rule set already validated, modelled here).
+ */
 export function writeIptables(input: RuleSet | RuleSetModel, opts: WriteOptions = {}): string {
   const withHooks = opts.withHooks ?? true;
+  const family = opts.family ?? 4;
   const model = modelOf(input);
   const node = model.node;
   const mark = node.masqueradeMark;
+  const ports = model.portsOf(family);
+  // each family's proxier counts its own endpoints
   let totalEndpoints = 0;
-  const ports = model.portsOf(4); // iptables-save: IPv4 (ip6tables: V6-CONTRACT, v6ipt)
   for (const p of ports) totalEndpoints += p.endpoints.length;
   const largeClusterMode = opts.largeClusterMode ?? totalEndpoints > LARGE_CLUSTER_ENDPOINTS_THRESHOLD;
 

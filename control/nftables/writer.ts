@@ -8,6 +8,11 @@
  * chains that DNAT, and masquerade by mark (mark-for-masquerade, then
  * masquerading in nat-postrouting).
  *
+ * IPv6: kube-proxy runs one proxier per family, the IPv6 one in `table ip6
+ * kube-proxy` (setupNFTables: ipX = "ip6", ipvX_addr = "ipv6_addr"); `family:
+ * 6` writes that table from the rule set's family-6 service ports, endpoints
+ * DNATed to `[address]:port`.
+ *
  * The text is `nft -f` input. `writeNftables` is a full sync into an empty or
  * existing table (every object added and flushed first, as kube-proxy does);
  * `writeNftablesServiceAdd` is the incremental transaction that adds one
@@ -19,10 +24,17 @@ import type { RuleSet, Service } from '../types.ts';
 import { modelOf, nodeModel, serviceModel } from '../model.ts';
 import type { EndpointModel, NodeModel, RuleSetModel, ServicePortModel } from '../model.ts';
 import { formatCidr } from '../../dataplane/addr.ts';
+import { formatCidr6 } from '../../dataplane/addr6.ts';
 
 export const KUBE_PROXY_TABLE = 'kube-proxy';
-const FAMILY = 'ip';
-const T = `${FAMILY} ${KUBE_PROXY_TABLE}`;
+/** the nftables family and address type of each IP family's table */
+const NFT_FAMILY = { 4: 'ip', 6: 'ip6' } as const;
+const ADDR_TYPE = { 4: 'ipv4_addr', 6: 'ipv6_addr' } as const;
+
+export interface NftWriteOptions {
+  /** which proxier's table: 4 (`ip kube-proxy`, the default) or 6 (`ip6 kube-proxy`) */
+  family?: 4 | 6;
+}
 
 // kube-proxy's names for its fixed chains, sets and maps
 export const SERVICES_CHAIN = 'services';
@@ -79,9 +91,13 @@ export function servicePortChainNameBase(p: ServicePortModel): string {
   return hashAndTruncate(`${p.service.namespace}/${p.service.name}/${p.proto}/${p.port.name}`);
 }
 
-/** "HASH-namespace/name/proto/portname__10.64.0.10/8080" (servicePortEndpointChainNameBase). */
+/**
+ * "HASH-namespace/name/proto/portname__10.64.0.10/8080" (servicePortEndpointChainNameBase); an IPv6
+ * endpoint's colons become dots (not allowed in a chain name): "…__fd00.10..7/8080".
+ */
 export function endpointChainNameBase(p: ServicePortModel, ep: EndpointModel): string {
-  return hashAndTruncate(`${p.service.namespace}/${p.service.name}/${p.proto}/${p.port.name}__${ep.address}/${ep.port}`);
+  const ip = ep.address.includes(':') ? ep.address.replaceAll(':', '.') : ep.address;
+  return hashAndTruncate(`${p.service.namespace}/${p.service.name}/${p.proto}/${p.port.name}__${ip}/${ep.port}`);
 }
 
 export interface NftChains {
@@ -115,24 +131,35 @@ export function masqueradeMarkText(mark: string): string {
 class Tx {
   readonly lines: string[] = [];
   private readonly ensured = new Set<string>();
+  /** "ip kube-proxy" / "ip6 kube-proxy" */
+  readonly T: string;
+  /** "ip" / "ip6": the address match keyword */
+  readonly ipX: string;
+  /** "ipv4_addr" / "ipv6_addr" */
+  readonly addrType: string;
+  constructor(readonly family: 4 | 6) {
+    this.ipX = NFT_FAMILY[family];
+    this.T = `${this.ipX} ${KUBE_PROXY_TABLE}`;
+    this.addrType = ADDR_TYPE[family];
+  }
   add(op: string): void {
     this.lines.push(op);
   }
   chain(name: string): void {
-    this.lines.push(`add chain ${T} ${name}`);
+    this.lines.push(`add chain ${this.T} ${name}`);
   }
   /** kube-proxy's ensureChain: add and flush once per transaction */
   ensureChain(name: string): void {
     if (this.ensured.has(name)) return;
     this.ensured.add(name);
-    this.lines.push(`add chain ${T} ${name}`, `flush chain ${T} ${name}`);
+    this.lines.push(`add chain ${this.T} ${name}`, `flush chain ${this.T} ${name}`);
   }
   rule(chain: string, rule: string, comment?: string): void {
-    this.lines.push(`add rule ${T} ${chain} ${rule}${comment !== undefined ? ` comment ${quote(comment)}` : ''}`);
+    this.lines.push(`add rule ${this.T} ${chain} ${rule}${comment !== undefined ? ` comment ${quote(comment)}` : ''}`);
   }
   element(setOrMap: string, key: string, value?: string, comment?: string): void {
     const c = comment !== undefined ? ` comment ${quote(comment)}` : '';
-    this.lines.push(`add element ${T} ${setOrMap} { ${key}${c}${value !== undefined ? ` : ${value}` : ''} }`);
+    this.lines.push(`add element ${this.T} ${setOrMap} { ${key}${c}${value !== undefined ? ` : ${value}` : ''} }`);
   }
   text(): string {
     return this.lines.join('\n') + '\n';
@@ -146,10 +173,10 @@ function quote(s: string): string {
 
 function setup(tx: Tx, node: NodeModel): void {
   const mark = masqueradeMarkText(node.masqueradeMark);
-  tx.add(`add table ${T} { comment "rules for kube-proxy" ; }`);
+  tx.add(`add table ${tx.T} { comment "rules for kube-proxy" ; }`);
   for (const [name, type, hook, prio] of BASE_CHAINS) {
-    tx.add(`add chain ${T} ${name} { type ${type} hook ${hook} priority ${prio} ; }`);
-    tx.add(`flush chain ${T} ${name}`);
+    tx.add(`add chain ${tx.T} ${name} { type ${type} hook ${hook} priority ${prio} ; }`);
+    tx.add(`flush chain ${tx.T} ${name}`);
   }
   for (const [dst, src, extra] of JUMP_CHAINS) {
     tx.ensureChain(dst);
@@ -162,42 +189,43 @@ function setup(tx: Tx, node: NodeModel): void {
   tx.rule(MASQUERADING_CHAIN, 'masquerade fully-random');
 
   // NodePorts on the node's addresses (kube-proxy's --nodeport-addresses: the node IPs)
-  tx.add(`add set ${T} ${NODEPORT_IPS_SET} { type ipv4_addr ; comment "IPs that accept NodePort traffic" ; }`);
-  tx.add(`flush set ${T} ${NODEPORT_IPS_SET}`);
-  for (const a of node.addresses) if (!a.includes(':')) tx.element(NODEPORT_IPS_SET, a); // ipv4_addr (ip6: V6-CONTRACT, v6ipt)
+  tx.add(`add set ${tx.T} ${NODEPORT_IPS_SET} { type ${tx.addrType} ; comment "IPs that accept NodePort traffic" ; }`);
+  tx.add(`flush set ${tx.T} ${NODEPORT_IPS_SET}`);
+  for (const a of node.addresses) if (a.includes(':') === (tx.family === 6)) tx.element(NODEPORT_IPS_SET, a);
 
-  tx.add(`add map ${T} ${NO_ENDPOINT_SERVICES_MAP} { type ipv4_addr . inet_proto . inet_service : verdict ; comment "vmap to drop or reject packets to services with no endpoints" ; }`);
-  tx.add(`add map ${T} ${NO_ENDPOINT_NODEPORTS_MAP} { type inet_proto . inet_service : verdict ; comment "vmap to drop or reject packets to service nodeports with no endpoints" ; }`);
-  tx.add(`add chain ${T} ${REJECT_CHAIN} { comment "helper for @no-endpoint-services / @no-endpoint-nodeports" ; }`);
-  tx.add(`flush chain ${T} ${REJECT_CHAIN}`);
+  tx.add(`add map ${tx.T} ${NO_ENDPOINT_SERVICES_MAP} { type ${tx.addrType} . inet_proto . inet_service : verdict ; comment "vmap to drop or reject packets to services with no endpoints" ; }`);
+  tx.add(`add map ${tx.T} ${NO_ENDPOINT_NODEPORTS_MAP} { type inet_proto . inet_service : verdict ; comment "vmap to drop or reject packets to service nodeports with no endpoints" ; }`);
+  tx.add(`add chain ${tx.T} ${REJECT_CHAIN} { comment "helper for @no-endpoint-services / @no-endpoint-nodeports" ; }`);
+  tx.add(`flush chain ${tx.T} ${REJECT_CHAIN}`);
   tx.rule(REJECT_CHAIN, 'reject');
-  tx.rule(ENDPOINTS_CHECK_CHAIN, `ip daddr . meta l4proto . th dport vmap @${NO_ENDPOINT_SERVICES_MAP}`);
-  tx.rule(ENDPOINTS_CHECK_CHAIN, `ip daddr @${NODEPORT_IPS_SET} meta l4proto . th dport vmap @${NO_ENDPOINT_NODEPORTS_MAP}`);
+  tx.rule(ENDPOINTS_CHECK_CHAIN, `${tx.ipX} daddr . meta l4proto . th dport vmap @${NO_ENDPOINT_SERVICES_MAP}`);
+  tx.rule(ENDPOINTS_CHECK_CHAIN, `${tx.ipX} daddr @${NODEPORT_IPS_SET} meta l4proto . th dport vmap @${NO_ENDPOINT_NODEPORTS_MAP}`);
 
-  tx.add(`add map ${T} ${FIREWALL_IPS_MAP} { type ipv4_addr . inet_proto . inet_service : verdict ; comment "destinations that are subject to LoadBalancerSourceRanges" ; }`);
+  tx.add(`add map ${tx.T} ${FIREWALL_IPS_MAP} { type ${tx.addrType} . inet_proto . inet_service : verdict ; comment "destinations that are subject to LoadBalancerSourceRanges" ; }`);
   tx.ensureChain(FIREWALL_CHECK_CHAIN);
-  tx.rule(FIREWALL_CHECK_CHAIN, `ip daddr . meta l4proto . th dport vmap @${FIREWALL_IPS_MAP}`);
+  tx.rule(FIREWALL_CHECK_CHAIN, `${tx.ipX} daddr . meta l4proto . th dport vmap @${FIREWALL_IPS_MAP}`);
 
-  tx.add(`add map ${T} ${SERVICE_IPS_MAP} { type ipv4_addr . inet_proto . inet_service : verdict ; comment "ClusterIP, ExternalIP and LoadBalancer IP traffic" ; }`);
-  tx.add(`add map ${T} ${SERVICE_NODEPORTS_MAP} { type inet_proto . inet_service : verdict ; comment "NodePort traffic" ; }`);
-  tx.rule(SERVICES_CHAIN, `ip daddr . meta l4proto . th dport vmap @${SERVICE_IPS_MAP}`);
-  tx.rule(SERVICES_CHAIN, `ip daddr @${NODEPORT_IPS_SET} meta l4proto . th dport vmap @${SERVICE_NODEPORTS_MAP}`);
+  tx.add(`add map ${tx.T} ${SERVICE_IPS_MAP} { type ${tx.addrType} . inet_proto . inet_service : verdict ; comment "ClusterIP, ExternalIP and LoadBalancer IP traffic" ; }`);
+  tx.add(`add map ${tx.T} ${SERVICE_NODEPORTS_MAP} { type inet_proto . inet_service : verdict ; comment "NodePort traffic" ; }`);
+  tx.rule(SERVICES_CHAIN, `${tx.ipX} daddr . meta l4proto . th dport vmap @${SERVICE_IPS_MAP}`);
+  tx.rule(SERVICES_CHAIN, `${tx.ipX} daddr @${NODEPORT_IPS_SET} meta l4proto . th dport vmap @${SERVICE_NODEPORTS_MAP}`);
 
   // syncProxyRules: the maps are rebuilt in full on every sync
   for (const m of [FIREWALL_IPS_MAP, NO_ENDPOINT_SERVICES_MAP, NO_ENDPOINT_NODEPORTS_MAP, SERVICE_IPS_MAP, SERVICE_NODEPORTS_MAP]) {
-    tx.add(`flush map ${T} ${m}`);
+    tx.add(`flush map ${tx.T} ${m}`);
   }
 }
 
 function writeServiceToEndpointRules(tx: Tx, p: ServicePortModel, chain: string, endpoints: EndpointModel[]): void {
   if (p.affinitySeconds > 0) {
-    for (const ep of endpoints) tx.rule(chain, `ip saddr @${nftAffinitySet(p, ep)} goto ${nftEndpointChain(p, ep)}`);
+    for (const ep of endpoints) tx.rule(chain, `${tx.ipX} saddr @${nftAffinitySet(p, ep)} goto ${nftEndpointChain(p, ep)}`);
   }
   const elements = endpoints.map((ep, i) => `${i} : goto ${nftEndpointChain(p, ep)}`).join(' , ');
   tx.rule(chain, `numgen random mod ${endpoints.length} vmap { ${elements} }`);
 }
 
 function writeServicePort(tx: Tx, node: NodeModel, p: ServicePortModel): void {
+  const clusterCIDR = p.family === 6 ? node.clusterCIDR6 : node.clusterCIDR;
   const clusterIP = p.clusterIP;
   if (clusterIP === null) return; // headless: nothing
   const proto = p.proto;
@@ -232,9 +260,9 @@ function writeServicePort(tx: Tx, node: NodeModel, p: ServicePortModel): void {
 
   if (p.usesFirewallChain) {
     tx.ensureChain(c.firewall);
-    const sources = p.sourceRanges.map(formatCidr);
+    const sources = p.family === 6 ? p.sourceRanges6.map(formatCidr6) : p.sourceRanges.map(formatCidr);
     if (p.allowFromNode) sources.push(...p.loadBalancerIPs);
-    tx.rule(c.firewall, `ip saddr != { ${sources.join(', ')} } drop`);
+    tx.rule(c.firewall, `${tx.ipX} saddr != { ${sources.join(', ')} } drop`);
   }
   for (const ip of p.loadBalancerIPs) {
     if (p.hasEndpoints) tx.element(SERVICE_IPS_MAP, key(ip), `goto ${c.external}`);
@@ -250,16 +278,16 @@ function writeServicePort(tx: Tx, node: NodeModel, p: ServicePortModel): void {
 
   // internal traffic: masquerade what does not come from the cluster CIDR
   if (p.hasInternalEndpoints) {
-    const match = `ip daddr ${clusterIP} ${proto} dport ${port}`;
+    const match = `${tx.ipX} daddr ${clusterIP} ${proto} dport ${port}`;
     if (node.masqueradeAll) tx.rule(internalTrafficChain, `${match} jump ${MARK_MASQ_CHAIN}`);
-    else if (node.clusterCIDR !== null) tx.rule(internalTrafficChain, `${match} ip saddr != ${node.clusterCIDR} jump ${MARK_MASQ_CHAIN}`);
+    else if (clusterCIDR !== null) tx.rule(internalTrafficChain, `${match} ${tx.ipX} saddr != ${clusterCIDR} jump ${MARK_MASQ_CHAIN}`);
   }
 
   if (p.usesExternalTrafficChain) {
     if (!p.externalPolicyLocal) {
       tx.rule(c.external, `jump ${MARK_MASQ_CHAIN}`);
     } else {
-      if (node.clusterCIDR !== null) tx.rule(c.external, `ip saddr ${node.clusterCIDR} goto ${c.cluster}`, 'short-circuit pod traffic');
+      if (clusterCIDR !== null) tx.rule(c.external, `${tx.ipX} saddr ${clusterCIDR} goto ${c.cluster}`, 'short-circuit pod traffic');
       tx.rule(c.external, `fib saddr type local jump ${MARK_MASQ_CHAIN}`, 'masquerade local traffic');
       tx.rule(c.external, `fib saddr type local goto ${c.cluster}`, 'short-circuit local traffic');
     }
@@ -268,7 +296,7 @@ function writeServicePort(tx: Tx, node: NodeModel, p: ServicePortModel): void {
 
   if (p.affinitySeconds > 0) {
     for (const ep of p.allReachableEndpoints) {
-      tx.add(`add set ${T} ${nftAffinitySet(p, ep)} { type ipv4_addr ; flags dynamic,timeout ; timeout ${p.affinitySeconds}s ; }`);
+      tx.add(`add set ${tx.T} ${nftAffinitySet(p, ep)} { type ${tx.addrType} ; flags dynamic,timeout ; timeout ${p.affinitySeconds}s ; }`);
     }
   }
   if (p.usesClusterPolicyChain) writeServiceToEndpointRules(tx, p, c.cluster, p.clusterEndpoints);
@@ -276,18 +304,18 @@ function writeServicePort(tx: Tx, node: NodeModel, p: ServicePortModel): void {
 
   for (const ep of p.allReachableEndpoints) {
     const chain = nftEndpointChain(p, ep);
-    tx.rule(chain, `ip saddr ${ep.address} jump ${MARK_MASQ_CHAIN}`);
-    if (p.affinitySeconds > 0) tx.rule(chain, `update @${nftAffinitySet(p, ep)} { ip saddr }`);
-    tx.rule(chain, `meta l4proto ${proto} dnat to ${ep.address}:${ep.port}`);
+    tx.rule(chain, `${tx.ipX} saddr ${ep.address} jump ${MARK_MASQ_CHAIN}`);
+    if (p.affinitySeconds > 0) tx.rule(chain, `update @${nftAffinitySet(p, ep)} { ${tx.ipX} saddr }`);
+    tx.rule(chain, `meta l4proto ${proto} dnat to ${p.family === 6 ? `[${ep.address}]` : ep.address}:${ep.port}`);
   }
 }
 
-/** kube-proxy's nftables-mode transaction for the whole rule set (IPv4), `nft -f` input. */
-export function writeNftables(input: RuleSet | RuleSetModel): string {
+/** kube-proxy's nftables-mode transaction for the rule set's IPv4 ports (`family: 6`: its `ip6` table for the IPv6 ones), `nft -f` input. */
+export function writeNftables(input: RuleSet | RuleSetModel, opts: NftWriteOptions = {}): string {
   const model = modelOf(input);
-  const tx = new Tx();
+  const tx = new Tx(opts.family ?? 4);
   setup(tx, model.node);
-  for (const p of model.portsOf(4)) writeServicePort(tx, model.node, p); // table ip (ip6: V6-CONTRACT, v6ipt)
+  for (const p of model.portsOf(tx.family)) writeServicePort(tx, model.node, p);
   return tx.text();
 }
 
@@ -296,14 +324,15 @@ export function writeNftables(input: RuleSet | RuleSetModel): string {
  * of the same node: the service's chains and rules, then its map elements
  * (`add element ... service-ips { ... }`), without touching anything else.
  */
-export function writeNftablesServiceAdd(input: RuleSet | RuleSetModel, svc: Service): string {
+export function writeNftablesServiceAdd(input: RuleSet | RuleSetModel, svc: Service, opts: NftWriteOptions = {}): string {
   const node = input instanceof Object && 'ruleSet' in input ? input.node : nodeModel(input as RuleSet);
-  const tx = new Tx();
-  for (const p of serviceModel(svc, node).ports) if (p.family === 4) writeServicePort(tx, node, p);
+  const tx = new Tx(opts.family ?? 4);
+  for (const p of serviceModel(svc, node).ports) if (p.family === tx.family) writeServicePort(tx, node, p);
   return tx.text();
 }
 
-/** Delete kube-proxy's table (what `kube-proxy --cleanup` does for nftables). */
-export function deleteNftablesText(): string {
-  return `add table ${T}\ndelete table ${T}\n`;
+/** Delete kube-proxy's table (what `kube-proxy --cleanup` does for nftables); `family: 6`: the `ip6` one. */
+export function deleteNftablesText(opts: NftWriteOptions = {}): string {
+  const t = `${NFT_FAMILY[opts.family ?? 4]} ${KUBE_PROXY_TABLE}`;
+  return `add table ${t}\ndelete table ${t}\n`;
 }

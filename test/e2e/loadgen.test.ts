@@ -5,8 +5,9 @@
  * bound a run, an open loop keeps its rate, a silent port loses everything.
  */
 import t from 'tap';
-import { buildSyn, buildUdp, nearCeiling, parseSources, runLoad, tupleAt } from '../../scripts/loadgen.ts';
-import { e2eLabUp } from '../../bench/e2e-lab.ts';
+import { buildSyn, buildSyn6, buildUdp, buildUdp6, nearCeiling, parseSources, runLoad, tupleAt } from '../../scripts/loadgen.ts';
+import { CLIENT_POD_SOURCES6, CLIENT_SOURCES6, e2eLabUp } from '../../bench/e2e-lab.ts';
+import { parseIPv6 } from '../../dataplane/addr6.ts';
 import type { E2eLab } from '../../bench/e2e-lab.ts';
 import { netnsUnavailableReason } from '../../scripts/ns.ts';
 import { LoadAgent } from '../../bench/e2e-run.ts';
@@ -44,6 +45,55 @@ t.test('TCP SYN: ISN is the request id, MSS option, checksum verifies', async (t
   t.same([...b.subarray(20, 34)], [0x04, 0x00, 0x00, 80, 0xde, 0xad, 0xbe, 0xef, 0, 0, 0, 0, 0x60, 0x02]);
   t.same([...b.subarray(40, 44)], [2, 4, 0x05, 0xb4]);
   t.ok(verifies(b, n));
+});
+
+/** the same over IPv6's pseudo-header (RFC 8200 §8.1): both addresses, the upper-layer length, the next header */
+function verifies6(b: Uint8Array, len: number): boolean {
+  let acc = b[6] + (len - 40);
+  for (let i = 8; i < 40; i += 2) acc += (b[i] << 8) | b[i + 1];
+  for (let i = 40; i < len; i += 2) acc += (b[i] << 8) | (i + 1 < len ? b[i + 1] : 0);
+  while (acc > 0xffff) acc = (acc & 0xffff) + (acc >>> 16);
+  return acc === 0xffff;
+}
+
+const hex = (b: Uint8Array, n: number) => Buffer.from(b.subarray(0, n)).toString('hex');
+
+// the bytes below were read back by `tcpdump -vvv` (link-type RAW): "[udp sum ok]", "cksum 0xff14 (correct)"
+t.test('IPv6 UDP request: literal bytes, the checksum over IPv6\'s pseudo-header', async (t) => {
+  const b = new Uint8Array(128);
+  const n = buildUdp6(b, parseIPv6('fd00:80::1')!, 40000, parseIPv6('fd00:10:96::a')!, 53, 0x01020304, 8);
+  t.equal(n, 56);
+  t.equal(
+    hex(b, n),
+    '60000000' + '0010' + '11' + '40' + // version 6, payload length 16, next header UDP, hop limit 64
+      'fd000080000000000000000000000001' + 'fd00001000960000000000000000000a' +
+      '9c40' + '0035' + '0010' + '6420' + // 40000 → 53, length 16, checksum
+      '01020304' + '00000000', // the request id, then zeros
+  );
+  t.ok(verifies6(b, n), 'UDP checksum verifies');
+});
+
+t.test('IPv6 TCP SYN: ISN is the request id, MSS 1440, checksum verifies', async (t) => {
+  const b = new Uint8Array(128);
+  const n = buildSyn6(b, parseIPv6('fd00:10:64:121::1')!, 1024, parseIPv6('fd00:10:96::a')!, 80, 0xdeadbeef);
+  t.equal(n, 64);
+  t.equal(hex(b, 8), '6000000000180640', 'payload length 24, next header TCP, hop limit 64');
+  t.equal(hex(b.subarray(40), 24), '04000050deadbeef000000006002faf0ff140000020405a0');
+  t.ok(verifies6(b, n));
+});
+
+t.test('IPv6 sources: a /96 or longer, its last word varies; families must match', async (t) => {
+  const s = parseSources('fd00:80::/116');
+  t.equal(s.base, 0);
+  t.equal(s.count, 4096);
+  t.same([...s.base6!], [0xfd000080, 0, 0, 0]);
+  t.same(tupleAt(s, 4097), { src: 1, sport: 1025 });
+  t.throws(() => parseSources('fd00:80::/64'), /must be \/96 or longer/);
+  t.throws(() => parseSources('fd00::zz/120'), /not an IPv6 address or CIDR/);
+  const base = { mode: 'new' as const, port: 53, seconds: 1 };
+  await t.rejects(async () => runLoad({ ...base, target: 'fd00:10:96::a', sources: '192.168.80.0/20' }), /not of one IP family/);
+  await t.rejects(async () => runLoad({ ...base, target: '10.96.0.10', sources: 'fd00:80::/116' }), /not of one IP family/);
+  await t.rejects(async () => runLoad({ ...base, target: 'fd00::g', sources: 'fd00:80::/116' }), /target "fd00::g" is not an IPv6 address/);
 });
 
 t.test('5-tuple space: addresses first, then ports 1024-65535, never repeating within it', async (t) => {
@@ -116,4 +166,34 @@ t.test('runs in a lab against the C responder (plain routed path)', { skip: reas
   const silent = await run({ ...base, mode: 'new', port: 9999, seconds: 0.3, concurrency: 4, warmupMs: 0 });
   t.equal(silent.completed, 0, 'nothing answers on a port without a responder');
   t.ok(silent.lost > 0 && silent.lost === silent.sent, `every request lost (${silent.lost}/${silent.sent})`);
+});
+
+t.test('IPv6: runs in a dual-stack lab against the C responder (plain routed path)', { skip: reason ?? false }, async (t) => {
+  let lab: E2eLab | null = null;
+  const agents: LoadAgent[] = [];
+  t.teardown(async () => {
+    for (const a of agents) await a.stop();
+    if (lab) await lab.down();
+  });
+  lab = await e2eLabUp({ prefix: `tp-lg6${process.pid}`, endpoints: ['10.64.0.10'], endpoints6: ['fd00:10:64::a'], ipv6: true, udpPort: 5353, tcpPort: 8080, tun: false });
+  for (const [ns, sources] of [[lab.clientNs, CLIENT_SOURCES6], [lab.clientPodNs, CLIENT_POD_SOURCES6]] as const) {
+    const agent = await LoadAgent.start(ns);
+    agents.push(agent);
+    const base = { target: 'fd00:10:64::a', sources, timeoutMs: 300 };
+    const nw = await agent.run({ ...base, mode: 'new', port: 5353, seconds: 0.3, concurrency: 8 });
+    t.ok(nw.completed > 100, `${ns}: IPv6 new flows answered: ${nw.completed}`);
+    t.equal(nw.lost, 0);
+    t.equal(nw.sendErrors, 0);
+    const est = await agent.run({ ...base, mode: 'established', port: 5353, seconds: 0.2 });
+    t.ok(est.completed > 100, `${ns}: IPv6 established answered: ${est.completed}`);
+    const tcp = await agent.run({ ...base, mode: 'tcp-connect', port: 8080, seconds: 0.2, tupleOffset: nw.tuplesUsed });
+    t.ok(tcp.completed > 50, `${ns}: IPv6 SYN-ACKs: ${tcp.completed}`);
+    const closed = await agent.run({ ...base, mode: 'tcp-connect', port: 8081, seconds: 0.2, concurrency: 2, tupleOffset: nw.tuplesUsed + tcp.tuplesUsed });
+    t.equal(closed.completed, 0, 'no SYN-ACK from a closed port');
+    t.ok(closed.refused > 0, `a closed port answers RST: ${closed.refused}`);
+  }
+  // the IPv4 half of the same lab still answers (the responder's one socket serves both families)
+  const a4 = agents[0];
+  const v4 = await a4.run({ mode: 'new', target: '10.64.0.10', port: 5353, sources: '192.168.80.0/20', seconds: 0.2, concurrency: 8, timeoutMs: 300 });
+  t.ok(v4.completed > 100, `IPv4 in the dual-stack lab: ${v4.completed}`);
 });

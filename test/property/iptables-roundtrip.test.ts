@@ -8,6 +8,11 @@ import { importIptables } from '../../control/iptables/importer.ts';
 import { linearFromText } from '../../control/iptables/linear.ts';
 import { validateRuleSet } from '../../control/validate.ts';
 import { arbRuleSet, arbRuleSetWithPackets } from '../support/arbitraries.ts';
+import { arbDualStackRuleSet, packet6For } from '../support/arb-dualstack.ts';
+import { endpointText } from '../../control/iptables/writer.ts';
+import { importIptablesDualStack } from '../../control/iptables/import-dual.ts';
+import { parseIptablesSave } from '../../control/iptables/parser.ts';
+import { parseIPv6, parseCidr6, formatCidr6, formatIPv6 } from '../../dataplane/addr6.ts';
 
 const RUNS = 250;
 
@@ -174,4 +179,145 @@ t.test('linear sample, drawn many times, follows evaluate\'s probabilities (chi-
     { numRuns: 200, seed: 31337 },
   );
   t.ok(tested > 50, `multi-endpoint verdicts tested: ${tested}`);
+});
+
+// ---------------------------------------------------------------- dual stack (issue 13)
+
+/** `observable`, family by family: each port view with its family, the node's settings each family's rules show. */
+function observableDual(rs: RuleSet) {
+  const m = ruleSetModel(rs);
+  const canon = (c: string) => (c.includes(':') ? formatCidr6(parseCidr6(c)!) : formatCidr(parseCidr(c)!));
+  const ports = m.ports
+    .filter((p) => p.clusterIP !== null)
+    .map((p) => ({
+      family: p.family,
+      name: p.name,
+      proto: p.proto,
+      clusterIP: p.clusterIP,
+      port: p.port.port,
+      nodePort: p.port.nodePort ?? 0,
+      externalIPs: p.hasEndpoints ? p.externalIPs : [],
+      loadBalancerIPs: p.hasEndpoints ? p.loadBalancerIPs : [],
+      externalOrLoadBalancerIPs: p.hasEndpoints ? [] : [...p.externalIPs, ...p.loadBalancerIPs],
+      sourceRanges: p.usesFirewallChain ? (p.family === 6 ? p.sourceRanges6.map(formatCidr6) : p.sourceRanges.map(formatCidr)) : [],
+      allowFromNode: p.usesFirewallChain && p.allowFromNode,
+      clusterEndpoints: p.usesClusterPolicyChain ? p.clusterEndpoints.map(endpointText) : [],
+      localEndpoints: p.usesLocalPolicyChain ? p.localEndpoints.map(endpointText) : [],
+      reachable: p.allReachableEndpoints.map(endpointText),
+      affinitySeconds: p.usesClusterPolicyChain || p.usesLocalPolicyChain ? p.affinitySeconds : 0,
+      hasEndpoints: p.hasEndpoints,
+      hasInternalEndpoints: p.hasInternalEndpoints,
+      hasExternalEndpoints: p.hasExternalEndpoints,
+      internalPolicyLocal: p.hasEndpoints ? p.internalPolicyLocal : null,
+      externalPolicyLocal: p.hasEndpoints ? p.externalPolicyLocal : null,
+    }))
+    .sort((a, b) => (`${a.family}${a.name}${a.proto}` < `${b.family}${b.name}${b.proto}` ? -1 : 1));
+  const node = ([4, 6] as const).map((f) => {
+    const own = ports.filter((p) => p.family === f);
+    const internal = own.some((p) => p.hasInternalEndpoints);
+    const podRule = own.some((p) => p.hasEndpoints && p.externalPolicyLocal && (p.nodePort !== 0 || p.externalIPs.length > 0 || p.loadBalancerIPs.length > 0));
+    const cidr = f === 6 ? m.node.clusterCIDR6 : m.node.clusterCIDR;
+    return { family: f, masqueradeAll: internal ? m.node.masqueradeAll : null, clusterCIDR: (internal && !m.node.masqueradeAll) || podRule ? (cidr === null ? null : canon(cidr)) : null };
+  });
+  return { ports, node, masqueradeMark: m.node.masqueradeMark };
+}
+
+t.test('dual stack: the arbitraries give valid rule sets of both families', async (t) => {
+  let dual = 0;
+  fc.assert(
+    fc.property(arbDualStackRuleSet(), (rs) => {
+      const v = validateRuleSet(rs);
+      if (!v.ok) throw new Error(`arbitrary rule set rejected: ${JSON.stringify(v.errors)}\n${JSON.stringify(rs, null, 1)}`);
+      if (v.model.portsOf(6).length > 0 && v.model.portsOf(4).length > 0) dual++;
+    }),
+    { numRuns: RUNS, seed: 6006 },
+  );
+  t.ok(dual > RUNS / 2, `rule sets with ports of both families: ${dual}`);
+});
+
+t.test('dual stack: model → iptables and ip6tables text → parse → import → model is the identity on what the rules express', async (t) => {
+  let both = 0;
+  fc.assert(
+    fc.property(arbDualStackRuleSet(), (rs) => {
+      const model = ruleSetModel(rs);
+      const v4 = writeIptables(model);
+      const v6 = writeIptables(model, { family: 6 });
+      // the parser reads each as its family, with no error
+      for (const [text, family] of [[v4, 4], [v6, 6]] as const) {
+        const p = parseIptablesSave(text, { family });
+        if (p.errors.length > 0) throw new Error(`family ${family} text does not parse: ${JSON.stringify(p.errors[0])}`);
+      }
+      const r = importIptablesDualStack(v4, v6, { nodeAddresses: rs.node.addresses });
+      if (r.notUnderstood.length > 0) throw new Error(`not understood: ${JSON.stringify(r.notUnderstood[0])}`);
+      if (r.errors.length > 0) throw new Error(`imported rule set rejected: ${JSON.stringify(r.errors)}\n${JSON.stringify(r.ruleSet, null, 1)}`);
+      const want = observableDual(rs);
+      const got = observableDual(r.ruleSet);
+      if (JSON.stringify(want) !== JSON.stringify(got)) {
+        throw new Error(`observable differs:\n${JSON.stringify(want, null, 1)}\n---\n${JSON.stringify(got, null, 1)}`);
+      }
+      // and the writer gives the same rules again, family by family (as sets of lines: a dump does not tell the order
+      // of a service's ports whose rules lie in different tables, and the other family's dump may order them otherwise)
+      const lines = (x: string) => x.split('\n').sort().join('\n');
+      if (lines(writeIptables(r.ruleSet)) !== lines(v4)) throw new Error(`IPv4 rules differ:\n${v4}\n---\n${writeIptables(r.ruleSet)}`);
+      if (lines(writeIptables(r.ruleSet, { family: 6 })) !== lines(v6)) throw new Error(`IPv6 rules differ:\n${v6}\n---\n${writeIptables(r.ruleSet, { family: 6 })}`);
+      if (want.ports.some((p) => p.family === 6 && p.clusterEndpoints.length > 1) && want.ports.some((p) => p.family === 4)) both++;
+    }),
+    { numRuns: RUNS, seed: 1313 },
+  );
+  t.ok(both > RUNS / 4, `rule sets with multi-endpoint IPv6 ports beside IPv4 ones: ${both}`);
+});
+
+t.test('dual stack: the IPv6 linear walk of the writer\'s text answers with the endpoints of the rule set\'s IPv6 ports', async (t) => {
+  const kinds: Record<string, number> = {};
+  fc.assert(
+    fc.property(arbDualStackRuleSet(), fc.array(fc.tuple(fc.nat(), fc.nat(), fc.boolean()), { minLength: 8, maxLength: 8 }), (rs, picks) => {
+      const model = ruleSetModel(rs);
+      const six = model.portsOf(6).filter((p) => p.clusterIP !== null);
+      if (six.length === 0) return;
+      const ev = linearFromText(writeIptables(model, { family: 6 }), { localAddresses: rs.node.addresses, family: 6 });
+      for (const [i, j, outside] of picks) {
+        const p = six[i % six.length];
+        const src = outside ? '2001:db8:7::7' : p.allReachableEndpoints.length > 0 ? p.allReachableEndpoints[j % p.allReachableEndpoints.length].address : '2001:db8:7::8';
+        const v = ev.evaluate6({ proto: p.protocolNumber, src: parseIPv6(src)!, dst: parseIPv6(p.clusterIP!)!, sport: 40000, dport: p.port.port });
+        kinds[v.kind] = (kinds[v.kind] ?? 0) + 1;
+        if (v.kind === 'nomatch') throw new Error(`${p.name}: no match for its own ClusterIP`);
+        if (v.kind !== 'dnat') continue;
+        if (v.service !== p.name) throw new Error(`service ${v.service}, want ${p.name}`);
+        const reachable = new Set(p.allReachableEndpoints.map(endpointText));
+        for (const c of v.candidates) if (!reachable.has(c.endpoint)) throw new Error(`${c.endpoint} is not an IPv6 endpoint of ${p.name}`);
+        const sum = v.candidates.reduce((s, c) => s + c.probability, 0);
+        if (Math.abs(sum - 1) > 1e-9) throw new Error(`probabilities sum to ${sum}`);
+      }
+    }),
+    { numRuns: RUNS, seed: 66 },
+  );
+  t.ok(kinds.dnat > 0 && kinds.reject > 0, `verdict kinds seen: ${JSON.stringify(kinds)}`);
+});
+
+t.test('dual stack: random IPv6 packets, evaluate6 and sample6 agree; DNAT probabilities sum to 1', async (t) => {
+  const kinds: Record<string, number> = {};
+  fc.assert(
+    fc.property(
+      arbDualStackRuleSet().chain((rs) => fc.record({ rs: fc.constant(rs), packets: fc.array(packet6For(rs), { minLength: 10, maxLength: 10 }) })),
+      ({ rs, packets }) => {
+        const model = ruleSetModel(rs);
+        const ev = linearFromText(writeIptables(model, { family: 6 }), { localAddresses: rs.node.addresses, family: 6 });
+        for (const pkt of packets) {
+          const v = ev.evaluate6(pkt);
+          kinds[v.kind] = (kinds[v.kind] ?? 0) + 1;
+          ev.clearAffinity();
+          const s = ev.sample6(pkt, 0);
+          if (s.kind !== v.kind) throw new Error(`sample6 ${s.kind}, evaluate6 ${JSON.stringify(v)}`);
+          if (v.kind !== 'dnat') continue;
+          const sum = v.candidates.reduce((x, c) => x + c.probability, 0);
+          if (Math.abs(sum - 1) > 1e-9) throw new Error(`probabilities sum to ${sum}`);
+          const c = v.candidates.find((x) => x.endpoint === s.endpoint);
+          if (!c) throw new Error(`sampled ${s.endpoint}, not among ${JSON.stringify(v.candidates)}`);
+          if (`[${formatIPv6(s.endpointAddr6)}]:${s.endpointPort}` !== s.endpoint) throw new Error(`endpointAddr6/endpointPort ${formatIPv6(s.endpointAddr6)} ${s.endpointPort} vs ${s.endpoint}`);
+        }
+      },
+    ),
+    { numRuns: RUNS, seed: 6116 },
+  );
+  t.ok(kinds.dnat > 0 && kinds.nomatch > 0 && kinds.reject > 0, `verdict kinds seen: ${JSON.stringify(kinds)}`);
 });

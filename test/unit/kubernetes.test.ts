@@ -6,7 +6,7 @@ import { importKubernetes, jsonItemOffsets, KubernetesImportError } from '../../
 import { validateRuleSet } from '../../control/validate.ts';
 import { ruleSetModel } from '../../control/model.ts';
 import type { RuleSet } from '../../control/types.ts';
-import { goldenKubectlList, noisyKubectlList, noiseItems, list, service, endpointSlice } from '../fixtures/kubectl-list.ts';
+import { goldenKubectlList, noisyKubectlList, noiseItems, list, service, endpointSlice, dualStackKubectlList } from '../fixtures/kubectl-list.ts';
 
 const golden = JSON.parse(readFileSync(new URL('../fixtures/iptables/golden-ruleset.json', import.meta.url), 'utf8')) as RuleSet;
 const NODE = { nodeName: 'node-a', nodeAddresses: ['172.16.1.35'], clusterCIDR: '10.64.1.0/24' };
@@ -103,11 +103,9 @@ t.test('a real cluster\'s noise: skipped objects and objects not understood, eac
     'Service default/headless',
     'EndpointSlice default/headless-h1h2h',
     'Service default/external-db',
-    'Service default/v6-only',
-    'EndpointSlice default/v6-only-v6v6v',
     'EndpointSlice default/fqdn-f1f2f',
   ]);
-  t.match(r.skipped.map((s) => s.reason), [/headless/, /its service default\/headless is skipped/, /ExternalName/, /IPv6/, /IPv6/, /FQDN/]);
+  t.match(r.skipped.map((s) => s.reason), [/headless/, /its service default\/headless is skipped/, /ExternalName/, /FQDN/]);
   t.same(model(r.ruleSet), model(golden), 'the rest is imported as without the noise');
   t.ok(validateRuleSet(r.ruleSet).ok);
 });
@@ -127,7 +125,7 @@ t.test('node addresses come from the Node item when not given; without them, a w
   const node = { apiVersion: 'v1', kind: 'Node', metadata: { name: 'node-a' }, status: { addresses: [{ type: 'InternalIP', address: '172.16.1.35' }, { type: 'InternalIP', address: 'fd00::35' }, { type: 'Hostname', address: 'node-a' }] } };
   const other = { apiVersion: 'v1', kind: 'Node', metadata: { name: 'node-b' }, status: { addresses: [{ type: 'InternalIP', address: '172.16.1.36' }] } };
   const r = importKubernetes(JSON.stringify(list([node, other, ...(goldenKubectlList().items as Record<string, unknown>[])])), { nodeName: 'node-a', clusterCIDR: '10.64.1.0/24' });
-  t.same(r.ruleSet.node.addresses, ['172.16.1.35']);
+  t.same(r.ruleSet.node.addresses, ['172.16.1.35', 'fd00::35'], 'InternalIP/ExternalIP of both families');
   t.same(r.skipped.map((s) => s.object), ['Node node-b']);
   t.ok(validateRuleSet(r.ruleSet).ok);
   const bare = importKubernetes(JSON.stringify(goldenKubectlList()));
@@ -172,4 +170,61 @@ t.test('progress is reported while importing', async (t) => {
   const r = importKubernetes(JSON.stringify(list(items)), { ...NODE, onProgress: (d, n) => seen.push([d, n]), progressEvery: 1000 });
   t.same(seen, [[1000, 2500], [2000, 2500], [2500, 2500]]);
   t.equal(r.ruleSet.services.length, 2500);
+});
+
+t.test('dual stack: Services with clusterIPs of both families, IPv4 and IPv6 EndpointSlices', async (t) => {
+  const r = importKubernetes(JSON.stringify(dualStackKubectlList(), null, 2), { nodeName: 'node-a', clusterCIDR: '10.64.1.0/24,fd00:10:64:1::/64' });
+  t.same(r.notUnderstood, []);
+  t.same(r.skipped, []);
+  t.same(r.ruleSet.node.addresses, ['172.16.1.35', 'fd00:50::35']);
+  const v = validateRuleSet(r.ruleSet);
+  if (!v.ok) throw new Error(JSON.stringify(v.errors));
+  const by = (n: string) => r.ruleSet.services.find((s) => s.name === n)!;
+  t.same([by('web').clusterIP, by('web').clusterIPs, by('web').ipFamilies, by('web').ipFamilyPolicy], ['10.96.0.10', ['10.96.0.10', 'fd00:10:96::a'], ['IPv4', 'IPv6'], 'RequireDualStack']);
+  t.same(by('web').endpoints, [
+    { address: '10.64.1.7', ports: { http: 8080 }, nodeLocal: true },
+    { address: '10.64.2.9', ports: { http: 8080 } },
+    { address: 'fd00:10:64:1::7', ports: { http: 8080 }, nodeLocal: true },
+    { address: 'fd00:10:64:2::9', ports: { http: 8080 }, ready: false, serving: true, terminating: true },
+  ]);
+  t.same([by('lb').clusterIPs, by('lb').ipFamilies, by('lb').ipFamilyPolicy], [['fd00:10:96::c', '10.96.0.12'], ['IPv6', 'IPv4'], 'PreferDualStack']);
+  t.same([by('lb').loadBalancerIPs, by('lb').loadBalancerSourceRanges], [['2001:db8:5::8', '203.0.113.8'], ['2001:db8:203::/48', '198.51.100.0/24']]);
+  t.same([by('v6-only').clusterIP, by('v6-only').clusterIPs, by('v6-only').endpoints!.map((e) => e.address)], ['fd00:10:96::b', undefined, ['fd00:10:64:3::3']]);
+  // an IPv4-only service: its IPv6 external IP and IPv6 slice are left out, each named
+  t.same([by('v4-only').externalIPs, by('v4-only').endpoints!.map((e) => e.address)], [['192.168.99.20'], ['10.64.1.8']]);
+  t.match(r.warnings.join('\n'), /spec\.externalIPs 2001:db8:99::20 is IPv6 but the service has no IPv6 ClusterIP/);
+  t.match(r.warnings.join('\n'), /EndpointSlice default\/v4-only-stray .*addressType IPv6 but default\/v4-only has no IPv6 ClusterIP/);
+  // the model: one view per family, each with its own endpoints
+  const ports = v.model.ports.map((p) => `${p.family} ${p.name} ${p.clusterIP} ${p.endpoints.map((e) => e.address).join(',')}`);
+  t.same([...ports].sort(), [
+    '4 default/lb 10.96.0.12 10.64.1.20',
+    '4 default/v4-only:dns 10.96.0.20 10.64.1.8',
+    '4 default/web:http 10.96.0.10 10.64.1.7,10.64.2.9',
+    '6 default/lb fd00:10:96::c fd00:10:64:1::20',
+    '6 default/v6-only:https fd00:10:96::b fd00:10:64:3::3',
+    '6 default/web:http fd00:10:96::a fd00:10:64:1::7,fd00:10:64:2::9',
+  ]);
+  t.same(v.model.portsOf(6).map((p) => p.name).sort(), ['default/lb', 'default/v6-only:https', 'default/web:http']);
+});
+
+t.test('dual stack: what cannot be read is named', async (t) => {
+  const svc = (spec: Record<string, unknown>) => service('default', 'x', { ports: [{ name: 'p', protocol: 'TCP', port: 80 }], ...spec });
+  const r = importKubernetes(
+    JSON.stringify(
+      list([
+        svc({ clusterIP: '10.96.0.1', clusterIPs: ['10.96.0.1', '10.96.0.2'], ipFamilies: ['IPv4', 'IPv4'] }),
+        { ...svc({ clusterIP: '10.96.0.3', clusterIPs: ['10.96.0.3', 'fd00::3'], ipFamilies: ['IPv6', 'IPv4'] }), metadata: { namespace: 'default', name: 'y' } },
+        { ...svc({ clusterIP: 'fd00::zz', ipFamilies: ['IPv6'] }), metadata: { namespace: 'default', name: 'z' } },
+        { ...svc({ clusterIP: 'fd00::4', ipFamilies: ['IPv6'], ipFamilyPolicy: 'Sometimes' }), metadata: { namespace: 'default', name: 'w' } },
+        endpointSlice('default', 'x', 'bad', [{ name: 'p', protocol: 'TCP', port: 80 }], [{ ip: '10.64.1.1' }], 'IPv6'),
+      ]),
+    ),
+    NODE,
+  );
+  t.match(r.notUnderstood.map((n) => `${n.object}: ${n.reason}`), [
+    /Service default\/x: spec\.clusterIPs \["10\.96\.0\.1","10\.96\.0\.2"\]: two IPv4 addresses/,
+    /Service default\/y: spec\.ipFamilies \["IPv6","IPv4"\] do not match spec\.clusterIPs \["10\.96\.0\.3","fd00::3"\]/,
+    /Service default\/z: spec\.clusterIPs\[0\] "fd00::zz" is not an IPv4 or IPv6 address/,
+    /Service default\/w: spec\.ipFamilyPolicy "Sometimes" is not SingleStack, PreferDualStack or RequireDualStack/,
+  ]);
 });

@@ -54,7 +54,7 @@ t.test('a dual-stack service: one model per family, each with its own addresses'
   t.same([...addr6.words(h6.clusterAddr)], [0xfd000010, 0x00960000, 0, 0xa]);
   t.same(h4.endpoints.map((e) => e.text), ['10.64.1.7:8080', '10.64.2.9:8080']);
   t.same(h4.clusterEndpoints.map((e) => e.text), ['10.64.1.7:8080'], 'IPv4: the ready endpoint only');
-  t.same(h6.endpoints.map((e) => e.text), ['fd00:10:64:1::7:8080', 'fd00:10:64:2::9:8080']);
+  t.same(h6.endpoints.map((e) => e.text), ['[fd00:10:64:1::7]:8080', '[fd00:10:64:2::9]:8080']);
   t.same(h6.clusterEndpoints.map((e) => e.address), ['fd00:10:64:1::7', 'fd00:10:64:2::9']);
   t.equal(h6.nodePort, 30080, 'the NodePort answers in both families');
   t.same(r.model.portsOf(4).map((p) => p.family), [4, 4]);

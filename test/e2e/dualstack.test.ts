@@ -1,0 +1,108 @@
+/**
+ * Dual-stack end to end: the lab in both families (client, node, pods with
+ * IPv6 addresses, real servers answering on IPv6) and `tunproxy run` on its
+ * TUN, a dual-stack rule set in force. The IPv4 half of every dual-stack
+ * service works as before; IPv6 traffic that is no service's (the pods' own
+ * replies to the client) crosses the TUN and comes out unchanged.
+ */
+import t from 'tap';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { RuleSet } from '../../control/types.ts';
+import { labDown, labUp } from '../../scripts/lab.ts';
+import type { Lab } from '../../scripts/lab.ts';
+import { nsRun } from '../../scripts/ns.ts';
+import { netnsSkipReason } from './helpers.ts';
+import { NetClient, TunproxyProcess, tally } from '../../scripts/harness.ts';
+
+const NODE = '172.16.6.1';
+const MASQ = '10.64.6.1';
+const NODE6 = 'fd00:172:16:6::1';
+const MASQ6 = 'fd00:10:64:6::1';
+const WEB = '10.32.6.10';
+const WEB6 = 'fd00:10:32:6::a';
+const EPS = ['10.64.6.13', '10.64.6.14'];
+const EPS6 = ['fd00:10:64:6::13', 'fd00:10:64:6::14'];
+
+export const ruleSet: RuleSet = {
+  apiVersion: 'tunproxy.dev/v1',
+  node: { name: 'node-ds', addresses: [NODE, MASQ, NODE6, MASQ6], clusterCIDR: '10.64.6.0/24,fd00:10:64:6::/64' },
+  services: [
+    {
+      namespace: 'default',
+      name: 'web',
+      clusterIP: WEB,
+      clusterIPs: [WEB, WEB6],
+      ipFamilies: ['IPv4', 'IPv6'],
+      ipFamilyPolicy: 'RequireDualStack',
+      ports: [
+        { name: 'http', protocol: 'TCP', port: 80, targetPort: 8080, nodePort: 30080 },
+        { name: 'echo', protocol: 'UDP', port: 7000, targetPort: 7000, nodePort: 30700 },
+      ],
+      endpoints: [...EPS, ...EPS6].map((address) => ({ address, nodeLocal: true })),
+    },
+  ],
+};
+
+const skip = netnsSkipReason();
+if (skip) {
+  t.plan(0, `dual-stack end-to-end tests skipped: ${skip}`);
+} else {
+  const prefix = `tp-e${process.pid}-ds`;
+  const stateDir = mkdtempSync(join(tmpdir(), 'tp-e2e-ds-'));
+  const rules = join(stateDir, 'rules.json');
+  writeFileSync(rules, JSON.stringify(ruleSet, null, 2));
+  let tp: TunproxyProcess | null = null;
+  const agents: NetClient[] = [];
+  t.teardown(async () => {
+    try {
+      await Promise.all(agents.map((a) => a.stop()));
+      await tp?.stop();
+    } finally {
+      await labDown(prefix, { stateDir });
+      rmSync(stateDir, { recursive: true, force: true });
+    }
+  });
+
+  const lab: Lab = await labUp({ prefix, ruleSet, stateDir });
+  tp = await TunproxyProcess.start({ ns: lab.node.ns, tun: lab.tunName, rules });
+  const client = await NetClient.start(lab.client.ns);
+  agents.push(client);
+
+  t.test('the lab is built in both families', async (t) => {
+    t.equal(lab.client.address6, 'fd00:172:16:6::2', 'the client: ::2 of the node\'s /64');
+    t.equal(lab.client.nodeAddress6, NODE6);
+    t.equal(lab.node.masqueradeAddress6, MASQ6, 'the IPv6 masquerade address: the node address inside the IPv6 cluster CIDR');
+    t.same(lab.node.addresses6, [NODE6, MASQ6]);
+    t.same(lab.pods.map((p) => p.address).sort(), [...EPS, ...EPS6].sort(), 'a pod for every endpoint address of either family');
+    const pod6 = lab.podFor(EPS6[0]);
+    t.match(nsRun(pod6.ns, ['ip', '-6', 'addr', 'show', 'dev', 'eth0']), `inet6 ${EPS6[0]}/128`, 'the IPv6 pod has its address');
+    t.match(nsRun(pod6.ns, ['ip', '-6', 'route']), `default via ${MASQ6} dev eth0`, 'and its gateway, the IPv6 masquerade address');
+    t.match(nsRun(lab.node.ns, ['ip', '-6', 'route']), `${WEB6} dev ${lab.tunName}`, 'the IPv6 ClusterIP is routed into the TUN');
+    const rules6 = nsRun(lab.node.ns, ['ip', '-6', 'rule']);
+    t.match(rules6, `from all to ${NODE6} ipproto tcp dport 30000-32767 lookup 100`, 'IPv6 NodePorts go into the TUN');
+    t.notMatch(rules6, /ipproto ipv6-icmp/, 'the pods\' ICMPv6 (neighbour discovery) stays on their link');
+    t.notMatch(nsRun(lab.node.ns, ['ip', '-6', 'addr', 'show', 'dev', lab.tunName]), /inet6/, 'the TUN has no IPv6 address (the kernel sends nothing of its own into it)');
+  });
+
+  t.test('the IPv4 half of a dual-stack service: HTTP and UDP through the IPv4 ClusterIP, masqueraded', async (t) => {
+    const r: Array<Record<string, any>> = await client.call('http', { url: `http://${WEB}/`, count: 20 });
+    t.same(r.filter((x) => x.status !== 200), [], 'all answered');
+    t.same(Object.keys(tally(r)).sort(), EPS.map((e) => `${e}:8080`), 'by the IPv4 endpoints only');
+    t.ok(r.every((x) => String(x.client).startsWith(`${MASQ}:`)), 'masqueraded to the IPv4 masquerade address');
+    const u: Array<Record<string, any>> = await client.call('udp', { to: `${WEB}:7000`, count: 6 });
+    t.ok(u.every((x) => !x.error && x.from === `${WEB}:7000`), 'UDP answered from the ClusterIP');
+  });
+
+  t.test('IPv6 that is no service\'s crosses the TUN unchanged: the client reaches an IPv6 pod directly', async (t) => {
+    // client -> pod by the node's main table; the pod's replies enter the TUN (pref 70) and come back out
+    const before = (await tp!.status()).status;
+    const r: Array<Record<string, any>> = await client.call('http', { url: `http://[${EPS6[0]}]:8080/`, count: 5 });
+    t.same(r.map((x) => x.status), [200, 200, 200, 200, 200], 'answered');
+    t.ok(r.every((x) => x.endpoint === `[${EPS6[0]}]:8080`), 'by the pod');
+    t.ok(r.every((x) => String(x.client).startsWith(`[${lab.client.address6}]:`)), 'which saw the client itself');
+    const after = (await tp!.status()).status;
+    t.ok(after.pass - before.pass >= 10, `the replies crossed tunproxy, passed through unchanged (${after.pass - before.pass} packets)`);
+  });
+}
