@@ -21,7 +21,7 @@ import type { RuleSet, Service } from '../../control/types.ts';
 import { compiledVerdict } from '../../dataplane/tables.ts';
 import { formatConntrackL } from '../../dataplane/conntrack.ts';
 import { parseIPv4, PROTO_TCP } from '../../dataplane/addr.ts';
-import { V_FORWARD } from '../../dataplane/counters.ts';
+import { V_FORWARD } from '../../dataplane/verdict.ts';
 import { goldenKubectlList, noisyKubectlList } from '../fixtures/kubectl-list.ts';
 
 const FIX = new URL('../fixtures/iptables/', import.meta.url);
