@@ -1,5 +1,9 @@
 /**
- * npm run bench:sync [-- --services 1000,10000,100000 --reps 5 --nft-max 10000]
+ * npm run bench:sync [-- --services 1000,10000,100000 --reps 5 --nft-max 10000 --quick]
+ *
+ * --quick (a smoke run while working, not the figures of record): no
+ * iptables-restore comparison (no namespace, no root needed) and no 1% PUTs;
+ * only the full PUTs and the PATCHes, and nothing written to bench/results/.
  *
  * How long a new rule set takes to be in force, from the moment a client
  * sends `PUT /v1/ruleset` (the JSON already in hand) to the moment the
@@ -34,6 +38,7 @@ import type { RuleSet } from '../control/types.ts';
 const sizes = argList('services', [1000, 10000, 100000]);
 const reps = Math.max(1, argNum('reps', 5));
 const nftMax = argNum('nft-max', 10000);
+const quick = process.argv.includes('--quick');
 
 interface Row {
   services: number;
@@ -138,12 +143,12 @@ async function measure(n: number, dir: string): Promise<Detail> {
     if (puts.some((p) => p.mode !== 'full')) throw new Error('a PUT of all-new services did not take the full path');
     // 1% changed, from the first rule set: back to it, then the partial one, alternately
     const partials = [];
-    for (let i = 0; i < reps; i++) {
+    for (let i = 0; i < (quick ? 0 : reps); i++) {
       await put(bodies[0]);
       const p = await put(partialBody);
       partials.push(p);
     }
-    const partialMode = partials[0].mode;
+    const partialMode = partials[0]?.mode ?? '-';
     const patches = [];
     let mode = '';
     for (let r = 0; r <= reps; r++) {
@@ -165,8 +170,8 @@ async function measure(n: number, dir: string): Promise<Detail> {
     const lines = text.split('\n').length - 1;
     const ipt: number[] = [];
     const nft: number[] = [];
-    const restoreReps = n >= 100000 ? 1 : Math.min(reps, 3);
-    nsUp();
+    const restoreReps = quick ? 0 : n >= 100000 ? 1 : Math.min(reps, 3);
+    if (!quick) nsUp();
     try {
       for (let i = 0; i < restoreReps; i++) ipt.push(await restoreMs('iptables-legacy-restore', file));
       if (n <= nftMax) for (let i = 0; i < restoreReps; i++) nft.push(await restoreMs('iptables-nft-restore', file));
@@ -175,7 +180,7 @@ async function measure(n: number, dir: string): Promise<Detail> {
       rmSync(file, { force: true });
     }
     const applyMs = median(puts.map((p) => p.apply));
-    const iptablesRestoreMs = median(ipt);
+    const iptablesRestoreMs = quick ? NaN : median(ipt);
     return {
       services: n,
       applyMs,
@@ -187,7 +192,7 @@ async function measure(n: number, dir: string): Promise<Detail> {
       patchResponseMs: median(patches.map((p) => p.response)),
       patchHolderMs: median(patches.map((p) => p.holder)),
       patchMode: mode,
-      partialMs: median(partials.map((p) => p.apply)),
+      partialMs: quick ? NaN : median(partials.map((p) => p.apply)),
       partialMode,
       iptablesLines: lines,
       iptablesBytes: text.length,
@@ -206,7 +211,7 @@ try {
     process.stderr.write(`bench:sync: ${fmt(n)} services...\n`);
     const d = await measure(n, dir);
     details.push(d);
-    process.stderr.write(`  PUT in force ${d.applyMs.toFixed(1)} ms, PATCH ${d.patchMs.toFixed(2)} ms (${d.patchMode}), iptables-restore ${d.iptablesRestoreMs.toFixed(0)} ms: ${d.ratio.toFixed(1)}x\n`);
+    process.stderr.write(`  PUT in force ${d.applyMs.toFixed(1)} ms (answered ${d.responseMs.toFixed(1)}, holder ${d.holderMs.toFixed(1)}), PATCH ${d.patchMs.toFixed(2)} ms (${d.patchMode}; holder ${d.patchHolderMs.toFixed(2)})${quick ? '' : `, iptables-restore ${d.iptablesRestoreMs.toFixed(0)} ms: ${d.ratio.toFixed(1)}x`}\n`);
   }
 } finally {
   nsDown();
@@ -255,4 +260,5 @@ ${bars.join('\n') || '- (run with 10 000 and 100 000 services to check them)'}
 Command: \`npm run bench:sync\` (root: it makes the namespace ${'`tp-sync<pid>`'} for iptables-restore).
 `;
 
-writeResults('sync', rows, md);
+if (quick) process.stderr.write('bench:sync --quick: nothing written to bench/results/\n');
+else writeResults('sync', rows, md);

@@ -6,10 +6,27 @@
  *
  * Two ways: `compile` builds everything; `patchTables` builds the next
  * snapshot from the one in force when a few services changed (the API's
- * PATCH): it copies the typed arrays (a few MB at 100 000 services, ~ms) and
- * touches only the changed services' entries. Removed entries stay as
- * tombstones (`live: false`, unreachable: their keys are gone) until the next
- * full compile.
+ * PATCH) and touches only the changed services' entries. Removed entries stay
+ * as tombstones (`live: false`, unreachable: their keys are gone), and
+ * replaced endpoint sets as unreferenced pairs in `endpointFlat`, until the
+ * next full compile.
+ *
+ * `patchTables` works one of two ways:
+ * - `inPlace` (the holder's tables are read by no other thread: tunproxy as a
+ *   library, the API in the packet thread's process): the next snapshot is
+ *   written into the arrays of the one in force, which it shares. Rows are
+ *   rewritten where they stand, endpoint pairs and new rows appended into the
+ *   arrays' spare room (grown by a quarter when full: amortized), keys set and
+ *   deleted in the VIP indexes in place. A change costs in proportion to its
+ *   size: a one-service PATCH on 100 000 services writes a few dozen ints.
+ *   The snapshot in force is given up by this (its arrays now read as the new
+ *   one): that is safe because the apply runs on the thread that moves the
+ *   packets, between two batches, and the loop swaps the new snapshot in
+ *   before its next batch — no batch ever sees a table change under it.
+ * - a copy (the tables are shared with the packet thread, which may be in the
+ *   middle of a batch: the control worker of tunproxy run): the typed arrays
+ *   are copied (a few MB at 100 000 services, ~ms) and the copy patched; the
+ *   key indexes are shared when the keys did not change.
  */
 import type { RuleSet } from './types.ts';
 import { addr6, modelOf, portsOfFamily } from './model.ts';
@@ -32,6 +49,19 @@ export interface CompileOptions {
   generation?: number;
 }
 
+/** `a`, or a copy of it with room for `need` ints and a quarter more (the incremental path appends). */
+function withRoom(a: Int32Array, need: number): Int32Array {
+  if (need <= a.length) return a;
+  const b = new Int32Array(Math.max(need, a.length + (a.length >> 2) + 1024));
+  b.set(a);
+  return b;
+}
+
+/** `v`, or a copy of it with slots for `keys` keys and a quarter more. */
+function indexWithRoom(v: VipIndex, keys: number): VipIndex {
+  return keys * 2 <= v.capacity ? v : v.copy(keys + (keys >> 2) + 64);
+}
+
 /** The arrays a snapshot is made of, while it is being built. */
 class Builder {
   readonly node: NodeModel;
@@ -45,14 +75,12 @@ class Builder {
   vipAddrs: VipIndex;
   nodePorts: Int32Array;
   live: number;
-  /** one EndpointEntry per (address, port, node-local) across services: (addr, port * 2 + local) → its index in endpointEntries (int pairs: no boxed keys) */
-  private endpointCache = new VipIndex(64);
-  private readonly endpointEntries: EndpointEntry[] = [];
+  /** endpoint pairs of endpointFlat that rows no longer point at (replaced or removed entries' sets) */
+  freedPairs = 0;
   private readonly maglevCache = new Map<string, Uint16Array>();
 
-  constructor(node: NodeModel, init: { services: ServicePortEntry[]; serviceRows: Int32Array; endpointFlat: Int32Array; flatNext: number; vipIndex: VipIndex; vipAddrs: VipIndex; nodePorts: Int32Array; live: number; endpoints?: number }) {
+  constructor(node: NodeModel, init: { services: ServicePortEntry[]; serviceRows: Int32Array; endpointFlat: Int32Array; flatNext: number; vipIndex: VipIndex; vipAddrs: VipIndex; nodePorts: Int32Array; live: number }) {
     this.node = node;
-    if (init.endpoints !== undefined) this.endpointCache = new VipIndex(init.endpoints);
     this.maglev = node.loadBalancing === 'maglev';
     this.services = init.services;
     this.serviceRows = init.serviceRows;
@@ -64,22 +92,11 @@ class Builder {
     this.live = init.live;
   }
 
-  private entry(e: EndpointModel): EndpointEntry {
-    const addr = e.addr;
-    const k = e.port * 2 + (e.nodeLocal ? 1 : 0);
-    const i = this.endpointCache.get(addr, k);
-    if (i >= 0) return this.endpointEntries[i];
-    const x: EndpointEntry = { addr, port: e.port, nodeLocal: e.nodeLocal, text: e.text };
-    if ((this.endpointCache.size + 1) * 2 > this.endpointCache.capacity) this.endpointCache = this.endpointCache.copy(this.endpointCache.size * 2 + 2);
-    this.endpointCache.set(addr, k, this.endpointEntries.length);
-    this.endpointEntries.push(x);
-    return x;
-  }
-
   private endpointSet(eps: EndpointModel[], affinity: boolean): EndpointSet | null {
     if (eps.length === 0) return null;
-    const endpoints: EndpointEntry[] = new Array(eps.length);
-    for (let i = 0; i < eps.length; i++) endpoints[i] = this.entry(eps[i]);
+    // the model's endpoints are the entries (an EndpointModel is an EndpointEntry with more fields):
+    // nothing is made per endpoint, and the model, which the holder keeps anyway, holds them
+    const endpoints: readonly EndpointEntry[] = eps;
     const flatStart = this.flatNext;
     const flat = this.endpointFlat;
     for (const e of endpoints) {
@@ -132,6 +149,7 @@ class Builder {
 
   /** Rebuild the entry at `index` for a service port with the same keys (VIPs, NodePort): the keys stay as they are. */
   replace(sp: ServicePortModel, index: number): ServicePortEntry {
+    this.freedPairs += this.rowPairs(index);
     const s = this.entryAt(sp, index);
     this.services[index] = s;
     return s;
@@ -149,7 +167,8 @@ class Builder {
       index,
       live: true,
       name: sp.name,
-      uid: fnv1a(sp.name + '/' + sp.proto),
+      // fnv1a of "name/proto" (what loop.ts recomputes from a flow's service name), without making the string
+      uid: fnv1a(sp.proto, fnv1a('/', fnv1a(sp.name))),
       protocol: proto,
       clusterIP: sp.clusterAddr,
       externalIPs: sp.externalAddrs.length === 0 ? NO_ADDRS : sp.externalAddrs,
@@ -183,10 +202,19 @@ class Builder {
     return s;
   }
 
+  /** The endpoint pairs the row at `index` points at (its local set counted apart when it is not the cluster set). */
+  private rowPairs(index: number): number {
+    const r = this.serviceRows;
+    const o = index * ROW;
+    const local = r[o + R_LOCAL_START] !== r[o + R_CLUSTER_START] || r[o + R_CLUSTER_COUNT] === 0 ? r[o + R_LOCAL_COUNT] : 0;
+    return r[o + R_CLUSTER_COUNT] + local;
+  }
+
   /** Make an entry unreachable: its keys go, its row is cleared, a tombstone keeps its index. */
   remove(index: number): void {
     const s = this.services[index];
     if (!s.live) return;
+    this.freedPairs += this.rowPairs(index);
     if (s.clusterIP >= 0) this.removeVip(s.clusterIP, s);
     for (const a of s.externalIPs) this.removeVip(a, s);
     for (const a of s.loadBalancerIPs) this.removeVip(a, s);
@@ -204,6 +232,7 @@ class Builder {
       generation,
       serviceRows: this.serviceRows,
       endpointFlat: this.endpointFlat,
+      endpointPairs: this.flatNext,
       vipIndex: this.vipIndex,
       vipAddrs: this.vipAddrs,
       nodePorts: this.nodePorts,
@@ -216,7 +245,6 @@ class Builder {
       loadBalancing: this.maglev ? LB_MAGLEV : LB_RANDOM,
       services: this.services,
       liveServicePorts: this.live,
-      linear: null,
     };
   }
 }
@@ -244,7 +272,6 @@ export function compile(input: RuleSet | RuleSetModel, opts: CompileOptions = {}
     serviceRows: new Int32Array(ports.length * ROW),
     endpointFlat: new Int32Array(flatCount(ports) * 2),
     flatNext: 0,
-    endpoints: flatCount(ports),
     vipIndex: new VipIndex(vipCount(ports)),
     vipAddrs: new VipIndex(vipCount(ports)),
     nodePorts: new Int32Array(3 * 65536).fill(-1),
@@ -310,7 +337,6 @@ export function compile6(model: RuleSetModel, generation = 1): Tables6 | null {
     serviceRows: new Int32Array(mapped.length * ROW),
     endpointFlat: new Int32Array(flatCount(mapped) * 2),
     flatNext: 0,
-    endpoints: flatCount(mapped),
     vipIndex: new VipIndex(vipCount(mapped)),
     vipAddrs: new VipIndex(vipCount(mapped)),
     nodePorts: new Int32Array(3 * 65536).fill(-1),
@@ -348,13 +374,23 @@ function sameKeys(e: ServicePortEntry, sp: ServicePortModel): boolean {
   return true;
 }
 
+/** What `patchTables` gives back. */
+export interface Patched {
+  tables: Tables;
+  /** per added service, the indexes of its entries in tables.services */
+  entries: number[][];
+  /** endpoint pairs no row points at any more (the replaced and removed entries' sets) */
+  freedPairs: number;
+}
+
 /**
  * The next snapshot after `removed` service-port entries (indexes into
  * prev.services) went and the `added` services' models came, everything else
  * as in `prev`, on `node` (the node of the model in force: unchanged).
- * Returns the tables and, per added service, its entry indexes.
+ * `inPlace`: written into prev's arrays (see the top of this file: only when
+ * no other thread reads them); else into copies.
  */
-export function patchTables(prev: Tables, node: NodeModel, removed: readonly number[], added: readonly ServiceModel[], generation: number): { tables: Tables; entries: number[][] } {
+export function patchTables(prev: Tables, node: NodeModel, removed: readonly number[], added: readonly ServiceModel[], generation: number, inPlace = false): Patched {
   const models = added.map((s) => portsOfFamily(s.ports, 4));
   let newPorts = 0;
   let newFlat = 0;
@@ -365,60 +401,60 @@ export function patchTables(prev: Tables, node: NodeModel, removed: readonly num
     newVips += vipCount(m);
   }
   // the common PATCH: the same service ports with other endpoints or policies, the same keys:
-  // rebuild their entries where they are and share the key indexes with the snapshot in force
+  // rebuild their entries where they are; the key indexes stay as they are
   const byName = new Map<string, number>();
   for (const i of removed) byName.set(prev.services[i].name, i);
-  const inPlace: number[][] = [];
-  let allInPlace = newPorts === removed.length;
+  const inPlaceAt: number[][] = [];
+  let sameKeysAll = newPorts === removed.length;
   for (const m of models) {
     const at: number[] = [];
     for (const sp of m) {
       const i = byName.get(sp.name);
-      if (i === undefined || !sameKeys(prev.services[i], sp)) allInPlace = false;
+      if (i === undefined || !sameKeys(prev.services[i], sp)) sameKeysAll = false;
       else at.push(i);
     }
-    inPlace.push(at);
+    inPlaceAt.push(at);
   }
-  if (allInPlace) {
-    const flatUsed = prev.endpointFlat.length / 2;
-    const flat = new Int32Array((flatUsed + newFlat) * 2);
-    flat.set(prev.endpointFlat);
+  const flatUsed = prev.endpointPairs;
+  const flatNeed = (flatUsed + newFlat) * 2;
+  if (sameKeysAll) {
     const b = new Builder(node, {
-      services: prev.services.slice(),
-      serviceRows: prev.serviceRows.slice(),
-      endpointFlat: flat,
+      services: inPlace ? (prev.services as ServicePortEntry[]) : prev.services.slice(),
+      serviceRows: inPlace ? prev.serviceRows : prev.serviceRows.slice(),
+      endpointFlat: inPlace ? withRoom(prev.endpointFlat, flatNeed) : copyInto(new Int32Array(flatNeed), prev.endpointFlat, flatUsed * 2),
       flatNext: flatUsed,
       vipIndex: prev.vipIndex,
       vipAddrs: prev.vipAddrs,
       nodePorts: prev.nodePorts,
       live: prev.liveServicePorts,
     });
-    const entries = models.map((m, k) => m.map((sp, j) => b.replace(sp, inPlace[k][j]).index));
-    return { tables: withV6(b.tables(generation), prev), entries };
+    const entries = models.map((m, k) => m.map((sp, j) => b.replace(sp, inPlaceAt[k][j]).index));
+    return { tables: withV6(b.tables(generation), prev), entries, freedPairs: b.freedPairs };
   }
 
-  const nServices = prev.services.length + newPorts;
-  const rows = new Int32Array(nServices * ROW);
-  rows.set(prev.serviceRows);
-  const flatUsed = prev.endpointFlat.length / 2;
-  const flat = new Int32Array((flatUsed + newFlat) * 2);
-  flat.set(prev.endpointFlat);
+  const rowsNeed = (prev.services.length + newPorts) * ROW;
   const b = new Builder(node, {
-    services: prev.services.slice(),
-    serviceRows: rows,
-    endpointFlat: flat,
+    services: inPlace ? (prev.services as ServicePortEntry[]) : prev.services.slice(),
+    serviceRows: inPlace ? withRoom(prev.serviceRows, rowsNeed) : copyInto(new Int32Array(rowsNeed), prev.serviceRows, prev.services.length * ROW),
+    endpointFlat: inPlace ? withRoom(prev.endpointFlat, flatNeed) : copyInto(new Int32Array(flatNeed), prev.endpointFlat, flatUsed * 2),
     flatNext: flatUsed,
-    vipIndex: prev.vipIndex.copy(prev.vipIndex.size + newVips),
-    vipAddrs: prev.vipAddrs.copy(prev.vipAddrs.size + newVips),
-    nodePorts: prev.nodePorts.slice(),
+    vipIndex: inPlace ? indexWithRoom(prev.vipIndex, prev.vipIndex.size + newVips) : prev.vipIndex.copy(prev.vipIndex.size + newVips),
+    vipAddrs: inPlace ? indexWithRoom(prev.vipAddrs, prev.vipAddrs.size + newVips) : prev.vipAddrs.copy(prev.vipAddrs.size + newVips),
+    nodePorts: inPlace ? prev.nodePorts : prev.nodePorts.slice(),
     live: prev.liveServicePorts,
   });
   for (const i of removed) b.remove(i);
   const entries = models.map((m) => m.map((sp) => b.add(sp).index));
-  return { tables: withV6(b.tables(generation), prev), entries };
+  return { tables: withV6(b.tables(generation), prev), entries, freedPairs: b.freedPairs };
 }
 
-/** An incremental snapshot keeps the IPv6 tables in force (a change to IPv6 service ports takes the full path). */
+/** An incremental snapshot keeps the IPv6 tables in force (the holder compiles them again when IPv6 service ports changed). */
 function withV6(t: Tables, prev: Tables): Tables {
   return prev.v6 ? { ...t, v6: prev.v6 } : t;
+}
+
+/** `to` with the first `n` ints of `from` copied in. */
+function copyInto(to: Int32Array, from: Int32Array, n: number): Int32Array {
+  to.set(n === from.length ? from : from.subarray(0, n));
+  return to;
 }

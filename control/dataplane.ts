@@ -38,7 +38,12 @@ export class Dataplane {
       conntrack: o.conntrack ?? new Conntrack({ maxEntries: o.conntrackMax ?? 262144, clock: this.clock }),
       affinity: new AffinityTable(),
     });
-    this.holder.onSwap((t) => this.loop?.setTables(t));
+    this.holder.onSwap((t) => {
+      // --decider linear: the walk of the new rule set goes in with its tables (both between two batches:
+      // the apply runs on this thread, never within one)
+      this.pipeline.linear = this.holder.linear;
+      this.loop?.setTables(t);
+    });
   }
 
   get tables(): Tables | null {

@@ -362,11 +362,14 @@ const NO_STRINGS: string[] = [];
 const NO_CIDRS: Cidr[] = [];
 const NO_CIDRS6: Cidr6[] = [];
 const NO_ENDPOINTS: EndpointModel[] = [];
-const ONLY_IPV4: readonly Family[] = [4];
+const ONLY_IPV4: readonly Family[] = Object.freeze([4] as Family[]);
+const ONLY_IPV6: readonly Family[] = Object.freeze([6] as Family[]);
 
 /** The addresses of one family among texts (and their numbers): the same arrays when all are of that family. */
+const NO_FAMILY_ADDRS: { texts: string[]; addrs: Addr[] } = Object.freeze({ texts: NO_STRINGS, addrs: NO_ADDRS }) as { texts: string[]; addrs: Addr[] };
+
 function ofFamily(texts: string[], family: Family): { texts: string[]; addrs: Addr[] } {
-  if (texts.length === 0) return { texts: NO_STRINGS, addrs: NO_ADDRS };
+  if (texts.length === 0) return NO_FAMILY_ADDRS;
   const addrs = texts.map(parseAddr);
   let all = true;
   for (const a of addrs) if (familyOf(a) !== family) all = false;
@@ -385,6 +388,8 @@ function ofFamily(texts: string[], family: Family): { texts: string[]; addrs: Ad
  */
 export function serviceFamilies(svc: Service): readonly Family[] {
   if (svc.ipFamilies !== undefined && svc.ipFamilies.length > 0) return svc.ipFamilies.map((f) => (f === 'IPv6' ? 6 : 4));
+  // the common case, one clusterIP: no array made
+  if ((svc.clusterIPs === undefined || svc.clusterIPs.length === 0) && svc.clusterIP !== undefined && svc.clusterIP !== 'None') return looksIPv6(svc.clusterIP) ? ONLY_IPV6 : ONLY_IPV4;
   const ips = svc.clusterIPs !== undefined && svc.clusterIPs.length > 0 ? svc.clusterIPs : svc.clusterIP !== undefined ? [svc.clusterIP] : [];
   if (ips.length > 0 && ips[0] !== 'None') return ips.map((ip) => (looksIPv6(ip) ? 6 : 4));
   let v4 = false;
@@ -402,6 +407,10 @@ export function serviceFamilies(svc: Service): readonly Family[] {
 
 /** The service's ClusterIP of one family (text), or null (headless, or none of that family). */
 export function clusterIPOf(svc: Service, family: Family): string | null {
+  if (svc.clusterIPs === undefined || svc.clusterIPs.length === 0) {
+    const ip = svc.clusterIP;
+    return ip !== undefined && ip !== 'None' && (looksIPv6(ip) ? 6 : 4) === family ? ip : null;
+  }
   const ips = svc.clusterIPs !== undefined && svc.clusterIPs.length > 0 ? svc.clusterIPs : svc.clusterIP !== undefined ? [svc.clusterIP] : [];
   for (const ip of ips) if (ip !== 'None' && (looksIPv6(ip) ? 6 : 4) === family) return ip;
   return null;

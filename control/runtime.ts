@@ -20,6 +20,7 @@ import { compile, compile6, patchTables } from './compile.ts';
 import { RuleSetModel, servicePortName, isIPv6 } from './model.ts';
 import type { ServiceModel } from './model.ts';
 import type { Tables } from '../dataplane/tables.ts';
+import type { SampleDecider } from '../dataplane/verdict.ts';
 import { writeIptables } from './iptables/writer.ts';
 import { linearFromText } from './iptables/linear.ts';
 import { protoIndex } from '../dataplane/addr.ts';
@@ -104,12 +105,24 @@ function keysOfTables(t: Tables, owners: readonly Service[], byName: ReadonlyMap
   };
 }
 
-/** The services' models of the next rule set: those in force with the diff's removed ones out and the added ones in, in rule-set order. */
-function spliceServices(prev: readonly ServiceModel[], diff: Diff, added: readonly ServiceModel[]): ServiceModel[] {
+/** Services replaced where they stand (the same positions removed and added): the common change. */
+function inPlaceDiff(diff: Diff): boolean {
+  const { removed, added } = diff;
+  if (removed.length !== added.length) return false;
+  for (let k = 0; k < removed.length; k++) if (removed[k] !== added[k]) return false;
+  return true;
+}
+
+/**
+ * The services' models of the next rule set: those in force with the diff's
+ * removed ones out and the added ones in, in rule-set order. `reuse`: the
+ * array in force may be written (its model is given up), so a replacement
+ * where they stand costs only the replaced services.
+ */
+function spliceServices(prev: readonly ServiceModel[], diff: Diff, added: readonly ServiceModel[], reuse: boolean): ServiceModel[] {
   const { removed, added: at } = diff;
-  // the common change (services replaced where they stand): a copy with those replaced
-  if (removed.length === at.length && removed.every((r, k) => r === at[k])) {
-    const out = prev.slice();
+  if (inPlaceDiff(diff)) {
+    const out = reuse ? (prev as ServiceModel[]) : prev.slice();
     for (let k = 0; k < at.length; k++) out[at[k]] = added[k];
     return out;
   }
@@ -150,14 +163,27 @@ export class RuleSetHolder {
   private readonly allowIncremental: boolean;
   /** 'linear': new flows are decided by walking kube-proxy's rules (written from the rule set) instead of the hash tables */
   readonly decider: 'compiled' | 'linear';
+  /** with decider 'linear': the walk of the rule set in force, for the pipeline's `linear` option */
+  private lin: SampleDecider | null = null;
 
   /** applied to every snapshot before it is kept and swapped in (the control worker puts its arrays on shared memory) */
   private readonly prepare: ((t: Tables) => Tables) | null;
+  /**
+   * The incremental path writes the next snapshot into the arrays of the one
+   * in force (control/compile.ts patchTables), and the next model and owner
+   * list into theirs: a change costs in proportion to its size. Only when no
+   * other thread reads the tables (default: when there is no `prepare`, i.e.
+   * the tables stay in this thread and the loop swaps them between batches).
+   */
+  private readonly inPlace: boolean;
+  /** endpoint pairs in the tables in force that no row points at (replaced sets): compacted by a full compile past the live ones */
+  private freedPairs = 0;
 
-  constructor(opts: { incremental?: boolean; decider?: 'compiled' | 'linear'; prepare?: (t: Tables) => Tables } = {}) {
+  constructor(opts: { incremental?: boolean; decider?: 'compiled' | 'linear'; prepare?: (t: Tables) => Tables; inPlace?: boolean } = {}) {
     this.allowIncremental = opts.incremental ?? true;
     this.decider = opts.decider ?? 'compiled';
     this.prepare = opts.prepare ?? null;
+    this.inPlace = opts.inPlace ?? this.prepare === null;
   }
 
   get ruleSet(): RuleSet | null {
@@ -169,6 +195,10 @@ export class RuleSetHolder {
   }
   get current(): Tables | null {
     return this.tables;
+  }
+  /** With decider 'linear', the linear walk of kube-proxy's rules for the rule set in force (set it as the pipeline's `linear`, with the tables); else null. */
+  get linear(): SampleDecider | null {
+    return this.lin;
   }
   get generation(): number {
     return this.gen;
@@ -227,6 +257,7 @@ export class RuleSetHolder {
       byName.set(`${svc.namespace}/${svc.name}`, svc);
     }
     this.commit(v.model, tables, owners, byName, entriesOf);
+    this.freedPairs = 0;
     return this.result(t0, 'full');
   }
 
@@ -241,8 +272,9 @@ export class RuleSetHolder {
     for (const k of Object.keys(o)) if (k !== 'apiVersion' && k !== 'node' && k !== 'services') return null;
     if (o.apiVersion !== prev.apiVersion || !Array.isArray(o.services)) return null;
     if (o.node !== prev.node && JSON.stringify(o.node) !== JSON.stringify(prev.node)) return null;
-    // too many tombstones: compact with a full compile
+    // too many tombstones or unreferenced endpoint pairs: compact with a full compile
     if (prevTables.services.length > 2 * prevTables.liveServicePorts + 1024) return null;
+    if (this.freedPairs > prevTables.endpointPairs - this.freedPairs + 65536) return null;
     const next = o.services as Service[];
     const diff = diffServices(prev.services, next);
     if (diff === null) return null;
@@ -258,17 +290,19 @@ export class RuleSetHolder {
     const removedEntries: number[] = [];
     for (const s of removedSvcs) removedEntries.push(...(this.entriesOf.get(s) ?? []));
     const rs: RuleSet = o as unknown as RuleSet;
-    const patched = patchTables(prevTables, prevModel.node, removedEntries, v.services, this.gen + 1);
-    let tables = patched.tables;
-    const entries = patched.entries;
-    const model = new RuleSetModel(rs, prevModel.node, spliceServices(prevModel.services, diff, v.services));
-    // IPv6 service ports changed: the IPv6 tables are compiled again, whole (the IPv4 ones were patched)
+    // IPv6 service ports added or removed? (asked before the model in force is spliced in place)
     const v6Changed = v.services.some((s) => s.ports.some((p) => p.family === 6)) || prevModel.services.some((s) => removedSvcs.has(s.service) && s.ports.some((p) => p.family === 6));
+    // from here on nothing can fail: in place, the tables, model and owners in force are written
+    const inPlace = this.inPlace;
+    const patched = patchTables(prevTables, prevModel.node, removedEntries, v.services, this.gen + 1, inPlace);
+    let tables = patched.tables;
+    const { entries, freedPairs } = patched;
+    const model = new RuleSetModel(rs, prevModel.node, spliceServices(prevModel.services, diff, v.services, inPlace));
+    // IPv6 service ports changed: the IPv6 tables are compiled again, whole (the IPv4 ones were patched)
     if (v6Changed) tables = { ...tables, v6: compile6(model, this.gen + 1) };
-    const owners = this.owners.slice();
+    const owners = inPlace ? this.owners : this.owners.slice();
     const byName = this.byName;
     const entriesOf = this.entriesOf;
-    // commit (nothing below can fail)
     for (const s of removedSvcs) {
       entriesOf.delete(s);
       if (byName.get(`${s.namespace}/${s.name}`) === s) byName.delete(`${s.namespace}/${s.name}`);
@@ -279,18 +313,20 @@ export class RuleSetHolder {
       byName.set(`${svc.namespace}/${svc.name}`, svc);
     });
     this.commit(model, tables, owners, byName, entriesOf);
+    this.freedPairs += freedPairs;
     return this.result(t0, 'incremental');
   }
 
   private commit(model: RuleSetModel, tables: Tables, owners: Service[], byName: Map<string, Service>, entriesOf: Map<Service, number[]>): void {
     if (this.prepare !== null) tables = this.prepare(tables);
     // --decider linear: kube-proxy's rules written from the model as iptables-restore text and parsed
-    // back. Kept on purpose, though the model would suffice to build rule objects: the walk is the
-    // oracle of what iptables would load, and building it from the text keeps one writer (no second
-    // model → rules path that could disagree with the text) and runs writer and parser every time.
-    // In tunproxy run the text is also the form the rules cross to the packet thread in
-    // (control/worker/control-worker.ts), so the holder there builds no walk.
-    if (this.decider === 'linear') tables = { ...tables, linear: linearFromText(writeIptables(model), { localAddresses: model.node.addresses.filter((a) => !a.includes(':')) }) };
+    // back, for the pipeline (its `linear` option, set with the tables: control/dataplane.ts). Kept on
+    // purpose, though the model would suffice to build rule objects: the walk is the oracle of what
+    // iptables would load, and building it from the text keeps one writer (no second model → rules
+    // path that could disagree with the text) and runs writer and parser every time. In tunproxy run
+    // the text is also the form the rules cross to the packet thread in (control/worker/control-worker.ts),
+    // so the holder there builds no walk.
+    if (this.decider === 'linear') this.lin = linearFromText(writeIptables(model), { localAddresses: model.node.addresses.filter((a) => !a.includes(':')) });
     this.mdl = model;
     this.rs = model.ruleSet;
     this.tables = tables;

@@ -183,7 +183,8 @@ export class Conflicts {
   /** protoIndex * 65536 + port (a small integer key, never boxed) → position */
   private readonly nodePorts = new Map<number, number>();
   private readonly names = new Map<string, number>();
-  private readonly models = new Map<number, ServiceModel>();
+  /** position → the service's model (for the error texts); an array, not a Map: no hashing per service */
+  private readonly models: ServiceModel[] = [];
   private readonly nodeAddrs: Set<Addr>;
 
   constructor(c: Checker, node: NodeModel, inForce: KeysInForce | null, expected = 64) {
@@ -195,7 +196,7 @@ export class Conflicts {
 
   /** The text naming the first port of the service at `si` that has this protocol and port (or NodePort). */
   private where(si: number, proto: number, port: number, nodePort: boolean): string {
-    const sm = this.models.get(si)!;
+    const sm = this.models[si];
     let pi = 0;
     while (pi < sm.ports.length - 1 && !(sm.ports[pi].protocolNumber === proto && (nodePort ? sm.ports[pi].nodePort : sm.ports[pi].portNumber) === port)) pi++;
     return `services[${si}].ports[${pi % sm.service.ports.length}] (${sm.service.namespace}/${sm.service.name}:${sm.ports[pi].port.name}`;
@@ -203,7 +204,7 @@ export class Conflicts {
 
   claim(sm: ServiceModel, si: number): void {
     const c = this.c;
-    this.models.set(si, sm);
+    this.models[si] = sm;
     const prev = this.names.get(sm.key) ?? this.inForce?.service(sm.key) ?? -1;
     if (prev >= 0) c.err(`services[${si}]`, `service ${sm.key} is already defined by services[${prev}]`);
     else this.names.set(sm.key, si);

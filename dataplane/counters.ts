@@ -1,14 +1,10 @@
 /**
  * Named counters on a Float64Array: incremented on the hot path by index,
- * read by name off it. Every verdict and every drop reason has one.
+ * read by name off it. Every verdict (dataplane/verdict.ts) and every drop
+ * reason has one.
  */
-
-export const VERDICTS = ['forward', 'reply', 'drop', 'pass'] as const;
-export type VerdictName = (typeof VERDICTS)[number];
-export const V_FORWARD = 0;
-export const V_REPLY = 1;
-export const V_DROP = 2;
-export const V_PASS = 3;
+import { VERDICTS } from './verdict.ts';
+import type { VerdictName } from './verdict.ts';
 
 /** Why a packet was dropped. Each has a counter; nothing is dropped silently. */
 export const DROP_REASONS = [

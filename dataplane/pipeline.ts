@@ -23,7 +23,7 @@ import type { Tables } from './tables.ts';
 import { isServiceAddress, lookup, LookupResult, LOOKUP_DNAT, LOOKUP_REJECT, LOOKUP_DROP_NO_LOCAL, LOOKUP_DROP_SOURCE_RANGE } from './tables.ts';
 import { AffinityTable, Rng, selectEndpoint } from './select.ts';
 import {
-  Counters, V_DROP, V_FORWARD, V_PASS, V_REPLY,
+  Counters,
   D_MALFORMED, D_NO_LOCAL_ENDPOINTS, D_SOURCE_RANGE, D_CONNTRACK_COLLISION, D_NAT_PORT_EXHAUSTED, D_FRAGMENT_NO_FLOW, D_NO_ENDPOINTS, D_SCTP_FRAGMENTED,
   E_NEW_FLOWS, E_ESTABLISHED, E_REPLIES, E_REJECTED, E_ICMP_ERRORS, E_FRAGMENTS, E_MASQUERADED, E_HAIRPIN, E_AFFINITY_HITS, E_LOOKUPS,
   E_GSO_SUPER_PACKETS, E_GSO_SEGMENTS, E_CHECKSUMS_COMPLETED, E_GSO_SEGMENTED,
@@ -45,9 +45,10 @@ import {
 } from './wire/virtio.ts';
 import { WIRE_BAD_VNET_CSUM } from './wire/error.ts';
 import { gsoSegment, completeChecksum } from './gso.ts';
-import type { PacketTuple } from './verdict.ts';
+import type { PacketTuple, SampleDecider } from './verdict.ts';
+import { V_DROP, V_FORWARD, V_PASS, V_REPLY } from './verdict.ts';
 
-export { V_FORWARD, V_REPLY, V_DROP, V_PASS } from './counters.ts';
+export { V_FORWARD, V_REPLY, V_DROP, V_PASS } from './verdict.ts';
 
 /**
  * Conntrack's update() counted the super-packet as one packet (when it
@@ -70,6 +71,8 @@ export interface PipelineOptions {
   rng?: Rng;
   /** size of the buffer generated replies (ICMP errors) are written into; RFC 1812 suggests 576 */
   replyBufferSize?: number;
+  /** decide new flows by walking kube-proxy's rules instead of the hash tables (see Pipeline.linear) */
+  linear?: SampleDecider | null;
 }
 
 // The wire's named offsets, flags and protocol numbers, as defined in wire/ipv4.ts, wire/tcp.ts, wire/udp.ts, wire/sctp.ts, wire/icmp.ts and addr.ts
@@ -163,12 +166,22 @@ export class Pipeline {
   private readonly segOffsets = new Uint32Array(1);
   private readonly segLengths = new Uint32Array(1);
   private readonly flow = new NewFlow();
+  /**
+   * When set, new flows are decided by walking kube-proxy's rules (a
+   * comparison mode: tunproxy run --decider linear) instead of the hash
+   * tables, which then serve only the established flows' masquerade address.
+   * Built from each rule set with its tables and set by the control side
+   * between batches, when the tables are swapped (control/dataplane.ts,
+   * control/worker/host.ts): the tables hold what the hot path needs and nothing else.
+   */
+  linear: SampleDecider | null;
 
   constructor(o: PipelineOptions = {}) {
     this.conntrack = o.conntrack ?? new Conntrack();
     this.affinity = o.affinity ?? new AffinityTable();
     this.rng = o.rng ?? new Rng();
     this.reply = new Uint8Array(o.replyBufferSize ?? 576);
+    this.linear = o.linear ?? null;
     this.conntrack6 = o.conntrack6 ?? null;
   }
 
@@ -339,7 +352,7 @@ export class Pipeline {
   private newFlow(buf: Uint8Array, f: NewFlow, tables: Tables, now: number): number {
     const out = this.out;
     this.counters.events[E_LOOKUPS]++;
-    if (tables.linear !== null) return this.newFlowLinear(buf, f, tables, now);
+    if (this.linear !== null) return this.newFlowLinear(buf, f, this.linear, tables, now);
     const r = lookup(tables, f.proto, f.src, f.dst, f.dport, out);
     if (r !== LOOKUP_DNAT) {
       if (r === LOOKUP_REJECT) return this.reject(buf, f.off, f.total, f.dst);
@@ -395,10 +408,10 @@ export class Pipeline {
   }
 
   /** The same as newFlow, with kube-proxy's rules walked linearly deciding (tunproxy run --decider linear). */
-  private newFlowLinear(buf: Uint8Array, f: NewFlow, tables: Tables, now: number): number {
+  private newFlowLinear(buf: Uint8Array, f: NewFlow, linear: SampleDecider, tables: Tables, now: number): number {
     const p = this.tuple;
     p.proto = f.proto; p.src = f.src; p.dst = f.dst; p.sport = f.sport; p.dport = f.dport;
-    const s = tables.linear!.sample(p, now);
+    const s = linear.sample(p, now);
     if (s.kind === 'reject') return this.reject(buf, f.off, f.total, f.dst);
     if (s.kind === 'drop') return this.drop(s.reason === 'no_local_endpoints' ? D_NO_LOCAL_ENDPOINTS : D_SOURCE_RANGE, f.total);
     if (s.kind !== 'dnat') return this.verdict(V_PASS, f.total);

@@ -25,13 +25,14 @@ import type { ConntrackEntry } from './conntrack.ts';
 import { CT_UPDATE_REOPEN } from './conntrack.ts';
 import { Conntrack6, CT6_ORIG_DST, CT6_ORIG_SRC, CT6_REPLY_DST, CT6_REPLY_SRC } from './conntrack6.ts';
 import {
-  Counters, V_DROP, V_FORWARD, V_PASS, V_REPLY, D_MALFORMED, D_NO_LOCAL_ENDPOINTS, D_SOURCE_RANGE,
+  Counters, D_MALFORMED, D_NO_LOCAL_ENDPOINTS, D_SOURCE_RANGE,
   D_CONNTRACK_COLLISION, D_NAT_PORT_EXHAUSTED, D_FRAGMENT_NO_FLOW, D_NO_ENDPOINTS, D_SCTP_FRAGMENTED,
   D_IPV6_NO_MASQUERADE_ADDRESS,
   E_NEW_FLOWS, E_ESTABLISHED, E_REPLIES, E_REJECTED, E_ICMP_ERRORS, E_FRAGMENTS, E_MASQUERADED, E_HAIRPIN,
   E_AFFINITY_HITS, E_LOOKUPS, E_IPV6, E_CHECKSUMS_COMPLETED, E_NON_IPV4,
 } from './counters.ts';
 import { FragmentTable6 } from './fragments.ts';
+import { V_DROP, V_FORWARD, V_PASS, V_REPLY } from './verdict.ts';
 import { AffinityTable, selectEndpoint, type Rng } from './select.ts';
 import { LookupResult, LOOKUP_DNAT, LOOKUP_REJECT, LOOKUP_DROP_NO_LOCAL, LOOKUP_DROP_SOURCE_RANGE, type Tables } from './tables.ts';
 import { lookup6, isServiceAddress6, type Tables6 } from './tables6.ts';

@@ -103,6 +103,7 @@ export interface TablesWire {
   readonly cidrMask: number;
   readonly serviceRows: Int32Array;
   readonly endpointFlat: Int32Array;
+  readonly endpointPairs: number;
   readonly nodePorts: Int32Array;
   readonly localAddrs: Int32Array;
   readonly vipSlots: Int32Array;
@@ -330,6 +331,7 @@ function wireOf(t: Tables, n: number, entries: Int32Array, stamps: Float64Array,
     cidrMask: t.cidrMask,
     serviceRows: t.serviceRows,
     endpointFlat: t.endpointFlat,
+    endpointPairs: t.endpointPairs,
     nodePorts: t.nodePorts,
     localAddrs: t.localAddrs,
     vipSlots: t.vipIndex.rawSlots,
@@ -621,7 +623,7 @@ export class TablesMaterializer {
       liveServicePorts: w.liveServicePorts,
       serviceRows: w.serviceRows,
       endpointFlat: w.endpointFlat,
-      linear: null,
+      endpointPairs: w.endpointPairs,
       ...(w.v6 ? { v6: materializeTables6(w.v6) } : {}),
     };
     return { tables, stamps: w.stamps };

@@ -1,6 +1,10 @@
 /**
  * The compiled snapshot: hash maps keyed by numbers, built off the hot path by
- * control/compile.ts and swapped by one assignment. `lookup` answers, in O(1)
+ * control/compile.ts and swapped by one assignment, between two packet
+ * batches. A batch never sees its tables change: a full compile makes new
+ * arrays; a few services changed are written into the arrays in force only
+ * where the apply runs on the packet thread itself, between batches (else
+ * into copies: control/compile.ts patchTables). `lookup` answers, in O(1)
  * in the number of services, what kube-proxy's nat and filter chains decide
  * for the first packet of a flow (see control/iptables/linear.ts for the walk
  * it must agree with).
@@ -8,7 +12,7 @@
 import type { Cidr } from './addr.ts';
 import { cidrContains, protoIndex, formatIPv4 } from './addr.ts';
 import type { VipIndex } from './hashtable.ts';
-import type { Candidate, Verdict, PacketTuple, SampleDecider } from './verdict.ts';
+import type { Candidate, Verdict, PacketTuple } from './verdict.ts';
 import type { Tables6 } from './tables6.ts';
 
 export interface EndpointEntry {
@@ -125,12 +129,12 @@ export interface Tables {
   readonly services: readonly ServicePortEntry[];
   /** entries of `services` that are live (not tombstones) */
   readonly liveServicePorts: number;
-  /** ROW ints per service port (see R_*) */
+  /** ROW ints per service port (see R_*); may be longer than services.length * ROW (room to append) */
   readonly serviceRows: Int32Array;
-  /** endpoint pairs: addr | 0, port */
+  /** endpoint pairs: addr | 0, port (the array may be longer than the pairs in use: room the incremental path appends into) */
   readonly endpointFlat: Int32Array;
-  /** when set, new flows are decided by walking kube-proxy's rules instead (tunproxy run --decider linear) */
-  readonly linear: SampleDecider | null;
+  /** endpoint pairs in use at the start of endpointFlat */
+  readonly endpointPairs: number;
   /** the IPv6 tables (tables6.ts), absent when the rule set has no IPv6 service port and the node no IPv6 address */
   readonly v6?: Tables6 | null;
 }

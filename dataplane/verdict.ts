@@ -1,11 +1,28 @@
 /**
- * The answer both deciders give for the first packet of a flow: the compiled
+ * Verdicts. What the packet path does with a packet (V_*: Pipeline.process's
+ * answer, counted by name), and the answer both deciders give for the first
+ * packet of a flow: the compiled
  * hash tables (dataplane/tables.ts) and the linear walk of kube-proxy's
  * iptables chains (control/iptables/linear.ts). Each is the other's oracle.
  *
  * `service` is kube-proxy's service-port name: "namespace/name:portName"
  * ("namespace/name" when the port has no name), as in its rule comments.
  */
+
+/**
+ * What the packet path does with a packet (Pipeline.process's answer), by
+ * index: the counters count packets and bytes under these names.
+ */
+export const VERDICTS = ['forward', 'reply', 'drop', 'pass'] as const;
+export type VerdictName = (typeof VERDICTS)[number];
+/** translated in place: write it back */
+export const V_FORWARD = 0;
+/** answered by a generated packet (ICMP port unreachable, ...): write Pipeline.reply instead */
+export const V_REPLY = 1;
+/** dropped, with a named reason (Pipeline.lastDrop and the drop counters) */
+export const V_DROP = 2;
+/** not ours (not a service, not a tracked flow): written back unchanged */
+export const V_PASS = 3;
 
 export interface Candidate {
   /** "10.64.1.7:53" */
@@ -49,9 +66,10 @@ export interface PacketTuple {
 /**
  * A decider that walks rules for one packet at a time and draws at random
  * rules as the kernel does (control/iptables/linear.ts's LinearEvaluator).
- * `tunproxy run --decider linear` puts one in the tables, and the packet path
- * then asks it instead of the hash tables: the same traffic through
- * kube-proxy's linear chains, in the same process.
+ * `tunproxy run --decider linear` sets one as the pipeline's `linear` option
+ * (with each rule set's tables), and the packet path then asks it instead of
+ * the hash tables: the same traffic through kube-proxy's linear chains, in
+ * the same process.
  */
 export interface DeciderSample {
   kind: 'dnat' | 'reject' | 'drop' | 'nomatch';

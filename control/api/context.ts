@@ -159,12 +159,16 @@ export function sameJson(a: unknown, b: unknown): boolean {
     return true;
   }
   if (Array.isArray(b)) return false;
-  const ka = Object.keys(a);
-  if (ka.length !== Object.keys(b).length) return false;
-  for (const k of ka) {
+  // for-in over parsed JSON (plain objects: own enumerable keys only), no key arrays made: a full PUT
+  // compares every service it is sent with the one in force, and most differ a few keys in
+  let na = 0;
+  for (const k in a) {
+    na++;
     if (!Object.prototype.hasOwnProperty.call(b, k) || !sameJson((a as Record<string, unknown>)[k], (b as Record<string, unknown>)[k])) return false;
   }
-  return true;
+  let nb = 0;
+  for (const _ in b) nb++;
+  return na === nb;
 }
 
 export function toApiError(e: unknown): Error {

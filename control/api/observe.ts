@@ -19,7 +19,8 @@
  */
 import type { FastifyInstance } from 'fastify';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics, exponentialBuckets } from 'prom-client';
-import { DROP_REASONS, EVENTS, VERDICTS } from '../../dataplane/counters.ts';
+import { DROP_REASONS, EVENTS } from '../../dataplane/counters.ts';
+import { VERDICTS } from '../../dataplane/verdict.ts';
 import type { ApiContext } from './context.ts';
 import type { RuleSet } from '../types.ts';
 import type { PacketStats } from '../worker/packet-side.ts';

@@ -184,10 +184,11 @@ export class PacketHost {
         return;
       }
       const mat = m.result();
-      let tables = mat.tables;
-      // --decider linear (a comparison mode): the evaluator is a graph of objects, built here in one step
-      if (job.linear !== null) tables = { ...tables, linear: linearFromText(job.linear.text, { localAddresses: job.linear.localAddresses }) };
+      const tables = mat.tables;
       this.last = { tables, stamps: mat.stamps };
+      // --decider linear (a comparison mode): the evaluator is a graph of objects, built here in one step,
+      // and goes in as the pipeline's option together with the tables (between two batches, as they are)
+      this.dp.pipeline.linear = job.linear !== null ? linearFromText(job.linear.text, { localAddresses: job.linear.localAddresses }) : null;
       this.dp.installTables(tables);
       const info: InstallInfo = { generation: tables.generation, ms: performance.now() - job.at, slices: m.slices, maxSliceMs: m.maxSliceMs, reused: m.reused, built: m.built, skipped: false };
       this.busy = false;

@@ -42,8 +42,11 @@ t.test('incremental and full agree over random sequences of service changes', as
       const donor: RuleSet = { ...donorRaw, node: rs.node, apiVersion: rs.apiVersion };
       const inc = new RuleSetHolder();
       const full = new RuleSetHolder({ incremental: false });
+      // the incremental path into copies of the arrays (the control worker's way) rather than in place
+      const copy = new RuleSetHolder({ inPlace: false });
       inc.apply(rs);
       full.apply(rs);
+      copy.apply(rs);
       let cur = rs;
       for (const o of ops) {
         const next = applyOp(cur, donor, o);
@@ -51,6 +54,9 @@ t.test('incremental and full agree over random sequences of service changes', as
         let b: unknown = null;
         try { const r = inc.apply(next); if (r.mode === 'incremental') incrementals++; } catch (e) { a = e; }
         try { full.apply(next); } catch (e) { b = e; }
+        let c: unknown = null;
+        try { copy.apply(next); } catch (e) { c = e; }
+        if ((c === null) !== (b === null)) throw new Error(`incremental into copies ${c ? 'refused' : 'accepted'} what full ${b ? 'refused' : 'accepted'}`);
         if ((a === null) !== (b === null)) throw new Error(`incremental ${a ? 'refused' : 'accepted'} what full ${b ? 'refused' : 'accepted'}: ${(a ?? b) as Error}`);
         if (a !== null) {
           if (!(a instanceof RuleSetError) || !(b instanceof RuleSetError)) throw a as Error;
@@ -75,6 +81,8 @@ t.test('incremental and full agree over random sequences of service changes', as
           const x = JSON.stringify(compiledVerdict(ti, p));
           const y = JSON.stringify(compiledVerdict(tf, p));
           if (x !== y) throw new Error(`verdicts differ for ${JSON.stringify(p)}:\nincremental ${x}\nfull        ${y}`);
+          const z = JSON.stringify(compiledVerdict(copy.current!, p));
+          if (z !== y) throw new Error(`verdicts differ for ${JSON.stringify(p)}:\nincremental into copies ${z}\nfull                    ${y}`);
           checks++;
         }
       }
@@ -88,6 +96,38 @@ t.test('incremental and full agree over random sequences of service changes', as
   t.ok(models > 300, `the models of both paths compared equal (${models} times)`);
   t.ok(rejections > 20, 'refusals were exercised');
   t.ok(v6ports > 300, `dual-stack rule sets: IPv6 service-port models compared equal too (${v6ports})`);
+});
+
+t.test('a one-service change on many services is written in place: the arrays are shared, only its row changes', async (t) => {
+  const { syntheticRuleSet } = await import('../../bench/gen.ts');
+  const rs = syntheticRuleSet(2000);
+  const h = new RuleSetHolder();
+  h.apply(rs);
+  const before = h.current!;
+  const rows = before.serviceRows.slice();
+  const services = rs.services.slice();
+  services[7] = { ...services[7], endpoints: [{ address: '10.127.0.7' }, { address: '10.127.0.8' }] };
+  const r = h.apply({ ...rs, services });
+  t.equal(r.mode, 'incremental');
+  const after = h.current!;
+  t.not(after, before, 'a new snapshot object');
+  t.equal(after.generation, before.generation + 1);
+  t.equal(after.vipIndex, before.vipIndex, 'the VIP index is shared');
+  t.equal(after.nodePorts, before.nodePorts, 'the NodePort array is shared');
+  t.equal(after.serviceRows, before.serviceRows, 'the rows are shared');
+  let changed = 0;
+  for (let i = 0; i < rows.length; i++) if (rows[i] !== after.serviceRows[i]) changed++;
+  t.ok(changed > 0 && changed <= 8, `only the changed service's row was written (${changed} ints)`);
+  t.equal(after.endpointPairs, before.endpointPairs + 2, 'its two endpoints appended');
+  t.equal(after.services[7].cluster!.endpoints.map((e) => e.text).join(','), '10.127.0.7:8080,10.127.0.8:8080');
+  // the copy path leaves the snapshot in force as it was
+  const c = new RuleSetHolder({ inPlace: false });
+  c.apply(rs);
+  const cb = c.current!;
+  const cbRows = cb.serviceRows.slice();
+  c.apply({ ...rs, services });
+  t.not(c.current!.serviceRows, cb.serviceRows, 'copied');
+  t.same(cb.serviceRows, cbRows, 'the snapshot in force is untouched');
 });
 
 t.test('diffServices finds replaced, appended, inserted and deleted services', async (t) => {
