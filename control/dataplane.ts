@@ -78,8 +78,9 @@ export class Dataplane {
     const t = this.tables;
     return [
       `gen=${t?.generation ?? this.holder.generation}`,
-      `services=${t ? t.liveServicePorts : 0}`,
-      `conntrack=${this.pipeline.conntrack.size}`,
+      // both families: IPv4 and IPv6 service ports, IPv4 and IPv6 flows
+      `services=${t ? t.liveServicePorts + (t.v6?.base.liveServicePorts ?? 0) : 0}`,
+      `conntrack=${this.pipeline.conntrack.size + (this.pipeline.conntrackV6?.size ?? 0)}`,
       `fwd=${s.packets.forward}`,
       `reply=${s.packets.reply}`,
       `pass=${s.packets.pass}`,

@@ -12,9 +12,10 @@
  */
 import { PassThrough } from 'node:stream';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
-import { unpackChunk } from '../worker/flows.ts';
+import { unpackChunk, formatFlowL } from '../worker/flows.ts';
+import type { FlowRecord } from '../worker/flows.ts';
 import type { ConntrackEntry } from '../../dataplane/conntrack.ts';
-import { formatConntrackL, stateName } from '../../dataplane/conntrack.ts';
+import { stateName } from '../../dataplane/conntrack.ts';
 import { formatIPv4, parseIPv4, PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP } from '../../dataplane/addr.ts';
 import { ApiError } from './errors.ts';
 import type { ApiContext } from './context.ts';
@@ -66,8 +67,8 @@ function portOf(v: string | undefined, name: string): number {
   return n;
 }
 
-/** A predicate over flows from the query; `filtered` is false when no filter was given. */
-export function conntrackFilter(q: ConntrackQuery): { pred: (e: ConntrackEntry) => boolean; filtered: boolean } {
+/** A predicate over flows from the query (`pred6`: over IPv6 flows); `filtered` is false when no filter was given. */
+export function conntrackFilter(q: ConntrackQuery): { pred: (e: ConntrackEntry) => boolean; pred6: (e: ConntrackEntry) => boolean; filtered: boolean } {
   const proto = q.protocol === undefined ? -1 : PROTOS[q.protocol.toLowerCase()];
   const addr = (v: string | undefined) => (v === undefined ? -1 : parseIPv4(v));
   const src = addr(q.src);
@@ -99,24 +100,27 @@ export function conntrackFilter(q: ConntrackQuery): { pred: (e: ConntrackEntry) 
     if (svc !== undefined && e.serviceName !== svc && !e.serviceName.startsWith(svcPrefix)) return false;
     return true;
   };
-  return { pred, filtered };
+  // an IPv6 flow has no IPv4 address: a filter on addresses matches none; the others apply as they are
+  const pred6 = src >= 0 || dst >= 0 || any >= 0 || epAddr >= 0 ? () => false : pred;
+  return { pred, pred6, filtered };
 }
 
 const PROTO_NAMES: Record<number, string> = { [PROTO_TCP]: 'tcp', [PROTO_UDP]: 'udp', [PROTO_SCTP]: 'sctp', [PROTO_ICMP]: 'icmp' };
 
 /** One flow as JSON (addresses as text, times in ms relative to now). */
 export function flowJson(e: ConntrackEntry, now: number) {
+  const a6 = (e as unknown as FlowRecord).addrs6 ?? null;
   return {
-    protocol: PROTO_NAMES[e.proto] ?? String(e.proto),
+    protocol: a6 !== null && e.proto === PROTO_ICMP ? 'icmpv6' : (PROTO_NAMES[e.proto] ?? String(e.proto)),
     state: stateName(e.proto, e.state),
     remainingMs: Math.max(0, Math.round(e.expires - now)),
     ageMs: Math.round(now - e.created),
-    original: { src: formatIPv4(e.origSrc), dst: formatIPv4(e.origDst), sport: e.origSport, dport: e.origDport, packets: e.origPackets, bytes: e.origBytes },
-    reply: { src: formatIPv4(e.replySrc), dst: formatIPv4(e.replyDst), sport: e.replySport, dport: e.replyDport, packets: e.replyPackets, bytes: e.replyBytes },
+    original: { src: a6?.origSrc ?? formatIPv4(e.origSrc), dst: a6?.origDst ?? formatIPv4(e.origDst), sport: e.origSport, dport: e.origDport, packets: e.origPackets, bytes: e.origBytes },
+    reply: { src: a6?.replySrc ?? formatIPv4(e.replySrc), dst: a6?.replyDst ?? formatIPv4(e.replyDst), sport: e.replySport, dport: e.replyDport, packets: e.replyPackets, bytes: e.replyBytes },
     seenReply: e.seenReply,
     assured: e.assured,
     service: e.serviceName,
-    endpoint: `${formatIPv4(e.endpointAddr)}:${e.endpointPort}`,
+    endpoint: a6 !== null ? `[${a6.replySrc}]:${e.endpointPort}` : `${formatIPv4(e.endpointAddr)}:${e.endpointPort}`,
     masquerade: e.masquerade,
   };
 }
@@ -173,7 +177,7 @@ export function registerConntrackRoutes(app: FastifyInstance, ctx: ApiContext): 
       let chunk = '';
       for (const f of flows) {
         const e = f as unknown as ConntrackEntry;
-        if (text) chunk += formatConntrackL(e, c.now, { counters }) + '\n';
+        if (text) chunk += formatFlowL(f, c.now, { counters }) + '\n';
         else {
           chunk += (first ? '' : ',') + JSON.stringify(flowJson(e, c.now));
           first = false;

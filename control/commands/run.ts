@@ -19,7 +19,6 @@
 import type { Command } from 'commander';
 import { DEFAULT_STATE_DIR } from '../persist.ts';
 import type { StateStore } from '../persist.ts';
-import type { ConntrackEntry } from '../../dataplane/conntrack.ts';
 import type { PinnedTable } from '../../dataplane/conntrack-pinned.ts';
 import type { TunDevice } from '../../dataplane/tun/index.ts';
 import { existsSync } from 'node:fs';
@@ -160,18 +159,18 @@ export async function run(o: RunOptions): Promise<void> {
   const packetCpu = parsePacketCpu(o.packetCpu);
   const { defaultSocketPath, readTokenFile } = await import('../api/local.ts');
   // the dataplane is loaded by `run` only (the other commands start faster without it)
-  const [{ Dataplane }, { TunDevice }, { StateStore }, { ControlWorker }, { FlowLister, unpackChunk }, { watchEventLoop }, { formatConntrackL }, { PIN_CLOSED, PinnedTable }, { tunSetPersist }] = await Promise.all([
+  const [{ Dataplane }, { TunDevice }, { StateStore }, { ControlWorker }, { FlowLister, unpackChunk, formatFlowL }, { watchEventLoop }, { PIN_CLOSED, PinnedTable }, { tunSetPersist }] = await Promise.all([
     import('../dataplane.ts'), import('../../dataplane/tun/index.ts'), import('../persist.ts'), import('../worker/spawn.ts'), import('../worker/flows.ts'),
-    import('../worker/packet-side.ts'), import('../../dataplane/conntrack.ts'), import('../../dataplane/conntrack-pinned.ts'), import('../../dataplane/pin/index.ts'),
+    import('../worker/packet-side.ts'), import('../../dataplane/conntrack-pinned.ts'), import('../../dataplane/pin/index.ts'),
   ]);
   /** SIGUSR1's listing of the connection table: written in slices (FlowLister), never built whole. */
   const listConntrackToStderr = (dp: InstanceType<typeof Dataplane>): Promise<void> => {
-    const lister = new FlowLister(dp.pipeline.conntrack, () => true, Infinity);
+    const lister = new FlowLister(dp.pipeline.conntrack, () => true, Infinity, dp.pipeline.conntrackV6, () => true);
     return new Promise((resolve) => {
       const slice = () => {
         const c = lister.next();
         let text = '';
-        for (const f of unpackChunk(c)) text += formatConntrackL(f as unknown as ConntrackEntry, c.now) + '\n';
+        for (const f of unpackChunk(c)) text += formatFlowL(f, c.now) + '\n';
         const more = () => (c.done ? resolve() : setImmediate(slice));
         if (text === '' || process.stderr.write(text)) more();
         else process.stderr.once('drain', more);

@@ -12,6 +12,10 @@
  */
 import { performance } from 'node:perf_hooks';
 import type { Conntrack, ConntrackEntry } from '../../dataplane/conntrack.ts';
+import type { Conntrack6 } from '../../dataplane/conntrack6.ts';
+import { CT6_ORIG_SRC, CT6_ORIG_DST, CT6_REPLY_SRC, CT6_REPLY_DST } from '../../dataplane/conntrack6.ts';
+import { formatConntrackL, formatConntrackL6 } from '../../dataplane/conntrack-format.ts';
+import type { FormatOptions } from '../../dataplane/conntrack-format.ts';
 import { SLICE_MS } from '../../dataplane/loop.ts';
 
 /** A flow as plain data: what `formatConntrackL` and `flowJson` read of a ConntrackEntry. */
@@ -36,6 +40,8 @@ export class FlowRecord {
   replyBytes = 0;
   masquerade = false;
   serviceName = '';
+  /** an IPv6 flow: its addresses as text (original src, dst, reply src, dst); null for IPv4 */
+  addrs6: FlowAddrs6 | null = null;
   get endpointAddr(): number {
     return this.replySrc;
   }
@@ -45,6 +51,20 @@ export class FlowRecord {
 }
 
 export const FIELDS = 19;
+
+/** An IPv6 flow's addresses as text (the numeric address fields of its record are 0). */
+export interface FlowAddrs6 {
+  origSrc: string;
+  origDst: string;
+  replySrc: string;
+  replyDst: string;
+}
+
+/** One `conntrack -L` line of a flow of either family. */
+export function formatFlowL(f: FlowRecord, now: number, options?: FormatOptions): string {
+  const e = f as unknown as ConntrackEntry;
+  return f.addrs6 === null ? formatConntrackL(e, now, options) : formatConntrackL6(e, now, f.addrs6, options);
+}
 
 export function packFlow(e: ConntrackEntry, a: Float64Array, o: number): void {
   a[o] = e.proto;
@@ -68,7 +88,7 @@ export function packFlow(e: ConntrackEntry, a: Float64Array, o: number): void {
   a[o + 18] = e.masquerade ? 1 : 0;
 }
 
-export function unpackFlow(a: Float64Array, o: number, serviceName: string): FlowRecord {
+export function unpackFlow(a: Float64Array, o: number, serviceName: string, addrs6: FlowAddrs6 | null = null): FlowRecord {
   const f = new FlowRecord();
   f.proto = a[o];
   f.origSrc = a[o + 1];
@@ -90,6 +110,7 @@ export function unpackFlow(a: Float64Array, o: number, serviceName: string): Flo
   f.replyBytes = a[o + 17];
   f.masquerade = a[o + 18] === 1;
   f.serviceName = serviceName;
+  f.addrs6 = addrs6;
   return f;
 }
 
@@ -104,11 +125,13 @@ export interface FlowChunk {
   done: boolean;
   /** the packet thread's clock when the listing began (ms) */
   now: number;
+  /** per flow: its addresses as text when it is an IPv6 flow, else null (absent: all IPv4) */
+  addrs6?: (FlowAddrs6 | null)[];
 }
 
 export function unpackChunk(c: FlowChunk): FlowRecord[] {
   const out = new Array<FlowRecord>(c.count);
-  for (let i = 0; i < c.count; i++) out[i] = unpackFlow(c.data, i * FIELDS, c.names[i]);
+  for (let i = 0; i < c.count; i++) out[i] = unpackFlow(c.data, i * FIELDS, c.names[i], c.addrs6?.[i] ?? null);
   return out;
 }
 
@@ -121,42 +144,68 @@ export const CHUNK_FLOWS = 1024;
  * flows it found; flows past `limit` are counted, not shown.
  */
 export class FlowLister {
-  private readonly it: IterableIterator<ConntrackEntry>;
+  private it: IterableIterator<ConntrackEntry>;
+  /** the IPv6 table, listed after the IPv4 one (null: none, or being listed now) */
+  private next6: Conntrack6 | null;
+  private in6: Conntrack6 | null = null;
   private matched = 0;
   private shown = 0;
   private finished = false;
   readonly now: number;
 
-  constructor(ct: Conntrack, private readonly pred: (e: ConntrackEntry) => boolean, private readonly limit: number) {
+  /**
+   * `ct6`: the IPv6 connection table (Pipeline.conntrackV6), listed after the IPv4 one; `pred6`
+   * says which IPv6 flows to list (the filters on IPv4 addresses match none: default none).
+   */
+  constructor(
+    ct: Conntrack,
+    private readonly pred: (e: ConntrackEntry) => boolean,
+    private readonly limit: number,
+    ct6: Conntrack6 | null = null,
+    private readonly pred6: (e: ConntrackEntry) => boolean = () => false,
+  ) {
     this.now = ct.now();
     this.it = ct.entries(this.now);
+    this.next6 = ct6;
   }
 
   next(): FlowChunk {
     const data = new Float64Array(CHUNK_FLOWS * FIELDS);
     const names: string[] = [];
+    let addrs6: (FlowAddrs6 | null)[] | undefined;
     let count = 0;
     const t0 = performance.now();
     let k = 0;
     while (!this.finished && count < CHUNK_FLOWS) {
       const r = this.it.next();
       if (r.done) {
+        if (this.next6 !== null && this.next6.size > 0) {
+          this.in6 = this.next6;
+          this.next6 = null;
+          this.it = this.in6.entries(this.now);
+          continue;
+        }
         this.finished = true;
         break;
       }
       const e = r.value;
-      if (this.pred(e)) {
+      const six = this.in6;
+      if (six === null ? this.pred(e) : this.pred6(e)) {
         this.matched++;
         if (this.shown < this.limit) {
           this.shown++;
           packFlow(e, data, count * FIELDS);
           names.push(e.serviceName);
+          if (six !== null) {
+            addrs6 ??= new Array<FlowAddrs6 | null>(count).fill(null);
+            addrs6.push({ origSrc: six.address(e, CT6_ORIG_SRC), origDst: six.address(e, CT6_ORIG_DST), replySrc: six.address(e, CT6_REPLY_SRC), replyDst: six.address(e, CT6_REPLY_DST) });
+          } else addrs6?.push(null);
           count++;
         }
       }
       if (++k % 256 === 0 && performance.now() - t0 >= SLICE_MS) break;
     }
-    return { data, names, count, matched: this.matched, shown: this.shown, done: this.finished, now: this.now };
+    return { data, names, count, matched: this.matched, shown: this.shown, done: this.finished, now: this.now, addrs6 };
   }
 }
 

@@ -124,7 +124,8 @@ export class LocalPacketSide implements PacketSide {
   }
 
   async listFlows(q: ConntrackQuery, limit: number, onChunk: (c: FlowChunk) => Promise<void> | void) {
-    const lister = new FlowLister(this.dp.pipeline.conntrack, conntrackFilter(q).pred, limit);
+    const f = conntrackFilter(q);
+    const lister = new FlowLister(this.dp.pipeline.conntrack, f.pred, limit, this.dp.pipeline.conntrackV6, f.pred6);
     for (;;) {
       const c = lister.next();
       await onChunk(c);
@@ -134,8 +135,10 @@ export class LocalPacketSide implements PacketSide {
   }
 
   async deleteFlows(q: ConntrackQuery) {
-    const deleted = await deleteFlowsSliced(this.dp.pipeline.conntrack, conntrackFilter(q).pred);
-    return { deleted, entries: this.dp.pipeline.conntrack.size };
+    const f = conntrackFilter(q);
+    const ct6 = this.dp.pipeline.conntrackV6;
+    const deleted = (await deleteFlowsSliced(this.dp.pipeline.conntrack, f.pred)) + (ct6 === null ? 0 : await deleteFlowsSliced(ct6, f.pred6));
+    return { deleted, entries: this.dp.pipeline.conntrack.size + (ct6?.size ?? 0) };
   }
 
   async traceFlow(p: { proto: number; src: number; dst: number; sport: number; dport: number }, aff: { generation: number; svcIndex: number; setLocal: boolean } | null) {

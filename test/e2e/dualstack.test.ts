@@ -3,7 +3,10 @@
  * IPv6 addresses, real servers answering on IPv6) and `tunproxy run` on its
  * TUN, a dual-stack rule set in force. The IPv4 half of every dual-stack
  * service works as before; IPv6 traffic that is no service's (the pods' own
- * replies to the client) crosses the TUN and comes out unchanged.
+ * replies to the client) crosses the TUN unchanged; and in IPv6: HTTP and UDP
+ * to a ClusterIP, a NodePort on the node's IPv6 address, masquerade as the pod
+ * sees it, hairpin, REJECT as ICMPv6, the flows in `conntrack -L`, and a TCP
+ * connection through rule-set swaps.
  */
 import t from 'tap';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -24,6 +27,8 @@ const WEB = '10.32.6.10';
 const WEB6 = 'fd00:10:32:6::a';
 const EPS = ['10.64.6.13', '10.64.6.14'];
 const EPS6 = ['fd00:10:64:6::13', 'fd00:10:64:6::14'];
+const SOLO6 = 'fd00:10:32:6::20';
+const EMPTY6 = 'fd00:10:32:6::200';
 
 export const ruleSet: RuleSet = {
   apiVersion: 'tunproxy.dev/v1',
@@ -41,6 +46,25 @@ export const ruleSet: RuleSet = {
         { name: 'echo', protocol: 'UDP', port: 7000, targetPort: 7000, nodePort: 30700 },
       ],
       endpoints: [...EPS, ...EPS6].map((address) => ({ address, nodeLocal: true })),
+    },
+    {
+      // one IPv6 endpoint: the pod behind it reaching the service reaches itself (hairpin)
+      namespace: 'default',
+      name: 'solo',
+      clusterIP: SOLO6,
+      ports: [{ name: 'http', protocol: 'TCP', port: 80, targetPort: 8080 }],
+      endpoints: [{ address: EPS6[0], nodeLocal: true }],
+    },
+    {
+      namespace: 'default',
+      name: 'empty',
+      clusterIP: EMPTY6,
+      ipFamilies: ['IPv6'],
+      ports: [
+        { name: 'http', protocol: 'TCP', port: 80, targetPort: 8080 },
+        { name: 'echo', protocol: 'UDP', port: 5353, targetPort: 5353 },
+      ],
+      endpoints: [],
     },
   ],
 };
@@ -104,5 +128,75 @@ if (skip) {
     t.ok(r.every((x) => String(x.client).startsWith(`[${lab.client.address6}]:`)), 'which saw the client itself');
     const after = (await tp!.status()).status;
     t.ok(after.pass - before.pass >= 10, `the replies crossed tunproxy, passed through unchanged (${after.pass - before.pass} packets)`);
+  });
+
+  t.test('HTTP through the IPv6 ClusterIP reaches every IPv6 endpoint, masqueraded to the IPv6 masquerade address', async (t) => {
+    const r: Array<Record<string, any>> = await client.call('http', { url: `http://[${WEB6}]/`, count: 20 });
+    t.same(r.filter((x) => x.status !== 200), [], 'all 20 answered 200');
+    t.same(Object.keys(tally(r)).sort(), EPS6.map((e) => `[${e}]:8080`).sort(), 'by both IPv6 endpoints, on the targetPort');
+    t.ok(r.every((x) => String(x.client).startsWith(`[${MASQ6}]:`)), `every pod saw ${MASQ6} as the source`);
+  });
+
+  t.test('UDP through the IPv6 ClusterIP: answers come back from the ClusterIP', async (t) => {
+    const r: Array<Record<string, any>> = await client.call('udp', { to: `[${WEB6}]:7000`, count: 20, data: 'hello6' });
+    t.same(r.filter((x) => x.error), [], 'every datagram answered');
+    t.ok(r.every((x) => x.from === `[${WEB6}]:7000`), 'un-NATed to the ClusterIP:port the client used');
+    t.ok(r.every((x) => x.text === 'hello6'), 'payload intact');
+    t.same(Object.keys(tally(r)).sort(), EPS6.map((e) => `[${e}]:7000`).sort(), 'both endpoints took flows');
+  });
+
+  t.test('NodePort on the node\'s IPv6 address (TCP and UDP), masqueraded', async (t) => {
+    const h: Array<Record<string, any>> = await client.call('http', { url: `http://[${NODE6}]:30080/`, count: 10 });
+    t.same(h.filter((x) => x.status !== 200), [], 'HTTP via NodePort 30080 answered');
+    t.ok(h.every((x) => EPS6.some((e) => x.endpoint === `[${e}]:8080`)), 'by IPv6 endpoints');
+    t.ok(h.every((x) => String(x.client).startsWith(`[${MASQ6}]:`)), 'masqueraded');
+    const u: Array<Record<string, any>> = await client.call('udp', { to: `[${NODE6}]:30700`, count: 4 });
+    t.same(u.filter((x) => x.error), [], 'UDP via NodePort answered');
+    t.ok(u.every((x) => x.from === `[${NODE6}]:30700`), 'from node:NodePort');
+  });
+
+  t.test('hairpin in IPv6: a pod reaching itself through its own service', async (t) => {
+    const pod = await NetClient.start(lab.podFor(EPS6[0]).ns);
+    agents.push(pod);
+    const r: Array<Record<string, any>> = await pod.call('http', { url: `http://[${SOLO6}]/`, count: 3 });
+    t.same(r.map((x) => x.status), [200, 200, 200], 'answered');
+    t.ok(r.every((x) => x.endpoint === `[${EPS6[0]}]:8080`), 'by the pod itself');
+    t.ok(r.every((x) => String(x.client).startsWith(`[${MASQ6}]:`)), 'seen from the IPv6 masquerade address (hairpin masquerade)');
+  });
+
+  t.test('an IPv6 service without endpoints: ICMPv6 port unreachable (refused at once)', async (t) => {
+    const before = (await tp!.status()).status;
+    t.same(await client.call('tcp', { to: `[${EMPTY6}]:80` }), { error: 'ECONNREFUSED' }, 'TCP connect refused');
+    const udp: Array<Record<string, any>> = await client.call('udp', { to: `[${EMPTY6}]:5353`, count: 2 });
+    t.same(udp, [{ error: 'ECONNREFUSED' }, { error: 'ECONNREFUSED' }], 'UDP answered by ECONNREFUSED');
+    const after = (await tp!.status()).status;
+    t.equal(after.reply - before.reply, 3, 'three generated replies (ICMPv6 port unreachable)');
+    t.equal(after.newFlows, before.newFlows, 'no flow created');
+  });
+
+  t.test('the connection table lists IPv6 flows like `conntrack -L`', async (t) => {
+    await client.call('udp', { to: `[${WEB6}]:7000`, count: 1 });
+    const { conntrack } = await tp!.status();
+    const l = conntrack.find((x) => x.startsWith('udp') && x.includes(`src=${lab.client.address6} dst=${WEB6} `));
+    t.ok(l, `the client's IPv6 flow is listed: ${l}`);
+    t.match(l, new RegExp(`dport=7000 src=fd00:10:64:6::1[34] dst=${MASQ6} sport=7000 dport=\\d+`), 'reply tuple: endpoint -> IPv6 masquerade address');
+    const http = conntrack.find((x) => x.startsWith('tcp') && x.includes(`dst=${WEB6} `));
+    t.match(http, /^tcp\s+6 \d+ [A-Z_]+ src=/, 'a TCP flow with its state, as conntrack -L prints it');
+  });
+
+  t.test('an IPv6 TCP connection goes on through 30 rule-set swaps', async (t) => {
+    await client.call('stream.start', { name: 'v6', to: `[${WEB6}]:80`, intervalMs: 5 });
+    await new Promise((r) => setTimeout(r, 200));
+    const gen0 = (await tp!.status()).status.gen;
+    for (let i = 0; i < 30; i++) {
+      const extra = { namespace: 'default', name: `x${i}`, clusterIP: `fd00:10:32:6::${(0x100 + i).toString(16)}`, ports: [{ name: 'p', protocol: 'UDP' as const, port: 9000 + i }], endpoints: [{ address: EPS6[1] }] };
+      writeFileSync(rules, JSON.stringify({ ...ruleSet, services: [...ruleSet.services, extra] }, null, 2));
+      await tp!.reload();
+    }
+    t.equal((await tp!.status()).status.gen, gen0 + 30, '30 generations put in force');
+    const end = await client.call('stream.stop', { name: 'v6' });
+    t.ok(end.responses > 20, `answers went on (${end.responses})`);
+    t.same(end.errors, [], 'without an error');
+    t.equal(end.closed, false, 'never closed');
   });
 }
