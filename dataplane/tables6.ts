@@ -13,7 +13,9 @@
  * machinery unchanged. What depends on the source's full 128 bits (the
  * cluster CIDR, loadBalancerSourceRanges) is checked on words here.
  */
-import { cidr6Contains, type Cidr6 } from './addr6.ts';
+import { cidr6Contains, equal6, type Cidr6 } from './addr6.ts';
+import type { Candidate, Verdict } from './verdict.ts';
+import type { PacketTuple6 } from './decider6.ts';
 import { protoIndex } from './addr.ts';
 import {
   isLocal, LookupResult, ROW, R_FLAGS, R_CLUSTER_START, R_CLUSTER_COUNT, R_LOCAL_START, R_LOCAL_COUNT,
@@ -228,4 +230,42 @@ export function lookup6(t6: Tables6, proto: number, w: Uint32Array, so: number, 
   }
   out.svcIndex = -1;
   return LOOKUP_NOMATCH;
+}
+
+/**
+ * The IPv6 lookup as a `Verdict`, every candidate with its probability
+ * (tests, trace, the oracle comparison with the linear walk of kube-proxy's
+ * ip6tables rules): tables.ts's compiledVerdict for a PacketTuple6.
+ */
+export function compiledVerdict6(t6: Tables6, p: PacketTuple6): Verdict {
+  const w = new Uint32Array(8);
+  w.set(p.src, 0);
+  w.set(p.dst, 4);
+  const out = new LookupResult();
+  const r = lookup6(t6, p.proto, w, 0, 4, p.dport, out);
+  const t = t6.base;
+  const s = out.svcIndex < 0 ? null : t.services[out.svcIndex];
+  switch (r) {
+    case LOOKUP_DNAT: {
+      const set = (out.setLocal ? s!.local : s!.cluster)!;
+      const n = set.endpoints.length;
+      const counts = new Array<number>(n).fill(0);
+      if (set.maglev !== null) for (let i = 0; i < set.maglev.length; i++) counts[set.maglev[i]]++;
+      const candidates: Candidate[] = set.endpoints.map((e, i) => ({
+        endpoint: e.text,
+        probability: set.maglev !== null ? counts[i] / set.maglev.length : 1 / n,
+        // hairpin: the endpoint is the source itself (its id's words)
+        masquerade: out.masquerade || equal6(t6.words, e.addr * 4, p.src, 0),
+      }));
+      return { kind: 'dnat', service: s!.name, affinitySeconds: s!.affinityMs / 1000, candidates };
+    }
+    case LOOKUP_REJECT:
+      return { kind: 'reject', service: s!.name };
+    case LOOKUP_DROP_NO_LOCAL:
+      return { kind: 'drop', service: s!.name, reason: 'no_local_endpoints' };
+    case LOOKUP_DROP_SOURCE_RANGE:
+      return { kind: 'drop', service: s!.name, reason: 'source_range' };
+    default:
+      return { kind: 'nomatch' };
+  }
 }

@@ -4,7 +4,9 @@
  * and walked linearly as netfilter does) give the same verdict: same kind,
  * same service, same candidate endpoints with the same probabilities (to
  * iptables' 2^-31 rounding of --probability), same masquerade decision per
- * endpoint, same reject or drop. 10 000 (rule set, packet) cases.
+ * endpoint, same reject or drop. 10 000 (rule set, packet) cases; and the
+ * same in IPv6: dual-stack rule sets, the IPv6 tables (dataplane/tables6.ts)
+ * against kube-proxy's ip6tables rules walked linearly (evaluate6).
  */
 import t from 'tap';
 import fc from 'fast-check';
@@ -18,6 +20,9 @@ import type { Verdict } from '../../dataplane/verdict.ts';
 import { formatIPv4 } from '../../dataplane/addr.ts';
 import { Rng, selectEndpoint } from '../../dataplane/select.ts';
 import { LookupResult, lookup, LOOKUP_DNAT } from '../../dataplane/tables.ts';
+import { compiledVerdict6 } from '../../dataplane/tables6.ts';
+import { formatIPv6 } from '../../dataplane/addr6.ts';
+import { arbDualStackRuleSet, packet6For } from '../support/arb-dualstack.ts';
 
 function agree(a: Verdict, b: Verdict): string | null {
   if (a.kind !== b.kind) return `kind ${a.kind} vs ${b.kind}`;
@@ -68,6 +73,36 @@ t.test(`compiled and linear agree on ${RULE_SETS * PACKETS_PER_SET} (rule set, p
   t.equal(cases, RULE_SETS * PACKETS_PER_SET);
   t.comment(`verdicts: ${JSON.stringify(kinds)}`);
   for (const k of ['dnat', 'reject', 'nomatch', 'drop']) t.ok((kinds[k] ?? 0) > 50, `the generator reached ${k} verdicts (${kinds[k] ?? 0})`);
+});
+
+const RULE_SETS_6 = 300;
+
+t.test(`IPv6: compiled and linear agree on ${RULE_SETS_6 * PACKETS_PER_SET} (dual-stack rule set, IPv6 packet) cases`, async (t) => {
+  let cases = 0;
+  const kinds: Record<string, number> = {};
+  const arb = arbDualStackRuleSet().chain((rs) => fc.record({ rs: fc.constant(rs), packets: fc.array(packet6For(rs), { minLength: PACKETS_PER_SET, maxLength: PACKETS_PER_SET }) }));
+  fc.assert(
+    fc.property(arb, ({ rs, packets }) => {
+      const v = validateRuleSet(rs);
+      if (!v.ok) throw new Error(`the arbitrary made an invalid rule set: ${JSON.stringify(v.errors)}`);
+      const t6 = compile(v.model).v6;
+      const linear = linearFromText(writeIptables(v.model, { family: 6 }), { localAddresses: rs.node.addresses, family: 6 });
+      for (const p of packets) {
+        const c = t6 ? compiledVerdict6(t6, p) : { kind: 'nomatch' as const };
+        const l = linear.evaluate6(p);
+        const why = agree(c, l);
+        if (why !== null) {
+          throw new Error(`[${formatIPv6(p.src)}]:${p.sport} > [${formatIPv6(p.dst)}]:${p.dport} proto ${p.proto}: ${why}\ncompiled ${JSON.stringify(c)}\nlinear   ${JSON.stringify(l)}`);
+        }
+        kinds[c.kind] = (kinds[c.kind] ?? 0) + 1;
+        cases++;
+      }
+    }),
+    { numRuns: RULE_SETS_6, seed: 626262 },
+  );
+  t.equal(cases, RULE_SETS_6 * PACKETS_PER_SET);
+  t.comment(`IPv6 verdicts: ${JSON.stringify(kinds)}`);
+  for (const k of ['dnat', 'reject', 'nomatch', 'drop']) t.ok((kinds[k] ?? 0) > 30, `the generator reached ${k} verdicts (${kinds[k] ?? 0})`);
 });
 
 t.test('both choose endpoints uniformly (chi-square over sampled choices)', async (t) => {
