@@ -20,8 +20,12 @@ import { PROTO_TCP, PROTO_UDP, PROTO_SCTP } from '../../dataplane/addr.ts';
 import fc from 'fast-check';
 import { arbDualStackRuleSet } from '../support/arb-dualstack.ts';
 import { ruleSetModel } from '../../control/model.ts';
+import { compile } from '../../control/compile.ts';
+import { compiledVerdict6 } from '../../dataplane/tables6.ts';
 
 const NS = `tp-ip6t${process.pid}`;
+/** a second, fresh namespace for traffic: only the legacy backend's rules in it */
+const NS_TRAFFIC = `tp-ip6t${process.pid}-k`;
 
 function run(cmd: string[], input?: string): { code: number; stdout: string; stderr: string } {
   const r = spawnSync(cmd[0], cmd.slice(1), { input, encoding: 'utf8', timeout: 60_000, maxBuffer: 64 << 20 });
@@ -43,7 +47,10 @@ if (reason) {
   t.plan(0, `ip6tables and nft in a namespace skipped: ${reason}`);
 } else {
   const inNs = (cmd: string[], input?: string) => run(['ip', 'netns', 'exec', NS, ...cmd], input);
-  const cleanup = () => void run(['ip', 'netns', 'del', NS]);
+  const cleanup = () => {
+    run(['ip', 'netns', 'del', NS]);
+    run(['ip', 'netns', 'del', NS_TRAFFIC]);
+  };
   cleanup();
   const add = run(['ip', 'netns', 'add', NS]);
   if (add.code !== 0) throw new Error(`ip netns add ${NS}: ${add.stderr}`);
@@ -137,5 +144,81 @@ if (reason) {
     t.match(map.stdout, /2001:db8:5::8 \. tcp \. 8080 : goto external-/);
     const chains = inNs(['nft', 'list', 'table', 'ip6', 'kube-proxy']).stdout;
     t.match(chains, /dnat to \[fd00:10:64:1::7\]:8080/);
+  });
+
+  t.test('the kernel agrees with the linear walk and with tunproxy\'s IPv6 tables: UDP flows from the node through the rules', async (t) => {
+    const k = (cmd: string[], input?: string) => {
+      const r = run(['ip', 'netns', 'exec', NS_TRAFFIC, ...cmd], input);
+      if (r.code !== 0) throw new Error(`${cmd.join(' ')} in ${NS_TRAFFIC}: ${r.stderr || r.stdout}`);
+      return r.stdout;
+    };
+    t.equal(run(['ip', 'netns', 'add', NS_TRAFFIC]).code, 0, `ip netns add ${NS_TRAFFIC}`);
+    const node = 'fd00:50::2';
+    // the node's IPv6 address on one end of a veth pair whose both ends are in the namespace; default route there
+    k(['sysctl', '-q', '-w', 'net.ipv6.conf.all.disable_ipv6=0', 'net.ipv6.conf.default.disable_ipv6=0', 'net.ipv6.conf.all.accept_dad=0', 'net.ipv6.conf.default.accept_dad=0']);
+    k(['ip', 'link', 'set', 'lo', 'up']);
+    k(['ip', 'link', 'add', 'v0', 'type', 'veth', 'peer', 'name', 'v1']);
+    k(['ip', 'addr', 'add', `${node}/64`, 'dev', 'v0', 'nodad']);
+    k(['ip', 'link', 'set', 'v0', 'up']);
+    k(['ip', 'link', 'set', 'v1', 'up']);
+    k(['ip', '-6', 'route', 'add', 'default', 'dev', 'v0']);
+    const text = writeIptables(v.model, { family: 6 });
+    k(['ip6tables-legacy-restore'], text);
+    const ev = new LinearEvaluator(parseIptablesSave(text, { family: 6 }), { localAddresses: RS.node.addresses });
+    const t6 = compile(v.model).v6!;
+    const send = (dst: string, dport: number, base: number, n: number) =>
+      k([process.execPath, '-e', `
+        const dgram = require('node:dgram');
+        const [dst, dport, base, n] = [process.argv[1], +process.argv[2], +process.argv[3], +process.argv[4]];
+        let left = n;
+        for (let i = 0; i < n; i++) {
+          const s = dgram.createSocket('udp6');
+          s.on('error', () => {});
+          s.bind(base + i, '${node}', () => s.send('q', dport, dst, () => { s.close(); if (--left === 0) process.exit(0); }));
+        }`, dst, String(dport), String(base), String(n)]);
+    /** conntrack's IPv6 UDP flows by original source port: reply source [endpoint]:port and whether they were source-NATed */
+    const flows = () => {
+      const all = new Map<number, { endpoint: string; snat: boolean }>();
+      const line = /src=(\S+) dst=(\S+) sport=(\d+) dport=(\d+) .*?src=(\S+) dst=\S+ sport=(\d+)/;
+      for (const l of k(['conntrack', '-L', '-f', 'ipv6', '-p', 'udp']).split('\n')) {
+        const m = line.exec(l);
+        if (m) all.set(Number(m[3]), { endpoint: `[${m[5]}]:${m[6]}`, snat: false });
+      }
+      for (const l of k(['conntrack', '-L', '-f', 'ipv6', '-p', 'udp', '--src-nat']).split('\n')) {
+        const m = line.exec(l);
+        if (m && all.has(Number(m[3]))) all.get(Number(m[3]))!.snat = true;
+      }
+      return all;
+    };
+    const cases: [string, number, number][] = [
+      ['fd00:10:96::a', 53, 300], // web's IPv6 half: two IPv6 endpoints, one half each
+      ['fd00:10:96::a', 54, 5], // no service on that port
+    ];
+    let base = 20000;
+    for (const [dst, dport, n] of cases) {
+      k(['conntrack', '-F', '-f', 'ipv6']);
+      send(dst, dport, base, n);
+      const seen = flows();
+      t.equal(seen.size, n, `[${dst}]:${dport}: one conntrack entry per flow`);
+      const pkt = { proto: PROTO_UDP, src: parseIPv6(node)!, dst: parseIPv6(dst)!, sport: base, dport };
+      const lv = ev.evaluate6(pkt);
+      const cv = compiledVerdict6(t6, pkt);
+      t.same(cv, lv, 'tunproxy\'s IPv6 tables and the linear walk give the same verdict');
+      const counts = new Map<string, number>();
+      for (const [, f] of seen) counts.set(f.endpoint, (counts.get(f.endpoint) ?? 0) + 1);
+      if (cv.kind !== 'dnat') {
+        t.same([...counts.keys()], [`[${dst}]:${dport}`], `[${dst}]:${dport}: not translated by the kernel either (${cv.kind})`);
+      } else {
+        t.same([...counts.keys()].sort(), cv.candidates.map((c) => c.endpoint).sort(), `[${dst}]:${dport}: the kernel picks among tunproxy's candidates`);
+        for (const c of cv.candidates) {
+          const flowsTo = [...seen.values()].filter((f) => f.endpoint === c.endpoint);
+          t.ok(flowsTo.every((f) => f.snat === c.masquerade), `${c.endpoint}: masquerade ${c.masquerade} in the kernel too`);
+        }
+        let chi2 = 0;
+        for (const c of cv.candidates) chi2 += ((counts.get(c.endpoint) ?? 0) - c.probability * n) ** 2 / (c.probability * n);
+        t.ok(chi2 < 19.51, `the kernel's split ${JSON.stringify([...counts])} fits the probabilities (chi-square ${chi2.toFixed(2)}, df 1)`);
+      }
+      base += n;
+    }
   });
 }
