@@ -326,7 +326,7 @@ export class RuleSetHolder {
     // path that could disagree with the text) and runs writer and parser every time. In tunproxy run
     // the text is also the form the rules cross to the packet thread in (control/worker/control-worker.ts),
     // so the holder there builds no walk.
-    if (this.decider === 'linear') this.lin = linearFromText(writeIptables(model), { localAddresses: model.node.addresses.filter((a) => !a.includes(':')) });
+    if (this.decider === 'linear') this.lin = linearFromText(writeIptables(model), { localAddresses: model.node.addresses });
     this.mdl = model;
     this.rs = model.ruleSet;
     this.tables = tables;

@@ -64,7 +64,8 @@ const dnsUdp = dns.ports.find((p) => p.protocol === 'UDP')!;
 const dnsMetrics = dns.ports.find((p) => p.name === 'metrics');
 const emptyPort = empty.ports[0];
 const nodeAddr = ruleSet.node.addresses[0];
-const clusterCIDR = ruleSet.node.clusterCIDR ?? '(none)';
+/** the IPv4 cluster CIDR (the first of kube-proxy's dual-stack pair) */
+const clusterCIDR = ruleSet.node.clusterCIDR?.split(',')[0] ?? '(none)';
 const prefix = `tp-demo-${process.pid}`;
 
 const N_HTTP = 30;
@@ -72,6 +73,9 @@ const N_NODEPORT = 15;
 const N_DNS = 20;
 const N_METRICS = 4;
 const N_POD = 6;
+const N_HTTP6 = 10;
+/** web-svc's IPv6 ClusterIP when the rule set makes it dual-stack (examples/demo-ruleset.json does) */
+const web6 = (web.clusterIPs ?? []).find((a) => a.includes(':')) ?? null;
 
 out(bold('tunproxy demo: a Kubernetes Service dataplane on a TUN device, with real traffic'));
 out(`
@@ -83,7 +87,8 @@ What happens now (about 10 seconds):
   2. \`tunproxy run --tun tun0 --rules ${rel(RULES)}\` starts in the node namespace.
   3. Traffic from the client: ${N_HTTP} HTTP requests to ${web.name}'s ClusterIP ${web.clusterIP}:${webPort.port}, ${N_NODEPORT} via the
      NodePort ${nodeAddr}:${webPort.nodePort}, ${N_DNS} DNS queries over UDP to ${dns.name} ${dns.clusterIP}:${dnsUdp.port}${dnsMetrics ? `, ${N_METRICS} to its metrics port ${dnsMetrics.port}` : ''},
-     one connection to ${empty.name} ${empty.clusterIP}:${emptyPort.port} (no endpoints); from the client pod: ${N_POD} HTTP requests.
+     one connection to ${empty.name} ${empty.clusterIP}:${emptyPort.port} (no endpoints); from the client pod: ${N_POD} HTTP requests.${web6 ? `
+     ${web.name} is dual-stack: ${N_HTTP6} HTTP requests also go to its IPv6 ClusterIP [${web6}]:${webPort.port} (IPv6 pods answer).` : ''}
   4. A report: endpoint hits, the source address the pods saw, the REJECT, tunproxy's connection
      table and counters. Then the lab is removed.
 `);
@@ -127,7 +132,11 @@ function hits(answers: Answer[]): string {
 
 function sources(answers: Answer[]): string {
   const by = new Map<string, number>();
-  for (const a of answers) if (a.client) by.set(String(a.client).replace(/:\d+$/, ''), (by.get(String(a.client).replace(/:\d+$/, '')) ?? 0) + 1);
+  for (const a of answers) {
+    if (!a.client) continue;
+    const addr = String(a.client).replace(/:\d+$/, '').replace(/^\[(.*)\]$/, '$1');
+    by.set(addr, (by.get(addr) ?? 0) + 1);
+  }
   return [...by].map(([addr, n]) => `${addr} in ${n}/${answers.length} answers`).join(', ');
 }
 
@@ -168,6 +177,7 @@ try {
   const dnsAnswers: Answer[] = await client.call('dns', { server: `${dns.clusterIP}:${dnsUdp.port}`, type: 'TXT', name: 'web-svc.default.svc.cluster.local', count: N_DNS });
   const metrics: Answer[] = dnsMetrics ? await client.call('http', { url: `http://${dns.clusterIP}:${dnsMetrics.port}/metrics`, count: N_METRICS }) : [];
   const fromPod: Answer[] = await cpod.call('http', { url: `http://${web.clusterIP}:${webPort.port}/`, count: N_POD });
+  const viaClusterIP6: Answer[] = web6 && lab.client.address6 ? await client.call('http', { url: `http://[${web6}]:${webPort.port}/`, count: N_HTTP6 }) : [];
   const dump = await tcpdumpOne(lab.client.ns, 'eth0', `icmp and src host ${empty.clusterIP}`, 3000);
   const refused = await client.call('tcp', { to: `${empty.clusterIP}:${emptyPort.port}` });
   const icmpLine = await dump.line;
@@ -183,6 +193,7 @@ try {
     [`${dns.namespace}/${dns.name} ClusterIP ${dns.clusterIP}:${dnsUdp.port}/UDP`, dnsAnswers],
     ...(dnsMetrics ? [[`${dns.namespace}/${dns.name} ClusterIP ${dns.clusterIP}:${dnsMetrics.port}/TCP`, metrics] as [string, Answer[]]] : []),
     [`${web.namespace}/${web.name} ClusterIP, from the client pod`, fromPod],
+    ...(web6 ? [[`${web.namespace}/${web.name} IPv6 ClusterIP [${web6}]:${webPort.port}/TCP`, viaClusterIP6] as [string, Answer[]]] : []),
   ];
   const width = Math.max(...rows.map(([l]) => l.length));
   for (const [label, answers] of rows) out(`  ${label.padEnd(width)}   ${hits(answers)}`);
@@ -193,6 +204,10 @@ try {
   out(`     -> masqueraded to the node's address ${lab.node.masqueradeAddress}, like kube-proxy's KUBE-MARK-MASQ + MASQUERADE`);
   out(`  client pod ${lab.clientPod!.address} (inside the cluster CIDR): ${sources(fromPod)}`);
   out(`     -> the pod's own address is preserved, as kube-proxy does for in-cluster clients`);
+  if (web6) {
+    out(`  client ${lab.client.address6} over IPv6: ${sources(viaClusterIP6)}`);
+    out(`     -> masqueraded to the node's IPv6 address ${lab.node.masqueradeAddress6}, as kube-proxy's IPv6 proxier does`);
+  }
   out();
   out(bold(`${empty.namespace}/${empty.name} (no endpoints)`));
   out(`  connect to ${empty.clusterIP}:${emptyPort.port} from the client: ${refused.error ?? (refused.connected ? 'CONNECTED (unexpected)' : JSON.stringify(refused))}`);
@@ -223,7 +238,9 @@ try {
   out();
 
   const ok =
-    [...viaClusterIP, ...viaNodePort, ...dnsAnswers, ...metrics, ...fromPod].every((a) => !a.error) && refused.error === 'ECONNREFUSED';
+    [...viaClusterIP, ...viaNodePort, ...dnsAnswers, ...metrics, ...fromPod, ...viaClusterIP6].every((a) => !a.error) &&
+    refused.error === 'ECONNREFUSED' &&
+    (web6 === null || viaClusterIP6.length === N_HTTP6);
   const final = opts.keep ? null : await tp.stop();
   if (final) step(`tunproxy stopped: ${tp.lines.find((l) => l.startsWith('tunproxy: final:'))?.replace(/^tunproxy: /, '')}`);
   if (opts.keep) {
@@ -238,11 +255,12 @@ try {
   out();
   out(bold('What to look at:'));
   const reached = (answers: Answer[], s: typeof web): string => {
-    const hit = new Set(answers.map((a) => String(a.endpoint ?? '').replace(/:\d+$/, '')));
+    const hit = new Set(answers.map((a) => String(a.endpoint ?? '').replace(/:\d+$/, '').replace(/^\[(.*)\]$/, '$1')));
     return `${s.endpoints!.filter((e) => hit.has(e.address)).length}/${s.endpoints!.length}`;
   };
-  out(`  - Per-endpoint hits: endpoints of ${web.name} reached ${reached([...viaClusterIP, ...viaNodePort], web)}, of ${dns.name} ${reached(dnsAnswers, dns)}; new flows are spread at random, like kube-proxy's statistic rules.`);
+  out(`  - Per-endpoint hits: endpoints of ${web.name} reached ${reached([...viaClusterIP, ...viaNodePort, ...viaClusterIP6], web)}, of ${dns.name} ${reached(dnsAnswers, dns)}; new flows are spread at random, like kube-proxy's statistic rules.`);
   out(`  - Source addresses: ${lab.node.masqueradeAddress} (masquerade) for the outside client, the pod's own address from inside the cluster.`);
+  if (web6) out(`  - IPv6: ${web.name}'s IPv6 ClusterIP reached the IPv6 pods, masqueraded to ${lab.node.masqueradeAddress6}; the connection table holds those flows too.`);
   out(`  - ${empty.name}: ECONNREFUSED straight away, from an ICMP port unreachable that tunproxy generated.`);
   out(`  - The connection table: original tuple, then the reply tuple (endpoint -> masquerade address or client).`);
   out(`  - Counters: drop=0 unless something went wrong, and then by its reason; reply counts the ICMP answers.`);

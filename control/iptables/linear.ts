@@ -214,7 +214,8 @@ export class LinearEvaluator implements SampleDecider6 {
         local6.push(...w);
         continue;
       }
-      if (a instanceof Uint32Array) throw new Error('localAddresses: an IPv6 address (4 words) for an IPv4 evaluator');
+      // an IPv6 address of a dual-stack node: not this evaluator's family (as the IPv6 one skips IPv4 entries)
+      if (a instanceof Uint32Array || (typeof a === 'string' && a.includes(':'))) continue;
       const n = typeof a === 'number' ? a >>> 0 : parseIPv4(a);
       if (n < 0) throw new Error(`localAddresses: '${a}' is not an IPv4 address`);
       this.local.add(n);
