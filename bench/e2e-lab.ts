@@ -47,8 +47,9 @@
  * every address `nodad`) or router solicitations; the node forwards. With a
  * TUN: tun0 gets no link-local address (`addrgenmode none`, so the kernel
  * sends no neighbour discovery, MLD or RS into it), the IPv6 service CIDR
- * fd00:10:96::/108 is routed into it, and `ip -6 rule`s send the pods' TCP,
- * UDP and ICMPv6 into it as for IPv4. The responders answer on both families
+ * fd00:10:96::/108 is routed into it, and `ip -6 rule`s send the pods' TCP
+ * and UDP into it (not ICMPv6: neighbour discovery must stay on the pod's
+ * link, or the node never resolves the pod). The responders answer on both families
  * (--ipv6). The clients drop their ICMPv6 destination-unreachable too.
  */
 import { readFileSync } from 'node:fs';
@@ -310,7 +311,9 @@ export async function e2eLabUp(o: E2eLabOptions): Promise<E2eLab> {
         node6.push(
           `route add ${o.serviceCIDR6 ?? SERVICE_CIDR6} dev ${TUN_NAME}`,
           `route add default dev ${TUN_NAME} table ${TUN_TABLE}`,
-          ...o.endpoints.flatMap((_, i) => ['tcp', 'udp', 'ipv6-icmp'].map((p) => `rule add pref 60 iif vp${i} ipproto ${p} lookup ${TUN_TABLE}`)),
+          // (not ICMPv6: the pods' neighbour discovery must stay on their link, or the node never resolves them
+          // and the first flows to a pod are lost; scripts/lab.ts does the same)
+          ...o.endpoints.flatMap((_, i) => ['tcp', 'udp'].map((p) => `rule add pref 60 iif vp${i} ipproto ${p} lookup ${TUN_TABLE}`)),
           'rule add pref 100 lookup local',
           'rule del pref 0 lookup local',
         );
