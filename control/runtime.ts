@@ -291,7 +291,8 @@ export class RuleSetHolder {
     for (const s of removedSvcs) removedEntries.push(...(this.entriesOf.get(s) ?? []));
     const rs: RuleSet = o as unknown as RuleSet;
     // IPv6 service ports added or removed? (asked before the model in force is spliced in place)
-    const v6Changed = v.services.some((s) => s.ports.some((p) => p.family === 6)) || prevModel.services.some((s) => removedSvcs.has(s.service) && s.ports.some((p) => p.family === 6));
+    // (the removed services' models by their positions in the rule set in force: no walk over every service)
+    const v6Changed = v.services.some((s) => s.ports.some((p) => p.family === 6)) || diff.removed.some((i) => prevModel.services[i].ports.some((p) => p.family === 6));
     // from here on nothing can fail: in place, the tables, model and owners in force are written
     const inPlace = this.inPlace;
     const patched = patchTables(prevTables, prevModel.node, removedEntries, v.services, this.gen + 1, inPlace);
