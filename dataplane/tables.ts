@@ -296,6 +296,15 @@ export function lookup(t: Tables, proto: number, src: number, dst: number, dport
 export function compiledVerdict(t: Tables, p: PacketTuple): Verdict {
   const out = new LookupResult();
   const r = lookup(t, p.proto, p.src, p.dst, p.dport, out);
+  return verdictOf(t, r, out, (e) => e.addr === p.src);
+}
+
+/**
+ * A lookup's answer `r` (LOOKUP_*) and `out` as a `Verdict`: the candidates with
+ * their probabilities, each masqueraded when the lookup says so or when it is
+ * the packet's own source (`isSource`: hairpin). Shared by both families.
+ */
+export function verdictOf(t: Tables, r: number, out: LookupResult, isSource: (e: EndpointEntry) => boolean): Verdict {
   const s = out.svcIndex < 0 ? null : t.services[out.svcIndex];
   switch (r) {
     case LOOKUP_DNAT: {
@@ -306,7 +315,7 @@ export function compiledVerdict(t: Tables, p: PacketTuple): Verdict {
       const candidates: Candidate[] = set.endpoints.map((e, i) => ({
         endpoint: e.text,
         probability: set.maglev !== null ? counts[i] / set.maglev.length : 1 / n,
-        masquerade: out.masquerade || e.addr === p.src,
+        masquerade: out.masquerade || isSource(e),
       }));
       return { kind: 'dnat', service: s!.name, affinitySeconds: s!.affinityMs / 1000, candidates };
     }

@@ -14,7 +14,7 @@
  * cluster CIDR, loadBalancerSourceRanges) is checked on words here.
  */
 import { cidr6Contains, equal6, type Cidr6 } from './addr6.ts';
-import type { Candidate, Verdict } from './verdict.ts';
+import type { Verdict } from './verdict.ts';
 import type { PacketTuple6 } from './decider6.ts';
 import { protoIndex } from './addr.ts';
 import {
@@ -23,6 +23,7 @@ import {
   VIP_CLUSTER, VIP_LOADBALANCER, VIA_NODEPORT, ANY_PORT,
   LOOKUP_NOMATCH, LOOKUP_DNAT, LOOKUP_REJECT, LOOKUP_DROP_NO_LOCAL, LOOKUP_DROP_SOURCE_RANGE,
   type Tables,
+  verdictOf,
 } from './tables.ts';
 
 const STRIDE = 5; // four words, id + 1 (0 = empty)
@@ -243,29 +244,6 @@ export function compiledVerdict6(t6: Tables6, p: PacketTuple6): Verdict {
   w.set(p.dst, 4);
   const out = new LookupResult();
   const r = lookup6(t6, p.proto, w, 0, 4, p.dport, out);
-  const t = t6.base;
-  const s = out.svcIndex < 0 ? null : t.services[out.svcIndex];
-  switch (r) {
-    case LOOKUP_DNAT: {
-      const set = (out.setLocal ? s!.local : s!.cluster)!;
-      const n = set.endpoints.length;
-      const counts = new Array<number>(n).fill(0);
-      if (set.maglev !== null) for (let i = 0; i < set.maglev.length; i++) counts[set.maglev[i]]++;
-      const candidates: Candidate[] = set.endpoints.map((e, i) => ({
-        endpoint: e.text,
-        probability: set.maglev !== null ? counts[i] / set.maglev.length : 1 / n,
-        // hairpin: the endpoint is the source itself (its id's words)
-        masquerade: out.masquerade || equal6(t6.words, e.addr * 4, p.src, 0),
-      }));
-      return { kind: 'dnat', service: s!.name, affinitySeconds: s!.affinityMs / 1000, candidates };
-    }
-    case LOOKUP_REJECT:
-      return { kind: 'reject', service: s!.name };
-    case LOOKUP_DROP_NO_LOCAL:
-      return { kind: 'drop', service: s!.name, reason: 'no_local_endpoints' };
-    case LOOKUP_DROP_SOURCE_RANGE:
-      return { kind: 'drop', service: s!.name, reason: 'source_range' };
-    default:
-      return { kind: 'nomatch' };
-  }
+  // hairpin: the endpoint (an id) is the source itself
+  return verdictOf(t6.base, r, out, (e) => equal6(t6.words, e.addr * 4, p.src, 0));
 }
