@@ -31,31 +31,36 @@ export interface ConntrackInserter {
 export function snapshotEntries(entries: Iterable<ConntrackEntry>, now: number): ConntrackSnapshotItem[] {
   const items: ConntrackSnapshotItem[] = [];
   for (const e of entries) {
-    items.push({
-      proto: e.proto,
-      origSrc: formatIPv4(e.origSrc),
-      origDst: formatIPv4(e.origDst),
-      origSport: e.origSport,
-      origDport: e.origDport,
-      replySrc: formatIPv4(e.replySrc),
-      replyDst: formatIPv4(e.replyDst),
-      replySport: e.replySport,
-      replyDport: e.replyDport,
-      state: stateName(e.proto, e.state),
-      remainingMs: e.expires - now,
-      ageMs: now - e.created,
-      seenReply: e.seenReply,
-      assured: e.assured,
-      origPackets: e.origPackets,
-      origBytes: e.origBytes,
-      replyPackets: e.replyPackets,
-      replyBytes: e.replyBytes,
-      serviceName: e.serviceName,
-      serviceIndex: e.serviceIndex,
-      masquerade: e.masquerade,
-    });
+    items.push(snapshotItem(e, now, e.proto, formatIPv4(e.origSrc), formatIPv4(e.origDst), formatIPv4(e.replySrc), formatIPv4(e.replyDst)));
   }
   return items;
+}
+
+/** One flow as a snapshot item: its protocol as shown and its addresses as text given (either family). */
+export function snapshotItem(e: ConntrackEntry, now: number, proto: number, origSrc: string, origDst: string, replySrc: string, replyDst: string): ConntrackSnapshotItem {
+  return {
+    proto,
+    origSrc,
+    origDst,
+    origSport: e.origSport,
+    origDport: e.origDport,
+    replySrc,
+    replyDst,
+    replySport: e.replySport,
+    replyDport: e.replyDport,
+    state: stateName(e.proto, e.state),
+    remainingMs: e.expires - now,
+    ageMs: now - e.created,
+    seenReply: e.seenReply,
+    assured: e.assured,
+    origPackets: e.origPackets,
+    origBytes: e.origBytes,
+    replyPackets: e.replyPackets,
+    replyBytes: e.replyBytes,
+    serviceName: e.serviceName,
+    serviceIndex: e.serviceIndex,
+    masquerade: e.masquerade,
+  };
 }
 
 /**

@@ -30,7 +30,7 @@ import { formatIPv6, parseIPv6 } from './addr6.ts';
 import { Conntrack, type ConntrackOptions } from './conntrack.ts';
 import { ConntrackEntry } from './conntrack-entry.ts';
 import { formatConntrackL6, type FormatOptions } from './conntrack-format.ts';
-import { checkSnapshotItemOf, type ConntrackSnapshotItem, type SnapshotFamily } from './conntrack-snapshot.ts';
+import { checkSnapshotItemOf, snapshotItem, type ConntrackSnapshotItem, type SnapshotFamily } from './conntrack-snapshot.ts';
 import { stateName, initialTimeout } from './conntrack-state.ts';
 
 export const PROTO_ICMPV6 = 58;
@@ -346,29 +346,7 @@ export class Conntrack6 extends Conntrack {
   override snapshot(now: number = this.clock()): ConntrackSnapshotItem[] {
     const items: ConntrackSnapshotItem[] = [];
     for (const e of this.entries(now)) {
-      items.push({
-        proto: this.protoOf(e),
-        origSrc: this.address(e, CT6_ORIG_SRC),
-        origDst: this.address(e, CT6_ORIG_DST),
-        origSport: e.origSport,
-        origDport: e.origDport,
-        replySrc: this.address(e, CT6_REPLY_SRC),
-        replyDst: this.address(e, CT6_REPLY_DST),
-        replySport: e.replySport,
-        replyDport: e.replyDport,
-        state: stateName(e.proto, e.state),
-        remainingMs: e.expires - now,
-        ageMs: now - e.created,
-        seenReply: e.seenReply,
-        assured: e.assured,
-        origPackets: e.origPackets,
-        origBytes: e.origBytes,
-        replyPackets: e.replyPackets,
-        replyBytes: e.replyBytes,
-        serviceName: e.serviceName,
-        serviceIndex: e.serviceIndex,
-        masquerade: e.masquerade,
-      });
+      items.push(snapshotItem(e, now, this.protoOf(e), this.address(e, CT6_ORIG_SRC), this.address(e, CT6_ORIG_DST), this.address(e, CT6_REPLY_SRC), this.address(e, CT6_REPLY_DST)));
     }
     return items;
   }

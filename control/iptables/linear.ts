@@ -541,31 +541,24 @@ export class LinearEvaluator implements SampleDecider6 {
     this.dst6.set(pkt.dst);
     this.src = 0;
     this.dst = 0;
-    this.proto = pkt.proto;
-    this.sport = pkt.sport;
-    this.dport = pkt.dport;
-    this.mark = 0;
-    this.ct = CT_NEW;
-    this.srcType = this.addrType6(this.src6);
-    this.dstType = this.addrType6(this.dst6);
-    this.lastService = null;
-    this.lastNoLocal = false;
-    this.decidingRule = null;
-    this.branchProbability = 0;
-    this.branching = false;
-    this.affinitySeconds = 0;
+    this.begin(pkt.proto, pkt.sport, pkt.dport, this.addrType6(this.src6), this.addrType6(this.dst6));
   }
 
   private load(pkt: PacketTuple): void {
     this.src = pkt.src >>> 0;
     this.dst = pkt.dst >>> 0;
-    this.proto = pkt.proto;
-    this.sport = pkt.sport;
-    this.dport = pkt.dport;
+    this.begin(pkt.proto, pkt.sport, pkt.dport, this.addrType(this.src), this.addrType(this.dst));
+  }
+
+  /** The walk's state for a new packet of either family (its addresses loaded by the caller). */
+  private begin(proto: number, sport: number, dport: number, srcType: number, dstType: number): void {
+    this.proto = proto;
+    this.sport = sport;
+    this.dport = dport;
     this.mark = 0;
     this.ct = CT_NEW;
-    this.srcType = this.addrType(this.src);
-    this.dstType = this.addrType(this.dst);
+    this.srcType = srcType;
+    this.dstType = dstType;
     this.lastService = null;
     this.lastNoLocal = false;
     this.decidingRule = null;
