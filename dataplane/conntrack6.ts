@@ -31,7 +31,7 @@ import { Conntrack, type ConntrackOptions } from './conntrack.ts';
 import { ConntrackEntry } from './conntrack-entry.ts';
 import { formatConntrackL6, type FormatOptions } from './conntrack-format.ts';
 import { checkSnapshotItemOf, snapshotItem, type ConntrackSnapshotItem, type SnapshotFamily } from './conntrack-snapshot.ts';
-import { stateName, initialTimeout } from './conntrack-state.ts';
+import { initialTimeout } from './conntrack-state.ts';
 
 export const PROTO_ICMPV6 = 58;
 /** words per flow in the side array */
