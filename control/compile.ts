@@ -354,6 +354,18 @@ export function compile6(model: RuleSetModel, generation = 1): Tables6 | null {
   const index = new Addr6Ids(keyed.size);
   const w = Uint32Array.from(words);
   for (const i of keyed) index.set(w, i * 4, i);
+  // each keyed address's first (protocol, port) with the VIP index's answer for it, in its slot (Addr6Ids: the hint)
+  const vips = base.vipIndex;
+  for (const sp of mapped) {
+    const pp = protoIndex(sp.protocolNumber) * 65536 + sp.portNumber;
+    const hint = (a: number): void => {
+      const v = vips.get(a, pp);
+      if (v >= 0) index.hint(w, a * 4, pp, v);
+    };
+    if (sp.clusterAddr >= 0) hint(sp.clusterAddr);
+    for (const a of sp.externalAddrs) hint(a);
+    for (const a of sp.loadBalancerAddrs) hint(a);
+  }
   return {
     base,
     ids: index,

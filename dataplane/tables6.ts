@@ -26,7 +26,15 @@ import {
   verdictOf,
 } from './tables.ts';
 
-const STRIDE = 5; // four words, id + 1 (0 = empty)
+/**
+ * A slot: the four words, id + 1 (0 = empty), then a hint: one (protoPort,
+ * VIP index value) pair of the address (-1 = none) and a pad word. Eight
+ * words, 32 bytes: a slot never straddles a cache line.
+ */
+const STRIDE = 8;
+const S_ID = 4;
+const S_HINT_KEY = 5;
+const S_HINT_VALUE = 6;
 
 function hash4(w: ArrayLike<number>, o: number): number {
   let h = Math.imul(w[o] ^ 0x9e3779b9, 0x85ebca6b);
@@ -38,8 +46,15 @@ function hash4(w: ArrayLike<number>, o: number): number {
 
 /**
  * 128-bit address → small id: open addressing with linear probing over one
- * Int32Array (four words and id + 1 per slot, 0 = empty), built once,
- * immutable after. No allocation per lookup.
+ * Int32Array (STRIDE words per slot), built once, immutable after. No
+ * allocation per lookup.
+ *
+ * The hint: a new flow to an IPv6 ClusterIP would take two probes at two
+ * places in memory (this table for the id, then the VIP index for (id,
+ * protoPort)); at 100 000 services each is a cache miss. So each address
+ * keeps, beside its id, the VIP index's answer for one of its (protocol,
+ * port) keys (a service with one port: its only one), and lookup6 reads it
+ * from the slot it already has in cache. Other ports probe the VIP index.
  */
 export class Addr6Ids {
   readonly slots: Int32Array;
@@ -48,10 +63,11 @@ export class Addr6Ids {
 
   constructor(expected: number, slots?: Int32Array) {
     if (slots !== undefined) {
+      if (slots.length % STRIDE !== 0) throw new Error(`Addr6Ids: ${slots.length} words is not a whole number of ${STRIDE}-word slots`);
       this.slots = slots;
       this.mask = slots.length / STRIDE - 1;
       let n = 0;
-      for (let i = 4; i < slots.length; i += STRIDE) if (slots[i] !== 0) n++;
+      for (let i = S_ID; i < slots.length; i += STRIDE) if (slots[i] !== 0) n++;
       this.size = n;
       return;
     }
@@ -61,18 +77,23 @@ export class Addr6Ids {
     this.slots = new Int32Array(cap * STRIDE);
   }
 
-  /** The id of the address w[o..o+4), or -1. */
-  get(w: ArrayLike<number>, o: number): number {
+  /** Where the address w[o..o+4) is in `slots` (its first word), or -1. */
+  find(w: ArrayLike<number>, o: number): number {
     const s = this.slots;
     const a = w[o] | 0, b = w[o + 1] | 0, c = w[o + 2] | 0, d = w[o + 3] | 0;
     let i = hash4(w, o) & this.mask;
     for (;;) {
       const p = i * STRIDE;
-      const v = s[p + 4];
-      if (v === 0) return -1;
-      if (s[p + 3] === d && s[p] === a && s[p + 1] === b && s[p + 2] === c) return v - 1;
+      if (s[p + S_ID] === 0) return -1;
+      if (s[p + 3] === d && s[p] === a && s[p + 1] === b && s[p + 2] === c) return p;
       i = (i + 1) & this.mask;
     }
+  }
+
+  /** The id of the address w[o..o+4), or -1. */
+  get(w: ArrayLike<number>, o: number): number {
+    const p = this.find(w, o);
+    return p < 0 ? -1 : this.slots[p + S_ID] - 1;
   }
 
   /** Insert (build time only); the capacity must hold it (expected given to the constructor). */
@@ -82,18 +103,32 @@ export class Addr6Ids {
     let i = hash4(w, o) & this.mask;
     for (;;) {
       const p = i * STRIDE;
-      if (s[p + 4] === 0) {
+      if (s[p + S_ID] === 0) {
         s[p] = w[o]; s[p + 1] = w[o + 1]; s[p + 2] = w[o + 2]; s[p + 3] = w[o + 3];
-        s[p + 4] = id + 1;
+        s[p + S_ID] = id + 1;
+        s[p + S_HINT_KEY] = -1;
         this.size++;
         return;
       }
       if (s[p] === (w[o] | 0) && s[p + 1] === (w[o + 1] | 0) && s[p + 2] === (w[o + 2] | 0) && s[p + 3] === (w[o + 3] | 0)) {
-        s[p + 4] = id + 1;
+        s[p + S_ID] = id + 1;
         return;
       }
       i = (i + 1) & this.mask;
     }
+  }
+
+  /**
+   * Build time: remember the VIP index's value for (this address, protoPort)
+   * in the address's slot, unless it holds one already. The caller passes
+   * exactly what the VIP index answers for that key.
+   */
+  hint(w: ArrayLike<number>, o: number, protoPort: number, value: number): void {
+    const p = this.find(w, o);
+    if (p < 0) throw new Error('Addr6Ids: a hint for an address that has no id');
+    if (this.slots[p + S_HINT_KEY] !== -1) return;
+    this.slots[p + S_HINT_KEY] = protoPort;
+    this.slots[p + S_HINT_VALUE] = value;
   }
 }
 
@@ -167,14 +202,18 @@ function external6(t6: Tables6, rows: Int32Array, o: number, flags: number, w: U
 export function lookup6(t6: Tables6, proto: number, w: Uint32Array, so: number, dd: number, dport: number, out: LookupResult): number {
   out.svcIndex = -1;
   out.masquerade = false;
-  const dstId = t6.ids.get(w, dd);
-  if (dstId < 0) return LOOKUP_NOMATCH;
+  const ids = t6.ids;
+  const p = ids.find(w, dd);
+  if (p < 0) return LOOKUP_NOMATCH;
   const pi = protoIndex(proto);
   if (pi < 0) return LOOKUP_NOMATCH;
+  const slots = ids.slots;
+  const dstId = slots[p + S_ID] - 1;
   const t = t6.base;
   const protoPort = pi * 65536 + dport;
   const rows = t.serviceRows;
-  const v = t.vipIndex.get(dstId, protoPort);
+  // the VIP index's answer, from the address's slot when it holds this key (Addr6Ids: the hint)
+  const v = slots[p + S_HINT_KEY] === protoPort ? slots[p + S_HINT_VALUE] : t.vipIndex.get(dstId, protoPort);
   let firewalled = false;
   let vo = 0;
   let vflags = 0;

@@ -151,3 +151,32 @@ t.test('a PATCH of an IPv6 service (the incremental path) brings the IPv6 tables
   t.equal(h.apply(rsOf(web2, filled, lb, { ...four, endpoints: [{ address: '10.64.4.5' }] })).mode, 'incremental');
   t.equal(h.current!.v6, kept, 'an IPv4-only service changed: the same IPv6 tables');
 });
+
+t.test('the hint in an address slot: the hinted (protocol, port) and the others answer as the VIP index does', async (t) => {
+  const multi: Service = {
+    namespace: 'default', name: 'multi', clusterIP: 'fd00:10:96::d', ipFamilies: ['IPv6'], ipFamilyPolicy: 'SingleStack',
+    ports: [
+      { name: 'dns-udp', protocol: 'UDP', port: 53, targetPort: 5353 },
+      { name: 'dns-tcp', protocol: 'TCP', port: 53, targetPort: 5353 },
+      { name: 'http', protocol: 'TCP', port: 80, targetPort: 8080 },
+    ],
+    endpoints: [{ address: 'fd00:10:64:4::4' }],
+  };
+  const t6 = tablesOf(web, multi);
+  const vip = parseIPv6('fd00:10:96::d')!;
+  const p = t6.ids.find(vip, 0);
+  t.ok(p >= 0, 'the ClusterIP has a slot');
+  // slot: four words, id + 1, hint key, hint value, pad
+  t.equal(t6.ids.slots[p + 5], 1 * 65536 + 53, 'its hint is its first port: UDP (protocol index 1) 53');
+  const seen = new Set<number>();
+  for (const [proto, port] of [[PROTO_UDP, 53], [PROTO_TCP, 53], [PROTO_TCP, 80]] as const) {
+    const a = ask(t6, proto, 'fd00:10:64:9::1', 'fd00:10:96::d', port);
+    t.equal(a.r, LOOKUP_DNAT, `${proto}/${port} DNATs`);
+    t.same(a.eps, [`[fd00:10:64:4::4]:${port === 80 ? 8080 : 5353}`], `${proto}/${port}: the endpoint and target port`);
+    t.equal(a.out.svcIndex, t6.base.vipIndex.get(t6.ids.get(vip, 0), (proto === PROTO_TCP ? 0 : 1) * 65536 + port) >> 2, `${proto}/${port}: the service port the VIP index names`);
+    seen.add(a.out.svcIndex);
+  }
+  t.equal(seen.size, 3, 'three service ports, three answers');
+  t.equal(ask(t6, PROTO_UDP, 'fd00:10:64:9::1', 'fd00:10:96::d', 80).r, LOOKUP_NOMATCH, 'a port the service has not: no match');
+  t.equal(ask(t6, PROTO_TCP, 'fd00:10:64:9::1', 'fd00:10:96::d', 8080).r, LOOKUP_NOMATCH, 'nor its target port');
+});
