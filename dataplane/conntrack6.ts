@@ -118,6 +118,16 @@ export class Conntrack6 extends Conntrack {
   /** @internal the side array: CT6_WORDS words per slot */
   private words: Uint32Array;
   private readonly scratch = new Uint32Array(CT6_WORDS);
+  /**
+   * The key (hi, lo) of the tuple the last lookup6 hashed, and of the tuple
+   * the last isTupleInUse6 hashed, kept apart from `hash` (which a removal
+   * overwrites): a new flow's packet path hands them back to insert6Keyed,
+   * so a new flow hashes each of its two tuples once.
+   */
+  lookupHi = 0;
+  lookupLo = 0;
+  probeHi = 0;
+  probeLo = 0;
 
   constructor(options: ConntrackOptions = {}) {
     super(options);
@@ -180,7 +190,11 @@ export class Conntrack6 extends Conntrack {
   lookup6(proto: number, w: Uint32Array, so: number, dd: number, sport: number, dport: number, now: number): ConntrackEntry | null {
     const p = proto === PROTO_ICMPV6 ? PROTO_ICMP : proto;
     this.hashTuple6(p, w, so, dd, sport, dport);
-    const v = this.index.find(this.hash[0], this.hash[1]);
+    const hi = this.hash[0];
+    const lo = this.hash[1];
+    this.lookupHi = hi;
+    this.lookupLo = lo;
+    const v = this.index.find(hi, lo);
     if (v < 0) return null;
     const slot = v >>> 1;
     const e = this.flows[slot];
@@ -207,7 +221,11 @@ export class Conntrack6 extends Conntrack {
   isTupleInUse6(proto: number, w: Uint32Array, so: number, dd: number, sport: number, dport: number, now?: number): boolean {
     const p = proto === PROTO_ICMPV6 ? PROTO_ICMP : proto;
     this.hashTuple6(p, w, so, dd, sport, dport);
-    const v = this.index.find(this.hash[0], this.hash[1]);
+    const hi = this.hash[0];
+    const lo = this.hash[1];
+    this.probeHi = hi;
+    this.probeLo = lo;
+    const v = this.index.find(hi, lo);
     if (v < 0) return false;
     if (now !== undefined) {
       const e = this.flows[v >>> 1];
@@ -256,8 +274,22 @@ export class Conntrack6 extends Conntrack {
     const origHi = h[0];
     const origLo = h[1];
     this.hashTuple6(p, t, CT6_REPLY_SRC, CT6_REPLY_DST, replySport, replyDport);
-    const replyHi = h[0];
-    const replyLo = h[1];
+    return this.insert6Keyed(proto, t, origSport, origDport, replySport, replyDport, now, info, origHi, origLo, h[0], h[1]);
+  }
+
+  /**
+   * insert6 with both keys hashed already: (origHi, origLo) is what lookup6
+   * left in lookupHi/lookupLo for the original tuple, (replyHi, replyLo) what
+   * isTupleInUse6 left in probeHi/probeLo for the reply tuple (the packet
+   * path asks both just before it inserts). Keys that are not those tuples'
+   * would file the flow where no lookup finds it: use insert6 otherwise.
+   */
+  insert6Keyed(
+    proto: number, t: Uint32Array, origSport: number, origDport: number, replySport: number, replyDport: number,
+    now: number, info: ConntrackInfo6, origHi: number, origLo: number, replyHi: number, replyLo: number,
+  ): ConntrackEntry | null {
+    checkProto6(proto);
+    const p = proto === PROTO_ICMPV6 ? PROTO_ICMP : proto;
     if (origHi === replyHi && origLo === replyLo) {
       if (same4(t, 0, t, 8) && same4(t, 4, t, 12) && origSport === replySport && origDport === replyDport) this.clashes++;
       else this.collisions++;

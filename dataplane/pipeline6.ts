@@ -41,7 +41,7 @@ import { checksumRaw } from './wire/checksum.ts';
 import { wireErrorName } from './wire/error.ts';
 import { buildIcmpv6Error, icmpv6Check, icmpv6ErrorPermitted } from './wire/icmpv6.ts';
 import { ipv6Check, ipv6Walk, Ipv6Chain } from './wire/ipv6.ts';
-import { icmpv6QuoteRewriteDst, icmpv6QuoteRewriteSrc, rewriteBoth6, rewriteDst6, rewriteSrc6 } from './wire/ipv6-rewrite.ts';
+import { icmpv6QuoteRewriteDst, icmpv6QuoteRewriteSrc, rewriteBoth6, rewriteBothKnown6, rewriteDst6, rewriteSrc6 } from './wire/ipv6-rewrite.ts';
 import { tcpCheck } from './wire/tcp.ts';
 import { sctpCheck } from './wire/sctp.ts';
 
@@ -246,7 +246,7 @@ export class Pipeline6 {
     const c = this.chain;
     const dChange = !same4(ws, nDst, w, 4) || nDport !== dport;
     const sChange = !same4(ws, nSrc, w, 0) || nSport !== sport;
-    if (dChange && sChange && !this.partial) rewriteBoth6(buf, off, c, ws, nDst, nDport, nSrc, nSport);
+    if (dChange && sChange && !this.partial) rewriteBothKnown6(buf, off, c, w, 0, sport, dport, ws, nDst, nDport, nSrc, nSport);
     else {
       if (dChange) rewriteDst6(buf, off, c, ws, nDst, nDport, this.partial);
       if (sChange) rewriteSrc6(buf, off, c, ws, nSrc, nSport, this.partial);
@@ -301,7 +301,8 @@ export class Pipeline6 {
     info.serviceName = svc.name;
     info.serviceIndex = svc.index;
     info.masquerade = masquerade;
-    const entry = ct.insert6(proto, tw, sport, dport, epPort, replyDport, now, info);
+    // both keys as lookup6 (this packet's tuple, in process) and the last isTupleInUse6 (the reply tuple) hashed them
+    const entry = ct.insert6Keyed(proto, tw, sport, dport, epPort, replyDport, now, info, ct.lookupHi, ct.lookupLo, ct.probeHi, ct.probeLo);
     if (entry === null) return this.drop(D_CONNTRACK_COLLISION, total);
     if (this.partial) {
       rewriteDst6(buf, off, c, tw, CT6_REPLY_SRC, epPort, true);

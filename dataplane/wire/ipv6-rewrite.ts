@@ -170,6 +170,47 @@ export function rewriteBoth6(
   buf[co] = k >>> 8; buf[co + 1] = k;
 }
 
+/**
+ * rewriteBoth6 for a packet whose addresses and ports the caller has read
+ * already (the established path: the packet's words are in hand): `old`
+ * holds its source at old[oo..oo+4) and destination at old[oo+4..oo+8), its
+ * ports are oldSport/oldDport. The same bytes as rewriteBoth6 (the same
+ * sums, word for word), without reading the 32 address bytes again and
+ * without writing the words that do not change. TCP and UDP only, whole
+ * packets with full checksums; anything else goes to rewriteBoth6.
+ */
+export function rewriteBothKnown6(
+  buf: Uint8Array, ipOff: number, c: Ipv6Chain, old: Uint32Array, oo: number, oldSport: number, oldDport: number,
+  w: Uint32Array, dAt: number, dport: number, sAt: number, sport: number,
+): void {
+  const proto = c.proto;
+  const l4 = c.l4Off;
+  if (c.fragOffset !== 0 || dport < 0 || sport < 0 || (proto !== PROTO_TCP && proto !== PROTO_UDP) || c.l4Len < (proto === PROTO_TCP ? TCP_MIN_HEADER_LEN : UDP_HEADER_LEN)) {
+    rewriteBoth6(buf, ipOff, c, w, dAt, dport, sAt, sport);
+    return;
+  }
+  let s = 0;
+  const a = ipOff + IPV6_SRC;
+  for (let k = 0; k < 8; k++) {
+    const o = old[oo + k];
+    const v = k < 4 ? w[sAt + k] : w[dAt + k - 4];
+    s += 0x1fffe - (o >>> 16) - (o & 0xffff) + (v >>> 16) + (v & 0xffff);
+    if (o !== v) {
+      const b = a + (k << 2);
+      buf[b] = v >>> 24; buf[b + 1] = v >>> 16; buf[b + 2] = v >>> 8; buf[b + 3] = v;
+    }
+  }
+  s += (~oldDport & 0xffff) + dport + (~oldSport & 0xffff) + sport;
+  buf[l4] = sport >>> 8; buf[l4 + 1] = sport;
+  buf[l4 + 2] = dport >>> 8; buf[l4 + 3] = dport;
+  s = (s & 0xffff) + (s >>> 16);
+  s = (s & 0xffff) + (s >>> 16);
+  const co = l4 + (proto === PROTO_TCP ? TCP_CHECKSUM : UDP_CHECKSUM);
+  const oc = (buf[co] << 8) | buf[co + 1];
+  const k = proto === PROTO_UDP ? udpCsumApplyDelta(oc, s) : csumApplyDelta(oc, s);
+  buf[co] = k >>> 8; buf[co + 1] = k;
+}
+
 function quoteRewrite6(
   buf: Uint8Array, c: Ipv6Chain, q: Ipv6Chain, addrAt: number, portAt: number,
   w: ArrayLike<number>, wo: number, newPort: number,

@@ -187,3 +187,30 @@ t.test('the side array grows past its first size', async (t) => {
   }
   t.equal(ok, 3000);
 });
+
+t.test('insert6Keyed with the keys lookup6 and isTupleInUse6 left files the flow where insert6 does', async (t) => {
+  const a = new Conntrack6({ seed: 7 });
+  const b = new Conntrack6({ seed: 7 });
+  const tw = tuple(CLIENT, VIP, POD, MASQ);
+  // the packet path: a miss for the packet's tuple, then the reply tuple asked
+  t.equal(b.lookup6(PROTO_UDP, pkt(CLIENT, VIP), 0, 4, 44560, 53, 1000), null);
+  t.equal(b.isTupleInUse6(PROTO_UDP, tw, CT6_REPLY_SRC, CT6_REPLY_DST, 53, 44560), false);
+  const eb = b.insert6Keyed(PROTO_UDP, tw, 44560, 53, 53, 44560, 1000, info, b.lookupHi, b.lookupLo, b.probeHi, b.probeLo)!;
+  const ea = a.insert6(PROTO_UDP, tw, 44560, 53, 53, 44560, 1000, info)!;
+  for (const [ct, e, name] of [[a, ea, 'insert6'], [b, eb, 'insert6Keyed']] as const) {
+    t.equal(ct.lookup6(PROTO_UDP, pkt(CLIENT, VIP), 0, 4, 44560, 53, 1001), e, `${name}: found from the client`);
+    t.equal(ct.lookup6(PROTO_UDP, pkt(POD, MASQ), 0, 4, 53, 44560, 1001), e, `${name}: found from the endpoint`);
+    t.equal(ct.isTupleInUse6(PROTO_UDP, tw, CT6_REPLY_SRC, CT6_REPLY_DST, 53, 44560), true, `${name}: the reply tuple is in use`);
+    t.equal(ct.keyCount, 2);
+  }
+  // a removal between the lookup and the insert (an expired flow unlinked) does not disturb the kept keys
+  const c = new Conntrack6({ seed: 7 });
+  const old = c.insert6(PROTO_UDP, tuple(CLIENT, VIP, POD, MASQ), 44561, 53, 53, 44561, 0, info)!;
+  c.update(old, CT_DIR_ORIGINAL, 0, 100, 0);
+  t.equal(c.lookup6(PROTO_UDP, pkt(CLIENT, VIP), 0, 4, 44561, 53, 10_000_000), null, 'the old flow ran out: removed by the lookup');
+  t.equal(c.size, 0);
+  t.equal(c.isTupleInUse6(PROTO_UDP, tuple(CLIENT, VIP, POD, MASQ), CT6_REPLY_SRC, CT6_REPLY_DST, 53, 44561), false);
+  const ec = c.insert6Keyed(PROTO_UDP, tuple(CLIENT, VIP, POD, MASQ), 44561, 53, 53, 44561, 10_000_000, info, c.lookupHi, c.lookupLo, c.probeHi, c.probeLo)!;
+  t.equal(c.lookup6(PROTO_UDP, pkt(CLIENT, VIP), 0, 4, 44561, 53, 10_000_001), ec, 'the new flow is found');
+  t.equal(c.lookup6(PROTO_UDP, pkt(POD, MASQ), 0, 4, 53, 44561, 10_000_001), ec, 'from both sides');
+});
