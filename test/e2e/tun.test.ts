@@ -46,7 +46,7 @@ if (skip) {
 
   t.test('a UDP datagram comes out of readBatch literally, and the reply written back reaches the sender', async (t) => {
     const client = probe(ns, ['udp', '--to', `${PEER}:7777`, '--data', 'hello', '--sport', '40001', '--wait', '3000']);
-    const got = await agent.call('read', { min: 1, timeoutMs: 3000 });
+    const got = await agent.call('read', { min: 1 });
     t.equal(got.packets.length, 1, 'one packet read');
     const raw = unhex(got.packets[0]);
     const p = parsePacket(raw);
@@ -72,7 +72,7 @@ if (skip) {
     const payload = new Uint8Array([1, 2, 3, 4, 5, 6, 7, 8]);
     const req = buildIcmpEcho({ src: PEER, dst: LOCAL, id: 0x1234, seq: 7, payload });
     t.same(await agent.call('write', { packets: [hex(req)] }), { consumed: 1 });
-    const got = await agent.call('read', { min: 1, timeoutMs: 3000 });
+    const got = await agent.call('read', { min: 1 });
     t.equal(got.packets.length, 1);
     const p = parsePacket(unhex(got.packets[0]));
     t.equal(p.protocol, 1, 'ICMP');
@@ -130,7 +130,7 @@ if (skip) {
     t.equal(after.txErrors - before.txErrors, 1, 'one refused');
     t.equal((after.txErrno.EINVAL ?? 0) - (before.txErrno.EINVAL ?? 0), 1, 'refused with EINVAL');
     // the two good ones reached the kernel: nothing listens on port 9, so it answers port unreachable
-    const back = await agent.call('read', { min: 2, timeoutMs: 3000 });
+    const back = await agent.call('read', { min: 2 });
     const icmp = back.packets.map((h: string) => parsePacket(unhex(h)));
     t.same(
       icmp.map((p: any) => [p.protocol, p.srcPort, p.dstPort, p.dst]),
