@@ -356,6 +356,8 @@ const NO_ADDRS: readonly number[] = Object.freeze([]);
 export interface Materialized {
   readonly tables: Tables;
   readonly stamps: Float64Array;
+  /** the IPv6 half's (its base Tables), to reuse its entries next time too */
+  readonly v6?: Materialized;
 }
 
 /** One wire form and the endpoint sets already built from it (by set id). */
@@ -560,15 +562,19 @@ export class TablesMaterializer {
   /** the longest slice (ms) */
   maxSliceMs = 0;
 
+  /** the IPv6 half's base, materialized in the same slices after the IPv4 entries */
+  private readonly v6: TablesMaterializer | null;
+
   constructor(wire: TablesWire, prev: Materialized | null) {
     this.wire = wire;
     this.ctx = new WireCtx(wire);
     this.prev = prev;
     this.services = new Array<ServicePortEntry>(wire.count);
+    this.v6 = wire.v6 ? new TablesMaterializer(wire.v6.base, prev?.v6 ?? null) : null;
   }
 
   get done(): boolean {
-    return this.next >= this.wire.count;
+    return this.next >= this.wire.count && (this.v6 === null || this.v6.done);
   }
 
   step(budgetMs: number): boolean {
@@ -592,6 +598,15 @@ export class TablesMaterializer {
       }
       this.next = stop;
       if (performance.now() - t0 >= budgetMs) break;
+    }
+    const v6 = this.v6;
+    if (v6 !== null && this.next >= w.count && !v6.done) {
+      // what is left of this slice's budget (at least one chunk of 256 entries: every slice moves on)
+      const r0 = v6.reused;
+      const b0 = v6.built;
+      v6.step(budgetMs - (performance.now() - t0));
+      this.reused += v6.reused - r0;
+      this.built += v6.built - b0;
     }
     const ms = performance.now() - t0;
     if (ms > this.maxSliceMs) this.maxSliceMs = ms;
@@ -624,8 +639,11 @@ export class TablesMaterializer {
       serviceRows: w.serviceRows,
       endpointFlat: w.endpointFlat,
       endpointPairs: w.endpointPairs,
-      ...(w.v6 ? { v6: materializeTables6(w.v6) } : {}),
     };
+    if (w.v6 && this.v6 !== null) {
+      const m6 = this.v6.result();
+      return { tables: { ...tables, v6: tables6From(w.v6, m6.tables) }, stamps: w.stamps, v6: m6 };
+    }
     return { tables, stamps: w.stamps };
   }
 }
@@ -668,9 +686,9 @@ function encodeTables6(t6: Tables6, enc: TablesEncoder): Tables6Wire {
   return { base: enc.encode(s.base), idSlots: s.ids.slots, words: s.words, cidr6: s.cidr6, masqId: s.masqId, sourceRanges6: s.sourceRanges6 };
 }
 
-function materializeTables6(w: Tables6Wire): Tables6 {
+function tables6From(w: Tables6Wire, base: Tables): Tables6 {
   return {
-    base: new TablesMaterializer(w.base, null).all().tables,
+    base,
     ids: new Addr6Ids(0, w.idSlots),
     words: w.words,
     cidr6: w.cidr6,

@@ -188,7 +188,7 @@ export class PacketHost {
       }
       const mat = m.result();
       const tables = mat.tables;
-      this.last = { tables, stamps: mat.stamps };
+      this.last = mat;
       // --decider linear (a comparison mode): the evaluator is a graph of objects, built here in one step,
       // and goes in as the pipeline's option together with the tables (between two batches, as they are)
       this.dp.pipeline.linear = job.linear !== null ? linearFromText(job.linear.text, { localAddresses: job.linear.localAddresses }) : null;

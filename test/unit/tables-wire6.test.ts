@@ -77,3 +77,46 @@ t.test('an IPv4-only snapshot has no IPv6 part on the wire', async (t) => {
   t.notOk(wire.v6);
   t.notOk(new TablesMaterializer(wire, null).all().tables.v6);
 });
+
+t.test('the IPv6 half is materialized in slices too, after the IPv4 entries, and reused next time', async (t) => {
+  // 1 000 IPv4 and 3 000 IPv6 service ports: the slices (a zero budget: one chunk of 256 each) cover both halves
+  const services: Service[] = [];
+  for (let i = 0; i < 1000; i++) {
+    services.push({ namespace: 'v4', name: `s${i}`, clusterIP: `10.96.${i >> 8}.${i & 255}`, ports: [{ name: 'u', protocol: 'UDP', port: 53, targetPort: 5353 }], endpoints: [{ address: '10.64.1.7' }] });
+  }
+  for (let i = 0; i < 3000; i++) {
+    services.push({
+      namespace: 'v6', name: `s${i}`, clusterIP: `fd00:10:96::${(i + 1).toString(16)}`, ipFamilies: ['IPv6'], ipFamilyPolicy: 'SingleStack',
+      ports: [{ name: 'u', protocol: 'UDP', port: 53, targetPort: 5353 }], endpoints: [{ address: `fd00:10:64:1::${(i + 1).toString(16)}` }],
+    });
+  }
+  const r = validateRuleSet({ apiVersion: 'tunproxy.dev/v1', node, services } satisfies RuleSet);
+  if (!r.ok) throw new Error(JSON.stringify(r.errors));
+  const enc = new TablesEncoder();
+  const compiled = shareTables(compile(r.model));
+  const wire = structuredClone(enc.encode(compiled));
+  const m = new TablesMaterializer(wire, null);
+  let steps = 0;
+  while (!m.step(0)) steps++;
+  steps++;
+  t.equal(steps, Math.ceil(1000 / 256) + Math.ceil(3000 / 256) - 1, 'one chunk of 256 per slice and half: 4 slices for IPv4, 12 for IPv6, the slice that ends IPv4 begins IPv6');
+  t.equal(m.built, 4000, 'every entry of both halves built');
+  const mat = m.result();
+  const t6 = mat.tables.v6!;
+  t.equal(t6.base.services.length, 3000);
+  t.equal(t6.base.services[2999].name, 'v6/s2999:u');
+  const w = new Uint32Array(8);
+  w.set(parseIPv6('2001:db8::1')!, 0);
+  w.set(parseIPv6('fd00:10:96::bb8')!, 4);
+  const out = new LookupResult();
+  t.equal(lookup6(t6, 17, w, 0, 4, 53, out), LOOKUP_DNAT, 'the last IPv6 ClusterIP answers');
+  t.equal(t6.base.services[out.svcIndex].name, 'v6/s2999:u');
+  t.ok(mat.v6, 'the IPv6 half is kept for the next snapshot');
+  // the same tables again: both halves' entries reused, none built
+  const m2 = new TablesMaterializer(structuredClone(enc.encode(compiled)), mat);
+  const again = m2.all();
+  t.equal(m2.reused, 4000, 'all 4 000 entries reused');
+  t.equal(m2.built, 0, 'none built');
+  t.ok(again.tables.v6);
+  t.equal(again.tables.v6!.base.services.length, 3000);
+});
