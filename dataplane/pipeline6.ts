@@ -97,7 +97,7 @@ export class Pipeline6 {
   constructor(host: Pipeline6Host, conntrack?: Conntrack6, affinity?: AffinityTable) {
     this.host = host;
     this.conntrack = conntrack ?? new Conntrack6();
-    this.affinity = affinity ?? new AffinityTable();
+    this.affinity = affinity ?? new AffinityTable(undefined, true);
   }
 
   private drop(reason: number, len: number): number {
@@ -268,8 +268,10 @@ export class Pipeline6 {
     const c = this.chain;
     if (proto === PROTO_SCTP && c.moreFragments !== 0) return this.drop(D_SCTP_FRAGMENTED, total);
     const base = t6.base;
+    // the client as selection keys it: a 32-bit fold; the affinity table checks the whole address (client6)
     const client = (w[0] ^ w[1] ^ w[2] ^ w[3]) >>> 0;
     const aff = this.affinity;
+    aff.client6(w, 0);
     const hits = aff.hits;
     // the destination as the selection's flow hash sees it (Maglev): a 32-bit fold, as for the client
     const dst32 = (w[4] ^ w[5] ^ w[6] ^ w[7]) >>> 0;

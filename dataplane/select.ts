@@ -104,6 +104,11 @@ interface AffinityEntry {
   addr: number;
   port: number;
   expires: number;
+  /** an IPv6 table's: the client's four words (the key holds only their 32-bit fold); 0 in an IPv4 table */
+  c0: number;
+  c1: number;
+  c2: number;
+  c3: number;
 }
 
 /**
@@ -114,8 +119,28 @@ interface AffinityEntry {
 export class AffinityTable {
   private readonly cache: LRUCache<number, AffinityEntry>;
   hits = 0;
-  constructor(max = 1 << 20) {
+  /**
+   * An IPv6 table: a client is 128 bits, the key (and selectEndpoint's
+   * `src`) its 32-bit fold; each entry keeps the whole address and answers
+   * only the client whose address it is (set by client6 before each
+   * selection). Two clients with the same fold take turns in one entry:
+   * each may lose its affinity to the other, never gets the other's.
+   */
+  private readonly six: boolean;
+  private c0 = 0;
+  private c1 = 0;
+  private c2 = 0;
+  private c3 = 0;
+  constructor(max = 1 << 20, six = false) {
     this.cache = new LRUCache<number, AffinityEntry>({ max });
+    this.six = six;
+  }
+  /** IPv6 tables: the client of the next get/set is w[o..o+4). */
+  client6(w: ArrayLike<number>, o: number): void {
+    this.c0 = w[o];
+    this.c1 = w[o + 1];
+    this.c2 = w[o + 2];
+    this.c3 = w[o + 3];
   }
   private static key(uid: number, client: number): number {
     return (uid & 0x1fffff) * 0x100000000 + client;
@@ -124,6 +149,7 @@ export class AffinityTable {
   get(svc: ServicePortEntry, set: EndpointSet, client: number, now: number): number {
     const e = this.cache.get(AffinityTable.key(svc.uid, client));
     if (e === undefined || e.name !== svc.name || e.expires <= now) return -1;
+    if (this.six && (e.c0 !== this.c0 || e.c1 !== this.c1 || e.c2 !== this.c2 || e.c3 !== this.c3)) return -1;
     const i = set.index.get(e.addr * 65536 + e.port);
     if (i === undefined) return -1;
     this.hits++;
@@ -137,7 +163,11 @@ export class AffinityTable {
       e.addr = addr;
       e.port = port;
       e.expires = expires;
-    } else this.cache.set(k, { name: svc.name, addr, port, expires });
+      e.c0 = this.c0;
+      e.c1 = this.c1;
+      e.c2 = this.c2;
+      e.c3 = this.c3;
+    } else this.cache.set(k, { name: svc.name, addr, port, expires, c0: this.c0, c1: this.c1, c2: this.c2, c3: this.c3 });
   }
   get size(): number {
     return this.cache.size;

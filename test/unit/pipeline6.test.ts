@@ -258,3 +258,33 @@ t.test('a partial TCP checksum from the TUN (NEEDS_CSUM) stays partial through D
   out[56] = k >> 8; out[57] = k;
   t.ok(l4Checksum6Valid(out, 0, 40, 20, 6), 'completed, the checksum is right for the translated packet');
 });
+
+t.test('ClientIP affinity keys an IPv6 client by its whole address: a client with the same 32-bit fold does not inherit another\'s endpoint', async (t) => {
+  const sticky: Service = {
+    namespace: 'default', name: 'sticky', clusterIP: 'fd00:10:96::5', ipFamilies: ['IPv6'], ipFamilyPolicy: 'SingleStack',
+    sessionAffinity: 'ClientIP',
+    ports: [{ name: 'dns', protocol: 'UDP', port: 53, targetPort: 5353 }],
+    endpoints: Array.from({ length: 8 }, (_, i) => ({ address: `fd00:10:64:1::${i + 1}` })),
+  };
+  const tb = tables(node, sticky);
+  // A and B differ in two words by the same bits, so their xor folds are equal
+  const a = A('2001:db8:0:0:0:1:0:2');
+  const b = Uint32Array.of(a[0], a[1], a[2] ^ 0x00070000, a[3] ^ 0x00070000);
+  t.equal((a[0] ^ a[1] ^ a[2] ^ a[3]) >>> 0, (b[0] ^ b[1] ^ b[2] ^ b[3]) >>> 0, 'the two clients fold alike');
+  t.not(formatIPv6(a, 0), formatIPv6(b, 0));
+  const CA = formatIPv6(a, 0);
+  const CB = formatIPv6(b, 0);
+  const pl = new Pipeline({ rng: new Rng(5) });
+  const dstOf = (src: string, sport: number): string => {
+    const p = udp(src, 'fd00:10:96::5', sport, 53);
+    t.equal(pl.process(p, 0, p.length, tb, 0), V_FORWARD);
+    return addrs(p)[1];
+  };
+  const first = dstOf(CA, 41000);
+  for (let i = 1; i <= 5; i++) t.equal(dstOf(CA, 41000 + i), first, `A's flow ${i} sticks to ${first}`);
+  const hitsBefore = pl.counters.snapshot().events.affinity_hits;
+  // B's flows: each a fresh choice or B's own affinity, never A's entry
+  const bFirst = dstOf(CB, 42000);
+  t.equal(pl.counters.snapshot().events.affinity_hits, hitsBefore, 'B\'s first flow is no affinity hit (A\'s entry is not B\'s)');
+  for (let i = 1; i <= 3; i++) t.equal(dstOf(CB, 42000 + i), bFirst, `B's flow ${i} sticks to its own ${bFirst}`);
+});
