@@ -12,7 +12,8 @@
  *   2. SIGTERM and a restart with the pinned tables: none yet, so the saved
  *      table is restored, into the pinned tables (<tun>.ct and <tun>.ct6);
  *   3. kill -9 and an immediate restart: both pinned tables are recovered,
- *      every connection goes on;
+ *      every connection goes on; 3b. the same after a SIGTERM (the saved
+ *      table is then superseded by the pinned ones);
  *   4. the control: kill -9, the .ct6 file's header damaged, restart: it is
  *      set aside and reported, never trusted; the IPv4 connections go on, and
  *      IPv6 ones break (picked up mid-stream, each gets an endpoint chosen
@@ -184,6 +185,19 @@ if (skip) {
     const w = wentOn(await progress(before, 3, 20_000), before);
     t.equal(w.v6, N6, `${w.v6} of ${N6} IPv6 connections went on ${w.v6 < N6 ? w.why : ''}`);
     t.equal(w.v4, N4, `${w.v4} of ${N4} IPv4 ones ${w.v4 < N4 ? w.why : ''}`);
+  });
+
+  t.test('3b. SIGTERM and a restart with both pinned tables: each is recovered, the saved table superseded, every connection goes on', async (t) => {
+    await tp!.stop();
+    t.match(tp!.lines.join('\n'), /connection table saved to .*: \d+ flows \(\d+ IPv4, \d+ IPv6\)/, 'the snapshot is still written');
+    const before = await statuses();
+    tp = await start(true);
+    const log = tp.lines.join('\n');
+    t.match(log, /IPv6 connection table recovered from .*tun0\.ct6 \(written by pid \d+, which stopped cleanly\): \d+ flows/);
+    t.match(log, /superseded by the pinned one: removed/);
+    t.notOk(existsSync(join(stateDir, `${lab.tunName}.conntrack.json`)));
+    const w = wentOn(await progress(before, 3, 20_000), before);
+    t.equal(w.v6 + w.v4, names.length, `every connection went on ${w.why}`);
   });
 
   t.test('4. control: a damaged pinned IPv6 table is set aside, never trusted, and the IPv6 connections break', async (t) => {
