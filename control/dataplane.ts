@@ -8,6 +8,7 @@ import { performance } from 'node:perf_hooks';
 import { RuleSetHolder } from './runtime.ts';
 import { Pipeline } from '../dataplane/pipeline.ts';
 import { Conntrack } from '../dataplane/conntrack.ts';
+import type { Conntrack6 } from '../dataplane/conntrack6.ts';
 import { AffinityTable } from '../dataplane/select.ts';
 import { Loop } from '../dataplane/loop.ts';
 import type { LoopOptions, PacketDevice } from '../dataplane/loop.ts';
@@ -20,6 +21,8 @@ export interface DataplaneOptions {
   decider?: 'compiled' | 'linear';
   /** the connection table to use (a PinnedConntrack); default a new Conntrack of conntrackMax */
   conntrack?: Conntrack;
+  /** the IPv6 connection table to use (a PinnedConntrack6); default one like `conntrack`, made on the first IPv6 packet */
+  conntrack6?: Conntrack6;
 }
 
 export class Dataplane {
@@ -36,6 +39,7 @@ export class Dataplane {
     this.holder = new RuleSetHolder({ decider: o.decider ?? 'compiled' });
     this.pipeline = new Pipeline({
       conntrack: o.conntrack ?? new Conntrack({ maxEntries: o.conntrackMax ?? 262144, clock: this.clock }),
+      conntrack6: o.conntrack6,
       affinity: new AffinityTable(),
     });
     this.holder.onSwap((t) => {

@@ -7,8 +7,12 @@
  *   <tun>.ruleset.json     the rule set in force, as plain rule-set JSON (it can
  *                          be given to `tunproxy apply -f` or `run --rules` as is)
  *   <tun>.conntrack.json   {"kind":"TunproxyConntrack","version":1,"savedAt":<epoch ms>,
- *                          "bootId":..., "netns":..., "items":[...]}
- *                          written on SIGTERM, read and removed on the next start
+ *                          "bootId":..., "netns":..., "items":[...], "items6":[...]}
+ *                          written on SIGTERM, read and removed on the next start;
+ *                          items: the IPv4 flows, items6: the IPv6 flows (both
+ *                          dataplane/conntrack-snapshot.ts items, IPv6 addresses as
+ *                          text, ICMPv6 as protocol 58). A file without items6
+ *                          (written before IPv6 flows were saved) has no IPv6 flows.
  *
  * (one pair per TUN device, so several tunproxy processes can share the
  * directory). A saved connection table is restored only in the boot and the
@@ -119,11 +123,89 @@ export type LoadedRuleSet =
 
 export type LoadedConntrack =
   | { status: 'none'; path: string }
-  /** remainingMs/ageMs already account for the time since the save; flows that ran out are left out */
-  | { status: 'ok'; path: string; items: ConntrackSnapshotItem[]; savedAt: Date; elapsedMs: number; expired: number }
+  /**
+   * remainingMs/ageMs already account for the time since the save; flows that ran out are left out
+   * (counted in expired, expired6). items: the IPv4 flows, items6: the IPv6 ones ([] for a file
+   * without them). damaged6: why the IPv6 part cannot be read at all (then items6 is []), or null.
+   */
+  | {
+      status: 'ok';
+      path: string;
+      items: ConntrackSnapshotItem[];
+      items6: ConntrackSnapshotItem[];
+      savedAt: Date;
+      elapsedMs: number;
+      expired: number;
+      expired6: number;
+      damaged6: string | null;
+    }
   /** saved in another boot or network namespace: not restored, left in place */
   | { status: 'foreign'; path: string; reason: string }
   | { status: 'damaged'; path: string; reason: string; movedTo: string };
+
+/** Saved items moved on by `elapsed` ms; those that ran out meanwhile are counted and left out. */
+function agedItems(raw: unknown[], elapsed: number): { items: ConntrackSnapshotItem[]; expired: number } {
+  const items: ConntrackSnapshotItem[] = [];
+  let expired = 0;
+  for (const it of raw as ConntrackSnapshotItem[]) {
+    if (typeof it === 'object' && it !== null && typeof it.remainingMs === 'number' && typeof it.ageMs === 'number') {
+      if (it.remainingMs - elapsed <= 0) {
+        expired++;
+        continue;
+      }
+      items.push({ ...it, remainingMs: it.remainingMs - elapsed, ageMs: it.ageMs + elapsed });
+    } else items.push(it); // let restore() name what is wrong with it
+  }
+  return { items, expired };
+}
+
+/** A connection table a saved part is restored into (Conntrack, Conntrack6). */
+export interface ConntrackRestoreTarget {
+  /** checks every item first: throws naming the item and field, and loads nothing, when one is malformed */
+  restore(items: unknown): number;
+}
+
+/** What came of restoring the parts of a saved connection table. */
+export interface ConntrackPartsRestored {
+  /** IPv4 flows restored; null when the part was not restored (the pinned IPv4 table supersedes it) */
+  ipv4: number | null;
+  /** IPv6 flows restored; null likewise */
+  ipv6: number | null;
+  /** the parts refused, with why: nothing of them was loaded, and the file must be set aside */
+  damaged: Array<{ family: 'IPv4' | 'IPv6'; reason: string }>;
+}
+
+/**
+ * Restore each family's part of a saved table into its own table (`ipv4`,
+ * `ipv6`; null: that family's part is superseded by a pinned table and left
+ * out). A damaged part is refused whole and reported; the other part is
+ * still restored. The IPv6 table is asked for only when there are IPv6
+ * flows (`ipv6` may make it on demand).
+ */
+export function restoreConntrackParts(
+  saved: Extract<LoadedConntrack, { status: 'ok' }>, ipv4: ConntrackRestoreTarget | null, ipv6: (() => ConntrackRestoreTarget) | null,
+): ConntrackPartsRestored {
+  const r: ConntrackPartsRestored = { ipv4: null, ipv6: null, damaged: [] };
+  if (ipv4 !== null) {
+    try {
+      r.ipv4 = ipv4.restore(saved.items);
+    } catch (e) {
+      r.damaged.push({ family: 'IPv4', reason: (e as Error).message });
+    }
+  }
+  if (ipv6 !== null) {
+    if (saved.damaged6 !== null) r.damaged.push({ family: 'IPv6', reason: saved.damaged6 });
+    else if (saved.items6.length === 0) r.ipv6 = 0;
+    else {
+      try {
+        r.ipv6 = ipv6().restore(saved.items6);
+      } catch (e) {
+        r.damaged.push({ family: 'IPv6', reason: (e as Error).message });
+      }
+    }
+  }
+  return r;
+}
 
 interface SaveWaiter {
   generation: number;
@@ -264,9 +346,12 @@ export class StateStore {
     }
   }
 
-  /** Save the connection table (on SIGTERM); synchronous so that it completes before exit. */
-  saveConntrack(items: ConntrackSnapshotItem[], now = Date.now()): void {
-    writeFileAtomicSync(this.conntrackPath, JSON.stringify({ kind: CONNTRACK_KIND, version: 1, savedAt: now, ...this.provenance, items }) + '\n');
+  /**
+   * Save the connection table (on SIGTERM): `items` the IPv4 flows, `items6` the IPv6 ones;
+   * synchronous so that it completes before exit.
+   */
+  saveConntrack(items: ConntrackSnapshotItem[], now = Date.now(), items6: ConntrackSnapshotItem[] = []): void {
+    writeFileAtomicSync(this.conntrackPath, JSON.stringify({ kind: CONNTRACK_KIND, version: 1, savedAt: now, ...this.provenance, items, items6 }) + '\n');
   }
 
   /**
@@ -299,18 +384,12 @@ export class StateStore {
     if (typeof d.savedAt !== 'number' || !Number.isFinite(d.savedAt)) return damaged('savedAt must be a time in milliseconds since the epoch');
     if (!Array.isArray(d.items)) return damaged('items must be an array of flows');
     const elapsed = Math.max(0, now - d.savedAt);
-    const items: ConntrackSnapshotItem[] = [];
-    let expired = 0;
-    for (const it of d.items as ConntrackSnapshotItem[]) {
-      if (typeof it === 'object' && it !== null && typeof it.remainingMs === 'number' && typeof it.ageMs === 'number') {
-        if (it.remainingMs - elapsed <= 0) {
-          expired++;
-          continue;
-        }
-        items.push({ ...it, remainingMs: it.remainingMs - elapsed, ageMs: it.ageMs + elapsed });
-      } else items.push(it); // let restore() name what is wrong with it
-    }
-    return { status: 'ok', path, items, savedAt: new Date(d.savedAt), elapsedMs: elapsed, expired };
+    const v4 = agedItems(d.items, elapsed);
+    // the IPv6 part: absent in a file of an older tunproxy (no IPv6 flows); not an array: damaged, never trusted
+    const raw6 = (doc as { items6?: unknown }).items6;
+    const damaged6 = raw6 === undefined || Array.isArray(raw6) ? null : 'items6 must be an array of flows';
+    const v6 = agedItems(Array.isArray(raw6) ? raw6 : [], elapsed);
+    return { status: 'ok', path, items: v4.items, items6: v6.items, savedAt: new Date(d.savedAt), elapsedMs: elapsed, expired: v4.expired, expired6: v6.expired, damaged6 };
   }
 
   /** The saved table was restored: remove it, so that a later start does not restore it again. */

@@ -52,6 +52,16 @@
  * names of the rule set in force (the saved one, normally the same); a name
  * that no longer exists comes back as '' (the flow still forwards; it is
  * listed without its service).
+ *
+ * IPv6 flows live in a second file beside this one, <tun>.ct6
+ * (conntrack-pinned6.ts): the same header with its own magic ("TPC6") and
+ * record size, records of 144 bytes with 128-bit addresses. Everything but
+ * the records' fixed part is shared, and written by the code here: the
+ * header and its checks (PinLayout says which family a file is), the seq
+ * bracket and checksum of a record, its changing part (state, flags,
+ * deadline, created, counters: the last 52 bytes of a record of either
+ * family, at `stateWord`), moves, recovery's checks and counts, and the
+ * open / finish / set aside / close of the file (PinnedTable).
  */
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
@@ -64,9 +74,30 @@ import type { Provenance } from './provenance.ts';
 export { DEFAULT_PIN_DIR };
 
 export const PIN_MAGIC = 0x54435054;
+/** the IPv6 file's magic, "TPC6" */
+export const PIN6_MAGIC = 0x36435054;
 export const PIN_LAYOUT_VERSION = 1;
 export const PIN_HEADER_SIZE = 256;
 export const PIN_RECORD_SIZE = 96;
+export const PIN6_RECORD_SIZE = 144;
+
+/**
+ * What a pinned file holds: its family's magic, layout version and record
+ * size, and where a record's changing part starts (the int32 word of the
+ * state and flags; the six float64s follow it). A record's fixed part is its
+ * words 2 .. stateWord, the checksum covers exactly those.
+ */
+export interface PinLayout {
+  readonly family: 'IPv4' | 'IPv6';
+  readonly magic: number;
+  readonly version: number;
+  readonly recordSize: number;
+  readonly stateWord: number;
+}
+
+export const PIN_LAYOUT_V4: PinLayout = Object.freeze({ family: 'IPv4', magic: PIN_MAGIC, version: PIN_LAYOUT_VERSION, recordSize: PIN_RECORD_SIZE, stateWord: 11 });
+export const PIN_LAYOUT_V6: PinLayout = Object.freeze({ family: 'IPv6', magic: PIN6_MAGIC, version: PIN_LAYOUT_VERSION, recordSize: PIN6_RECORD_SIZE, stateWord: 23 });
+const LAYOUTS = [PIN_LAYOUT_V4, PIN_LAYOUT_V6];
 
 /** record fields, byte offsets */
 export const R_SEQ = 0;
@@ -100,9 +131,8 @@ const H_STATE = 144;
 export const PIN_OPEN = 1;
 export const PIN_CLOSED = 2;
 
-const RW = PIN_RECORD_SIZE / 4; // record size in int32 words
-const RF = PIN_RECORD_SIZE / 8; // in float64s
-const HW = PIN_HEADER_SIZE / 4;
+/** where the records start, in int32 words */
+export const HW = PIN_HEADER_SIZE / 4;
 const HF = PIN_HEADER_SIZE / 8;
 
 /** This boot and this network namespace: where a pinned table is valid (the namespace with its cookie). */
@@ -159,21 +189,21 @@ function getAscii(u8: Uint8Array, off: number, len: number): string {
   return s;
 }
 
-/** The file's size for a capacity. */
-export function pinFileSize(capacity: number): number {
-  return PIN_HEADER_SIZE + capacity * PIN_RECORD_SIZE;
+/** The file's size for a capacity (IPv4 records unless another layout is given). */
+export function pinFileSize(capacity: number, layout: PinLayout = PIN_LAYOUT_V4): number {
+  return PIN_HEADER_SIZE + capacity * layout.recordSize;
 }
 
-/** Write a version-1 header into the first 256 bytes of `buf`. */
-export function writeHeader(buf: ArrayBuffer, capacity: number, prov: PinProvenance, createdMs: number, pid: number): void {
+/** Write a version-1 header (of `layout`'s family, IPv4 by default) into the first 256 bytes of `buf`. */
+export function writeHeader(buf: ArrayBuffer, capacity: number, prov: PinProvenance, createdMs: number, pid: number, layout: PinLayout = PIN_LAYOUT_V4): void {
   const u8 = new Uint8Array(buf, 0, PIN_HEADER_SIZE);
   const w = new Int32Array(buf, 0, HW);
   const f = new Float64Array(buf, 0, HF);
   u8.fill(0);
-  w[0] = PIN_MAGIC;
-  w[1] = PIN_LAYOUT_VERSION;
+  w[0] = layout.magic;
+  w[1] = layout.version;
   w[2] = PIN_HEADER_SIZE;
-  w[3] = PIN_RECORD_SIZE;
+  w[3] = layout.recordSize;
   w[4] = capacity;
   f[3] = createdMs;
   putAscii(u8, 32, 40, prov.bootId);
@@ -198,17 +228,21 @@ export interface PinHeader {
  * Check a whole file's bytes (header and records) against this boot and
  * namespace. Returns the header, or the reason the file must not be trusted.
  */
-export function checkHeader(bytes: Uint8Array, prov: PinProvenance): { ok: true; header: PinHeader } | { ok: false; reason: string } {
+export function checkHeader(bytes: Uint8Array, prov: PinProvenance, layout: PinLayout = PIN_LAYOUT_V4): { ok: true; header: PinHeader } | { ok: false; reason: string } {
   if (bytes.byteLength < PIN_HEADER_SIZE) return { ok: false, reason: `${bytes.byteLength} bytes, shorter than the ${PIN_HEADER_SIZE}-byte header` };
   const buf = bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + PIN_HEADER_SIZE);
   const w = new Int32Array(buf);
   const u8 = new Uint8Array(buf);
-  if (w[0] !== PIN_MAGIC) return { ok: false, reason: 'not a tunproxy connection table (bad magic)' };
-  if (w[1] !== PIN_LAYOUT_VERSION) return { ok: false, reason: `layout version ${w[1] >>> 0}; this tunproxy reads version ${PIN_LAYOUT_VERSION}` };
+  if (w[0] !== layout.magic) {
+    const other = LAYOUTS.find((l) => l.magic === w[0]);
+    if (other !== undefined) return { ok: false, reason: `an ${other.family} connection table where an ${layout.family} one belongs (magic)` };
+    return { ok: false, reason: 'not a tunproxy connection table (bad magic)' };
+  }
+  if (w[1] !== layout.version) return { ok: false, reason: `layout version ${w[1] >>> 0}; this tunproxy reads version ${layout.version}` };
   if (w[H_CHECK / 4] !== wordsChecksum(w, 0, H_CHECK / 4)) return { ok: false, reason: 'header checksum mismatch (damaged header)' };
-  if (w[2] !== PIN_HEADER_SIZE || w[3] !== PIN_RECORD_SIZE) return { ok: false, reason: `header size ${w[2]} / record size ${w[3]}, expected ${PIN_HEADER_SIZE} / ${PIN_RECORD_SIZE}` };
+  if (w[2] !== PIN_HEADER_SIZE || w[3] !== layout.recordSize) return { ok: false, reason: `header size ${w[2]} / record size ${w[3]}, expected ${PIN_HEADER_SIZE} / ${layout.recordSize}` };
   const capacity = w[4];
-  if (capacity < 1 || bytes.byteLength !== pinFileSize(capacity)) return { ok: false, reason: `${bytes.byteLength} bytes for a capacity of ${capacity} records (expected ${pinFileSize(capacity)}): truncated?` };
+  if (capacity < 1 || bytes.byteLength !== pinFileSize(capacity, layout)) return { ok: false, reason: `${bytes.byteLength} bytes for a capacity of ${capacity} records (expected ${pinFileSize(capacity, layout)}): truncated?` };
   const header: PinHeader = {
     version: w[1],
     capacity,
@@ -242,27 +276,39 @@ export interface PinRecovery {
 /**
  * The pinned store: typed-array views over the mapped file. Slot i of the
  * table is record i. Writes are plain stores; `seq` brackets every update.
+ * One class for both families (one hidden class on the packet path): the
+ * fixed part of a record is written by writeAll (IPv4) or writeAll6 (IPv6),
+ * everything else is shared.
  */
 export class PinnedStore {
   readonly capacity: number;
   readonly buffer: ArrayBuffer;
+  readonly layout: PinLayout;
   /** int32 view of the whole file */
   readonly w: Int32Array;
   readonly f: Float64Array;
   readonly u8: Uint8Array;
   /** add to a conntrack time (the table's clock) to get CLOCK_BOOTTIME ms */
   bootOffset: number;
+  /** record size in int32 words */
+  private readonly rw: number;
+  /** the record's word of state and flags (the changing part starts there) */
+  private readonly sw: number;
   private lastName = '';
   private lastNameHash = 0;
 
-  constructor(buffer: ArrayBuffer, capacity: number, bootOffset: number) {
-    if (buffer.byteLength < pinFileSize(capacity)) throw new RangeError(`pinned store: ${buffer.byteLength} bytes is too small for ${capacity} records`);
+  constructor(buffer: ArrayBuffer, capacity: number, bootOffset: number, layout: PinLayout = PIN_LAYOUT_V4) {
+    const size = pinFileSize(capacity, layout);
+    if (buffer.byteLength < size) throw new RangeError(`pinned store: ${buffer.byteLength} bytes is too small for ${capacity} ${layout.family} records`);
     this.buffer = buffer;
     this.capacity = capacity;
-    this.w = new Int32Array(buffer, 0, pinFileSize(capacity) / 4);
-    this.f = new Float64Array(buffer, 0, pinFileSize(capacity) / 8);
-    this.u8 = new Uint8Array(buffer, 0, pinFileSize(capacity));
+    this.layout = layout;
+    this.w = new Int32Array(buffer, 0, size / 4);
+    this.f = new Float64Array(buffer, 0, size / 8);
+    this.u8 = new Uint8Array(buffer, 0, size);
     this.bootOffset = bootOffset;
+    this.rw = layout.recordSize / 4;
+    this.sw = layout.stateWord;
   }
 
   private nameHash(name: string): number {
@@ -273,10 +319,10 @@ export class PinnedStore {
     return this.lastNameHash;
   }
 
-  /** The whole record of a flow (on insert). */
+  /** The whole record of an IPv4 flow (on insert). */
   writeAll(slot: number, e: ConntrackEntry): void {
     const w = this.w;
-    const b = HW + slot * RW;
+    const b = HW + slot * this.rw;
     const seq = w[b] | 1; // odd: being written
     w[b] = seq;
     w[b + 2] = e.proto;
@@ -293,10 +339,31 @@ export class PinnedStore {
     w[b] = (seq + 1) | 0;
   }
 
+  /**
+   * The whole record of an IPv6 flow (on insert): `proto` as the outside
+   * sees it (58 for ICMPv6), the flow's 16 address words at words[wo..wo+16)
+   * (Conntrack6's side array: origSrc, origDst, replySrc, replyDst).
+   */
+  writeAll6(slot: number, e: ConntrackEntry, proto: number, words: Uint32Array, wo: number): void {
+    const w = this.w;
+    const b = HW + slot * this.rw;
+    const seq = w[b] | 1;
+    w[b] = seq;
+    w[b + 2] = proto;
+    w[b + 3] = e.origSport | (e.origDport << 16);
+    w[b + 4] = e.replySport | (e.replyDport << 16);
+    w[b + 5] = e.serviceIndex;
+    w[b + 6] = this.nameHash(e.serviceName);
+    for (let i = 0; i < 16; i++) w[b + 7 + i] = words[wo + i];
+    w[b + 1] = wordsChecksum(w, b + 2, b + 23);
+    this.writeBody(b, e);
+    w[b] = (seq + 1) | 0;
+  }
+
   /** The parts a packet changes: state, flags, deadline, counters (on every update). */
   writeDynamic(slot: number, e: ConntrackEntry): void {
     const w = this.w;
-    const b = HW + slot * RW;
+    const b = HW + slot * this.rw;
     const seq = w[b] | 1;
     w[b] = seq;
     this.writeBody(b, e);
@@ -305,33 +372,36 @@ export class PinnedStore {
 
   private writeBody(b: number, e: ConntrackEntry): void {
     const f = this.f;
-    const fb = b >> 1;
-    this.w[b + 11] = e.state | ((e.seenReply ? FLAG_SEEN_REPLY : 0) | (e.assured ? FLAG_ASSURED : 0) | (e.masquerade ? FLAG_MASQUERADE : 0)) << 8;
-    f[fb + 6] = e.expires + this.bootOffset;
-    f[fb + 7] = e.created + this.bootOffset;
-    f[fb + 8] = e.origPackets;
-    f[fb + 9] = e.origBytes;
-    f[fb + 10] = e.replyPackets;
-    f[fb + 11] = e.replyBytes;
+    const s = b + this.sw;
+    const fb = (s + 1) >> 1;
+    this.w[s] = e.state | ((e.seenReply ? FLAG_SEEN_REPLY : 0) | (e.assured ? FLAG_ASSURED : 0) | (e.masquerade ? FLAG_MASQUERADE : 0)) << 8;
+    f[fb] = e.expires + this.bootOffset;
+    f[fb + 1] = e.created + this.bootOffset;
+    f[fb + 2] = e.origPackets;
+    f[fb + 3] = e.origBytes;
+    f[fb + 4] = e.replyPackets;
+    f[fb + 5] = e.replyBytes;
   }
 
   /** Record `from` copied to `to` (the table moved its last flow into a hole). */
   move(from: number, to: number): void {
     const w = this.w;
-    const s = HW + from * RW;
-    const d = HW + to * RW;
+    const rw = this.rw;
+    const s = HW + from * rw;
+    const d = HW + to * rw;
     const seq = w[d] | 1;
     w[d] = seq;
-    for (let i = 1; i < RW; i++) w[d + i] = w[s + i];
+    for (let i = 1; i < rw; i++) w[d + i] = w[s + i];
     w[d] = (seq + 1) | 0;
   }
 
   /** Record emptied (protocol 0). */
   clear(slot: number): void {
     const w = this.w;
-    const b = HW + slot * RW;
+    const rw = this.rw;
+    const b = HW + slot * rw;
     w[b + 2] = 0; // protocol first: from here on the record is empty
-    for (let i = 0; i < RW; i++) w[b + i] = 0;
+    for (let i = 0; i < rw; i++) w[b + i] = 0;
   }
 
   clearAll(): void {
@@ -343,17 +413,9 @@ export class PinnedStore {
   }
 }
 
-/** One record read back and checked: the fields of a flow, or why it is left out. */
-export interface PinnedRecord {
+/** What a record of either family holds beside its tuple. */
+export interface PinnedRecordCommon {
   proto: number;
-  origSrc: number;
-  origDst: number;
-  origSport: number;
-  origDport: number;
-  replySrc: number;
-  replyDst: number;
-  replySport: number;
-  replyDport: number;
   serviceIndex: number;
   serviceNameHash: number;
   state: number;
@@ -366,53 +428,158 @@ export interface PinnedRecord {
   replyBytes: number;
 }
 
+/** One IPv4 record read back and checked: the fields of a flow. */
+export interface PinnedRecord extends PinnedRecordCommon {
+  origSrc: number;
+  origDst: number;
+  origSport: number;
+  origDport: number;
+  replySrc: number;
+  replyDst: number;
+  replySport: number;
+  replyDport: number;
+}
+
 const finiteCount = (x: number): boolean => Number.isFinite(x) && x >= 0 && x <= Number.MAX_SAFE_INTEGER && Math.floor(x) === x;
 
 /**
- * Read record `i` of a file image (int32 and float64 views of it). Returns
- * 'empty', 'torn', 'damaged', or the record.
+ * The checks every record of either family goes through: empty, torn (seq
+ * odd), damaged (checksum of the fixed part, protocol, state, flags,
+ * deadline, counters). Returns the status, or the record's changing part
+ * read into `out` (with proto, serviceIndex and serviceNameHash at words
+ * 2, `svcWord`, `svcWord + 1`) and null.
  */
-export function readRecord(w: Int32Array, f: Float64Array, i: number): PinnedRecord | 'empty' | 'torn' | 'damaged' {
-  const b = HW + i * RW;
+export function checkRecord(
+  w: Int32Array, f: Float64Array, b: number, layout: PinLayout, tracked: (proto: number) => boolean, svcWord: number, out: PinnedRecordCommon,
+): 'empty' | 'torn' | 'damaged' | null {
   const proto = w[b + 2];
   if (w[b] === 0 && proto === 0) return 'empty';
   if ((w[b] & 1) !== 0) return 'torn';
-  if (w[b + 1] !== wordsChecksum(w, b + 2, b + 11)) return 'damaged';
-  if (proto !== PROTO_TCP && proto !== PROTO_UDP && proto !== PROTO_ICMP && proto !== PROTO_SCTP) return 'damaged';
-  const sw = w[b + 11];
+  const s = b + layout.stateWord;
+  if (w[b + 1] !== wordsChecksum(w, b + 2, s)) return 'damaged';
+  if (!tracked(proto)) return 'damaged';
+  const sw = w[s];
   const state = sw & 0xff;
   const flags = (sw >>> 8) & 0xff;
   if ((sw >>> 16) !== 0 || (flags & ~7) !== 0) return 'damaged';
   if ((proto === PROTO_TCP || proto === PROTO_SCTP) && state !== 0 && stateName(proto, state) === '') return 'damaged';
-  const fb = b >> 1;
-  const deadline = f[fb + 6];
-  const created = f[fb + 7];
+  const fb = (s + 1) >> 1;
+  const deadline = f[fb];
+  const created = f[fb + 1];
   if (!Number.isFinite(deadline) || !Number.isFinite(created)) return 'damaged';
-  const op = f[fb + 8], ob = f[fb + 9], rp = f[fb + 10], rb = f[fb + 11];
+  const op = f[fb + 2], ob = f[fb + 3], rp = f[fb + 4], rb = f[fb + 5];
   if (!finiteCount(op) || !finiteCount(ob) || !finiteCount(rp) || !finiteCount(rb)) return 'damaged';
+  out.proto = proto;
+  out.serviceIndex = w[b + svcWord];
+  out.serviceNameHash = w[b + svcWord + 1] >>> 0;
+  out.state = state;
+  out.flags = flags;
+  out.deadline = deadline;
+  out.created = created;
+  out.origPackets = op;
+  out.origBytes = ob;
+  out.replyPackets = rp;
+  out.replyBytes = rb;
+  return null;
+}
+
+const tracked4 = (p: number): boolean => p === PROTO_TCP || p === PROTO_UDP || p === PROTO_ICMP || p === PROTO_SCTP;
+
+/**
+ * Read IPv4 record `i` of a file image (int32 and float64 views of it).
+ * Returns 'empty', 'torn', 'damaged', or the record.
+ */
+export function readRecord(w: Int32Array, f: Float64Array, i: number): PinnedRecord | 'empty' | 'torn' | 'damaged' {
+  const b = HW + i * (PIN_RECORD_SIZE / 4);
+  const rec = { origSrc: 0, origDst: 0, origSport: 0, origDport: 0, replySrc: 0, replyDst: 0, replySport: 0, replyDport: 0 } as PinnedRecord;
+  const status = checkRecord(w, f, b, PIN_LAYOUT_V4, tracked4, 9, rec);
+  if (status !== null) return status;
   const p1 = w[b + 5];
   const p2 = w[b + 8];
-  return {
-    proto,
-    origSrc: w[b + 3] >>> 0,
-    origDst: w[b + 4] >>> 0,
-    origSport: p1 & 0xffff,
-    origDport: p1 >>> 16,
-    replySrc: w[b + 6] >>> 0,
-    replyDst: w[b + 7] >>> 0,
-    replySport: p2 & 0xffff,
-    replyDport: p2 >>> 16,
-    serviceIndex: w[b + 9],
-    serviceNameHash: w[b + 10] >>> 0,
-    state,
-    flags,
-    deadline,
-    created,
-    origPackets: op,
-    origBytes: ob,
-    replyPackets: rp,
-    replyBytes: rb,
-  };
+  rec.origSrc = w[b + 3] >>> 0;
+  rec.origDst = w[b + 4] >>> 0;
+  rec.origSport = p1 & 0xffff;
+  rec.origDport = p1 >>> 16;
+  rec.replySrc = w[b + 6] >>> 0;
+  rec.replyDst = w[b + 7] >>> 0;
+  rec.replySport = p2 & 0xffff;
+  rec.replyDport = p2 >>> 16;
+  return rec;
+}
+
+/** What recovery needs of a table of either family: put one checked record back. */
+export interface RecoverTarget<R extends PinnedRecordCommon> {
+  /** the checked record at index i, or why it is left out */
+  read(w: Int32Array, f: Float64Array, i: number): R | 'empty' | 'torn' | 'damaged';
+  /** insert the record's flow (its service name resolved), without writing its record; null when refused */
+  put(rec: R, serviceName: string, now: number): ConntrackEntry | null;
+  /** write the whole record of a flow put back (its state, lifetime and counters set) */
+  rewrite(e: ConntrackEntry): void;
+}
+
+/**
+ * Put the flows of a checked file image (`image`: its bytes, header
+ * included) into a table through `target`; `bootOffset` turns the table's
+ * time into CLOCK_BOOTTIME, `names` resolve the records' name hashes.
+ */
+export function recoverImage<R extends PinnedRecordCommon>(
+  image: Uint8Array, target: RecoverTarget<R>, bootOffset: number, names: Iterable<string>, now: number,
+): PinRecovery {
+  const copy = image.byteOffset % 8 === 0 ? image : image.slice();
+  const w = new Int32Array(copy.buffer, copy.byteOffset, copy.byteLength >> 2);
+  const f = new Float64Array(copy.buffer, copy.byteOffset, copy.byteLength >> 3);
+  const capacity = w[4];
+  const byHash = new Map<number, string>();
+  for (const n of names) byHash.set(serviceNameHash(n), n);
+  const r: PinRecovery = { records: 0, restored: 0, torn: 0, damaged: 0, expired: 0, clashes: 0, unresolvedNames: 0 };
+  const bootNow = now + bootOffset;
+  for (let i = 0; i < capacity; i++) {
+    const rec = target.read(w, f, i);
+    if (rec === 'empty') continue;
+    r.records++;
+    if (rec === 'torn') {
+      r.torn++;
+      continue;
+    }
+    if (rec === 'damaged') {
+      r.damaged++;
+      continue;
+    }
+    if (rec.deadline <= bootNow) {
+      r.expired++;
+      continue;
+    }
+    let name = '';
+    if (rec.serviceNameHash !== 0) {
+      const found = byHash.get(rec.serviceNameHash);
+      if (found === undefined) r.unresolvedNames++;
+      else name = found;
+    }
+    const e = target.put(rec, name, now);
+    if (e === null) {
+      r.clashes++;
+      continue;
+    }
+    e.state = rec.state;
+    e.seenReply = (rec.flags & FLAG_SEEN_REPLY) !== 0;
+    e.assured = (rec.flags & FLAG_ASSURED) !== 0;
+    e.expires = rec.deadline - bootOffset;
+    e.created = rec.created - bootOffset;
+    e.origPackets = rec.origPackets;
+    e.origBytes = rec.origBytes;
+    e.replyPackets = rec.replyPackets;
+    e.replyBytes = rec.replyBytes;
+    target.rewrite(e);
+    r.restored++;
+  }
+  return r;
+}
+
+/** The part of a pinned table of either family that PinnedTable drives. */
+export interface PinnedTableConntrack {
+  readonly pin: PinnedStore;
+  readonly maxEntries: number;
+  recover(image: Uint8Array, names?: Iterable<string>, now?: number): PinRecovery;
 }
 
 /**
@@ -421,11 +588,12 @@ export function readRecord(w: Int32Array, f: Float64Array, i: number): PinnedRec
  * insert writes the record, update its changing part, a removal moves the
  * last record into the hole and empties the last one.
  */
-export class PinnedConntrack extends Conntrack {
+export class PinnedConntrack extends Conntrack implements PinnedTableConntrack {
   readonly pin: PinnedStore;
 
   constructor(options: ConntrackOptions, pin: PinnedStore) {
     super(options);
+    if (pin.layout !== PIN_LAYOUT_V4) throw new TypeError(`pinned conntrack: the store holds ${pin.layout.family} records, this table IPv4 flows`);
     if (pin.capacity < this.maxEntries) throw new RangeError(`pinned conntrack: the store holds ${pin.capacity} records, the table up to ${this.maxEntries}`);
     this.pin = pin;
   }
@@ -481,60 +649,19 @@ export class PinnedConntrack extends Conntrack {
    * the rule set in force, to resolve the records' name hashes.
    */
   recover(image: Uint8Array, names: Iterable<string> = [], now: number = this.clock()): PinRecovery {
-    const copy = image.byteOffset % 8 === 0 ? image : image.slice();
-    const w = new Int32Array(copy.buffer, copy.byteOffset, copy.byteLength >> 2);
-    const f = new Float64Array(copy.buffer, copy.byteOffset, copy.byteLength >> 3);
-    const capacity = w[4];
-    const byHash = new Map<number, string>();
-    for (const n of names) byHash.set(serviceNameHash(n), n);
-    const r: PinRecovery = { records: 0, restored: 0, torn: 0, damaged: 0, expired: 0, clashes: 0, unresolvedNames: 0 };
-    const bootNow = now + this.pin.bootOffset;
     const info: ConntrackInfo = { serviceName: '', serviceIndex: -1, endpointAddr: 0, endpointPort: 0, masquerade: false };
-    for (let i = 0; i < capacity; i++) {
-      const rec = readRecord(w, f, i);
-      if (rec === 'empty') continue;
-      r.records++;
-      if (rec === 'torn') {
-        r.torn++;
-        continue;
-      }
-      if (rec === 'damaged') {
-        r.damaged++;
-        continue;
-      }
-      if (rec.deadline <= bootNow) {
-        r.expired++;
-        continue;
-      }
-      let name = '';
-      if (rec.serviceNameHash !== 0) {
-        const found = byHash.get(rec.serviceNameHash);
-        if (found === undefined) r.unresolvedNames++;
-        else name = found;
-      }
-      info.serviceName = name;
-      info.serviceIndex = rec.serviceIndex;
-      info.endpointAddr = rec.replySrc;
-      info.endpointPort = rec.replySport;
-      info.masquerade = (rec.flags & FLAG_MASQUERADE) !== 0;
-      const e = super.insert(rec.proto, rec.origSrc, rec.origDst, rec.origSport, rec.origDport, rec.replySrc, rec.replyDst, rec.replySport, rec.replyDport, now, info);
-      if (e === null) {
-        r.clashes++;
-        continue;
-      }
-      e.state = rec.state;
-      e.seenReply = (rec.flags & FLAG_SEEN_REPLY) !== 0;
-      e.assured = (rec.flags & FLAG_ASSURED) !== 0;
-      e.expires = rec.deadline - this.pin.bootOffset;
-      e.created = rec.created - this.pin.bootOffset;
-      e.origPackets = rec.origPackets;
-      e.origBytes = rec.origBytes;
-      e.replyPackets = rec.replyPackets;
-      e.replyBytes = rec.replyBytes;
-      this.pin.writeAll(e._slot, e);
-      r.restored++;
-    }
-    return r;
+    return recoverImage<PinnedRecord>(image, {
+      read: readRecord,
+      put: (rec, name, t) => {
+        info.serviceName = name;
+        info.serviceIndex = rec.serviceIndex;
+        info.endpointAddr = rec.replySrc;
+        info.endpointPort = rec.replySport;
+        info.masquerade = (rec.flags & FLAG_MASQUERADE) !== 0;
+        return super.insert(rec.proto, rec.origSrc, rec.origDst, rec.origSport, rec.origDport, rec.replySrc, rec.replyDst, rec.replySport, rec.replyDport, t, info);
+      },
+      rewrite: (e) => this.pin.writeAll(e._slot, e),
+    }, this.pin.bootOffset, names, now);
   }
 }
 
@@ -556,7 +683,7 @@ export function setAsidePinned(path: string, now = new Date()): string {
 export interface OpenPinnedOptions extends ConntrackOptions {
   /** directory of the pinned tables (DEFAULT_PIN_DIR) */
   dir: string;
-  /** file name without the directory, e.g. "tun0.ct" */
+  /** file name without the directory, e.g. "tun0.ct" (IPv4) or "tun0.ct6" (IPv6) */
   name: string;
   provenance?: PinProvenance;
   /** service names of the rule set in force (resolve the records' name hashes) */
@@ -564,26 +691,30 @@ export interface OpenPinnedOptions extends ConntrackOptions {
 }
 
 /**
- * The pinned table of a `tunproxy run`: open() checks the file found at
- * dir/name (a foreign or damaged one is set aside at once) and builds the new
- * table in a file beside it (<name>.new-<pid>); finish() puts the old file's
- * good records into the new table and renames the new file over the old one.
- * Between the two the caller loads the rule set, whose service names resolve
- * the records' name hashes. A crash before finish() leaves the old file as it
- * was (the next start removes the leftover .new- file). The capacity is the
- * table's maxEntries: a smaller --conntrack-max than before evicts on insert.
+ * The pinned table of a `tunproxy run`, of either family: open() checks the
+ * file found at dir/name (a foreign or damaged one is set aside at once) and
+ * builds the new table in a file beside it (<name>.new-<pid>); finish() puts
+ * the old file's good records into the new table and renames the new file
+ * over the old one. Between the two the caller loads the rule set, whose
+ * service names resolve the records' name hashes. A crash before finish()
+ * leaves the old file as it was (the next start removes the leftover .new-
+ * file). The capacity is the table's maxEntries: a smaller --conntrack-max
+ * than before evicts on insert. PinnedTable.open makes the IPv4 table;
+ * conntrack-pinned6.ts's openPinnedTable6 the IPv6 one.
  */
-export class PinnedTable {
-  readonly conntrack: PinnedConntrack;
+export class PinnedTable<C extends PinnedTableConntrack = PinnedConntrack> {
+  readonly conntrack: C;
   readonly path: string;
+  readonly layout: PinLayout;
   private readonly tmp: string;
   private image: Uint8Array | null;
   private header: PinHeader | null;
   private setAside: { reason: string; movedTo: string } | null;
   found: PinnedFound | null = null;
 
-  private constructor(conntrack: PinnedConntrack, path: string, tmp: string, image: Uint8Array | null, header: PinHeader | null, setAside: { reason: string; movedTo: string } | null) {
+  private constructor(conntrack: C, layout: PinLayout, path: string, tmp: string, image: Uint8Array | null, header: PinHeader | null, setAside: { reason: string; movedTo: string } | null) {
     this.conntrack = conntrack;
+    this.layout = layout;
     this.path = path;
     this.tmp = tmp;
     this.image = image;
@@ -591,7 +722,13 @@ export class PinnedTable {
     this.setAside = setAside;
   }
 
-  static open(o: OpenPinnedOptions): PinnedTable {
+  /** The IPv4 table. */
+  static open(o: OpenPinnedOptions): PinnedTable<PinnedConntrack> {
+    return PinnedTable.openLayout(o, PIN_LAYOUT_V4, (opts, store) => new PinnedConntrack(opts, store));
+  }
+
+  /** A table of `layout`'s family, made by `make` over its new store. */
+  static openLayout<T extends PinnedTableConntrack>(o: OpenPinnedOptions, layout: PinLayout, make: (o: ConntrackOptions, store: PinnedStore) => T): PinnedTable<T> {
     const prov = o.provenance ?? pinProvenance();
     mkdirSync(o.dir, { recursive: true, mode: 0o700 });
     const path = join(o.dir, o.name);
@@ -602,7 +739,7 @@ export class PinnedTable {
     let aside: { reason: string; movedTo: string } | null = null;
     if (existsSync(path)) {
       const bytes = readFileSync(path);
-      const c = checkHeader(bytes, prov);
+      const c = checkHeader(bytes, prov, layout);
       if (c.ok) {
         image = bytes;
         header = c.header;
@@ -610,12 +747,12 @@ export class PinnedTable {
     }
     const capacity = o.maxEntries ?? 262144;
     const tmp = `${path}.new-${process.pid}`;
-    const buf = mapNewFile(tmp, pinFileSize(capacity));
+    const buf = mapNewFile(tmp, pinFileSize(capacity, layout));
     try {
-      writeHeader(buf, capacity, prov, Date.now(), process.pid);
+      writeHeader(buf, capacity, prov, Date.now(), process.pid, layout);
       const clock = o.clock ?? (() => performance.now());
-      const store = new PinnedStore(buf, capacity, boottimeMs() - clock());
-      return new PinnedTable(new PinnedConntrack(o, store), path, tmp, image, header, aside);
+      const store = new PinnedStore(buf, capacity, boottimeMs() - clock(), layout);
+      return new PinnedTable<T>(make(o, store), layout, path, tmp, image, header, aside);
     } catch (e) {
       rmSync(tmp, { force: true });
       throw e;

@@ -19,7 +19,8 @@
 import type { Command } from 'commander';
 import { DEFAULT_STATE_DIR } from '../persist.ts';
 import type { StateStore } from '../persist.ts';
-import type { PinnedTable } from '../../dataplane/conntrack-pinned.ts';
+import type { PinnedTable, PinnedTableConntrack } from '../../dataplane/conntrack-pinned.ts';
+import type { PinnedConntrack6 } from '../../dataplane/conntrack-pinned6.ts';
 import type { TunDevice } from '../../dataplane/tun/index.ts';
 import { existsSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
@@ -81,7 +82,7 @@ export function registerRun(program: Command): void {
     .option('--batch <n>', 'packets per read/write system call', '64')
     .option('--status-interval <seconds>', 'print a status line this often (0: only on SIGUSR1)', '10')
     .option('--conntrack-max <n>', 'connection table size, like nf_conntrack_max', '262144')
-    .option('--pin-dir <dir>', 'where the connection table is pinned: <dir>/<tun>.ct, a file in memory that outlives the process (a crash or kill -9 keeps the connections)', DEFAULT_PIN_DIR)
+    .option('--pin-dir <dir>', 'where the connection table is pinned: <dir>/<tun>.ct (IPv4 flows) and <dir>/<tun>.ct6 (IPv6 flows), files in memory that outlive the process (a crash or kill -9 keeps the connections of both families)', DEFAULT_PIN_DIR)
     .option('--no-pin', 'keep the connection table in the process only (a crash loses it; SIGTERM still saves it in --state-dir)')
     .option('--multi-queue', 'open the TUN with IFF_MULTI_QUEUE (the device must have been created multi_queue)')
     .option('--decider <compiled|linear>', "how new flows are decided: the hash tables, or kube-proxy's iptables rules walked linearly (for comparison)", 'compiled')
@@ -108,19 +109,22 @@ On a busy machine: --packet-priority fifo:10 --packet-cpu N --txqueuelen 10000,
 and node's --no-memory-reducer (node --no-memory-reducer bin/tunproxy.js run
 ...): README "Packets that never wait".
 
-Pinned connection table: every flow is also a record in --pin-dir/<tun>.ct
-(/dev/shm: memory, not disk), written as packets change it. A tunproxy that
-starts after a crash or kill -9 checks the file (boot, network namespace,
-layout version, header checksum; a per-record sequence and checksum) and goes
-on with its flows; a file it cannot trust is renamed *.set-aside-<time> and
-reported. Several tunproxy processes in different network namespaces with the
+Pinned connection table: every IPv4 flow is also a record in
+--pin-dir/<tun>.ct and every IPv6 flow in --pin-dir/<tun>.ct6 (/dev/shm:
+memory, not disk), written as packets change it. A tunproxy that starts after
+a crash or kill -9 checks each file (boot, network namespace, layout version,
+header checksum; a per-record sequence and checksum) and goes on with its
+flows; a file it cannot trust is renamed *.set-aside-<time> and reported,
+with the family it held. Several tunproxy processes in different network namespaces with the
 same device name need different --pin-dir. A TUN device that tunproxy creates
 is made persistent, so packets wait in its queue while tunproxy restarts.
 
 State: --state-dir holds <tun>.ruleset.json (the rule set in force, written
 atomically after every change; loaded at start when --rules is not given; a
 damaged file is renamed *.damaged-<time> and reported) and
-<tun>.conntrack.json (saved on stop, restored and removed at start).
+<tun>.conntrack.json (the IPv4 and the IPv6 flows, saved on stop, restored
+and removed at start; a pinned table recovered at start supersedes its
+family's part).
 
 Example (inside the node namespace of the lab):
   tunproxy run --tun tun0 --rules examples/demo-ruleset.json
@@ -159,9 +163,9 @@ export async function run(o: RunOptions): Promise<void> {
   const packetCpu = parsePacketCpu(o.packetCpu);
   const { defaultSocketPath, readTokenFile } = await import('../api/local.ts');
   // the dataplane is loaded by `run` only (the other commands start faster without it)
-  const [{ Dataplane }, { TunDevice }, { StateStore }, { ControlWorker }, { FlowLister, unpackChunk, formatFlowL }, { watchEventLoop }, { PIN_CLOSED, PinnedTable }, { tunSetPersist }] = await Promise.all([
+  const [{ Dataplane }, { TunDevice }, { StateStore, restoreConntrackParts }, { ControlWorker }, { FlowLister, unpackChunk, formatFlowL }, { watchEventLoop }, { PIN_CLOSED, PinnedTable }, { openPinnedTable6 }, { tunSetPersist }] = await Promise.all([
     import('../dataplane.ts'), import('../../dataplane/tun/index.ts'), import('../persist.ts'), import('../worker/spawn.ts'), import('../worker/flows.ts'),
-    import('../worker/packet-side.ts'), import('../../dataplane/conntrack-pinned.ts'), import('../../dataplane/pin/index.ts'),
+    import('../worker/packet-side.ts'), import('../../dataplane/conntrack-pinned.ts'), import('../../dataplane/conntrack-pinned6.ts'), import('../../dataplane/pin/index.ts'),
   ]);
   /** SIGUSR1's listing of the connection table: written in slices (FlowLister), never built whole. */
   const listConntrackToStderr = (dp: InstanceType<typeof Dataplane>): Promise<void> => {
@@ -184,16 +188,26 @@ export async function run(o: RunOptions): Promise<void> {
   if (o.decider !== 'compiled' && o.decider !== 'linear') throw new Error(`--decider: ${JSON.stringify(o.decider)} is not one of compiled, linear`);
   const clock = () => performance.now();
   let pinned: PinnedTable | null = null;
+  // the IPv6 flows, pinned beside the IPv4 ones in <tun>.ct6 (dataplane/conntrack-pinned6.ts)
+  let pinned6: PinnedTable<PinnedConntrack6> | null = null;
   if (o.pin) {
     try {
       pinned = PinnedTable.open({ dir: o.pinDir, name: `${o.tun}.ct`, maxEntries: conntrackMax, clock });
     } catch (e) {
       log(`cannot pin the connection table in ${o.pinDir}: ${(e as Error).message}; it lives in the process only (a crash loses it)`);
     }
+    try {
+      pinned6 = openPinnedTable6({ dir: o.pinDir, name: `${o.tun}.ct6`, maxEntries: conntrackMax, clock });
+    } catch (e) {
+      log(`cannot pin the IPv6 connection table in ${o.pinDir}: ${(e as Error).message}; it lives in the process only (a crash loses it)`);
+    }
   }
-  // a start that fails, or a stop before any rule set came, leaves the table found at start untouched
-  if (pinned) process.once('exit', () => pinned?.abandon());
-  const dp = new Dataplane({ conntrackMax, decider: o.decider, clock, conntrack: pinned?.conntrack });
+  // a start that fails, or a stop before any rule set came, leaves the tables found at start untouched
+  if (pinned || pinned6) process.once('exit', () => {
+    pinned?.abandon();
+    pinned6?.abandon();
+  });
+  const dp = new Dataplane({ conntrackMax, decider: o.decider, clock, conntrack: pinned?.conntrack, conntrack6: pinned6?.conntrack });
   watchEventLoop(dp);
   // the connection table's part of the state directory (the rule set's part is the control worker's)
   let store: StateStore | null = new StateStore(o.stateDir, `${o.tun}.`);
@@ -296,27 +310,34 @@ export async function run(o: RunOptions): Promise<void> {
     log(`control API on ${[a.socketPath, tcp ? `http://${tcp.host}:${tcp.port} (bearer token)` : null].filter((x) => x).join(' and ')}`);
   }
 
+  /** The pinned table of one family found at start: recovered, set aside or new; true when recovered. */
+  const finishPinned = (p: PinnedTable<PinnedTableConntrack> | null, label: string, names: string[]): boolean => {
+    if (p === null) return false;
+    const f = p.finish(names);
+    if (f.status === 'set-aside') log(`the pinned ${label} is not trusted (${f.reason}): moved to ${f.movedTo}; starting with an empty table`);
+    else if (f.status === 'recovered') {
+      const r = f.recovery;
+      let how = f.header.state === PIN_CLOSED ? 'stopped cleanly' : 'did not stop cleanly';
+      if (f.header.state !== PIN_CLOSED && f.header.pid !== process.pid && pidRunning(f.header.pid)) how += `, and a process of that pid still runs: two tunproxy on ${o.tun}?`;
+      log(
+        `${label} recovered from ${p.path} (written by pid ${f.header.pid}, which ${how}): ${r.restored} flows; ` +
+          `${r.expired} ran out meanwhile, ${r.torn} torn and ${r.damaged} damaged records skipped, ${r.clashes} duplicates` +
+          (r.unresolvedNames > 0 ? `, ${r.unresolvedNames} of services no longer in the rule set` : ''),
+      );
+      return true;
+    } else log(`${label} pinned in ${p.path}`);
+    return false;
+  };
   const restoreConntrack = () => {
-    let recovered = false;
-    if (pinned !== null) {
-      const names = dp.tables?.services.map((sp) => sp.name) ?? [];
-      const f = pinned.finish(names);
-      if (f.status === 'set-aside') log(`the pinned connection table is not trusted (${f.reason}): moved to ${f.movedTo}; starting with an empty table`);
-      else if (f.status === 'recovered') {
-        const r = f.recovery;
-        recovered = true;
-        let how = f.header.state === PIN_CLOSED ? 'stopped cleanly' : 'did not stop cleanly';
-        if (f.header.state !== PIN_CLOSED && f.header.pid !== process.pid && pidRunning(f.header.pid)) how += `, and a process of that pid still runs: two tunproxy on ${o.tun}?`;
-        log(
-          `connection table recovered from ${pinned.path} (written by pid ${f.header.pid}, which ${how}): ${r.restored} flows; ` +
-            `${r.expired} ran out meanwhile, ${r.torn} torn and ${r.damaged} damaged records skipped, ${r.clashes} duplicates` +
-            (r.unresolvedNames > 0 ? `, ${r.unresolvedNames} of services no longer in the rule set` : ''),
-        );
-      } else log(`connection table pinned in ${pinned.path}`);
-    }
+    const names = dp.tables?.services.map((sp) => sp.name) ?? [];
+    // the IPv4 lines read as they always did; the IPv6 ones say so
+    const recovered4 = finishPinned(pinned, 'connection table', names);
+    const recovered6 = finishPinned(pinned6, 'IPv6 connection table', names);
+    // the IPv6 path is made on the first IPv6 packet: make it now when flows came back, so they are listed and saved
+    if (recovered6 && pinned6 !== null && pinned6.conntrack.size > 0) dp.pipeline.ipv6();
     if (store === null) return;
-    if (recovered) {
-      // the pinned table is as new as a snapshot saved on SIGTERM, or newer
+    // a pinned table is as new as a snapshot saved on SIGTERM, or newer: it supersedes its family's part
+    if (recovered4 && recovered6) {
       if (existsSync(store.conntrackPath)) {
         store.consumeConntrack();
         log(`the connection table saved in ${store.conntrackPath} is superseded by the pinned one: removed`);
@@ -327,14 +348,25 @@ export async function run(o: RunOptions): Promise<void> {
     if (saved.status === 'none') return;
     if (saved.status === 'damaged') return log(`the saved connection table ${saved.path} is damaged (${saved.reason}): moved to ${saved.movedTo}; starting with an empty table`);
     if (saved.status === 'foreign') return log(`the saved connection table ${saved.path} is not restored: ${saved.reason}`);
-    try {
-      const n = dp.pipeline.conntrack.restore(saved.items);
-      store.consumeConntrack();
-      log(`connection table restored from ${saved.path}: ${n} flows (saved ${(saved.elapsedMs / 1000).toFixed(1)} s ago; ${saved.expired} ran out meanwhile)`);
-    } catch (e) {
+    const r = restoreConntrackParts(saved, recovered4 ? null : dp.pipeline.conntrack, recovered6 ? null : () => dp.pipeline.ipv6().conntrack);
+    const parts: string[] = [];
+    if (r.ipv4 !== null) parts.push(`${r.ipv4} IPv4`);
+    else if (recovered4) parts.push('the IPv4 part superseded by the pinned table');
+    if (r.ipv6 !== null) parts.push(`${r.ipv6} IPv6`);
+    else if (recovered6) parts.push('the IPv6 part superseded by the pinned table');
+    const expired = saved.expired + saved.expired6;
+    const when = `saved ${(saved.elapsedMs / 1000).toFixed(1)} s ago; ${expired} ran out meanwhile`;
+    if (r.damaged.length > 0) {
+      // never trusted: the whole file is kept aside for a look; the parts that were whole are in the table
       const moved = store.setAsideConntrack();
-      log(`the saved connection table ${saved.path} is damaged (${(e as Error).message}): moved to ${moved}; starting with an empty table`);
+      for (const d of r.damaged) {
+        log(`the saved connection table ${saved.path} is damaged (${d.family} part: ${d.reason}): moved to ${moved}; no ${d.family} flow restored from it`);
+      }
+      if (r.ipv4 !== null || r.ipv6 !== null) log(`connection table restored from ${saved.path}: ${(r.ipv4 ?? 0) + (r.ipv6 ?? 0)} flows (${parts.join(', ')}; ${when})`);
+      return;
     }
+    store.consumeConntrack();
+    log(`connection table restored from ${saved.path}: ${(r.ipv4 ?? 0) + (r.ipv6 ?? 0)} flows (${parts.join(', ')}; ${when})`);
   };
   const attach = () => {
     restoreConntrack();
@@ -379,13 +411,15 @@ export async function run(o: RunOptions): Promise<void> {
       if (attached && store) {
         try {
           const items = dp.pipeline.conntrack.snapshot();
-          store.saveConntrack(items);
-          log(`connection table saved to ${store.conntrackPath}: ${items.length} flows`);
+          const items6 = dp.pipeline.conntrackV6?.snapshot() ?? [];
+          store.saveConntrack(items, Date.now(), items6);
+          log(`connection table saved to ${store.conntrackPath}: ${items.length + items6.length} flows (${items.length} IPv4, ${items6.length} IPv6)`);
         } catch (e) {
           log(`cannot save the connection table to ${store.conntrackPath}: ${(e as Error).message}`);
         }
       }
       pinned?.close();
+      pinned6?.close();
       // the control worker flushes the rule set to the state directory and closes the API
       await cw.stop();
       log(`final: ${dp.statusLine()} tun rx=${ts.rxPackets} tx=${ts.txPackets} tx_again=${ts.txAgain} tx_errors=${ts.txErrors}`);
