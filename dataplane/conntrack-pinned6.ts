@@ -122,12 +122,16 @@ export class PinnedConntrack6 extends Conntrack6 implements PinnedTableConntrack
     this.pin.writeAll6(e._slot, e, this.protoOf(e), this.wordArray, this.wordsAt(e));
   }
 
-  override insert6(
+  /** recover() puts records back that are in the file already: no write for those (its `rewrite` writes what moved) */
+  private recovering = false;
+
+  // every insert goes through insert6Keyed (insert6 hashes, then calls it; the packet path calls it with its keys)
+  override insert6Keyed(
     proto: number, t: Uint32Array, origSport: number, origDport: number, replySport: number, replyDport: number,
-    now: number, info: ConntrackInfo6,
+    now: number, info: ConntrackInfo6, origHi: number, origLo: number, replyHi: number, replyLo: number,
   ): ConntrackEntry | null {
-    const e = super.insert6(proto, t, origSport, origDport, replySport, replyDport, now, info);
-    if (e !== null) this.writeAll(e);
+    const e = super.insert6Keyed(proto, t, origSport, origDport, replySport, replyDport, now, info, origHi, origLo, replyHi, replyLo);
+    if (e !== null && !this.recovering) this.writeAll(e);
     return e;
   }
 
@@ -164,6 +168,15 @@ export class PinnedConntrack6 extends Conntrack6 implements PinnedTableConntrack
    */
   recover(image: Uint8Array, names: Iterable<string> = [], now: number = this.clock()): PinRecovery {
     const info = { serviceName: '', serviceIndex: -1, masquerade: false };
+    this.recovering = true;
+    try {
+      return this.recoverWith(image, names, now, info);
+    } finally {
+      this.recovering = false;
+    }
+  }
+
+  private recoverWith(image: Uint8Array, names: Iterable<string>, now: number, info: ConntrackInfo6): PinRecovery {
     return recoverImage<PinnedRecord6>(image, {
       read: readRecord6,
       put: (rec, name, t) => {

@@ -286,3 +286,34 @@ t.test('openPinnedConntrack6: a .ct6 file left by a killed process is recovered 
   t.equal(g.found.status, 'set-aside');
   t.end();
 });
+
+t.test('a flow the IPv6 packet path creates (insert6Keyed, with the keys it hashed) is pinned too', async (t) => {
+  const { validateRuleSet } = await import('../../control/validate.ts');
+  const { compile } = await import('../../control/compile.ts');
+  const { Pipeline, V_FORWARD } = await import('../../dataplane/pipeline.ts');
+  const { Rng } = await import('../../dataplane/select.ts');
+  const { writeIpv6Header, l4Checksum6 } = await import('../../dataplane/wire/ipv6.ts');
+  const r = validateRuleSet({
+    apiVersion: 'tunproxy.dev/v1',
+    node: { addresses: ['192.168.50.2', 'fd00:50::2'], clusterCIDR: '10.64.0.0/16,fd00:10:64::/56' },
+    services: [{ namespace: 'default', name: 'dns', clusterIP: 'fd00:10:96::a', ipFamilies: ['IPv6'], ipFamilyPolicy: 'SingleStack', ports: [{ name: 'dns', protocol: 'UDP', port: 53, targetPort: 5353 }], endpoints: [{ address: 'fd00:10:64:1::7' }] }],
+  });
+  if (!r.ok) throw new Error(JSON.stringify(r.errors));
+  const { ct, store } = table(4);
+  const pl = new Pipeline({ rng: new Rng(1), conntrack6: ct });
+  const p = new Uint8Array(53);
+  writeIpv6Header(p, 0, 13, 17, 64, parseIPv6('2001:db8::35')!, 0, parseIPv6('fd00:10:96::a')!, 0);
+  p.set([0x9c, 0x40, 0, 53, 0, 13], 40);
+  p.set(Buffer.from('hello'), 48);
+  const k = l4Checksum6(p, 0, 40, 13, 6, 17);
+  p[46] = k >> 8; p[47] = k;
+  t.equal(pl.process(p, 0, p.length, compile(r.model), 1000), V_FORWARD);
+  t.equal(ct.size, 1, 'one flow');
+  const w = new Int32Array(store.buffer);
+  const rec = readRecord6(w, new Float64Array(store.buffer), 0);
+  if (typeof rec === 'string') throw new Error(`record 0 is ${rec}`);
+  t.equal(rec.proto, PROTO_UDP);
+  t.same([...rec.words.subarray(CT6_ORIG_SRC, CT6_ORIG_SRC + 4)], [...parseIPv6('2001:db8::35')!], 'the record holds the client');
+  t.same([...rec.words.subarray(CT6_REPLY_SRC, CT6_REPLY_SRC + 4)], [...parseIPv6('fd00:10:64:1::7')!], 'and the endpoint');
+  t.same([rec.origSport, rec.origDport, rec.replySport], [40000, 53, 5353]);
+});
