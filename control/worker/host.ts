@@ -98,7 +98,7 @@ export class PacketHost {
           this.reply(r.id, this.dp.pipeline.conntrack.now());
           break;
         case 'list': {
-          const f = conntrackFilter(r.q);
+          const f = conntrackFilter(r.q, this.dp.pipeline.conntrackV6);
           const l = new FlowLister(this.dp.pipeline.conntrack, f.pred, r.limit, this.dp.pipeline.conntrackV6, f.pred6);
           this.listings.set(r.id, l);
           this.sendChunk(r.id, l);
@@ -116,7 +116,7 @@ export class PacketHost {
         case 'delete': {
           const ct = this.dp.pipeline.conntrack;
           const ct6 = this.dp.pipeline.conntrackV6;
-          const f = conntrackFilter(r.q);
+          const f = conntrackFilter(r.q, ct6);
           Promise.all([deleteFlowsSliced(ct, f.pred), ct6 === null ? 0 : deleteFlowsSliced(ct6, f.pred6)]).then(
             ([d4, d6]) => this.reply(r.id, { deleted: d4 + d6, entries: ct.size + (ct6?.size ?? 0) }),
             (e: Error) => this.fail(r.id, e.message),
