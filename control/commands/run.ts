@@ -84,7 +84,7 @@ export function registerRun(program: Command): void {
     .option('--pin-dir <dir>', 'where the connection table is pinned: <dir>/<tun>.ct, a file in memory that outlives the process (a crash or kill -9 keeps the connections)', DEFAULT_PIN_DIR)
     .option('--no-pin', 'keep the connection table in the process only (a crash loses it; SIGTERM still saves it in --state-dir)')
     .option('--multi-queue', 'open the TUN with IFF_MULTI_QUEUE (the device must have been created multi_queue)')
-    .option('--decider <compiled|linear>', "how new flows are decided: the hash tables, or kube-proxy's iptables rules walked linearly (for comparison)", 'compiled')
+    .option('--decider <compiled|linear>', "how new flows are decided: the hash tables, or kube-proxy's iptables rules walked linearly, ip6tables ones for IPv6 packets (for comparison)", 'compiled')
     .option('--offload <auto|off>', 'auto: open the TUN with a virtio-net header and take checksum, TCP (TSO4/6, ECN) and UDP (USO4/6) segmentation offloads, so bulk traffic moves as 64 KiB super-packets (what the kernel refuses is said at start); off: one MTU packet per read', 'auto')
     .option('--packet-priority <none|nice:N|fifo:N>', "CPU priority of the packet thread alone: nice:N (-20..19) or fifo:N (SCHED_FIFO 1..99, above every ordinary task, like the kernel's own packet processing); needs root or CAP_SYS_NICE. On a busy machine a stall of the packet thread is packets queued in the TUN, or lost (README \"Packets that never wait\")", 'none')
     .option('--packet-cpu <n>', 'run the packet thread on CPU n alone and the control worker on the other CPUs (with --packet-priority fifo, the worker is then never preempted by the packet thread while it hands a message over)')
