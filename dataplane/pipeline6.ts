@@ -43,9 +43,9 @@ import { buildIcmpv6Error, icmpv6Check, icmpv6ErrorPermitted } from './wire/icmp
 import { ipv6Check, ipv6Walk, Ipv6Chain } from './wire/ipv6.ts';
 import { icmpv6QuoteRewriteDst, icmpv6QuoteRewriteSrc, rewriteBoth6, rewriteDst6, rewriteSrc6 } from './wire/ipv6-rewrite.ts';
 import { tcpCheck } from './wire/tcp.ts';
+import { sctpCheck } from './wire/sctp.ts';
 import type { SampleDecider6 } from './decider6.ts';
 import { newFlowLinear6 } from './pipeline6-linear.ts';
-import { sctpCheck } from './wire/sctp.ts';
 
 // copied, not imported (see pipeline.ts)
 const IPV6_SRC = 8;
