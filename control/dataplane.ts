@@ -46,6 +46,7 @@ export class Dataplane {
       // --decider linear: the walk of the new rule set goes in with its tables (both between two batches:
       // the apply runs on this thread, never within one)
       this.pipeline.linear = this.holder.linear;
+      this.pipeline.linear6 = this.holder.linear6;
       this.loop?.setTables(t);
     });
   }

@@ -21,6 +21,7 @@ import { RuleSetModel, servicePortName, isIPv6 } from './model.ts';
 import type { ServiceModel } from './model.ts';
 import type { Tables } from '../dataplane/tables.ts';
 import type { SampleDecider } from '../dataplane/verdict.ts';
+import type { SampleDecider6 } from '../dataplane/decider6.ts';
 import { writeIptables } from './iptables/writer.ts';
 import { linearFromText } from './iptables/linear.ts';
 import { protoIndex } from '../dataplane/addr.ts';
@@ -165,6 +166,8 @@ export class RuleSetHolder {
   readonly decider: 'compiled' | 'linear';
   /** with decider 'linear': the walk of the rule set in force, for the pipeline's `linear` option */
   private lin: SampleDecider | null = null;
+  /** the same for IPv6 packets: kube-proxy's ip6tables rules walked (null when the tables have no IPv6 part) */
+  private lin6: SampleDecider6 | null = null;
 
   /** applied to every snapshot before it is kept and swapped in (the control worker puts its arrays on shared memory) */
   private readonly prepare: ((t: Tables) => Tables) | null;
@@ -199,6 +202,10 @@ export class RuleSetHolder {
   /** With decider 'linear', the linear walk of kube-proxy's rules for the rule set in force (set it as the pipeline's `linear`, with the tables); else null. */
   get linear(): SampleDecider | null {
     return this.lin;
+  }
+  /** With decider 'linear', the walk of kube-proxy's ip6tables rules for the rule set in force (the pipeline's `linear6`); else null. */
+  get linear6(): SampleDecider6 | null {
+    return this.lin6;
   }
   get generation(): number {
     return this.gen;
@@ -327,7 +334,11 @@ export class RuleSetHolder {
     // path that could disagree with the text) and runs writer and parser every time. In tunproxy run
     // the text is also the form the rules cross to the packet thread in (control/worker/control-worker.ts),
     // so the holder there builds no walk.
-    if (this.decider === 'linear') this.lin = linearFromText(writeIptables(model), { localAddresses: model.node.addresses });
+    if (this.decider === 'linear') {
+      this.lin = linearFromText(writeIptables(model), { localAddresses: model.node.addresses });
+      // IPv6: the ip6tables half, as kube-proxy's IPv6 proxier writes it, when the tables have an IPv6 part
+      this.lin6 = tables.v6 ? linearFromText(writeIptables(model, { family: 6 }), { localAddresses: model.node.addresses, family: 6 }) : null;
+    }
     this.mdl = model;
     this.rs = model.ruleSet;
     this.tables = tables;

@@ -46,6 +46,7 @@ import {
 import { WIRE_BAD_VNET_CSUM } from './wire/error.ts';
 import { gsoSegment, completeChecksum } from './gso.ts';
 import type { PacketTuple, SampleDecider } from './verdict.ts';
+import type { SampleDecider6 } from './decider6.ts';
 import { V_DROP, V_FORWARD, V_PASS, V_REPLY } from './verdict.ts';
 
 export { V_FORWARD, V_REPLY, V_DROP, V_PASS } from './verdict.ts';
@@ -73,6 +74,8 @@ export interface PipelineOptions {
   replyBufferSize?: number;
   /** decide new flows by walking kube-proxy's rules instead of the hash tables (see Pipeline.linear) */
   linear?: SampleDecider | null;
+  /** the same for new IPv6 flows: kube-proxy's ip6tables rules walked (see Pipeline.linear6) */
+  linear6?: SampleDecider6 | null;
 }
 
 // The wire's named offsets, flags and protocol numbers, as defined in wire/ipv4.ts, wire/tcp.ts, wire/udp.ts, wire/sctp.ts, wire/icmp.ts and addr.ts
@@ -175,6 +178,8 @@ export class Pipeline {
    * control/worker/host.ts): the tables hold what the hot path needs and nothing else.
    */
   linear: SampleDecider | null;
+  /** Pipeline.linear for new IPv6 flows: the walk of kube-proxy's ip6tables rules (dataplane/pipeline6-linear.ts), set with the tables likewise */
+  linear6: SampleDecider6 | null;
 
   constructor(o: PipelineOptions = {}) {
     this.conntrack = o.conntrack ?? new Conntrack();
@@ -182,6 +187,7 @@ export class Pipeline {
     this.rng = o.rng ?? new Rng();
     this.reply = new Uint8Array(o.replyBufferSize ?? 576);
     this.linear = o.linear ?? null;
+    this.linear6 = o.linear6 ?? null;
     this.conntrack6 = o.conntrack6 ?? null;
   }
 

@@ -44,6 +44,8 @@ import { ipv6Check, ipv6Walk, Ipv6Chain } from './wire/ipv6.ts';
 import { icmpv6QuoteRewriteDst, icmpv6QuoteRewriteSrc, rewriteBoth6, rewriteBothKnown6, rewriteDst6, rewriteSrc6 } from './wire/ipv6-rewrite.ts';
 import { tcpCheck } from './wire/tcp.ts';
 import { sctpCheck } from './wire/sctp.ts';
+import type { SampleDecider6 } from './decider6.ts';
+import { newFlowLinear6 } from './pipeline6-linear.ts';
 
 // copied, not imported (see pipeline.ts)
 const IPV6_SRC = 8;
@@ -70,6 +72,8 @@ export interface Pipeline6Host {
   lastDrop: number;
   lastEntry: ConntrackEntry | null;
   readonly rng: Rng;
+  /** --decider linear: new flows decided by the walk of kube-proxy's ip6tables rules (pipeline6-linear.ts) */
+  readonly linear6: SampleDecider6 | null;
 }
 
 function same4(a: Uint32Array, ao: number, b: Uint32Array, bo: number): boolean {
@@ -258,6 +262,8 @@ export class Pipeline6 {
     const w = this.w;
     const ev = this.host.counters.events;
     ev[E_LOOKUPS]++;
+    const lin = this.host.linear6;
+    if (lin !== null) return newFlowLinear6(lin, this.host, this.conntrack, this.fragments, this.chain, w, this.partial, t6, buf, off, total, proto, sport, dport, flags, now);
     const r = lookup6(t6, proto, w, 0, 4, dport, out);
     if (r !== LOOKUP_DNAT) {
       if (r === LOOKUP_REJECT) return this.reject(buf, off, total);

@@ -13,6 +13,9 @@
  * evaluator is built on the first trace of a generation and kept for the
  * next ones.
  *
+ * An IPv6 packet ([fd00:30::41]:80) is traced in the IPv6 tables and
+ * kube-proxy's ip6tables rules; its connection table is not read.
+ *
  * The connection table and the affinity table live on the packet thread:
  * what a live trace reads of them is asked of the packet side (one small
  * message) before the answer is built here.
@@ -35,7 +38,14 @@ export function registerTraceRoutes(app: FastifyInstance, ctx: ApiContext, cache
     const rs = ctx.requireRuleSet();
     const t = ctx.holder.current!;
     try {
-      const { pkt } = tracePacket(rs, req.body);
+      const tp = tracePacket(rs, req.body);
+      const linear = (family: 4 | 6) => cache.get(ctx, rs, req.body.inInterface ?? '', family);
+      if (tp.family === 6) {
+        // IPv6: the IPv6 tables and the ip6tables rules; the packet side's tables are not asked (IPv4 flows and affinity only)
+        const now = await ctx.packets.now();
+        return traceAnswer({ rs, tables: t, generation: ctx.generation, request: req.body, live: { now, conntrack: null, affinityIndex: -1 }, linear, nowMs: now });
+      }
+      const pkt = tp.pkt;
       // which affinity entry to ask the packet side about, if any
       const out = new LookupResult();
       const r = lookup(t, pkt.proto, pkt.src, pkt.dst, pkt.dport, out);
@@ -48,7 +58,7 @@ export function registerTraceRoutes(app: FastifyInstance, ctx: ApiContext, cache
         conntrack: side.flow === null ? null : { direction: side.flow.direction, flow: flowJson(side.flow.flow as unknown as ConntrackEntry, now) },
         affinityIndex: side.affinityIndex,
       };
-      return traceAnswer({ rs, tables: t, generation: ctx.generation, request: req.body, live, linear: () => cache.get(ctx, rs, req.body.inInterface ?? ''), nowMs: now });
+      return traceAnswer({ rs, tables: t, generation: ctx.generation, request: req.body, live, linear, nowMs: now });
     } catch (e) {
       if (e instanceof TraceRequestError) throw new ApiError(400, 'invalid_request', e.message, { errors: [{ path: e.path, message: e.reason }] });
       throw e;

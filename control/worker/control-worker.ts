@@ -65,7 +65,7 @@ const remote = new RemotePacketSide(port);
 const holder = new RuleSetHolder({ prepare: shareTables });
 holder.onSwap((t) => {
   const m = holder.model!;
-  const linear = o.decider === 'linear' ? { text: writeIptables(m), localAddresses: m.node.addresses } : null;
+  const linear = o.decider === 'linear' ? { text: writeIptables(m), text6: t.v6 ? writeIptables(m, { family: 6 }) : null, localAddresses: m.node.addresses } : null;
   remote.sendTables(t, linear).catch((e: Error) => log(`generation ${t.generation} did not reach the packet thread: ${e.message}`));
 });
 let api: ApiServer | null = null;

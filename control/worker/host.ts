@@ -32,7 +32,7 @@ import { FlowLister, deleteFlowsSliced } from './flows.ts';
 import { statsOfDataplane, traceFlowOn } from './packet-side.ts';
 
 export type Request =
-  | { op: 'tables'; id: number; wire: TablesWire; linear: { text: string; localAddresses: string[] } | null }
+  | { op: 'tables'; id: number; wire: TablesWire; linear: LinearRules | null }
   | { op: 'stats'; id: number }
   | { op: 'now'; id: number }
   | { op: 'list'; id: number; q: ConntrackQuery; limit: number }
@@ -40,6 +40,13 @@ export type Request =
   | { op: 'list-cancel'; id: number }
   | { op: 'delete'; id: number; q: ConntrackQuery }
   | { op: 'trace'; id: number; p: { proto: number; src: number; dst: number; sport: number; dport: number }; aff: { generation: number; svcIndex: number; setLocal: boolean } | null };
+
+/** --decider linear: kube-proxy's rules as iptables-restore text (text6: the ip6tables half, null when the tables have no IPv6 part) */
+export interface LinearRules {
+  text: string;
+  text6?: string | null;
+  localAddresses: string[];
+}
 
 export interface Reply {
   id: number;
@@ -98,7 +105,7 @@ export class PacketHost {
           this.reply(r.id, this.dp.pipeline.conntrack.now());
           break;
         case 'list': {
-          const f = conntrackFilter(r.q);
+          const f = conntrackFilter(r.q, this.dp.pipeline.conntrackV6);
           const l = new FlowLister(this.dp.pipeline.conntrack, f.pred, r.limit, this.dp.pipeline.conntrackV6, f.pred6);
           this.listings.set(r.id, l);
           this.sendChunk(r.id, l);
@@ -116,7 +123,7 @@ export class PacketHost {
         case 'delete': {
           const ct = this.dp.pipeline.conntrack;
           const ct6 = this.dp.pipeline.conntrackV6;
-          const f = conntrackFilter(r.q);
+          const f = conntrackFilter(r.q, ct6);
           Promise.all([deleteFlowsSliced(ct, f.pred), ct6 === null ? 0 : deleteFlowsSliced(ct6, f.pred6)]).then(
             ([d4, d6]) => this.reply(r.id, { deleted: d4 + d6, entries: ct.size + (ct6?.size ?? 0) }),
             (e: Error) => this.fail(r.id, e.message),
@@ -192,6 +199,8 @@ export class PacketHost {
       // --decider linear (a comparison mode): the evaluator is a graph of objects, built here in one step,
       // and goes in as the pipeline's option together with the tables (between two batches, as they are)
       this.dp.pipeline.linear = job.linear !== null ? linearFromText(job.linear.text, { localAddresses: job.linear.localAddresses }) : null;
+      const text6 = job.linear?.text6 ?? null;
+      this.dp.pipeline.linear6 = text6 !== null ? linearFromText(text6, { localAddresses: job.linear!.localAddresses, family: 6 }) : null;
       this.dp.installTables(tables);
       const info: InstallInfo = { generation: tables.generation, ms: performance.now() - job.at, slices: m.slices, maxSliceMs: m.maxSliceMs, reused: m.reused, built: m.built, skipped: false };
       this.busy = false;

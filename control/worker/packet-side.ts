@@ -124,7 +124,7 @@ export class LocalPacketSide implements PacketSide {
   }
 
   async listFlows(q: ConntrackQuery, limit: number, onChunk: (c: FlowChunk) => Promise<void> | void) {
-    const f = conntrackFilter(q);
+    const f = conntrackFilter(q, this.dp.pipeline.conntrackV6);
     const lister = new FlowLister(this.dp.pipeline.conntrack, f.pred, limit, this.dp.pipeline.conntrackV6, f.pred6);
     for (;;) {
       const c = lister.next();
@@ -135,8 +135,8 @@ export class LocalPacketSide implements PacketSide {
   }
 
   async deleteFlows(q: ConntrackQuery) {
-    const f = conntrackFilter(q);
     const ct6 = this.dp.pipeline.conntrackV6;
+    const f = conntrackFilter(q, ct6);
     const deleted = (await deleteFlowsSliced(this.dp.pipeline.conntrack, f.pred)) + (ct6 === null ? 0 : await deleteFlowsSliced(ct6, f.pred6));
     return { deleted, entries: this.dp.pipeline.conntrack.size + (ct6?.size ?? 0) };
   }

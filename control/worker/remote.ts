@@ -46,7 +46,7 @@ export class RemotePacketSide implements PacketSide {
   }
 
   /** Send a snapshot to the packet thread (the holder's onSwap). */
-  sendTables(t: Tables, linear: { text: string; localAddresses: string[] } | null): Promise<InstallInfo> {
+  sendTables(t: Tables, linear: { text: string; text6?: string | null; localAddresses: string[] } | null): Promise<InstallInfo> {
     const wire = this.encoder.encode(t);
     const p = this.call<InstallInfo>({ op: 'tables', wire, linear }).then((info) => {
       if (info.generation > this.inForce) this.inForce = info.generation;

@@ -5,8 +5,9 @@
  * service works as before; IPv6 traffic that is no service's (the pods' own
  * replies to the client) crosses the TUN unchanged; and in IPv6: HTTP and UDP
  * to a ClusterIP, a NodePort on the node's IPv6 address, masquerade as the pod
- * sees it, hairpin, REJECT as ICMPv6, the flows in `conntrack -L`, and a TCP
- * connection through rule-set swaps.
+ * sees it, hairpin, REJECT as ICMPv6, the flows in `conntrack -L` and its
+ * filters on IPv6 addresses, a TCP connection through rule-set swaps, and
+ * `--decider linear` deciding IPv6 flows by the ip6tables rules.
  */
 import t from 'tap';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -18,6 +19,7 @@ import type { Lab } from '../../scripts/lab.ts';
 import { nsRun } from '../../scripts/ns.ts';
 import { netnsSkipReason } from './helpers.ts';
 import { NetClient, TunproxyProcess, tally } from '../../scripts/harness.ts';
+import { ApiClient } from '../../control/client.ts';
 
 const NODE = '172.16.6.1';
 const MASQ = '10.64.6.1';
@@ -90,7 +92,8 @@ if (skip) {
   });
 
   const lab: Lab = await labUp({ prefix, ruleSet, stateDir });
-  tp = await TunproxyProcess.start({ ns: lab.node.ns, tun: lab.tunName, rules });
+  const socket = join(stateDir, 'api.sock');
+  tp = await TunproxyProcess.start({ ns: lab.node.ns, tun: lab.tunName, rules, socket });
   const client = await NetClient.start(lab.client.ns);
   agents.push(client);
 
@@ -184,6 +187,20 @@ if (skip) {
     t.match(http, /^tcp\s+6 \d+ [A-Z_]+ src=/, 'a TCP flow with its state, as conntrack -L prints it');
   });
 
+  t.test('conntrack filters on IPv6 addresses (GET/DELETE /v1/conntrack, as tunproxy conntrack -L -d / -D does)', async (t) => {
+    const api = new ApiClient({ socket });
+    await client.call('udp', { to: `[${WEB6}]:7000`, count: 1 });
+    type Flows = { flows: Array<{ protocol: string; original: { dst: string }; endpoint: string }> };
+    const six = (await api.request<Flows>('GET', `/v1/conntrack?protocol=udp&dst=${WEB6}`)).body.flows;
+    t.ok(six.length >= 1, `the IPv6 UDP flows to ${WEB6}: ${six.length}`);
+    t.ok(six.every((f) => f.original.dst === WEB6 && /^\[fd00:10:64:6::1[34]\]:7000$/.test(f.endpoint)), 'each to the IPv6 ClusterIP, to an IPv6 endpoint');
+    const four = (await api.request<Flows>('GET', `/v1/conntrack?dst=${WEB}`)).body.flows;
+    t.ok(four.length >= 1 && four.every((f) => f.original.dst === WEB), 'an IPv4 address selects IPv4 flows only');
+    const del = await api.request<{ deleted: number }>('DELETE', `/v1/conntrack?protocol=udp&dst=${WEB6}`);
+    t.equal(del.body.deleted, six.length);
+    t.equal((await api.request<Flows>('GET', `/v1/conntrack?protocol=udp&dst=${WEB6}`)).body.flows.length, 0, 'gone');
+  });
+
   t.test('an IPv6 TCP connection goes on through 30 rule-set swaps', async (t) => {
     await client.call('stream.start', { name: 'v6', to: `[${WEB6}]:80`, intervalMs: 5 });
     await new Promise((r) => setTimeout(r, 200));
@@ -198,5 +215,16 @@ if (skip) {
     t.ok(end.responses > 20, `answers went on (${end.responses})`);
     t.same(end.errors, [], 'without an error');
     t.equal(end.closed, false, 'never closed');
+  });
+
+  // (that the walk, not the tables, decided is shown by test/unit/pipeline6-linear.test.ts: the flow has no tables entry)
+  t.test('--decider linear: IPv6 flows decided by walking kube-proxy\'s ip6tables rules', async (t) => {
+    await tp!.stop();
+    tp = await TunproxyProcess.start({ ns: lab.node.ns, tun: lab.tunName, rules, socket, args: ['--decider', 'linear'] });
+    const r: Array<Record<string, any>> = await client.call('http', { url: `http://[${WEB6}]/`, count: 10 });
+    t.same(r.filter((x) => x.status !== 200), [], 'all 10 answered 200');
+    t.ok(r.every((x) => EPS6.some((e) => x.endpoint === `[${e}]:8080`) && String(x.client).startsWith(`[${MASQ6}]:`)), 'by IPv6 endpoints, masqueraded');
+    const u: Array<Record<string, any>> = await client.call('udp', { to: `[${EMPTY6}]:5353`, count: 1 });
+    t.same(u, [{ error: 'ECONNREFUSED' }], 'REJECT as ICMPv6 port unreachable');
   });
 }
