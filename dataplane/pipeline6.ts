@@ -95,6 +95,9 @@ export class Pipeline6 {
   private readonly tw = new Uint32Array(16);
   private readonly out = new LookupResult();
   private readonly info = { serviceName: '', serviceIndex: 0, masquerade: false };
+  /** a view of the last packet buffer, to read the addresses' words */
+  private dv: DataView = new DataView(new ArrayBuffer(0));
+  private dvBuf: Uint8Array | null = null;
   /** the packet in hand: its TCP/UDP checksum is partial (virtio NEEDS_CSUM; a GSO super-packet's too): rewrites keep it so */
   private partial = false;
 
@@ -179,7 +182,16 @@ export class Pipeline6 {
       }
     }
     const w = this.w;
-    for (let i = 0; i < 8; i++) w[i] = get32(buf, off + IPV6_SRC + (i << 2));
+    // the addresses' eight words through a DataView of the packet's buffer (one load each, byte-swapped),
+    // kept while the loop hands over the same buffer
+    let dv = this.dv;
+    if (this.dvBuf !== buf) {
+      dv = this.dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+      this.dvBuf = buf;
+    }
+    const a = off + IPV6_SRC;
+    w[0] = dv.getUint32(a); w[1] = dv.getUint32(a + 4); w[2] = dv.getUint32(a + 8); w[3] = dv.getUint32(a + 12);
+    w[4] = dv.getUint32(a + 16); w[5] = dv.getUint32(a + 20); w[6] = dv.getUint32(a + 24); w[7] = dv.getUint32(a + 28);
     if (c.fragOffset !== 0) return this.laterFragment(buf, off, total, t6, now);
 
     const proto = c.proto;
