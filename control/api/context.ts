@@ -123,12 +123,14 @@ export class ApiContext {
    * import): the services equal to those in force are replaced by the
    * objects in force, so that the holder validates and compiles only the
    * services that changed (kube-proxy's partial sync) when few did.
+   * `replaced`: the candidate is the rule set in force with the service at
+   * that position replaced, nothing else (RuleSetHolder.apply).
    */
-  async apply(candidate: unknown, ifGeneration: number | undefined, whole = false): Promise<ApplyAnswer> {
+  async apply(candidate: unknown, ifGeneration: number | undefined, whole = false, replaced?: number): Promise<ApplyAnswer> {
     let r: ApplyResult;
     try {
       if (whole) this.reuseUnchanged(candidate);
-      r = this.holder.apply(candidate, ifGeneration);
+      r = this.holder.apply(candidate, ifGeneration, replaced);
     } catch (e) {
       throw toApiError(e);
     }

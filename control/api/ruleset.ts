@@ -83,12 +83,6 @@ interface Batch {
   endpoints?: Array<Ref & { set?: Endpoint[]; remove?: string[] }>;
 }
 
-export function findService(rs: RuleSet, ns: string, name: string): number {
-  const s = rs.services;
-  for (let i = 0; i < s.length; i++) if (s[i].name === name && s[i].namespace === ns) return i;
-  return -1;
-}
-
 type Obj = Record<string, unknown>;
 const isObj = (v: unknown): v is Obj => typeof v === 'object' && v !== null && !Array.isArray(v);
 
@@ -146,7 +140,7 @@ export function registerRuleSetRoutes(app: FastifyInstance, ctx: ApiContext): vo
 
   app.get<{ Params: Ref }>('/v1/services/:namespace/:name', { schema: { params: paramsSchema } }, async (req, reply) => {
     const rs = ctx.requireRuleSet();
-    const i = findService(rs, req.params.namespace, req.params.name);
+    const i = ctx.holder.indexOf(req.params.namespace, req.params.name);
     if (i < 0) throw notFound(req.params, ctx.generation);
     reply.header('etag', etagOf(ctx.generation));
     return rs.services[i];
@@ -166,7 +160,7 @@ export function registerRuleSetRoutes(app: FastifyInstance, ctx: ApiContext): vo
         }
       }
       const svc = { namespace, name, ...(isObj(body) ? body : {}) } as Service;
-      const i = findService(rs, namespace, name);
+      const i = ctx.holder.indexOf(namespace, name);
       const services = rs.services.slice();
       if (i < 0) services.push(svc);
       else services[i] = svc;
@@ -177,7 +171,7 @@ export function registerRuleSetRoutes(app: FastifyInstance, ctx: ApiContext): vo
         const errors = v.ok ? ajvErrors((req.validationError as unknown as { validation: [] }).validation) : v.errors.map((e) => ({ path: e.path.replace(/^services\[0\]\.?/, '') || '(root)', message: e.message }));
         throw new ApiError(400, 'rule_set_rejected', `the service was rejected (${errors.length} error${errors.length === 1 ? '' : 's'}); the rule set in force is unchanged. ${errors.slice(0, 3).map((x) => `${x.path}: ${x.message}`).join('; ')}`, { errors });
       }
-      const r = await ctx.apply(next, parseIfMatch(req.headers['if-match'], ctx.generation));
+      const r = await ctx.apply(next, parseIfMatch(req.headers['if-match'], ctx.generation), false, i < 0 ? undefined : i);
       applied(reply, r);
       reply.code(i < 0 ? 201 : 200);
       return { ...r, service: `${namespace}/${name}`, change: i < 0 ? 'added' : 'replaced' };
@@ -194,14 +188,15 @@ export function registerRuleSetRoutes(app: FastifyInstance, ctx: ApiContext): vo
       }
       const rs = ctx.requireRuleSet();
       const { namespace, name } = req.params;
-      const i = findService(rs, namespace, name);
+      const i = ctx.holder.indexOf(namespace, name);
       if (i < 0) throw notFound(req.params, ctx.generation);
       for (const f of ['namespace', 'name'] as const) {
         if (f in req.body && req.body[f] !== req.params[f]) throw new ApiError(400, 'name_mismatch', `the patch changes ${f} to ${JSON.stringify(req.body[f])}: a service cannot be renamed (DELETE it and PUT the new one)`);
       }
       const services = rs.services.slice();
       services[i] = mergePatch(rs.services[i], req.body) as Service;
-      const r = await ctx.apply({ ...rs, services }, parseIfMatch(req.headers['if-match'], ctx.generation));
+      // the holder is told which service changed: no walk over every service to find it
+      const r = await ctx.apply({ ...rs, services }, parseIfMatch(req.headers['if-match'], ctx.generation), false, i);
       applied(reply, r);
       return { ...r, service: `${namespace}/${name}`, change: 'patched' };
     },
@@ -210,7 +205,7 @@ export function registerRuleSetRoutes(app: FastifyInstance, ctx: ApiContext): vo
   app.delete<{ Params: Ref }>('/v1/services/:namespace/:name', { schema: { params: paramsSchema } }, async (req, reply) => {
     const rs = ctx.requireRuleSet();
     const { namespace, name } = req.params;
-    const i = findService(rs, namespace, name);
+    const i = ctx.holder.indexOf(namespace, name);
     if (i < 0) throw notFound(req.params, ctx.generation);
     const services = rs.services.slice();
     services.splice(i, 1);

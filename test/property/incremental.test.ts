@@ -52,7 +52,10 @@ t.test('incremental and full agree over random sequences of service changes', as
         const next = applyOp(cur, donor, o);
         let a: unknown = null;
         let b: unknown = null;
-        try { const r = inc.apply(next); if (r.mode === 'incremental') incrementals++; } catch (e) { a = e; }
+        // a replacement where it stands: the holder is told the position (the API's PATCH), as the API does
+        const at = cur.services.length === 0 ? -1 : o.at % cur.services.length;
+        const hint = (o.kind === 'replace' || o.kind === 'endpoints') && at >= 0 ? at : undefined;
+        try { const r = inc.apply(next, undefined, hint); if (r.mode === 'incremental') incrementals++; } catch (e) { a = e; }
         try { full.apply(next); } catch (e) { b = e; }
         let c: unknown = null;
         try { copy.apply(next); } catch (e) { c = e; }
@@ -74,6 +77,11 @@ t.test('incremental and full agree over random sequences of service changes', as
         if (!isDeepStrictEqual(mi.node, mf.node)) throw new Error('node models differ');
         if (!isDeepStrictEqual(mi.services, mf.services)) throw new Error(`service models differ:\nincremental ${JSON.stringify(mi.services.map((s) => s.key))}\nfull        ${JSON.stringify(mf.services.map((s) => s.key))}`);
         if (!isDeepStrictEqual(mi.ports, mf.ports)) throw new Error('service-port models differ');
+        // every service found at its position, through the holder's index (kept across in-place changes)
+        next.services.forEach((s, i) => {
+          if (inc.indexOf(s.namespace, s.name) !== i) throw new Error(`indexOf(${s.namespace}/${s.name}) = ${inc.indexOf(s.namespace, s.name)}, not ${i}`);
+        });
+        if (inc.indexOf('no-such-namespace', 'x') !== -1) throw new Error('an unknown service has a position');
         models++;
         for (const p of mi.ports) if (p.family === 6) v6ports++;
         const packets = fc.sample(packetFor(cur), { numRuns: 25, seed: seed + checks });
