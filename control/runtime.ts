@@ -228,6 +228,11 @@ export class RuleSetHolder {
    * path) and changes nothing when the rule set is rejected.
    * `ifGeneration`: apply only if the generation in force is this one.
    */
+  /** The service of that namespace and name in the rule set in force (the object itself), if any. */
+  serviceNamed(namespace: string, name: string): Service | undefined {
+    return this.byName.get(`${namespace}/${name}`);
+  }
+
   /**
    * The position of a service in the rule set in force, or -1: O(1) after
    * the first call following a full apply (the API's PATCH and PUT of one

@@ -97,13 +97,12 @@ export class ApiContext {
     const c = candidate as { node?: unknown; services?: unknown };
     if (!Array.isArray(c.services)) return;
     if (sameJson(c.node, prev.node)) c.node = prev.node;
-    const byName = new Map<string, unknown>();
-    for (const s of prev.services) byName.set(`${s.namespace}\u0000${s.name}`, s);
+    // the holder's index by name (no map of every service built per PUT); sameJson compares the names too
     const next = c.services as unknown[];
     for (let i = 0; i < next.length; i++) {
       const s = next[i] as { namespace?: unknown; name?: unknown } | null;
-      if (typeof s !== 'object' || s === null) continue;
-      const old = byName.get(`${String(s.namespace)}\u0000${String(s.name)}`);
+      if (typeof s !== 'object' || s === null || typeof s.namespace !== 'string' || typeof s.name !== 'string') continue;
+      const old = this.holder.serviceNamed(s.namespace, s.name);
       if (old !== undefined && sameJson(s, old)) next[i] = old;
     }
   }
