@@ -588,7 +588,52 @@ export interface PinnedTableConntrack {
  * insert writes the record, update its changing part, a removal moves the
  * last record into the hole and empties the last one.
  */
-export class PinnedConntrack extends Conntrack implements PinnedTableConntrack {
+/** A Conntrack class (IPv4's or IPv6's) with its constructor's arguments. */
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+type ConntrackClass = abstract new (...args: any[]) => Conntrack;
+
+/**
+ * The hooks every pinned table has, whatever its family: a packet that
+ * changes a flow writes the record's changing part, a removal moves the last
+ * record into the hole and empties the last one, a clear empties the store,
+ * a restore writes the restored flows' records again. (Each family writes
+ * the whole record on insert in its own class: the tuple is the family's.)
+ */
+export function withPinnedHooks<B extends ConntrackClass>(Base: B) {
+  abstract class PinnedHooks extends Base {
+    abstract readonly pin: PinnedStore;
+
+    override update(entry: ConntrackEntry, direction: number, flags: number, bytes: number, now: number): number {
+      const r = super.update(entry, direction, flags, bytes, now);
+      if (entry.live) this.pin.writeDynamic(entry._slot, entry);
+      return r;
+    }
+
+    protected override unlink(e: ConntrackEntry): void {
+      if (!e.live) return;
+      const slot = e._slot;
+      const last = this.size - 1;
+      super.unlink(e);
+      if (slot !== last) this.pin.move(last, slot);
+      this.pin.clear(last);
+    }
+
+    override clear(): void {
+      super.clear();
+      this.pin.clearAll();
+    }
+
+    override restore(items: unknown, now: number = this.clock()): number {
+      const n = super.restore(items, now);
+      // restore() sets state, lifetime and counters after the insert: write the records again
+      for (const e of this.entries()) this.pin.writeDynamic(e._slot, e);
+      return n;
+    }
+  }
+  return PinnedHooks;
+}
+
+export class PinnedConntrack extends withPinnedHooks(Conntrack) implements PinnedTableConntrack {
   readonly pin: PinnedStore;
 
   constructor(options: ConntrackOptions, pin: PinnedStore) {
@@ -614,33 +659,6 @@ export class PinnedConntrack extends Conntrack implements PinnedTableConntrack {
     const e = super.insert(proto, origSrc, origDst, origSport, origDport, replySrc, replyDst, replySport, replyDport, now, info);
     if (e !== null) this.pin.writeAll(e._slot, e);
     return e;
-  }
-
-  override update(entry: ConntrackEntry, direction: number, flags: number, bytes: number, now: number): number {
-    const r = super.update(entry, direction, flags, bytes, now);
-    if (entry.live) this.pin.writeDynamic(entry._slot, entry);
-    return r;
-  }
-
-  protected override unlink(e: ConntrackEntry): void {
-    if (!e.live) return;
-    const slot = e._slot;
-    const last = this.size - 1;
-    super.unlink(e);
-    if (slot !== last) this.pin.move(last, slot);
-    this.pin.clear(last);
-  }
-
-  override clear(): void {
-    super.clear();
-    this.pin.clearAll();
-  }
-
-  override restore(items: unknown, now: number = this.clock()): number {
-    const n = super.restore(items, now);
-    // restore() sets state, lifetime and counters after insert: write the records again
-    for (const e of this.entries()) this.pin.writeDynamic(e._slot, e);
-    return n;
   }
 
   /**

@@ -47,6 +47,7 @@ import {
   PIN_LAYOUT_V6,
   PinnedTable,
   recoverImage,
+  withPinnedHooks,
   type OpenPinnedOptions,
   type PinnedFound,
   type PinnedRecordCommon,
@@ -108,7 +109,7 @@ export function readRecord6(w: Int32Array, f: Float64Array, i: number): PinnedRe
  * removal moves the last record into the hole and empties the last one (the
  * same hooks, and the same cost per packet, as the IPv4 PinnedConntrack).
  */
-export class PinnedConntrack6 extends Conntrack6 implements PinnedTableConntrack {
+export class PinnedConntrack6 extends withPinnedHooks(Conntrack6) implements PinnedTableConntrack {
   readonly pin: PinnedStore;
 
   constructor(options: ConntrackOptions, pin: PinnedStore) {
@@ -133,33 +134,6 @@ export class PinnedConntrack6 extends Conntrack6 implements PinnedTableConntrack
     const e = super.insert6Keyed(proto, t, origSport, origDport, replySport, replyDport, now, info, origHi, origLo, replyHi, replyLo);
     if (e !== null && !this.recovering) this.writeAll(e);
     return e;
-  }
-
-  override update(entry: ConntrackEntry, direction: number, flags: number, bytes: number, now: number): number {
-    const r = super.update(entry, direction, flags, bytes, now);
-    if (entry.live) this.pin.writeDynamic(entry._slot, entry);
-    return r;
-  }
-
-  protected override unlink(e: ConntrackEntry): void {
-    if (!e.live) return;
-    const slot = e._slot;
-    const last = this.size - 1;
-    super.unlink(e);
-    if (slot !== last) this.pin.move(last, slot);
-    this.pin.clear(last);
-  }
-
-  override clear(): void {
-    super.clear();
-    this.pin.clearAll();
-  }
-
-  override restore(items: unknown, now: number = this.clock()): number {
-    const n = super.restore(items, now);
-    // restore() sets state, lifetime and counters after insert6: write the records again
-    for (const e of this.entries()) this.pin.writeDynamic(e._slot, e);
-    return n;
   }
 
   /**
