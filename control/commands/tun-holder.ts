@@ -18,11 +18,13 @@
  */
 import type { Command } from 'commander';
 import type { TunDevice as Tun } from '../../dataplane/tun/index.ts';
-import { DEFAULT_SOCKET_DIR } from '../api/local.ts';
 
-/** where the holder of `tun` serves by default: /run/tunproxy/<tun>.holder.sock */
+/**
+ * where the holder of `tun` serves by default: /run/tunproxy/<tun>.holder.sock, beside run's API
+ * socket (control/api/local.ts's DEFAULT_SOCKET_DIR, repeated: `tunproxy --help` loads this file)
+ */
 export function defaultHolderSocketPath(tun: string): string {
-  return `${DEFAULT_SOCKET_DIR}/${tun}.holder.sock`;
+  return `/run/tunproxy/${tun}.holder.sock`;
 }
 
 export interface TunHolderOptions {
