@@ -139,11 +139,32 @@ export async function holdTun(o: TunHolderOptions): Promise<void> {
     }
   }
   let handed = 0;
+  let stopped = false;
+  let done: () => void = () => {};
+  const stop = (why: string, exitCode = 0) => {
+    if (stopped) return;
+    stopped = true;
+    log(`${why}: stopping; ${handed} hand-outs${exitCode === 0 ? `; ${tun.name} stays attached while a tunproxy run still holds it` : ''}`);
+    server.close();
+    rmSync(socket, { force: true });
+    tun.close();
+    if (exitCode !== 0) process.exitCode = exitCode;
+    done();
+  };
   const server = net.createServer((c) => {
     // never read: the client sends nothing; the answer is one byte with the fd, then the close
     c.pause();
     c.on('error', () => {});
     const sockFd = (c as unknown as { _handle?: { fd?: number } })._handle?.fd;
+    // a device deleted while held leaves a detached file: hand nothing out, and go, so that a
+    // service manager starts a holder that makes the device again (the client is told no fd came)
+    const att = tun.attached();
+    if (!att.ok) {
+      log(`${o.tun} is no longer attached to the held file (${att.reason}): nothing handed out; exiting`);
+      c.destroy();
+      stop('device gone', 1);
+      return;
+    }
     try {
       if (typeof sockFd !== 'number' || sockFd < 0) throw new Error('the connection has no file descriptor');
       const pid = sendFd(sockFd, tun.fd);
@@ -186,13 +207,7 @@ export async function holdTun(o: TunHolderOptions): Promise<void> {
       `queue ${Number.isFinite(q) ? `${q} packets` : 'unknown'}), handing it out on ${socket}; ready`,
   );
   await new Promise<void>((resolve) => {
-    const stop = (sig: string) => {
-      log(`${sig}: stopping; ${handed} hand-outs; ${tun.name} stays attached while a tunproxy run still holds it`);
-      server.close();
-      rmSync(socket, { force: true });
-      tun.close();
-      resolve();
-    };
+    done = resolve;
     process.once('SIGINT', () => stop('SIGINT'));
     process.once('SIGTERM', () => stop('SIGTERM'));
     process.on('SIGHUP', () => log('SIGHUP: nothing to reload'));

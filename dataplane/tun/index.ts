@@ -65,6 +65,7 @@ interface Addon {
   recvFd(sockFd: number, timeoutMs: number): number;
   fetchFd(path: string, timeoutMs: number): number;
   adopt(fd: number): { fd: number; name: string; flags: number; sameNetns: boolean | null };
+  info(fd: number): { name: string; flags: number };
   IFF_MULTI_QUEUE: number;
   IFF_VNET_HDR: number;
   TUN_F_CSUM: number;
@@ -280,6 +281,19 @@ export class TunDevice {
   persist(on: boolean): void {
     if (typeof on !== 'boolean') throw new TypeError('TunDevice.persist: on must be a boolean');
     this.#addon.persist(this.#checkedFd(), on);
+  }
+
+  /**
+   * Is the device still attached to this fd? TUNGETIFF answers with its name and flags; it fails
+   * with EBADFD once the device was deleted (ip link delete) while the fd stayed open.
+   */
+  attached(): { ok: true; name: string; flags: number } | { ok: false; reason: string } {
+    try {
+      const r = this.#addon.info(this.#checkedFd());
+      return { ok: true, name: r.name, flags: r.flags };
+    } catch (e) {
+      return { ok: false, reason: (e as Error).message };
+    }
   }
 
   /** Counters since open; after close(), the last ones seen are not kept, so read them before. */

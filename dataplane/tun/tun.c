@@ -17,6 +17,7 @@
  *   fetchFd(path, timeoutMs)               -> connect to the Unix socket at path, recvFd, close the socket
  *   adopt(fd)                              -> { fd, name, flags, sameNetns }: a TUN fd got from elsewhere,
  *                                             checked (TUNGETIFF) and registered like one open() made
+ *   info(fd)                               -> { name, flags } (TUNGETIFF; EBADFD once the device is deleted)
  *
  * With IFF_VNET_HDR every packet starts with a struct virtio_net_hdr (10
  * bytes): it is read into the start of the slot and written from the offset
@@ -551,10 +552,28 @@ static napi_value js_fetch_fd(napi_env env, napi_callback_info info) {
   close(sock);
   if (e) {
     snprintf(msg, sizeof msg, "no fd from %s: %s — %s", path, strerrorname_np(e),
-             e == ETIMEDOUT ? "the peer sent nothing in time" : e == EPROTO ? "the peer closed or answered without an fd (not a tun-holder?)" : strerror(e));
+             e == ETIMEDOUT ? "the peer sent nothing in time" : e == EPROTO ? "the peer closed or answered without an fd (not a tun-holder, or its device is gone: see its log)" : strerror(e));
     return throw_errno(env, e, "recvmsg", msg);
   }
   napi_create_int32(env, fd, &out);
+  return out;
+}
+
+/* info(fd) -> { name, flags }: TUNGETIFF on an fd of this addon; throws EBADFD once the device is deleted */
+static napi_value js_info(napi_env env, napi_callback_info info) {
+  napi_value argv[1], out, v; int32_t fd;
+  if (!get_args(env, info, 1, argv)) return NULL;
+  INT_ARG(argv[0], &fd, "fd");
+  if (!entry_of(env, state_of(env), fd)) return NULL;
+  struct ifreq ifr; memset(&ifr, 0, sizeof ifr);
+  if (ioctl(fd, TUNGETIFF, &ifr) < 0) {
+    int e = errno; char msg[200];
+    snprintf(msg, sizeof msg, "TUNGETIFF failed: %s — %s", strerrorname_np(e), e == EBADFD ? "the device was deleted (ip link delete) while this fd was open" : strerror(e));
+    return throw_errno(env, e, "ioctl(TUNGETIFF)", msg);
+  }
+  CHECK(napi_create_object(env, &out));
+  napi_create_string_utf8(env, ifr.ifr_name, strnlen(ifr.ifr_name, IFNAMSIZ), &v); napi_set_named_property(env, out, "name", v);
+  napi_create_int32(env, ifr.ifr_flags & 0xffff, &v); napi_set_named_property(env, out, "flags", v);
   return out;
 }
 
@@ -622,7 +641,7 @@ NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
     { "open", js_open }, { "readBatch", js_read_batch }, { "writeBatch", js_write_batch }, { "poll", js_poll },
     { "stopPoll", js_stop_poll }, { "close", js_close }, { "stats", js_stats }, { "setOffload", js_set_offload },
     { "readPacked", js_read_packed }, { "persist", js_persist }, { "sendFd", js_send_fd }, { "recvFd", js_recv_fd },
-    { "fetchFd", js_fetch_fd }, { "adopt", js_adopt } };
+    { "fetchFd", js_fetch_fd }, { "adopt", js_adopt }, { "info", js_info } };
   static const struct { const char *n; int v; } consts[] = {
     { "IFF_MULTI_QUEUE", IFF_MULTI_QUEUE }, { "IFF_VNET_HDR", IFF_VNET_HDR }, { "TUN_F_CSUM", TUN_F_CSUM },
     { "TUN_F_TSO4", TUN_F_TSO4 }, { "TUN_F_TSO6", TUN_F_TSO6 }, { "TUN_F_TSO_ECN", TUN_F_TSO_ECN },

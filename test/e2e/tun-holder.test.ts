@@ -19,7 +19,9 @@
  *      the gap): they waited in the queue, they were not re-sent;
  *   3. what goes wrong is said: no holder on the socket, a holder opened with
  *      another --offload, a run without --tun-holder while the holder holds
- *      the device.
+ *      the device;
+ *   4. a holder creates a missing device persistent, and when the device is
+ *      deleted under it, hands nothing out and exits 1.
  */
 import t from 'tap';
 import { spawn } from 'node:child_process';
@@ -30,7 +32,7 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import type { RuleSet } from '../../control/types.ts';
 import { labDown, labUp } from '../../scripts/lab.ts';
-import { netnsSkipReason } from './helpers.ts';
+import { ip, netnsSkipReason, testPrefix, withNetns } from './helpers.ts';
 import { ROOT, TUNPROXY_BIN, TunproxyProcess, buildCTool, stopChild } from '../../scripts/harness.ts';
 
 const NODE = '172.16.11.1';
@@ -207,5 +209,31 @@ if (skip) {
     await t.rejects(start(['--tun-holder', holderSock, '--offload', 'off'], other('off')), /the holder opened tun0 with a virtio-net header \(--offload auto\), this process needs it without a virtio-net header \(--offload off\): start both with the same --offload/);
     await t.rejects(start([], other('own')), /EBUSY/);
     t.ok(tp!.running, 'the running tunproxy is untouched');
+  });
+
+  t.test('4. a holder makes a missing device persistent; when the device is deleted it hands nothing out and exits', async (t) => {
+    const ns = `${testPrefix('hold')}-own`;
+    withNetns(t, [ns]);
+    const sock = join(dir, 'own-holder.sock');
+    const own = spawn('ip', ['netns', 'exec', ns, process.execPath, TUNPROXY_BIN, 'tun-holder', '--tun', 'tpx1', '--socket', sock], { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
+    tools.push(own);
+    const lines: string[] = [];
+    const exited = new Promise<number | null>((r) => own.once('exit', (code) => r(code)));
+    await new Promise<void>((resolve, reject) => {
+      createInterface({ input: own.stderr! }).on('line', (l) => {
+        lines.push(l);
+        if (/; ready$/.test(l)) resolve();
+      });
+      own.once('exit', (code) => reject(new Error(`tun-holder exited (${code}): ${lines.join('\n')}`)));
+    });
+    t.match(lines.join('\n'), /created tpx1 persistent/);
+    t.match(ip(['-n', ns, '-d', 'link', 'show', 'tpx1']), /persist on/);
+    ip(['-n', ns, 'link', 'delete', 'tpx1']);
+    await t.rejects(
+      TunproxyProcess.start({ ns, tun: 'tpx1', rules, stateDir: join(dir, 'gone-state'), pinDir: join(dir, 'gone-pin'), args: ['--tun-holder', sock] }),
+      /no fd from .*own-holder\.sock: EPROTO — the peer closed or answered without an fd \(not a tun-holder, or its device is gone/,
+    );
+    t.equal(await exited, 1, 'the holder exits 1 (a service manager starts it again, and it makes the device anew)');
+    t.match(lines.join('\n'), /tpx1 is no longer attached to the held file \(TUNGETIFF failed: EBADFD — the device was deleted/);
   });
 }
