@@ -274,7 +274,10 @@ export async function run(o: RunOptions): Promise<void> {
     stopping = true;
     await cw.stop();
     const err = e as NodeJS.ErrnoException;
-    if (holder !== null) throw new Error(`--tun-holder ${holder}: ${err.message} (start \`tunproxy tun-holder --tun ${o.tun} --socket ${holder}\` first, or start without --tun-holder)`, { cause: e });
+    if (holder !== null) {
+      const none = err.code === 'ENOENT' || err.code === 'ECONNREFUSED';
+      throw new Error(`--tun-holder ${holder}: ${err.message}${none ? ` (start \`tunproxy tun-holder --tun ${o.tun} --socket ${holder}\` first, or start without --tun-holder)` : ''}`, { cause: e });
+    }
     if (err.code === 'EBUSY' && existsSync(defaultHolderSocketPath(o.tun))) err.message += ` (a tunproxy tun-holder serves on ${defaultHolderSocketPath(o.tun)}: start with --tun-holder)`;
     throw e;
   }

@@ -205,7 +205,7 @@ if (skip) {
 
   t.test('3. what goes wrong is said', async (t) => {
     const other = (tag: string) => ({ stateDir: join(dir, `${tag}-state`), pinDir: join(dir, `${tag}-pin`) });
-    await t.rejects(start(['--tun-holder', join(dir, 'nobody.sock')], other('none')), /--tun-holder .*nobody\.sock: connecting to .*nobody\.sock failed: ENOENT — no such socket: is the holder running/);
+    await t.rejects(start(['--tun-holder', join(dir, 'nobody.sock')], other('none')), /--tun-holder .*nobody\.sock: connecting to .*nobody\.sock failed: ENOENT — no such socket: is the holder running.*\(start `tunproxy tun-holder --tun tun0 --socket .*nobody\.sock` first, or start without --tun-holder\)/);
     await t.rejects(start(['--tun-holder', holderSock, '--offload', 'off'], other('off')), /the holder opened tun0 with a virtio-net header \(--offload auto\), this process needs it without a virtio-net header \(--offload off\): start both with the same --offload/);
     await t.rejects(start([], other('own')), /EBUSY/);
     t.ok(tp!.running, 'the running tunproxy is untouched');
