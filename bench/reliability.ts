@@ -33,7 +33,10 @@
  *   swaps-1000         1 000 rule-set swaps (PUT /v1/ruleset, one service toggled) at >= 10 000 pkt/s
  *   restart-sigterm    SIGTERM with 1 000 established connections, restarted at once
  *   restart-kill9      kill -9 with 1 000 established connections, restarted at once
- *                      by the harness as a service manager would; time to ready
+ *                      by the harness as a service manager would; time to ready.
+ *                      Both with `tunproxy tun-holder` holding the TUN (run --tun-holder):
+ *                      the restart's datagrams wait in the device queue, so `lost` is
+ *                      measured with queuing (without a holder Linux drops them)
  *   conntrack-flood    a new-flow flood of twice --conntrack-max while 100 connections
  *                      exchange data; the stream is the established traffic
  *   soak-10min         10 minutes of new flows, established flows and a swap a second;
@@ -314,6 +317,31 @@ interface ScenarioSpec {
   action: (ctx: Ctx) => Promise<void>;
   /** the stream is the established traffic: report its delivered ratio */
   establishedRatio?: boolean;
+  /**
+   * run a `tunproxy tun-holder` in the node namespace for the scenario, and every tunproxy with
+   * --tun-holder: the TUN stays attached across restarts, its queue keeps what arrives meanwhile
+   */
+  holder?: boolean;
+}
+
+/** --txqueuelen of TP_ARGS (the holder's queue is the same), else 10 000 */
+const holderQueue = (): number => {
+  const i = TP_ARGS.indexOf('--txqueuelen');
+  return i >= 0 && Number(TP_ARGS[i + 1]) > 0 ? Number(TP_ARGS[i + 1]) : 10000;
+};
+
+/** `tunproxy tun-holder` in ns serving on sock; resolves once it said ready (its lines kept). */
+async function startHolder(ns: string, sock: string): Promise<{ child: ChildProcess; lines: string[] }> {
+  const child = spawnIn(ns, [process.execPath, TUNPROXY_BIN, 'tun-holder', '--tun', TUN_NAME, '--socket', sock, '--txqueuelen', String(holderQueue())]);
+  const lines: string[] = [];
+  await new Promise<void>((resolve, reject) => {
+    createInterface({ input: child.stderr! }).on('line', (l) => {
+      lines.push(l);
+      if (/; ready$/.test(l)) resolve();
+    });
+    child.once('exit', (code) => reject(new Error(`tun-holder exited (${code}): ${lines.join(' | ')}`)));
+  });
+  return { child, lines };
 }
 
 let runId = 0;
@@ -325,7 +353,8 @@ async function runScenario(lab: Lab, client: NetClient, spec: ScenarioSpec): Pro
   writeFileSync(rulesFile, JSON.stringify(spec.rules));
   const stateDir = join(dir, 'state');
   const socket = join(dir, 'api.sock');
-  const args = ['--max-body', String(2 ** 30), ...TP_ARGS, ...(spec.args ?? [])];
+  const holderSock = join(dir, 'holder.sock');
+  const args = ['--max-body', String(2 ** 30), ...TP_ARGS, ...(spec.args ?? []), ...(spec.holder ? ['--tun-holder', holderSock] : [])];
   const start = (more: string[] = []) =>
     TunproxyProcess.start({ ns: lab.node.ns, tun: lab.tunName, nodeArgs: NODE_ARGS, rules: rulesFile, stateDir, socket, pinDir, args: [...args, ...more], readyTimeoutMs: 300_000 });
   const empty: ScenarioResult = {
@@ -336,8 +365,13 @@ async function runScenario(lab: Lab, client: NetClient, spec: ScenarioSpec): Pro
   let tp: TunproxyProcess | null = null;
   const sinks: Array<ReturnType<typeof jsonTool<SinkResult>>> = [];
   let gen: ReturnType<typeof jsonTool<GenResult>> | null = null;
+  let holder: Awaited<ReturnType<typeof startHolder>> | null = null;
   try {
     if (spec.before) await spec.before(dir, pinDir);
+    if (spec.holder) {
+      holder = await startHolder(lab.node.ns, holderSock);
+      notes.push(`tunproxy tun-holder holds ${TUN_NAME} (queue ${fmt(holderQueue())} packets); every tunproxy run takes its fd (--tun-holder)`);
+    }
     const t0 = performance.now();
     tp = await start();
     notes.push(`tunproxy ready in ${fmt(performance.now() - t0)} ms`);
@@ -427,6 +461,11 @@ async function runScenario(lab: Lab, client: NetClient, spec: ScenarioSpec): Pro
     for (const s of sinks) s.child.kill('SIGTERM');
     for (const name of streams) await client.call('stream.stop', { name }).catch(() => {});
     await tp?.stop().catch(() => {});
+    if (holder) {
+      await stopChild(holder.child, 2000);
+      const handed = holder.lines.filter((l) => / handed /.test(l)).length;
+      notes.push(`the holder handed the device out ${handed} times`);
+    }
     rmSync(dir, { recursive: true, force: true });
     rmSync(pinDir, { recursive: true, force: true });
   }
@@ -583,11 +622,12 @@ function specs(): ScenarioSpec[] {
     ...(['restart-sigterm', 'restart-kill9'] as const).map(
       (name): ScenarioSpec => ({
         name,
-        what: `${name === 'restart-sigterm' ? 'SIGTERM' : 'kill -9'} with ${fmt(C.restartConnections)} established TCP connections, restarted at once by the harness; the stream at ${fmt(C.streamPps / 10)} pkt/s goes on meanwhile (the persistent TUN keeps its routes; Linux drops what is routed to a TUN no process holds open, so the restart's packets are lost, not queued)`,
+        what: `${name === 'restart-sigterm' ? 'SIGTERM' : 'kill -9'} with ${fmt(C.restartConnections)} established TCP connections, restarted at once by the harness; the stream at ${fmt(C.streamPps / 10)} pkt/s goes on meanwhile. A \`tunproxy tun-holder\` holds the TUN's open file throughout and every tunproxy takes it with --tun-holder, so the restart's packets wait in the device queue (${fmt(holderQueue())} packets) and are delivered by the next tunproxy: lost counts what the queue did not keep (without a holder Linux drops what is routed to a TUN no process holds open: test/e2e/tun-holder.test.ts is the control)`,
         pps: C.streamPps / 10,
         connections: C.restartConnections,
         rules: baseRuleSet(),
         args: ['--conntrack-max', '262144'],
+        holder: true,
         action: async (ctx) => {
           ctx.intended = true;
           const t0 = performance.now();

@@ -19,6 +19,7 @@ type Register = (program: Command) => void;
 /** Each command's module, in the order `--help` lists them. */
 const COMMANDS: Array<[string[], () => Promise<Register>]> = [
   [['run'], async () => (await import('./commands/run.ts')).registerRun],
+  [['tun-holder'], async () => (await import('./commands/tun-holder.ts')).registerTunHolder],
   [['apply'], async () => (await import('./commands/apply.ts')).registerApply],
   [['get'], async () => (await import('./commands/get.ts')).registerGet],
   [['import'], async () => (await import('./commands/import.ts')).registerImport],

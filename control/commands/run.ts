@@ -25,6 +25,7 @@ import type { TunDevice } from '../../dataplane/tun/index.ts';
 import { existsSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import { DEFAULT_PIN_DIR } from '../../dataplane/pin/index.ts';
+import { defaultHolderSocketPath } from './tun-holder.ts';
 
 // control/api/context.ts's DEFAULT_BODY_LIMIT, repeated so that `tunproxy --help` does not load the API (test/unit/cli-dist.test.ts checks they agree)
 export const DEFAULT_BODY_LIMIT = 64 * 1024 * 1024;
@@ -52,6 +53,8 @@ export interface RunOptions extends KubeRunOptions {
   packetPriority: string;
   txqueuelen: string;
   packetCpu?: string;
+  /** --tun-holder [socket]: take the TUN's open file from a `tunproxy tun-holder` (true: its default socket) */
+  tunHolder?: string | boolean;
 }
 
 function pidRunning(pid: number): boolean {
@@ -85,6 +88,7 @@ export function registerRun(program: Command): void {
     .option('--pin-dir <dir>', 'where the connection table is pinned: <dir>/<tun>.ct (IPv4 flows) and <dir>/<tun>.ct6 (IPv6 flows), files in memory that outlive the process (a crash or kill -9 keeps the connections of both families)', DEFAULT_PIN_DIR)
     .option('--no-pin', 'keep the connection table in the process only (a crash loses it; SIGTERM still saves it in --state-dir)')
     .option('--multi-queue', 'open the TUN with IFF_MULTI_QUEUE (the device must have been created multi_queue)')
+    .option('--tun-holder [socket]', "take the TUN's open file from a `tunproxy tun-holder` on this Unix socket (default /run/tunproxy/<tun>.holder.sock) instead of opening the device: while this process restarts the holder keeps the device attached, so packets wait in its queue instead of being dropped; no holder there is an error, never a silent fallback")
     .option('--decider <compiled|linear>', "how new flows are decided: the hash tables, or kube-proxy's iptables rules walked linearly, ip6tables ones for IPv6 packets (for comparison)", 'compiled')
     .option('--offload <auto|off>', 'auto: open the TUN with a virtio-net header and take checksum, TCP (TSO4/6, ECN) and UDP (USO4/6) segmentation offloads, so bulk traffic moves as 64 KiB super-packets (what the kernel refuses is said at start); off: one MTU packet per read', 'auto')
     .option('--packet-priority <none|nice:N|fifo:N>', "CPU priority of the packet thread alone: nice:N (-20..19) or fifo:N (SCHED_FIFO 1..99, above every ordinary task, like the kernel's own packet processing); needs root or CAP_SYS_NICE. On a busy machine a stall of the packet thread is packets queued in the TUN, or lost (README \"Packets that never wait\")", 'none')
@@ -117,7 +121,17 @@ header checksum; a per-record sequence and checksum) and goes on with its
 flows; a file it cannot trust is renamed *.set-aside-<time> and reported,
 with the family it held. Several tunproxy processes in different network namespaces with the
 same device name need different --pin-dir. A TUN device that tunproxy creates
-is made persistent, so packets wait in its queue while tunproxy restarts.
+is made persistent, so its addresses and routes stay while tunproxy restarts.
+
+The device's queue across restarts: Linux drops what is routed into a TUN
+that no process holds open. Run \`tunproxy tun-holder --tun <tun>\` (a
+process of its own, started first and left running) and start run with
+--tun-holder: run then takes a duplicate of the holder's open file
+(SCM_RIGHTS) instead of opening the device, and while run restarts (SIGTERM,
+kill -9, a crash, an upgrade) the packets wait in the device's queue
+(--txqueuelen of them) and are read by the next run. The holder must use the
+same --offload and --multi-queue; a holder that is not there fails the start
+(say --tun-holder only where one runs).
 
 State: --state-dir holds <tun>.ruleset.json (the rule set in force, written
 atomically after every change; loaded at start when --rules is not given; a
@@ -248,14 +262,26 @@ export async function run(o: RunOptions): Promise<void> {
   await cw.inForce(dp, Number(first.generation));
 
   let tun: TunDevice;
+  // --tun-holder: the open file of a `tunproxy tun-holder` (control/commands/tun-holder.ts), which keeps the
+  // device attached while this process restarts, so packets wait in its queue; else the device opened here
+  const holder = o.tunHolder === undefined || o.tunHolder === false ? null : o.tunHolder === true ? defaultHolderSocketPath(o.tun) : o.tunHolder;
   try {
-    tun = TunDevice.open(o.tun, { multiQueue: !!o.multiQueue, vnetHdr: o.offload === 'auto' });
+    if (holder !== null) {
+      tun = TunDevice.fromHolder(holder, { name: o.tun, multiQueue: !!o.multiQueue, vnetHdr: o.offload === 'auto' });
+      log(`${tun.name} taken from the holder on ${holder}: packets wait in its queue while tunproxy restarts`);
+    } else tun = TunDevice.open(o.tun, { multiQueue: !!o.multiQueue, vnetHdr: o.offload === 'auto' });
   } catch (e) {
     stopping = true;
     await cw.stop();
+    const err = e as NodeJS.ErrnoException;
+    if (holder !== null) {
+      const none = err.code === 'ENOENT' || err.code === 'ECONNREFUSED';
+      throw new Error(`--tun-holder ${holder}: ${err.message}${none ? ` (start \`tunproxy tun-holder --tun ${o.tun} --socket ${holder}\` first, or start without --tun-holder)` : ''}`, { cause: e });
+    }
+    if (err.code === 'EBUSY' && existsSync(defaultHolderSocketPath(o.tun))) err.message += ` (a tunproxy tun-holder serves on ${defaultHolderSocketPath(o.tun)}: start with --tun-holder)`;
     throw e;
   }
-  if (!existed) {
+  if (!existed && holder === null) {
     // created here: make it persistent, so packets routed to it wait in its queue while tunproxy restarts
     try {
       tunSetPersist(tun.fd, true);

@@ -52,8 +52,9 @@ export function boottimeMs(): number {
 
 /**
  * TUNSETPERSIST on an open TUN file descriptor: the device stays when the
- * process exits, and packets routed to it while no process has it open wait
- * in its queue (until the queue is full) instead of being refused.
+ * process exits, with its addresses and routes. Packets routed to it while no
+ * process has it open are dropped, not queued: `tunproxy tun-holder` keeps it
+ * open across restarts (README "The device keeps its queue").
  * (Here for now; it belongs with the TUN addon.)
  */
 export function tunSetPersist(fd: number, on = true): void {

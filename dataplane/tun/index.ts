@@ -11,7 +11,9 @@
  * packets must carry the header too. With offloads on (enableOffloads) a packet
  * can be a 64 KiB GSO super-packet: readPacked reads packets one after another
  * into one buffer instead of fixed slots. persist() makes the device outlive
- * the process (TUNSETPERSIST).
+ * the process (TUNSETPERSIST). fromHolder() takes the open TUN file from a
+ * `tunproxy tun-holder` over a Unix socket (SCM_RIGHTS) instead of opening
+ * the device, so that packets wait in the device queue while tunproxy restarts.
  */
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
@@ -59,6 +61,11 @@ interface Addon {
   stats(fd: number): TunStats;
   setOffload(fd: number, flags: number): void;
   persist(fd: number, on: boolean): void;
+  sendFd(sockFd: number, fd: number): number;
+  recvFd(sockFd: number, timeoutMs: number): number;
+  fetchFd(path: string, timeoutMs: number): number;
+  adopt(fd: number): { fd: number; name: string; flags: number; sameNetns: boolean | null };
+  info(fd: number): { name: string; flags: number };
   IFF_MULTI_QUEUE: number;
   IFF_VNET_HDR: number;
   TUN_F_CSUM: number;
@@ -140,6 +147,33 @@ export class TunDevice {
     const flags = (opts.multiQueue ? a.IFF_MULTI_QUEUE : 0) | (opts.vnetHdr ? a.IFF_VNET_HDR : 0);
     const r = a.open(name, flags);
     return new TunDevice(a, r.fd, r.name, opts);
+  }
+
+  /**
+   * Take the TUN file a `tunproxy tun-holder` keeps open: connect to its Unix socket, receive a
+   * duplicate of its fd (SCM_RIGHTS), check it (a TUN, IFF_NO_PI, in this network namespace) and use
+   * it as open() would have. Closing it closes this process's duplicate only: the holder's copy keeps
+   * the device attached, so packets routed to it wait in its queue for the next process.
+   * `name`, when given, must be the device the holder holds; multiQueue and vnetHdr must be what the
+   * holder opened it with (they are fixed when a file attaches). Throws a TunError whose message says
+   * what to do (ENOENT: no holder on that socket, ECONNREFUSED: a dead holder's socket, ...).
+   */
+  static fromHolder(socketPath: string, opts: TunOpenOptions & { name?: string; timeoutMs?: number } = {}): TunDevice {
+    if (typeof socketPath !== 'string' || socketPath === '') throw new TypeError('TunDevice.fromHolder: socketPath must be a non-empty string');
+    const a = loadTunAddon();
+    const r = a.adopt(a.fetchFd(socketPath, opts.timeoutMs ?? 5000));
+    const refuse = (msg: string): never => {
+      a.close(r.fd);
+      throw Object.assign(new Error(`the TUN device from the holder on ${socketPath}: ${msg}`), { code: 'EINVAL', errno: 22, syscall: 'adopt' });
+    };
+    if (r.sameNetns === false) refuse(`${r.name} is in another network namespace than this process: run the holder in this one`);
+    if (opts.name !== undefined && opts.name !== r.name) refuse(`the holder holds ${r.name}, not ${opts.name}: give both the same --tun, or this one the holder's --socket`);
+    const vnet = (r.flags & a.IFF_VNET_HDR) !== 0;
+    const mq = (r.flags & a.IFF_MULTI_QUEUE) !== 0;
+    const vnetText = (on: boolean) => (on ? 'with a virtio-net header (--offload auto)' : 'without a virtio-net header (--offload off)');
+    if (vnet !== !!opts.vnetHdr) refuse(`the holder opened ${r.name} ${vnetText(vnet)}, this process needs it ${vnetText(!!opts.vnetHdr)}: start both with the same --offload`);
+    if (mq !== !!opts.multiQueue) refuse(`the holder opened ${r.name} ${mq ? 'with' : 'without'} IFF_MULTI_QUEUE, this process ${opts.multiQueue ? 'with' : 'without'}: start both with the same --multi-queue`);
+    return new TunDevice(a, r.fd, r.name, { multiQueue: mq, vnetHdr: vnet });
   }
 
   /** the file descriptor, -1 once closed */
@@ -249,6 +283,19 @@ export class TunDevice {
     this.#addon.persist(this.#checkedFd(), on);
   }
 
+  /**
+   * Is the device still attached to this fd? TUNGETIFF answers with its name and flags; it fails
+   * with EBADFD once the device was deleted (ip link delete) while the fd stayed open.
+   */
+  attached(): { ok: true; name: string; flags: number } | { ok: false; reason: string } {
+    try {
+      const r = this.#addon.info(this.#checkedFd());
+      return { ok: true, name: r.name, flags: r.flags };
+    } catch (e) {
+      return { ok: false, reason: (e as Error).message };
+    }
+  }
+
   /** Counters since open; after close(), the last ones seen are not kept, so read them before. */
   stats(): TunStats {
     return this.#addon.stats(this.#checkedFd());
@@ -266,4 +313,25 @@ export class TunDevice {
     if (this.#fd < 0) throw new Error(`TUN device ${this.name} is closed`);
     return this.#fd;
   }
+}
+
+/**
+ * Send a duplicate of `fd` over the connected AF_UNIX stream socket `sockFd` (one byte with the fd
+ * as SCM_RIGHTS). Returns the peer's pid (SO_PEERCRED), -1 when the socket does not say.
+ */
+export function sendFd(sockFd: number, fd: number): number {
+  return loadTunAddon().sendFd(sockFd, fd);
+}
+
+/**
+ * Connect to the AF_UNIX stream socket at `path` and take the one fd the peer sends (close-on-exec),
+ * waiting at most timeoutMs. Blocks the thread meanwhile: for a start, not for a packet path.
+ */
+export function fetchFd(path: string, timeoutMs = 5000): number {
+  return loadTunAddon().fetchFd(path, timeoutMs);
+}
+
+/** Receive one fd over the connected AF_UNIX socket `sockFd`, waiting at most timeoutMs. */
+export function recvFd(sockFd: number, timeoutMs = 5000): number {
+  return loadTunAddon().recvFd(sockFd, timeoutMs);
 }

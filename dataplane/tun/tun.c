@@ -10,6 +10,15 @@
  *   writeBatch(fd, buf, offsets, lengths, count)            -> packets consumed (< count only on EAGAIN)
  *   poll(fd, cb), stopPoll(fd), close(fd), stats(fd), setOffload(fd, flags), persist(fd, on)
  *
+ * Handing the open TUN file from one process to another (tunproxy tun-holder
+ * keeps it while tunproxy run restarts, so packets wait in the device queue):
+ *   sendFd(sockFd, fd)                     -> the peer's pid (SO_PEERCRED) or -1; one byte + SCM_RIGHTS
+ *   recvFd(sockFd, timeoutMs)              -> the fd received (close-on-exec), from a connected AF_UNIX socket
+ *   fetchFd(path, timeoutMs)               -> connect to the Unix socket at path, recvFd, close the socket
+ *   adopt(fd)                              -> { fd, name, flags, sameNetns }: a TUN fd got from elsewhere,
+ *                                             checked (TUNGETIFF) and registered like one open() made
+ *   info(fd)                               -> { name, flags } (TUNGETIFF; EBADFD once the device is deleted)
+ *
  * With IFF_VNET_HDR every packet starts with a struct virtio_net_hdr (10
  * bytes): it is read into the start of the slot and written from the offset
  * given, so switching it on changes where JS finds the IP header, not the
@@ -24,8 +33,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <poll.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
+#include <sys/un.h>
+#include <time.h>
 #include <net/if.h>
 #include <linux/if_tun.h>
 
@@ -109,6 +123,23 @@ static void *typed(napi_env env, napi_value v, napi_typedarray_type want, size_t
   return NULL;
 }
 
+/* enter fd in the table of TUN fds this addon reads and writes; throws (returns 0) when out of memory */
+static int register_fd(napi_env env, int fd, const char *syscall) {
+  tun_state *s = state_of(env);
+  if (fd >= s->cap) {
+    int cap = s->cap ? s->cap : 64;
+    while (cap <= fd) cap *= 2;
+    tun_entry **n = realloc(s->by_fd, cap * sizeof *n);
+    if (!n) { throw_errno(env, ENOMEM, syscall, "out of memory for the fd table"); return 0; }
+    memset(n + s->cap, 0, (cap - s->cap) * sizeof *n);
+    s->by_fd = n; s->cap = cap;
+  }
+  tun_entry *e = calloc(1, sizeof *e);
+  if (!e) { throw_errno(env, ENOMEM, syscall, "out of memory"); return 0; }
+  e->fd = fd; s->by_fd[fd] = e;
+  return 1;
+}
+
 static napi_value js_open(napi_env env, napi_callback_info info) {
   napi_value argv[2], out, v;
   if (!get_args(env, info, 2, argv)) return NULL;
@@ -143,18 +174,7 @@ static napi_value js_open(napi_env env, napi_callback_info info) {
     close(fd);
     return throw_errno(env, e, "ioctl(TUNSETIFF)", msg);
   }
-  tun_state *s = state_of(env);
-  if (fd >= s->cap) {
-    int cap = s->cap ? s->cap : 64;
-    while (cap <= fd) cap *= 2;
-    tun_entry **n = realloc(s->by_fd, cap * sizeof *n);
-    if (!n) { close(fd); return throw_errno(env, ENOMEM, "open", "out of memory for the fd table"); }
-    memset(n + s->cap, 0, (cap - s->cap) * sizeof *n);
-    s->by_fd = n; s->cap = cap;
-  }
-  tun_entry *e = calloc(1, sizeof *e);
-  if (!e) { close(fd); return throw_errno(env, ENOMEM, "open", "out of memory"); }
-  e->fd = fd; s->by_fd[fd] = e;
+  if (!register_fd(env, fd, "open")) { close(fd); return NULL; }
   CHECK(napi_create_object(env, &out));
   napi_create_int32(env, fd, &v); napi_set_named_property(env, out, "fd", v);
   napi_create_string_utf8(env, ifr.ifr_name, strnlen(ifr.ifr_name, IFNAMSIZ), &v); napi_set_named_property(env, out, "name", v);
@@ -394,6 +414,214 @@ static napi_value js_persist(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* ---- passing the TUN file between processes (SCM_RIGHTS over AF_UNIX) ---- */
+
+static double now_ms(void) {
+  struct timespec ts; clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec * 1000.0 + (double)ts.tv_nsec / 1e6;
+}
+
+/* wait until fd has `events` or timeout_ms passed; 0 ready, else an errno (ETIMEDOUT, ...) */
+static int wait_fd(int fd, short events, int timeout_ms) {
+  double deadline = now_ms() + timeout_ms;
+  for (;;) {
+    int left = (int)(deadline - now_ms());
+    if (left < 0) left = 0;
+    struct pollfd p = { fd, events, 0 };
+    int r = poll(&p, 1, left);
+    if (r > 0) return 0;
+    if (r == 0) return ETIMEDOUT;
+    if (errno != EINTR) return errno;
+  }
+}
+
+/* one byte of data (a stream needs some) with the fd as SCM_RIGHTS; 0 or an errno */
+static int send_fd(int sock, int fd, int timeout_ms) {
+  char byte = 'T';
+  struct iovec iov = { &byte, 1 };
+  union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof(int))]; } ctl;
+  memset(&ctl, 0, sizeof ctl);
+  struct msghdr m = { 0 };
+  m.msg_iov = &iov; m.msg_iovlen = 1; m.msg_control = ctl.buf; m.msg_controllen = sizeof ctl.buf;
+  struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+  c->cmsg_level = SOL_SOCKET; c->cmsg_type = SCM_RIGHTS; c->cmsg_len = CMSG_LEN(sizeof(int));
+  memcpy(CMSG_DATA(c), &fd, sizeof(int));
+  for (;;) {
+    ssize_t n = sendmsg(sock, &m, MSG_NOSIGNAL);
+    if (n == 1) return 0;
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == EAGAIN) { int w = wait_fd(sock, POLLOUT, timeout_ms); if (w) return w; continue; }
+    return n < 0 ? errno : EIO;
+  }
+}
+
+/* the fd the peer sent (close-on-exec) into *out; 0 or an errno (EPROTO: an answer without an fd) */
+static int recv_fd(int sock, int timeout_ms, int *out) {
+  char byte;
+  struct iovec iov = { &byte, 1 };
+  union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof(int) * 4)]; } ctl;
+  struct msghdr m;
+  for (;;) {
+    memset(&m, 0, sizeof m); memset(&ctl, 0, sizeof ctl);
+    m.msg_iov = &iov; m.msg_iovlen = 1; m.msg_control = ctl.buf; m.msg_controllen = sizeof ctl.buf;
+    ssize_t n = recvmsg(sock, &m, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == EAGAIN) { int w = wait_fd(sock, POLLIN, timeout_ms); if (w) return w; continue; }
+    if (n < 0) return errno;
+    break;
+  }
+  int got = -1, extra = 0;
+  for (struct cmsghdr *c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    int k = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+    for (int i = 0; i < k; i++) {
+      int f; memcpy(&f, CMSG_DATA(c) + i * sizeof(int), sizeof f);
+      if (got < 0) got = f; else { close(f); extra++; } /* one fd is the protocol: more are closed */
+    }
+  }
+  if (got < 0) return (m.msg_flags & MSG_CTRUNC) ? EMSGSIZE : EPROTO;
+  (void)extra;
+  *out = got;
+  return 0;
+}
+
+/* sendFd(sockFd, fd) -> the peer's pid (SO_PEERCRED), or -1 when the socket does not say */
+static napi_value js_send_fd(napi_env env, napi_callback_info info) {
+  napi_value argv[2], out; int32_t sock, fd;
+  if (!get_args(env, info, 2, argv)) return NULL;
+  INT_ARG(argv[0], &sock, "sockFd");
+  INT_ARG(argv[1], &fd, "fd");
+  int e = send_fd(sock, fd, 2000);
+  if (e) {
+    char msg[200];
+    snprintf(msg, sizeof msg, "sending fd %d over socket fd %d failed: %s (%s)", fd, sock, strerrorname_np(e), strerror(e));
+    return throw_errno(env, e, "sendmsg", msg);
+  }
+  struct ucred cr; socklen_t len = sizeof cr;
+  int pid = getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cr, &len) == 0 ? (int)cr.pid : -1;
+  napi_create_int32(env, pid, &out);
+  return out;
+}
+
+/* recvFd(sockFd, timeoutMs) -> the fd received */
+static napi_value js_recv_fd(napi_env env, napi_callback_info info) {
+  napi_value argv[2], out; int32_t sock, timeout; int fd = -1;
+  if (!get_args(env, info, 2, argv)) return NULL;
+  INT_ARG(argv[0], &sock, "sockFd");
+  INT_ARG(argv[1], &timeout, "timeoutMs");
+  int e = recv_fd(sock, timeout < 0 ? 0 : timeout, &fd);
+  if (e) {
+    char msg[200];
+    snprintf(msg, sizeof msg, "receiving an fd over socket fd %d failed: %s (%s)", sock, strerrorname_np(e),
+             e == EPROTO ? "the peer answered without an fd" : strerror(e));
+    return throw_errno(env, e, "recvmsg", msg);
+  }
+  napi_create_int32(env, fd, &out);
+  return out;
+}
+
+/* fetchFd(path, timeoutMs) -> connect to the AF_UNIX stream socket at path, take the one fd it sends */
+static napi_value js_fetch_fd(napi_env env, napi_callback_info info) {
+  napi_value argv[2], out; int32_t timeout; char path[sizeof(((struct sockaddr_un *)0)->sun_path) + 1]; size_t plen = 0;
+  char msg[600];
+  if (!get_args(env, info, 2, argv)) return NULL;
+  if (napi_get_value_string_utf8(env, argv[0], path, sizeof path, &plen) != napi_ok)
+    return napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "fetchFd(path: string, timeoutMs: number)"), NULL;
+  INT_ARG(argv[1], &timeout, "timeoutMs");
+  struct sockaddr_un a; memset(&a, 0, sizeof a); a.sun_family = AF_UNIX;
+  if (plen == 0 || plen >= sizeof a.sun_path) {
+    snprintf(msg, sizeof msg, "the socket path \"%s\" must be 1 to %zu bytes", path, sizeof a.sun_path - 1);
+    return throw_errno(env, ENAMETOOLONG, "connect", msg);
+  }
+  memcpy(a.sun_path, path, plen);
+  int sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (sock < 0) { int e = errno; snprintf(msg, sizeof msg, "socket(AF_UNIX) failed: %s", strerrorname_np(e)); return throw_errno(env, e, "socket", msg); }
+  int r;
+  do r = connect(sock, (struct sockaddr *)&a, sizeof a); while (r < 0 && errno == EINTR);
+  if (r < 0) {
+    int e = errno; close(sock);
+    snprintf(msg, sizeof msg, "connecting to %s failed: %s — %s", path, strerrorname_np(e),
+             e == ENOENT ? "no such socket: is the holder running, with this --socket?" :
+             e == ECONNREFUSED ? "nobody listens there (a holder that died left its socket)" :
+             e == EACCES || e == EPERM ? "permission denied: the socket is the holder's user's only (mode 0600)" :
+             e == ENOTSOCK ? "that path is not a socket" : strerror(e));
+    return throw_errno(env, e, "connect", msg);
+  }
+  int fd = -1;
+  int e = recv_fd(sock, timeout < 0 ? 0 : timeout, &fd);
+  close(sock);
+  if (e) {
+    snprintf(msg, sizeof msg, "no fd from %s: %s — %s", path, strerrorname_np(e),
+             e == ETIMEDOUT ? "the peer sent nothing in time" : e == EPROTO ? "the peer closed or answered without an fd (not a tun-holder, or its device is gone: see its log)" : strerror(e));
+    return throw_errno(env, e, "recvmsg", msg);
+  }
+  napi_create_int32(env, fd, &out);
+  return out;
+}
+
+/* info(fd) -> { name, flags }: TUNGETIFF on an fd of this addon; throws EBADFD once the device is deleted */
+static napi_value js_info(napi_env env, napi_callback_info info) {
+  napi_value argv[1], out, v; int32_t fd;
+  if (!get_args(env, info, 1, argv)) return NULL;
+  INT_ARG(argv[0], &fd, "fd");
+  if (!entry_of(env, state_of(env), fd)) return NULL;
+  struct ifreq ifr; memset(&ifr, 0, sizeof ifr);
+  if (ioctl(fd, TUNGETIFF, &ifr) < 0) {
+    int e = errno; char msg[200];
+    snprintf(msg, sizeof msg, "TUNGETIFF failed: %s — %s", strerrorname_np(e), e == EBADFD ? "the device was deleted (ip link delete) while this fd was open" : strerror(e));
+    return throw_errno(env, e, "ioctl(TUNGETIFF)", msg);
+  }
+  CHECK(napi_create_object(env, &out));
+  napi_create_string_utf8(env, ifr.ifr_name, strnlen(ifr.ifr_name, IFNAMSIZ), &v); napi_set_named_property(env, out, "name", v);
+  napi_create_int32(env, ifr.ifr_flags & 0xffff, &v); napi_set_named_property(env, out, "flags", v);
+  return out;
+}
+
+/* adopt(fd): a TUN fd received from elsewhere (a holder), checked and registered like one open() made.
+ * Sets O_NONBLOCK (on the open file, which the sender shares) and FD_CLOEXEC. On error the fd is closed. */
+static napi_value js_adopt(napi_env env, napi_callback_info info) {
+  napi_value argv[1], out, v; int32_t fd; char msg[300];
+  if (!get_args(env, info, 1, argv)) return NULL;
+  INT_ARG(argv[0], &fd, "fd");
+  tun_state *s = state_of(env);
+  if (fd < 0 || (fd < s->cap && s->by_fd[fd]))
+    return napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "adopt: fd is negative or already a TUN fd of this addon"), NULL;
+  struct ifreq ifr; memset(&ifr, 0, sizeof ifr);
+  if (ioctl(fd, TUNGETIFF, &ifr) < 0) {
+    int e = errno; close(fd);
+    snprintf(msg, sizeof msg, "the fd received is not an attached TUN device: TUNGETIFF failed with %s (%s)", strerrorname_np(e), strerror(e));
+    return throw_errno(env, e, "ioctl(TUNGETIFF)", msg);
+  }
+  int kind = ifr.ifr_flags & (IFF_TUN | IFF_TAP);
+  if (kind != IFF_TUN || !(ifr.ifr_flags & IFF_NO_PI)) {
+    close(fd);
+    snprintf(msg, sizeof msg, "the fd received is %s \"%.*s\"%s; tunproxy needs a TUN opened IFF_TUN|IFF_NO_PI",
+             kind == IFF_TAP ? "a TAP device" : "a TUN device", IFNAMSIZ, ifr.ifr_name, ifr.ifr_flags & IFF_NO_PI ? "" : " with packet information (no IFF_NO_PI)");
+    return throw_errno(env, EINVAL, "adopt", msg);
+  }
+  int fl = fcntl(fd, F_GETFL);
+  if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0 || fcntl(fd, F_SETFD, FD_CLOEXEC) < 0) {
+    int e = errno; close(fd);
+    return throw_errno(env, e, "fcntl", "cannot make the TUN fd non-blocking and close-on-exec");
+  }
+  /* the device's network namespace against ours (TUNGETDEVNETNS, Linux 5.2+): -1 unknown, 0 another, 1 ours */
+  int same = -1;
+  int nsfd = ioctl(fd, TUNGETDEVNETNS);
+  if (nsfd >= 0) {
+    struct stat a, b;
+    if (fstat(nsfd, &a) == 0 && stat("/proc/self/ns/net", &b) == 0) same = a.st_ino == b.st_ino && a.st_dev == b.st_dev;
+    close(nsfd);
+  }
+  if (!register_fd(env, fd, "adopt")) { close(fd); return NULL; }
+  CHECK(napi_create_object(env, &out));
+  napi_create_int32(env, fd, &v); napi_set_named_property(env, out, "fd", v);
+  napi_create_string_utf8(env, ifr.ifr_name, strnlen(ifr.ifr_name, IFNAMSIZ), &v); napi_set_named_property(env, out, "name", v);
+  napi_create_int32(env, ifr.ifr_flags & 0xffff, &v); napi_set_named_property(env, out, "flags", v);
+  if (same < 0) napi_get_null(env, &v); else napi_get_boolean(env, same == 1, &v);
+  napi_set_named_property(env, out, "sameNetns", v);
+  return out;
+}
+
 static void cleanup(void *arg) { /* environment teardown: close what is still open */
   tun_state *s = arg;
   for (int fd = 0; fd < s->cap; fd++)
@@ -412,7 +640,8 @@ NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
   static const struct { const char *n; napi_callback f; } fns[] = {
     { "open", js_open }, { "readBatch", js_read_batch }, { "writeBatch", js_write_batch }, { "poll", js_poll },
     { "stopPoll", js_stop_poll }, { "close", js_close }, { "stats", js_stats }, { "setOffload", js_set_offload },
-    { "readPacked", js_read_packed }, { "persist", js_persist } };
+    { "readPacked", js_read_packed }, { "persist", js_persist }, { "sendFd", js_send_fd }, { "recvFd", js_recv_fd },
+    { "fetchFd", js_fetch_fd }, { "adopt", js_adopt }, { "info", js_info } };
   static const struct { const char *n; int v; } consts[] = {
     { "IFF_MULTI_QUEUE", IFF_MULTI_QUEUE }, { "IFF_VNET_HDR", IFF_VNET_HDR }, { "TUN_F_CSUM", TUN_F_CSUM },
     { "TUN_F_TSO4", TUN_F_TSO4 }, { "TUN_F_TSO6", TUN_F_TSO6 }, { "TUN_F_TSO_ECN", TUN_F_TSO_ECN },

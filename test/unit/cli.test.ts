@@ -56,14 +56,14 @@ const file = (name: string, text: string) => {
 };
 
 t.test('--help on every command, usage errors exit 2', async (t) => {
-  const cmds = [[], ['run'], ['apply'], ['get', 'ruleset'], ['get', 'services'], ['import', 'iptables'], ['import', 'kubernetes'], ['conntrack'], ['trace'], ['stats'], ['validate']];
+  const cmds = [[], ['run'], ['tun-holder'], ['apply'], ['get', 'ruleset'], ['get', 'services'], ['import', 'iptables'], ['import', 'kubernetes'], ['conntrack'], ['trace'], ['stats'], ['validate']];
   const bad = [['frobnicate'], ['apply'], ['trace', 'icmp', '1.2.3.4:5', '1.2.3.4:6'], ['get', 'services', 'no-slash']];
   const runs = await Promise.all([...cmds.map((c) => cli([...c, '--help'])), ...bad.map((c) => cli(c))]);
   cmds.forEach((c, i) => {
     t.equal(runs[i].code, 0, `tunproxy ${c.join(' ')} --help exits 0`);
     t.match(runs[i].stdout, new RegExp(`^Usage: tunproxy ${c.join(' ')}`.trim()), 'usage on stdout');
   });
-  t.match(runs[5].stdout, /Exit status: 0 everything kube-proxy wrote was understood; 3 some/);
+  t.match(runs[6].stdout, /Exit status: 0 everything kube-proxy wrote was understood; 3 some/);
   t.match(runs[1].stdout, /--state-dir <dir>[\s\S]*--socket <path>[\s\S]*--listen <host:port>[\s\S]*--token-file/);
   for (const r of runs.slice(cmds.length)) t.equal(r.code, 2, `usage error exits 2: ${r.stderr.split('\n')[0]}`);
 });
