@@ -42,7 +42,7 @@ t.test('DaemonSet: hostNetwork, NET_ADMIN, /dev/net/tun, state on the host, /hea
   const c = spec.containers[0];
   t.equal(spec.hostNetwork, true);
   t.equal(spec.serviceAccountName, docs('deploy/rbac.yaml')[0].metadata.name);
-  t.same(c.securityContext.capabilities.add, ['NET_ADMIN']);
+  t.same(c.securityContext.capabilities.add, ['NET_ADMIN', 'SYS_NICE'], 'NET_ADMIN, and SYS_NICE for --packet-priority fifo');
   const vol = (name: string) => spec.volumes.find((v: any) => v.name === name);
   const mount = (path: string) => c.volumeMounts.find((m: any) => m.mountPath === path);
   t.equal(vol(mount('/dev/net/tun').name).hostPath.path, '/dev/net/tun');
@@ -50,6 +50,24 @@ t.test('DaemonSet: hostNetwork, NET_ADMIN, /dev/net/tun, state on the host, /hea
   t.same([c.readinessProbe.httpGet, c.livenessProbe.httpGet.port], [{ path: '/healthz', port: 10256 }, 10256]);
   const help = spawnSync(process.execPath, [new URL('bin/tunproxy.js', root).pathname, 'run', '--help'], { encoding: 'utf8' }).stdout;
   for (const a of c.args.filter((x: string) => x.startsWith('--'))) t.ok(help.includes(a.split('=')[0] + ' ') || help.includes(a.split('=')[0] + '\n'), `tunproxy run knows ${a.split('=')[0]}`);
+  // the TUN holder: a native sidecar (an init container that keeps running), on the socket run is given
+  const h = spec.initContainers.find((x: any) => x.name === 'tun-holder');
+  t.equal(h.restartPolicy, 'Always', 'a native sidecar: started first, kept while tunproxy restarts');
+  t.equal(h.args[0], 'tun-holder');
+  const hhelp = spawnSync(process.execPath, [new URL('bin/tunproxy.js', root).pathname, 'tun-holder', '--help'], { encoding: 'utf8' }).stdout;
+  for (const a of h.args.filter((x: string) => x.startsWith('--'))) t.ok(hhelp.includes(a.split('=')[0] + ' '), `tunproxy tun-holder knows ${a.split('=')[0]}`);
+  const sock = h.args.find((x: string) => x.startsWith('--socket='))!.split('=')[1];
+  t.ok(c.args.includes(`--tun-holder=${sock}`), 'run is given the holder\'s socket');
+  t.ok(h.args.includes('--tun=tun0') && c.args.includes('--tun=tun0'), 'the same device');
+  t.same(h.volumeMounts.map((m: any) => m.mountPath).sort(), ['/dev/net/tun', '/run/tunproxy'], 'the device and the socket directory, shared with tunproxy');
+});
+
+t.test('Dockerfile: every addon source binding.gyp builds is in the build stage before npm ci', async (t) => {
+  const gyp = JSON.parse(readFileSync(new URL('binding.gyp', root), 'utf8')) as { targets: Array<{ sources: string[] }> };
+  const lines = readFileSync(new URL('Dockerfile', root), 'utf8').split('\n');
+  const ci = lines.findIndex((l) => /^RUN .*npm ci/.test(l));
+  const copied = lines.slice(0, ci).filter((l) => l.startsWith('COPY ')).flatMap((l) => l.split(/\s+/).slice(1, -1));
+  for (const src of gyp.targets.flatMap((x) => x.sources)) t.ok(copied.includes(src), `${src} is copied before npm ci builds it`);
 });
 
 t.test('the Grafana dashboard queries only metrics tunproxy exports', async (t) => {
