@@ -11,7 +11,9 @@
  * takes at its next batch) — through the real API server on a Unix socket:
  * transfer, JSON parse, the validator (with the model), compile, swap.
  * Each PUT starts from a collected heap (gc(), then 200 ms for V8 to finish
- * sweeping). Beside it, single-service PATCHes (`PATCH /v1/services/{ns}/{name}`,
+ * sweeping). The npm script runs node with semi-spaces of 32 MB, the young
+ * generation `tunproxy run` gives its control worker, where PUTs are served
+ * (control/worker/spawn.ts CONTROL_YOUNG_GENERATION_MB). Beside it, single-service PATCHes (`PATCH /v1/services/{ns}/{name}`,
  * new endpoints) on the same rule set, 20 ms apart as an agent sends them
  * (no forced collection before each), and the time `iptables-restore`
  * (legacy; `iptables-nft-restore` too up to --nft-max services) takes to load

@@ -295,7 +295,7 @@ export class RuleSetHolder {
         owners.push(svc);
       }
       entriesOf.set(svc, e);
-      byName.set(`${svc.namespace}/${svc.name}`, svc);
+      byName.set(sm.key, svc); // the model's key is `${namespace}/${name}`
     }
     this.commit(v.model, tables, owners, byName, entriesOf);
     this.positions = null;

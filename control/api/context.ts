@@ -97,12 +97,15 @@ export class ApiContext {
     const c = candidate as { node?: unknown; services?: unknown };
     if (!Array.isArray(c.services)) return;
     if (sameJson(c.node, prev.node)) c.node = prev.node;
+    // the service at the same position first (a client that sends the whole set keeps its order), else
     // the holder's index by name (no map of every service built per PUT); sameJson compares the names too
     const next = c.services as unknown[];
+    const inForce = prev.services;
     for (let i = 0; i < next.length; i++) {
       const s = next[i] as { namespace?: unknown; name?: unknown } | null;
       if (typeof s !== 'object' || s === null || typeof s.namespace !== 'string' || typeof s.name !== 'string') continue;
-      const old = this.holder.serviceNamed(s.namespace, s.name);
+      const here = i < inForce.length ? inForce[i] : undefined;
+      const old = here !== undefined && here.name === s.name && here.namespace === s.namespace ? here : this.holder.serviceNamed(s.namespace, s.name);
       if (old !== undefined && sameJson(s, old)) next[i] = old;
     }
   }
