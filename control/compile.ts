@@ -31,7 +31,7 @@
 import type { RuleSet } from './types.ts';
 import { addr6, modelOf, portsOfFamily } from './model.ts';
 import type { Addr, EndpointModel, NodeModel, RuleSetModel, ServiceModel, ServicePortModel } from './model.ts';
-import { Addr6Ids, type Tables6 } from '../dataplane/tables6.ts';
+import { Addr6Ids, EP6_PORT, EP6_STRIDE, type Tables6 } from '../dataplane/tables6.ts';
 import { protoIndex } from '../dataplane/addr.ts';
 import { VipIndex } from '../dataplane/hashtable.ts';
 import type { EndpointEntry, EndpointSet, ServicePortEntry, Tables } from '../dataplane/tables.ts';
@@ -366,10 +366,20 @@ export function compile6(model: RuleSetModel, generation = 1): Tables6 | null {
     for (const a of sp.externalAddrs) hint(a);
     for (const a of sp.loadBalancerAddrs) hint(a);
   }
+  // the endpoints in flat order with their words inline (Tables6.endpoints6)
+  const ef = base.endpointFlat;
+  const endpoints6 = new Uint32Array((ef.length >> 1) * EP6_STRIDE);
+  for (let k = 0; k < ef.length >> 1; k++) {
+    const id = ef[2 * k];
+    const o = k * EP6_STRIDE;
+    endpoints6[o] = w[id * 4]; endpoints6[o + 1] = w[id * 4 + 1]; endpoints6[o + 2] = w[id * 4 + 2]; endpoints6[o + 3] = w[id * 4 + 3];
+    endpoints6[o + EP6_PORT] = ef[2 * k + 1];
+  }
   return {
     base,
     ids: index,
     words: w,
+    endpoints6,
     cidr6: node.cidr6,
     masqId,
     sourceRanges6: ports.map((sp) => (sp.usesFirewallChain ? sp.sourceRanges6 : null)),

@@ -35,7 +35,7 @@ import { FragmentTable6 } from './fragments.ts';
 import { V_DROP, V_FORWARD, V_PASS, V_REPLY } from './verdict.ts';
 import { AffinityTable, selectEndpoint, type Rng } from './select.ts';
 import { LookupResult, LOOKUP_DNAT, LOOKUP_REJECT, LOOKUP_DROP_NO_LOCAL, LOOKUP_DROP_SOURCE_RANGE, type Tables } from './tables.ts';
-import { lookup6, isServiceAddress6, type Tables6 } from './tables6.ts';
+import { lookup6, isServiceAddress6, EP6_PORT, EP6_STRIDE, type Tables6 } from './tables6.ts';
 import { get16, get32, put16 } from './wire/bytes.ts';
 import { checksumRaw } from './wire/checksum.ts';
 import { wireErrorName } from './wire/error.ts';
@@ -296,17 +296,19 @@ export class Pipeline6 {
     const k = selectEndpoint(base, out, proto, client, dst32, sport, dport, now, this.host.rng, aff);
     if (aff.hits !== hits) ev[E_AFFINITY_HITS]++;
     const svc = base.services[out.svcIndex];
-    const epId = base.endpointFlat[2 * k];
-    const epPort = base.endpointFlat[2 * k + 1];
-    const words = t6.words;
-    const hairpin = same4(words, epId * 4, w, 0);
+    // the endpoint's words and port from one place (Tables6.endpoints6, in endpointFlat's order)
+    const eps = t6.endpoints6;
+    const eo = k * EP6_STRIDE;
+    const epPort = eps[eo + EP6_PORT];
+    const hairpin = same4(eps, eo, w, 0);
     const masquerade = out.masquerade || hairpin;
     // the tuple: original (src, dst), reply (endpoint, masquerade address | client)
     const tw = this.tw;
     for (let i = 0; i < 8; i++) tw[i] = w[i];
-    for (let i = 0; i < 4; i++) tw[CT6_REPLY_SRC + i] = words[epId * 4 + i];
+    for (let i = 0; i < 4; i++) tw[CT6_REPLY_SRC + i] = eps[eo + i];
     if (masquerade) {
       if (t6.masqId < 0) return this.drop(D_IPV6_NO_MASQUERADE_ADDRESS, total);
+      const words = t6.words;
       for (let i = 0; i < 4; i++) tw[CT6_REPLY_DST + i] = words[t6.masqId * 4 + i];
     } else {
       for (let i = 0; i < 4; i++) tw[CT6_REPLY_DST + i] = w[i];

@@ -658,6 +658,7 @@ export interface Tables6Wire {
   readonly base: TablesWire;
   readonly idSlots: Int32Array;
   readonly words: Uint32Array;
+  readonly endpoints6: Uint32Array;
   readonly cidr6: Cidr6 | null;
   readonly masqId: number;
   readonly sourceRanges6: readonly (readonly Cidr6[] | null)[];
@@ -678,12 +679,13 @@ export function shareTables6(t6: Tables6): Tables6 {
     base: shareTables(t6.base),
     ids: slots.buffer instanceof SharedArrayBuffer ? t6.ids : new Addr6Ids(0, onShared(slots)),
     words: onShared32(t6.words),
+    endpoints6: onShared32(t6.endpoints6),
   };
 }
 
 function encodeTables6(t6: Tables6, enc: TablesEncoder): Tables6Wire {
   const s = shareTables6(t6);
-  return { base: enc.encode(s.base), idSlots: s.ids.slots, words: s.words, cidr6: s.cidr6, masqId: s.masqId, sourceRanges6: s.sourceRanges6 };
+  return { base: enc.encode(s.base), idSlots: s.ids.slots, words: s.words, endpoints6: s.endpoints6, cidr6: s.cidr6, masqId: s.masqId, sourceRanges6: s.sourceRanges6 };
 }
 
 function tables6From(w: Tables6Wire, base: Tables): Tables6 {
@@ -691,6 +693,7 @@ function tables6From(w: Tables6Wire, base: Tables): Tables6 {
     base,
     ids: new Addr6Ids(0, w.idSlots),
     words: w.words,
+    endpoints6: w.endpoints6,
     cidr6: w.cidr6,
     masqId: w.masqId,
     sourceRanges6: w.sourceRanges6,

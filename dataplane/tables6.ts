@@ -132,6 +132,10 @@ export class Addr6Ids {
   }
 }
 
+/** words per endpoint in Tables6.endpoints6: the address's four, the port, three unused */
+export const EP6_STRIDE = 8;
+export const EP6_PORT = 4;
+
 export interface Tables6 {
   /** the family-6 service ports compiled as Tables, every address an id of `ids` */
   readonly base: Tables;
@@ -139,6 +143,13 @@ export interface Tables6 {
   readonly ids: Addr6Ids;
   /** id → four words at id * 4 (every id, endpoints included) */
   readonly words: Uint32Array;
+  /**
+   * base.endpointFlat's positions with the endpoint's address inline: at
+   * k * EP6_STRIDE its four words, then its port (32 bytes, one cache line
+   * or half of one): a new flow reads its endpoint from one place, not the
+   * flat pair then the words of the id.
+   */
+  readonly endpoints6: Uint32Array;
   /** the IPv6 cluster CIDR (null: none, then ClusterIP traffic is masqueraded only with masqueradeAll) */
   readonly cidr6: Cidr6 | null;
   /** the id of the IPv6 masquerade address, -1 when the node has none (masquerading flows are then dropped) */

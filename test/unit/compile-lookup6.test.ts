@@ -180,3 +180,24 @@ t.test('the hint in an address slot: the hinted (protocol, port) and the others 
   t.equal(ask(t6, PROTO_UDP, 'fd00:10:64:9::1', 'fd00:10:96::d', 80).r, LOOKUP_NOMATCH, 'a port the service has not: no match');
   t.equal(ask(t6, PROTO_TCP, 'fd00:10:64:9::1', 'fd00:10:96::d', 8080).r, LOOKUP_NOMATCH, 'nor its target port');
 });
+
+t.test('endpoints6: endpointFlat\'s positions with each endpoint\'s words and port inline, also after the wire', async (t) => {
+  const { TablesEncoder, TablesMaterializer, shareTables } = await import('../../dataplane/tables-wire.ts');
+  const { EP6_STRIDE, EP6_PORT } = await import('../../dataplane/tables6.ts');
+  const r = validateRuleSet({ apiVersion: 'tunproxy.dev/v1', node, services: [web, empty, lb] } satisfies RuleSet);
+  if (!r.ok) throw new Error(JSON.stringify(r.errors));
+  const compiled = compile(r.model);
+  const wired = new TablesMaterializer(structuredClone(new TablesEncoder().encode(shareTables(compiled))), null).all().tables;
+  for (const [what, t6] of [['compiled', compiled.v6!], ['through the wire', wired.v6!]] as const) {
+    const ef = t6.base.endpointFlat;
+    t.equal(t6.endpoints6.length, (ef.length / 2) * EP6_STRIDE, `${what}: one slot per flat position`);
+    const seen: string[] = [];
+    for (let k = 0; k < ef.length / 2; k++) {
+      const o = k * EP6_STRIDE;
+      t.equal(formatIPv6(t6.endpoints6, o), formatIPv6(t6.words, ef[2 * k] * 4), `${what}: position ${k}'s words are its id's`);
+      t.equal(t6.endpoints6[o + EP6_PORT], ef[2 * k + 1], `${what}: position ${k}'s port`);
+      seen.push(`[${formatIPv6(t6.endpoints6, o)}]:${t6.endpoints6[o + EP6_PORT]}`);
+    }
+    t.ok(seen.includes('[fd00:10:64:1::7]:5353') && seen.includes('[fd00:10:64:3::3]:8443'), `${what}: ${seen.join(' ')}`);
+  }
+});
