@@ -156,9 +156,9 @@ export class RuleSetHolder {
   /** per entry of tables.services: the Service object it came from */
   private owners: Service[] = [];
   /** "ns/name" → the Service object in force */
-  private byName = new Map<string, Service>();
+  private byNameMap: Map<string, Service> | null = new Map<string, Service>();
   /** Service object in force → its entries in tables.services */
-  private entriesOf = new Map<Service, number[]>();
+  private entriesOfMap: Map<Service, number[]> | null = new Map<Service, number[]>();
   /** each service's position in the rule set in force (built on first use, kept across in-place changes) */
   private positions: Map<Service, number> | null = null;
   /** the durations of the last syncs (ms), for kube-proxy-style sync metrics */
@@ -228,6 +228,34 @@ export class RuleSetHolder {
    * path) and changes nothing when the rule set is rejected.
    * `ifGeneration`: apply only if the generation in force is this one.
    */
+  /**
+   * The services in force by `${namespace}/${name}`. A full apply leaves it
+   * to be built when first asked (a PATCH, a partial PUT, a PUT in another
+   * order): a client that replaces every service each time never pays for it.
+   */
+  private get byName(): Map<string, Service> {
+    let m = this.byNameMap;
+    if (m === null) {
+      m = new Map();
+      for (const sm of this.mdl?.services ?? []) m.set(sm.key, sm.service);
+      this.byNameMap = m;
+    }
+    return m;
+  }
+
+  /** Each service's entries in the (IPv4) tables, from `owners`; built when first asked, as byName. */
+  private get entriesOf(): Map<Service, number[]> {
+    let m = this.entriesOfMap;
+    if (m === null) {
+      m = new Map();
+      for (const sm of this.mdl?.services ?? []) m.set(sm.service, []);
+      const owners = this.owners;
+      for (let e = 0; e < owners.length; e++) m.get(owners[e])?.push(e);
+      this.entriesOfMap = m;
+    }
+    return m;
+  }
+
   /** The service of that namespace and name in the rule set in force (the object itself), if any. */
   serviceNamed(namespace: string, name: string): Service | undefined {
     return this.byName.get(`${namespace}/${name}`);
@@ -283,21 +311,13 @@ export class RuleSetHolder {
     const rs = v.ruleSet;
     const tables = compile(v.model, { generation: this.gen + 1 });
     const owners: Service[] = [];
-    const byName = new Map<string, Service>();
-    const entriesOf = new Map<Service, number[]>();
     for (const sm of v.model.services) {
       const svc = sm.service;
-      const e: number[] = [];
       // one entry per service port the tables hold (IPv4 ones: compile's portsOf(4))
-      for (let k = 0; k < sm.ports.length; k++) {
-        if (sm.ports[k].family !== 4) continue;
-        e.push(owners.length);
-        owners.push(svc);
-      }
-      entriesOf.set(svc, e);
-      byName.set(sm.key, svc); // the model's key is `${namespace}/${name}`
+      for (let k = 0; k < sm.ports.length; k++) if (sm.ports[k].family === 4) owners.push(svc);
     }
-    this.commit(v.model, tables, owners, byName, entriesOf);
+    // the indexes by name and by service: built when first asked (byName, entriesOf)
+    this.commit(v.model, tables, owners, null, null);
     this.positions = null;
     this.freedPairs = 0;
     return this.result(t0, 'full');
@@ -367,7 +387,7 @@ export class RuleSetHolder {
     return this.result(t0, 'incremental');
   }
 
-  private commit(model: RuleSetModel, tables: Tables, owners: Service[], byName: Map<string, Service>, entriesOf: Map<Service, number[]>): void {
+  private commit(model: RuleSetModel, tables: Tables, owners: Service[], byName: Map<string, Service> | null, entriesOf: Map<Service, number[]> | null): void {
     if (this.prepare !== null) tables = this.prepare(tables);
     // --decider linear: kube-proxy's rules written from the model as iptables-restore text and parsed
     // back, for the pipeline (its `linear` option, set with the tables: control/dataplane.ts). Kept on
@@ -386,8 +406,8 @@ export class RuleSetHolder {
     this.tables = tables;
     this.gen = tables.generation;
     this.owners = owners;
-    this.byName = byName;
-    this.entriesOf = entriesOf;
+    this.byNameMap = byName;
+    this.entriesOfMap = entriesOf;
   }
 
   private result(t0: number, mode: 'full' | 'incremental'): ApplyResult {
