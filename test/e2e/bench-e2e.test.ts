@@ -93,7 +93,7 @@ t.test('bench:e2e at N = 100, all four modes', { skip: reason ?? false, timeout:
   const report: E2eReport = await runE2e({
     sizes: [100],
     endpoints: 2,
-    seconds: 0.5,
+    seconds: 0.25, // what is checked is that each figure is measured, not the figure (the suite's time)
     cap: 60,
     modes: [...MODES],
     concurrency: 16,
@@ -167,7 +167,7 @@ t.test('bench:e2e --family ipv6 at N = 100: the ceiling, ip6tables-legacy, nftab
   const report: E2eReport = await runE2e({
     sizes: [100],
     endpoints: 2,
-    seconds: 0.5,
+    seconds: 0.25, // what is checked is that each figure is measured, not the figure (the suite's time)
     cap: 60,
     modes: [...MODES6],
     family: 'ipv6',
