@@ -29,7 +29,8 @@ import {
 /**
  * A slot: the four words, id + 1 (0 = empty), then a hint: one (protoPort,
  * VIP index value) pair of the address (-1 = none) and a pad word. Eight
- * words, 32 bytes: a slot never straddles a cache line.
+ * words, 32 bytes: with the array's start 32-byte aligned (a large array's
+ * backing store is page-aligned) a slot never straddles a cache line.
  */
 const STRIDE = 8;
 const S_ID = 4;
