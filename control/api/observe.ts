@@ -174,7 +174,8 @@ export async function statsOf(ctx: ApiContext) {
     conntrack: p.conntrack,
     affinity: p.affinity,
     loop: p.loop,
-    packetThread: { eventLoopDelay: p.eventLoop },
+    // the generation the packet thread has swapped in: `generation` (the holder's) once the tables reached the loop
+    packetThread: { generation: p.generation, eventLoopDelay: p.eventLoop },
     state: ctx.store ? { dir: ctx.store.dir, savedGeneration: ctx.store.savedGeneration, lastError: ctx.store.lastError?.message ?? null } : null,
     status: p.status,
   };

@@ -129,6 +129,21 @@ if (skip) {
       req.on('error', reject);
       req.end();
     });
+  /** /v1/stats: the holder's generation and the one the packet thread has swapped in */
+  const generations = (): Promise<{ holder: number; packets: number }> =>
+    new Promise((resolve, reject) => {
+      const req = request({ socketPath: sock, path: '/v1/stats' }, (res) => {
+        let b = '';
+        res.setEncoding('utf8').on('data', (x: string) => (b += x));
+        res.on('end', () => {
+          if (res.statusCode !== 200) return reject(new Error(`GET /v1/stats: ${res.statusCode} ${b}`));
+          const j = JSON.parse(b) as { generation: number; packetThread: { generation: number } };
+          resolve({ holder: j.generation, packets: j.packetThread.generation });
+        });
+      });
+      req.on('error', reject);
+      req.end();
+    });
   const endpointsOf = async (name: string): Promise<string[] | null> => {
     const s = (await ruleSet()).services.find((x) => x.name === name);
     return s ? (s.endpoints ?? []).map((e) => `${e.address}${e.terminating ? '(t)' : ''}`) : null;
@@ -172,7 +187,11 @@ if (skip) {
   const step = async (name: string, eps: Ep[], expect: string[], gone: string[], ms = 800) => {
     phase = `${name} (changing)`;
     await d.call('apply', { objects: [slice('web', 'aaaaa', eps)] });
-    await until(`${name} in force`, async () => ((await endpointsOf('web')) ?? []).join() === expect.join());
+    await until(`${name} accepted`, async () => ((await endpointsOf('web')) ?? []).join() === expect.join());
+    // in force means in the packet thread's tables: the rule set above is the control worker's as soon as it
+    // accepted it, and the packet thread swaps the new tables in after it made their views (in slices)
+    const { holder } = await generations();
+    await until(`${name} in force on the packet thread`, async () => (await generations()).packets >= holder);
     // what reaches the pods is counted from here (the sync is in force); the client's answers are
     // judged from the counter read on: the dataplane removes a left endpoint's UDP conntrack entries
     // just after the first batch under the new tables (README, limits), and with thousands of new

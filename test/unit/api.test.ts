@@ -581,9 +581,10 @@ t.test('GET /v1/stats and /metrics: packets and bytes by verdict, drops by reaso
   }
   await c.request('PUT', '/v1/ruleset', { body: golden });
   await c.request('PUT', '/v1/ruleset', { body: { ...golden, extra: 1 } });
-  type Stats = { generation: number; ruleSet: { services: number; servicePorts: number; applies: number; rejected: number }; counters: { packets: Record<string, number>; bytes: Record<string, number>; drops: Record<string, number> }; conntrack: { entries: number; inserts: number }; loop: unknown; state: unknown };
+  type Stats = { generation: number; ruleSet: { services: number; servicePorts: number; applies: number; rejected: number }; counters: { packets: Record<string, number>; bytes: Record<string, number>; drops: Record<string, number> }; conntrack: { entries: number; inserts: number }; loop: unknown; state: unknown; packetThread: { generation: number } };
   const s = (await c.request<Stats>('GET', '/v1/stats')).body;
   t.match(s, { generation: 2, ruleSet: { services: 8, servicePorts: 10, applies: 1, rejected: 1 }, conntrack: { entries: 2, inserts: 2 }, loop: null, state: null });
+  t.equal(s.packetThread.generation, 2, 'the packet side has the generation in force (answered after it was)');
   t.match(s.counters.packets, { forward: 2, drop: 1 });
   t.match(s.counters.bytes, { forward: 40 + 32, drop: 2 });
   t.equal(s.counters.drops.malformed, 1);
