@@ -168,6 +168,32 @@ export interface LiveState {
   affinityIndex: number;
 }
 
+/** A packet of a tracked flow: said first, then what a new flow would get. */
+function trackedWhy(conntrack: { direction: string } | null, why: string[]): void {
+  if (conntrack !== null) why.push(`the packet belongs to a tracked flow (${conntrack.direction} direction): it is translated with the flow's stored tuples, not looked up again; below is what a new flow would get`);
+}
+
+/** The endpoint set a DNAT chooses from (both families): its chain's name, and the line saying so. */
+function candidatesWhy(t: Tables, out: LookupResult, why: string[]): { set: ReturnType<typeof resultSet>; chain: string } {
+  const set = resultSet(t, out);
+  const chain = out.setLocal ? 'node-local endpoints (KUBE-SVL-)' : 'cluster endpoints (KUBE-SVC-)';
+  why.push(`${set.endpoints.length} candidate endpoint${set.endpoints.length === 1 ? '' : 's'} from the ${chain}, chosen ${set.maglev ? 'by Maglev hashing' : 'at random'}`);
+  return { set, chain };
+}
+
+/** No masquerade before the endpoint is chosen: hairpin only, or none (`podSource`: the source is in the cluster CIDR of its family). */
+function noMasqueradeWhy(verdict: Verdict, out: LookupResult, podSource: boolean, cidrName: string, why: string[]): void {
+  if (verdict.kind === 'dnat' && verdict.candidates.some((c) => c.masquerade)) why.push('masquerade only for the endpoint that is the source itself (hairpin)');
+  else why.push(out.via === VIP_CLUSTER && podSource ? `no masquerade: the source is a pod in the ${cidrName}` : 'no masquerade: the source address is kept');
+}
+
+/** The answers that are not a DNAT (both families; `icmp`: ICMP or ICMPv6). */
+function refusalWhy(r: number, svcName: string, srcText: string, icmp: string, why: string[]): void {
+  if (r === LOOKUP_REJECT) why.push(`${svcName} has no endpoints: answered with ${icmp} port unreachable (kube-proxy's REJECT)`);
+  else if (r === LOOKUP_DROP_NO_LOCAL) why.push(`${svcName} has no endpoint on this node and its traffic policy is Local: dropped (no_local_endpoints)`);
+  else if (r === LOOKUP_DROP_SOURCE_RANGE) why.push(`${srcText} is outside the loadBalancerSourceRanges of ${svcName}: dropped (source_range)`);
+}
+
 /** Is dst:dport/proto a NodePort of the rule set on a loopback address (kube-proxy's localhost NodePorts)? */
 function localhostNodePort(rs: RuleSet, pkt: PacketTuple): boolean {
   if (pkt.dst >>> 24 !== 127) return false;
@@ -187,7 +213,7 @@ export function tunproxyDecision(t: Tables, rs: RuleSet, pkt: PacketTuple, live:
 
   // a flow the packet already belongs to
   const conntrack = live === null ? null : live.conntrack;
-  if (conntrack !== null) why.push(`the packet belongs to a tracked flow (${conntrack.direction} direction): it is translated with the flow's stored tuples, not looked up again; below is what a new flow would get`);
+  trackedWhy(conntrack, why);
 
   const table = svc === null ? null : VIA_NAMES[out.via] ?? null;
   if (svc !== null) {
@@ -201,9 +227,9 @@ export function tunproxyDecision(t: Tables, rs: RuleSet, pkt: PacketTuple, live:
   let chain: string | null = null;
   let affinity: { seconds: number; hit: string | null } | null = null;
   if (r === LOOKUP_DNAT && svc !== null) {
-    const set = resultSet(t, out);
-    chain = out.setLocal ? 'node-local endpoints (KUBE-SVL-)' : 'cluster endpoints (KUBE-SVC-)';
-    why.push(`${set.endpoints.length} candidate endpoint${set.endpoints.length === 1 ? '' : 's'} from the ${chain}, chosen ${set.maglev ? 'by Maglev hashing' : 'at random'}`);
+    const c = candidatesWhy(t, out, why);
+    const set = c.set;
+    chain = c.chain;
     if (svc.affinityMs > 0) {
       if (live !== null) {
         const i = live.affinityIndex;
@@ -217,16 +243,8 @@ export function tunproxyDecision(t: Tables, rs: RuleSet, pkt: PacketTuple, live:
     if (out.masquerade) {
       const reason = out.via === VIP_CLUSTER ? (t.masqueradeAll ? 'masqueradeAll is set' : `the source is outside the cluster CIDR ${t.clusterCIDR ? formatCidr(t.clusterCIDR) : ''}`) : 'external traffic with externalTrafficPolicy Cluster (or from the node itself)';
       why.push(`masquerade: SNAT to ${formatIPv4(t.masqueradeAddr)} (${reason})`);
-    } else if (verdict.kind === 'dnat' && verdict.candidates.some((c) => c.masquerade)) {
-      why.push('masquerade only for the endpoint that is the source itself (hairpin)');
-    } else why.push(out.via === VIP_CLUSTER && t.clusterCIDR !== null && cidrContains(t.clusterCIDR, pkt.src) ? 'no masquerade: the source is a pod in the cluster CIDR' : 'no masquerade: the source address is kept');
-  } else if (r === LOOKUP_REJECT) {
-    why.push(`${svc!.name} has no endpoints: answered with ICMP port unreachable (kube-proxy's REJECT)`);
-  } else if (r === LOOKUP_DROP_NO_LOCAL) {
-    why.push(`${svc!.name} has no endpoint on this node and its traffic policy is Local: dropped (no_local_endpoints)`);
-  } else if (r === LOOKUP_DROP_SOURCE_RANGE) {
-    why.push(`${formatIPv4(pkt.src)} is outside the loadBalancerSourceRanges of ${svc!.name}: dropped (source_range)`);
-  }
+    } else noMasqueradeWhy(verdict, out, t.clusterCIDR !== null && cidrContains(t.clusterCIDR, pkt.src), 'cluster CIDR', why);
+  } else if (svc !== null) refusalWhy(r, svc.name, formatIPv4(pkt.src), 'ICMP', why);
   return {
     verdict,
     table,
@@ -250,7 +268,7 @@ export function tunproxyDecision6(t: Tables, pkt: PacketTuple6, live: LiveState 
   const dstText = `[${formatIPv6(pkt.dst)}]:${pkt.dport}`;
   const srcText = formatIPv6(pkt.src);
   const conntrack = live === null ? null : live.conntrack;
-  if (conntrack !== null) why.push(`the packet belongs to a tracked flow (${conntrack.direction} direction): it is translated with the flow's stored tuples, not looked up again; below is what a new flow would get`);
+  trackedWhy(conntrack, why);
   const t6 = t.v6 ?? null;
   if (t6 === null) {
     why.push(`${dstText}: the rule set has no IPv6 service and no IPv6 node address: tunproxy passes IPv6 packets untouched`);
@@ -277,9 +295,7 @@ export function tunproxyDecision6(t: Tables, pkt: PacketTuple6, live: LiveState 
   let chain: string | null = null;
   let affinity: { seconds: number; hit: string | null } | null = null;
   if (r === LOOKUP_DNAT && svc !== null) {
-    const set = resultSet(base, out);
-    chain = out.setLocal ? 'node-local endpoints (KUBE-SVL-)' : 'cluster endpoints (KUBE-SVC-)';
-    why.push(`${set.endpoints.length} candidate endpoint${set.endpoints.length === 1 ? '' : 's'} from the ${chain}, chosen ${set.maglev ? 'by Maglev hashing' : 'at random'}`);
+    chain = candidatesWhy(base, out, why).chain;
     if (svc.affinityMs > 0) {
       affinity = { seconds: svc.affinityMs / 1000, hit: null };
       why.push(`ClientIP affinity (${svc.affinityMs / 1000} s): ${live === null ? 'offline, nothing is remembered' : 'what the IPv6 affinity table remembers is not read by a trace'}; a client keeps the endpoint it first got`);
@@ -287,16 +303,8 @@ export function tunproxyDecision6(t: Tables, pkt: PacketTuple6, live: LiveState 
     if (out.masquerade) {
       const reason = out.via === VIP_CLUSTER ? (base.masqueradeAll ? 'masqueradeAll is set' : `the source is outside the IPv6 cluster CIDR ${t6.cidr6 ? formatCidr6(t6.cidr6) : ''}`) : 'external traffic with externalTrafficPolicy Cluster (or from the node itself)';
       why.push(masqAddr ? `masquerade: SNAT to ${masqAddr} (${reason})` : `masquerade (${reason}), but the node has no IPv6 address to masquerade to: dropped (ipv6_no_masquerade_address)`);
-    } else if (verdict.kind === 'dnat' && verdict.candidates.some((c) => c.masquerade)) {
-      why.push('masquerade only for the endpoint that is the source itself (hairpin)');
-    } else why.push(out.via === VIP_CLUSTER && t6.cidr6 !== null && cidr6Contains(t6.cidr6, pkt.src) ? 'no masquerade: the source is a pod in the IPv6 cluster CIDR' : 'no masquerade: the source address is kept');
-  } else if (r === LOOKUP_REJECT) {
-    why.push(`${svc!.name} has no endpoints: answered with ICMPv6 port unreachable (kube-proxy's REJECT)`);
-  } else if (r === LOOKUP_DROP_NO_LOCAL) {
-    why.push(`${svc!.name} has no endpoint on this node and its traffic policy is Local: dropped (no_local_endpoints)`);
-  } else if (r === LOOKUP_DROP_SOURCE_RANGE) {
-    why.push(`${srcText} is outside the loadBalancerSourceRanges of ${svc!.name}: dropped (source_range)`);
-  }
+    } else noMasqueradeWhy(verdict, out, t6.cidr6 !== null && cidr6Contains(t6.cidr6, pkt.src), 'IPv6 cluster CIDR', why);
+  } else if (svc !== null) refusalWhy(r, svc.name, srcText, 'ICMPv6', why);
   return {
     verdict,
     table,
