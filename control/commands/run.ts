@@ -171,15 +171,15 @@ export async function run(o: RunOptions): Promise<void> {
   checkKubeFlags(o);
   const { parsePacketPriority, raisePacketThread } = await import('../worker/priority.ts');
   const priority = parsePacketPriority(o.packetPriority ?? 'none');
-  const { parseTxQueueLen, setTxQueueLen } = await import('../worker/priority.ts');
+  const { parseTxQueueLen, prepareDevice } = await import('../worker/priority.ts');
   const txqueuelen = parseTxQueueLen(o.txqueuelen ?? '0');
   const { parsePacketCpu, pinPacketThread } = await import('../worker/priority.ts');
   const packetCpu = parsePacketCpu(o.packetCpu);
   const { defaultSocketPath, readTokenFile } = await import('../api/local.ts');
   // the dataplane is loaded by `run` only (the other commands start faster without it)
-  const [{ Dataplane }, { TunDevice }, { StateStore, restoreConntrackParts }, { ControlWorker }, { FlowLister, unpackChunk, formatFlowL }, { watchEventLoop }, { PIN_CLOSED, PinnedTable }, { openPinnedTable6 }, { tunSetPersist }] = await Promise.all([
+  const [{ Dataplane }, { TunDevice }, { StateStore, restoreConntrackParts }, { ControlWorker }, { FlowLister, unpackChunk, formatFlowL }, { watchEventLoop }, { PIN_CLOSED, PinnedTable }, { openPinnedTable6 }] = await Promise.all([
     import('../dataplane.ts'), import('../../dataplane/tun/index.ts'), import('../persist.ts'), import('../worker/spawn.ts'), import('../worker/flows.ts'),
-    import('../worker/packet-side.ts'), import('../../dataplane/conntrack-pinned.ts'), import('../../dataplane/conntrack-pinned6.ts'), import('../../dataplane/pin/index.ts'),
+    import('../worker/packet-side.ts'), import('../../dataplane/conntrack-pinned.ts'), import('../../dataplane/conntrack-pinned6.ts'),
   ]);
   /** SIGUSR1's listing of the connection table: written in slices (FlowLister), never built whole. */
   const listConntrackToStderr = (dp: InstanceType<typeof Dataplane>): Promise<void> => {
@@ -281,25 +281,13 @@ export async function run(o: RunOptions): Promise<void> {
     if (err.code === 'EBUSY' && existsSync(defaultHolderSocketPath(o.tun))) err.message += ` (a tunproxy tun-holder serves on ${defaultHolderSocketPath(o.tun)}: start with --tun-holder)`;
     throw e;
   }
-  if (!existed && holder === null) {
-    // created here: make it persistent, so packets routed to it wait in its queue while tunproxy restarts
-    try {
-      tunSetPersist(tun.fd, true);
-      log(`created ${tun.name} persistent: it stays when tunproxy stops (ip link delete ${tun.name} removes it)`);
-    } catch (e) {
-      log(`created ${tun.name}, but cannot make it persistent (${(e as Error).message}): it goes when tunproxy stops`);
-    }
-  }
-  if (txqueuelen > 0) {
-    try {
-      const q = setTxQueueLen(tun.name, txqueuelen);
-      log(`${tun.name} queue: ${q.after} packets${q.before !== q.after ? ` (was ${q.before})` : ''}`);
-    } catch (e) {
-      tun.close();
-      stopping = true;
-      await cw.stop();
-      throw e;
-    }
+  // created here: persistent, so its addresses and routes stay while tunproxy restarts (the holder keeps its queue)
+  try {
+    prepareDevice(tun, { created: !existed && holder === null, txqueuelen, who: 'tunproxy', log });
+  } catch (e) {
+    stopping = true;
+    await cw.stop();
+    throw e;
   }
   if (o.offload === 'auto') {
     const r = tun.enableOffloads();

@@ -105,7 +105,7 @@ export async function holdTun(o: TunHolderOptions): Promise<void> {
   if (o.offload !== 'auto' && o.offload !== 'off') throw new Error(`--offload: ${JSON.stringify(o.offload)} is not one of auto, off`);
   if (!/^[0-7]{3}$/.test(o.socketMode)) throw new Error(`--socket-mode: ${o.socketMode} must be octal permissions like 600 or 660`);
   const mode = parseInt(o.socketMode, 8);
-  const { parseTxQueueLen, setTxQueueLen } = await import('../worker/priority.ts');
+  const { parseTxQueueLen, prepareDevice } = await import('../worker/priority.ts');
   const txqueuelen = parseTxQueueLen(o.txqueuelen ?? '0');
   const socket = o.socket ?? defaultHolderSocketPath(o.tun);
   const [{ TunDevice, sendFd }, { existsSync, chmodSync, mkdtempSync, readFileSync, renameSync, rmSync }, { dirname, join }, net] = await Promise.all([
@@ -121,23 +121,7 @@ export async function holdTun(o: TunHolderOptions): Promise<void> {
     if (err.code === 'EBUSY') err.message += ` (a tunproxy run holds ${o.tun} open itself: stop it, start the holder, then start run with --tun-holder ${socket})`;
     throw err;
   }
-  if (!existed) {
-    try {
-      tun.persist(true);
-      log(`created ${tun.name} persistent: it stays when the holder stops (ip link delete ${tun.name} removes it)`);
-    } catch (e) {
-      log(`created ${tun.name}, but cannot make it persistent (${(e as Error).message}): it goes when the holder stops`);
-    }
-  }
-  if (txqueuelen > 0) {
-    try {
-      const q = setTxQueueLen(tun.name, txqueuelen);
-      log(`${tun.name} queue: ${q.after} packets${q.before !== q.after ? ` (was ${q.before})` : ''}`);
-    } catch (e) {
-      tun.close();
-      throw e;
-    }
-  }
+  prepareDevice(tun, { created: !existed, txqueuelen, who: 'the holder', log });
   let handed = 0;
   let stopped = false;
   let done: () => void = () => {};

@@ -79,6 +79,36 @@ export function setTxQueueLen(dev: string, n: number): { before: number; after: 
   return { before, after: n > 0 ? n : before };
 }
 
+/**
+ * What `tunproxy run` and `tunproxy tun-holder` do with the TUN they opened:
+ * a device this process created is made persistent (it stays, with its
+ * addresses and routes, when the process stops; `who` names the process in
+ * the log), and its queue is set to `txqueuelen` packets (0: kept). A queue
+ * that cannot be set closes the device and throws.
+ */
+export function prepareDevice(
+  tun: { readonly name: string; persist(on: boolean): void; close(): void },
+  o: { created: boolean; txqueuelen: number; who: string; log: (msg: string) => void },
+): void {
+  if (o.created) {
+    try {
+      tun.persist(true);
+      o.log(`created ${tun.name} persistent: it stays when ${o.who} stops (ip link delete ${tun.name} removes it)`);
+    } catch (e) {
+      o.log(`created ${tun.name}, but cannot make it persistent (${(e as Error).message}): it goes when ${o.who} stops`);
+    }
+  }
+  if (o.txqueuelen > 0) {
+    try {
+      const q = setTxQueueLen(tun.name, o.txqueuelen);
+      o.log(`${tun.name} queue: ${q.after} packets${q.before !== q.after ? ` (was ${q.before})` : ''}`);
+    } catch (e) {
+      tun.close();
+      throw e;
+    }
+  }
+}
+
 /** --txqueuelen: an integer 0..1 000 000 (0: keep the device's). */
 export function parseTxQueueLen(s: string): number {
   const n = Number(s);

@@ -10,7 +10,6 @@ import { fileURLToPath } from 'node:url';
 interface PinAddon {
   map(path: string, size: number, create: boolean): ArrayBuffer;
   boottimeMs(): number;
-  tunSetPersist(fd: number, on: boolean): void;
   netnsCookie(): number;
 }
 
@@ -48,17 +47,6 @@ export function mapFile(path: string, size = 0): ArrayBuffer {
 /** CLOCK_BOOTTIME in milliseconds: one clock for the whole boot, across processes. */
 export function boottimeMs(): number {
   return loadPinAddon().boottimeMs();
-}
-
-/**
- * TUNSETPERSIST on an open TUN file descriptor: the device stays when the
- * process exits, with its addresses and routes. Packets routed to it while no
- * process has it open are dropped, not queued: `tunproxy tun-holder` keeps it
- * open across restarts (README "The device keeps its queue").
- * (Here for now; it belongs with the TUN addon.)
- */
-export function tunSetPersist(fd: number, on = true): void {
-  loadPinAddon().tunSetPersist(fd, on);
 }
 
 /**

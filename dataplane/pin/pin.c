@@ -8,7 +8,6 @@
  *                               create: O_CREAT|O_EXCL, ftruncate(size), zero-filled
  *                               else:   the existing file, size 0 = its whole length
  *   boottimeMs()             -> CLOCK_BOOTTIME in ms (counts suspend; one clock per boot)
- *   tunSetPersist(fd, on)    -> TUNSETPERSIST on an open TUN fd: the device outlives the process
  *   netnsCookie()            -> SO_NETNS_COOKIE: this network namespace, never reused in the boot
  *
  * The mapping is released when the ArrayBuffer is collected; the file stays
@@ -22,7 +21,6 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
-#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -30,7 +28,6 @@
 #ifndef SO_NETNS_COOKIE
 #define SO_NETNS_COOKIE 71
 #endif
-#include <linux/if_tun.h>
 
 static napi_value throw_errno(napi_env env, int err, const char *syscall, const char *what) {
   char msg[512];
@@ -112,18 +109,6 @@ static napi_value pin_boottime(napi_env env, napi_callback_info info) {
   return v;
 }
 
-static napi_value pin_tun_set_persist(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2];
-  int32_t fd = -1;
-  bool on = true;
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 2 ||
-      napi_get_value_int32(env, argv[0], &fd) != napi_ok || napi_get_value_bool(env, argv[1], &on) != napi_ok)
-    return type_error(env, "tunSetPersist(fd: number, on: boolean)");
-  if (ioctl(fd, TUNSETPERSIST, on ? 1 : 0) != 0) return throw_errno(env, errno, "ioctl", "TUNSETPERSIST");
-  return NULL;
-}
-
 /* SO_NETNS_COOKIE of this process's network namespace: unique for the boot,
  * never reused (the namespace's inode number can be, once it is gone). */
 static napi_value pin_netns_cookie(napi_env env, napi_callback_info info) {
@@ -144,7 +129,6 @@ static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     {"map", NULL, pin_map, NULL, NULL, NULL, napi_enumerable, NULL},
     {"boottimeMs", NULL, pin_boottime, NULL, NULL, NULL, napi_enumerable, NULL},
-    {"tunSetPersist", NULL, pin_tun_set_persist, NULL, NULL, NULL, napi_enumerable, NULL},
     {"netnsCookie", NULL, pin_netns_cookie, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
