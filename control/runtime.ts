@@ -17,7 +17,7 @@ import type { RuleSet, Service } from './types.ts';
 import { validateRuleSet, validateServices, RuleSetError } from './validate.ts';
 import type { KeyHolder, KeysInForce } from './validate.ts';
 import { compile, compile6, patchTables } from './compile.ts';
-import { RuleSetModel, servicePortName, isIPv6 } from './model.ts';
+import { RuleSetModel, servicePortName, isIPv6, addr6 } from './model.ts';
 import type { ServiceModel } from './model.ts';
 import type { Tables } from '../dataplane/tables.ts';
 import type { SampleDecider } from '../dataplane/verdict.ts';
@@ -82,22 +82,41 @@ export function diffServices(prev: readonly Service[], next: readonly Service[],
  * service stays; `position`: its index in the new rule set).
  */
 function keysOfTables(t: Tables, owners: readonly Service[], byName: ReadonlyMap<string, Service>, stays: (s: Service) => boolean, position: (s: Service) => number): KeysInForce {
-  const holder = (e: number, kind: number): KeyHolder | null => {
-    const owner = owners[e];
+  // the holder of a key: the entry's service (IPv4 entries: `owners`, aligned with t.services; IPv6
+  // entries: by the entry's name, "ns/name[:port]", whose first ':' ends the service's key), if it stays
+  const holderOf = (owner: Service | undefined, name: string, kind: number): KeyHolder | null => {
     if (owner === undefined || !stays(owner)) return null;
-    const name = t.services[e].name;
     const pi = owner.ports.findIndex((p) => servicePortName(owner, p) === name);
     return { where: `services[${position(owner)}].ports[${pi}] (${owner.namespace}/${owner.name}:${owner.ports[pi].name}`, kind };
   };
+  const serviceKey = (name: string): string => {
+    const c = name.indexOf(':');
+    return c < 0 ? name : name.slice(0, c);
+  };
   return {
     vip(addr, proto, port) {
-      if (isIPv6(addr)) return null; // the tables hold IPv4 keys only until IPv6 is compiled (V6-CONTRACT: v6dp)
-      const v = t.vipIndex.get(addr, protoIndex(proto) * 65536 + port);
-      return v < 0 ? null : holder(v >> 2, v & 3);
+      const pp = protoIndex(proto) * 65536 + port;
+      if (isIPv6(addr)) {
+        // the IPv6 tables key an address by its id (Addr6Ids), then (id, protocol+port) in their own VIP index
+        const t6 = t.v6;
+        if (t6 === undefined || t6 === null) return null;
+        const id = t6.ids.get(addr6.words(addr), 0);
+        const v = id < 0 ? -1 : t6.base.vipIndex.get(id, pp);
+        if (v < 0) return null;
+        const name = t6.base.services[v >> 2].name;
+        return holderOf(byName.get(serviceKey(name)), name, v & 3);
+      }
+      const v = t.vipIndex.get(addr, pp);
+      return v < 0 ? null : holderOf(owners[v >> 2], t.services[v >> 2].name, v & 3);
     },
     nodePort(proto, port) {
-      const e = t.nodePorts[protoIndex(proto) * 65536 + port];
-      return e < 0 ? null : holder(e, 0);
+      const k = protoIndex(proto) * 65536 + port;
+      const e = t.nodePorts[k];
+      if (e >= 0) return holderOf(owners[e], t.services[e].name, 0);
+      // an IPv6-only service's NodePort is in the IPv6 tables only (the node's either way)
+      const b6 = t.v6?.base;
+      const e6 = b6 === undefined ? -1 : b6.nodePorts[k];
+      return e6 < 0 ? null : holderOf(byName.get(serviceKey(b6!.services[e6].name)), b6!.services[e6].name, 0);
     },
     service(key) {
       const s = byName.get(key);

@@ -170,3 +170,39 @@ t.test('the IPv4 tables of a dual-stack rule set, full and incremental', async (
   const e = h.current!.services.find((s) => s.live && s.name === 'default/four:http')!;
   t.same(e.cluster!.endpoints.map((x) => x.text), ['10.64.4.5:80']);
 });
+
+t.test('an incremental apply checks IPv6 keys against the IPv6 tables in force', async (t) => {
+  // enough IPv4 services that one more is an incremental apply, an IPv6-only service in force
+  const filler = Array.from({ length: 300 }, (_, i) =>
+    web({ name: `f${i}`, clusterIP: `10.96.${1 + (i >> 8)}.${i & 255}`, clusterIPs: undefined, ipFamilies: undefined, ipFamilyPolicy: undefined, endpoints: [{ address: '10.64.4.4' }], ports: [{ name: 'http', protocol: 'TCP', port: 80 }] }),
+  );
+  const six = (name: string, over: Partial<Service> = {}): Service =>
+    web({ name, clusterIP: 'fd00:10:96::6', clusterIPs: undefined, ipFamilies: ['IPv6'], ipFamilyPolicy: undefined, externalIPs: ['2001:db8::e'], endpoints: [{ address: 'fd00:10:64::6' }], ports: [{ name: 'http', protocol: 'TCP', port: 80, nodePort: 30081 }], ...over });
+  const h = new RuleSetHolder({ incremental: true });
+  h.apply(rs(...filler, six('a')));
+  const gen = h.generation;
+  const add = (s: Service): string[] => {
+    try {
+      t.equal(h.apply({ ...h.ruleSet!, services: [...h.ruleSet!.services, s] }).mode, 'incremental');
+      return [];
+    } catch (e) {
+      return (e as { errors: { path: string; message: string }[] }).errors.map((x) => `${x.path}: ${x.message}`);
+    }
+  };
+  t.same(add(six('b', { externalIPs: [], ports: [{ name: 'http', protocol: 'TCP', port: 80 }] })), [
+    'services[301].ports[0]: fd00:10:96::6:80/TCP (cluster IP) is already used by services[300].ports[0] (default/a:http cluster IP)',
+  ]);
+  t.same(add(six('c', { clusterIP: 'fd00:10:96::c', ports: [{ name: 'http', protocol: 'TCP', port: 80 }] })), [
+    'services[301].ports[0]: 2001:db8::e:80/TCP (external IP) is already used by services[300].ports[0] (default/a:http external IP)',
+  ]);
+  t.same(add(six('d', { clusterIP: 'fd00:10:96::d', externalIPs: [] })), ['services[301].ports[0].nodePort: 30081/TCP is already the NodePort of services[300].ports[0] (default/a:http)']);
+  // an IPv4 service may not take the IPv6-only service's NodePort either
+  t.same(add(web({ name: 'e', clusterIPs: undefined, ipFamilies: undefined, ipFamilyPolicy: undefined, clusterIP: '10.96.9.9', endpoints: [{ address: '10.64.4.4' }], ports: [{ name: 'http', protocol: 'TCP', port: 80, nodePort: 30081 }] })), [
+    'services[301].ports[0].nodePort: 30081/TCP is already the NodePort of services[300].ports[0] (default/a:http)',
+  ]);
+  t.equal(h.generation, gen, 'every conflicting change refused: the rule set in force stays');
+  // the same address and port once the holder is gone (replaced in the same apply): accepted
+  const rs0 = h.ruleSet!;
+  t.equal(h.apply({ ...rs0, services: [...rs0.services.slice(0, 300), six('b')] }).mode, 'incremental');
+  t.same(h.current!.v6!.base.services.filter((s) => s.live).map((s) => s.name), ['default/b:http']);
+});
