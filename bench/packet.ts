@@ -1,5 +1,5 @@
 /**
- * npm run bench:packet
+ * npm run bench:packet [-- --sizes 10,100000 --rounds 3]
  *
  * ns per packet through Pipeline.process for a new flow (lookup, endpoint
  * choice, conntrack insert, DNAT + masquerade rewrite) and for an established
@@ -9,6 +9,7 @@
  * counted while it runs). The same for IPv6 (the synthetic services with
  * every address IPv6, through the IPv6 path: newFlowNsV6, establishedNsV6)
  * and the IPv6 connection table's bytes per flow (conntrackBytesPerEntryV6).
+ * --rounds rounds of IPv4 and IPv6 side by side, medians over them (below).
  * bench/results/packet.{json,md}.
  */
 import { Bench } from 'tinybench';
@@ -16,7 +17,7 @@ import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { PerformanceObserver, performance } from 'node:perf_hooks';
 import { syntheticRuleSet } from './gen.ts';
-import { argList, median, gc, machine, writeResults, fmt } from './common.ts';
+import { argList, argNum, median, gc, machine, writeResults, fmt } from './common.ts';
 import { compile } from '../control/compile.ts';
 import { Pipeline, V_FORWARD } from '../dataplane/pipeline.ts';
 import { Conntrack } from '../dataplane/conntrack.ts';
@@ -65,7 +66,14 @@ async function perPacket(n: number): Promise<PacketRow> {
   const K = 4096;
   // templates: new flows to services spread over the whole set, each from its own source port/address
   const rng = new Rng(7);
-  const newT = new Uint8Array(K * SLOT);
+  // the templates and the packet worked on in one buffer: each packet is copied by copyWithin (a memcpy,
+  // no allocation, its cost alike for 92 and 112 bytes, the "copy" column), not byte by byte in JS,
+  // which cost ~100 ns a packet and ~20 ns more for IPv6's 20 more bytes: the harness, not the pipeline
+  const E = 1024;
+  const mem = new Uint8Array((K + E + 1) * SLOT);
+  const EST = K * SLOT;
+  const WORK = (K + E) * SLOT;
+  const newT = mem.subarray(0, EST);
   const vips = rs.services.map((s) => parseIPv4(s.clusterIP!));
   let flow = 0;
   const fillNew = () => {
@@ -76,15 +84,14 @@ async function perPacket(n: number): Promise<PacketRow> {
     }
   };
   fillNew();
-  const work = new Uint8Array(SLOT);
+  const work = mem.subarray(WORK, WORK + SLOT);
   let now = 0;
   let ni = 0;
   // established: 1024 flows set up first, then their packets over and over
-  const E = 1024;
-  const estT = new Uint8Array(E * SLOT);
+  const estT = mem.subarray(EST, WORK);
   for (let i = 0; i < E; i++) {
     const len = udpPacket(estT, i * SLOT, parseIPv4('172.31.0.1') + i, vips[i % n], 40000, 53);
-    work.set(estT.subarray(i * SLOT, i * SLOT + len));
+    mem.copyWithin(WORK, EST + i * SLOT, EST + i * SLOT + len);
     if (pl.process(work, 0, len, tables, now) !== V_FORWARD) throw new Error('setup flow not forwarded');
   }
   let ei = 0;
@@ -94,14 +101,14 @@ async function perPacket(n: number): Promise<PacketRow> {
   bench.add('copy only', () => {
     for (let k = 0; k < B; k++) {
       const o = (ei++ & (E - 1)) * SLOT;
-      work.set(estT.subarray(o, o + LEN));
+      mem.copyWithin(WORK, EST + o, EST + o + LEN);
     }
   });
   bench.add('established', () => {
     now += 1;
     for (let k = 0; k < B; k++) {
       const o = (ei++ & (E - 1)) * SLOT;
-      for (let j = 0; j < LEN; j++) work[j] = estT[o + j];
+      mem.copyWithin(WORK, EST + o, EST + o + LEN);
       pl.process(work, 0, LEN, tables, now);
     }
   });
@@ -113,7 +120,7 @@ async function perPacket(n: number): Promise<PacketRow> {
         ni = 0;
       }
       const o = ni++ * SLOT;
-      for (let j = 0; j < LEN; j++) work[j] = newT[o + j];
+      mem.copyWithin(WORK, o, o + LEN);
       pl.process(work, 0, LEN, tables, now);
     }
   });
@@ -122,7 +129,7 @@ async function perPacket(n: number): Promise<PacketRow> {
   // allocation on the established path: minor GCs while 5 million established packets go through
   // the flows of the established set were evicted by the new-flow run? set them up again
   for (let i = 0; i < E; i++) {
-    for (let j = 0; j < LEN; j++) work[j] = estT[i * SLOT + j];
+    mem.copyWithin(WORK, EST + i * SLOT, EST + i * SLOT + LEN);
     pl.process(work, 0, LEN, tables, now);
   }
   gc();
@@ -131,7 +138,7 @@ async function perPacket(n: number): Promise<PacketRow> {
   const P = 5_000_000;
   for (let p = 0; p < P; p++) {
     const o = (p & (E - 1)) * SLOT;
-    for (let j = 0; j < LEN; j++) work[j] = estT[o + j];
+    mem.copyWithin(WORK, EST + o, EST + o + LEN);
     pl.process(work, 0, LEN, tables, now + p / 1e6); // 5 s of traffic: the flows stay alive
   }
   await new Promise((r) => setImmediate(r));
@@ -172,7 +179,12 @@ async function perPacket6(n: number): Promise<PacketRow> {
   const SLOT = 128;
   const K = 4096;
   const rng = new Rng(7);
-  const newT = new Uint8Array(K * SLOT);
+  // one buffer, packets copied by copyWithin, as perPacket
+  const E = 1024;
+  const mem = new Uint8Array((K + E + 1) * SLOT);
+  const EST = K * SLOT;
+  const WORK = (K + E) * SLOT;
+  const newT = mem.subarray(0, EST);
   const vips = rs.services.map((s) => parseIPv6(s.clusterIP!)!);
   // the ClusterIPs' words in one flat array (as the IPv4 run keeps its ClusterIPs as numbers): picking one
   // at random for a template costs what it costs for IPv4, not a walk to one of 100 000 small objects
@@ -189,16 +201,15 @@ async function perPacket6(n: number): Promise<PacketRow> {
     }
   };
   fillNew();
-  const work = new Uint8Array(SLOT);
+  const work = mem.subarray(WORK, WORK + SLOT);
   let now = 0;
   let ni = 0;
-  const E = 1024;
-  const estT = new Uint8Array(E * SLOT);
+  const estT = mem.subarray(EST, WORK);
   const client = parseIPv6('2001:db8:172::1')!;
   for (let i = 0; i < E; i++) {
     client[3] = i + 1;
     const len = udpPacket6(estT, i * SLOT, client, vips[i % n], 40000, 53);
-    work.set(estT.subarray(i * SLOT, i * SLOT + len));
+    mem.copyWithin(WORK, EST + i * SLOT, EST + i * SLOT + len);
     if (pl.process(work, 0, len, tables, now) !== V_FORWARD) throw new Error('setup flow not forwarded');
   }
   let ei = 0;
@@ -208,14 +219,14 @@ async function perPacket6(n: number): Promise<PacketRow> {
   bench.add('copy only', () => {
     for (let k = 0; k < B; k++) {
       const o = (ei++ & (E - 1)) * SLOT;
-      work.set(estT.subarray(o, o + LEN));
+      mem.copyWithin(WORK, EST + o, EST + o + LEN);
     }
   });
   bench.add('established', () => {
     now += 1;
     for (let k = 0; k < B; k++) {
       const o = (ei++ & (E - 1)) * SLOT;
-      for (let j = 0; j < LEN; j++) work[j] = estT[o + j];
+      mem.copyWithin(WORK, EST + o, EST + o + LEN);
       pl.process(work, 0, LEN, tables, now);
     }
   });
@@ -227,14 +238,14 @@ async function perPacket6(n: number): Promise<PacketRow> {
         ni = 0;
       }
       const o = ni++ * SLOT;
-      for (let j = 0; j < LEN; j++) work[j] = newT[o + j];
+      mem.copyWithin(WORK, o, o + LEN);
       pl.process(work, 0, LEN, tables, now);
     }
   });
   await bench.run();
   const [copy, est, nf] = bench.tasks;
   for (let i = 0; i < E; i++) {
-    for (let j = 0; j < LEN; j++) work[j] = estT[i * SLOT + j];
+    mem.copyWithin(WORK, EST + i * SLOT, EST + i * SLOT + LEN);
     pl.process(work, 0, LEN, tables, now);
   }
   gc();
@@ -243,7 +254,7 @@ async function perPacket6(n: number): Promise<PacketRow> {
   const P = 5_000_000;
   for (let p = 0; p < P; p++) {
     const o = (p & (E - 1)) * SLOT;
-    for (let j = 0; j < LEN; j++) work[j] = estT[o + j];
+    mem.copyWithin(WORK, EST + o, EST + o + LEN);
     pl.process(work, 0, LEN, tables, now + p / 1e6);
   }
   await new Promise((r) => setImmediate(r));
@@ -355,16 +366,35 @@ function child<T>(what: string): T {
   if (r.status !== 0) throw new Error(`bench:packet --one ${what} failed with ${r.status}`);
   return JSON.parse(r.stdout.trim().split('\n').pop()!) as T;
 }
-const rows: PacketRow[] = [];
-for (const n of sizes) {
-  rows.push(child<PacketRow>(String(n)));
-  console.error(JSON.stringify(rows[rows.length - 1]));
+// Rounds: each round measures every size in IPv4 and then in IPv6, one fresh process each, side by side;
+// a figure is the median over the rounds. The machine drifts over the minutes a run takes (it is shared),
+// and one process's memory layout can be lucky or not: IPv4 first and IPv6 minutes later would put the
+// drift in the ratio the IPv6 bars are about.
+const rounds = Math.max(1, argNum('rounds', 3));
+const perRound4: PacketRow[][] = sizes.map(() => []);
+const perRound6: PacketRow[][] = sizes.map(() => []);
+for (let r = 0; r < rounds; r++) {
+  sizes.forEach((n, i) => {
+    const a = child<PacketRow>(String(n));
+    const b = child<PacketRow>(`v6:${n}`);
+    perRound4[i].push(a);
+    perRound6[i].push(b);
+    console.error(`round ${r + 1}/${rounds}: ${JSON.stringify(a)}\n  ipv6: ${JSON.stringify(b)}`);
+  });
 }
-const rows6: PacketRow[] = [];
-for (const n of sizes) {
-  rows6.push(child<PacketRow>(`v6:${n}`));
-  console.error(JSON.stringify({ family: 'ipv6', ...rows6[rows6.length - 1] }));
+/** One row of medians over the rounds (minor GCs: the most any round saw). */
+function medianRow(rs: PacketRow[]): PacketRow {
+  return {
+    services: rs[0].services,
+    newFlowNs: median(rs.map((r) => r.newFlowNs)),
+    establishedNs: median(rs.map((r) => r.establishedNs)),
+    copyNs: median(rs.map((r) => r.copyNs)),
+    minorGcsEstablished: Math.max(...rs.map((r) => r.minorGcsEstablished)),
+    establishedPackets: rs[0].establishedPackets,
+  };
 }
+const rows = perRound4.map(medianRow);
+const rows6 = perRound6.map(medianRow);
 const ct = child<{ bytesPerEntry: number; lookupsPerSec: number; insertsPerSec: number }>('conntrack');
 const ct6 = child<{ bytesPerEntry: number; lookupsPerSec: number; insertsPerSec: number }>('conntrack6');
 const json = {
@@ -382,13 +412,15 @@ const json = {
   establishedNsV6: Object.fromEntries(rows6.map((r) => [String(r.services), r.establishedNs])),
   copyNsV6: Object.fromEntries(rows6.map((r) => [String(r.services), r.copyNs])),
   minorGcsDuringEstablishedV6: Object.fromEntries(rows6.map((r) => [String(r.services), r.minorGcsEstablished])),
+  rounds,
 };
 const md = [
   '# Packet path: `Pipeline.process`',
   '',
   `One run on ${machine()}. Command: \`npm run bench:packet\`.`,
-  'UDP, 64-byte payload, ClusterIP traffic from outside the cluster (DNAT + masquerade). Medians of tinybench samples of 256 packets;',
+  'UDP, 64-byte payload, ClusterIP traffic from outside the cluster (DNAT + masquerade). Per process: the median of tinybench samples of 256 packets;',
   'each packet is first copied from a template (the "copy" column, included in the figures).',
+  `${rounds} rounds; each round measures every size in IPv4 and then in IPv6, each in a fresh process, side by side; a figure is the median over the rounds (minor GCs: the most in any round).`,
   '',
   '| services | new flow ns/packet | established ns/packet | copy ns | minor GCs in 5 M established packets |',
   '|---:|---:|---:|---:|---:|',
