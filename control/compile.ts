@@ -29,7 +29,7 @@
  *   key indexes are shared when the keys did not change.
  */
 import type { RuleSet } from './types.ts';
-import { addr6, modelOf, portsOfFamily } from './model.ts';
+import { addr6, ADDR6_BASE, modelOf, portsOfFamily } from './model.ts';
 import type { Addr, EndpointModel, NodeModel, RuleSetModel, ServiceModel, ServicePortModel } from './model.ts';
 import { Addr6Ids, EP6_PORT, EP6_STRIDE, type Tables6 } from '../dataplane/tables6.ts';
 import { protoIndex } from '../dataplane/addr.ts';
@@ -62,6 +62,12 @@ function indexWithRoom(v: VipIndex, keys: number): VipIndex {
   return keys * 2 <= v.capacity ? v : v.copy(keys + (keys >> 2) + 64);
 }
 
+/** How compile6 gives the Builder IPv6 addresses as ids: a key address (looked up by packets) and an endpoint. */
+interface AddrIds {
+  key(a: Addr): number;
+  endpoint(e: EndpointModel): EndpointModel;
+}
+
 /** The arrays a snapshot is made of, while it is being built. */
 class Builder {
   readonly node: NodeModel;
@@ -78,9 +84,12 @@ class Builder {
   /** endpoint pairs of endpointFlat that rows no longer point at (replaced or removed entries' sets) */
   freedPairs = 0;
   private readonly maglevCache = new Map<string, Uint16Array>();
+  /** the IPv6 tables' ids for addresses (compile6), null for IPv4 (an Addr is its own key) */
+  private readonly ids: AddrIds | null;
 
-  constructor(node: NodeModel, init: { services: ServicePortEntry[]; serviceRows: Int32Array; endpointFlat: Int32Array; flatNext: number; vipIndex: VipIndex; vipAddrs: VipIndex; nodePorts: Int32Array; live: number }) {
+  constructor(node: NodeModel, init: { services: ServicePortEntry[]; serviceRows: Int32Array; endpointFlat: Int32Array; flatNext: number; vipIndex: VipIndex; vipAddrs: VipIndex; nodePorts: Int32Array; live: number }, ids: AddrIds | null = null) {
     this.node = node;
+    this.ids = ids;
     this.maglev = node.loadBalancing === 'maglev';
     this.services = init.services;
     this.serviceRows = init.serviceRows;
@@ -158,11 +167,16 @@ class Builder {
   /** The entry of one service port at `index`, with its row and its endpoints in the flat array. */
   private entryAt(sp: ServicePortModel, index: number): ServicePortEntry {
     const affinity = sp.affinitySeconds > 0;
-    const cluster = sp.usesClusterPolicyChain ? this.endpointSet(sp.clusterEndpoints, affinity) : null;
+    // IPv6: the addresses as the IPv6 tables' ids (the model itself is not copied)
+    const ids = this.ids;
+    const clusterEps = ids === null ? sp.clusterEndpoints : sp.clusterEndpoints.map(ids.endpoint);
+    const cluster = sp.usesClusterPolicyChain ? this.endpointSet(clusterEps, affinity) : null;
     const sameSet = sp.usesLocalPolicyChain && cluster !== null && sp.localEndpoints.length === sp.clusterEndpoints.length && sp.localEndpoints.every((e, i) => e === sp.clusterEndpoints[i]);
-    const local = sp.usesLocalPolicyChain ? (sameSet ? cluster : this.endpointSet(sp.localEndpoints, affinity)) : null;
+    const local = sp.usesLocalPolicyChain ? (sameSet ? cluster : this.endpointSet(ids === null ? sp.localEndpoints : sp.localEndpoints.map(ids.endpoint), affinity)) : null;
     const ranges = sp.usesFirewallChain ? sp.sourceRanges : null;
     const proto = sp.protocolNumber;
+    const ext = sp.externalAddrs.length === 0 ? NO_ADDRS : ids === null ? sp.externalAddrs : sp.externalAddrs.map(ids.key);
+    const lb = sp.loadBalancerAddrs.length === 0 ? NO_ADDRS : ids === null ? sp.loadBalancerAddrs : sp.loadBalancerAddrs.map(ids.key);
     const s: ServicePortEntry = {
       index,
       live: true,
@@ -170,9 +184,9 @@ class Builder {
       // fnv1a of "name/proto" (what loop.ts recomputes from a flow's service name), without making the string
       uid: fnv1a(sp.proto, fnv1a('/', fnv1a(sp.name))),
       protocol: proto,
-      clusterIP: sp.clusterAddr,
-      externalIPs: sp.externalAddrs.length === 0 ? NO_ADDRS : sp.externalAddrs,
-      loadBalancerIPs: sp.loadBalancerAddrs.length === 0 ? NO_ADDRS : sp.loadBalancerAddrs,
+      clusterIP: ids === null || sp.clusterAddr < 0 ? sp.clusterAddr : ids.key(sp.clusterAddr),
+      externalIPs: ext,
+      loadBalancerIPs: lb,
       port: sp.portNumber,
       nodePort: sp.nodePort,
       hasEndpoints: sp.hasEndpoints,
@@ -183,7 +197,7 @@ class Builder {
       hasExternalEndpoints: sp.hasExternalEndpoints,
       affinityMs: sp.affinitySeconds * 1000,
       sourceRanges: ranges,
-      lbSourceIPs: sp.usesFirewallChain && sp.allowFromNode ? sp.loadBalancerAddrs : NO_ADDRS,
+      lbSourceIPs: sp.usesFirewallChain && sp.allowFromNode ? lb : NO_ADDRS,
     };
     const rows = this.serviceRows;
     const o = s.index * ROW;
@@ -294,24 +308,34 @@ export function compile6(model: RuleSetModel, generation = 1): Tables6 | null {
   const node = model.node;
   const ports = model.portsOf(6);
   if (ports.length === 0 && node.addrs6.length === 0) return null;
-  const ids = new Map<Addr, number>();
-  const words: number[] = [];
-  // ids a packet's address is looked up by (node, ClusterIP, external, LB addresses): in `ids`;
-  // endpoints get ids for their words only (a smaller probe table: fewer cache misses per lookup)
-  const keyed = new Set<number>();
+  // dense ids by the address's index in the pool (addr6): no Map keyed by doubles, no Set
+  const idAt = new Int32Array(addr6.size).fill(-1);
+  const isKeyed = new Uint8Array(addr6.size);
+  const keyed: number[] = [];
+  let words = new Uint32Array(256);
+  let nIds = 0;
   const idOf = (a: Addr): number => {
-    let i = ids.get(a);
-    if (i === undefined) {
-      i = ids.size;
-      ids.set(a, i);
-      const w = addr6.words(a);
-      words.push(w[0], w[1], w[2], w[3]);
+    const p = a - ADDR6_BASE;
+    let i = idAt[p];
+    if (i < 0) {
+      i = idAt[p] = nIds++;
+      if (nIds * 4 > words.length) {
+        const grown = new Uint32Array(words.length * 2);
+        grown.set(words);
+        words = grown;
+      }
+      words.set(addr6.words(a), i * 4);
     }
     return i;
   };
+  // ids a packet's address is looked up by (node, ClusterIP, external, LB addresses): keyed;
+  // endpoints get ids for their words only (a smaller probe table: fewer cache misses per lookup)
   const id = (a: Addr): number => {
     const i = idOf(a);
-    keyed.add(i);
+    if (isKeyed[a - ADDR6_BASE] === 0) {
+      isKeyed[a - ADDR6_BASE] = 1;
+      keyed.push(i);
+    }
     return i;
   };
   for (const a of node.addrs6) id(a);
@@ -323,26 +347,21 @@ export function compile6(model: RuleSetModel, generation = 1): Tables6 | null {
     if (m === undefined) eps.set(e, (m = { ...e, addr: idOf(e.addr) }));
     return m;
   };
-  const mapped: ServicePortModel[] = ports.map((sp) => ({
-    ...sp,
-    clusterAddr: sp.clusterAddr >= 0 ? id(sp.clusterAddr) : -1,
-    externalAddrs: sp.externalAddrs.map(id),
-    loadBalancerAddrs: sp.loadBalancerAddrs.map(id),
-    clusterEndpoints: sp.clusterEndpoints.map(ep),
-    localEndpoints: sp.localEndpoints.map(ep),
-    sourceRanges: [],
-  }));
-  const b = new Builder(node, {
-    services: [],
-    serviceRows: new Int32Array(mapped.length * ROW),
-    endpointFlat: new Int32Array(flatCount(mapped) * 2),
-    flatNext: 0,
-    vipIndex: new VipIndex(vipCount(mapped)),
-    vipAddrs: new VipIndex(vipCount(mapped)),
-    nodePorts: new Int32Array(3 * 65536).fill(-1),
-    live: 0,
-  });
-  for (const sp of mapped) b.add(sp);
+  const b = new Builder(
+    node,
+    {
+      services: [],
+      serviceRows: new Int32Array(ports.length * ROW),
+      endpointFlat: new Int32Array(flatCount(ports) * 2),
+      flatNext: 0,
+      vipIndex: new VipIndex(vipCount(ports)),
+      vipAddrs: new VipIndex(vipCount(ports)),
+      nodePorts: new Int32Array(3 * 65536).fill(-1),
+      live: 0,
+    },
+    { key: id, endpoint: ep },
+  );
+  for (const sp of ports) b.add(sp);
   const base: Tables = {
     ...b.tables(generation),
     localAddrs: Int32Array.from(node.addrs6, id),
@@ -351,16 +370,17 @@ export function compile6(model: RuleSetModel, generation = 1): Tables6 | null {
     cidrMask: 0,
     masqueradeAddr: masqId,
   };
-  const index = new Addr6Ids(keyed.size);
-  const w = Uint32Array.from(words);
+  const index = new Addr6Ids(keyed.length);
+  const w = words.slice(0, nIds * 4);
   for (const i of keyed) index.set(w, i * 4, i);
   // each keyed address's first (protocol, port) with the VIP index's answer for it, in its slot (Addr6Ids: the hint)
   const vips = base.vipIndex;
-  for (const sp of mapped) {
+  for (const sp of ports) {
     const pp = protoIndex(sp.protocolNumber) * 65536 + sp.portNumber;
-    const hint = (a: number): void => {
-      const v = vips.get(a, pp);
-      if (v >= 0) index.hint(w, a * 4, pp, v);
+    const hint = (a: Addr): void => {
+      const i = idAt[a - ADDR6_BASE];
+      const v = vips.get(i, pp);
+      if (v >= 0) index.hint(w, i * 4, pp, v);
     };
     if (sp.clusterAddr >= 0) hint(sp.clusterAddr);
     for (const a of sp.externalAddrs) hint(a);

@@ -34,6 +34,7 @@ import type { Cidr, ProtocolName } from '../dataplane/addr.ts';
 import { parseCidr, parseIPv4, cidrContains, protocolNumber, formatIPv4 } from '../dataplane/addr.ts';
 import type { Cidr6 } from '../dataplane/addr6.ts';
 import { parseIPv6Into, formatIPv6, parseCidr6, cidr6Contains, looksIPv6, hostPort } from '../dataplane/addr6.ts';
+import { hash4 } from '../dataplane/tables6.ts';
 
 /** An address of the model: IPv4 as its uint32 value; IPv6 as 2^32 + its index in the pool `addr6`. */
 export type Addr = number;
@@ -55,7 +56,8 @@ export const familyName = (f: Family): 'IPv4' | 'IPv6' => (f === 6 ? 'IPv6' : 'I
 export class Addr6Pool {
   #words = new Uint32Array(4 * 256);
   #count = 0;
-  readonly #index = new Map<string, number>();
+  /** open addressing over the words: index + 1 per slot, 0 empty; at most half full */
+  #slots = new Int32Array(512);
   readonly #tmp = new Uint32Array(4);
 
   /** how many distinct IPv6 addresses the pool holds */
@@ -65,17 +67,38 @@ export class Addr6Pool {
 
   /** The Addr of the address at w[off..off+4). */
   internWords(w: ArrayLike<number>, off = 0): Addr {
-    const key = `${w[off]},${w[off + 1]},${w[off + 2]},${w[off + 3]}`;
-    const have = this.#index.get(key);
-    if (have !== undefined) return ADDR6_BASE + have;
+    const a = w[off] >>> 0, b = w[off + 1] >>> 0, c = w[off + 2] >>> 0, d = w[off + 3] >>> 0;
+    const words = this.#words;
+    let slots = this.#slots;
+    let mask = slots.length - 1;
+    let h = hash4(w, off) & mask;
+    for (;;) {
+      const s = slots[h];
+      if (s === 0) break;
+      const o = (s - 1) * 4;
+      if (words[o + 3] === d && words[o] === a && words[o + 1] === b && words[o + 2] === c) return ADDR6_BASE + s - 1;
+      h = (h + 1) & mask;
+    }
     const i = this.#count++;
-    if (i * 4 + 4 > this.#words.length) {
-      const grown = new Uint32Array(this.#words.length * 2);
-      grown.set(this.#words);
+    if (i * 4 + 4 > words.length) {
+      const grown = new Uint32Array(words.length * 2);
+      grown.set(words);
       this.#words = grown;
     }
-    for (let k = 0; k < 4; k++) this.#words[i * 4 + k] = w[off + k];
-    this.#index.set(key, i);
+    const ws = this.#words;
+    ws[i * 4] = a; ws[i * 4 + 1] = b; ws[i * 4 + 2] = c; ws[i * 4 + 3] = d;
+    if ((i + 1) * 2 > slots.length) {
+      // grow and insert every address again (this one included)
+      slots = this.#slots = new Int32Array(slots.length * 2);
+      mask = slots.length - 1;
+      for (let k = 0; k <= i; k++) {
+        let j = hash4(ws, k * 4) & mask;
+        while (slots[j] !== 0) j = (j + 1) & mask;
+        slots[j] = k + 1;
+      }
+    } else {
+      slots[h] = i + 1;
+    }
     return ADDR6_BASE + i;
   }
 

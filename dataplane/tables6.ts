@@ -37,7 +37,8 @@ const S_ID = 4;
 const S_HINT_KEY = 5;
 const S_HINT_VALUE = 6;
 
-function hash4(w: ArrayLike<number>, o: number): number {
+/** A 32-bit hash of the four words w[o..o+4) (Addr6Ids, and the model's address pool). */
+export function hash4(w: ArrayLike<number>, o: number): number {
   let h = Math.imul(w[o] ^ 0x9e3779b9, 0x85ebca6b);
   h = Math.imul(h ^ (h >>> 13) ^ w[o + 1], 0xc2b2ae35);
   h = Math.imul(h ^ (h >>> 16) ^ w[o + 2], 0x85ebca6b);

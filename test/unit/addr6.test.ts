@@ -2,6 +2,7 @@ import t from 'tap';
 import fc from 'fast-check';
 import { isIPv6, SocketAddress } from 'node:net';
 import { parseIPv6, parseIPv6Into, formatIPv6, canonicalIPv6, parseCidr6, cidr6Contains, formatCidr6 } from '../../dataplane/addr6.ts';
+import { Addr6Pool, ADDR6_BASE } from '../../control/model.ts';
 
 t.test('IPv6 text to words and back', async (t) => {
   t.same([...parseIPv6('2001:db8::1')!], [0x20010db8, 0, 0, 1]);
@@ -62,4 +63,30 @@ t.test('parse and format agree with the C library (inet_pton/inet_ntop through n
     fc.property(fc.array(ch, { maxLength: 46 }).map((a) => a.join('')), (s) => (parseIPv6(s) !== null) === isIPv6(s)),
     { numRuns: 20000 },
   ), 'accepted = inet_pton accepts, over 20000 strings');
+});
+
+t.test('Addr6Pool: one Addr per address, kept through the index growing', async (t) => {
+  const pool = new Addr6Pool();
+  const w = new Uint32Array(4);
+  const seen: number[] = [];
+  // 5 000 addresses: the index grows from 512 slots several times; the first words alike, so they collide in part
+  let fresh = 0;
+  for (let i = 0; i < 5000; i++) {
+    w[0] = 0x20010db8; w[1] = 0; w[2] = i >>> 8; w[3] = (i * 2654435761) >>> 0;
+    const a = pool.internWords(w);
+    if (a === ADDR6_BASE + i) fresh++;
+    seen.push(a);
+  }
+  t.equal(fresh, 5000, 'each new address gets the next Addr');
+  t.equal(pool.size, 5000);
+  let same = 0;
+  for (let i = 0; i < 5000; i++) {
+    w[0] = 0x20010db8; w[1] = 0; w[2] = i >>> 8; w[3] = (i * 2654435761) >>> 0;
+    if (pool.internWords(w) === seen[i] && pool.words(seen[i]).every((x, k) => x === w[k])) same++;
+  }
+  t.equal(same, 5000, 'each address interned again gives its Addr, whose words are its own');
+  t.equal(pool.size, 5000, 'nothing added the second time');
+  t.equal(pool.intern('2001:db8::1'), pool.intern('2001:db8:0:0::1'), 'two texts of one address: one Addr');
+  t.equal(pool.text(pool.intern('2001:DB8::a')), '2001:db8::a');
+  t.equal(pool.intern('10.0.0.1'), -1, 'not IPv6');
 });
