@@ -298,6 +298,99 @@ export function compile(input: RuleSet | RuleSetModel, opts: CompileOptions = {}
 }
 
 /**
+ * IPv6 addresses → the IPv6 tables' dense ids, by the address's index in the
+ * pool `addr6` (no Map keyed by doubles). Keyed ids are those a packet's
+ * address is looked up by (node, ClusterIP, external, LB addresses: they go
+ * in Addr6Ids); endpoints get ids for their words only (a smaller probe
+ * table: fewer cache misses per lookup). Endpoint models are mapped once each
+ * (the Builder compares them by identity). Starts empty (compile6) or from
+ * the ids of the tables in force (patchTables6).
+ */
+class Ids6 implements AddrIds {
+  readonly idAt: Int32Array;
+  readonly isKeyed: Uint8Array;
+  words: Uint32Array;
+  n: number;
+  /** ids keyed by this builder, in order */
+  readonly keyed: number[] = [];
+  private readonly eps = new Map<EndpointModel, EndpointModel>();
+
+  /** false while `words` is the tables in force's array (read by the packet thread): copied before the first write */
+  private own: boolean;
+
+  constructor(from: Tables6 | null = null) {
+    const size = addr6.size;
+    this.idAt = new Int32Array(size).fill(-1);
+    this.isKeyed = new Uint8Array(size);
+    if (from?.build !== undefined) {
+      this.idAt.set(from.build.idAt);
+      this.isKeyed.set(from.build.isKeyed);
+      this.n = from.words.length >> 2;
+      this.words = from.words;
+      this.own = false;
+    } else {
+      this.n = 0;
+      this.words = new Uint32Array(256);
+      this.own = true;
+    }
+  }
+
+  readonly idOf = (a: Addr): number => {
+    const p = a - ADDR6_BASE;
+    let i = this.idAt[p];
+    if (i < 0) {
+      i = this.idAt[p] = this.n++;
+      if (!this.own || this.n * 4 > this.words.length) {
+        const grown = new Uint32Array(Math.max(256, this.words.length * 2));
+        grown.set(this.words);
+        this.words = grown;
+        this.own = true;
+      }
+      this.words.set(addr6.words(a), i * 4);
+    }
+    return i;
+  };
+
+  readonly key = (a: Addr): number => {
+    const i = this.idOf(a);
+    if (this.isKeyed[a - ADDR6_BASE] === 0) {
+      this.isKeyed[a - ADDR6_BASE] = 1;
+      this.keyed.push(i);
+    }
+    return i;
+  };
+
+  readonly endpoint = (e: EndpointModel): EndpointModel => {
+    let m = this.eps.get(e);
+    if (m === undefined) this.eps.set(e, (m = { ...e, addr: this.idOf(e.addr) }));
+    return m;
+  };
+
+  /** the words of every id so far, exactly (the array in force itself when no id was added) */
+  trimmedWords(): Uint32Array {
+    return !this.own ? this.words : this.words.slice(0, this.n * 4);
+  }
+}
+
+/** endpoints6 for the flat pairs [from, to) of `ef`, written into `out` (Tables6.endpoints6) */
+function fillEndpoints6(out: Uint32Array, ef: Int32Array, w: Uint32Array, from: number, to: number): void {
+  for (let k = from; k < to; k++) {
+    const id = ef[2 * k];
+    const o = k * EP6_STRIDE;
+    out[o] = w[id * 4]; out[o + 1] = w[id * 4 + 1]; out[o + 2] = w[id * 4 + 2]; out[o + 3] = w[id * 4 + 3];
+    out[o + EP6_PORT] = ef[2 * k + 1];
+  }
+}
+
+/** Each VIP key of an IPv6 entry (its addresses already ids) as (id, protoPort). */
+function vipKeys6(e: ServicePortEntry, f: (id: number, pp: number) => void): void {
+  const pp = protoIndex(e.protocol) * 65536 + e.port;
+  if (e.clusterIP >= 0) f(e.clusterIP, pp);
+  for (const a of e.externalIPs) f(a, pp);
+  for (const a of e.loadBalancerIPs) f(a, pp);
+}
+
+/**
  * The IPv6 half (kube-proxy's IPv6 proxier): the family-6 service ports
  * compiled by the same Builder with every IPv6 address replaced by a dense
  * id (dataplane/tables6.ts), plus the id map, the words, the IPv6 cluster
@@ -308,45 +401,9 @@ export function compile6(model: RuleSetModel, generation = 1): Tables6 | null {
   const node = model.node;
   const ports = model.portsOf(6);
   if (ports.length === 0 && node.addrs6.length === 0) return null;
-  // dense ids by the address's index in the pool (addr6): no Map keyed by doubles, no Set
-  const idAt = new Int32Array(addr6.size).fill(-1);
-  const isKeyed = new Uint8Array(addr6.size);
-  const keyed: number[] = [];
-  let words = new Uint32Array(256);
-  let nIds = 0;
-  const idOf = (a: Addr): number => {
-    const p = a - ADDR6_BASE;
-    let i = idAt[p];
-    if (i < 0) {
-      i = idAt[p] = nIds++;
-      if (nIds * 4 > words.length) {
-        const grown = new Uint32Array(words.length * 2);
-        grown.set(words);
-        words = grown;
-      }
-      words.set(addr6.words(a), i * 4);
-    }
-    return i;
-  };
-  // ids a packet's address is looked up by (node, ClusterIP, external, LB addresses): keyed;
-  // endpoints get ids for their words only (a smaller probe table: fewer cache misses per lookup)
-  const id = (a: Addr): number => {
-    const i = idOf(a);
-    if (isKeyed[a - ADDR6_BASE] === 0) {
-      isKeyed[a - ADDR6_BASE] = 1;
-      keyed.push(i);
-    }
-    return i;
-  };
-  for (const a of node.addrs6) id(a);
-  const masqId = node.masqueradeAddr6 >= 0 ? idOf(node.masqueradeAddr6) : -1;
-  // the models with ids for addresses (endpoint models mapped once each: the Builder compares them by identity)
-  const eps = new Map<EndpointModel, EndpointModel>();
-  const ep = (e: EndpointModel): EndpointModel => {
-    let m = eps.get(e);
-    if (m === undefined) eps.set(e, (m = { ...e, addr: idOf(e.addr) }));
-    return m;
-  };
+  const ids = new Ids6();
+  for (const a of node.addrs6) ids.key(a);
+  const masqId = node.masqueradeAddr6 >= 0 ? ids.idOf(node.masqueradeAddr6) : -1;
   const b = new Builder(
     node,
     {
@@ -359,42 +416,27 @@ export function compile6(model: RuleSetModel, generation = 1): Tables6 | null {
       nodePorts: new Int32Array(3 * 65536).fill(-1),
       live: 0,
     },
-    { key: id, endpoint: ep },
+    ids,
   );
   for (const sp of ports) b.add(sp);
   const base: Tables = {
     ...b.tables(generation),
-    localAddrs: Int32Array.from(node.addrs6, id),
+    localAddrs: Int32Array.from(node.addrs6, ids.key),
     clusterCIDR: null,
     cidrNet: 1,
     cidrMask: 0,
     masqueradeAddr: masqId,
   };
-  const index = new Addr6Ids(keyed.length);
-  const w = words.slice(0, nIds * 4);
-  for (const i of keyed) index.set(w, i * 4, i);
+  const w = ids.trimmedWords();
+  const index = new Addr6Ids(ids.keyed.length);
+  for (const i of ids.keyed) index.set(w, i * 4, i);
   // each keyed address's first (protocol, port) with the VIP index's answer for it, in its slot (Addr6Ids: the hint)
   const vips = base.vipIndex;
-  for (const sp of ports) {
-    const pp = protoIndex(sp.protocolNumber) * 65536 + sp.portNumber;
-    const hint = (a: Addr): void => {
-      const i = idAt[a - ADDR6_BASE];
-      const v = vips.get(i, pp);
-      if (v >= 0) index.hint(w, i * 4, pp, v);
-    };
-    if (sp.clusterAddr >= 0) hint(sp.clusterAddr);
-    for (const a of sp.externalAddrs) hint(a);
-    for (const a of sp.loadBalancerAddrs) hint(a);
-  }
+  for (const e of base.services) vipKeys6(e, (id, pp) => index.hint(w, id * 4, pp, vips.get(id, pp)));
   // the endpoints in flat order with their words inline (Tables6.endpoints6)
   const ef = base.endpointFlat;
   const endpoints6 = new Uint32Array((ef.length >> 1) * EP6_STRIDE);
-  for (let k = 0; k < ef.length >> 1; k++) {
-    const id = ef[2 * k];
-    const o = k * EP6_STRIDE;
-    endpoints6[o] = w[id * 4]; endpoints6[o + 1] = w[id * 4 + 1]; endpoints6[o + 2] = w[id * 4 + 2]; endpoints6[o + 3] = w[id * 4 + 3];
-    endpoints6[o + EP6_PORT] = ef[2 * k + 1];
-  }
+  fillEndpoints6(endpoints6, ef, w, 0, ef.length >> 1);
   return {
     base,
     ids: index,
@@ -403,16 +445,128 @@ export function compile6(model: RuleSetModel, generation = 1): Tables6 | null {
     cidr6: node.cidr6,
     masqId,
     sourceRanges6: ports.map((sp) => (sp.usesFirewallChain ? sp.sourceRanges6 : null)),
+    build: { idAt: ids.idAt, isKeyed: ids.isKeyed },
   };
 }
 
-/** Same protocol, port, ClusterIP, external and LB IPs and NodePort: the same keys in the indexes. */
-function sameKeys(e: ServicePortEntry, sp: ServicePortModel): boolean {
+/** What `patchTables6` gives back. */
+export interface Patched6 {
+  tables: Tables6;
+  /** per added service, the indexes of its IPv6 entries in tables.base.services */
+  entries: number[][];
+  /** endpoint pairs no row points at any more */
+  freedPairs: number;
+}
+
+/**
+ * The IPv6 half's incremental patch (patchTables for the IPv6 tables): the
+ * `removed` entries (indexes into prev.base.services) go, the `added`
+ * services' IPv6 ports come, everything else as in `prev`. Always into
+ * copies (the packet thread reads the arrays in force); new addresses get
+ * new ids after the others, ids no key uses any more stay (compacted by the
+ * next full compile). Null when `prev` carries no record of its ids (then
+ * compile6 runs).
+ */
+export function patchTables6(prev: Tables6, node: NodeModel, removed: readonly number[], added: readonly ServiceModel[], generation: number): Patched6 | null {
+  if (prev.build === undefined) return null;
+  const pb = prev.base;
+  const models = added.map((s) => portsOfFamily(s.ports, 6));
+  let newPorts = 0;
+  let newFlat = 0;
+  let newVips = 0;
+  for (const m of models) {
+    newPorts += m.length;
+    newFlat += flatCount(m);
+    newVips += vipCount(m);
+  }
+  const ids = new Ids6(prev);
+  const flatUsed = pb.endpointPairs;
+  // the common PATCH: the same service ports with other endpoints or policies, the same keys: their
+  // entries rebuilt where they are; the key indexes and the address ids (and their hints) stay as they are
+  const byName = new Map<string, number>();
+  for (const i of removed) byName.set(pb.services[i].name, i);
+  const at: number[][] = [];
+  let same = newPorts === removed.length;
+  for (const m of models) {
+    const a: number[] = [];
+    for (const sp of m) {
+      const i = byName.get(sp.name);
+      if (i === undefined || !sameKeys(pb.services[i], sp, ids.idAt)) same = false;
+      else a.push(i);
+    }
+    at.push(a);
+  }
+  // new arrays on shared memory: the control worker's shareTables keeps them as they are (no second copy)
+  const b = new Builder(
+    node,
+    {
+      services: pb.services.slice(),
+      serviceRows: copyInto(sharedInt32((pb.services.length + (same ? 0 : newPorts)) * ROW), pb.serviceRows, pb.services.length * ROW),
+      endpointFlat: copyInto(sharedInt32((flatUsed + newFlat) * 2), pb.endpointFlat, flatUsed * 2),
+      flatNext: flatUsed,
+      vipIndex: same ? pb.vipIndex : pb.vipIndex.copy(pb.vipIndex.size + newVips),
+      vipAddrs: same ? pb.vipAddrs : pb.vipAddrs.copy(pb.vipAddrs.size + newVips),
+      nodePorts: same ? pb.nodePorts : copyInto(sharedInt32(pb.nodePorts.length), pb.nodePorts, pb.nodePorts.length),
+      live: pb.liveServicePorts,
+    },
+    ids,
+  );
+  // the VIP keys that change: their hints are refreshed once the index is final
+  const touched: number[] = [];
+  const touch = (id: number, pp: number): void => void touched.push(id, pp);
+  let entries: ServicePortEntry[][];
+  if (same) {
+    entries = models.map((m, k) => m.map((sp, j) => b.replace(sp, at[k][j])));
+  } else {
+    for (const i of removed) {
+      vipKeys6(pb.services[i], touch);
+      b.remove(i);
+    }
+    entries = models.map((m) => m.map((sp) => b.add(sp)));
+    for (const es of entries) for (const e of es) vipKeys6(e, touch);
+  }
+  const base: Tables = { ...b.tables(generation), localAddrs: pb.localAddrs, clusterCIDR: null, cidrNet: 1, cidrMask: 0, masqueradeAddr: prev.masqId };
+  const w = ids.trimmedWords();
+  let index = prev.ids;
+  if (ids.keyed.length > 0 || touched.length > 0) {
+    index = prev.ids.copy(prev.ids.size + ids.keyed.length);
+    for (const i of ids.keyed) index.set(w, i * 4, i);
+    for (let k = 0; k < touched.length; k += 2) index.refreshHint(w, touched[k] * 4, touched[k + 1], base.vipIndex.get(touched[k], touched[k + 1]));
+  }
+  const endpoints6 = new Uint32Array(new SharedArrayBuffer(Math.max(b.flatNext * EP6_STRIDE * 4, 8)), 0, b.flatNext * EP6_STRIDE);
+  endpoints6.set(prev.endpoints6.subarray(0, flatUsed * EP6_STRIDE));
+  fillEndpoints6(endpoints6, base.endpointFlat, w, flatUsed, b.flatNext);
+  const sourceRanges6 = prev.sourceRanges6.slice();
+  if (!same) for (const i of removed) sourceRanges6[i] = null;
+  models.forEach((m, k) => m.forEach((sp, j) => (sourceRanges6[entries[k][j].index] = sp.usesFirewallChain ? sp.sourceRanges6 : null)));
+  return {
+    tables: { base, ids: index, words: w, endpoints6, cidr6: prev.cidr6, masqId: prev.masqId, sourceRanges6, build: { idAt: ids.idAt, isKeyed: ids.isKeyed } },
+    entries: entries.map((es) => es.map((e) => e.index)),
+    freedPairs: b.freedPairs,
+  };
+}
+
+/** An Int32Array of n on a SharedArrayBuffer (zeroed). */
+function sharedInt32(n: number): Int32Array {
+  return new Int32Array(new SharedArrayBuffer(Math.max(n, 2) * 4), 0, n);
+}
+
+/**
+ * Same protocol, port, ClusterIP, external and LB IPs and NodePort: the same
+ * keys in the indexes. `idAt`: the entry is an IPv6 one (its addresses are
+ * ids: the model's are compared by their ids, an address without one differs).
+ */
+function sameKeys(e: ServicePortEntry, sp: ServicePortModel, idAt: Int32Array | null = null): boolean {
   if (!e.live || e.protocol !== sp.protocolNumber || e.port !== sp.portNumber || e.nodePort !== sp.nodePort) return false;
-  if (e.clusterIP !== sp.clusterAddr) return false;
+  const key = (a: Addr): number => {
+    if (idAt === null || a < 0) return a;
+    const i = a - ADDR6_BASE < idAt.length ? idAt[a - ADDR6_BASE] : -1;
+    return i < 0 ? -2 : i;
+  };
+  if (e.clusterIP !== key(sp.clusterAddr)) return false;
   if (e.externalIPs.length !== sp.externalAddrs.length || e.loadBalancerIPs.length !== sp.loadBalancerAddrs.length) return false;
-  for (let i = 0; i < sp.externalAddrs.length; i++) if (e.externalIPs[i] !== sp.externalAddrs[i]) return false;
-  for (let i = 0; i < sp.loadBalancerAddrs.length; i++) if (e.loadBalancerIPs[i] !== sp.loadBalancerAddrs[i]) return false;
+  for (let i = 0; i < sp.externalAddrs.length; i++) if (e.externalIPs[i] !== key(sp.externalAddrs[i])) return false;
+  for (let i = 0; i < sp.loadBalancerAddrs.length; i++) if (e.loadBalancerIPs[i] !== key(sp.loadBalancerAddrs[i])) return false;
   return true;
 }
 

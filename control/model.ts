@@ -33,8 +33,7 @@ import type { RuleSet, Service, ServicePort, Endpoint } from './types.ts';
 import type { Cidr, ProtocolName } from '../dataplane/addr.ts';
 import { parseCidr, parseIPv4, cidrContains, protocolNumber, formatIPv4 } from '../dataplane/addr.ts';
 import type { Cidr6 } from '../dataplane/addr6.ts';
-import { parseIPv6Into, formatIPv6, parseCidr6, cidr6Contains, looksIPv6, hostPort } from '../dataplane/addr6.ts';
-import { hash4 } from '../dataplane/tables6.ts';
+import { parseIPv6Into, formatIPv6, parseCidr6, cidr6Contains, looksIPv6, hostPort, hash4 } from '../dataplane/addr6.ts';
 
 /** An address of the model: IPv4 as its uint32 value; IPv6 as 2^32 + its index in the pool `addr6`. */
 export type Addr = number;

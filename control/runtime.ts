@@ -16,10 +16,11 @@ import { performance } from 'node:perf_hooks';
 import type { RuleSet, Service } from './types.ts';
 import { validateRuleSet, validateServices, RuleSetError } from './validate.ts';
 import type { KeyHolder, KeysInForce } from './validate.ts';
-import { compile, compile6, patchTables } from './compile.ts';
+import { compile, compile6, patchTables, patchTables6 } from './compile.ts';
 import { RuleSetModel, servicePortName, isIPv6, addr6 } from './model.ts';
 import type { ServiceModel } from './model.ts';
 import type { Tables } from '../dataplane/tables.ts';
+import type { Tables6 } from '../dataplane/tables6.ts';
 import type { SampleDecider } from '../dataplane/verdict.ts';
 import type { SampleDecider6 } from '../dataplane/decider6.ts';
 import { writeIptables } from './iptables/writer.ts';
@@ -76,6 +77,12 @@ export function diffServices(prev: readonly Service[], next: readonly Service[],
   return { removed: Array.from({ length: r }, (_, k) => p + k), added: Array.from({ length: a }, (_, k) => p + k) };
 }
 
+/** The service ("ns/name") of a service-port name "ns/name[:port]": a namespace and a name hold no ':'. */
+function serviceKeyOf(name: string): string {
+  const c = name.indexOf(':');
+  return c < 0 ? name : name.slice(0, c);
+}
+
 /**
  * The keys held in the tables in force by the services that stay: what an
  * incremental apply's services are checked against (`stays`: the entry's
@@ -89,10 +96,6 @@ function keysOfTables(t: Tables, owners: readonly Service[], byName: ReadonlyMap
     const pi = owner.ports.findIndex((p) => servicePortName(owner, p) === name);
     return { where: `services[${position(owner)}].ports[${pi}] (${owner.namespace}/${owner.name}:${owner.ports[pi].name}`, kind };
   };
-  const serviceKey = (name: string): string => {
-    const c = name.indexOf(':');
-    return c < 0 ? name : name.slice(0, c);
-  };
   return {
     vip(addr, proto, port) {
       const pp = protoIndex(proto) * 65536 + port;
@@ -104,7 +107,7 @@ function keysOfTables(t: Tables, owners: readonly Service[], byName: ReadonlyMap
         const v = id < 0 ? -1 : t6.base.vipIndex.get(id, pp);
         if (v < 0) return null;
         const name = t6.base.services[v >> 2].name;
-        return holderOf(byName.get(serviceKey(name)), name, v & 3);
+        return holderOf(byName.get(serviceKeyOf(name)), name, v & 3);
       }
       const v = t.vipIndex.get(addr, pp);
       return v < 0 ? null : holderOf(owners[v >> 2], t.services[v >> 2].name, v & 3);
@@ -116,7 +119,7 @@ function keysOfTables(t: Tables, owners: readonly Service[], byName: ReadonlyMap
       // an IPv6-only service's NodePort is in the IPv6 tables only (the node's either way)
       const b6 = t.v6?.base;
       const e6 = b6 === undefined ? -1 : b6.nodePorts[k];
-      return e6 < 0 ? null : holderOf(byName.get(serviceKey(b6!.services[e6].name)), b6!.services[e6].name, 0);
+      return e6 < 0 ? null : holderOf(byName.get(serviceKeyOf(b6!.services[e6].name)), b6!.services[e6].name, 0);
     },
     service(key) {
       const s = byName.get(key);
@@ -202,6 +205,10 @@ export class RuleSetHolder {
   private readonly inPlace: boolean;
   /** endpoint pairs in the tables in force that no row points at (replaced sets): compacted by a full compile past the live ones */
   private freedPairs = 0;
+  /** the same for the IPv6 tables (compacted by compiling them whole) */
+  private freedPairs6 = 0;
+  /** "ns/name" → its entries in the IPv6 tables (tables.v6.base.services); built when first asked */
+  private entries6Map: Map<string, number[]> | null = null;
 
   constructor(opts: { incremental?: boolean; decider?: 'compiled' | 'linear'; prepare?: (t: Tables) => Tables; inPlace?: boolean } = {}) {
     this.allowIncremental = opts.incremental ?? true;
@@ -339,6 +346,8 @@ export class RuleSetHolder {
     this.commit(v.model, tables, owners, null, null);
     this.positions = null;
     this.freedPairs = 0;
+    this.freedPairs6 = 0;
+    this.entries6Map = null;
     return this.result(t0, 'full');
   }
 
@@ -381,8 +390,9 @@ export class RuleSetHolder {
     let tables = patched.tables;
     const { entries, freedPairs } = patched;
     const model = new RuleSetModel(rs, prevModel.node, spliceServices(prevModel.services, diff, v.services, inPlace));
-    // IPv6 service ports changed: the IPv6 tables are compiled again, whole (the IPv4 ones were patched)
-    if (v6Changed) tables = { ...tables, v6: compile6(model, this.gen + 1) };
+    // IPv6 service ports changed: the IPv6 tables are patched the same way (or compiled again, whole,
+    // when they have none yet or too many tombstones or freed endpoint pairs)
+    if (v6Changed) tables = { ...tables, v6: this.patch6(prevTables, prevModel, removedSvcs, addedSvcs, v.services, model) };
     const owners = inPlace ? this.owners : this.owners.slice();
     const byName = this.byName;
     const entriesOf = this.entriesOf;
@@ -404,6 +414,47 @@ export class RuleSetHolder {
     this.commit(model, tables, owners, byName, entriesOf);
     this.freedPairs += freedPairs;
     return this.result(t0, 'incremental');
+  }
+
+  /** Each service's entries in the IPv6 tables, by "ns/name" (from the entries' names), built when first asked. */
+  private entries6(t6: Tables6): Map<string, number[]> {
+    let m = this.entries6Map;
+    if (m === null) {
+      m = new Map();
+      const list = t6.base.services;
+      for (let e = 0; e < list.length; e++) {
+        if (!list[e].live) continue;
+        const key = serviceKeyOf(list[e].name);
+        const es = m.get(key);
+        if (es === undefined) m.set(key, [e]);
+        else es.push(e);
+      }
+      this.entries6Map = m;
+    }
+    return m;
+  }
+
+  /** The IPv6 tables after an incremental change that touched IPv6 service ports (cannot fail). */
+  private patch6(prevTables: Tables, prevModel: RuleSetModel, removedSvcs: ReadonlySet<Service>, addedSvcs: readonly Service[], added: readonly ServiceModel[], model: RuleSetModel): Tables6 | null {
+    const p6 = prevTables.v6;
+    const compact = (t6: Tables6) => t6.base.services.length > 2 * t6.base.liveServicePorts + 1024 || this.freedPairs6 > t6.base.endpointPairs - this.freedPairs6 + 65536;
+    if (p6 !== undefined && p6 !== null && !compact(p6)) {
+      const e6 = this.entries6(p6);
+      const removed: number[] = [];
+      for (const s of removedSvcs) removed.push(...(e6.get(`${s.namespace}/${s.name}`) ?? []));
+      const r = patchTables6(p6, prevModel.node, removed, added, this.gen + 1);
+      if (r !== null) {
+        for (const s of removedSvcs) e6.delete(`${s.namespace}/${s.name}`);
+        addedSvcs.forEach((s, k) => {
+          if (r.entries[k].length > 0) e6.set(`${s.namespace}/${s.name}`, r.entries[k]);
+        });
+        this.freedPairs6 += r.freedPairs;
+        return r.tables;
+      }
+    }
+    this.entries6Map = null;
+    this.freedPairs6 = 0;
+    return compile6(model, this.gen + 1);
   }
 
   private commit(model: RuleSetModel, tables: Tables, owners: Service[], byName: Map<string, Service> | null, entriesOf: Map<Service, number[]> | null): void {

@@ -186,3 +186,12 @@ export function cidr6Contains(c: Cidr6, w: ArrayLike<number>, off = 0): boolean 
 export function equal6(a: ArrayLike<number>, ao: number, b: ArrayLike<number>, bo: number): boolean {
   return a[ao] === b[bo] && a[ao + 1] === b[bo + 1] && a[ao + 2] === b[bo + 2] && a[ao + 3] === b[bo + 3];
 }
+
+/** A 32-bit hash of the four words w[o..o+4) (Addr6Ids, and the model's address pool). */
+export function hash4(w: ArrayLike<number>, o: number): number {
+  let h = Math.imul(w[o] ^ 0x9e3779b9, 0x85ebca6b);
+  h = Math.imul(h ^ (h >>> 13) ^ w[o + 1], 0xc2b2ae35);
+  h = Math.imul(h ^ (h >>> 16) ^ w[o + 2], 0x85ebca6b);
+  h = Math.imul(h ^ (h >>> 13) ^ w[o + 3], 0xc2b2ae35);
+  return h ^ (h >>> 16);
+}

@@ -13,7 +13,7 @@
  * machinery unchanged. What depends on the source's full 128 bits (the
  * cluster CIDR, loadBalancerSourceRanges) is checked on words here.
  */
-import { cidr6Contains, equal6, type Cidr6 } from './addr6.ts';
+import { cidr6Contains, equal6, hash4, type Cidr6 } from './addr6.ts';
 import type { Verdict } from './verdict.ts';
 import type { PacketTuple6 } from './decider6.ts';
 import { protoIndex } from './addr.ts';
@@ -37,14 +37,6 @@ const S_ID = 4;
 const S_HINT_KEY = 5;
 const S_HINT_VALUE = 6;
 
-/** A 32-bit hash of the four words w[o..o+4) (Addr6Ids, and the model's address pool). */
-export function hash4(w: ArrayLike<number>, o: number): number {
-  let h = Math.imul(w[o] ^ 0x9e3779b9, 0x85ebca6b);
-  h = Math.imul(h ^ (h >>> 13) ^ w[o + 1], 0xc2b2ae35);
-  h = Math.imul(h ^ (h >>> 16) ^ w[o + 2], 0x85ebca6b);
-  h = Math.imul(h ^ (h >>> 13) ^ w[o + 3], 0xc2b2ae35);
-  return h ^ (h >>> 16);
-}
 
 /**
  * 128-bit address → small id: open addressing with linear probing over one
@@ -132,6 +124,40 @@ export class Addr6Ids {
     this.slots[p + S_HINT_KEY] = protoPort;
     this.slots[p + S_HINT_VALUE] = value;
   }
+
+  /**
+   * Patch time (a copy, never the table in force): after the VIP index
+   * changed for (this address, protoPort), `value` being its answer now
+   * (-1: the key went): a hint for that key takes the new value or is
+   * cleared; an address without a hint takes this one.
+   */
+  refreshHint(w: ArrayLike<number>, o: number, protoPort: number, value: number): void {
+    const p = this.find(w, o);
+    if (p < 0) return;
+    const s = this.slots;
+    if (s[p + S_HINT_KEY] === protoPort) {
+      if (value < 0) s[p + S_HINT_KEY] = -1;
+      else s[p + S_HINT_VALUE] = value;
+    } else if (s[p + S_HINT_KEY] === -1 && value >= 0) {
+      s[p + S_HINT_KEY] = protoPort;
+      s[p + S_HINT_VALUE] = value;
+    }
+  }
+
+  /** A copy with room for `expected` addresses (the same slots when they fit, else every address again, hints kept). */
+  copy(expected: number): Addr6Ids {
+    const s = this.slots;
+    if (expected * 2 <= this.mask + 1) return new Addr6Ids(0, s.slice());
+    const c = new Addr6Ids(expected);
+    for (let p = 0; p < s.length; p += STRIDE) {
+      if (s[p + S_ID] === 0) continue;
+      c.set(s, p, s[p + S_ID] - 1);
+      const q = c.find(s, p);
+      c.slots[q + S_HINT_KEY] = s[p + S_HINT_KEY];
+      c.slots[q + S_HINT_VALUE] = s[p + S_HINT_VALUE];
+    }
+    return c;
+  }
 }
 
 /** words per endpoint in Tables6.endpoints6: the address's four, the port, three unused */
@@ -158,6 +184,12 @@ export interface Tables6 {
   readonly masqId: number;
   /** per service index: its IPv6 loadBalancerSourceRanges when it has a firewall (KUBE-FW-), else null */
   readonly sourceRanges6: readonly (readonly Cidr6[] | null)[];
+  /**
+   * The control side's record of the ids, for the incremental patch
+   * (control/compile.ts patchTables6): per address of the model's pool, its
+   * id (-1: none) and whether it is keyed. Not sent to the packet thread.
+   */
+  readonly build?: { readonly idAt: Int32Array; readonly isKeyed: Uint8Array };
 }
 
 /** Is the address w[o..o+4) a ClusterIP, external IP or LB IP of some IPv6 service (any port)? */

@@ -10,6 +10,9 @@ import { arbRuleSet, packetFor } from '../support/arbitraries.ts';
 import { RuleSetHolder, diffServices } from '../../control/runtime.ts';
 import { RuleSetError } from '../../control/validate.ts';
 import { compiledVerdict } from '../../dataplane/tables.ts';
+import { compiledVerdict6 } from '../../dataplane/tables6.ts';
+import { packet6For } from '../support/arb-dualstack.ts';
+import type { Tables } from '../../dataplane/tables.ts';
 import type { RuleSet, Service } from '../../control/types.ts';
 
 type Op = { kind: 'replace' | 'delete' | 'append' | 'insert' | 'endpoints'; at: number; from: number };
@@ -35,6 +38,8 @@ t.test('incremental and full agree over random sequences of service changes', as
   let checks = 0;
   let models = 0;
   let v6ports = 0;
+  let checks6 = 0;
+  let patched6 = 0;
   const op = fc.record({ kind: fc.constantFrom('replace', 'delete', 'append', 'insert', 'endpoints', 'endpoints') as fc.Arbitrary<Op['kind']>, at: fc.nat(), from: fc.nat() });
   fc.assert(
     fc.property(arbRuleSet({ maxServices: 6, dualStack: true }), arbRuleSet({ maxServices: 6, dualStack: true }), fc.array(op, { minLength: 1, maxLength: 8 }), fc.nat(), (rs, donorRaw, ops, seed) => {
@@ -93,17 +98,32 @@ t.test('incremental and full agree over random sequences of service changes', as
           if (z !== y) throw new Error(`verdicts differ for ${JSON.stringify(p)}:\nincremental into copies ${z}\nfull                    ${y}`);
           checks++;
         }
+        // IPv6 packets: the IPv6 tables patched (patchTables6) decide as the ones compiled whole
+        const v6of = (x: Tables) => x.v6 ?? null;
+        if (v6of(ti) !== null && v6of(ti)!.base.services.length > v6of(ti)!.base.liveServicePorts) patched6++;
+        if ((v6of(ti) === null) !== (v6of(tf) === null)) throw new Error(`IPv6 tables: incremental ${v6of(ti) ? 'has' : 'has none'}, full ${v6of(tf) ? 'has' : 'has none'}`);
+        if (v6of(tf) !== null) {
+          for (const p of fc.sample(packet6For(cur), { numRuns: 25, seed: seed + checks6 })) {
+            const y = JSON.stringify(compiledVerdict6(v6of(tf)!, p));
+            const x = JSON.stringify(compiledVerdict6(v6of(ti)!, p));
+            const z = JSON.stringify(compiledVerdict6(v6of(copy.current!)!, p));
+            if (x !== y || z !== y) throw new Error(`IPv6 verdicts differ for ${JSON.stringify({ ...p, src: [...p.src], dst: [...p.dst] })}:\nincremental ${x}\ninto copies ${z}\nfull        ${y}`);
+            checks6++;
+          }
+        }
       }
       if (inc.generation !== full.generation) throw new Error('generations differ');
       return true;
     }),
     { numRuns: 300, seed: 77 },
   );
-  t.comment(`${incrementals} incremental applies, ${rejections} refusals on both paths, ${checks} packets compared`);
+  t.comment(`${incrementals} incremental applies, ${rejections} refusals on both paths, ${checks} packets compared; IPv6: ${checks6} packets, ${patched6} states with patched IPv6 tables`);
   t.ok(incrementals > 300, 'the incremental path was taken');
   t.ok(models > 300, `the models of both paths compared equal (${models} times)`);
   t.ok(rejections > 20, 'refusals were exercised');
   t.ok(v6ports > 300, `dual-stack rule sets: IPv6 service-port models compared equal too (${v6ports})`);
+  t.ok(checks6 > 3000, `IPv6 packets decided alike by the patched and the compiled IPv6 tables (${checks6})`);
+  t.ok(patched6 > 100, `the IPv6 tables were patched (${patched6} states had IPv6 tombstones)`);
 });
 
 t.test('a one-service change on many services is written in place: the arrays are shared, only its row changes', async (t) => {
