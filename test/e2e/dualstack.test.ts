@@ -201,6 +201,36 @@ if (skip) {
     t.equal((await api.request<Flows>('GET', `/v1/conntrack?protocol=udp&dst=${WEB6}`)).body.flows.length, 0, 'gone');
   });
 
+  t.test('one IPv6 service changed through the API is patched into the IPv6 tables: its endpoints, then a new service', async (t) => {
+    const api = new ApiClient({ socket });
+    const web = ruleSet.services[0];
+    // the same keys, one IPv6 endpoint fewer (the IPv6 entries rebuilt where they stand)
+    const fewer = { ...web, endpoints: web.endpoints!.filter((e) => e.address !== EPS6[1]) };
+    const put = await api.request<{ mode: string }>('PUT', '/v1/services/default/web', { body: fewer });
+    t.equal(put.status, 200);
+    t.equal(put.body.mode, 'incremental', 'an incremental apply');
+    const r: Array<Record<string, any>> = await client.call('http', { url: `http://[${WEB6}]/`, count: 10 });
+    t.same(r.filter((x) => x.status !== 200), [], 'all 10 answered');
+    t.same(Object.keys(tally(r)), [`[${EPS6[0]}]:8080`], 'by the one IPv6 endpoint left');
+    // a new IPv6-only service (new keys: appended, its ClusterIP a new address id)
+    const NEW6 = 'fd00:10:32:6::77';
+    // the lab routes the service addresses of the rule set it was built for: this one too, into the TUN
+    nsRun(lab.node.ns, ['ip', '-6', 'route', 'add', `${NEW6}/128`, 'dev', lab.tunName]);
+    const add = await api.request<{ mode: string }>('PUT', '/v1/services/default/added6', { body: { clusterIP: NEW6, ipFamilies: ['IPv6'], ports: [{ name: 'http', protocol: 'TCP', port: 81, targetPort: 8080 }], endpoints: [{ address: EPS6[1] }] } });
+    t.equal(add.status, 201, 'created');
+    t.equal(add.body.mode, 'incremental');
+    const n: Array<Record<string, any>> = await client.call('http', { url: `http://[${NEW6}]:81/`, count: 3 });
+    t.same(n.map((x) => x.status), [200, 200, 200], 'the new IPv6 ClusterIP answers');
+    t.ok(n.every((x) => x.endpoint === `[${EPS6[1]}]:8080`), 'from its endpoint');
+    // back as it was
+    t.equal((await api.request('DELETE', '/v1/services/default/added6')).status, 200);
+    t.equal((await api.request('PUT', '/v1/services/default/web', { body: web })).status, 200);
+    const gone: Record<string, any> = await client.call('tcp', { to: `[${NEW6}]:81` });
+    t.ok(gone.error, `the deleted service's ClusterIP serves no more (${gone.error})`);
+    const back: Array<Record<string, any>> = await client.call('http', { url: `http://[${WEB6}]/`, count: 20 });
+    t.same(Object.keys(tally(back)).sort(), EPS6.map((e) => `[${e}]:8080`).sort(), 'both IPv6 endpoints again');
+  });
+
   t.test('an IPv6 TCP connection goes on through 30 rule-set swaps', async (t) => {
     await client.call('stream.start', { name: 'v6', to: `[${WEB6}]:80`, intervalMs: 5 });
     await new Promise((r) => setTimeout(r, 200));
