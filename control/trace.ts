@@ -22,7 +22,7 @@
  * (evaluate6); the source and destination are of one family.
  */
 import { performance } from 'node:perf_hooks';
-import type { Tables } from '../dataplane/tables.ts';
+import type { EndpointSet, Tables } from '../dataplane/tables.ts';
 import { compiledVerdict, lookup, LookupResult, resultSet, LOOKUP_DNAT, LOOKUP_DROP_NO_LOCAL, LOOKUP_DROP_SOURCE_RANGE, LOOKUP_REJECT, VIA_NODEPORT, VIP_CLUSTER, isLocal } from '../dataplane/tables.ts';
 import type { PacketTuple, Verdict } from '../dataplane/verdict.ts';
 import type { PacketTuple6 } from '../dataplane/decider6.ts';
@@ -201,6 +201,17 @@ function localhostNodePort(rs: RuleSet, pkt: PacketTuple): boolean {
   return false;
 }
 
+/** ClientIP affinity of a DNAT: what the affinity table remembers for the client (live), or that nothing is offline. */
+function affinityWhy(ms: number, set: EndpointSet, client: string, live: LiveState | null, why: string[]): { seconds: number; hit: string | null } {
+  if (live === null) {
+    why.push(`ClientIP affinity (${ms / 1000} s): offline, nothing is remembered; a client keeps the endpoint it first got`);
+    return { seconds: ms / 1000, hit: null };
+  }
+  const i = live.affinityIndex;
+  why.push(i >= 0 ? `ClientIP affinity: ${client} is remembered with ${set.endpoints[i].text}, which a new flow gets` : `ClientIP affinity (${ms / 1000} s): nothing remembered for ${client} yet`);
+  return { seconds: ms / 1000, hit: i >= 0 ? set.endpoints[i].text : null };
+}
+
 export function tunproxyDecision(t: Tables, rs: RuleSet, pkt: PacketTuple, live: LiveState | null) {
   const why: string[] = [];
   const t0 = performance.now();
@@ -230,16 +241,7 @@ export function tunproxyDecision(t: Tables, rs: RuleSet, pkt: PacketTuple, live:
     const c = candidatesWhy(t, out, why);
     const set = c.set;
     chain = c.chain;
-    if (svc.affinityMs > 0) {
-      if (live !== null) {
-        const i = live.affinityIndex;
-        affinity = { seconds: svc.affinityMs / 1000, hit: i >= 0 ? set.endpoints[i].text : null };
-        why.push(i >= 0 ? `ClientIP affinity: ${formatIPv4(pkt.src)} is remembered with ${set.endpoints[i].text}, which a new flow gets` : `ClientIP affinity (${svc.affinityMs / 1000} s): nothing remembered for ${formatIPv4(pkt.src)} yet`);
-      } else {
-        affinity = { seconds: svc.affinityMs / 1000, hit: null };
-        why.push(`ClientIP affinity (${svc.affinityMs / 1000} s): offline, nothing is remembered; a client keeps the endpoint it first got`);
-      }
-    }
+    if (svc.affinityMs > 0) affinity = affinityWhy(svc.affinityMs, set, formatIPv4(pkt.src), live, why);
     if (out.masquerade) {
       const reason = out.via === VIP_CLUSTER ? (t.masqueradeAll ? 'masqueradeAll is set' : `the source is outside the cluster CIDR ${t.clusterCIDR ? formatCidr(t.clusterCIDR) : ''}`) : 'external traffic with externalTrafficPolicy Cluster (or from the node itself)';
       why.push(`masquerade: SNAT to ${formatIPv4(t.masqueradeAddr)} (${reason})`);
@@ -260,8 +262,8 @@ export function tunproxyDecision(t: Tables, rs: RuleSet, pkt: PacketTuple, live:
 
 /**
  * tunproxyDecision for an IPv6 packet: the IPv6 tables (tables.v6, lookup6
- * and compiledVerdict6). Live affinity is not read for IPv6 (a new flow's
- * candidates are shown; ClientIP affinity says which one a client keeps).
+ * and compiledVerdict6); live, the IPv6 connection table's flow and what the
+ * IPv6 affinity table remembers for the client.
  */
 export function tunproxyDecision6(t: Tables, pkt: PacketTuple6, live: LiveState | null) {
   const why: string[] = [];
@@ -295,11 +297,9 @@ export function tunproxyDecision6(t: Tables, pkt: PacketTuple6, live: LiveState 
   let chain: string | null = null;
   let affinity: { seconds: number; hit: string | null } | null = null;
   if (r === LOOKUP_DNAT && svc !== null) {
-    chain = candidatesWhy(base, out, why).chain;
-    if (svc.affinityMs > 0) {
-      affinity = { seconds: svc.affinityMs / 1000, hit: null };
-      why.push(`ClientIP affinity (${svc.affinityMs / 1000} s): ${live === null ? 'offline, nothing is remembered' : 'what the IPv6 affinity table remembers is not read by a trace'}; a client keeps the endpoint it first got`);
-    }
+    const c = candidatesWhy(base, out, why);
+    chain = c.chain;
+    if (svc.affinityMs > 0) affinity = affinityWhy(svc.affinityMs, c.set, srcText, live, why);
     if (out.masquerade) {
       const reason = out.via === VIP_CLUSTER ? (base.masqueradeAll ? 'masqueradeAll is set' : `the source is outside the IPv6 cluster CIDR ${t6.cidr6 ? formatCidr6(t6.cidr6) : ''}`) : 'external traffic with externalTrafficPolicy Cluster (or from the node itself)';
       why.push(masqAddr ? `masquerade: SNAT to ${masqAddr} (${reason})` : `masquerade (${reason}), but the node has no IPv6 address to masquerade to: dropped (ipv6_no_masquerade_address)`);

@@ -200,6 +200,11 @@ export class Pipeline {
     return this.v6 === null ? null : this.v6.conntrack;
   }
 
+  /** The IPv6 path if an IPv6 packet made it (its affinity table: a trace reads it without making the path). */
+  get ipv6Path(): Pipeline6 | null {
+    return this.v6;
+  }
+
   /** The IPv6 path: its connection table (Conntrack6), fragments and affinity. */
   ipv6(): Pipeline6 {
     if (this.v6 === null) {

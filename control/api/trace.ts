@@ -14,7 +14,7 @@
  * next ones.
  *
  * An IPv6 packet ([fd00:30::41]:80) is traced in the IPv6 tables and
- * kube-proxy's ip6tables rules; its connection table is not read.
+ * kube-proxy's ip6tables rules, with the IPv6 connection and affinity tables.
  *
  * The connection table and the affinity table live on the packet thread:
  * what a live trace reads of them is asked of the packet side (one small
@@ -22,6 +22,8 @@
  */
 import type { FastifyInstance } from 'fastify';
 import { lookup, LookupResult, LOOKUP_DNAT } from '../../dataplane/tables.ts';
+import { lookup6 } from '../../dataplane/tables6.ts';
+import type { TraceFlow } from '../worker/packet-side.ts';
 import type { ConntrackEntry } from '../../dataplane/conntrack.ts';
 import { LinearCache, traceAnswer, tracePacket, traceSchema, TraceRequestError, verdictDifferences } from '../trace.ts';
 import type { TraceRequest } from '../trace.ts';
@@ -33,6 +35,15 @@ import { flowJson } from './conntrack.ts';
 export { LinearCache, traceSchema, verdictDifferences };
 export type { TraceRequest };
 
+/** What the packet side answered, as the trace shows it (the flow as GET /v1/conntrack shows one). */
+function liveOf(side: { now: number; flow: TraceFlow | null; affinityIndex: number }) {
+  return {
+    now: side.now,
+    conntrack: side.flow === null ? null : { direction: side.flow.direction, flow: flowJson(side.flow.flow as unknown as ConntrackEntry, side.now) },
+    affinityIndex: side.affinityIndex,
+  };
+}
+
 export function registerTraceRoutes(app: FastifyInstance, ctx: ApiContext, cache: LinearCache): void {
   app.post<{ Body: TraceRequest }>('/v1/trace', { schema: { body: traceSchema } }, async (req) => {
     const rs = ctx.requireRuleSet();
@@ -41,9 +52,21 @@ export function registerTraceRoutes(app: FastifyInstance, ctx: ApiContext, cache
       const tp = tracePacket(rs, req.body);
       const linear = (family: 4 | 6) => cache.get(ctx, rs, req.body.inInterface ?? '', family);
       if (tp.family === 6) {
-        // IPv6: the IPv6 tables and the ip6tables rules; the packet side's tables are not asked (IPv4 flows and affinity only)
-        const now = await ctx.packets.now();
-        return traceAnswer({ rs, tables: t, generation: ctx.generation, request: req.body, live: { now, conntrack: null, affinityIndex: -1 }, linear, nowMs: now });
+        // IPv6: the IPv6 tables, the IPv6 connection table and affinity, the ip6tables rules
+        const p6 = tp.pkt;
+        const t6 = t.v6 ?? null;
+        let aff: { generation: number; svcIndex: number; setLocal: boolean } | null = null;
+        if (t6 !== null) {
+          const w = new Uint32Array(8);
+          w.set(p6.src, 0);
+          w.set(p6.dst, 4);
+          const out = new LookupResult();
+          const r = lookup6(t6, p6.proto, w, 0, 4, p6.dport, out);
+          const svc = out.svcIndex < 0 ? null : t6.base.services[out.svcIndex];
+          if (r === LOOKUP_DNAT && svc !== null && svc.affinityMs > 0) aff = { generation: t.generation, svcIndex: out.svcIndex, setLocal: out.setLocal };
+        }
+        const side = await ctx.packets.traceFlow6(p6, aff);
+        return traceAnswer({ rs, tables: t, generation: ctx.generation, request: req.body, live: liveOf(side), linear, nowMs: side.now });
       }
       const pkt = tp.pkt;
       // which affinity entry to ask the packet side about, if any
@@ -52,13 +75,7 @@ export function registerTraceRoutes(app: FastifyInstance, ctx: ApiContext, cache
       const svc = out.svcIndex < 0 ? null : t.services[out.svcIndex];
       const wantAffinity = r === LOOKUP_DNAT && svc !== null && svc.affinityMs > 0;
       const side = await ctx.packets.traceFlow(pkt, wantAffinity ? { generation: t.generation, svcIndex: out.svcIndex, setLocal: out.setLocal } : null);
-      const now = side.now;
-      const live = {
-        now,
-        conntrack: side.flow === null ? null : { direction: side.flow.direction, flow: flowJson(side.flow.flow as unknown as ConntrackEntry, now) },
-        affinityIndex: side.affinityIndex,
-      };
-      return traceAnswer({ rs, tables: t, generation: ctx.generation, request: req.body, live, linear, nowMs: now });
+      return traceAnswer({ rs, tables: t, generation: ctx.generation, request: req.body, live: liveOf(side), linear, nowMs: side.now });
     } catch (e) {
       if (e instanceof TraceRequestError) throw new ApiError(400, 'invalid_request', e.message, { errors: [{ path: e.path, message: e.reason }] });
       throw e;

@@ -29,7 +29,8 @@ import { linearFromText } from '../iptables/linear.ts';
 import { conntrackFilter } from '../api/conntrack.ts';
 import type { ConntrackQuery } from '../api/conntrack.ts';
 import { FlowLister, deleteFlowsSliced } from './flows.ts';
-import { statsOfDataplane, traceFlowOn } from './packet-side.ts';
+import { statsOfDataplane, traceFlowOn, traceFlowOn6 } from './packet-side.ts';
+import type { TracePacket6 } from './packet-side.ts';
 
 export type Request =
   | { op: 'tables'; id: number; wire: TablesWire; linear: LinearRules | null }
@@ -39,7 +40,8 @@ export type Request =
   | { op: 'list-next'; id: number }
   | { op: 'list-cancel'; id: number }
   | { op: 'delete'; id: number; q: ConntrackQuery }
-  | { op: 'trace'; id: number; p: { proto: number; src: number; dst: number; sport: number; dport: number }; aff: { generation: number; svcIndex: number; setLocal: boolean } | null };
+  | { op: 'trace'; id: number; p: { proto: number; src: number; dst: number; sport: number; dport: number }; aff: { generation: number; svcIndex: number; setLocal: boolean } | null }
+  | { op: 'trace6'; id: number; p: TracePacket6; aff: { generation: number; svcIndex: number; setLocal: boolean } | null };
 
 /** --decider linear: kube-proxy's rules as iptables-restore text (text6: the ip6tables half, null when the tables have no IPv6 part) */
 export interface LinearRules {
@@ -132,6 +134,9 @@ export class PacketHost {
         }
         case 'trace':
           this.reply(r.id, traceFlowOn(this.dp, this.dp.tables, r.p, r.aff));
+          break;
+        case 'trace6':
+          this.reply(r.id, traceFlowOn6(this.dp, this.dp.tables, r.p, r.aff));
           break;
         default:
           return false;

@@ -17,6 +17,7 @@ import type { Tables } from '../../dataplane/tables.ts';
 import type { ConntrackQuery } from '../api/conntrack.ts';
 import { conntrackFilter } from '../api/conntrack.ts';
 import { EVENTS } from '../../dataplane/counters.ts';
+import { CT6_ORIG_SRC, CT6_ORIG_DST, CT6_REPLY_SRC, CT6_REPLY_DST } from '../../dataplane/conntrack6.ts';
 import type { FlowChunk, FlowRecord } from './flows.ts';
 import { FIELDS, FlowLister, deleteFlowsSliced, packFlow, unpackFlow } from './flows.ts';
 
@@ -57,6 +58,15 @@ export interface TraceFlow {
   flow: FlowRecord;
 }
 
+/** An IPv6 packet as a trace asks about it: source and destination as four words each. */
+export interface TracePacket6 {
+  proto: number;
+  src: ArrayLike<number>;
+  dst: ArrayLike<number>;
+  sport: number;
+  dport: number;
+}
+
 export interface PacketSide {
   stats(): Promise<PacketStats>;
   /** the packet thread's clock (ms) */
@@ -66,6 +76,8 @@ export interface PacketSide {
   deleteFlows(q: ConntrackQuery): Promise<{ deleted: number; entries: number }>;
   /** the tracked flow a packet belongs to, and the endpoint index affinity remembers (-1) for the service port the trace found */
   traceFlow(p: { proto: number; src: number; dst: number; sport: number; dport: number }, affinity: { generation: number; svcIndex: number; setLocal: boolean } | null): Promise<{ now: number; flow: TraceFlow | null; affinityIndex: number }>;
+  /** the same for an IPv6 packet (addresses as four words each): the IPv6 connection table and affinity */
+  traceFlow6(p: TracePacket6, affinity: { generation: number; svcIndex: number; setLocal: boolean } | null): Promise<{ now: number; flow: TraceFlow | null; affinityIndex: number }>;
   /** resolves once the packet thread has tables of this generation (or newer) in force */
   whenInForce(generation: number): Promise<void>;
 }
@@ -111,6 +123,42 @@ export function traceFlowOn(dp: Dataplane, tables: Tables | null, p: { proto: nu
   return { now, flow, affinityIndex };
 }
 
+/** traceFlowOn for an IPv6 packet: the IPv6 connection table and the IPv6 path's affinity table (neither made if missing). */
+export function traceFlowOn6(dp: Dataplane, tables: Tables | null, p: TracePacket6, aff: { generation: number; svcIndex: number; setLocal: boolean } | null) {
+  const pl = dp.pipeline;
+  const now = pl.conntrack.now();
+  const w = new Uint32Array(8);
+  w.set(Array.from(p.src), 0);
+  w.set(Array.from(p.dst), 4);
+  const ct6 = pl.conntrackV6;
+  let flow: TraceFlow | null = null;
+  if (ct6 !== null) {
+    const e = ct6.lookup6(p.proto, w, 0, 4, p.sport, p.dport, now);
+    if (e !== null) {
+      const a = new Float64Array(FIELDS);
+      packFlow(e, a, 0);
+      const addrs6 = { origSrc: ct6.address(e, CT6_ORIG_SRC), origDst: ct6.address(e, CT6_ORIG_DST), replySrc: ct6.address(e, CT6_REPLY_SRC), replyDst: ct6.address(e, CT6_REPLY_DST) };
+      flow = { direction: ct6.lastDirection === 0 ? 'original' : 'reply', flow: unpackFlow(a, 0, e.serviceName, addrs6) };
+    }
+  }
+  let affinityIndex = -1;
+  const t6 = tables?.v6 ?? null;
+  const path = pl.ipv6Path;
+  if (aff !== null && t6 !== null && path !== null && tables!.generation === aff.generation) {
+    const svc = t6.base.services[aff.svcIndex];
+    const set = svc ? (aff.setLocal ? svc.local : svc.cluster) : null;
+    if (svc && set) {
+      // as Pipeline6's new flow asks it: the whole client address, keyed by its 32-bit fold
+      const a6 = path.affinity;
+      const hits = a6.hits;
+      a6.client6(w, 0);
+      affinityIndex = a6.get(svc, set, (w[0] ^ w[1] ^ w[2] ^ w[3]) >>> 0, now);
+      a6.hits = hits; // a trace is not a hit
+    }
+  }
+  return { now, flow, affinityIndex };
+}
+
 /** The API in the dataplane's own thread (tests, the library): the same slices, without messages. */
 export class LocalPacketSide implements PacketSide {
   constructor(private readonly dp: Dataplane) {}
@@ -143,6 +191,10 @@ export class LocalPacketSide implements PacketSide {
 
   async traceFlow(p: { proto: number; src: number; dst: number; sport: number; dport: number }, aff: { generation: number; svcIndex: number; setLocal: boolean } | null) {
     return traceFlowOn(this.dp, this.dp.tables, p, aff);
+  }
+
+  async traceFlow6(p: TracePacket6, aff: { generation: number; svcIndex: number; setLocal: boolean } | null) {
+    return traceFlowOn6(this.dp, this.dp.tables, p, aff);
   }
 
   async whenInForce(): Promise<void> {}

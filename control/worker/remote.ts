@@ -10,7 +10,7 @@ import type { ConntrackQuery } from '../api/conntrack.ts';
 import type { FlowChunk } from './flows.ts';
 import { FlowRecord } from './flows.ts';
 import type { InstallInfo, Reply, Request } from './host.ts';
-import type { PacketSide, PacketStats, TraceFlow } from './packet-side.ts';
+import type { PacketSide, PacketStats, TraceFlow, TracePacket6 } from './packet-side.ts';
 
 type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
 
@@ -94,7 +94,16 @@ export class RemotePacketSide implements PacketSide {
   }
 
   traceFlow(p: { proto: number; src: number; dst: number; sport: number; dport: number }, aff: { generation: number; svcIndex: number; setLocal: boolean } | null) {
-    return this.call<{ now: number; flow: TraceFlow | null; affinityIndex: number }>({ op: 'trace', p, aff }).then((r) => {
+    return this.traced(this.call<{ now: number; flow: TraceFlow | null; affinityIndex: number }>({ op: 'trace', p, aff }));
+  }
+
+  traceFlow6(p: TracePacket6, aff: { generation: number; svcIndex: number; setLocal: boolean } | null) {
+    const q = { proto: p.proto, src: Array.from(p.src), dst: Array.from(p.dst), sport: p.sport, dport: p.dport };
+    return this.traced(this.call<{ now: number; flow: TraceFlow | null; affinityIndex: number }>({ op: 'trace6', p: q, aff }));
+  }
+
+  private traced(answer: Promise<{ now: number; flow: TraceFlow | null; affinityIndex: number }>) {
+    return answer.then((r) => {
       // a class does not survive the message: give the flow its accessors back
       if (r.flow !== null) r.flow.flow = Object.assign(new FlowRecord(), r.flow.flow);
       return r;

@@ -187,6 +187,23 @@ if (skip) {
     t.match(http, /^tcp\s+6 \d+ [A-Z_]+ src=/, 'a TCP flow with its state, as conntrack -L prints it');
   });
 
+  t.test('a live trace of an IPv6 flow shows the flow the packet thread tracks (POST /v1/trace)', async (t) => {
+    const api = new ApiClient({ socket });
+    await client.call('udp', { to: `[${WEB6}]:7000`, count: 1 });
+    type Flows = { flows: Array<{ original: { src: string; sport: number }; endpoint: string }> };
+    const f = (await api.request<Flows>('GET', `/v1/conntrack?protocol=udp&dst=${WEB6}`)).body.flows[0];
+    t.ok(f, 'a flow to trace');
+    type A = { packet: { family: string }; tunproxy: { conntrack: { direction: string; flow: { endpoint: string; original: { sport: number } } } | null; explanation: string[] }; agree: boolean };
+    const r = await api.request<A>('POST', '/v1/trace', { body: { protocol: 'UDP', source: `[${f.original.src}]:${f.original.sport}`, destination: `[${WEB6}]:7000` } });
+    t.equal(r.status, 200, JSON.stringify(r.body).slice(0, 300));
+    t.equal(r.body.packet.family, 'ipv6');
+    t.equal(r.body.tunproxy.conntrack?.direction, 'original', 'the tracked flow, read on the packet thread');
+    t.equal(r.body.tunproxy.conntrack?.flow.endpoint, f.endpoint, 'with its endpoint');
+    t.equal(r.body.agree, true, 'and kube-proxy\'s ip6tables rules agree on a new flow');
+    const fresh = await api.request<A>('POST', '/v1/trace', { body: { protocol: 'UDP', source: `[${f.original.src}]:1`, destination: `[${WEB6}]:7000` } });
+    t.equal(fresh.body.tunproxy.conntrack, null, 'another source port: no tracked flow');
+  });
+
   t.test('conntrack filters on IPv6 addresses (GET/DELETE /v1/conntrack, as tunproxy conntrack -L -d / -D does)', async (t) => {
     const api = new ApiClient({ socket });
     await client.call('udp', { to: `[${WEB6}]:7000`, count: 1 });

@@ -4,7 +4,8 @@
  * its iptables-save (`--ip6tables`), and against a dual-stack rule set; the
  * chain walk through the ip6tables rules rule by rule, tunproxy's side from
  * the IPv6 tables (compiledVerdict6), and a clear error when an IPv6 packet
- * is traced without IPv6 rules. Also POST /v1/trace with an IPv6 packet.
+ * is traced without IPv6 rules. Also POST /v1/trace with an IPv6 packet, live:
+ * the IPv6 connection table's flow and the IPv6 affinity table's answer.
  */
 import t from 'tap';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -19,6 +20,7 @@ import { Dataplane } from '../../control/dataplane.ts';
 import { startApi } from '../../control/server.ts';
 import { ApiClient } from '../../control/client.ts';
 import type { RuleSet } from '../../control/types.ts';
+import { V_FORWARD } from '../../dataplane/verdict.ts';
 
 const ROOT = new URL('../../', import.meta.url).pathname;
 const FIX = join(ROOT, 'test/fixtures/iptables/');
@@ -203,4 +205,50 @@ t.test('POST /v1/trace with an IPv6 packet: the IPv6 tables beside the ip6tables
   t.equal(bad.status, 400);
   t.match(bad.body.message, /of one family/);
   t.equal(bad.body.errors[0].path, 'destination');
+});
+
+t.test('a live IPv6 trace reads the IPv6 connection table and the IPv6 affinity table', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'tp-trace6-live-'));
+  const sock = join(dir, 'api.sock');
+  const dp = new Dataplane({ clock: () => 1_000_000 });
+  // an IPv6 service with ClientIP affinity and two endpoints
+  dp.holder.apply({
+    apiVersion: 'tunproxy.dev/v1',
+    node: { addresses: ['192.168.50.2', 'fd00:50::2'], clusterCIDR: '10.64.0.0/16,fd00:10:64::/56' },
+    services: [{
+      namespace: 'default', name: 'dns6', clusterIP: 'fd00:10:96::a', ipFamilies: ['IPv6'], sessionAffinity: 'ClientIP',
+      ports: [{ name: 'dns', protocol: 'UDP', port: 53, targetPort: 5353 }],
+      endpoints: [{ address: 'fd00:10:64:1::7' }, { address: 'fd00:10:64:2::9' }],
+    }],
+  } as RuleSet);
+  const srv = await startApi(dp, { socket: sock });
+  t.teardown(async () => {
+    await srv.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  // UDP [2001:db8::35]:40000 > [fd00:10:96::a]:53 "hello", through the pipeline: a flow, and the client remembered
+  const b = new Uint8Array(Buffer.from('60000000000d114020010db8000000000000000000000035fd00001000960000000000000000000a9c400035000df3ed68656c6c6f', 'hex'));
+  t.equal(dp.pipeline.process(b, 0, b.length, dp.tables!, 1_000_000), V_FORWARD);
+  const flow = dp.pipeline.conntrackV6!;
+  t.equal(flow.size, 1);
+  const c = new ApiClient({ socket: sock });
+  type A = { tunproxy: { conntrack: { direction: string; flow: { protocol: string; original: { src: string; dst: string; sport: number }; endpoint: string } } | null; affinity: { seconds: number; hit: string | null } | null; explanation: string[] } };
+  const trace = async (source: string) => (await c.request<A>('POST', '/v1/trace', { body: { protocol: 'UDP', source, destination: '[fd00:10:96::a]:53', kubeProxy: false } })).body.tunproxy;
+  const same = await trace('[2001:db8::35]:40000');
+  t.equal(same.conntrack?.direction, 'original', 'the packet belongs to the tracked flow');
+  t.equal(same.conntrack?.flow.original.src, '2001:db8::35');
+  t.equal(same.conntrack?.flow.original.dst, 'fd00:10:96::a');
+  const endpoint = same.conntrack!.flow.endpoint;
+  t.match(endpoint, /^\[fd00:10:64:[12]::[79]\]:5353$/);
+  t.same(same.affinity, { seconds: 10800, hit: endpoint }, 'the affinity table remembers the client with the flow\'s endpoint');
+  t.ok(same.explanation.some((l) => l.includes('tracked flow')));
+  const other = await trace('[2001:db8::35]:40001');
+  t.equal(other.conntrack, null, 'another source port: no flow');
+  t.equal(other.affinity?.hit, endpoint, 'but the same client: the same endpoint');
+  t.ok(other.explanation.includes(`ClientIP affinity: 2001:db8::35 is remembered with ${endpoint}, which a new flow gets`));
+  // 2001:db8:0:35:: folds to the same 32 bits as 2001:db8::35: another client all the same
+  const fold = await trace('[2001:db8:0:35::]:40000');
+  t.same(fold.affinity, { seconds: 10800, hit: null }, 'a client with the same 32-bit fold is not remembered');
+  t.equal(flow.size, 1, 'the traces made no flow');
+  t.equal(dp.pipeline.ipv6Path!.affinity.hits, 0, 'and counted no affinity hit');
 });
