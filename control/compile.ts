@@ -432,7 +432,12 @@ export function compile6(model: RuleSetModel, generation = 1): Tables6 | null {
   for (const i of ids.keyed) index.set(w, i * 4, i);
   // each keyed address's first (protocol, port) with the VIP index's answer for it, in its slot (Addr6Ids: the hint)
   const vips = base.vipIndex;
-  for (const e of base.services) vipKeys6(e, (id, pp) => index.hint(w, id * 4, pp, vips.get(id, pp)));
+  for (const e of base.services) {
+    vipKeys6(e, (id, pp) => {
+      const v = vips.get(id, pp);
+      if (v >= 0) index.hint(w, id * 4, pp, v);
+    });
+  }
   // the endpoints in flat order with their words inline (Tables6.endpoints6)
   const ef = base.endpointFlat;
   const endpoints6 = new Uint32Array((ef.length >> 1) * EP6_STRIDE);

@@ -14,7 +14,10 @@
  *      restart (Linux drops what is routed into a TUN no process holds);
  *   1. with the holder (--txqueuelen 30 000: the restart's gap, seconds at
  *      RATE, fits): a SIGTERM restart, 0 lost;
- *   2. with the holder: kill -9 and an immediate restart, 0 lost;
+ *   2. with the holder: kill -9 and an immediate restart: nothing lost but
+ *      what the killed process had read from the device and not yet written
+ *      (a kill between the loop's read and its write: at most one batch, 64
+ *      packets; at 2 000 a second usually 0, sometimes 1);
  *      in both the datagrams of the gap arrive late (the longest delay about
  *      the gap): they waited in the queue, they were not re-sent;
  *   3. what goes wrong is said: no holder on the socket, a holder opened with
@@ -41,6 +44,8 @@ const VIP = '10.32.11.10';
 const POD = '10.64.11.13';
 const PORT = 9000;
 const RATE = 2000;
+/** the TUN loop's read batch (dataplane/loop.ts, default 64) */
+const BATCH = 64;
 const QUEUE = 30000;
 
 const ruleSet: RuleSet = {
@@ -194,10 +199,11 @@ if (skip) {
     t.ok(r.maxDelayMs > 100, `the restart's datagrams waited in the queue (${r.maxDelayMs.toFixed(0)} ms at most)`);
   });
 
-  t.test('2. with the holder, kill -9 and an immediate restart: 0 datagrams lost', async (t) => {
+  t.test('2. with the holder, kill -9 and an immediate restart: nothing lost but the batch the killed process held', async (t) => {
     const r = await across(kill9);
     t.comment(`kill -9 and restart with the holder: ${says(r)}`);
-    t.equal(r.lost, 0, `0 lost (${says(r)})`);
+    // the queue keeps what waits in the device; a packet the killed process had read and not written is gone
+    t.ok(r.lost <= BATCH, `at most the one batch the killed process held is lost (${says(r)})`);
     t.equal(r.duplicates + r.foreign, 0, 'nothing duplicated or misdelivered');
     t.ok(r.maxDelayMs > 100, `the restart's datagrams waited in the queue (${r.maxDelayMs.toFixed(0)} ms at most)`);
     t.match(holderLines.join('\n'), /\(3 so far\)/, 'one hand-out per start');
