@@ -179,6 +179,9 @@ export function rewriteBoth6(
  * without writing the words that do not change. TCP and UDP only, whole
  * packets with full checksums; anything else goes to rewriteBoth6.
  */
+let rwBuf: Uint8Array | null = null;
+let rwView: DataView = new DataView(new ArrayBuffer(0));
+
 export function rewriteBothKnown6(
   buf: Uint8Array, ipOff: number, c: Ipv6Chain, old: Uint32Array, oo: number, oldSport: number, oldDport: number,
   w: Uint32Array, dAt: number, dport: number, sAt: number, sport: number,
@@ -191,14 +194,17 @@ export function rewriteBothKnown6(
   }
   let s = 0;
   const a = ipOff + IPV6_SRC;
+  // the words through a DataView of the buffer (one big-endian store each), kept while the buffer is the same
+  let dv = rwView;
+  if (rwBuf !== buf) {
+    dv = rwView = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+    rwBuf = buf;
+  }
   for (let k = 0; k < 8; k++) {
     const o = old[oo + k];
     const v = k < 4 ? w[sAt + k] : w[dAt + k - 4];
     s += 0x1fffe - (o >>> 16) - (o & 0xffff) + (v >>> 16) + (v & 0xffff);
-    if (o !== v) {
-      const b = a + (k << 2);
-      buf[b] = v >>> 24; buf[b + 1] = v >>> 16; buf[b + 2] = v >>> 8; buf[b + 3] = v;
-    }
+    if (o !== v) dv.setUint32(a + (k << 2), v);
   }
   s += (~oldDport & 0xffff) + dport + (~oldSport & 0xffff) + sport;
   buf[l4] = sport >>> 8; buf[l4 + 1] = sport;
