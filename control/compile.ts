@@ -65,7 +65,7 @@ function indexWithRoom(v: VipIndex, keys: number): VipIndex {
 /** How compile6 gives the Builder IPv6 addresses as ids: a key address (looked up by packets) and an endpoint. */
 interface AddrIds {
   key(a: Addr): number;
-  endpoint(e: EndpointModel): EndpointModel;
+  endpoint(e: EndpointModel): EndpointEntry;
 }
 
 /** The arrays a snapshot is made of, while it is being built. */
@@ -101,7 +101,7 @@ class Builder {
     this.live = init.live;
   }
 
-  private endpointSet(eps: EndpointModel[], affinity: boolean): EndpointSet | null {
+  private endpointSet(eps: readonly EndpointEntry[], affinity: boolean): EndpointSet | null {
     if (eps.length === 0) return null;
     // the model's endpoints are the entries (an EndpointModel is an EndpointEntry with more fields):
     // nothing is made per endpoint, and the model, which the holder keeps anyway, holds them
@@ -313,7 +313,7 @@ class Ids6 implements AddrIds {
   n: number;
   /** ids keyed by this builder, in order */
   readonly keyed: number[] = [];
-  private readonly eps = new Map<EndpointModel, EndpointModel>();
+  private readonly eps = new Map<EndpointModel, EndpointEntry>();
 
   /** false while `words` is the tables in force's array (read by the packet thread): copied before the first write */
   private own: boolean;
@@ -346,7 +346,7 @@ class Ids6 implements AddrIds {
         this.words = grown;
         this.own = true;
       }
-      this.words.set(addr6.words(a), i * 4);
+      addr6.copyWords(a, this.words, i * 4);
     }
     return i;
   };
@@ -360,9 +360,10 @@ class Ids6 implements AddrIds {
     return i;
   };
 
-  readonly endpoint = (e: EndpointModel): EndpointModel => {
+  /** the tables' entry of an endpoint: what EndpointEntry holds, its address an id (not a copy of the whole model) */
+  readonly endpoint = (e: EndpointModel): EndpointEntry => {
     let m = this.eps.get(e);
-    if (m === undefined) this.eps.set(e, (m = { ...e, addr: this.idOf(e.addr) }));
+    if (m === undefined) this.eps.set(e, (m = { addr: this.idOf(e.addr), port: e.port, nodeLocal: e.nodeLocal, text: e.text }));
     return m;
   };
 

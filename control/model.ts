@@ -106,6 +106,14 @@ export class Addr6Pool {
     return parseIPv6Into(text, this.#tmp, 0) ? this.internWords(this.#tmp, 0) : -1;
   }
 
+  /** Copy the four words of an IPv6 Addr into out[at..at+4) (no view made). */
+  copyWords(a: Addr, out: Uint32Array, at: number): void {
+    const i = a - ADDR6_BASE;
+    if (!(i >= 0 && i < this.#count)) throw new RangeError(`${a} is not an IPv6 address of the pool`);
+    const w = this.#words;
+    out[at] = w[i * 4]; out[at + 1] = w[i * 4 + 1]; out[at + 2] = w[i * 4 + 2]; out[at + 3] = w[i * 4 + 3];
+  }
+
   /** The four words of an IPv6 Addr (a view into the pool: read, do not keep across interning, do not write). */
   words(a: Addr): Uint32Array {
     const i = a - ADDR6_BASE;
