@@ -275,24 +275,32 @@ function flatCount(ports: ServicePortModel[]): number {
   return n;
 }
 
+/** A Builder with every one of `ports` added, into arrays made for them (`ids`: the IPv6 tables' address ids). */
+function built(node: NodeModel, ports: ServicePortModel[], ids: AddrIds | null): Builder {
+  const b = new Builder(
+    node,
+    {
+      services: [],
+      serviceRows: new Int32Array(ports.length * ROW),
+      endpointFlat: new Int32Array(flatCount(ports) * 2),
+      flatNext: 0,
+      vipIndex: new VipIndex(vipCount(ports)),
+      vipAddrs: new VipIndex(vipCount(ports)),
+      nodePorts: new Int32Array(3 * 65536).fill(-1),
+      live: 0,
+    },
+    ids,
+  );
+  for (const sp of ports) b.add(sp);
+  return b;
+}
+
 /** The tables of a rule set: from its model (or from a rule set already validated, modelled here). */
 export function compile(input: RuleSet | RuleSetModel, opts: CompileOptions = {}): Tables {
   const model = modelOf(input);
   const node = model.node;
   // IPv4 service ports (IPv6 ones are compiled by the IPv6 tables: V6-CONTRACT, v6dp)
-  const ports = model.portsOf(4);
-  const b = new Builder(node, {
-    services: [],
-    serviceRows: new Int32Array(ports.length * ROW),
-    endpointFlat: new Int32Array(flatCount(ports) * 2),
-    flatNext: 0,
-    vipIndex: new VipIndex(vipCount(ports)),
-    vipAddrs: new VipIndex(vipCount(ports)),
-    nodePorts: new Int32Array(3 * 65536).fill(-1),
-    live: 0,
-  });
-  for (const sp of ports) b.add(sp);
-  const t = b.tables(opts.generation ?? 1);
+  const t = built(node, model.portsOf(4), null).tables(opts.generation ?? 1);
   const v6 = compile6(model, opts.generation ?? 1);
   return v6 === null ? t : { ...t, v6 };
 }
@@ -405,21 +413,7 @@ export function compile6(model: RuleSetModel, generation = 1): Tables6 | null {
   const ids = new Ids6();
   for (const a of node.addrs6) ids.key(a);
   const masqId = node.masqueradeAddr6 >= 0 ? ids.idOf(node.masqueradeAddr6) : -1;
-  const b = new Builder(
-    node,
-    {
-      services: [],
-      serviceRows: new Int32Array(ports.length * ROW),
-      endpointFlat: new Int32Array(flatCount(ports) * 2),
-      flatNext: 0,
-      vipIndex: new VipIndex(vipCount(ports)),
-      vipAddrs: new VipIndex(vipCount(ports)),
-      nodePorts: new Int32Array(3 * 65536).fill(-1),
-      live: 0,
-    },
-    ids,
-  );
-  for (const sp of ports) b.add(sp);
+  const b = built(node, ports, ids);
   const base: Tables = {
     ...b.tables(generation),
     localAddrs: Int32Array.from(node.addrs6, ids.key),
@@ -476,32 +470,11 @@ export interface Patched6 {
 export function patchTables6(prev: Tables6, node: NodeModel, removed: readonly number[], added: readonly ServiceModel[], generation: number): Patched6 | null {
   if (prev.build === undefined) return null;
   const pb = prev.base;
-  const models = added.map((s) => portsOfFamily(s.ports, 6));
-  let newPorts = 0;
-  let newFlat = 0;
-  let newVips = 0;
-  for (const m of models) {
-    newPorts += m.length;
-    newFlat += flatCount(m);
-    newVips += vipCount(m);
-  }
   const ids = new Ids6(prev);
   const flatUsed = pb.endpointPairs;
   // the common PATCH: the same service ports with other endpoints or policies, the same keys: their
   // entries rebuilt where they are; the key indexes and the address ids (and their hints) stay as they are
-  const byName = new Map<string, number>();
-  for (const i of removed) byName.set(pb.services[i].name, i);
-  const at: number[][] = [];
-  let same = newPorts === removed.length;
-  for (const m of models) {
-    const a: number[] = [];
-    for (const sp of m) {
-      const i = byName.get(sp.name);
-      if (i === undefined || !sameKeys(pb.services[i], sp, ids.idAt)) same = false;
-      else a.push(i);
-    }
-    at.push(a);
-  }
+  const { models, newPorts, newFlat, newVips, sameKeysAll: same, at } = changeOf(pb, removed, added, 6, ids.idAt);
   // new arrays on shared memory: the control worker's shareTables keeps them as they are (no second copy)
   const b = new Builder(
     node,
@@ -576,6 +549,38 @@ function sameKeys(e: ServicePortEntry, sp: ServicePortModel, idAt: Int32Array | 
   return true;
 }
 
+/**
+ * What an incremental change adds, for patchTables and patchTables6: the
+ * added services' ports of the family, the room they need, and whether they
+ * are the removed entries' ports with the same keys (`at`: where each one
+ * stands, when `sameKeysAll`).
+ */
+function changeOf(prev: Tables, removed: readonly number[], added: readonly ServiceModel[], family: 4 | 6, idAt: Int32Array | null) {
+  const models = added.map((s) => portsOfFamily(s.ports, family));
+  let newPorts = 0;
+  let newFlat = 0;
+  let newVips = 0;
+  for (const m of models) {
+    newPorts += m.length;
+    newFlat += flatCount(m);
+    newVips += vipCount(m);
+  }
+  const byName = new Map<string, number>();
+  for (const i of removed) byName.set(prev.services[i].name, i);
+  const at: number[][] = [];
+  let sameKeysAll = newPorts === removed.length;
+  for (const m of models) {
+    const a: number[] = [];
+    for (const sp of m) {
+      const i = byName.get(sp.name);
+      if (i === undefined || !sameKeys(prev.services[i], sp, idAt)) sameKeysAll = false;
+      else a.push(i);
+    }
+    at.push(a);
+  }
+  return { models, newPorts, newFlat, newVips, sameKeysAll, at };
+}
+
 /** What `patchTables` gives back. */
 export interface Patched {
   tables: Tables;
@@ -593,30 +598,9 @@ export interface Patched {
  * no other thread reads them); else into copies.
  */
 export function patchTables(prev: Tables, node: NodeModel, removed: readonly number[], added: readonly ServiceModel[], generation: number, inPlace = false): Patched {
-  const models = added.map((s) => portsOfFamily(s.ports, 4));
-  let newPorts = 0;
-  let newFlat = 0;
-  let newVips = 0;
-  for (const m of models) {
-    newPorts += m.length;
-    newFlat += flatCount(m);
-    newVips += vipCount(m);
-  }
   // the common PATCH: the same service ports with other endpoints or policies, the same keys:
   // rebuild their entries where they are; the key indexes stay as they are
-  const byName = new Map<string, number>();
-  for (const i of removed) byName.set(prev.services[i].name, i);
-  const inPlaceAt: number[][] = [];
-  let sameKeysAll = newPorts === removed.length;
-  for (const m of models) {
-    const at: number[] = [];
-    for (const sp of m) {
-      const i = byName.get(sp.name);
-      if (i === undefined || !sameKeys(prev.services[i], sp)) sameKeysAll = false;
-      else at.push(i);
-    }
-    inPlaceAt.push(at);
-  }
+  const { models, newPorts, newFlat, newVips, sameKeysAll, at: inPlaceAt } = changeOf(prev, removed, added, 4, null);
   const flatUsed = prev.endpointPairs;
   const flatNeed = (flatUsed + newFlat) * 2;
   if (sameKeysAll) {
