@@ -37,7 +37,6 @@ const S_ID = 4;
 const S_HINT_KEY = 5;
 const S_HINT_VALUE = 6;
 
-
 /**
  * 128-bit address → small id: open addressing with linear probing over one
  * Int32Array (STRIDE words per slot), built once, immutable after. No
