@@ -61,7 +61,7 @@ import { performance } from 'node:perf_hooks';
 import { labDown, labUp } from '../scripts/lab.ts';
 import type { Lab } from '../scripts/lab.ts';
 import { netnsUnavailableReason } from '../scripts/ns.ts';
-import { NetClient, ROOT, TUNPROXY_BIN, TunproxyProcess, buildCTool, stopAllChildren, stopChild } from '../scripts/harness.ts';
+import { NetClient, ROOT, TUNPROXY_BIN, TunproxyProcess, buildCTool, jsonResult, stopAllChildren, stopChild } from '../scripts/harness.ts';
 import { ApiClient } from '../control/client.ts';
 import type { RuleSet, Service } from '../control/types.ts';
 import { writeIptables } from '../control/iptables/writer.ts';
@@ -205,23 +205,7 @@ const STREAM_RATE = { pps: 0 };
 
 /** A C tool that prints "ready" (optionally) and one JSON line at the end. */
 function jsonTool<T>(ns: string, cmd: string[], waitReady: boolean): { child: ChildProcess; ready: Promise<void>; result: Promise<T> } {
-  const child = spawnIn(ns, cmd);
-  let stderr = '';
-  child.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-  let onReady: () => void = () => {};
-  const ready = waitReady ? new Promise<void>((r) => (onReady = r)) : Promise.resolve();
-  const result = new Promise<T>((resolve, reject) => {
-    createInterface({ input: child.stdout! }).on('line', (l) => {
-      if (l === 'ready') onReady();
-      else if (l.startsWith('{')) resolve(JSON.parse(l) as T);
-    });
-    child.on('exit', (code) => {
-      onReady();
-      setTimeout(() => reject(new Error(`${cmd[0]} exited (${code}) without a result: ${stderr}`)), 100);
-    });
-  });
-  result.catch(() => {});
-  return { child, ready, result };
+  return jsonResult<T>(spawnIn(ns, cmd), cmd[0], waitReady);
 }
 
 interface SinkResult {

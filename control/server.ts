@@ -10,9 +10,9 @@
  * person can act on (control/api/errors.ts).
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
-import { chmodSync, existsSync, lstatSync, mkdirSync, mkdtempSync, renameSync, rmSync } from 'node:fs';
-import { connect } from 'node:net';
+import { chmodSync, mkdtempSync, renameSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
+import { prepareSocketPath } from './socket-path.ts';
 import Fastify from 'fastify';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { parse as parseYaml } from 'yaml';
@@ -138,39 +138,6 @@ export function parseListen(text: string): { host: string; port: number } {
   return { host: m[1] ?? (m[2] || '0.0.0.0'), port };
 }
 
-/** Is something accepting connections on this Unix socket? */
-function socketAlive(path: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = connect({ path });
-    const done = (alive: boolean) => {
-      s.destroy();
-      resolve(alive);
-    };
-    s.once('connect', () => done(true));
-    s.once('error', () => done(false));
-    s.setTimeout(1000, () => done(false));
-  });
-}
-
-/**
- * Make the socket path usable: its directory (when created here: 0700, with
- * search permission for the group or others when the socket's mode admits
- * them), a stale socket from a dead process removed.
- */
-async function prepareSocketPath(path: string, mode: number): Promise<void> {
-  const dir = dirname(path);
-  if (!existsSync(dir)) mkdirSync(dir, { recursive: true, mode: 0o700 | (mode & 0o070 ? 0o010 : 0) | (mode & 0o007 ? 0o001 : 0) });
-  let st;
-  try {
-    st = lstatSync(path);
-  } catch {
-    return;
-  }
-  if (!st.isSocket()) throw new Error(`--socket ${path}: the path exists and is not a socket; remove it or choose another --socket`);
-  if (await socketAlive(path)) throw new Error(`--socket ${path}: another process is serving on it (another tunproxy for this device?); stop it or choose another --socket`);
-  rmSync(path, { force: true });
-}
-
 /** Start the API: the Unix socket, and the TCP listener when asked for. */
 export async function startApi(dp: Dataplane | ControlSide, o: ServerOptions): Promise<ApiServer> {
   if (o.listen !== undefined && (o.token === undefined || o.token === '')) throw new Error('--listen needs --token-file: the TCP listener only serves requests with the bearer token');
@@ -189,7 +156,7 @@ export async function startApi(dp: Dataplane | ControlSide, o: ServerOptions): P
     if (o.socket) {
       const path = o.socket;
       const mode = o.socketMode ?? 0o600;
-      await prepareSocketPath(path, mode);
+      await prepareSocketPath(path, mode, 'tunproxy');
       const app = buildApi(ctx, metrics, cache, { logger: o.logger });
       apps.push(app);
       // created where no one else can reach it (a fresh 0700 directory beside the path: process.umask

@@ -633,14 +633,19 @@ export function withPinnedHooks<B extends ConntrackClass>(Base: B) {
   return PinnedHooks;
 }
 
+/** `pin`, once it holds records of `layout` and room for `maxEntries` (what a pinned table's constructor checks). */
+export function checkedStore(pin: PinnedStore, layout: PinLayout, what: string, maxEntries: number): PinnedStore {
+  if (pin.layout !== layout) throw new TypeError(`${what}: the store holds ${pin.layout.family} records, this table ${layout.family} flows`);
+  if (pin.capacity < maxEntries) throw new RangeError(`${what}: the store holds ${pin.capacity} records, the table up to ${maxEntries}`);
+  return pin;
+}
+
 export class PinnedConntrack extends withPinnedHooks(Conntrack) implements PinnedTableConntrack {
   readonly pin: PinnedStore;
 
   constructor(options: ConntrackOptions, pin: PinnedStore) {
     super(options);
-    if (pin.layout !== PIN_LAYOUT_V4) throw new TypeError(`pinned conntrack: the store holds ${pin.layout.family} records, this table IPv4 flows`);
-    if (pin.capacity < this.maxEntries) throw new RangeError(`pinned conntrack: the store holds ${pin.capacity} records, the table up to ${this.maxEntries}`);
-    this.pin = pin;
+    this.pin = checkedStore(pin, PIN_LAYOUT_V4, 'pinned conntrack', this.maxEntries);
   }
 
   override insert(

@@ -41,6 +41,7 @@ import type { ConntrackEntry } from './conntrack-entry.ts';
 import { Conntrack6, CT6_WORDS, PROTO_ICMPV6, type ConntrackInfo6 } from './conntrack6.ts';
 import {
   checkRecord,
+  checkedStore,
   FLAG_MASQUERADE,
   HW,
   PIN6_RECORD_SIZE,
@@ -114,9 +115,7 @@ export class PinnedConntrack6 extends withPinnedHooks(Conntrack6) implements Pin
 
   constructor(options: ConntrackOptions, pin: PinnedStore) {
     super(options);
-    if (pin.layout !== PIN_LAYOUT_V6) throw new TypeError(`pinned conntrack6: the store holds ${pin.layout.family} records, this table IPv6 flows`);
-    if (pin.capacity < this.maxEntries) throw new RangeError(`pinned conntrack6: the store holds ${pin.capacity} records, the table up to ${this.maxEntries}`);
-    this.pin = pin;
+    this.pin = checkedStore(pin, PIN_LAYOUT_V6, 'pinned conntrack6', this.maxEntries);
   }
 
   private writeAll(e: ConntrackEntry): void {

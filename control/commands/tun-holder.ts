@@ -74,33 +74,6 @@ Example (the lab's node namespace):
     .action((o: TunHolderOptions) => holdTun(o));
 }
 
-/** Make the socket path usable: its directory (0700 when made here), a dead holder's socket removed. */
-async function prepareSocketPath(path: string): Promise<void> {
-  const { existsSync, lstatSync, mkdirSync, rmSync } = await import('node:fs');
-  const { dirname } = await import('node:path');
-  const net = await import('node:net');
-  const dir = dirname(path);
-  if (!existsSync(dir)) mkdirSync(dir, { recursive: true, mode: 0o700 });
-  let st;
-  try {
-    st = lstatSync(path);
-  } catch {
-    return;
-  }
-  if (!st.isSocket()) throw new Error(`--socket ${path}: the path exists and is not a socket; remove it or choose another --socket`);
-  // a live holder answers a connection with the fd: connect, and close what it sends at once
-  const alive = await new Promise<boolean>((resolve) => {
-    const c = net.connect(path);
-    c.once('connect', () => {
-      c.destroy();
-      resolve(true);
-    });
-    c.once('error', () => resolve(false));
-  });
-  if (alive) throw new Error(`--socket ${path}: another process serves on it (another tun-holder for this device?); stop it or choose another --socket`);
-  rmSync(path, { force: true });
-}
-
 export async function holdTun(o: TunHolderOptions): Promise<void> {
   if (o.offload !== 'auto' && o.offload !== 'off') throw new Error(`--offload: ${JSON.stringify(o.offload)} is not one of auto, off`);
   if (!/^[0-7]{3}$/.test(o.socketMode)) throw new Error(`--socket-mode: ${o.socketMode} must be octal permissions like 600 or 660`);
@@ -111,7 +84,8 @@ export async function holdTun(o: TunHolderOptions): Promise<void> {
   const [{ TunDevice, sendFd }, { existsSync, chmodSync, mkdtempSync, readFileSync, renameSync, rmSync }, { dirname, join }, net] = await Promise.all([
     import('../../dataplane/tun/index.ts'), import('node:fs'), import('node:path'), import('node:net'),
   ]);
-  await prepareSocketPath(socket);
+  const { prepareSocketPath } = await import('../socket-path.ts');
+  await prepareSocketPath(socket, mode, 'tun-holder');
   const existed = existsSync(`/sys/class/net/${o.tun}`);
   let tun: Tun;
   try {

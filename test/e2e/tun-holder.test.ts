@@ -36,7 +36,7 @@ import { createInterface } from 'node:readline';
 import type { RuleSet } from '../../control/types.ts';
 import { labDown, labUp } from '../../scripts/lab.ts';
 import { ip, netnsSkipReason, testPrefix, withNetns } from './helpers.ts';
-import { ROOT, TUNPROXY_BIN, TunproxyProcess, buildCTool, stopChild } from '../../scripts/harness.ts';
+import { ROOT, TUNPROXY_BIN, TunproxyProcess, buildCTool, jsonResult, stopChild } from '../../scripts/harness.ts';
 
 const NODE = '172.16.11.1';
 const MASQ = '10.64.11.1';
@@ -79,23 +79,7 @@ interface GenResult {
 
 /** A process inside ns whose last JSON line on stdout is its result; `ready` once it printed "ready" (or exited). */
 function jsonTool<T>(ns: string, argv: string[]): { child: ChildProcess; ready: Promise<void>; result: Promise<T> } {
-  const child = spawn('ip', ['netns', 'exec', ns, ...argv], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let stderr = '';
-  child.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-  let onReady = () => {};
-  const ready = new Promise<void>((r) => (onReady = r));
-  const result = new Promise<T>((resolve, reject) => {
-    createInterface({ input: child.stdout! }).on('line', (l) => {
-      if (l === 'ready') onReady();
-      else if (l.startsWith('{')) resolve(JSON.parse(l) as T);
-    });
-    child.on('exit', (code) => {
-      onReady();
-      setTimeout(() => reject(new Error(`${argv[0]} exited (${code}) without a result: ${stderr}`)), 100);
-    });
-  });
-  result.catch(() => {});
-  return { child, ready, result };
+  return jsonResult<T>(spawn('ip', ['netns', 'exec', ns, ...argv], { stdio: ['ignore', 'pipe', 'pipe'] }), argv[0]);
 }
 
 const skip = netnsSkipReason({ tun: true });
