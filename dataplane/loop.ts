@@ -126,6 +126,11 @@ export class Loop {
     return this.pending ?? this.tables;
   }
 
+  /** The snapshot the last batch was decided with (`current` may be a newer one, swapped in before the next batch). */
+  get applied(): Tables {
+    return this.tables;
+  }
+
   /** Swap in a new snapshot: it takes effect before the next batch is processed. */
   setTables(t: Tables): void {
     this.pending = t;

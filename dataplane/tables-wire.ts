@@ -453,6 +453,25 @@ class ServicePortView implements ServicePortEntry {
     if (this.cache !== null) this.cache.sets = null;
   }
 
+  /**
+   * A view of a snapshot no longer in force, taken for the entry at the same
+   * position of a new one (TablesMaterializer's `spare`): what it made when
+   * first read is forgotten (its cache object is kept, emptied), unless the
+   * entry is the one it was (`same`: the same stamp).
+   */
+  recycle(ctx: WireCtx, same: boolean): void {
+    this.ctx = ctx;
+    const c = this.cache;
+    if (c === null) return;
+    c.sets = null;
+    if (same) return;
+    c.name = null;
+    c.ext = null;
+    c.lb = null;
+    c.lbsrc = null;
+    c.ranges = undefined;
+  }
+
   private int(field: number): number {
     return this.ctx.w.entries[this.index * E + field];
   }
@@ -491,12 +510,16 @@ class ServicePortView implements ServicePortEntry {
   }
   get name(): string {
     const c = this.c();
-    if (c.name === null) {
-      const at = this.int(E_NAME);
-      // a copy, not a slice of the wire form's string of names: a slice would keep all of it alive
-      c.name = (' ' + this.ctx.w.names.slice(at, at + this.int(E_NAME + 1))).slice(1);
-    }
-    return c.name;
+    return (c.name ??= this.readName());
+  }
+  /** The name, not kept on the view when it was not yet (a reading of every name once must not leave a cache on each). */
+  peekName(): string {
+    return this.cache?.name ?? this.readName();
+  }
+  private readName(): string {
+    const at = this.int(E_NAME);
+    // a copy, not a slice of the wire form's string of names: a slice would keep all of it alive
+    return (' ' + this.ctx.w.names.slice(at, at + this.int(E_NAME + 1))).slice(1);
   }
   get externalIPs(): readonly number[] {
     const c = this.c();
@@ -544,19 +567,48 @@ class ServicePortView implements ServicePortEntry {
 }
 
 /**
+ * The names of a snapshot's service ports, by position. On a materialized
+ * snapshot they are read from the wire form and not kept on the views: at
+ * start-up the pinned tables' recovery reads every name once, and keeping
+ * them would leave ~140 bytes per service port on the packet thread's heap
+ * for good (100 000 services: 14 MB more for every mark-compact to trace).
+ */
+export function serviceNames(t: Tables): string[] {
+  const list = t.services;
+  const out = new Array<string>(list.length);
+  for (let i = 0; i < list.length; i++) {
+    const s = list[i];
+    out[i] = s instanceof ServicePortView ? s.peekName() : s.name;
+  }
+  return out;
+}
+
+/**
  * Packet-thread side: the wire form → a Tables snapshot, in slices.
  * `step(budgetMs)` works until the budget is spent (the clock is read every
  * 256 entries) and returns true when the snapshot is complete (`result`).
- * Each entry costs one small object (ServicePortView), or none when the
- * previous snapshot's view is kept; everything else is made when first read.
+ * Each entry takes, in this order:
+ *  - the view of the snapshot in force (`prev`) at its position, when the
+ *    entry is the same (same stamp): the two snapshots share it (`reused`);
+ *  - else the view at its position in `spare`, the snapshot before the one
+ *    in force, which no packet reads any more, unless the snapshot in force
+ *    shares it (`recycled`): its fields point to the new wire form;
+ *  - else a new view (`built`), the only allocation per entry.
+ * A full swap of 100 000 services allocated 100 000 views (5 MB) on the
+ * packet thread; with a spare, the third and later swaps allocate none, and
+ * the packet thread's scavenges have nothing of them to copy.
+ * Everything else is made when first read.
  */
 export class TablesMaterializer {
   readonly wire: TablesWire;
   private readonly ctx: WireCtx;
   private readonly prev: Materialized | null;
+  /** the snapshot before `prev`, no longer in force: its views are taken for other entries */
+  private readonly spare: Materialized | null;
   private readonly services: ServicePortEntry[];
   private next = 0;
   reused = 0;
+  recycled = 0;
   built = 0;
   slices = 0;
   /** the longest slice (ms) */
@@ -565,12 +617,18 @@ export class TablesMaterializer {
   /** the IPv6 half's base, materialized in the same slices after the IPv4 entries */
   private readonly v6: TablesMaterializer | null;
 
-  constructor(wire: TablesWire, prev: Materialized | null) {
+  /**
+   * `spare`: a snapshot materialized before `prev` that nothing reads any
+   * more (not in force, not waiting to be swapped in): the caller's promise,
+   * for the views it has that `prev` does not share are changed in place.
+   */
+  constructor(wire: TablesWire, prev: Materialized | null, spare: Materialized | null = null) {
     this.wire = wire;
     this.ctx = new WireCtx(wire);
     this.prev = prev;
+    this.spare = spare !== null && spare !== prev && spare.tables !== prev?.tables ? spare : null;
     this.services = new Array<ServicePortEntry>(wire.count);
-    this.v6 = wire.v6 ? new TablesMaterializer(wire.v6.base, prev?.v6 ?? null) : null;
+    this.v6 = wire.v6 ? new TablesMaterializer(wire.v6.base, prev?.v6 ?? null, this.spare?.v6 ?? null) : null;
   }
 
   get done(): boolean {
@@ -582,15 +640,25 @@ export class TablesMaterializer {
     const w = this.wire;
     const prevServices = this.prev?.tables.services;
     const prevStamps = this.prev?.stamps;
+    const spareServices = this.spare?.tables.services;
+    const spareStamps = this.spare?.stamps;
     this.slices++;
     while (this.next < w.count) {
       const stop = Math.min(w.count, this.next + 256);
       for (let i = this.next; i < stop; i++) {
-        const old = prevServices !== undefined && i < prevServices.length && prevStamps![i] === w.stamps[i] ? prevServices[i] : undefined;
-        if (old instanceof ServicePortView) {
-          old.rebind(this.ctx);
-          this.services[i] = old;
+        const inForce = prevServices !== undefined && i < prevServices.length ? prevServices[i] : undefined;
+        if (inForce instanceof ServicePortView && prevStamps![i] === w.stamps[i]) {
+          inForce.rebind(this.ctx);
+          this.services[i] = inForce;
           this.reused++;
+          continue;
+        }
+        const old = spareServices !== undefined && i < spareServices.length ? spareServices[i] : undefined;
+        // a view the snapshot in force shares (kept from the spare) is read by packets: never taken
+        if (old instanceof ServicePortView && old !== inForce) {
+          old.recycle(this.ctx, spareStamps![i] === w.stamps[i]);
+          this.services[i] = old;
+          this.recycled++;
         } else {
           this.services[i] = new ServicePortView(this.ctx, i);
           this.built++;
@@ -603,9 +671,11 @@ export class TablesMaterializer {
     if (v6 !== null && this.next >= w.count && !v6.done) {
       // what is left of this slice's budget (at least one chunk of 256 entries: every slice moves on)
       const r0 = v6.reused;
+      const c0 = v6.recycled;
       const b0 = v6.built;
       v6.step(budgetMs - (performance.now() - t0));
       this.reused += v6.reused - r0;
+      this.recycled += v6.recycled - c0;
       this.built += v6.built - b0;
     }
     const ms = performance.now() - t0;

@@ -177,9 +177,9 @@ export async function run(o: RunOptions): Promise<void> {
   const packetCpu = parsePacketCpu(o.packetCpu);
   const { defaultSocketPath, readTokenFile } = await import('../api/local.ts');
   // the dataplane is loaded by `run` only (the other commands start faster without it)
-  const [{ Dataplane }, { TunDevice }, { StateStore, restoreConntrackParts }, { ControlWorker }, { FlowLister, unpackChunk, formatFlowL }, { watchEventLoop }, { PIN_CLOSED, PinnedTable }, { openPinnedTable6 }] = await Promise.all([
+  const [{ Dataplane }, { TunDevice }, { StateStore, restoreConntrackParts }, { ControlWorker }, { FlowLister, unpackChunk, formatFlowL }, { watchEventLoop }, { PIN_CLOSED, PinnedTable }, { openPinnedTable6 }, { serviceNames }] = await Promise.all([
     import('../dataplane.ts'), import('../../dataplane/tun/index.ts'), import('../persist.ts'), import('../worker/spawn.ts'), import('../worker/flows.ts'),
-    import('../worker/packet-side.ts'), import('../../dataplane/conntrack-pinned.ts'), import('../../dataplane/conntrack-pinned6.ts'),
+    import('../worker/packet-side.ts'), import('../../dataplane/conntrack-pinned.ts'), import('../../dataplane/conntrack-pinned6.ts'), import('../../dataplane/tables-wire.ts'),
   ]);
   /** SIGUSR1's listing of the connection table: written in slices (FlowLister), never built whole. */
   const listConntrackToStderr = (dp: InstanceType<typeof Dataplane>): Promise<void> => {
@@ -343,7 +343,7 @@ export async function run(o: RunOptions): Promise<void> {
     return false;
   };
   const restoreConntrack = () => {
-    const names = dp.tables?.services.map((sp) => sp.name) ?? [];
+    const names = dp.tables !== null ? serviceNames(dp.tables) : [];
     // the IPv4 lines read as they always did; the IPv6 ones say so
     const recovered4 = finishPinned(pinned, 'connection table', names);
     const recovered6 = finishPinned(pinned6, 'IPv6 connection table', names);

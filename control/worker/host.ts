@@ -64,6 +64,8 @@ export interface InstallInfo {
   slices: number;
   maxSliceMs: number;
   reused: number;
+  /** views of the snapshot before the one in force, taken for this one (TablesMaterializer) */
+  recycled: number;
   built: number;
   skipped: boolean;
 }
@@ -74,6 +76,8 @@ export class PacketHost {
   private readonly queue: Array<Extract<Request, { op: 'tables' }> & { at: number }> = [];
   private busy = false;
   private last: Materialized | null = null;
+  /** the snapshot installed before `last` */
+  private spare: Materialized | null = null;
   private readonly listings = new Map<number, FlowLister>();
   /** called after each snapshot is in force (e.g. to attach the loop on the first one) */
   onInstalled: ((t: Tables, info: InstallInfo) => void) | null = null;
@@ -168,6 +172,18 @@ export class PacketHost {
     if (ms > this.maxSliceMs) this.maxSliceMs = ms;
   }
 
+  /**
+   * The snapshot before the last one installed, when no packet can read it
+   * any more: the last one is the one the loop decides with (not still
+   * waiting for the next batch to be swapped in), or there is no loop. Its
+   * views are recycled into the next snapshot; null when that is not safe.
+   */
+  private spareSnapshot(): Materialized | null {
+    const loop = this.dp.loop;
+    if (this.spare === null || this.last === null) return null;
+    return loop === null || loop.applied === this.last.tables ? this.spare : null;
+  }
+
   /** Materialize the queued snapshots one after the other, in slices; a superseded one is skipped. */
   private pump(): void {
     if (this.busy) return;
@@ -177,12 +193,12 @@ export class PacketHost {
     const skip = this.queue.length > 0;
     if (skip) {
       // a newer snapshot is waiting: this one would be replaced before a packet saw it
-      this.reply(job.id, { generation: job.wire.generation, ms: performance.now() - job.at, slices: 0, maxSliceMs: 0, reused: 0, built: 0, skipped: true } satisfies InstallInfo);
+      this.reply(job.id, { generation: job.wire.generation, ms: performance.now() - job.at, slices: 0, maxSliceMs: 0, reused: 0, recycled: 0, built: 0, skipped: true } satisfies InstallInfo);
       this.busy = false;
       this.pump();
       return;
     }
-    const m = new TablesMaterializer(job.wire, this.last);
+    const m = new TablesMaterializer(job.wire, this.last, this.spareSnapshot());
     const slice = () => {
       let done: boolean;
       try {
@@ -200,6 +216,7 @@ export class PacketHost {
       }
       const mat = m.result();
       const tables = mat.tables;
+      this.spare = this.last;
       this.last = mat;
       // --decider linear (a comparison mode): the evaluator is a graph of objects, built here in one step,
       // and goes in as the pipeline's option together with the tables (between two batches, as they are)
@@ -207,7 +224,7 @@ export class PacketHost {
       const text6 = job.linear?.text6 ?? null;
       this.dp.pipeline.linear6 = text6 !== null ? linearFromText(text6, { localAddresses: job.linear!.localAddresses, family: 6 }) : null;
       this.dp.installTables(tables);
-      const info: InstallInfo = { generation: tables.generation, ms: performance.now() - job.at, slices: m.slices, maxSliceMs: m.maxSliceMs, reused: m.reused, built: m.built, skipped: false };
+      const info: InstallInfo = { generation: tables.generation, ms: performance.now() - job.at, slices: m.slices, maxSliceMs: m.maxSliceMs, reused: m.reused, recycled: m.recycled, built: m.built, skipped: false };
       this.busy = false;
       this.reply(job.id, info);
       this.onInstalled?.(tables, info);

@@ -3,7 +3,8 @@
  * put on shared memory, encoded, and materialized again in slices gives the
  * same entries, sets and verdicts as the snapshot the compiler made, over
  * random sequences of full and incremental changes; entries the incremental
- * path kept are reused, not rebuilt.
+ * path kept are reused, not rebuilt; the views of the snapshot before the
+ * one in force are recycled, and the one in force reads as it did.
  */
 import t from 'tap';
 import fc from 'fast-check';
@@ -45,12 +46,12 @@ function sameTables(a: Tables, b: Tables): string | null {
   return null;
 }
 
-function roundTrip(enc: TablesEncoder, t0: Tables, prev: Materialized | null, budgetMs = 0.05): { m: Materialized; mat: TablesMaterializer } {
+function roundTrip(enc: TablesEncoder, t0: Tables, prev: Materialized | null, budgetMs = 0.05, spare: Materialized | null = null): { m: Materialized; mat: TablesMaterializer } {
   const wire = enc.encode(t0);
   // through a structured clone, as postMessage does: the arrays stay shared
   const cloned = structuredClone(wire);
   if (!(cloned.serviceRows.buffer instanceof SharedArrayBuffer)) throw new Error('the rows did not stay on shared memory');
-  const mat = new TablesMaterializer(cloned, prev);
+  const mat = new TablesMaterializer(cloned, prev, spare);
   while (!mat.step(budgetMs));
   return { m: mat.result(), mat };
 }
@@ -152,4 +153,73 @@ t.test('random sequences of changes: same verdicts, kept entries reused', async 
   );
   t.comment(`${reused} entries reused, ${built} built`);
   t.ok(reused > built, 'the entries an incremental change kept were reused');
+});
+
+/** Every entry of a snapshot, as text (read through the views). */
+const entriesText = (t: Tables): string[] => t.services.map((e) => JSON.stringify(plain(e)));
+
+t.test('full replacements back and forth: from the third snapshot on, every view is recycled and none made', async (t) => {
+  const bulk = (i: number, v: number) => ({ namespace: 'bulk', name: `s${i}-${v}`, clusterIP: `10.${96 + v}.${i >> 8}.${i & 255}`, ports: [{ name: 'p', protocol: 'TCP' as const, port: 80 }], endpoints: [{ address: `10.64.${(i >> 8) & 255}.${i & 255}`, ports: { p: 8080 + v } }] });
+  const variant = (v: number) => ({ ...golden, services: [...golden.services, ...Array.from({ length: 3000 }, (_, i) => bulk(i, v))] }) as RuleSet;
+  const h = new RuleSetHolder({ prepare: shareTables });
+  const enc = new TablesEncoder();
+  let prev: Materialized | null = null;
+  let spare: Materialized | null = null;
+  for (let k = 0; k < 5; k++) {
+    h.apply(variant(k % 2));
+    const inForce = prev === null ? null : entriesText(prev.tables);
+    const { m, mat } = roundTrip(enc, h.current!, prev, 0.05, spare);
+    t.equal(sameTables(h.current!, m.tables), null, `snapshot ${k}: the compiled entries`);
+    if (prev !== null) t.same(entriesText(prev.tables), inForce, `snapshot ${k}: the one in force reads as it did while this one took its spare's views`);
+    if (k >= 2) t.match({ built: mat.built, recycled: mat.recycled }, { built: 0, recycled: m.tables.services.length - mat.reused }, `snapshot ${k}: ${mat.recycled} recycled, ${mat.reused} shared, none built`);
+    spare = prev;
+    prev = m;
+  }
+});
+
+t.test('random sequences of changes with a spare: the one in force never changes, the new one is the compiled one', async (t) => {
+  let recycled = 0;
+  fc.assert(
+    fc.property(arbRuleSet({ maxServices: 6 }), arbRuleSet({ maxServices: 6 }), fc.array(fc.tuple(fc.nat(), fc.nat(), fc.nat(3)), { minLength: 2, maxLength: 8 }), fc.nat(), (rs, donor, ops, seed) => {
+      const h = new RuleSetHolder({ prepare: shareTables });
+      const enc = new TablesEncoder();
+      h.apply(rs);
+      let prev = roundTrip(enc, h.current!, null).m;
+      let spare: Materialized | null = null;
+      let cur = rs;
+      for (const [at, from, kind] of ops) {
+        let services = cur.services.slice();
+        const pick = donor.services[from % donor.services.length];
+        const i = at % Math.max(1, services.length);
+        if (kind === 0 && services.length > 0) services[i] = { ...services[i], endpoints: pick.endpoints };
+        else if (kind === 1) services.push({ ...pick, name: `${pick.name}-${at % 1000}` });
+        else if (kind === 2 && services.length > 0) services.splice(i, 1);
+        else services = donor.services.slice(); // a whole other rule set
+        const next = { ...cur, services };
+        try {
+          h.apply(next);
+        } catch {
+          continue;
+        }
+        cur = next;
+        const before = entriesText(prev.tables);
+        const { m, mat } = roundTrip(enc, h.current!, prev, 0.05, spare);
+        recycled += mat.recycled;
+        const d = sameTables(h.current!, m.tables);
+        if (d !== null) throw new Error(d);
+        const after = entriesText(prev.tables);
+        for (let e = 0; e < before.length; e++) if (before[e] !== after[e]) throw new Error(`the snapshot in force changed at entry ${e}:\n${before[e]}\n${after[e]}`);
+        for (const p of fc.sample(packetFor(cur), { numRuns: 10, seed })) {
+          const x = JSON.stringify(compiledVerdict(h.current!, p));
+          const y = JSON.stringify(compiledVerdict(m.tables, p));
+          if (x !== y) throw new Error(`verdicts differ for ${JSON.stringify(p)}:\n${x}\n${y}`);
+        }
+        spare = prev;
+        prev = m;
+      }
+      return true;
+    }),
+    { numRuns: 150, seed: 11 },
+  );
+  t.ok(recycled > 0, `${recycled} views recycled`);
 });
