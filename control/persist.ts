@@ -5,7 +5,9 @@
  * survive a restart.
  *
  *   <tun>.ruleset.json     the rule set in force, as plain rule-set JSON (it can
- *                          be given to `tunproxy apply -f` or `run --rules` as is)
+ *                          be given to `tunproxy apply -f` or `run --rules` as is):
+ *                          the body of the PUT /v1/ruleset that put it in force,
+ *                          byte for byte, else the rule set stringified
  *   <tun>.conntrack.json   {"kind":"TunproxyConntrack","version":1,"savedAt":<epoch ms>,
  *                          "bootId":..., "netns":..., "items":[...], "items6":[...]}
  *                          written on SIGTERM, read and removed on the next start;
@@ -230,6 +232,8 @@ export class StateStore {
   lastError: Error | null = null;
   saves = 0;
   private next: { ruleSet: RuleSet; generation: number } | null = null;
+  /** rule sets whose JSON text is known (the body of a PUT): written as is, not stringified again */
+  private readonly texts = new WeakMap<RuleSet, string>();
   private writing = 0;
   private pumping: Promise<void> | null = null;
   private waiters: SaveWaiter[] = [];
@@ -285,6 +289,17 @@ export class StateStore {
   }
 
   /**
+   * The JSON text `ruleSet` was parsed from (a PUT's body, which the
+   * validator accepted as it is): if this rule set is saved, the text is
+   * written as it came instead of JSON.stringify of the rule set, which
+   * cost 8-25 ms of the answer to a 10 000-service PUT (2.8 MB) and
+   * ~80 ms at 100 000. The text must parse to exactly `ruleSet`.
+   */
+  textOf(ruleSet: RuleSet, text: string): void {
+    this.texts.set(ruleSet, text);
+  }
+
+  /**
    * Queue the rule set of `generation` for writing. Resolves when it (or a
    * newer one) is on disk; rejects when that write failed.
    */
@@ -324,7 +339,9 @@ export class StateStore {
         this.writing = job.generation;
         let err: Error | null = null;
         try {
-          await writeFileAtomic(this.ruleSetPath, JSON.stringify(job.ruleSet, null, 1) + '\n');
+          const text = this.texts.get(job.ruleSet);
+          this.texts.delete(job.ruleSet);
+          await writeFileAtomic(this.ruleSetPath, text !== undefined ? text : JSON.stringify(job.ruleSet, null, 1) + '\n');
           await writeFileAtomic(this.generationPath, `${job.generation}\n`);
           this.savedGeneration = Math.max(this.savedGeneration, job.generation);
           this.saves++;

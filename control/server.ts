@@ -33,6 +33,13 @@ export const SMALL_BODY_LIMIT = 1024 * 1024;
 // where the socket goes and the token file: in a module of their own, which the packet thread loads without fastify
 export { DEFAULT_SOCKET_DIR, defaultSocketPath, readTokenFile } from './api/local.ts';
 
+declare module 'fastify' {
+  interface FastifyRequest {
+    /** the JSON body as it came, on routes with config.keepJsonText (null otherwise, and for YAML bodies) */
+    jsonText: string | null;
+  }
+}
+
 export interface BuildOptions {
   /** when set, every request needs `Authorization: Bearer <token>` */
   token?: string;
@@ -44,6 +51,10 @@ function wantsRaw(req: FastifyRequest): boolean {
   return (req.routeOptions.config as { raw?: boolean } | undefined)?.raw === true;
 }
 
+function keepsJsonText(req: FastifyRequest): boolean {
+  return (req.routeOptions.config as { keepJsonText?: boolean } | undefined)?.keepJsonText === true;
+}
+
 function installParsers(app: FastifyInstance): void {
   app.removeAllContentTypeParsers();
   app.addContentTypeParser(['application/json', 'application/merge-patch+json'], { parseAs: 'string' }, (req, body, done) => {
@@ -51,7 +62,10 @@ function installParsers(app: FastifyInstance): void {
     if (wantsRaw(req)) return done(null, text);
     if (text.trim() === '') return done(new ApiError(400, 'empty_body', 'the body is empty: send a JSON document'), undefined);
     try {
-      done(null, JSON.parse(text));
+      const doc: unknown = JSON.parse(text);
+      // PUT /v1/ruleset: the text is what the state directory saves when the document goes into force (no stringify)
+      if (keepsJsonText(req)) req.jsonText = text;
+      done(null, doc);
     } catch (e) {
       const off = jsonErrorOffset(text);
       const where = off >= 0 ? ` (line ${lineColumn(text, off).line}, column ${lineColumn(text, off).column})` : '';
@@ -79,6 +93,7 @@ export function buildApi(ctx: ApiContext, metrics: ApiMetrics, cache: LinearCach
     return503OnClosing: true,
     ajv: { customOptions: { removeAdditional: false, useDefaults: false, coerceTypes: false, allErrors: false } },
   });
+  app.decorateRequest('jsonText', null);
   installParsers(app);
   installErrorHandlers(app, { bodyLimit: SMALL_BODY_LIMIT });
   if (o.token !== undefined) {

@@ -127,11 +127,15 @@ export class ApiContext {
    * services that changed (kube-proxy's partial sync) when few did.
    * `replaced`: the candidate is the rule set in force with the service at
    * that position replaced, nothing else (RuleSetHolder.apply).
+   * `jsonText`: the candidate's JSON text as the client sent it (what the
+   * state directory writes instead of stringifying the rule set again).
    */
-  async apply(candidate: unknown, ifGeneration: number | undefined, whole = false, replaced?: number): Promise<ApplyAnswer> {
+  async apply(candidate: unknown, ifGeneration: number | undefined, whole = false, replaced?: number, jsonText?: string): Promise<ApplyAnswer> {
     let r: ApplyResult;
     try {
       if (whole) this.reuseUnchanged(candidate);
+      // the candidate's own JSON text (a PUT's body): saved as it came if the candidate goes into force
+      if (jsonText !== undefined && this.store !== null && typeof candidate === 'object' && candidate !== null) this.store.textOf(candidate as RuleSet, jsonText);
       r = this.holder.apply(candidate, ifGeneration, replaced);
     } catch (e) {
       throw toApiError(e);

@@ -121,8 +121,10 @@ export function registerRuleSetRoutes(app: FastifyInstance, ctx: ApiContext): vo
   // One pass over the body: no schema pass before the validator, which refuses everything the
   // schema refuses (test/unit/ruleset-schema.test.ts proves it on random mutations) and builds the
   // model as it checks. The schema stays published at GET /v1/ruleset/schema.
-  app.put('/v1/ruleset', { bodyLimit: ctx.bodyLimit }, async (req, reply) => {
-    const r = await ctx.apply(req.body, parseIfMatch(req.headers['if-match'], ctx.generation), true);
+  // The JSON text of the body is kept (config.keepJsonText): the state directory saves it as it came
+  // once the rule set is in force, instead of stringifying the rule set again.
+  app.put('/v1/ruleset', { bodyLimit: ctx.bodyLimit, config: { keepJsonText: true } }, async (req, reply) => {
+    const r = await ctx.apply(req.body, parseIfMatch(req.headers['if-match'], ctx.generation), true, undefined, req.jsonText ?? undefined);
     applied(reply, r);
     return r;
   });

@@ -644,6 +644,36 @@ t.test('persistence through the API: an accepted rule set is on disk when the an
   t.equal((await env.c.request<{ state: { lastError: string } }>('GET', '/v1/stats')).body.state.lastError.length > 0, true);
 });
 
+t.test('a PUT of the rule set is saved as its body came, byte for byte; other changes and YAML bodies are stringified', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'tp-api-state-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const store = new StateStore(dir, 'tun0.');
+  store.init();
+  const env = await start(t, { store }, null);
+  // a body laid out as no JSON.stringify would write it: tabs, a key order of its own, a trailing newline
+  const body = '{\t"services": ' + JSON.stringify(golden.services, null, 3) + ',\n"node": ' + JSON.stringify(golden.node) + ', "apiVersion": ' + JSON.stringify(golden.apiVersion) + '}\n';
+  const r = await env.c.request<{ persisted: boolean; generation: number }>('PUT', '/v1/ruleset', { body, contentType: 'application/json' });
+  t.equal(r.status, 200);
+  t.equal(r.body.persisted, true);
+  t.equal(readFileSync(store.ruleSetPath, 'utf8'), body, 'the file is the body itself');
+  t.has(new StateStore(dir, 'tun0.').loadRuleSet(), { status: 'ok', ruleSet: golden }, 'and reads back as the rule set in force');
+  // a rejected PUT leaves the file as it was (its text is never written)
+  const bad = body.replace('"apiVersion"', '"extra": 1, "apiVersion"');
+  t.equal((await env.c.request('PUT', '/v1/ruleset', { body: bad, contentType: 'application/json' })).status, 400);
+  t.equal(readFileSync(store.ruleSetPath, 'utf8'), body, 'a rejected body is not saved');
+  // a change of one service: the rule set it made, stringified
+  await env.c.request('DELETE', '/v1/services/default/empty');
+  const after = readFileSync(store.ruleSetPath, 'utf8');
+  t.not(after, body);
+  t.same(JSON.parse(after), { ...golden, services: golden.services.filter((s) => s.name !== 'empty') }, 'the DELETE saved the rule set in force');
+  // a YAML body is not JSON: the rule set it made is saved as JSON
+  const yaml = JSON.stringify(golden); // JSON is YAML; sent as YAML it goes through the YAML parser
+  const y = await env.c.request<{ persisted: boolean }>('PUT', '/v1/ruleset', { body: yaml, contentType: 'application/yaml' });
+  t.equal(y.body.persisted, true);
+  t.same(JSON.parse(readFileSync(store.ruleSetPath, 'utf8')), golden);
+  t.not(readFileSync(store.ruleSetPath, 'utf8'), yaml, 'stringified, not the YAML text');
+});
+
 t.test('concurrent writers: read-modify-write with If-Match never loses an update; blind PUTs leave one whole rule set', async (t) => {
   const env = await start(t);
   const writers = 6;
