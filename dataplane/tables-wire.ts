@@ -10,8 +10,8 @@
  *   Snapshots are immutable once swapped in, on both sides.
  * - The objects the slow paths read (ServicePortEntry, EndpointSet: names,
  *   affinity, Maglev, source ranges, trace, stale-flow removal) cannot be
- *   shared. `TablesEncoder` (worker) writes them as ints into shared arrays
- *   plus one string of names; `TablesMaterializer` (packet thread) makes one
+ *   shared. `TablesEncoder` (worker) writes them as ints into shared arrays,
+ *   the names as UTF-16 code units; `TablesMaterializer` (packet thread) makes one
  *   small view object per entry (ServicePortView: the numbers read from the
  *   shared ints, the name, address lists and endpoint sets made when first
  *   read) in slices of
@@ -25,8 +25,9 @@
  *   them held the thread 5-30 ms at a time (measured with --trace-gc); one
  *   view per entry is ~8x fewer, and most entries are never read.
  *
- * The message itself is small to deserialize: a dozen shared arrays and one
- * string (the service-port names, ~30 bytes each), never an object per service.
+ * The message itself is small to deserialize: a dozen shared arrays and a
+ * few numbers, never an object per service nor a string of every name (which
+ * postMessage would copy into the packet thread's heap on every swap).
  */
 import { performance } from 'node:perf_hooks';
 import type { Cidr } from './addr.ts';
@@ -118,7 +119,13 @@ export interface TablesWire {
   /** per endpoint pair of endpointFlat: 1 when node-local */
   readonly flatNodeLocal: Uint8Array;
   readonly maglev: Uint16Array;
-  readonly names: string;
+  /**
+   * the service-port names, one after the other, as UTF-16 code units on
+   * shared memory (entry: start and length at E_NAME): a string would be
+   * copied by postMessage into the packet thread's heap on every swap
+   * (3.6 MB at 100 000 services, a PATCH's too), these cross without a copy
+   */
+  readonly names: Uint16Array;
   /** the IPv6 tables (tables6.ts), when the snapshot has them */
   readonly v6?: Tables6Wire | null;
 }
@@ -140,6 +147,18 @@ interface LastEncoding {
   appended: number;
   base: number;
 }
+
+/** `prev`'s first `used` code units, then those of `add`, on a new shared array. */
+function growChars(prev: Uint16Array, used: number, add: readonly string[]): Uint16Array {
+  let n = used;
+  for (const x of add) n += x.length;
+  const a = new Uint16Array(new SharedArrayBuffer(Math.max(n, 1) * 2), 0, n);
+  a.set(prev.subarray(0, used));
+  let at = used;
+  for (const x of add) for (let k = 0; k < x.length; k++) a[at++] = x.charCodeAt(k);
+  return a;
+}
+const NO_CHARS = new Uint16Array(0);
 
 function growInt32(prev: Int32Array, used: number, add: readonly number[]): Int32Array {
   const a = sharedInt32(used + add.length);
@@ -212,7 +231,7 @@ export class TablesEncoder {
     const sets = growInt32(new Int32Array(0), 0, st.setInts);
     const maglev = new Uint16Array(new SharedArrayBuffer(Math.max(st.maglevLen, 1) * 2), 0, st.maglevLen);
     for (const m of st.maglevs) maglev.set(m, st.maglevAt.get(m)!);
-    const wire = wireOf(t, n, entries, stamps, pool, sets, st.flatNodeLocal, maglev, st.names.join(''));
+    const wire = wireOf(t, n, entries, stamps, pool, sets, st.flatNodeLocal, maglev, growChars(NO_CHARS, 0, st.names));
     this.last = { services: t.services, wire, poolLen: pool.length, setCount: sets.length / S, maglevLen: st.maglevLen, setIds: st.setIds, maglevAt: st.maglevAt, appended: 0, base: Math.max(1024, pool.length + sets.length + wire.names.length + n) };
     return wire;
   }
@@ -240,7 +259,7 @@ export class TablesEncoder {
       maglev.set(pw.maglev.subarray(0, last.maglevLen));
       for (const m of st.maglevs) maglev.set(m, st.maglevAt.get(m)!);
     }
-    const wire = wireOf(t, n, entries, stamps, pool, sets, flatNodeLocal, maglev, pw.names + st.names.join(''));
+    const wire = wireOf(t, n, entries, stamps, pool, sets, flatNodeLocal, maglev, growChars(pw.names, pw.names.length, st.names));
     const added = st.pool.length + st.setInts.length + (wire.names.length - pw.names.length) + changed.length * E;
     this.last = { ...last, services: t.services, wire, poolLen: pool.length, setCount: sets.length / S, maglevLen: st.maglevLen, appended: last.appended + added };
     return wire;
@@ -319,7 +338,7 @@ class EncodeState {
   }
 }
 
-function wireOf(t: Tables, n: number, entries: Int32Array, stamps: Float64Array, pool: Int32Array, sets: Int32Array, flatNodeLocal: Uint8Array, maglev: Uint16Array, names: string): TablesWire {
+function wireOf(t: Tables, n: number, entries: Int32Array, stamps: Float64Array, pool: Int32Array, sets: Int32Array, flatNodeLocal: Uint8Array, maglev: Uint16Array, names: Uint16Array): TablesWire {
   return {
     generation: t.generation,
     liveServicePorts: t.liveServicePorts,
@@ -363,15 +382,15 @@ export interface Materialized {
 /** One wire form and the endpoint sets already built from it (by set id). */
 class WireCtx {
   readonly w: TablesWire;
-  readonly sets: Array<EndpointSet | null | undefined>;
+  /** the sets made so far, by id: a Map, not an array of every set (~1 MB at 100 000 services made on each swap, for the few sets packets read) */
+  private readonly sets = new Map<number, EndpointSet>();
   constructor(w: TablesWire) {
     this.w = w;
-    this.sets = new Array(w.sets.length / S);
   }
 
   set(id: number): EndpointSet | null {
     if (id < 0) return null;
-    const have = this.sets[id];
+    const have = this.sets.get(id);
     if (have !== undefined) return have;
     const w = this.w;
     const o = id * S;
@@ -387,7 +406,7 @@ class WireCtx {
     }
     const ms = w.sets[o + S_MAGLEV_START];
     const set: EndpointSet = { endpoints, flatStart, maglev: ms < 0 ? null : w.maglev.subarray(ms, ms + w.sets[o + S_MAGLEV_LEN]), index };
-    this.sets[id] = set;
+    this.sets.set(id, set);
     return set;
   }
 
@@ -518,8 +537,7 @@ class ServicePortView implements ServicePortEntry {
   }
   private readName(): string {
     const at = this.int(E_NAME);
-    // a copy, not a slice of the wire form's string of names: a slice would keep all of it alive
-    return (' ' + this.ctx.w.names.slice(at, at + this.int(E_NAME + 1))).slice(1);
+    return String.fromCharCode.apply(null, this.ctx.w.names.subarray(at, at + this.int(E_NAME + 1)) as unknown as number[]);
   }
   get externalIPs(): readonly number[] {
     const c = this.c();
@@ -627,7 +645,9 @@ export class TablesMaterializer {
     this.ctx = new WireCtx(wire);
     this.prev = prev;
     this.spare = spare !== null && spare !== prev && spare.tables !== prev?.tables ? spare : null;
-    this.services = new Array<ServicePortEntry>(wire.count);
+    // the spare's array of entries too, when it has the length (every position is written before the swap)
+    const old = this.spare?.tables.services;
+    this.services = old !== undefined && old.length === wire.count && old !== prev?.tables.services ? (old as ServicePortEntry[]) : new Array<ServicePortEntry>(wire.count);
     this.v6 = wire.v6 ? new TablesMaterializer(wire.v6.base, prev?.v6 ?? null, this.spare?.v6 ?? null) : null;
   }
 
