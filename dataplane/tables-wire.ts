@@ -464,6 +464,11 @@ class ServicePortView implements ServicePortEntry {
     this.index = i;
   }
 
+  /** the wire form this view reads */
+  wireForm(): TablesWire {
+    return this.ctx.w;
+  }
+
   /** The next snapshot keeps this entry (same stamp, same index): read it from the new wire form. */
   rebind(ctx: WireCtx): void {
     this.ctx = ctx;
@@ -582,6 +587,26 @@ class ServicePortView implements ServicePortEntry {
   get local(): EndpointSet | null {
     return this.sets()[2];
   }
+}
+
+/**
+ * A spare for the snapshot after `m` (TablesMaterializer's `spare`) made
+ * ahead, while nothing is being swapped: one view per entry of `m` (and of
+ * its IPv6 half), over the same wire form, read by nothing, with no stamp
+ * (every entry taken from it is made again). The packet thread makes it
+ * before the packets move (tunproxy run, at the first rule set), so that even
+ * the first full change after the start allocates no views while they move.
+ */
+export function blankSpare(m: Materialized): Materialized {
+  const first = m.tables.services[0];
+  const n = first instanceof ServicePortView ? m.tables.services.length : 0;
+  const services = new Array<ServicePortEntry>(n);
+  if (first instanceof ServicePortView) {
+    const ctx = new WireCtx(first.wireForm());
+    for (let i = 0; i < n; i++) services[i] = new ServicePortView(ctx, i);
+  }
+  const tables: Tables = { ...m.tables, services };
+  return { tables, stamps: new Float64Array(n), ...(m.v6 ? { v6: blankSpare(m.v6) } : {}) };
 }
 
 /**

@@ -173,7 +173,7 @@ export async function run(o: RunOptions): Promise<void> {
   const priority = parsePacketPriority(o.packetPriority ?? 'none');
   const { parseTxQueueLen, prepareDevice } = await import('../worker/priority.ts');
   const txqueuelen = parseTxQueueLen(o.txqueuelen ?? '0');
-  const { parsePacketCpu, pinPacketThread } = await import('../worker/priority.ts');
+  const { parsePacketCpu, pinPacketThread, collectBeforeStart } = await import('../worker/priority.ts');
   const packetCpu = parsePacketCpu(o.packetCpu);
   const { defaultSocketPath, readTokenFile } = await import('../api/local.ts');
   // the dataplane is loaded by `run` only (the other commands start faster without it)
@@ -384,6 +384,10 @@ export async function run(o: RunOptions): Promise<void> {
   };
   const attach = () => {
     restoreConntrack();
+    // before the packets move: the views the next snapshot takes, and one full collection of what the start made
+    const spare = cw.host.prepareSpare();
+    const gcMs = collectBeforeStart();
+    log(`before the packets move: ${spare} spare views made, the heap collected${gcMs === null ? ' (not possible here: skipped)' : ` in ${gcMs.toFixed(1)} ms`}`);
     const l = dp.attach(tun, { batch });
     log(`attached to ${tun.name}, batch ${batch}, ${Math.round(l.bufferBytes / 1024)} KiB of packet buffer; ready`);
   };

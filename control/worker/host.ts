@@ -23,7 +23,7 @@ import { performance } from 'node:perf_hooks';
 import type { Dataplane } from '../dataplane.ts';
 import type { Tables } from '../../dataplane/tables.ts';
 import type { TablesWire, Materialized } from '../../dataplane/tables-wire.ts';
-import { TablesMaterializer } from '../../dataplane/tables-wire.ts';
+import { TablesMaterializer, blankSpare } from '../../dataplane/tables-wire.ts';
 import { SLICE_MS } from '../../dataplane/loop.ts';
 import { linearFromText } from '../iptables/linear.ts';
 import { conntrackFilter } from '../api/conntrack.ts';
@@ -170,6 +170,18 @@ export class PacketHost {
 
   private note(ms: number): void {
     if (ms > this.maxSliceMs) this.maxSliceMs = ms;
+  }
+
+  /**
+   * Make the views the next snapshot will take (blankSpare) when there is no
+   * spare yet: called by tunproxy run before the packets move, so that the
+   * first full change after the start allocates none while they do.
+   * Returns how many were made.
+   */
+  prepareSpare(): number {
+    if (this.last === null || this.spare !== null) return 0;
+    this.spare = blankSpare(this.last);
+    return this.spare.tables.services.length + (this.spare.v6?.tables.services.length ?? 0);
   }
 
   /**

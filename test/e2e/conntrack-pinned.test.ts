@@ -124,6 +124,7 @@ if (skip) {
     t.equal(first.filter((s) => s.responses >= 3 && !s.closed).length, N, 'every connection answers');
     t.ok(first.every((s) => Object.keys(s.clients)[0]?.startsWith(`${MASQ}:`)), 'masqueraded: the pods see the node address');
     t.match(tp!.lines.join('\n'), /connection table pinned in .*tun0\.ct/);
+    t.match(tp!.lines.join('\n'), /before the packets move: [1-9]\d* spare views made, the heap collected in [\d.]+ ms/, 'the spare views and the collection before the loop starts');
     t.ok(existsSync(join(pinDir, `${lab.tunName}.ct`)));
   });
 

@@ -102,3 +102,38 @@ t.test('views recycled from the snapshot before the one in force, never from the
   t.equal(loop.applied.generation, 4);
   t.equal(text(loop.applied), text(holder.current!), 'the fourth reads as the compiled tables');
 });
+
+t.test('a spare made before the packets move: the first change after the start makes no views', async (t) => {
+  const ch = new MessageChannel();
+  t.teardown(() => {
+    ch.port1.close();
+    ch.port2.close();
+  });
+  const dp = new Dataplane({ clock: () => 1000 });
+  const host = new PacketHost(dp, ch.port1);
+  const remote = new RemotePacketSide(ch.port2);
+  ch.port1.on('message', (m) => host.handle(m));
+  ch.port2.on('message', (m) => remote.handle(m));
+  const infos: InstallInfo[] = [];
+  host.onInstalled = (_t, info) => infos.push(info);
+  const holder = new RuleSetHolder({ prepare: shareTables });
+  const send = async (v: number): Promise<InstallInfo> => {
+    holder.apply(variant(v));
+    await remote.sendTables(holder.current!, null);
+    return infos[infos.length - 1];
+  };
+  t.equal(host.prepareSpare(), 0, 'nothing installed yet: no spare');
+  t.match(await send(1), { built: 310 });
+  t.equal(host.prepareSpare(), 310, 'one view per entry of the snapshot in force');
+  t.equal(host.prepareSpare(), 0, 'made once');
+  const dev = new KickDevice();
+  const loop = dp.attach(dev, { expiryIntervalMs: 0 });
+  t.teardown(() => dp.detach());
+  const firstText = text(loop.applied);
+  t.match(await send(2), { built: 0, recycled: 310 }, 'the first change takes the spare\'s views');
+  t.equal(text(loop.applied), firstText, 'the snapshot in force reads as it did');
+  dev.kick();
+  t.equal(loop.applied.generation, 2);
+  t.equal(text(loop.applied), text(holder.current!), 'the second reads as the compiled tables');
+  t.match(await send(3), { built: 0, recycled: 310 }, 'the third takes the first\'s');
+});
