@@ -46,6 +46,15 @@ function sameTables(a: Tables, b: Tables): string | null {
   return null;
 }
 
+/** Ten packets of the rule set decided alike by the compiled and the materialized tables, else an error naming the packet. */
+function sameVerdicts(compiled: Tables, materialized: Tables, rs: RuleSet, seed: number): void {
+  for (const p of fc.sample(packetFor(rs), { numRuns: 10, seed })) {
+    const x = JSON.stringify(compiledVerdict(compiled, p));
+    const y = JSON.stringify(compiledVerdict(materialized, p));
+    if (x !== y) throw new Error(`verdicts differ for ${JSON.stringify(p)}:\n${x}\n${y}`);
+  }
+}
+
 function roundTrip(enc: TablesEncoder, t0: Tables, prev: Materialized | null, budgetMs = 0.05, spare: Materialized | null = null): { m: Materialized; mat: TablesMaterializer } {
   const wire = enc.encode(t0);
   // through a structured clone, as postMessage does: the arrays stay shared
@@ -140,11 +149,7 @@ t.test('random sequences of changes: same verdicts, kept entries reused', async 
         built += mat.built;
         const d = sameTables(h.current!, m.tables);
         if (d !== null) throw new Error(d);
-        for (const p of fc.sample(packetFor(cur), { numRuns: 10, seed })) {
-          const x = JSON.stringify(compiledVerdict(h.current!, p));
-          const y = JSON.stringify(compiledVerdict(m.tables, p));
-          if (x !== y) throw new Error(`verdicts differ for ${JSON.stringify(p)}:\n${x}\n${y}`);
-        }
+        sameVerdicts(h.current!, m.tables, cur, seed);
         prev = m;
       }
       return true;
@@ -209,11 +214,7 @@ t.test('random sequences of changes with a spare: the one in force never changes
         if (d !== null) throw new Error(d);
         const after = entriesText(prev.tables);
         for (let e = 0; e < before.length; e++) if (before[e] !== after[e]) throw new Error(`the snapshot in force changed at entry ${e}:\n${before[e]}\n${after[e]}`);
-        for (const p of fc.sample(packetFor(cur), { numRuns: 10, seed })) {
-          const x = JSON.stringify(compiledVerdict(h.current!, p));
-          const y = JSON.stringify(compiledVerdict(m.tables, p));
-          if (x !== y) throw new Error(`verdicts differ for ${JSON.stringify(p)}:\n${x}\n${y}`);
-        }
+        sameVerdicts(h.current!, m.tables, cur, seed);
         spare = prev;
         prev = m;
       }

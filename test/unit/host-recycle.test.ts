@@ -3,68 +3,32 @@
  * the snapshot before the one in force into the next one (TablesMaterializer's
  * spare) only when no packet can read them any more: while the last snapshot
  * still waits for the next batch to be swapped in, the one before it is the
- * one in force, and its views are left alone.
+ * one in force, and its views are left alone. A spare made before the packets
+ * move (tunproxy run) serves the first change after the start.
  */
 import t from 'tap';
 import { readFileSync } from 'node:fs';
-import { MessageChannel } from 'node:worker_threads';
 import { Dataplane } from '../../control/dataplane.ts';
-import type { PacketDevice } from '../../dataplane/loop.ts';
-import { PacketHost } from '../../control/worker/host.ts';
 import type { InstallInfo } from '../../control/worker/host.ts';
-import { RemotePacketSide } from '../../control/worker/remote.ts';
 import { RuleSetHolder } from '../../control/runtime.ts';
 import { shareTables } from '../../dataplane/tables-wire.ts';
 import type { Tables } from '../../dataplane/tables.ts';
 import type { RuleSet } from '../../control/types.ts';
+import { KickDevice, twoThreads } from '../support/threads.ts';
 
 const golden = JSON.parse(readFileSync(new URL('../fixtures/iptables/golden-ruleset.json', import.meta.url), 'utf8')) as RuleSet;
 
-/** A device that delivers one 2-byte packet (dropped as malformed) when kicked: a batch, so a pending swap takes effect. */
-class KickDevice implements PacketDevice {
-  readonly name = 'kick0';
-  readonly vnetHeaderSize = 0;
-  private pending = 0;
-  private cb: ((err: Error | null) => void) | null = null;
-  readBatch(_buf: Uint8Array, _slot: number, _max: number, lengths: Uint32Array): number {
-    if (this.pending === 0) return 0;
-    this.pending--;
-    lengths[0] = 2;
-    return 1;
-  }
-  writeBatch(_b: Uint8Array, _o: Uint32Array, _l: Uint32Array, n: number): number {
-    return n;
-  }
-  onReadable(cb: (err: Error | null) => void): void {
-    this.cb = cb;
-  }
-  stopReadable(): void {
-    this.cb = null;
-  }
-  kick(): void {
-    this.pending++;
-    this.cb?.(null);
-  }
-}
-
-/** A rule set of its own for each variant: every service port differs from the other variants'. */
+/** A rule set of its own for each variant: 300 service ports that differ from every other variant's, after the golden rule set's 10. */
 function variant(v: number): RuleSet {
   const bulk = Array.from({ length: 300 }, (_, i) => ({ namespace: 'bulk', name: `s${i}-v${v}`, clusterIP: `10.${100 + v}.${i >> 8}.${i & 255}`, ports: [{ name: 'p', protocol: 'TCP' as const, port: 80 }], endpoints: [{ address: `10.64.2.${(i % 250) + 1}`, ports: { p: 8080 } }] }));
   return { ...golden, services: [...golden.services, ...bulk] } as RuleSet;
 }
 const text = (tb: Tables): string => tb.services.map((s) => `${s.name} ${s.clusterIP} ${s.port} ${s.cluster?.endpoints.map((e) => e.text).join(',')}`).join('\n');
 
-t.test('views recycled from the snapshot before the one in force, never from the one in force', async (t) => {
-  const ch = new MessageChannel();
-  t.teardown(() => {
-    ch.port1.close();
-    ch.port2.close();
-  });
+/** A dataplane behind the two threads' messages; `send(v)` compiles variant v, sends it and answers what the host said of it. */
+function lab(t: { teardown(fn: () => void): void }) {
   const dp = new Dataplane({ clock: () => 1000 });
-  const host = new PacketHost(dp, ch.port1);
-  const remote = new RemotePacketSide(ch.port2);
-  ch.port1.on('message', (m) => host.handle(m));
-  ch.port2.on('message', (m) => remote.handle(m));
+  const { host, remote } = twoThreads(t, dp);
   const infos: InstallInfo[] = [];
   host.onInstalled = (_t, info) => infos.push(info);
   const holder = new RuleSetHolder({ prepare: shareTables });
@@ -73,12 +37,19 @@ t.test('views recycled from the snapshot before the one in force, never from the
     await remote.sendTables(holder.current!, null);
     return infos[infos.length - 1];
   };
+  const attach = () => {
+    const dev = new KickDevice();
+    const loop = dp.attach(dev, { expiryIntervalMs: 0 });
+    t.teardown(() => dp.detach());
+    return { dev, loop };
+  };
+  return { host, holder, send, attach };
+}
 
-  const g1 = await send(1);
-  t.match(g1, { built: 310, recycled: 0 }, 'the first snapshot: every view made (10 service ports of the golden rule set, 300 of its own)');
-  const dev = new KickDevice();
-  const loop = dp.attach(dev, { expiryIntervalMs: 0 });
-  t.teardown(() => dp.detach());
+t.test('views recycled from the snapshot before the one in force, never from the one in force', async (t) => {
+  const { holder, send, attach } = lab(t);
+  t.match(await send(1), { built: 310, recycled: 0 }, 'the first snapshot: every view made');
+  const { dev, loop } = attach();
   const first = loop.applied;
   const firstText = text(first);
 
@@ -95,8 +66,7 @@ t.test('views recycled from the snapshot before the one in force, never from the
   t.equal(third.generation, 3);
   const thirdText = text(third);
   // the fourth takes the views of the second (never in force) and of the first no longer
-  const g4 = await send(4);
-  t.match(g4, { built: 0, recycled: 310 }, 'the third is in force: the second\'s views are recycled, none made');
+  t.match(await send(4), { built: 0, recycled: 310 }, 'the third is in force: the second\'s views are recycled, none made');
   t.equal(text(third), thirdText, 'the snapshot in force reads as it did');
   dev.kick();
   t.equal(loop.applied.generation, 4);
@@ -104,31 +74,12 @@ t.test('views recycled from the snapshot before the one in force, never from the
 });
 
 t.test('a spare made before the packets move: the first change after the start makes no views', async (t) => {
-  const ch = new MessageChannel();
-  t.teardown(() => {
-    ch.port1.close();
-    ch.port2.close();
-  });
-  const dp = new Dataplane({ clock: () => 1000 });
-  const host = new PacketHost(dp, ch.port1);
-  const remote = new RemotePacketSide(ch.port2);
-  ch.port1.on('message', (m) => host.handle(m));
-  ch.port2.on('message', (m) => remote.handle(m));
-  const infos: InstallInfo[] = [];
-  host.onInstalled = (_t, info) => infos.push(info);
-  const holder = new RuleSetHolder({ prepare: shareTables });
-  const send = async (v: number): Promise<InstallInfo> => {
-    holder.apply(variant(v));
-    await remote.sendTables(holder.current!, null);
-    return infos[infos.length - 1];
-  };
+  const { host, holder, send, attach } = lab(t);
   t.equal(host.prepareSpare(), 0, 'nothing installed yet: no spare');
   t.match(await send(1), { built: 310 });
   t.equal(host.prepareSpare(), 310, 'one view per entry of the snapshot in force');
   t.equal(host.prepareSpare(), 0, 'made once');
-  const dev = new KickDevice();
-  const loop = dp.attach(dev, { expiryIntervalMs: 0 });
-  t.teardown(() => dp.detach());
+  const { dev, loop } = attach();
   const firstText = text(loop.applied);
   t.match(await send(2), { built: 0, recycled: 310 }, 'the first change takes the spare\'s views');
   t.equal(text(loop.applied), firstText, 'the snapshot in force reads as it did');

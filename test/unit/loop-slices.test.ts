@@ -8,39 +8,13 @@
 import t from 'tap';
 import { readFileSync } from 'node:fs';
 import { Dataplane } from '../../control/dataplane.ts';
-import type { PacketDevice } from '../../dataplane/loop.ts';
+import { KickDevice } from '../support/threads.ts';
 import { RuleSetHolder } from '../../control/runtime.ts';
 import { TablesEncoder, TablesMaterializer, shareTables } from '../../dataplane/tables-wire.ts';
 import { parseIPv4, PROTO_TCP, PROTO_UDP } from '../../dataplane/addr.ts';
 import type { RuleSet } from '../../control/types.ts';
 
 const golden = JSON.parse(readFileSync(new URL('../fixtures/iptables/golden-ruleset.json', import.meta.url), 'utf8')) as RuleSet;
-/** A device that delivers one 2-byte packet (dropped as malformed) when kicked: a batch, so a pending swap takes effect. */
-class KickDevice implements PacketDevice {
-  readonly name = 'kick0';
-  readonly vnetHeaderSize = 0;
-  private pending = 0;
-  private cb: ((err: Error | null) => void) | null = null;
-  readBatch(_buf: Uint8Array, _slot: number, _max: number, lengths: Uint32Array): number {
-    if (this.pending === 0) return 0;
-    this.pending--;
-    lengths[0] = 2;
-    return 1;
-  }
-  writeBatch(_b: Uint8Array, _o: Uint32Array, _l: Uint32Array, n: number): number {
-    return n;
-  }
-  onReadable(cb: (err: Error | null) => void): void {
-    this.cb = cb;
-  }
-  stopReadable(): void {
-    this.cb = null;
-  }
-  kick(): void {
-    this.pending++;
-    this.cb?.(null);
-  }
-}
 const idle = new KickDevice();
 const turns = (n: number) => new Promise<void>((resolve) => {
   const step = (k: number) => (k === 0 ? resolve() : setImmediate(() => step(k - 1)));

@@ -151,19 +151,9 @@ t.test('the run path: a Dataplane with decider linear builds the ip6tables walk 
 });
 
 t.test('tunproxy run\'s two threads: the ip6tables text crosses with the tables and is built into linear6 on the packet side', async (t) => {
-  const { MessageChannel } = await import('node:worker_threads');
-  const { PacketHost } = await import('../../control/worker/host.ts');
-  const { RemotePacketSide } = await import('../../control/worker/remote.ts');
-  const ch = new MessageChannel();
-  t.teardown(() => {
-    ch.port1.close();
-    ch.port2.close();
-  });
+  const { twoThreads } = await import('../support/threads.ts');
   const dp = new Dataplane({ clock: () => 1000 });
-  const host = new PacketHost(dp, ch.port1);
-  const remote = new RemotePacketSide(ch.port2);
-  ch.port1.on('message', (m) => host.handle(m));
-  ch.port2.on('message', (m) => remote.handle(m));
+  const { remote } = twoThreads(t, dp);
   const m = model();
   // what control-worker.ts sends on each swap with --decider linear
   await remote.sendTables(compile(m), { text: writeIptables(m), text6: writeIptables(m, { family: 6 }), localAddresses: m.node.addresses });
