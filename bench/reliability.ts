@@ -329,10 +329,13 @@ async function startHolder(ns: string, sock: string): Promise<{ child: ChildProc
 }
 
 let runId = 0;
+/** the directories of the scenario under way (its state directory, its pinned tables in /dev/shm), removed by cleanup() on a signal */
+const scenarioDirs = new Set<string>();
 async function runScenario(lab: Lab, client: NetClient, spec: ScenarioSpec): Promise<{ result: ScenarioResult; detail: Detail }> {
   const notes: string[] = [];
   const dir = mkdtempSync(join(tmpdir(), `tp-rel-${spec.name}-`));
   const pinDir = join('/dev/shm', `tp-rel-${process.pid}-${++runId}`);
+  scenarioDirs.add(dir).add(pinDir);
   const rulesFile = join(dir, 'rules.json');
   writeFileSync(rulesFile, JSON.stringify(spec.rules));
   const stateDir = join(dir, 'state');
@@ -452,6 +455,8 @@ async function runScenario(lab: Lab, client: NetClient, spec: ScenarioSpec): Pro
     }
     rmSync(dir, { recursive: true, force: true });
     rmSync(pinDir, { recursive: true, force: true });
+    scenarioDirs.delete(dir);
+    scenarioDirs.delete(pinDir);
   }
 }
 
@@ -731,6 +736,8 @@ let labState = '';
 async function cleanup(): Promise<void> {
   for (const c of extra) await stopChild(c, 1000);
   await stopAllChildren(2000);
+  // the scenario under way when a signal came: its directories (its finally does not run after process.exit)
+  for (const d of scenarioDirs) rmSync(d, { recursive: true, force: true });
   if (labRef) await labDown(labRef.prefix, { stateDir: labState });
   if (labState) rmSync(labState, { recursive: true, force: true });
 }
