@@ -117,7 +117,13 @@ interface AffinityEntry {
  * (refreshed by `--set` on each new connection, checked with `--rcheck --seconds`).
  */
 export class AffinityTable {
-  private readonly cache: LRUCache<number, AffinityEntry>;
+  /**
+   * made at the first entry: an LRUCache of `max` allocates its arrays whole
+   * (two of 8 MB at 2^20), which the packet thread's heap would carry, and
+   * every mark-compact trace, on a node whose services have no ClientIP affinity
+   */
+  private cache: LRUCache<number, AffinityEntry> | null = null;
+  private readonly max: number;
   hits = 0;
   /**
    * An IPv6 table: a client is 128 bits, the key (and selectEndpoint's
@@ -132,7 +138,7 @@ export class AffinityTable {
   private c2 = 0;
   private c3 = 0;
   constructor(max = 1 << 20, six = false) {
-    this.cache = new LRUCache<number, AffinityEntry>({ max });
+    this.max = max;
     this.six = six;
   }
   /** IPv6 tables: the client of the next get/set is w[o..o+4). */
@@ -147,7 +153,7 @@ export class AffinityTable {
   }
   /** The remembered endpoint index in `set`, or -1. */
   get(svc: ServicePortEntry, set: EndpointSet, client: number, now: number): number {
-    const e = this.cache.get(AffinityTable.key(svc.uid, client));
+    const e = this.cache?.get(AffinityTable.key(svc.uid, client));
     if (e === undefined || e.name !== svc.name || e.expires <= now) return -1;
     if (this.six && (e.c0 !== this.c0 || e.c1 !== this.c1 || e.c2 !== this.c2 || e.c3 !== this.c3)) return -1;
     const i = set.index.get(e.addr * 65536 + e.port);
@@ -157,7 +163,8 @@ export class AffinityTable {
   }
   set(svc: ServicePortEntry, client: number, addr: number, port: number, now: number): void {
     const k = AffinityTable.key(svc.uid, client);
-    const e = this.cache.get(k);
+    const cache = (this.cache ??= new LRUCache<number, AffinityEntry>({ max: this.max }));
+    const e = cache.get(k);
     const expires = now + svc.affinityMs;
     if (e !== undefined && e.name === svc.name) {
       e.addr = addr;
@@ -167,13 +174,13 @@ export class AffinityTable {
       e.c1 = this.c1;
       e.c2 = this.c2;
       e.c3 = this.c3;
-    } else this.cache.set(k, { name: svc.name, addr, port, expires, c0: this.c0, c1: this.c1, c2: this.c2, c3: this.c3 });
+    } else cache.set(k, { name: svc.name, addr, port, expires, c0: this.c0, c1: this.c1, c2: this.c2, c3: this.c3 });
   }
   get size(): number {
-    return this.cache.size;
+    return this.cache?.size ?? 0;
   }
   clear(): void {
-    this.cache.clear();
+    this.cache?.clear();
   }
 }
 

@@ -134,6 +134,29 @@ t.test('ClientIP affinity: the same client sticks to one endpoint until the time
   t.equal(spread.size, 5);
 });
 
+t.test('the affinity table takes no memory until its first entry', async (t) => {
+  const rs = ruleSet(5, {}, true);
+  const tables = compile(rs);
+  const out = new LookupResult();
+  const aff = new AffinityTable(1 << 20);
+  const vip = parseIPv4('10.96.0.1');
+  const client = parseIPv4('192.0.2.78');
+  // one table made whole is two arrays of 2^20 slots (16 MB): eight of them would be 128 MB, whatever garbage comes and goes
+  const before = process.memoryUsage().heapUsed;
+  const idle = Array.from({ length: 8 }, () => new AffinityTable(1 << 20));
+  const grew = process.memoryUsage().heapUsed - before;
+  t.ok(grew < 16 << 20, `8 tables of 2^20 entries with none in them: the heap grew ${(grew / 1048576).toFixed(1)} MB`);
+  t.equal(idle[0].size, 0);
+  idle[0].clear(); // nothing to clear, no error
+  lookup(tables, PROTO_TCP, client, vip, 80, out);
+  const first = pick(tables, out, PROTO_TCP, client, vip, 1000, 80, 0, new Rng(4), aff);
+  t.equal(aff.size, 1, 'the first new flow of a ClientIP service makes the entry');
+  t.equal(pick(tables, out, PROTO_TCP, client, vip, 1001, 80, 10, new Rng(5), aff), first, 'and the next one sticks to it');
+  t.equal(aff.hits, 1);
+  aff.clear();
+  t.equal(aff.size, 0);
+});
+
 t.test('affinity survives a recompile but not the endpoint leaving', async (t) => {
   const rs = ruleSet(3, {}, true);
   const out = new LookupResult();
