@@ -47,24 +47,21 @@ export interface BuildOptions {
   logger?: boolean;
 }
 
-function wantsRaw(req: FastifyRequest): boolean {
-  return (req.routeOptions.config as { raw?: boolean } | undefined)?.raw === true;
-}
-
-function keepsJsonText(req: FastifyRequest): boolean {
-  return (req.routeOptions.config as { keepJsonText?: boolean } | undefined)?.keepJsonText === true;
+/** A route's config flag: `raw` (the body text, not parsed), `keepJsonText` (parsed, and its text kept in req.jsonText). */
+function routeFlag(req: FastifyRequest, flag: 'raw' | 'keepJsonText'): boolean {
+  return (req.routeOptions.config as Partial<Record<typeof flag, boolean>> | undefined)?.[flag] === true;
 }
 
 function installParsers(app: FastifyInstance): void {
   app.removeAllContentTypeParsers();
   app.addContentTypeParser(['application/json', 'application/merge-patch+json'], { parseAs: 'string' }, (req, body, done) => {
     const text = body as string;
-    if (wantsRaw(req)) return done(null, text);
+    if (routeFlag(req, 'raw')) return done(null, text);
     if (text.trim() === '') return done(new ApiError(400, 'empty_body', 'the body is empty: send a JSON document'), undefined);
     try {
       const doc: unknown = JSON.parse(text);
       // PUT /v1/ruleset: the text is what the state directory saves when the document goes into force (no stringify)
-      if (keepsJsonText(req)) req.jsonText = text;
+      if (routeFlag(req, 'keepJsonText')) req.jsonText = text;
       done(null, doc);
     } catch (e) {
       const off = jsonErrorOffset(text);
@@ -74,7 +71,7 @@ function installParsers(app: FastifyInstance): void {
   });
   app.addContentTypeParser(['application/yaml', 'application/x-yaml', 'text/yaml'], { parseAs: 'string' }, (req, body, done) => {
     const text = body as string;
-    if (wantsRaw(req)) return done(null, text);
+    if (routeFlag(req, 'raw')) return done(null, text);
     try {
       done(null, parseYaml(text, { maxAliasCount: 100 }));
     } catch (e) {

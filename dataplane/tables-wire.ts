@@ -469,21 +469,16 @@ class ServicePortView implements ServicePortEntry {
     return this.ctx.w;
   }
 
-  /** The next snapshot keeps this entry (same stamp, same index): read it from the new wire form. */
-  rebind(ctx: WireCtx): void {
-    this.ctx = ctx;
-    // the endpoint sets point into their wire form's Maglev pool: made again from the new one when
-    // next read, so that no old wire form stays alive through a view the snapshots keep
-    if (this.cache !== null) this.cache.sets = null;
-  }
-
   /**
-   * A view of a snapshot no longer in force, taken for the entry at the same
-   * position of a new one (TablesMaterializer's `spare`): what it made when
-   * first read is forgotten (its cache object is kept, emptied), unless the
-   * entry is the one it was (`same`: the same stamp).
+   * Read the entry at the same position of the next snapshot's wire form.
+   * `same`: it is the entry this view was (the same stamp), and what the
+   * view made when first read stays; else that is forgotten (the cache
+   * object is kept, emptied): a view of the snapshot before the one in force
+   * (TablesMaterializer's `spare`) taken for another entry. The endpoint
+   * sets point into their wire form's Maglev pool: made again from the new
+   * one either way, so that no old wire form stays alive through a view.
    */
-  recycle(ctx: WireCtx, same: boolean): void {
+  rebind(ctx: WireCtx, same: boolean): void {
     this.ctx = ctx;
     const c = this.cache;
     if (c === null) return;
@@ -693,7 +688,7 @@ export class TablesMaterializer {
       for (let i = this.next; i < stop; i++) {
         const inForce = prevServices !== undefined && i < prevServices.length ? prevServices[i] : undefined;
         if (inForce instanceof ServicePortView && prevStamps![i] === w.stamps[i]) {
-          inForce.rebind(this.ctx);
+          inForce.rebind(this.ctx, true);
           this.services[i] = inForce;
           this.reused++;
           continue;
@@ -701,7 +696,7 @@ export class TablesMaterializer {
         const old = spareServices !== undefined && i < spareServices.length ? spareServices[i] : undefined;
         // a view the snapshot in force shares (kept from the spare) is read by packets: never taken
         if (old instanceof ServicePortView && old !== inForce) {
-          old.recycle(this.ctx, spareStamps![i] === w.stamps[i]);
+          old.rebind(this.ctx, spareStamps![i] === w.stamps[i]);
           this.services[i] = old;
           this.recycled++;
         } else {

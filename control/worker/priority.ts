@@ -1,7 +1,8 @@
 /**
  * What `tunproxy run` can do to keep the packet thread from waiting on the
- * machine: a higher CPU priority for that one thread (--packet-priority) and
- * a longer TUN queue (--txqueuelen).
+ * machine: a higher CPU priority for that one thread (--packet-priority), a
+ * CPU of its own (--packet-cpu), a longer TUN queue (--txqueuelen), and one
+ * collection of its heap before the packets move (collectBeforeStart).
  *
  * Measured with bench:reliability's baseline (no event, the stream alone at
  * 10 000 pkt/s) on a 2-core machine shared with other work (load 5–8): with
