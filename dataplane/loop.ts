@@ -19,6 +19,7 @@ import { Pipeline, V_FORWARD, V_PASS, V_REPLY } from './pipeline.ts';
 import type { ConntrackEntry } from './conntrack.ts';
 import { PROTO_SCTP, PROTO_TCP, PROTO_UDP } from './addr.ts';
 import { fnv1a } from './select.ts';
+import { packetCpuShare } from './cpu-share.ts';
 
 /**
  * The longest the loop's own housekeeping (conntrack expiry, stale-flow
@@ -202,6 +203,7 @@ export class Loop {
         this.expiring = false;
         return;
       }
+      packetCpuShare.check();
       const t0 = performance.now();
       do {
         const k = Math.min(left, 4096);
@@ -282,6 +284,7 @@ export class Loop {
     };
     const slice = () => {
       if (t !== this.tables) return;
+      packetCpuShare.check();
       const t0 = performance.now();
       do {
         if (i < services.length) {
@@ -323,7 +326,10 @@ export class Loop {
     const inOff = this.inOffsets;
     const packed = dev.vnetHeaderSize > 0;
     const slot = this.slotSize;
+    const share = packetCpuShare;
     for (let b = 0; b < this.batchesPerWake; b++) {
+      // at SCHED_FIFO: a short sleep when the thread has held its CPU too long (cpu-share.ts)
+      if (share.on) share.check();
       let n: number;
       if (packed) n = dev.readPacked!(buf, this.batch, PACKED_MIN_SLOT, PACKED_RESERVE, inOff, lengths);
       else {

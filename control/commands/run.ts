@@ -53,6 +53,7 @@ export interface RunOptions extends KubeRunOptions {
   packetPriority: string;
   txqueuelen: string;
   packetCpu?: string;
+  packetNap?: string;
   /** --tun-holder [socket]: take the TUN's open file from a `tunproxy tun-holder` (true: its default socket) */
   tunHolder?: string | boolean;
 }
@@ -93,6 +94,7 @@ export function registerRun(program: Command): void {
     .option('--offload <auto|off>', 'auto: open the TUN with a virtio-net header and take checksum, TCP (TSO4/6, ECN) and UDP (USO4/6) segmentation offloads, so bulk traffic moves as 64 KiB super-packets (what the kernel refuses is said at start); off: one MTU packet per read', 'auto')
     .option('--packet-priority <none|nice:N|fifo:N>', "CPU priority of the packet thread alone: nice:N (-20..19) or fifo:N (SCHED_FIFO 1..99, above every ordinary task, like the kernel's own packet processing); needs root or CAP_SYS_NICE. On a busy machine a stall of the packet thread is packets queued in the TUN, or lost (README \"Packets that never wait\")", 'none')
     .option('--packet-cpu <n>', 'run the packet thread on CPU n alone and the control worker on the other CPUs (with --packet-priority fifo, the worker is then never preempted by the packet thread while it hands a message over)')
+    .option('--packet-nap <BUSY/NAP|off>', "with --packet-priority fifo: after BUSY ms on its CPU without waiting NAP ms, the packet thread sleeps NAP ms (default 2/0.2: none below its full rate, 91 % of the CPU at it). A real-time thread that never leaves its CPU starves the ordinary tasks there, and the kernel (its fair server) then takes the CPU from it for up to 50 ms at once; off where no ordinary task can run on that CPU (isolcpus, an exclusive cpuset)")
     .option('--txqueuelen <packets>', "set the TUN device's queue (Linux's default for a TUN: 500 packets) to this many packets: what waits while the packet thread is held up instead of being dropped (0: keep the device's)", '0')
     .option('--kubernetes', 'take the rules from the cluster: list and watch Services, EndpointSlices and this Node, like kube-proxy (in-cluster service account, or --kubeconfig)')
     .option('--kubeconfig <file>', 'with --kubernetes: the kubeconfig file (default: the in-cluster service account)')
@@ -175,6 +177,8 @@ export async function run(o: RunOptions): Promise<void> {
   const txqueuelen = parseTxQueueLen(o.txqueuelen ?? '0');
   const { parsePacketCpu, pinPacketThread, collectBeforeStart } = await import('../worker/priority.ts');
   const packetCpu = parsePacketCpu(o.packetCpu);
+  const { parsePacketNap } = await import('../../dataplane/cpu-share.ts');
+  const packetNap = parsePacketNap(o.packetNap ?? '2/0.2');
   const { defaultSocketPath, readTokenFile } = await import('../api/local.ts');
   // the dataplane is loaded by `run` only (the other commands start faster without it)
   const [{ Dataplane }, { TunDevice }, { StateStore, restoreConntrackParts }, { ControlWorker }, { FlowLister, unpackChunk, formatFlowL }, { watchEventLoop }, { PIN_CLOSED, PinnedTable }, { openPinnedTable6 }, { serviceNames }] = await Promise.all([
@@ -303,7 +307,12 @@ export async function run(o: RunOptions): Promise<void> {
   // every thread exists now (the control worker, V8's and libuv's): raise this one alone
   try {
     if (priority.kind !== 'none') log(await raisePacketThread(priority));
-    if (packetCpu >= 0) log(pinPacketThread(packetCpu, Number(first.tid ?? -1)));
+    if (packetCpu >= 0) log(pinPacketThread(packetCpu));
+    if (priority.kind === 'fifo' && packetNap !== null) {
+      const { packetCpuShare } = await import('../../dataplane/cpu-share.ts');
+      packetCpuShare.enable(packetNap.busyMs, packetNap.napMs);
+      log(`the packet thread sleeps ${packetNap.napMs} ms after ${packetNap.busyMs} ms on its CPU without a wait (--packet-nap): the ordinary tasks there get their share in short slices, and the kernel never takes the CPU from it for long`);
+    } else if (o.packetNap !== undefined && o.packetNap !== 'off') log(`--packet-nap ${o.packetNap} has no effect without --packet-priority fifo (an ordinary thread shares its CPU by itself)`);
   } catch (e) {
     tun.close();
     stopping = true;

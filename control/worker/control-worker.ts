@@ -13,7 +13,7 @@
  *   {ctl: 'reload'}     SIGHUP: reload --rules
  *   {ctl: 'stop'}       close the API, flush the state directory, answer {ev: 'stopped'}
  * To the packet thread:
- *   {ev: 'rules', generation, tid}   the start-up rule set is in force (0: none yet); tid: this thread's Linux id (-1: unknown)
+ *   {ev: 'rules', generation}   the start-up rule set is in force (0: none yet)
  *   {ev: 'api', socketPath, tcp} | {ev: 'api', error}
  *   {ev: 'fatal', message}           the start failed (a bad --rules, a bad --state-dir)
  *   {ev: 'stopped'}
@@ -198,7 +198,7 @@ const tid = ownTid();
 lowerPriority(tid);
 try {
   start();
-  port.postMessage({ ev: 'rules', generation: holder.current?.generation ?? 0, tid });
+  port.postMessage({ ev: 'rules', generation: holder.current?.generation ?? 0 });
 } catch (e) {
   port.postMessage({ ev: 'fatal', message: (e as Error).message });
 }

@@ -17,6 +17,7 @@ import { CT6_ORIG_SRC, CT6_ORIG_DST, CT6_REPLY_SRC, CT6_REPLY_DST } from '../../
 import { formatConntrackL, formatConntrackL6 } from '../../dataplane/conntrack-format.ts';
 import type { FormatOptions } from '../../dataplane/conntrack-format.ts';
 import { SLICE_MS } from '../../dataplane/loop.ts';
+import { packetCpuShare } from '../../dataplane/cpu-share.ts';
 
 /** A flow as plain data: what `formatConntrackL` and `flowJson` read of a ConntrackEntry. */
 export class FlowRecord {
@@ -215,6 +216,7 @@ export function deleteFlowsSliced(ct: Conntrack, pred: (e: ConntrackEntry) => bo
   let deleted = 0;
   return new Promise((resolve) => {
     const slice = () => {
+      packetCpuShare.check();
       const t0 = performance.now();
       do {
         deleted += ct.sweepSome(cursor, 256, pred);

@@ -25,6 +25,7 @@ import type { Tables } from '../../dataplane/tables.ts';
 import type { TablesWire, Materialized } from '../../dataplane/tables-wire.ts';
 import { TablesMaterializer, blankSpare } from '../../dataplane/tables-wire.ts';
 import { SLICE_MS } from '../../dataplane/loop.ts';
+import { packetCpuShare } from '../../dataplane/cpu-share.ts';
 import { linearFromText } from '../iptables/linear.ts';
 import { conntrackFilter } from '../api/conntrack.ts';
 import type { ConntrackQuery } from '../api/conntrack.ts';
@@ -161,6 +162,7 @@ export class PacketHost {
 
   private sendChunk(id: number, l: FlowLister): void {
     if (!this.listings.has(id)) return;
+    packetCpuShare.check();
     const t0 = performance.now();
     const c = l.next();
     this.note(performance.now() - t0);
@@ -212,6 +214,7 @@ export class PacketHost {
     }
     const m = new TablesMaterializer(job.wire, this.last, this.spareSnapshot());
     const slice = () => {
+      packetCpuShare.check();
       let done: boolean;
       try {
         done = m.step(SLICE_MS);

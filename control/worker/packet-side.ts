@@ -17,6 +17,7 @@ import type { Tables } from '../../dataplane/tables.ts';
 import type { ConntrackQuery } from '../api/conntrack.ts';
 import { conntrackFilter } from '../api/conntrack.ts';
 import { EVENTS } from '../../dataplane/counters.ts';
+import { packetCpuShare } from '../../dataplane/cpu-share.ts';
 import { CT6_ORIG_SRC, CT6_ORIG_DST, CT6_REPLY_SRC, CT6_REPLY_DST } from '../../dataplane/conntrack6.ts';
 import type { FlowChunk, FlowRecord } from './flows.ts';
 import { FIELDS, FlowLister, deleteFlowsSliced, packFlow, unpackFlow } from './flows.ts';
@@ -32,7 +33,8 @@ export interface PacketStats {
   /** generation of the tables the packet thread has in force (0: none) */
   generation: number;
   /** the packet thread's event-loop delay since the dataplane started (monitorEventLoopDelay, 1 ms resolution) */
-  eventLoop: { maxMs: number; p99Ms: number; meanMs: number };
+  /** naps, napMs: the packet thread's sleeps to leave its CPU to ordinary tasks (dataplane/cpu-share.ts; 0 unless --packet-priority fifo) */
+  eventLoop: { maxMs: number; p99Ms: number; meanMs: number; naps: number; napMs: number };
 }
 
 const delays = new WeakMap<Dataplane, IntervalHistogram>();
@@ -45,7 +47,7 @@ function eventLoopOf(dp: Dataplane): PacketStats['eventLoop'] {
     delays.set(dp, h);
   }
   const ms = (ns: number) => (Number.isFinite(ns) ? Math.round(ns / 1e3) / 1e3 : 0);
-  return { maxMs: ms(h.max), p99Ms: ms(h.percentile(99)), meanMs: ms(h.mean) };
+  return { maxMs: ms(h.max), p99Ms: ms(h.percentile(99)), meanMs: ms(h.mean), naps: packetCpuShare.naps, napMs: Math.round(packetCpuShare.napMsTotal * 1000) / 1000 };
 }
 
 /** Start measuring the packet thread's event-loop delay now (tunproxy run does at start). */

@@ -1,7 +1,8 @@
 /**
  * What `tunproxy run` can do to keep the packet thread from waiting on the
  * machine: a higher CPU priority for that one thread (--packet-priority), a
- * CPU of its own (--packet-cpu), a longer TUN queue (--txqueuelen), and one
+ * CPU of its own (--packet-cpu), short naps at SCHED_FIFO (--packet-nap,
+ * dataplane/cpu-share.ts), a longer TUN queue (--txqueuelen), and one
  * collection of its heap before the packets move (collectBeforeStart).
  *
  * Measured with bench:reliability's baseline (no event, the stream alone at
@@ -129,26 +130,30 @@ export function parsePacketCpu(s: string | undefined, cpus = availableParallelis
 }
 
 /**
- * The packet thread on CPU `cpu` and the control worker on every other CPU
+ * The packet thread on CPU `cpu` and every other thread of the process (the
+ * control worker, V8's helpers, libuv's pool) on every other CPU
  * (sched_setaffinity, through taskset). Measured (perf, sched_switch of the
  * packet thread during 1 000 swaps on a loaded 2-core machine): with the
  * packet thread at SCHED_FIFO, the control worker's postMessage wakes it while
  * still holding the port's lock (node's MessagePortData::AddToIncomingQueue
  * signals under its mutex); on the same CPU the packet thread preempts the
  * worker at once and then blocks on that lock until the worker, an ordinary
- * task on a busy machine, runs again: 931 waits, up to 13.6 ms each. On
- * different CPUs the worker lets go of the lock within microseconds.
+ * task, runs again: 931 waits, up to 13.6 ms each. On different CPUs the
+ * worker lets go of the lock within microseconds. The other threads are
+ * ordinary tasks too: on the packet thread's CPU they would only wait for it,
+ * and, starved, make the kernel take the CPU from it (cpu-share.ts).
  */
-export function pinPacketThread(cpu: number, workerTid: number, cpus = availableParallelism()): string {
+export function pinPacketThread(cpu: number, cpus = availableParallelism()): string {
   const others = [...Array(cpus).keys()].filter((c) => c !== cpu).join(',');
-  const set = (list: string, tid: number, what: string) => {
-    const r = spawnSync('taskset', ['-p', '-c', list, String(tid)], { encoding: 'utf8' });
+  const set = (args: string[], what: string) => {
+    const r = spawnSync('taskset', args, { encoding: 'utf8' });
     if (r.error) throw new Error(`--packet-cpu ${cpu}: cannot run taskset (util-linux): ${r.error.message}`);
     if (r.status !== 0) throw new Error(`--packet-cpu ${cpu}: taskset refused for ${what}: ${r.stderr.trim()}`);
   };
-  set(String(cpu), process.pid, 'the packet thread');
-  if (workerTid > 0) set(others, workerTid, 'the control worker');
-  return `the packet thread on CPU ${cpu}, the control worker on CPU ${others}`;
+  // every thread first (-a), then the packet thread (its Linux thread id is the process id) back alone
+  set(['-a', '-p', '-c', others, String(process.pid)], 'the threads of this process');
+  set(['-p', '-c', String(cpu), String(process.pid)], 'the packet thread');
+  return `the packet thread on CPU ${cpu}, the control worker on CPU ${others} with every other thread of this process (V8's, libuv's)`;
 }
 
 /**
