@@ -164,6 +164,8 @@ function bigRuleSet(n: number, variant: 'a' | 'b'): RuleSet {
 const GEN = buildCTool('udpgen');
 const SEQSINK = buildCTool('seqsink');
 const FUZZGEN = buildCTool('fuzzgen');
+/** the machine's own stalls: a SCHED_FIFO 99 thread on every CPU, waking every ms (bench/tools/stallprobe.c) */
+const STALLPROBE = buildCTool('stallprobe');
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const log = (m: string) => process.stderr.write(`reliability: ${m}\n`);
@@ -229,6 +231,11 @@ interface SinkResult {
   /** the same figures before the event (SIGUSR1): the floor with no event */
   lead: { maxGapMs: number; gapsOver5ms: number; maxDelayMs: number; received: number } | null;
 }
+interface ProbeResult {
+  cpus: Array<{ cpu: number; wakeups: number; maxLateMs: number; over2ms: number; over5ms: number }>;
+  /** [cpu, CLOCK_REALTIME ms the wake-up was due, how late it came (ms)] */
+  stalls: Array<[number, number, number]>;
+}
 interface GenResult {
   sent: number;
   seconds: number;
@@ -271,6 +278,8 @@ interface Detail {
   /** the longest gap before the event (the floor at this rate), and the longest send-to-arrival delay of the run */
   floorGapMs?: number | null;
   maxDelayMs?: number;
+  /** the machine's longest stall during the stream (stallprobe: a SCHED_FIFO 99 thread woken that late on some CPU) */
+  machineStallMs?: number | null;
 }
 
 // ------------------------------------------------------------------ one scenario
@@ -328,6 +337,73 @@ async function startHolder(ns: string, sock: string): Promise<{ child: ChildProc
   return { child, lines };
 }
 
+/** Where a stream's datagrams can be dropped on this machine, as counters read before and after it. */
+interface Drops {
+  /** the TUN device's queue full (tun0's tx_dropped: the kernel could not hand the datagram to tunproxy) */
+  tunQueue: number | null;
+  /** tunproxy: packets it dropped (its drop counters) and writes the device refused (loop txDropped), with its pid (a restart resets them) */
+  tunproxy: { drops: number; txDropped: number; pid: number } | null;
+  /** the sink pod's UDP sockets full (Udp RcvbufErrors of its namespace) */
+  podSocket: number | null;
+  /** naps of tunproxy's packet thread (--packet-nap) and their time (ms) */
+  naps: { naps: number; napMs: number } | null;
+}
+
+async function dropCounters(lab: Lab, tp: TunproxyProcess | null, api: ApiClient): Promise<Drops> {
+  const cat = (ns: string, path: string): string | null => {
+    const r = spawnSync('ip', ['netns', 'exec', ns, 'cat', path], { encoding: 'utf8' });
+    return r.status === 0 ? r.stdout : null;
+  };
+  const q = cat(lab.node.ns, `/sys/class/net/${TUN_NAME}/statistics/tx_dropped`);
+  const snmp = cat(lab.podFor(SINK_POD).ns, '/proc/net/snmp');
+  let podSocket: number | null = null;
+  if (snmp !== null) {
+    const udp = snmp.split('\n').filter((l) => l.startsWith('Udp: '));
+    const i = udp[0]?.split(' ').indexOf('RcvbufErrors') ?? -1;
+    if (udp.length >= 2 && i > 0) podSocket = Number(udp[1].split(' ')[i]);
+  }
+  let tunproxy: Drops['tunproxy'] = null;
+  let naps: Drops['naps'] = null;
+  if (tp?.running) {
+    type Stats = { counters?: { drops?: Record<string, number> }; loop?: { txDropped?: number } | null; packetThread?: { eventLoopDelay?: { naps?: number; napMs?: number } } };
+    const st = (await api.call<Stats>('GET', '/v1/stats').catch(() => null))?.body;
+    if (st?.counters?.drops) tunproxy = { drops: Object.values(st.counters.drops).reduce((a, b) => a + b, 0), txDropped: st.loop?.txDropped ?? 0, pid: tp.pid };
+    const el = st?.packetThread?.eventLoopDelay;
+    if (el?.naps !== undefined) naps = { naps: el.naps, napMs: el.napMs ?? 0 };
+  }
+  return { tunQueue: q === null ? null : Number(q.trim()), tunproxy, podSocket, naps };
+}
+
+/** The lost datagrams by where the counters saw them go (a note). */
+function whereLost(lost: number, a: Drops, b: Drops): string {
+  const parts: string[] = [];
+  let known = 0;
+  const add = (n: number | null, what: string) => {
+    if (n === null) return parts.push(`${what}: not known`);
+    known += n;
+    parts.push(`${fmt(n)} ${what}`);
+  };
+  add(a.tunQueue !== null && b.tunQueue !== null ? b.tunQueue - a.tunQueue : null, "in the TUN's full queue (tx_dropped)");
+  const same = a.tunproxy !== null && b.tunproxy !== null && a.tunproxy.pid === b.tunproxy.pid;
+  add(same ? b.tunproxy!.drops - a.tunproxy!.drops + b.tunproxy!.txDropped - a.tunproxy!.txDropped : null, 'by tunproxy (its drop counters and refused writes, all traffic)');
+  add(a.podSocket !== null && b.podSocket !== null ? b.podSocket - a.podSocket : null, "at the pod's full socket (Udp RcvbufErrors)");
+  return `where the ${fmt(lost)} lost went: ${parts.join(', ')}${known < lost ? `; ${fmt(lost - known)} not counted by any of them` : ''}`;
+}
+
+/** The probe's stalls during the stream, and the ones the stream's longest gap overlapped (a note). */
+function machineStalls(p: ProbeResult, main: SinkResult): { maxMs: number; note: string } {
+  const worst = p.cpus.reduce((w, c) => (c.maxLateMs > w.maxLateMs ? c : w), p.cpus[0]);
+  const over5 = p.cpus.map((c) => `CPU ${c.cpu} ${c.over5ms}`).join(', ');
+  const gapEnd = main.firstAtMs + main.maxGapAtMs;
+  const gapStart = gapEnd - main.maxGapMs;
+  const during = p.stalls.filter(([, at, late]) => at < gapEnd && at + late > gapStart);
+  const inGap = during.length === 0 ? 'no stall of the machine (≥ 2 ms) during the longest gap' : `during the longest gap the machine stalled: ${during.map(([cpu, , late]) => `${late.toFixed(1)} ms on CPU ${cpu}`).join(', ')}`;
+  return {
+    maxMs: Math.round(worst.maxLateMs * 100) / 100,
+    note: `the machine itself (bench/tools/stallprobe.c: a SCHED_FIFO 99 thread on every CPU, woken every ms): longest stall ${worst.maxLateMs.toFixed(1)} ms on CPU ${worst.cpu}; wake-ups over 5 ms late: ${over5}; ${inGap}`,
+  };
+}
+
 let runId = 0;
 /** the directories of the scenario under way (its state directory, its pinned tables in /dev/shm), removed by cleanup() on a signal */
 const scenarioDirs = new Set<string>();
@@ -352,6 +428,7 @@ async function runScenario(lab: Lab, client: NetClient, spec: ScenarioSpec): Pro
   let tp: TunproxyProcess | null = null;
   const sinks: Array<ReturnType<typeof jsonTool<SinkResult>>> = [];
   let gen: ReturnType<typeof jsonTool<GenResult>> | null = null;
+  let probe: ReturnType<typeof jsonTool<ProbeResult>> | null = null;
   let holder: Awaited<ReturnType<typeof startHolder>> | null = null;
   try {
     if (spec.before) await spec.before(dir, pinDir);
@@ -390,6 +467,9 @@ async function runScenario(lab: Lab, client: NetClient, spec: ScenarioSpec): Pro
     sinks.push(jsonTool<SinkResult>(lab.podFor(SINK_POD).ns, [SEQSINK, '--bind', SINK_POD, '--port', String(STREAM_PORT), '--expect', String(Math.min(expect, 2 ** 28))], true));
     for (const p of WEB_PODS) sinks.push(jsonTool<SinkResult>(lab.podFor(p).ns, [SEQSINK, '--bind', p, '--port', String(STREAM_PORT), '--expect', '1'], true));
     await Promise.all(sinks.map((s) => s.ready));
+    probe = jsonTool<ProbeResult>(lab.node.ns, [STALLPROBE], true);
+    await probe.ready;
+    const drops0 = await dropCounters(lab, ctx.tp, ctx.api);
     gen = jsonTool<GenResult>(lab.client.ns, [GEN, '--dst', VIP_STREAM, '--dport', String(STREAM_PORT), '--seq', '--size', '64', '--rate', String(spec.pps), '--duration', '100000', '--flows', '1'], false);
     await sleep(C.leadInMs);
     const before = await statuses();
@@ -408,8 +488,11 @@ async function runScenario(lab: Lab, client: NetClient, spec: ScenarioSpec): Pro
     gen.child.kill('SIGTERM');
     const g = await gen.result;
     await sleep(500);
+    probe.child.kill('SIGTERM');
+    const drops1 = await dropCounters(lab, tp, ctx.api);
     for (const s of sinks) s.child.kill('SIGTERM');
     const [main, ...decoys] = await Promise.all(sinks.map((s) => s.result));
+    const pr = await probe.result.catch(() => null);
     // TCP backs off its retransmissions (0.2, 0.4, 0.8 … s): after a long blackout the next one may be ~as long away
     const after = await waitProgress(await statuses(), 2, 60_000);
     const firstClient = (s: StreamStatus) => Object.keys(s.clients)[0];
@@ -437,14 +520,20 @@ async function runScenario(lab: Lab, client: NetClient, spec: ScenarioSpec): Pro
       ...ctx.result,
     };
     notes.push(`stream: sent ${fmt(g.sent)} in ${g.seconds.toFixed(1)} s, received ${fmt(main.distinct)} distinct; longest gap ${main.maxGapMs.toFixed(1)} ms, ${fmt(main.maxGapAtMs)} ms after the first datagram; ${main.gapsOver5ms} gaps over 5 ms; the datagrams around it were sent ${main.maxGapSendMs.toFixed(1)} ms apart (the sender's own longest pause ${g.maxSendGapMs.toFixed(1)} ms); the longest send-to-arrival delay ${main.maxDelayMs.toFixed(1)} ms, ${fmt(main.delaysOver5ms)} datagrams over 5 ms`);
+    if (drops1.naps !== null && drops1.naps.naps > 0) notes.push(`the packet thread napped ${fmt(drops1.naps.naps)} times since its start, ${drops1.naps.napMs.toFixed(1)} ms in all (--packet-nap: it had held its CPU 2 ms without a wait)`);
+    const lostN = Math.max(0, g.sent - main.distinct);
+    if (lostN > 0) notes.push(whereLost(lostN, drops0, drops1));
+    const stall = pr === null ? null : machineStalls(pr, main);
+    if (stall !== null) notes.push(stall.note);
     if (main.lead !== null) notes.push(`before the event (${fmt(main.lead.received)} datagrams, no event: the floor): longest gap ${main.lead.maxGapMs.toFixed(1)} ms, ${main.lead.gapsOver5ms} gaps over 5 ms, longest delay ${main.lead.maxDelayMs.toFixed(1)} ms`);
-    return { result, detail: { name: spec.name, what: spec.what, notes, floorGapMs: main.lead ? Math.round(main.lead.maxGapMs * 100) / 100 : null, maxDelayMs: Math.round(main.maxDelayMs * 100) / 100 } };
+    return { result, detail: { name: spec.name, what: spec.what, notes, floorGapMs: main.lead ? Math.round(main.lead.maxGapMs * 100) / 100 : null, maxDelayMs: Math.round(main.maxDelayMs * 100) / 100, machineStallMs: stall?.maxMs ?? null } };
   } catch (e) {
     log(`${spec.name}: ${(e as Error).stack ?? e}`);
     notes.push(`failed: ${(e as Error).message.split('\n')[0]}`);
     return { result: { ...empty, crashes: tp && !tp.running ? 1 : null }, detail: { name: spec.name, what: spec.what, notes, error: (e as Error).message } };
   } finally {
     gen?.child.kill('SIGTERM');
+    probe?.child.kill('SIGTERM');
     for (const s of sinks) s.child.kill('SIGTERM');
     for (const name of streams) await client.call('stream.stop', { name }).catch(() => {});
     await tp?.stop().catch(() => {});
@@ -744,8 +833,8 @@ async function cleanup(): Promise<void> {
 
 function markdown(results: ScenarioResult[], details: Detail[], seconds: number): string {
   const cell = (v: number | null) => (v === null ? '–' : typeof v === 'number' && !Number.isInteger(v) ? String(v) : fmt(v));
-  const head = '| scenario | stream pkt/s | sent | lost | dup | misdelivered | max gap ms | gap before the event ms | longest delay ms | connections | survived | established delivered | RSS growth | crashes | ready after ms |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|';
-  const rows = results.map((r, i) => `| ${r.name} | ${cell(r.streamPps)} | ${cell(r.sent)} | ${cell(r.lost)} | ${cell(r.duplicated)} | ${cell(r.misdelivered)} | ${cell(r.maxGapMs)} | ${cell(details[i].floorGapMs ?? null)} | ${cell(details[i].maxDelayMs ?? null)} | ${cell(r.connections)} | ${cell(r.connectionsSurvived)} | ${cell(r.establishedDeliveredRatio)} | ${cell(r.rssGrowthRatio)} | ${cell(r.crashes)} | ${cell(r.readyAfterMs)} |`);
+  const head = '| scenario | stream pkt/s | sent | lost | dup | misdelivered | max gap ms | gap before the event ms | longest delay ms | machine stall ms | connections | survived | established delivered | RSS growth | crashes | ready after ms |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|';
+  const rows = results.map((r, i) => `| ${r.name} | ${cell(r.streamPps)} | ${cell(r.sent)} | ${cell(r.lost)} | ${cell(r.duplicated)} | ${cell(r.misdelivered)} | ${cell(r.maxGapMs)} | ${cell(details[i].floorGapMs ?? null)} | ${cell(details[i].maxDelayMs ?? null)} | ${cell(details[i].machineStallMs ?? null)} | ${cell(r.connections)} | ${cell(r.connectionsSurvived)} | ${cell(r.establishedDeliveredRatio)} | ${cell(r.rssGrowthRatio)} | ${cell(r.crashes)} | ${cell(r.readyAfterMs)} |`);
   const bars = [
     `- full PUT, import, 1 M listing, state save: 0 lost and longest gap ≤ 5 ms → ${['put-100k', 'import-100k', 'conntrack-list-1m', 'state-save'].map((n) => { const r = results.find((x) => x.name === n); return r ? `${n} ${r.lost === 0 && r.maxGapMs !== null && r.maxGapMs <= 5 ? 'met' : `not met (lost ${r.lost}, gap ${r.maxGapMs} ms)`}` : `${n} not run`; }).join('; ')}`,
     `- 1 000 swaps: 0 lost → ${(() => { const r = results.find((x) => x.name === 'swaps-1000'); return r ? (r.lost === 0 ? 'met' : `not met (${r.lost} lost)`) : 'not run'; })()}`,
@@ -764,7 +853,9 @@ batches by bench/tools/udpgen.c) through a masqueraded ClusterIP to one pod, cou
 bench/tools/seqsink.c${INSTR_RT ? ' (both at SCHED_FIFO up to 50 000 pkt/s, else at nice -10)' : ''} (lost = sent − distinct received; the longest gap is between two arrivals at
 the pod, by the kernel's receive time of each datagram, SO_TIMESTAMPNS; "gap before the event": the same
 for the stream before the event began, the floor at that rate with nothing happening; "longest delay": the
-longest time from send, stamped in the datagram, to arrival, what the path held a datagram), decoy sinks on the other pods (the endpoints of every
+longest time from send, stamped in the datagram, to arrival, what the path held a datagram; "machine stall": the longest
+a SCHED_FIFO 99 thread on some CPU woke late during the stream, bench/tools/stallprobe.c, time no task could run there:
+the hypervisor, the kernel), decoy sinks on the other pods (the endpoints of every
 filler service) counting misdelivered datagrams, and established TCP connections (HTTP keep-alive requests
 one after the other, scripts/netclient.ts). A connection survived when it is still open, saw no error,
 answered after the event, and kept its endpoint and its masquerade port (the pods' HTTP servers keep an

@@ -71,4 +71,6 @@ t.test('bench:reliability --quick: every scenario, every field', { skip: reason 
   t.match(md, /### restart-kill9\n\n[^\n]*A `tunproxy tun-holder` holds the TUN's open file[\s\S]*the holder handed the device out 2 times/, 'the restarts say the holder is used');
   for (const name of [...NAMES, 'baseline']) t.match(md, new RegExp(`### ${name}\\n`), `${name} described in the .md`);
   t.match(md, /before the event \([\d,]+ datagrams, no event: the floor\): longest gap/, 'the floor of each scenario (the stream before its event) in the .md');
+  t.match(md, /\| machine stall ms \|/, "the table has the machine's own longest stall");
+  t.match(md, /the machine itself \(bench\/tools\/stallprobe\.c: a SCHED_FIFO 99 thread on every CPU, woken every ms\): longest stall [\d.]+ ms on CPU \d+; wake-ups over 5 ms late: CPU \d+ \d+/, "each scenario says the machine's own stalls during its stream");
 });
