@@ -17,12 +17,24 @@
  * for an ordinary task (a pod's server, woken on its CPU by the packets it
  * delivered) and the CPU then sat idle with the packet thread waiting: 24 ms.
  *
- * So the packet thread leaves the CPU itself: whenever it has gone `busyMs`
- * without waiting at least `napMs` in its event loop (for packets, a timer,
- * anything), it sleeps the rest of `napMs` then. Below saturation it waits for
- * packets all the time and never naps; saturated, it keeps
- * busyMs / (busyMs + napMs) of the CPU (2 ms and 0.2 ms: 91 %), and the
- * ordinary tasks on its CPU get the rest in slices of 0.2 ms, never 50 ms.
+ * So the packet thread leaves the CPU itself, in its own control work: before
+ * each slice of it (a snapshot built for a swap, the stale-flow sweep after
+ * one, the expiry sweep, a listing's chunk, a deletion), when the thread has
+ * gone `busyMs` without waiting at least `napMs` in its event loop (for
+ * packets, a timer, anything), it sleeps the rest of `napMs`. Below its full
+ * rate it waits for packets all the time and never naps; during control work
+ * it keeps busyMs / (busyMs + napMs) of the CPU (2 ms and 0.2 ms: 91 %), and
+ * the ordinary tasks on its CPU get the rest in slices of 0.2 ms, not 50 ms.
+ *
+ * Never between two batches of packets: napping there too was measured to
+ * cost more than it saves once traffic alone fills the CPU. bench:reliability
+ * put-100k (a full PUT of 100 000 services, the stream at 180 000 pkt/s, half
+ * of bench:tun's rate), two runs each, interleaved: naps between batches as
+ * well, 97 938 and 213 191 datagrams lost (the TUN's queue full, and the
+ * pod's socket: its reader, woken on the packet thread's CPU, then ran there
+ * only in the naps); without naps 0 and 39 261. A thread that traffic alone
+ * keeps busy is left to the kernel.
+ *
  * Off (`--packet-nap off`) where no ordinary task can run on the packet
  * thread's CPU (isolcpus, an exclusive cpuset), or without SCHED_FIFO (an
  * ordinary thread shares its CPU by itself).
@@ -98,7 +110,7 @@ export class CpuShare {
   }
 
   /**
-   * Called between batches and between slices of work: one clock read, and
+   * Called before each slice of the packet thread's control work: one clock read, and
    * once per busyMs the loop's idle time; a nap when the thread waited less
    * than napMs in the last busyMs. Returns the nap taken (ms), 0 for none.
    */

@@ -326,10 +326,7 @@ export class Loop {
     const inOff = this.inOffsets;
     const packed = dev.vnetHeaderSize > 0;
     const slot = this.slotSize;
-    const share = packetCpuShare;
     for (let b = 0; b < this.batchesPerWake; b++) {
-      // at SCHED_FIFO: a short sleep when the thread has held its CPU too long (cpu-share.ts)
-      if (share.on) share.check();
       let n: number;
       if (packed) n = dev.readPacked!(buf, this.batch, PACKED_MIN_SLOT, PACKED_RESERVE, inOff, lengths);
       else {

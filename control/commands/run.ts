@@ -94,7 +94,7 @@ export function registerRun(program: Command): void {
     .option('--offload <auto|off>', 'auto: open the TUN with a virtio-net header and take checksum, TCP (TSO4/6, ECN) and UDP (USO4/6) segmentation offloads, so bulk traffic moves as 64 KiB super-packets (what the kernel refuses is said at start); off: one MTU packet per read', 'auto')
     .option('--packet-priority <none|nice:N|fifo:N>', "CPU priority of the packet thread alone: nice:N (-20..19) or fifo:N (SCHED_FIFO 1..99, above every ordinary task, like the kernel's own packet processing); needs root or CAP_SYS_NICE. On a busy machine a stall of the packet thread is packets queued in the TUN, or lost (README \"Packets that never wait\")", 'none')
     .option('--packet-cpu <n>', 'run the packet thread on CPU n alone and the control worker on the other CPUs (with --packet-priority fifo, the worker is then never preempted by the packet thread while it hands a message over)')
-    .option('--packet-nap <BUSY/NAP|off>', "with --packet-priority fifo: after BUSY ms on its CPU without waiting NAP ms, the packet thread sleeps NAP ms (default 2/0.2: none below its full rate, 91 % of the CPU at it). A real-time thread that never leaves its CPU starves the ordinary tasks there, and the kernel (its fair server) then takes the CPU from it for up to 50 ms at once; off where no ordinary task can run on that CPU (isolcpus, an exclusive cpuset)")
+    .option('--packet-nap <BUSY/NAP|off>', "with --packet-priority fifo: in its control work (a swap's snapshot, the sweeps after it, listings), after BUSY ms on its CPU without waiting NAP ms, the packet thread sleeps NAP ms (default 2/0.2; never between batches of packets). A real-time thread that holds its CPU starves the ordinary tasks there, and the kernel (its fair server) then takes the CPU from it for up to 50 ms at once; off where no ordinary task can run on that CPU (isolcpus, an exclusive cpuset)")
     .option('--txqueuelen <packets>', "set the TUN device's queue (Linux's default for a TUN: 500 packets) to this many packets: what waits while the packet thread is held up instead of being dropped (0: keep the device's)", '0')
     .option('--kubernetes', 'take the rules from the cluster: list and watch Services, EndpointSlices and this Node, like kube-proxy (in-cluster service account, or --kubeconfig)')
     .option('--kubeconfig <file>', 'with --kubernetes: the kubeconfig file (default: the in-cluster service account)')
@@ -311,7 +311,7 @@ export async function run(o: RunOptions): Promise<void> {
     if (priority.kind === 'fifo' && packetNap !== null) {
       const { packetCpuShare } = await import('../../dataplane/cpu-share.ts');
       packetCpuShare.enable(packetNap.busyMs, packetNap.napMs);
-      log(`the packet thread sleeps ${packetNap.napMs} ms after ${packetNap.busyMs} ms on its CPU without a wait (--packet-nap): the ordinary tasks there get their share in short slices, and the kernel never takes the CPU from it for long`);
+      log(`the packet thread sleeps ${packetNap.napMs} ms after ${packetNap.busyMs} ms on its CPU without a wait, in its control work (--packet-nap): the ordinary tasks there get their share in short slices, and the kernel does not take the CPU from it for long`);
     } else if (o.packetNap !== undefined && o.packetNap !== 'off') log(`--packet-nap ${o.packetNap} has no effect without --packet-priority fifo (an ordinary thread shares its CPU by itself)`);
   } catch (e) {
     tun.close();

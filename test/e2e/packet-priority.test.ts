@@ -76,7 +76,7 @@ t.test('--packet-priority and --txqueuelen', { skip: skip ?? false, timeout: 120
     const others = th.filter((x) => x.tid !== tp!.pid);
     t.ok(others.length > 1 && others.every((x) => allowed(x.tid) === worker?.[1]), `every other thread (${others.length}: the control worker, V8's, libuv's) on CPU ${worker?.[1]}, none on CPU 1`);
   }
-  t.ok(tp.lines.some((l) => l.includes('the packet thread sleeps 0.2 ms after 2 ms on its CPU without a wait (--packet-nap)')), 'at fifo, the naps said at start');
+  t.ok(tp.lines.some((l) => l.includes('the packet thread sleeps 0.2 ms after 2 ms on its CPU without a wait, in its control work (--packet-nap)')), 'at fifo, the naps said at start');
   t.equal(queue(), 3000, 'without --txqueuelen the device keeps its queue');
   await tp.stop();
   tp = null;
