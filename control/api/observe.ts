@@ -99,7 +99,7 @@ export class ApiMetrics {
     counter('tunproxy_conntrack_expired_total', 'Flows removed because their timer ran out.', [], (m) => m.inc(ct.expired));
     gauge('tunproxy_packet_thread_event_loop_delay_max_seconds', 'Longest the packet thread waited to run since start (monitorEventLoopDelay): what the control side may not cost it.', () => (self.snap?.eventLoop.maxMs ?? 0) / 1000);
     gauge('tunproxy_packet_thread_event_loop_delay_p99_seconds', '99th percentile of the packet thread\'s event-loop delay since start.', () => (self.snap?.eventLoop.p99Ms ?? 0) / 1000);
-    counter('tunproxy_packet_thread_naps_total', 'Sleeps the packet thread took to leave its CPU to ordinary tasks (--packet-priority fifo, --packet-nap): none below its full rate.', [], (m) => m.inc(self.snap?.eventLoop.naps ?? 0));
+    counter('tunproxy_packet_thread_naps_total', 'Sleeps the packet thread took in its control work to leave its CPU to ordinary tasks (--packet-priority fifo, --packet-nap).', [], (m) => m.inc(self.snap?.eventLoop.naps ?? 0));
     counter('tunproxy_packet_thread_nap_seconds_total', 'Time the packet thread slept in those naps.', [], (m) => m.inc((self.snap?.eventLoop.napMs ?? 0) / 1000));
     gauge('tunproxy_affinity_entries', 'ClientIP session-affinity entries.', () => self.snap?.affinity.entries ?? 0);
     gauge('tunproxy_ruleset_generation', 'Generation of the rule set in force (0: none).', () => holder.generation);
