@@ -383,10 +383,10 @@ function whereLost(lost: number, a: Drops, b: Drops): string {
     known += n;
     parts.push(`${fmt(n)} ${what}`);
   };
-  add(a.tunQueue !== null && b.tunQueue !== null ? b.tunQueue - a.tunQueue : null, "in the TUN's full queue (tx_dropped)");
+  add(a.tunQueue !== null && b.tunQueue !== null ? b.tunQueue - a.tunQueue : null, "in the TUN's full queue (tx_dropped, all traffic)");
   const same = a.tunproxy !== null && b.tunproxy !== null && a.tunproxy.pid === b.tunproxy.pid;
   add(same ? b.tunproxy!.drops - a.tunproxy!.drops + b.tunproxy!.txDropped - a.tunproxy!.txDropped : null, 'by tunproxy (its drop counters and refused writes, all traffic)');
-  add(a.podSocket !== null && b.podSocket !== null ? b.podSocket - a.podSocket : null, "at the pod's full socket (Udp RcvbufErrors)");
+  add(a.podSocket !== null && b.podSocket !== null ? b.podSocket - a.podSocket : null, "at the sink pod's full sockets (Udp RcvbufErrors)");
   return `where the ${fmt(lost)} lost went: ${parts.join(', ')}${known < lost ? `; ${fmt(lost - known)} not counted by any of them` : ''}`;
 }
 
