@@ -178,7 +178,7 @@ if (skip) {
           sent.answered++;
         }
       }
-      sent.byPhase.set(phase, p);
+      sent.byPhase.set(ph, p);
     }
   })();
   let packetsToRemoved = 0;
