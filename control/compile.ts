@@ -198,6 +198,7 @@ class Builder {
       affinityMs: sp.affinitySeconds * 1000,
       sourceRanges: ranges,
       lbSourceIPs: sp.usesFirewallChain && sp.allowFromNode ? lb : NO_ADDRS,
+      servingKept: sp.endpoints.length > sp.clusterEndpoints.length ? servingKept(sp, ids === null ? null : ids.endpoint) : NO_ADDRS,
     };
     const rows = this.serviceRows;
     const o = s.index * ROW;
@@ -523,6 +524,24 @@ export function patchTables6(prev: Tables6, node: NodeModel, removed: readonly n
     entries: entries.map((es) => es.map((e) => e.index)),
     freedPairs: b.freedPairs,
   };
+}
+
+/**
+ * The port's serving endpoints (ready, or serving while terminating) that
+ * neither its cluster nor its local set holds, as (addr, port) pairs
+ * (`endpoint`: the IPv6 tables' id form): ServicePortEntry.servingKept.
+ */
+function servingKept(sp: ServicePortModel, endpoint: ((e: EndpointModel) => EndpointEntry) | null): readonly number[] {
+  let out: number[] | null = null;
+  const large = sp.clusterEndpoints.length + sp.localEndpoints.length > 16;
+  const chosen = large ? new Set([...sp.clusterEndpoints, ...sp.localEndpoints]) : null;
+  for (const e of sp.endpoints) {
+    if (!(e.ready || e.serving)) continue;
+    if (chosen !== null ? chosen.has(e) : sp.clusterEndpoints.includes(e) || sp.localEndpoints.includes(e)) continue;
+    const x = endpoint === null ? e : endpoint(e);
+    (out ??= []).push(x.addr, x.port);
+  }
+  return out ?? NO_ADDRS;
 }
 
 /** An Int32Array of n on a SharedArrayBuffer (zeroed). */

@@ -14,9 +14,10 @@
  * MTU-sized packets or at least 3 super-packets per read call.
  */
 import { performance } from 'node:perf_hooks';
-import type { EndpointSet, Tables } from './tables.ts';
+import type { EndpointSet, ServicePortEntry, Tables } from './tables.ts';
 import { Pipeline, V_FORWARD, V_PASS, V_REPLY } from './pipeline.ts';
-import type { ConntrackEntry } from './conntrack.ts';
+import type { Conntrack, ConntrackEntry } from './conntrack.ts';
+import { CT6_REPLY_SRC, CT6_WORDS } from './conntrack6.ts';
 import { PROTO_SCTP, PROTO_TCP, PROTO_UDP } from './addr.ts';
 import { fnv1a } from './select.ts';
 import { packetCpuShare } from './cpu-share.ts';
@@ -217,10 +218,14 @@ export class Loop {
   }
 
   /**
-   * UDP and SCTP entries whose endpoint left the service: removed, so the
-   * next datagram of the same 5-tuple picks a live endpoint (kube-proxy's
-   * stale UDP conntrack problem). TCP connections to a leaving endpoint are
-   * left to finish, as with kube-proxy's graceful termination.
+   * UDP and SCTP entries whose endpoint stopped serving the service (left it,
+   * or no longer ready nor serving): removed, so the next datagram of the
+   * same 5-tuple picks a live endpoint (kube-proxy's stale UDP conntrack
+   * problem). An endpoint still serving while terminating keeps its flows
+   * (ServicePortEntry.servingKept), as kube-proxy clears only endpoints that
+   * stopped serving. TCP connections to a leaving endpoint are left to
+   * finish, as with kube-proxy's graceful termination. The IPv4 table first,
+   * then the IPv6 one (its flows' endpoints compared by their four words).
    *
    * Runs after the swap in slices of at most SLICE_MS each (the clock is read
    * every 256 items), one per turn of the event loop: first an index from
@@ -233,7 +238,25 @@ export class Loop {
    */
   private removeStale(t: Tables): void {
     if (t !== this.tables) return; // superseded by a newer swap, which will do it
-    const services = t.services;
+    const ct = this.pipeline.conntrack;
+    const ct6 = this.pipeline.conntrackV6;
+    const t6 = t.v6;
+    const v6 = (): void => {
+      if (ct6 === null || ct6.size === 0 || t6 === undefined || t6 === null) return;
+      const flowWords = ct6.wordArray;
+      const idWords = t6.words;
+      this.sweepStale(t, t6.base.services, ct6, (e, addr, port) => {
+        if (e.replySport !== port) return false;
+        const o = e._slot * CT6_WORDS + CT6_REPLY_SRC;
+        const w = addr * 4;
+        return flowWords[o] === idWords[w] && flowWords[o + 1] === idWords[w + 1] && flowWords[o + 2] === idWords[w + 2] && flowWords[o + 3] === idWords[w + 3];
+      }, null);
+    };
+    this.sweepStale(t, t.services, ct, (e, addr, port) => e.replySrc === addr && e.replySport === port, v6);
+  }
+
+  /** removeStale for one family's services and table; `then` runs when it is done. */
+  private sweepStale(t: Tables, services: readonly ServicePortEntry[], ct: Conntrack, isEndpoint: (e: ConntrackEntry, addr: number, port: number) => boolean, then: (() => void) | null): void {
     // uid → entry index, open addressing on typed arrays (nothing for the GC to trace);
     // -2: several live entries share the uid (a 32-bit hash collision), then byName decides
     let cap = 16;
@@ -252,13 +275,16 @@ export class Loop {
       return h;
     };
     const uidOf = new Map<string, number>();
-    const ct = this.pipeline.conntrack;
     const cursor = { at: Infinity };
     let i = 0;
-    const has = (set: EndpointSet | null, addr: number, port: number): boolean => {
+    const has = (set: EndpointSet | null, e: ConntrackEntry): boolean => {
       if (set === null) return false;
       const eps = set.endpoints;
-      for (let k = 0; k < eps.length; k++) if (eps[k].addr === addr && eps[k].port === port) return true;
+      for (let k = 0; k < eps.length; k++) if (isEndpoint(e, eps[k].addr, eps[k].port)) return true;
+      return false;
+    };
+    const kept = (pairs: readonly number[], e: ConntrackEntry): boolean => {
+      for (let k = 0; k < pairs.length; k += 2) if (isEndpoint(e, pairs[k], pairs[k + 1])) return true;
       return false;
     };
     const find = (e: ConntrackEntry): number => {
@@ -280,7 +306,7 @@ export class Loop {
       const si = find(e);
       if (si < 0) return true;
       const s = services[si];
-      return !has(s.cluster, e.replySrc, e.replySport) && !has(s.local, e.replySrc, e.replySport);
+      return !has(s.cluster, e) && !has(s.local, e) && !kept(s.servingKept, e);
     };
     const slice = () => {
       if (t !== this.tables) return;
@@ -305,7 +331,10 @@ export class Loop {
           }
         } else {
           this.stats.staleRemoved += ct.sweepSome(cursor, 256, stale);
-          if (cursor.at < 0) return;
+          if (cursor.at < 0) {
+            if (then !== null) setImmediate(then);
+            return;
+          }
         }
       } while (performance.now() - t0 < SLICE_MS);
       setImmediate(slice);

@@ -62,7 +62,7 @@ export function shareTables(t: Tables): Tables {
 }
 
 // per service-port entry, E ints in `entries`
-const E = 22;
+const E = 24;
 const E_LIVE = 0;
 const E_UID = 1;
 const E_PROTO = 2;
@@ -80,6 +80,7 @@ const E_INTERNAL = 17; // set ids, -1 for null
 const E_CLUSTER = 18;
 const E_LOCAL = 19;
 const E_NAME = 20; // start, length in names
+const E_KEPT = 22; // start, count of ints ((addr, port) pairs) in pool
 const EF_HAS_ENDPOINTS = 1;
 const EF_EXTERNAL_LOCAL = 2;
 const EF_HAS_EXTERNAL_ENDPOINTS = 4;
@@ -328,6 +329,7 @@ class EncodeState {
     entries[o + E_RANGES + 1] = s.sourceRanges === null ? 0 : s.sourceRanges.length;
     if (s.sourceRanges !== null) for (const r of s.sourceRanges) this.pool.push(r.net | 0, r.mask | 0, r.bits);
     this.list(entries, o + E_LBSRC, s.lbSourceIPs);
+    this.list(entries, o + E_KEPT, s.servingKept);
     entries[o + E_INTERNAL] = this.setId(s.internal);
     entries[o + E_CLUSTER] = this.setId(s.cluster);
     entries[o + E_LOCAL] = this.setId(s.local);
@@ -440,6 +442,7 @@ class ViewCache {
   ext: readonly number[] | null = null;
   lb: readonly number[] | null = null;
   lbsrc: readonly number[] | null = null;
+  kept: readonly number[] | null = null;
   ranges: readonly Cidr[] | null | undefined = undefined;
   sets: [EndpointSet | null, EndpointSet | null, EndpointSet | null] | null = null;
 }
@@ -488,6 +491,7 @@ class ServicePortView implements ServicePortEntry {
     c.ext = null;
     c.lb = null;
     c.lbsrc = null;
+    c.kept = null;
     c.ranges = undefined;
   }
 
@@ -550,6 +554,10 @@ class ServicePortView implements ServicePortEntry {
   get lbSourceIPs(): readonly number[] {
     const c = this.c();
     return (c.lbsrc ??= this.ctx.addrs(this.int(E_LBSRC), this.int(E_LBSRC + 1)));
+  }
+  get servingKept(): readonly number[] {
+    const c = this.c();
+    return (c.kept ??= this.ctx.addrs(this.int(E_KEPT), this.int(E_KEPT + 1)));
   }
   get sourceRanges(): readonly Cidr[] | null {
     const c = this.c();

@@ -67,6 +67,13 @@ export interface ServicePortEntry {
   readonly sourceRanges: readonly Cidr[] | null;
   /** LB IPs admitted as sources too (a source range contains a node address) */
   readonly lbSourceIPs: readonly number[];
+  /**
+   * Serving endpoints that neither set holds (terminating ones while ready
+   * ones exist), as (addr, port) pairs: no new flow goes to them, but their
+   * UDP/SCTP flows are kept, as kube-proxy clears the conntrack entries only
+   * of endpoints that stopped serving. Usually empty.
+   */
+  readonly servingKept: readonly number[];
 }
 
 export const VIP_CLUSTER = 0;

@@ -6,7 +6,9 @@
  *
  * - scaling 3 → 30 → 0 while the client opens new flows: after each sync no
  *   packet reaches a removed endpoint, and terminating endpoints take new
- *   flows only as kube-proxy's fallback (when no endpoint is ready);
+ *   flows only as kube-proxy's fallback (when no endpoint is ready), while a
+ *   flow that reached one before it began terminating goes on there until
+ *   it is removed;
  * - changes: a service created, changed, deleted; the node's address changes;
  * - watch failures: dropped watches, 410 Gone (re-list), a server restart:
  *   nothing served is lost, nothing stale stays, /healthz never fails, no crash.
@@ -36,6 +38,8 @@ const MASQ = '10.64.8.1';
 const POD_CIDR = '10.64.8.0/24';
 const NODE_NAME = 'node-e2e';
 const PODS = Array.from({ length: 30 }, (_, i) => `10.64.8.${10 + i}`);
+/** the client's fixed source ports (below every ephemeral range the test gives it) */
+const STICKY = [5001, 5002, 5003, 5004, 5005, 5006, 5007, 5008];
 const WEB = '10.32.8.10';
 const ECHO = 5353;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -72,7 +76,8 @@ if (skip) {
   };
   const lab: Lab = await labUp({ prefix, ruleSet: labRules, stateDir, podServers: false, serviceCIDRs: ['10.32.8.0/24'] });
   const bin = buildResponder();
-  const counterRules = `table ip kt {\n chain in {\n  type filter hook input priority 0; policy accept;\n  udp dport ${ECHO} counter\n }\n}\n`;
+  // the second counter: datagrams from the client's fixed source ports (STICKY), none of them ephemeral
+  const counterRules = `table ip kt {\n chain in {\n  type filter hook input priority 0; policy accept;\n  udp dport ${ECHO} counter\n  udp dport ${ECHO} udp sport ${STICKY[0]}-${STICKY[STICKY.length - 1]} counter\n }\n}\n`;
   await Promise.all(
     lab.pods.map(async (p) => {
       run(['ip', 'netns', 'exec', p.ns, 'nft', '-f', '-'], { input: counterRules });
@@ -84,11 +89,11 @@ if (skip) {
       });
     }),
   );
-  const counters = (): Map<string, number> => {
+  const counters = (which = 0): Map<string, number> => {
     const out = new Map<string, number>();
     for (const p of lab.pods) {
       const j = JSON.parse(run(['ip', 'netns', 'exec', p.ns, 'nft', '-j', 'list', 'table', 'ip', 'kt']).stdout);
-      const c = j.nftables.find((x: any) => x.rule)?.rule.expr.find((e: any) => e.counter)?.counter;
+      const c = j.nftables.filter((x: any) => x.rule)[which]?.rule.expr.find((e: any) => e.counter)?.counter;
       out.set(p.address, c?.packets ?? 0);
     }
     return out;
@@ -161,6 +166,7 @@ if (skip) {
   let sending = true;
   const sent = { answered: 0, errors: 0, kinds: [] as string[], byPhase: new Map<string, { answered: number; errors: number }>() };
   let phase = 'start';
+  let batches = 0;
   const traffic = (async () => {
     while (sending) {
       const startPhase = phase;
@@ -179,9 +185,27 @@ if (skip) {
         }
       }
       sent.byPhase.set(ph, p);
+      batches++;
     }
   })();
   let packetsToRemoved = 0;
+  /** The pods one datagram from the client's port `sport` (one flow, whatever the phase) reached. */
+  const stickyTo = async (sport: number): Promise<string[]> => {
+    const before = counters(1);
+    const [r] = await c.call('udp', { to: `${WEB}:53`, count: 1, sport, timeoutMs: 1000 });
+    if (r.error) return [`error ${String(r.error)}`];
+    const after = counters(1);
+    return PODS.filter((a) => after.get(a)! > before.get(a)!);
+  };
+  // the client's ephemeral ports: a range of its own for each phase (the sysctl is per namespace)
+  let portsFrom = 10000;
+  const freshPorts = async () => {
+    run(['ip', 'netns', 'exec', lab.client.ns, 'sysctl', '-qw', `net.ipv4.ip_local_port_range=${portsFrom} ${portsFrom + 9999}`]);
+    portsFrom += 10000;
+    // the batch in flight may have taken its ports from the range before
+    const b = batches;
+    await until('two batches from the new ports', () => batches >= b + 2);
+  };
 
   /** Put the slice in force, wait for the sync, then count what reaches `gone` (removed or terminating) during `ms` of traffic. */
   const step = async (name: string, eps: Ep[], expect: string[], gone: string[], ms = 800) => {
@@ -197,6 +221,10 @@ if (skip) {
     // just after the first batch under the new tables (README, limits), and with thousands of new
     // flows a second, a reused source port may meet such an entry in that batch
     phase = `${name} (settling)`;
+    // and from source ports no earlier phase used: a flow to an endpoint that is terminating but
+    // still serving keeps its conntrack entry (as with kube-proxy), so a datagram from a port reused
+    // from before the sync is no new flow and may go there
+    await freshPorts();
     const before = counters();
     phase = name;
     await sleep(ms);
@@ -214,14 +242,28 @@ if (skip) {
     s = await step('30 ready', PODS.map((ip) => ({ ip })), PODS, [], 1500);
     const reached = PODS.filter((a) => s.got.get(a)! > 0).length;
     t.ok(reached >= 20, `scaled to 30: ${reached} of 30 endpoints receive new flows`);
+    // one flow from a fixed source port to one of the 27 that are about to terminate
+    let sticky = 0;
+    let stuckTo = '';
+    for (const sport of STICKY) {
+      const got = await stickyTo(sport);
+      if (got.length === 1 && !PODS.slice(0, 3).includes(got[0])) {
+        [sticky, stuckTo] = [sport, got[0]];
+        break;
+      }
+    }
+    t.ok(sticky > 0, `a flow from port ${sticky} to ${stuckTo}, one of the 27`);
     // scale down: 27 pods terminating (still serving), 3 ready → the terminating ones get no new flows
     s = await step('27 terminating', PODS.map((ip, i) => (i < 3 ? { ip } : { ip, ready: false, serving: true, terminating: true })), PODS.map((a, i) => (i < 3 ? a : `${a}(t)`)), PODS.slice(3));
     packetsToRemoved += s.toGone;
     t.equal(s.toGone, 0, 'terminating endpoints get no new flow while ready ones exist');
+    t.same(await stickyTo(sticky), [stuckTo], 'but a flow to one of them goes on there: it still serves, and kube-proxy keeps a serving endpoint\'s UDP conntrack entries');
     // the 27 are gone, the last 3 terminating: kube-proxy's fallback uses the serving terminating ones
     s = await step('3 terminating', PODS.slice(0, 3).map((ip) => ({ ip, ready: false, serving: true, terminating: true })), PODS.slice(0, 3).map((a) => `${a}(t)`), PODS.slice(3));
     packetsToRemoved += s.toGone;
     t.equal(s.toGone, 0, '0 packets to the 27 removed endpoints after their sync');
+    const moved = await stickyTo(sticky);
+    t.ok(moved.length === 1 && PODS.slice(0, 3).includes(moved[0]), `removed: that flow's entry went with it, its next datagram reached ${moved.join()}, one of the 3`);
     t.ok(PODS.slice(0, 3).some((a) => s.got.get(a)! > 0), 'no ready endpoint left: the serving terminating ones take the new flows (fallback)');
     s = await step('0', [], [], PODS);
     packetsToRemoved += s.toGone;

@@ -29,7 +29,7 @@ function plain(e: ServicePortEntry) {
     index: e.index, live: e.live, name: e.name, uid: e.uid, protocol: e.protocol, clusterIP: e.clusterIP, port: e.port, nodePort: e.nodePort,
     hasEndpoints: e.hasEndpoints, externalPolicyLocal: e.externalPolicyLocal, hasExternalEndpoints: e.hasExternalEndpoints, affinityMs: e.affinityMs,
     internal: plainSet(e.internal), cluster: plainSet(e.cluster), local: plainSet(e.local),
-    externalIPs: [...e.externalIPs], loadBalancerIPs: [...e.loadBalancerIPs], lbSourceIPs: [...e.lbSourceIPs], sourceRanges: e.sourceRanges && e.sourceRanges.map((r) => ({ net: r.net, mask: r.mask, bits: r.bits })),
+    externalIPs: [...e.externalIPs], loadBalancerIPs: [...e.loadBalancerIPs], lbSourceIPs: [...e.lbSourceIPs], servingKept: [...e.servingKept], sourceRanges: e.sourceRanges && e.sourceRanges.map((r) => ({ net: r.net, mask: r.mask, bits: r.bits })),
   };
 }
 function sameTables(a: Tables, b: Tables): string | null {

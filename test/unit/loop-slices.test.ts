@@ -13,6 +13,8 @@ import { RuleSetHolder } from '../../control/runtime.ts';
 import { TablesEncoder, TablesMaterializer, shareTables } from '../../dataplane/tables-wire.ts';
 import { parseIPv4, PROTO_TCP, PROTO_UDP } from '../../dataplane/addr.ts';
 import type { RuleSet } from '../../control/types.ts';
+import { parseIPv6 } from '../../dataplane/addr6.ts';
+import { CT6_ORIG_DST, CT6_ORIG_SRC, CT6_REPLY_DST, CT6_REPLY_SRC } from '../../dataplane/conntrack6.ts';
 
 const golden = JSON.parse(readFileSync(new URL('../fixtures/iptables/golden-ruleset.json', import.meta.url), 'utf8')) as RuleSet;
 const idle = new KickDevice();
@@ -84,3 +86,80 @@ t.test('conntrack expiry in slices: every expired flow goes, over several turns'
   t.equal(loop.stats.expired, 200000);
   dp.detach();
 });
+
+/**
+ * kube-proxy clears the UDP conntrack entries of an endpoint that stopped
+ * serving (deleted, or serving → not serving), not of one that is
+ * terminating while it still serves: its flows go on even though new flows
+ * go to the ready endpoints. IPv6 flows likewise, their endpoint compared on
+ * all 128 bits (a flow whose endpoint shares the 32-bit fold of a removed one stays).
+ */
+const DUAL = (eps: Array<{ address: string; ready?: boolean; serving?: boolean; terminating?: boolean }>): RuleSet => ({
+  apiVersion: 'tunproxy.dev/v1',
+  node: { addresses: ['192.168.50.2', 'fd00:50::2'], clusterCIDR: '10.64.0.0/16,fd00:10:64::/56' },
+  services: [{
+    namespace: 'default', name: 'web', clusterIP: '10.96.0.10', clusterIPs: ['10.96.0.10', 'fd00:10:96::a'],
+    ipFamilies: ['IPv4', 'IPv6'], ipFamilyPolicy: 'RequireDualStack',
+    ports: [{ name: 'dns', protocol: 'UDP', port: 53, targetPort: 5353 }, { name: 'http', protocol: 'TCP', port: 80, targetPort: 8080 }],
+    endpoints: eps,
+  }],
+});
+const READY = ['10.64.1.7', '10.64.1.8', 'fd00:10:64:1::7', 'fd00:10:64:1::8'];
+const TERMINATING = { ready: false, serving: true, terminating: true };
+
+for (const via of ['compiler', 'wire views'] as const) {
+  t.test(`a terminating endpoint that still serves keeps its UDP flows; one that stopped serving loses them; IPv4 and IPv6 (${via})`, async (t) => {
+    const now = 1000;
+    const dp = new Dataplane({ clock: () => now, conntrackMax: 1 << 12 });
+    const holder = new RuleSetHolder({ prepare: shareTables });
+    const enc = new TablesEncoder();
+    const tablesOf = (rs: RuleSet) => {
+      holder.apply(rs);
+      return via === 'compiler' ? holder.current! : new TablesMaterializer(enc.encode(holder.current!), null).all().tables;
+    };
+    dp.installTables(tablesOf(DUAL(READY.map((address) => ({ address })))));
+    const loop = dp.attach(idle, { expiryIntervalMs: 0 });
+    const ct = dp.pipeline.conntrack;
+    const ct6 = dp.pipeline.ipv6().conntrack;
+    const client = parseIPv4('192.168.50.9');
+    const vip = parseIPv4('10.96.0.10');
+    const add4 = (proto: number, ep: string, sport: number, name: string, port: number) =>
+      ct.insert(proto, client, vip, sport, port === 5353 ? 53 : 80, parseIPv4(ep), client, port, sport, now, { serviceName: name, serviceIndex: 0, endpointAddr: parseIPv4(ep), endpointPort: port, masquerade: false });
+    const w = new Uint32Array(16);
+    const add6 = (proto: number, ep: string, sport: number, name: string, port: number) => {
+      w.set(parseIPv6('2001:db8::35')!, CT6_ORIG_SRC);
+      w.set(parseIPv6('fd00:10:96::a')!, CT6_ORIG_DST);
+      w.set(parseIPv6(ep)!, CT6_REPLY_SRC);
+      w.set(parseIPv6('2001:db8::35')!, CT6_REPLY_DST);
+      return ct6.insert6(proto, w, sport, port === 5353 ? 53 : 80, port, sport, now, { serviceName: name, serviceIndex: 0, masquerade: false })!;
+    };
+    add4(PROTO_UDP, '10.64.1.7', 40001, 'default/web:dns', 5353);
+    add4(PROTO_UDP, '10.64.1.8', 40002, 'default/web:dns', 5353);
+    add4(PROTO_TCP, '10.64.1.8', 40003, 'default/web:http', 8080);
+    add6(PROTO_UDP, 'fd00:10:64:1::7', 40001, 'default/web:dns', 5353);
+    add6(PROTO_UDP, 'fd00:10:64:1::8', 40002, 'default/web:dns', 5353);
+    add6(PROTO_TCP, 'fd00:10:64:1::8', 40003, 'default/web:http', 8080);
+    // fd00:10:64:8::1 folds to the same 32 bits as fd00:10:64:1::8, and is not an endpoint: removed
+    add6(PROTO_UDP, 'fd00:10:64:8::1', 40004, 'default/web:dns', 5353);
+    t.equal(ct.size, 3);
+    t.equal(ct6.size, 4);
+
+    const swap = async (eps: Array<{ address: string; ready?: boolean; serving?: boolean; terminating?: boolean }>) => {
+      dp.installTables(tablesOf(DUAL(eps)));
+      idle.kick();
+      await turns(50);
+    };
+    await swap(READY.map((address) => (address.endsWith('8') ? { address, ...TERMINATING } : { address })));
+    t.equal(loop.stats.staleRemoved, 1, 'only the IPv6 flow to an address that is no endpoint (its fold is one)');
+    t.equal(ct.size, 3, 'IPv4: the terminating endpoint still serves, its flows stay');
+    t.equal(ct6.size, 3, 'IPv6: the same');
+    await swap(READY.map((address) => (address.endsWith('8') ? { address, ready: false, serving: false, terminating: true } : { address })));
+    t.equal(loop.stats.staleRemoved, 3, 'no longer serving: its UDP flows go, in both families');
+    t.ok(ct.lookup(PROTO_UDP, client, vip, 40001, 53, now), 'IPv4: the flow to the ready endpoint stays');
+    t.ok(ct.lookup(PROTO_TCP, client, vip, 40003, 80, now), 'IPv4: the TCP flow to the leaving endpoint finishes');
+    t.notOk(ct.lookup(PROTO_UDP, client, vip, 40002, 53, now), 'IPv4: the UDP flow to it is gone');
+    const left6 = [...ct6.entries(now)].map((e) => `${e.proto}/${ct6.address(e, CT6_REPLY_SRC)}`).sort();
+    t.same(left6, ['17/fd00:10:64:1::7', '6/fd00:10:64:1::8'], 'IPv6: the ready endpoint\'s flow and the TCP flow stay');
+    dp.detach();
+  });
+}
