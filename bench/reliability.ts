@@ -190,12 +190,32 @@ const TP_ARGS =
     ? argStr('tp-args')!.split(' ').filter(Boolean)
     : ['--packet-priority', 'fifo:10', ...(availableParallelism() > 1 ? ['--packet-cpu', String(availableParallelism() - 1)] : []), '--txqueuelen', '10000'];
 
+/**
+ * The CPUs the senders and sinks run on: every CPU but tunproxy's packet CPU (--packet-cpu in
+ * TP_ARGS), as tunproxy keeps its own other threads off it. On the packet thread's CPU a sink
+ * (nice -10 above 50 000 pkt/s) waits behind the SCHED_FIFO packet thread, which holds that CPU
+ * through a full PUT: measured in put-100k at 164 000 pkt/s, 6 450 datagrams lost at the sink's
+ * full socket (Udp RcvbufErrors) while the kernel had delivered each within 16.7 ms. null: no
+ * packet CPU, the scheduler places them.
+ */
+const INSTR_CPUS = ((): string | null => {
+  const i = TP_ARGS.indexOf('--packet-cpu');
+  if (i < 0) return null;
+  const packetCpu = Number(TP_ARGS[i + 1]);
+  const others = Array.from({ length: availableParallelism() }, (_, c) => c).filter((c) => c !== packetCpu);
+  return others.length > 0 ? others.join(',') : null;
+})();
+
 function spawnIn(ns: string, cmd: string[]): ChildProcess {
   const rate = cmd.includes('--rate') ? Number(cmd[cmd.indexOf('--rate') + 1]) : Infinity;
   const sender = cmd[0] === GEN || cmd[0] === FUZZGEN;
   // a sink's rate: the running scenario's stream's
   const r = sender ? rate : cmd[0] === SEQSINK ? STREAM_RATE.pps : Infinity;
-  const pre = !INSTR_RT || !(sender || cmd[0] === SEQSINK) ? [] : r <= 50_000 ? ['chrt', '-f', '20'] : ['nice', '-n', '-10'];
+  const instrument = sender || cmd[0] === SEQSINK;
+  const pre = [
+    ...(instrument && INSTR_CPUS !== null ? ['taskset', '-c', INSTR_CPUS] : []),
+    ...(!INSTR_RT || !instrument ? [] : r <= 50_000 ? ['chrt', '-f', '20'] : ['nice', '-n', '-10']),
+  ];
   const c = spawn('ip', ['netns', 'exec', ns, ...pre, ...cmd], { stdio: ['ignore', 'pipe', 'pipe'] });
   extra.add(c);
   c.on('exit', () => extra.delete(c));
@@ -850,7 +870,7 @@ One run on ${machine()}. Command: \`npm run bench:reliability${QUICK ? ' -- --qu
 Every scenario runs its own \`tunproxy run ${TP_ARGS.join(' ')}\` (node ${NODE_ARGS.join(' ') || 'with no option'}) in the
 lab's node namespace and carries a stream of sequence-numbered UDP datagrams (64-byte payload, paced in 1 ms
 batches by bench/tools/udpgen.c) through a masqueraded ClusterIP to one pod, counted there by
-bench/tools/seqsink.c${INSTR_RT ? ' (both at SCHED_FIFO up to 50 000 pkt/s, else at nice -10)' : ''} (lost = sent − distinct received; the longest gap is between two arrivals at
+bench/tools/seqsink.c${INSTR_RT ? ' (both at SCHED_FIFO up to 50 000 pkt/s, else at nice -10)' : ''}${INSTR_CPUS !== null ? ` (both on CPU ${INSTR_CPUS}, off tunproxy's packet CPU)` : ''} (lost = sent − distinct received; the longest gap is between two arrivals at
 the pod, by the kernel's receive time of each datagram, SO_TIMESTAMPNS; "gap before the event": the same
 for the stream before the event began, the floor at that rate with nothing happening; "longest delay": the
 longest time from send, stamped in the datagram, to arrival, what the path held a datagram; "machine stall": the longest
