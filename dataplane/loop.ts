@@ -1,7 +1,8 @@
 /**
  * The TUN loop: batches of packets from the device through the pipeline and
- * back. A new table snapshot takes effect between two batches, never inside
- * one; conntrack expiry and stale-entry removal run off the hot path.
+ * back. A new table snapshot takes effect as soon as it is given (the loop's
+ * thread is then between two batches), never inside one; conntrack expiry and
+ * stale-entry removal run off the hot path.
  *
  * Buffers. Without a virtio header (offloads off) packets are at most an MTU:
  * `batch` slots of `slotSize` (64 × 2048 B = 128 KiB). With one (offloads on)
@@ -73,7 +74,6 @@ export class Loop {
   readonly slotSize: number;
   readonly batch: number;
   private tables: Tables;
-  private pending: Tables | null = null;
   private readonly buf: Uint8Array;
   private readonly lengths: Uint32Array;
   /** with a vnet header: where readPacked put each packet */
@@ -123,21 +123,31 @@ export class Loop {
     this.outLengths = new Uint32Array(this.batch);
   }
 
-  /** The snapshot in force. */
+  /** The snapshot in force: the next batch is decided with it. */
   get current(): Tables {
-    return this.pending ?? this.tables;
+    return this.tables;
   }
 
-  /** The snapshot the last batch was decided with (`current` may be a newer one, swapped in before the next batch). */
+  /** The same as `current` (a snapshot is swapped in as soon as it is given, never left waiting for a batch). */
   get applied(): Tables {
     return this.tables;
   }
 
-  /** Swap in a new snapshot: it takes effect before the next batch is processed. */
+  /**
+   * Swap in a new snapshot, now: this runs on the packet thread between two
+   * batches (a batch is read, decided and written in one synchronous drain),
+   * so no packet is in flight. Not deferred to the next batch: with no
+   * traffic that would leave the stale-flow sweep waiting for the next
+   * packet, which would then meet a removed endpoint's flow before the
+   * sweep ran (kube-proxy clears them right after its sync).
+   */
   setTables(t: Tables): void {
-    this.pending = t;
-    // with no traffic there is no next batch: apply it now, nothing is in flight
-    if (!this.running) this.applyPending();
+    const old = this.tables;
+    this.tables = t;
+    this.stats.tableSwaps++;
+    this.stats.generation = t.generation;
+    if (old !== t) setImmediate(() => this.removeStale(t));
+    for (const cb of this.swapListeners) cb(t);
   }
 
   /** Called after each swap took effect (e.g. to report the generation in force). */
@@ -170,19 +180,6 @@ export class Loop {
     this.device.stopReadable();
     if (this.expiryTimer) clearInterval(this.expiryTimer);
     this.expiryTimer = null;
-    if (this.pending) this.applyPending();
-  }
-
-  private applyPending(): void {
-    const t = this.pending;
-    if (t === null) return;
-    this.pending = null;
-    const old = this.tables;
-    this.tables = t;
-    this.stats.tableSwaps++;
-    this.stats.generation = t.generation;
-    if (old !== t) setImmediate(() => this.removeStale(t));
-    for (const cb of this.swapListeners) cb(t);
   }
 
   /**
@@ -363,7 +360,6 @@ export class Loop {
         for (let i = 0; i < n; i++) inOff[i] = i * slot;
       }
       if (n === 0) return;
-      if (this.pending !== null) this.applyPending();
       this.forwardBatch(n);
       if (n < this.batch && (!packed || buf.length - (inOff[n - 1] + lengths[n - 1]) >= PACKED_RESERVE + 64)) return;
     }

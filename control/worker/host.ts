@@ -5,8 +5,9 @@
  *
  *   tables   a compiled snapshot in wire form (shared arrays, no copy): the
  *            slow-path objects are built in slices (TablesMaterializer,
- *            SLICE_MS each), then the snapshot is swapped in between two
- *            batches (Loop.setTables); answered once it is in force. A
+ *            SLICE_MS each), then the snapshot is swapped in (Loop.setTables,
+ *            at once: this thread is between two batches); answered once it
+ *            is in force. A
  *            snapshot superseded by a newer one still waiting is skipped.
  *   stats    counters (a few hundred numbers, one step)
  *   list     the connection table, one chunk per request (FlowLister)
@@ -188,9 +189,9 @@ export class PacketHost {
 
   /**
    * The snapshot before the last one installed, when no packet can read it
-   * any more: the last one is the one the loop decides with (not still
-   * waiting for the next batch to be swapped in), or there is no loop. Its
-   * views are recycled into the next snapshot; null when that is not safe.
+   * any more: the last one is the one the loop decides with (Loop.setTables
+   * swaps it in at once), or there is no loop. Its views are recycled into
+   * the next snapshot; null when that is not safe.
    */
   private spareSnapshot(): Materialized | null {
     const loop = this.dp.loop;

@@ -6,7 +6,8 @@
  * replies to the client) crosses the TUN unchanged; and in IPv6: HTTP and UDP
  * to a ClusterIP, a NodePort on the node's IPv6 address, masquerade as the pod
  * sees it, hairpin, REJECT as ICMPv6, the flows in `conntrack -L` and its
- * filters on IPv6 addresses, a TCP connection through rule-set swaps, and
+ * filters on IPv6 addresses, a UDP flow through an endpoint's termination
+ * and removal (kube-proxy's stale-flow rule), a TCP connection through rule-set swaps, and
  * `--decider linear` deciding IPv6 flows by the ip6tables rules.
  */
 import t from 'tap';
@@ -246,6 +247,31 @@ if (skip) {
     t.ok(gone.error, `the deleted service's ClusterIP serves no more (${gone.error})`);
     const back: Array<Record<string, any>> = await client.call('http', { url: `http://[${WEB6}]/`, count: 20 });
     t.same(Object.keys(tally(back)).sort(), EPS6.map((e) => `[${e}]:8080`).sort(), 'both IPv6 endpoints again');
+  });
+
+  t.test('an IPv6 UDP flow stays on an endpoint that terminates while it serves, and moves once the endpoint is gone (kube-proxy\'s stale-flow rule)', async (t) => {
+    const api = new ApiClient({ socket });
+    const web = ruleSet.services[0];
+    const echo = (sport: number): Promise<Array<Record<string, any>>> => client.call('udp', { to: `[${WEB6}]:7000`, count: 1, sport, timeoutMs: 1000 });
+    const leaving = `[${EPS6[1]}]:7000`;
+    // a flow (a fixed source port) that went to the endpoint about to leave
+    let sport = 0;
+    for (let p = 6001; p <= 6016 && sport === 0; p++) if ((await echo(p))[0].endpoint === leaving) sport = p;
+    t.ok(sport > 0, `the flow from port ${sport} went to ${leaving}`);
+    const put = async (eps: typeof web.endpoints) => {
+      t.equal((await api.request('PUT', '/v1/services/default/web', { body: { ...web, endpoints: eps } })).status, 200);
+      // in force on the packet thread when answered (no packet needed for the swap); the sweep of
+      // stale flows runs in slices just after it
+      await new Promise((r) => setTimeout(r, 200));
+    };
+    await put(web.endpoints!.map((e) => (e.address === EPS6[1] ? { ...e, ready: false, serving: true, terminating: true } : e)));
+    const fresh: Array<Record<string, any>> = await client.call('udp', { to: `[${WEB6}]:7000`, count: 10 });
+    t.same(Object.keys(tally(fresh)), [`[${EPS6[0]}]:7000`], 'terminating: new flows go to the ready endpoint only');
+    t.equal((await echo(sport))[0].endpoint, leaving, 'but the flow that was there goes on there: the endpoint still serves');
+    await put(web.endpoints!.filter((e) => e.address !== EPS6[1]));
+    const moved = (await echo(sport))[0];
+    t.equal(moved.endpoint, `[${EPS6[0]}]:7000`, 'removed: the flow\'s entry went with it, its next datagram reached the endpoint left', { moved });
+    t.equal((await api.request('PUT', '/v1/services/default/web', { body: web })).status, 200, 'back as it was');
   });
 
   t.test('an IPv6 TCP connection goes on through 30 rule-set swaps', async (t) => {

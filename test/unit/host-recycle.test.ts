@@ -1,10 +1,10 @@
 /**
  * The packet thread's host (control/worker/host.ts) recycles the views of
  * the snapshot before the one in force into the next one (TablesMaterializer's
- * spare) only when no packet can read them any more: while the last snapshot
- * still waits for the next batch to be swapped in, the one before it is the
- * one in force, and its views are left alone. A spare made before the packets
- * move (tunproxy run) serves the first change after the start.
+ * spare) only when no packet can read them any more: a snapshot is in force
+ * as soon as it is installed, so the one before the one in force is recycled
+ * and the one in force is left alone. A spare made before the packets move
+ * (tunproxy run) serves the first change after the start.
  */
 import t from 'tap';
 import { readFileSync } from 'node:fs';
@@ -51,24 +51,22 @@ t.test('views recycled from the snapshot before the one in force, never from the
   t.match(await send(1), { built: 310, recycled: 0 }, 'the first snapshot: every view made');
   const { dev, loop } = attach();
   const first = loop.applied;
-  const firstText = text(first);
 
-  // the second waits for a batch: the first is still the one packets are decided with
+  // each snapshot is in force as soon as it is installed, no packet needed
   t.match(await send(2), { built: 310, recycled: 0 }, 'no spare yet');
-  t.equal(loop.applied, first, 'the second waits for the next batch');
-  t.match(await send(3), { recycled: 0 }, 'the first is in force: its views are not taken');
-  t.equal(loop.applied, first);
-  t.equal(text(first), firstText, 'the snapshot in force reads as it did');
-
-  dev.kick();
-  t.not(loop.applied, first, 'a batch swapped the third in');
+  const second = loop.applied;
+  t.not(second, first, 'the second is in force at once, without a batch');
+  t.equal(second.generation, 2);
+  const secondText = text(second);
+  t.match(await send(3), { built: 0, recycled: 310 }, 'the first is no longer in force: its views are recycled, none made');
+  t.equal(text(second), secondText, 'the second, in force while the third was made, reads as it did');
   const third = loop.applied;
   t.equal(third.generation, 3);
   const thirdText = text(third);
-  // the fourth takes the views of the second (never in force) and of the first no longer
-  t.match(await send(4), { built: 0, recycled: 310 }, 'the third is in force: the second\'s views are recycled, none made');
-  t.equal(text(third), thirdText, 'the snapshot in force reads as it did');
   dev.kick();
+  t.equal(loop.applied, third, 'a batch changes nothing');
+  t.match(await send(4), { built: 0, recycled: 310 }, 'the second\'s views recycled');
+  t.equal(text(third), thirdText, 'the third, in force while the fourth was made, reads as it did');
   t.equal(loop.applied.generation, 4);
   t.equal(text(loop.applied), text(holder.current!), 'the fourth reads as the compiled tables');
 });
@@ -80,9 +78,10 @@ t.test('a spare made before the packets move: the first change after the start m
   t.equal(host.prepareSpare(), 310, 'one view per entry of the snapshot in force');
   t.equal(host.prepareSpare(), 0, 'made once');
   const { dev, loop } = attach();
-  const firstText = text(loop.applied);
+  const first = loop.applied;
+  const firstText = text(first);
   t.match(await send(2), { built: 0, recycled: 310 }, 'the first change takes the spare\'s views');
-  t.equal(text(loop.applied), firstText, 'the snapshot in force reads as it did');
+  t.equal(text(first), firstText, 'the snapshot in force while it was made reads as it did');
   dev.kick();
   t.equal(loop.applied.generation, 2);
   t.equal(text(loop.applied), text(holder.current!), 'the second reads as the compiled tables');

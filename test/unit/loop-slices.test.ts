@@ -56,7 +56,7 @@ for (const via of ['compiler', 'wire views'] as const) {
     t.equal(ct.size, 20005);
     dp.installTables(tablesOf(withoutEndpoint(golden, '10.64.1.8')));
     idle.kick();
-    t.equal(loop.stats.generation, 2, 'swapped at the next batch');
+    t.equal(loop.stats.generation, 2, 'swapped in at once');
     await turns(200);
     t.equal(loop.stats.staleRemoved, 3, 'the UDP flows to the endpoint that left and the one of a service that is gone');
     t.equal(ct.size, 20002);
