@@ -17,7 +17,10 @@
  * Storage: a preallocated open-addressing index (conntrack-index.ts, typed
  * array, no allocation per lookup) and a dense array of entries. When the
  * table is full (maxEntries, like nf_conntrack_max) an insert evicts a flow
- * not looked up recently (CLOCK second chance, an LRU approximation).
+ * that is not assured and not looked up recently (CLOCK second chance, an LRU
+ * approximation); assured flows are never evicted, as netfilter's early drop
+ * spares them: when the slots the hand looks at hold only assured flows, the
+ * new flow is refused (`full`, netfilter's "table full, dropping packet").
  *
  * Per-packet use (no allocation on an established flow):
  *
@@ -101,8 +104,13 @@ export interface ConntrackOptions {
 
 // ---- the table ------------------------------------------------------------------
 
-/** how many recently used flows the eviction hand may pass over before it takes one anyway */
-const MAX_CLOCK_STEPS = 32;
+/**
+ * How many slots the eviction hand looks at for one insert: the first flow
+ * that is expired, or neither assured nor looked up since the hand last
+ * passed, is taken; else the first one not assured it passed; else the new
+ * flow is refused. An insert into a full table stays O(1).
+ */
+const MAX_CLOCK_STEPS = 64;
 
 /** @internal throws unless the protocol is tracked (IPv4: TCP, UDP, ICMP, SCTP) */
 export function checkProto(proto: number): void {
@@ -122,6 +130,10 @@ export class Conntrack {
   collisions = 0;
   /** inserts refused because the original or reply tuple is already tracked (netfilter's insert clash) */
   clashes = 0;
+  /** inserts refused because the table was full and the slots the eviction hand looked at held only assured flows (netfilter's `drop`) */
+  full = 0;
+  /** the last insert() returned null because the table was full (`full`), not for a taken key */
+  lastInsertFull = false;
   /** flows removed because their timer ran out (sweep, lookup, insert or eviction found them dead) */
   expired = 0;
 
@@ -236,8 +248,10 @@ export class Conntrack {
   /**
    * Track a new flow. Returns the entry, or null when refused: the original
    * and reply tuples are identical, one of them is already tracked
-   * (`clashes`), or a key is taken by a different tuple (`collisions`). When
-   * the table is full a least recently used flow is evicted (`evictions`).
+   * (`clashes`), a key is taken by a different tuple (`collisions`), or the
+   * table is full of assured flows where the eviction hand looked (`full`,
+   * `lastInsertFull`). When the table is full a least recently used flow that
+   * is not assured is evicted (`evictions`).
    * The entry starts in state NONE (TCP) with its protocol's initial lifetime;
    * call update() with the first packet. `info` is read, not kept (a scratch
    * object reused for every insert is fine); its serviceName is kept by reference.
@@ -256,6 +270,7 @@ export class Conntrack {
     info: ConntrackInfo,
   ): ConntrackEntry | null {
     checkProto(proto);
+    this.lastInsertFull = false;
     if ((info.endpointAddr | 0) !== (replySrc | 0) || (proto !== PROTO_ICMP && info.endpointPort !== replySport)) {
       throw new Error(
         `conntrack insert: endpoint ${formatIPv4(info.endpointAddr >>> 0)}:${info.endpointPort} is not the reply tuple's source ${formatIPv4(replySrc >>> 0)}:${replySport}`,
@@ -277,6 +292,8 @@ export class Conntrack {
     }
     if (!this.vacate(origHi, origLo, proto, origSrc, origDst, origSport, origDport, now)) return null;
     if (!this.vacate(replyHi, replyLo, proto, replySrc, replyDst, replySport, replyDport, now)) return null;
+    const slot = this.freeSlot(now);
+    if (slot < 0) return null;
     const e = new ConntrackEntry(
       proto,
       origSrc,
@@ -293,14 +310,8 @@ export class Conntrack {
       info.serviceIndex,
       info.masquerade,
     );
-    let slot: number;
-    if (this.flows.length >= this.maxEntries) {
-      slot = this.evictForInsert(now);
-      this.flows[slot] = e;
-    } else {
-      slot = this.flows.length;
-      this.flows.push(e);
-    }
+    if (slot === this.flows.length) this.flows.push(e);
+    else this.flows[slot] = e;
     e._slot = slot;
     this.index.insert(origHi, origLo, slot * 2);
     this.index.insert(replyHi, replyLo, slot * 2 + 1);
@@ -324,32 +335,65 @@ export class Conntrack {
   }
 
   /**
+   * The slot a new flow goes into: the next one while the table has room,
+   * else one evictForInsert frees; -1 (counted in `full`) when it frees none.
+   */
+  protected freeSlot(now: number): number {
+    if (this.flows.length < this.maxEntries) return this.flows.length;
+    const slot = this.evictForInsert(now);
+    if (slot < 0) {
+      this.full++;
+      this.lastInsertFull = true;
+    }
+    return slot;
+  }
+
+  /**
    * The table is full: free one slot for a new flow, CLOCK (second chance)
-   * style, an approximation of least-recently-used. The hand walks the slots;
-   * a flow looked up since the hand last passed (_touched) is spared once and
-   * its bit cleared; the first flow not looked up since (or expired) is
-   * removed and its slot returned. After MAX_CLOCK_STEPS spared flows the
-   * hand takes the flow under it anyway, so an insert stays O(1).
+   * style, an approximation of least-recently-used, sparing assured flows
+   * as netfilter's early drop does (an established connection is never
+   * pushed out by new ones). The hand walks at most MAX_CLOCK_STEPS slots:
+   * an expired flow is taken; a flow not assured and not looked up since the
+   * hand last passed (_touched) is taken, one looked up is spared once and
+   * its bit cleared; assured flows are passed over. If none was taken, the
+   * first flow not assured that the hand passed is; if every slot it looked
+   * at held an assured flow, -1 (the hand has moved on: the next insert
+   * looks further).
    */
   protected evictForInsert(now: number): number {
     const flows = this.flows;
     const n = flows.length;
     let h = this.hand < n ? this.hand : 0;
-    for (let steps = 0; ; steps++) {
+    let spared = -1;
+    for (let steps = 0; steps < MAX_CLOCK_STEPS; steps++) {
       const e = flows[h];
-      const dead = e.expires <= now;
-      if (dead || e._touched === 0 || steps >= MAX_CLOCK_STEPS) {
-        if (dead) this.expired++;
-        else this.evictions++;
-        this.removeKeys(e);
-        e._slot = -1;
-        e.live = false;
-        this.hand = h + 1;
-        return h;
+      if (e.expires <= now) {
+        this.expired++;
+        return this.takeSlot(e, h);
       }
-      e._touched = 0;
+      if (!e.assured) {
+        if (e._touched === 0) {
+          this.evictions++;
+          return this.takeSlot(e, h);
+        }
+        e._touched = 0;
+        if (spared < 0) spared = h;
+      }
       h = h + 1 === n ? 0 : h + 1;
     }
+    this.hand = h;
+    if (spared < 0) return -1;
+    this.evictions++;
+    return this.takeSlot(flows[spared], spared);
+  }
+
+  /** evictForInsert's end: `e` out of the index and dead, its slot `h` returned, the hand just past it */
+  private takeSlot(e: ConntrackEntry, h: number): number {
+    this.removeKeys(e);
+    e._slot = -1;
+    e.live = false;
+    this.hand = h + 1;
+    return h;
   }
 
   protected removeKeys(e: ConntrackEntry): void {

@@ -293,6 +293,7 @@ export class Conntrack6 extends Conntrack {
     now: number, info: ConntrackInfo6, origHi: number, origLo: number, replyHi: number, replyLo: number,
   ): ConntrackEntry | null {
     checkProto6(proto);
+    this.lastInsertFull = false;
     const p = proto === PROTO_ICMPV6 ? PROTO_ICMP : proto;
     if (origHi === replyHi && origLo === replyLo) {
       if (same4(t, 0, t, 8) && same4(t, 4, t, 12) && origSport === replySport && origDport === replyDport) this.clashes++;
@@ -301,18 +302,14 @@ export class Conntrack6 extends Conntrack {
     }
     if (!this.vacate6(origHi, origLo, p, t, CT6_ORIG_SRC, origSport, origDport, now)) return null;
     if (!this.vacate6(replyHi, replyLo, p, t, CT6_REPLY_SRC, replySport, replyDport, now)) return null;
+    const slot = this.freeSlot(now);
+    if (slot < 0) return null;
     const e = new ConntrackEntry(
       p, fold(t, 0), fold(t, 4), origSport, origDport, fold(t, 8), fold(t, 12), replySport, replyDport,
       now, now + initialTimeout(this.t, p), info.serviceName, info.serviceIndex, info.masquerade,
     );
-    let slot: number;
-    if (this.flows.length >= this.maxEntries) {
-      slot = this.evictForInsert(now);
-      this.flows[slot] = e;
-    } else {
-      slot = this.flows.length;
-      this.flows.push(e);
-    }
+    if (slot === this.flows.length) this.flows.push(e);
+    else this.flows[slot] = e;
     e._slot = slot;
     const ws = this.words;
     const b = slot * CT6_WORDS;

@@ -26,6 +26,8 @@ export const DROP_REASONS = [
   'sctp_fragmented',
   /** IPv6: the flow must be masqueraded and the node has no IPv6 masquerade address */
   'ipv6_no_masquerade_address',
+  /** the connection table was full of assured flows where its eviction hand looked (netfilter: "table full, dropping packet") */
+  'conntrack_full',
 ] as const;
 /** Why the packet path dropped a packet: one counter each (a decider's VerdictDropReason is one of them). */
 export type PacketDropReason = (typeof DROP_REASONS)[number];
@@ -38,6 +40,7 @@ export const D_FRAGMENT_NO_FLOW = 5;
 export const D_NO_ENDPOINTS = 6;
 export const D_SCTP_FRAGMENTED = 7;
 export const D_IPV6_NO_MASQUERADE_ADDRESS = 8;
+export const D_CONNTRACK_FULL = 9;
 
 /** What else is counted (not verdicts): how the packets were handled. */
 export const EVENTS = [

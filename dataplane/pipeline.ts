@@ -24,7 +24,7 @@ import { isServiceAddress, lookup, LookupResult, LOOKUP_DNAT, LOOKUP_REJECT, LOO
 import { AffinityTable, Rng, selectEndpoint } from './select.ts';
 import {
   Counters,
-  D_MALFORMED, D_NO_LOCAL_ENDPOINTS, D_SOURCE_RANGE, D_CONNTRACK_COLLISION, D_NAT_PORT_EXHAUSTED, D_FRAGMENT_NO_FLOW, D_NO_ENDPOINTS, D_SCTP_FRAGMENTED,
+  D_MALFORMED, D_NO_LOCAL_ENDPOINTS, D_SOURCE_RANGE, D_CONNTRACK_COLLISION, D_CONNTRACK_FULL, D_NAT_PORT_EXHAUSTED, D_FRAGMENT_NO_FLOW, D_NO_ENDPOINTS, D_SCTP_FRAGMENTED,
   E_NEW_FLOWS, E_ESTABLISHED, E_REPLIES, E_REJECTED, E_ICMP_ERRORS, E_FRAGMENTS, E_MASQUERADED, E_HAIRPIN, E_AFFINITY_HITS, E_LOOKUPS,
   E_GSO_SUPER_PACKETS, E_GSO_SEGMENTS, E_CHECKSUMS_COMPLETED, E_GSO_SEGMENTED,
 } from './counters.ts';
@@ -403,7 +403,7 @@ export class Pipeline {
     info.endpointPort = epPort;
     info.masquerade = f.masquerade;
     const entry = ct.insert(proto, src, f.dst, sport, f.dport, epAddr, replyDst, epPort, replyDport, now, info);
-    if (entry === null) return this.drop(D_CONNTRACK_COLLISION, total);
+    if (entry === null) return this.drop(ct.lastInsertFull ? D_CONNTRACK_FULL : D_CONNTRACK_COLLISION, total);
     rewriteDst(buf, f.off, epAddr, epPort, this.partial);
     if (replyDst !== src || replyDport !== sport) rewriteSrc(buf, f.off, replyDst, replyDport, this.partial);
     const segs = this.segments;

@@ -26,7 +26,7 @@ import { CT_UPDATE_REOPEN } from './conntrack.ts';
 import { Conntrack6, CT6_ORIG_DST, CT6_ORIG_SRC, CT6_REPLY_DST, CT6_REPLY_SRC } from './conntrack6.ts';
 import {
   Counters, D_MALFORMED, D_NO_LOCAL_ENDPOINTS, D_SOURCE_RANGE,
-  D_CONNTRACK_COLLISION, D_NAT_PORT_EXHAUSTED, D_FRAGMENT_NO_FLOW, D_NO_ENDPOINTS, D_SCTP_FRAGMENTED,
+  D_CONNTRACK_COLLISION, D_CONNTRACK_FULL, D_NAT_PORT_EXHAUSTED, D_FRAGMENT_NO_FLOW, D_NO_ENDPOINTS, D_SCTP_FRAGMENTED,
   D_IPV6_NO_MASQUERADE_ADDRESS,
   E_NEW_FLOWS, E_ESTABLISHED, E_REPLIES, E_REJECTED, E_ICMP_ERRORS, E_FRAGMENTS, E_MASQUERADED, E_HAIRPIN,
   E_AFFINITY_HITS, E_LOOKUPS, E_IPV6, E_CHECKSUMS_COMPLETED, E_NON_IPV4,
@@ -325,7 +325,7 @@ export class Pipeline6 {
     info.masquerade = masquerade;
     // both keys as lookup6 (this packet's tuple, in process) and the last isTupleInUse6 (the reply tuple) hashed them
     const entry = ct.insert6Keyed(proto, tw, sport, dport, epPort, replyDport, now, info, ct.lookupHi, ct.lookupLo, ct.probeHi, ct.probeLo);
-    if (entry === null) return this.drop(D_CONNTRACK_COLLISION, total);
+    if (entry === null) return this.drop(ct.lastInsertFull ? D_CONNTRACK_FULL : D_CONNTRACK_COLLISION, total);
     if (this.partial) {
       rewriteDst6(buf, off, c, tw, CT6_REPLY_SRC, epPort, true);
       if (masquerade || replyDport !== sport) rewriteSrc6(buf, off, c, tw, CT6_REPLY_DST, replyDport, true);

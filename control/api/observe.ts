@@ -9,7 +9,7 @@
  * counted twice on the packet path):
  *   tunproxy_packets_total{verdict}, tunproxy_bytes_total{verdict}, tunproxy_drops_total{reason},
  *   tunproxy_malformed_total{error}, tunproxy_events_total{event}, tunproxy_lookups_total,
- *   tunproxy_conntrack_entries, tunproxy_conntrack_max, tunproxy_conntrack_{inserts,evictions,collisions,clashes,expired}_total,
+ *   tunproxy_conntrack_entries, tunproxy_conntrack_max, tunproxy_conntrack_{inserts,evictions,collisions,clashes,full,expired}_total,
  *   tunproxy_affinity_entries, tunproxy_ruleset_generation, tunproxy_services, tunproxy_service_ports,
  *   tunproxy_sync_proxy_rules_duration_seconds (histogram, like kube-proxy's: every validate+compile+swap),
  *   tunproxy_sync_proxy_rules_last_timestamp_seconds, tunproxy_sync_proxy_rules_rejected_total,
@@ -60,6 +60,7 @@ export class ApiMetrics {
       get evictions() { return self.snap?.conntrack.evictions ?? 0; },
       get collisions() { return self.snap?.conntrack.collisions ?? 0; },
       get clashes() { return self.snap?.conntrack.clashes ?? 0; },
+      get full() { return self.snap?.conntrack.full ?? 0; },
       get expired() { return self.snap?.conntrack.expired ?? 0; },
     };
     const counter = (name: string, help: string, labelNames: string[], fill: (m: Counter) => void) =>
@@ -96,6 +97,7 @@ export class ApiMetrics {
     counter('tunproxy_conntrack_evictions_total', 'Flows pushed out of a full connection table.', [], (m) => m.inc(ct.evictions));
     counter('tunproxy_conntrack_collisions_total', 'Inserts refused: a hash key taken by another flow.', [], (m) => m.inc(ct.collisions));
     counter('tunproxy_conntrack_clashes_total', 'Inserts refused: the tuple is already tracked.', [], (m) => m.inc(ct.clashes));
+    counter('tunproxy_conntrack_full_total', 'Inserts refused: the table full of assured flows where the eviction looked (netfilter\'s "table full, dropping packet").', [], (m) => m.inc(ct.full));
     counter('tunproxy_conntrack_expired_total', 'Flows removed because their timer ran out.', [], (m) => m.inc(ct.expired));
     gauge('tunproxy_packet_thread_event_loop_delay_max_seconds', 'Longest the packet thread waited to run since start (monitorEventLoopDelay): what the control side may not cost it.', () => (self.snap?.eventLoop.maxMs ?? 0) / 1000);
     gauge('tunproxy_packet_thread_event_loop_delay_p99_seconds', '99th percentile of the packet thread\'s event-loop delay since start.', () => (self.snap?.eventLoop.p99Ms ?? 0) / 1000);

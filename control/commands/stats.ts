@@ -30,7 +30,7 @@ export function statsText(s: Stats): string {
     `bytes        ${Object.entries(s.counters.bytes).map(([k, v]) => `${k}=${v}`).join(' ')}`,
     `drops        ${nz(s.counters.drops)}`,
     `events       ${nz(s.counters.events)}`,
-    `conntrack    ${s.conntrack.entries}/${s.conntrack.max} entries, ${s.conntrack.inserts} inserted, ${s.conntrack.evictions} evicted, ${s.conntrack.expired} expired, ${s.conntrack.collisions} collisions, ${s.conntrack.clashes} clashes`,
+    `conntrack    ${s.conntrack.entries}/${s.conntrack.max} entries, ${s.conntrack.inserts} inserted, ${s.conntrack.evictions} evicted, ${s.conntrack.expired} expired, ${s.conntrack.collisions} collisions, ${s.conntrack.clashes} clashes, ${s.conntrack.full ?? 0} refused (full)`,
     `affinity     ${s.affinity.entries} entries, ${s.affinity.hits} hits`,
     `loop         ${s.loop ? Object.entries(s.loop).map(([k, v]) => `${k}=${v}`).join(' ') : 'no TUN device attached'}`,
     `state        ${s.state ? `${s.state.dir}, generation ${s.state.savedGeneration} saved${s.state.lastError ? `, last save failed: ${s.state.lastError}` : ''}` : 'no --state-dir'}`,

@@ -25,7 +25,7 @@ import { FIELDS, FlowLister, deleteFlowsSliced, packFlow, unpackFlow } from './f
 export interface PacketStats {
   counters: { packets: Record<string, number>; bytes: Record<string, number>; drops: Record<string, number>; events: Record<string, number>; malformed: Record<string, number> };
   raw: { packets: number[]; bytes: number[]; drops: number[]; events: number[]; lookups: number };
-  conntrack: { entries: number; max: number; inserts: number; evictions: number; collisions: number; clashes: number; expired: number };
+  conntrack: { entries: number; max: number; inserts: number; evictions: number; collisions: number; clashes: number; full: number; expired: number };
   affinity: { entries: number; hits: number };
   loop: (LoopStats & { device: string }) | null;
   status: string;
@@ -91,7 +91,7 @@ export function statsOfDataplane(dp: Dataplane): PacketStats {
   return {
     counters: c.snapshot(),
     raw: { packets: Array.from(c.packets), bytes: Array.from(c.bytes), drops: Array.from(c.drops), events: Array.from(c.events), lookups: c.events[EVENTS.indexOf('lookups')] },
-    conntrack: { entries: ct.size, max: ct.maxEntries, inserts: ct.inserts, evictions: ct.evictions, collisions: ct.collisions, clashes: ct.clashes, expired: ct.expired },
+    conntrack: { entries: ct.size, max: ct.maxEntries, inserts: ct.inserts, evictions: ct.evictions, collisions: ct.collisions, clashes: ct.clashes, full: ct.full, expired: ct.expired },
     affinity: { entries: p.affinity.size, hits: p.affinity.hits },
     loop: dp.loop ? { device: dp.loop.device.name, ...dp.loop.stats } : null,
     status: dp.statusLine(),

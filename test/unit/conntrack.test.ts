@@ -194,6 +194,43 @@ t.test('eviction at maxEntries: counted, both keys removed, recently used flows 
   }
 });
 
+t.test('a full table never evicts an assured flow: new flows take the others\' slots, then are refused (netfilter\'s early drop)', async (t) => {
+  const ct = new Conntrack({ maxEntries: 4, seed: 11 });
+  const flows = [0, 1, 2, 3].map((i) => dnsFlow(ct, 0, 51000 + i));
+  // a UDP stream: a reply, then traffic more than 2 s after the start (nf_conntrack_udp_packet)
+  const assure = (e: ConntrackEntry, at: number) => {
+    ct.update(e, CT_DIR_ORIGINAL, 0, 60, at);
+    ct.update(e, CT_DIR_REPLY, 0, 60, at + 1);
+    ct.update(e, CT_DIR_ORIGINAL, 0, 60, at + 3000);
+  };
+  assure(flows[0], 0);
+  assure(flows[1], 0);
+  t.same(flows.map((e) => e.assured), [true, true, false, false]);
+  // both assured flows looked up long ago, the others just now: an LRU would take the assured ones
+  t.ok(ct.lookup(PROTO_UDP, CLIENT, CLUSTER_IP, 51002, 53, 3500));
+  t.ok(ct.lookup(PROTO_UDP, CLIENT, CLUSTER_IP, 51003, 53, 3500));
+  const a = dnsFlow(ct, 3600, 51010);
+  const b = dnsFlow(ct, 3601, 51011);
+  t.same(flows.map((e) => e.live), [true, true, false, false], 'the flows not assured made room, though used more recently');
+  t.equal(ct.evictions, 2);
+  assure(a, 3600);
+  assure(b, 3601);
+  // every flow assured: a new one is refused, nothing is pushed out
+  t.equal(ct.insert(PROTO_UDP, CLIENT, CLUSTER_IP, 51012, 53, ENDPOINT, MASQ, 53, 51012, 7000, info(ENDPOINT, 53)), null, 'refused');
+  t.equal(ct.lastInsertFull, true, 'because the table is full');
+  t.equal(ct.full, 1);
+  t.equal(ct.evictions, 2, 'no eviction');
+  t.equal(ct.size, 4);
+  t.ok([flows[0], flows[1], a, b].every((e) => e.live), 'every assured flow still tracked');
+  t.equal(ct.lookup(PROTO_UDP, ENDPOINT, MASQ, 53, 51000, 7000), flows[0], 'and found from its reply direction');
+  // a refusal for a taken key is not a full table
+  t.equal(ct.insert(PROTO_UDP, CLIENT, CLUSTER_IP, 51000, 53, ENDPOINT, MASQ, 53, 51000, 7000, info(ENDPOINT, 53)), null);
+  t.equal(ct.lastInsertFull, false, 'a clash');
+  // once an assured flow's timer runs out (a UDP stream: 120 s), its slot is free again
+  t.ok(dnsFlow(ct, 200_000, 51013).live, 'a new flow after they expired');
+  t.ok(ct.expired >= 1);
+});
+
 t.test('eviction prefers an expired flow and counts it as expired', async (t) => {
   const ct = new Conntrack({ maxEntries: 2, seed: 8 });
   const a = dnsFlow(ct, 0, 1);

@@ -300,3 +300,26 @@ t.test('--decider linear: the same flows decided by walking kube-proxy\'s rules 
   t.equal(DROP_REASONS[pl.lastDrop], 'source_range');
   t.equal(run(pkt({ src: '10.64.1.50', dst: '10.64.1.13', sport: 1, dport: 80, flags: SYN })), V_PASS);
 });
+
+t.test('a full connection table of established connections: a new flow is dropped as conntrack_full, the connection goes on (netfilter keeps assured flows)', async (t) => {
+  let now = 1_000_000;
+  const ct = new Conntrack({ clock: () => now, maxEntries: 1 });
+  const pl = new Pipeline({ conntrack: ct, rng: new Rng(1) });
+  const tables = compile(oneEndpoint());
+  const run = (b: Uint8Array) => pl.process(b, 0, b.length, tables, now);
+  const c = (sport: number, flags: number) => pkt({ src: '172.16.1.99', dst: '10.32.0.159', sport, dport: 8080, flags });
+  t.equal(run(c(35814, SYN)), V_FORWARD);
+  t.equal(run(pkt({ src: '10.64.1.13', dst: '10.64.1.1', sport: 80, dport: 35814, flags: SYN | ACK })), V_FORWARD);
+  now += 1;
+  t.equal(run(c(35814, ACK)), V_FORWARD);
+  t.match(ct.list(), /ESTABLISHED .*\[ASSURED\]/);
+  const before = pl.counters.snapshot().drops.conntrack_full;
+  t.equal(run(c(35815, SYN)), V_DROP, 'a new flow: the table is full of an assured flow');
+  t.equal(DROP_REASONS[pl.lastDrop], 'conntrack_full');
+  t.equal(pl.counters.snapshot().drops.conntrack_full, before + 1);
+  t.equal(ct.full, 1);
+  t.equal(ct.evictions, 0, 'nothing pushed out');
+  const data = c(35814, ACK | PSH);
+  t.equal(run(data), V_FORWARD, 'the established connection goes on');
+  t.equal(tuple(data), '10.64.1.1:35814 > 10.64.1.13:80');
+});
