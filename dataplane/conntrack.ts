@@ -132,7 +132,7 @@ export class Conntrack {
   clashes = 0;
   /** inserts refused because the table was full and the slots the eviction hand looked at held only assured flows (netfilter's `drop`) */
   full = 0;
-  /** the last insert() returned null because the table was full (`full`), not for a taken key */
+  /** why the last insert() that returned null did: true when the table was full (`full`), false for a taken key (written on refusals only: read it just after a null) */
   lastInsertFull = false;
   /** flows removed because their timer ran out (sweep, lookup, insert or eviction found them dead) */
   expired = 0;
@@ -270,7 +270,6 @@ export class Conntrack {
     info: ConntrackInfo,
   ): ConntrackEntry | null {
     checkProto(proto);
-    this.lastInsertFull = false;
     if ((info.endpointAddr | 0) !== (replySrc | 0) || (proto !== PROTO_ICMP && info.endpointPort !== replySport)) {
       throw new Error(
         `conntrack insert: endpoint ${formatIPv4(info.endpointAddr >>> 0)}:${info.endpointPort} is not the reply tuple's source ${formatIPv4(replySrc >>> 0)}:${replySport}`,
@@ -288,6 +287,7 @@ export class Conntrack {
       } else {
         this.collisions++;
       }
+      this.lastInsertFull = false;
       return null;
     }
     if (!this.vacate(origHi, origLo, proto, origSrc, origDst, origSport, origDport, now)) return null;
@@ -331,6 +331,7 @@ export class Conntrack {
     }
     if (hasTuple(e, proto, src, dst, sport, dport)) this.clashes++;
     else this.collisions++;
+    this.lastInsertFull = false;
     return false;
   }
 

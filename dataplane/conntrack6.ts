@@ -257,6 +257,7 @@ export class Conntrack6 extends Conntrack {
     const isReply = same4(ws, b + 8, t, to) && same4(ws, b + 12, t, to + 4) && e.replySport === sport && e.replyDport === dport;
     if (e.proto === p && (isOrig || isReply)) this.clashes++;
     else this.collisions++;
+    this.lastInsertFull = false;
     return false;
   }
 
@@ -293,11 +294,11 @@ export class Conntrack6 extends Conntrack {
     now: number, info: ConntrackInfo6, origHi: number, origLo: number, replyHi: number, replyLo: number,
   ): ConntrackEntry | null {
     checkProto6(proto);
-    this.lastInsertFull = false;
     const p = proto === PROTO_ICMPV6 ? PROTO_ICMP : proto;
     if (origHi === replyHi && origLo === replyLo) {
       if (same4(t, 0, t, 8) && same4(t, 4, t, 12) && origSport === replySport && origDport === replyDport) this.clashes++;
       else this.collisions++;
+      this.lastInsertFull = false;
       return null;
     }
     if (!this.vacate6(origHi, origLo, p, t, CT6_ORIG_SRC, origSport, origDport, now)) return null;
