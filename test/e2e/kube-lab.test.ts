@@ -218,8 +218,8 @@ if (skip) {
     await until(`${name} in force on the packet thread`, async () => (await generations()).packets >= holder);
     // what reaches the pods is counted from here (the sync is in force); the client's answers are
     // judged from the counter read on: the dataplane removes a left endpoint's UDP conntrack entries
-    // just after the first batch under the new tables (README, limits), and with thousands of new
-    // flows a second, a reused source port may meet such an entry in that batch
+    // in slices just after the swap, and with thousands of new flows a second, a reused source port
+    // may meet such an entry before the sweep reached it
     phase = `${name} (settling)`;
     // and from source ports no earlier phase used: a flow to an endpoint that is terminating but
     // still serving keeps its conntrack entry (as with kube-proxy), so a datagram from a port reused
