@@ -10,6 +10,7 @@
  *   tunproxy_packets_total{verdict}, tunproxy_bytes_total{verdict}, tunproxy_drops_total{reason},
  *   tunproxy_malformed_total{error}, tunproxy_events_total{event}, tunproxy_lookups_total,
  *   tunproxy_conntrack_entries, tunproxy_conntrack_max, tunproxy_conntrack_{inserts,evictions,collisions,clashes,full,expired}_total,
+ *   the IPv6 table's as tunproxy_conntrack6_entries, _max, tunproxy_conntrack6_{inserts,...,expired}_total,
  *   tunproxy_affinity_entries, tunproxy_ruleset_generation, tunproxy_services, tunproxy_service_ports,
  *   tunproxy_sync_proxy_rules_duration_seconds (histogram, like kube-proxy's: every validate+compile+swap),
  *   tunproxy_sync_proxy_rules_last_timestamp_seconds, tunproxy_sync_proxy_rules_rejected_total,
@@ -63,6 +64,7 @@ export class ApiMetrics {
       get full() { return self.snap?.conntrack.full ?? 0; },
       get expired() { return self.snap?.conntrack.expired ?? 0; },
     };
+    const ct6 = () => self.snap?.conntrack6 ?? null;
     const counter = (name: string, help: string, labelNames: string[], fill: (m: Counter) => void) =>
       new Counter({
         name,
@@ -99,6 +101,17 @@ export class ApiMetrics {
     counter('tunproxy_conntrack_clashes_total', 'Inserts refused: the tuple is already tracked.', [], (m) => m.inc(ct.clashes));
     counter('tunproxy_conntrack_full_total', 'Inserts refused: the table full of assured flows where the eviction looked (netfilter\'s "table full, dropping packet").', [], (m) => m.inc(ct.full));
     counter('tunproxy_conntrack_expired_total', 'Flows removed because their timer ran out.', [], (m) => m.inc(ct.expired));
+    // the IPv6 table (0 until the first IPv6 packet): the same figures, its own names (the IPv4 ones above keep theirs, no label added)
+    gauge('tunproxy_conntrack6_entries', 'Flows in the IPv6 connection table.', () => ct6()?.entries ?? 0);
+    gauge('tunproxy_conntrack6_max', 'Size of the IPv6 connection table.', () => ct6()?.max ?? 0);
+    for (const [k, help] of [
+      ['inserts', 'IPv6 flows inserted in the connection table.'],
+      ['evictions', 'IPv6 flows pushed out of a full connection table.'],
+      ['collisions', 'IPv6 inserts refused: a hash key taken by another flow.'],
+      ['clashes', 'IPv6 inserts refused: the tuple is already tracked.'],
+      ['full', 'IPv6 inserts refused: the table full of assured flows where the eviction looked.'],
+      ['expired', 'IPv6 flows removed because their timer ran out.'],
+    ] as const) counter(`tunproxy_conntrack6_${k}_total`, help, [], (m) => m.inc(ct6()?.[k] ?? 0));
     gauge('tunproxy_packet_thread_event_loop_delay_max_seconds', 'Longest the packet thread waited to run since start (monitorEventLoopDelay): what the control side may not cost it.', () => (self.snap?.eventLoop.maxMs ?? 0) / 1000);
     gauge('tunproxy_packet_thread_event_loop_delay_p99_seconds', '99th percentile of the packet thread\'s event-loop delay since start.', () => (self.snap?.eventLoop.p99Ms ?? 0) / 1000);
     counter('tunproxy_packet_thread_naps_total', 'Sleeps the packet thread took in its control work to leave its CPU to ordinary tasks (--packet-priority fifo, --packet-nap).', [], (m) => m.inc(self.snap?.eventLoop.naps ?? 0));
@@ -176,6 +189,8 @@ export async function statsOf(ctx: ApiContext) {
     uptimeSeconds: (Date.now() - p.startedAt) / 1000,
     counters: p.counters,
     conntrack: p.conntrack,
+    // the IPv6 connection table's, null until the first IPv6 packet
+    conntrack6: p.conntrack6,
     affinity: p.affinity,
     loop: p.loop,
     // the generation the packet thread has swapped in: `generation` (the holder's) once the tables reached the loop

@@ -16,9 +16,15 @@ interface Stats {
   uptimeSeconds: number;
   counters: { packets: Record<string, number>; bytes: Record<string, number>; drops: Record<string, number>; events: Record<string, number>; malformed: Record<string, number> };
   conntrack: Record<string, number>;
+  conntrack6?: Record<string, number> | null;
   affinity: Record<string, number>;
   loop: Record<string, unknown> | null;
   state: { dir: string; savedGeneration: number; lastError: string | null } | null;
+}
+
+/** One connection table's line: `conntrack ` (IPv4) or `conntrack6`. */
+function ctLine(label: string, c: Record<string, number>): string {
+  return `${label}   ${c.entries}/${c.max} entries, ${c.inserts} inserted, ${c.evictions} evicted, ${c.expired} expired, ${c.collisions} collisions, ${c.clashes} clashes, ${c.full ?? 0} refused (full)`;
 }
 
 export function statsText(s: Stats): string {
@@ -30,7 +36,8 @@ export function statsText(s: Stats): string {
     `bytes        ${Object.entries(s.counters.bytes).map(([k, v]) => `${k}=${v}`).join(' ')}`,
     `drops        ${nz(s.counters.drops)}`,
     `events       ${nz(s.counters.events)}`,
-    `conntrack    ${s.conntrack.entries}/${s.conntrack.max} entries, ${s.conntrack.inserts} inserted, ${s.conntrack.evictions} evicted, ${s.conntrack.expired} expired, ${s.conntrack.collisions} collisions, ${s.conntrack.clashes} clashes, ${s.conntrack.full ?? 0} refused (full)`,
+    ctLine('conntrack ', s.conntrack),
+    ...(s.conntrack6 ? [ctLine('conntrack6', s.conntrack6)] : []),
     `affinity     ${s.affinity.entries} entries, ${s.affinity.hits} hits`,
     `loop         ${s.loop ? Object.entries(s.loop).map(([k, v]) => `${k}=${v}`).join(' ') : 'no TUN device attached'}`,
     `state        ${s.state ? `${s.state.dir}, generation ${s.state.savedGeneration} saved${s.state.lastError ? `, last save failed: ${s.state.lastError}` : ''}` : 'no --state-dir'}`,

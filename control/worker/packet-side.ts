@@ -14,6 +14,7 @@ import type { IntervalHistogram } from 'node:perf_hooks';
 import type { Dataplane } from '../dataplane.ts';
 import type { LoopStats } from '../../dataplane/loop.ts';
 import type { Tables } from '../../dataplane/tables.ts';
+import type { Conntrack } from '../../dataplane/conntrack.ts';
 import type { ConntrackQuery } from '../api/conntrack.ts';
 import { conntrackFilter } from '../api/conntrack.ts';
 import { EVENTS } from '../../dataplane/counters.ts';
@@ -22,10 +23,24 @@ import { CT6_ORIG_SRC, CT6_ORIG_DST, CT6_REPLY_SRC, CT6_REPLY_DST } from '../../
 import type { FlowChunk, FlowRecord } from './flows.ts';
 import { FIELDS, FlowLister, deleteFlowsSliced, packFlow, unpackFlow } from './flows.ts';
 
+/** One connection table's size and counters (`conntrack -S`'s, and tunproxy's refusals). */
+export interface ConntrackStats {
+  entries: number;
+  max: number;
+  inserts: number;
+  evictions: number;
+  collisions: number;
+  clashes: number;
+  full: number;
+  expired: number;
+}
+
 export interface PacketStats {
   counters: { packets: Record<string, number>; bytes: Record<string, number>; drops: Record<string, number>; events: Record<string, number>; malformed: Record<string, number> };
   raw: { packets: number[]; bytes: number[]; drops: number[]; events: number[]; lookups: number };
-  conntrack: { entries: number; max: number; inserts: number; evictions: number; collisions: number; clashes: number; full: number; expired: number };
+  conntrack: ConntrackStats;
+  /** the IPv6 connection table's, null until the first IPv6 packet made the IPv6 path */
+  conntrack6: ConntrackStats | null;
   affinity: { entries: number; hits: number };
   loop: (LoopStats & { device: string }) | null;
   status: string;
@@ -87,11 +102,13 @@ export interface PacketSide {
 export function statsOfDataplane(dp: Dataplane): PacketStats {
   const p = dp.pipeline;
   const c = p.counters;
-  const ct = p.conntrack;
+  const ctStats = (ct: Conntrack): ConntrackStats => ({ entries: ct.size, max: ct.maxEntries, inserts: ct.inserts, evictions: ct.evictions, collisions: ct.collisions, clashes: ct.clashes, full: ct.full, expired: ct.expired });
+  const ct6 = p.conntrackV6;
   return {
     counters: c.snapshot(),
     raw: { packets: Array.from(c.packets), bytes: Array.from(c.bytes), drops: Array.from(c.drops), events: Array.from(c.events), lookups: c.events[EVENTS.indexOf('lookups')] },
-    conntrack: { entries: ct.size, max: ct.maxEntries, inserts: ct.inserts, evictions: ct.evictions, collisions: ct.collisions, clashes: ct.clashes, full: ct.full, expired: ct.expired },
+    conntrack: ctStats(p.conntrack),
+    conntrack6: ct6 === null ? null : ctStats(ct6),
     affinity: { entries: p.affinity.size, hits: p.affinity.hits },
     loop: dp.loop ? { device: dp.loop.device.name, ...dp.loop.stats } : null,
     status: dp.statusLine(),

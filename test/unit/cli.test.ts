@@ -257,7 +257,9 @@ t.test('conntrack, trace, stats', async (t) => {
   t.match(stats.stdout, /^rule set {5}generation \d+, 8 services, 10 service ports/);
   t.match(stats.stdout, /\npackets {6}forward=1 reply=0 drop=0 pass=0\n/);
   t.match(stats.stdout, /\nloop {9}no TUN device attached\n/);
-  t.match(JSON.parse(statsJson.stdout), { counters: { packets: { forward: 1 } }, conntrack: { entries: 1 } });
+  t.match(stats.stdout, /\nconntrack {4}1\/\d+ entries, 1 inserted, 0 evicted, 0 expired, 0 collisions, 0 clashes, 0 refused \(full\)\n/);
+  t.notMatch(stats.stdout, /conntrack6/, 'no IPv6 table line before an IPv6 packet');
+  t.match(JSON.parse(statsJson.stdout), { counters: { packets: { forward: 1 } }, conntrack: { entries: 1 }, conntrack6: null });
 
   const del = await cli(['conntrack', '-D', '--service', 'default/web-svc']);
   t.equal(del.code, 0);

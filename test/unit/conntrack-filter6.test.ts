@@ -21,6 +21,7 @@ import { ApiError } from '../../control/api/errors.ts';
 import { Dataplane } from '../../control/dataplane.ts';
 import { startApi } from '../../control/server.ts';
 import { ApiClient } from '../../control/client.ts';
+import { statsText } from '../../control/commands/stats.ts';
 import { V_FORWARD } from '../../dataplane/verdict.ts';
 import type { RuleSet } from '../../control/types.ts';
 
@@ -163,10 +164,21 @@ t.test('GET and DELETE /v1/conntrack with IPv6 filters, on flows the pipeline ma
     rmSync(dir, { recursive: true, force: true });
   });
   const c = new ApiClient({ socket: sock });
+  type Stats = { conntrack: { entries: number }; conntrack6: { entries: number; max: number; inserts: number; full: number } | null };
+  t.equal((await c.request<Stats>('GET', '/v1/stats')).body.conntrack6, null, 'no IPv6 table before the first IPv6 packet');
   for (const h of PACKETS) {
     const b = new Uint8Array(Buffer.from(h, 'hex'));
     t.equal(dp.pipeline.process(b, 0, b.length, dp.tables!, 1_000_000), V_FORWARD);
   }
+  const st = (await c.request<Stats>('GET', '/v1/stats')).body;
+  t.equal(st.conntrack.entries, 1, '/v1/stats: the IPv4 table');
+  t.match(st.conntrack6, { entries: 2, inserts: 2, full: 0 }, 'and the IPv6 one apart');
+  t.ok(st.conntrack6!.max > 0);
+  const metrics = (await c.request<string>('GET', '/metrics')).text;
+  t.match(metrics, /^tunproxy_conntrack6_entries 2$/m, 'its metrics');
+  t.match(metrics, /^tunproxy_conntrack6_inserts_total 2$/m);
+  t.match(metrics, /^tunproxy_conntrack_entries 1$/m, 'the IPv4 metric keeps its name and counts IPv4 flows');
+  t.match(statsText(st as never), /\nconntrack {4}1\/\d+ entries, 1 inserted, [^\n]*\nconntrack6 {3}2\/\d+ entries, 2 inserted, 0 evicted, 0 expired, 0 collisions, 0 clashes, 0 refused \(full\)\n/, 'tunproxy stats: a line for each table');
   type Flows = { matched: number; flows: Array<{ original: { src: string }; endpoint: string }> };
   const get = async (q: string) => (await c.request<Flows>('GET', `/v1/conntrack?${q}`)).body;
   t.equal((await get('')).matched, 3);
