@@ -123,12 +123,7 @@ export class Loop {
     this.outLengths = new Uint32Array(this.batch);
   }
 
-  /** The snapshot in force: the next batch is decided with it. */
-  get current(): Tables {
-    return this.tables;
-  }
-
-  /** The same as `current` (a snapshot is swapped in as soon as it is given, never left waiting for a batch). */
+  /** The snapshot in force: the next batch is decided with it (a snapshot is swapped in as soon as it is given). */
   get applied(): Tables {
     return this.tables;
   }

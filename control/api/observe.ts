@@ -24,7 +24,7 @@ import { DROP_REASONS, EVENTS } from '../../dataplane/counters.ts';
 import { VERDICTS } from '../../dataplane/verdict.ts';
 import type { ApiContext } from './context.ts';
 import type { RuleSet } from '../types.ts';
-import type { PacketStats } from '../worker/packet-side.ts';
+import type { ConntrackStats, PacketStats } from '../worker/packet-side.ts';
 
 export class ApiMetrics {
   readonly registry = new Registry();
@@ -54,17 +54,6 @@ export class ApiMetrics {
       get malformed() { return Object.entries(self.snap?.counters.malformed ?? {}); },
     };
     const self = this;
-    const ct = {
-      get size() { return self.snap?.conntrack.entries ?? 0; },
-      get maxEntries() { return self.snap?.conntrack.max ?? 0; },
-      get inserts() { return self.snap?.conntrack.inserts ?? 0; },
-      get evictions() { return self.snap?.conntrack.evictions ?? 0; },
-      get collisions() { return self.snap?.conntrack.collisions ?? 0; },
-      get clashes() { return self.snap?.conntrack.clashes ?? 0; },
-      get full() { return self.snap?.conntrack.full ?? 0; },
-      get expired() { return self.snap?.conntrack.expired ?? 0; },
-    };
-    const ct6 = () => self.snap?.conntrack6 ?? null;
     const counter = (name: string, help: string, labelNames: string[], fill: (m: Counter) => void) =>
       new Counter({
         name,
@@ -93,25 +82,22 @@ export class ApiMetrics {
     });
     counter('tunproxy_events_total', 'How packets were handled (new flows, established, replies, masqueraded, affinity hits...).', ['event'], (m) => EVENTS.forEach((v, i) => m.inc({ event: v }, c.events[i])));
     counter('tunproxy_lookups_total', 'Service lookups in the compiled tables (first packets of flows).', [], (m) => m.inc(c.events[EVENTS.indexOf('lookups')]));
-    gauge('tunproxy_conntrack_entries', 'Flows in the connection table.', () => ct.size);
-    gauge('tunproxy_conntrack_max', 'Size of the connection table (like nf_conntrack_max).', () => ct.maxEntries);
-    counter('tunproxy_conntrack_inserts_total', 'Flows inserted in the connection table.', [], (m) => m.inc(ct.inserts));
-    counter('tunproxy_conntrack_evictions_total', 'Flows pushed out of a full connection table.', [], (m) => m.inc(ct.evictions));
-    counter('tunproxy_conntrack_collisions_total', 'Inserts refused: a hash key taken by another flow.', [], (m) => m.inc(ct.collisions));
-    counter('tunproxy_conntrack_clashes_total', 'Inserts refused: the tuple is already tracked.', [], (m) => m.inc(ct.clashes));
-    counter('tunproxy_conntrack_full_total', 'Inserts refused: the table full of assured flows where the eviction looked (netfilter\'s "table full, dropping packet").', [], (m) => m.inc(ct.full));
-    counter('tunproxy_conntrack_expired_total', 'Flows removed because their timer ran out.', [], (m) => m.inc(ct.expired));
-    // the IPv6 table (0 until the first IPv6 packet): the same figures, its own names (the IPv4 ones above keep theirs, no label added)
-    gauge('tunproxy_conntrack6_entries', 'Flows in the IPv6 connection table.', () => ct6()?.entries ?? 0);
-    gauge('tunproxy_conntrack6_max', 'Size of the IPv6 connection table.', () => ct6()?.max ?? 0);
-    for (const [k, help] of [
-      ['inserts', 'IPv6 flows inserted in the connection table.'],
-      ['evictions', 'IPv6 flows pushed out of a full connection table.'],
-      ['collisions', 'IPv6 inserts refused: a hash key taken by another flow.'],
-      ['clashes', 'IPv6 inserts refused: the tuple is already tracked.'],
-      ['full', 'IPv6 inserts refused: the table full of assured flows where the eviction looked.'],
-      ['expired', 'IPv6 flows removed because their timer ran out.'],
-    ] as const) counter(`tunproxy_conntrack6_${k}_total`, help, [], (m) => m.inc(ct6()?.[k] ?? 0));
+    // one connection table's figures: the IPv4 table as tunproxy_conntrack_*, the IPv6 one (0 until the first
+    // IPv6 packet) as tunproxy_conntrack6_* (the IPv4 names kept as they were, no label added)
+    const conntrackMetrics = (prefix: string, table: string, of: () => ConntrackStats | null) => {
+      gauge(`${prefix}_entries`, `Flows in the ${table}.`, () => of()?.entries ?? 0);
+      gauge(`${prefix}_max`, `Size of the ${table} (like nf_conntrack_max).`, () => of()?.max ?? 0);
+      for (const [k, help] of [
+        ['inserts', `Flows inserted in the ${table}.`],
+        ['evictions', `Flows pushed out of the full ${table}.`],
+        ['collisions', 'Inserts refused: a hash key taken by another flow.'],
+        ['clashes', 'Inserts refused: the tuple is already tracked.'],
+        ['full', 'Inserts refused: the table full of assured flows where the eviction looked (netfilter\'s "table full, dropping packet").'],
+        ['expired', 'Flows removed because their timer ran out.'],
+      ] as const) counter(`${prefix}_${k}_total`, help, [], (m) => m.inc(of()?.[k] ?? 0));
+    };
+    conntrackMetrics('tunproxy_conntrack', 'connection table', () => self.snap?.conntrack ?? null);
+    conntrackMetrics('tunproxy_conntrack6', 'IPv6 connection table', () => self.snap?.conntrack6 ?? null);
     gauge('tunproxy_packet_thread_event_loop_delay_max_seconds', 'Longest the packet thread waited to run since start (monitorEventLoopDelay): what the control side may not cost it.', () => (self.snap?.eventLoop.maxMs ?? 0) / 1000);
     gauge('tunproxy_packet_thread_event_loop_delay_p99_seconds', '99th percentile of the packet thread\'s event-loop delay since start.', () => (self.snap?.eventLoop.p99Ms ?? 0) / 1000);
     counter('tunproxy_packet_thread_naps_total', 'Sleeps the packet thread took in its control work to leave its CPU to ordinary tasks (--packet-priority fifo, --packet-nap).', [], (m) => m.inc(self.snap?.eventLoop.naps ?? 0));
