@@ -4,10 +4,17 @@
  * the connection table saved on SIGTERM, so that established connections
  * survive a restart.
  *
- *   <tun>.ruleset.json     the rule set in force, as plain rule-set JSON (it can
- *                          be given to `tunproxy apply -f` or `run --rules` as is):
- *                          the body of the PUT /v1/ruleset that put it in force,
- *                          byte for byte, else the rule set stringified
+ *   <tun>.ruleset.json     the rule set, as plain rule-set JSON (it can be given
+ *                          to `tunproxy apply -f` or `run --rules` as is): the
+ *                          body of the PUT /v1/ruleset that put it in force, byte
+ *                          for byte, else the rule set stringified
+ *   <tun>.ruleset.journal  the changes of a few services since that file was
+ *                          written, a line each (control/persist-journal.ts):
+ *                          the file and its journal together are the rule set in
+ *                          force. The file is written whole again when the journal
+ *                          outgrows half of it, when nothing changed for a while
+ *                          (5 s), at every start, and for any change the journal
+ *                          cannot say (the node's fields, many services)
  *   <tun>.conntrack.json   {"kind":"TunproxyConntrack","version":1,"savedAt":<epoch ms>,
  *                          "bootId":..., "netns":..., "items":[...], "items6":[...]}
  *                          written on SIGTERM, read and removed on the next start;
@@ -28,17 +35,25 @@
  * reported, and never stops the start nor gets overwritten silently.
  */
 import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, statSync, unlinkSync, writeSync } from 'node:fs';
-import { open, rename, unlink } from 'node:fs/promises';
+import { open, rename, stat, unlink } from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import type { RuleSet } from './types.ts';
 import { hostProvenance } from '../dataplane/provenance.ts';
 import type { Provenance } from '../dataplane/provenance.ts';
 import { validateRuleSet } from './validate.ts';
 import type { ConntrackSnapshotItem } from '../dataplane/conntrack.ts';
+import { crcHex, journalBase, journalHeader, journalLine, readJournal, replayRecords, serviceChange } from './persist-journal.ts';
+import type { JournalBase, JournalRecord } from './persist-journal.ts';
 
 export const DEFAULT_STATE_DIR = '/var/lib/tunproxy';
 export const RULESET_FILE = 'ruleset.json';
 export const CONNTRACK_FILE = 'conntrack.json';
+export const JOURNAL_FILE = 'ruleset.journal';
+/** the journal is folded into the rule-set file once it is bigger than half of it, or than this */
+const JOURNAL_MIN_BYTES = 64 * 1024;
+/** ... and once no change came for this long */
+export const DEFAULT_COMPACT_AFTER_MS = 5000;
 const CONNTRACK_KIND = 'TunproxyConntrack';
 
 /** This boot and this network namespace: where a saved connection table is valid. */
@@ -108,6 +123,28 @@ export async function writeFileAtomic(path: string, data: string | Uint8Array, m
   fsyncDir(dirname(path));
 }
 
+/** The generation of a journal's last good record (0: none), whatever file it applies to. */
+function lastJournalGeneration(path: string): number {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch {
+    return 0;
+  }
+  const lines = text.split('\n');
+  for (let i = lines.length - 1; i >= 1; i--) {
+    const l = lines[i];
+    if (l.length < 10 || l[8] !== ' ' || l.slice(0, 8) !== crcHex(l.slice(9))) continue;
+    try {
+      const g = (JSON.parse(l.slice(9)) as { generation?: unknown }).generation;
+      if (Number.isInteger(g) && (g as number) > 0) return g as number;
+    } catch {
+      // a bad line: look at the one before
+    }
+  }
+  return 0;
+}
+
 /** Rename a damaged file aside under a name that exists nowhere yet; returns the new path. */
 export function setAside(path: string, now = new Date()): string {
   const stamp = now.toISOString().replace(/[:.]/g, '-');
@@ -119,7 +156,11 @@ export function setAside(path: string, now = new Date()): string {
 
 export type LoadedRuleSet =
   | { status: 'none'; path: string }
-  | { status: 'ok'; path: string; ruleSet: RuleSet; bytes: number; savedAt: Date }
+  /**
+   * `journal`: the changes replayed from the journal on the file's rule set,
+   * and what was wrong with the journal (null: nothing)
+   */
+  | { status: 'ok'; path: string; ruleSet: RuleSet; bytes: number; savedAt: Date; journal: { records: number; note: string | null } }
   /** the file was renamed to `movedTo`; `reason` says what is wrong with it */
   | { status: 'damaged'; path: string; reason: string; movedTo: string };
 
@@ -226,12 +267,31 @@ export class StateStore {
   readonly conntrackPath: string;
   /** the generation of the saved rule set, beside it: a restart goes on counting from there */
   readonly generationPath: string;
+  /** the changes since the rule-set file was written (persist-journal.ts) */
+  readonly journalPath: string;
   /** the newest generation on disk (0: none written by this process) */
   savedGeneration = 0;
   /** the last save failure, null once a later save succeeded */
   lastError: Error | null = null;
+  /** saves written: the whole rule set, or a record appended to the journal */
   saves = 0;
-  private next: { ruleSet: RuleSet; generation: number } | null = null;
+  /** of which journal records */
+  appends = 0;
+  /** records in the journal now (0 after the rule-set file is written whole) */
+  journalRecords = 0;
+  /** `whole`: write the whole rule set even if the journal could say the change (folding the journal in) */
+  private next: { ruleSet: RuleSet; generation: number; whole: boolean } | null = null;
+  /** the rule set the file and the journal hold together; null: unknown, the next save writes it whole */
+  private onDisk: RuleSet | null = null;
+  /** the rule-set file as last written: its bytes and CRC-32 (the journal's header names them) */
+  private base: JournalBase = { bytes: 0, crc32: '' };
+  /** the rule-set file as last written: its inode, size and time (a file changed by another hand is written whole again) */
+  private baseStat = { ino: 0, size: -1, mtimeMs: 0 };
+  private journalBytes = 0;
+  /** open for appending once the journal has its header */
+  private journal: FileHandle | null = null;
+  private compactTimer: NodeJS.Timeout | null = null;
+  private readonly compactAfterMs: number;
   /** rule sets whose JSON text is known (the body of a PUT): written as is, not stringified again */
   private readonly texts = new WeakMap<RuleSet, string>();
   private writing = 0;
@@ -239,13 +299,18 @@ export class StateStore {
   private waiters: SaveWaiter[] = [];
   private readonly provenance: Provenance;
 
-  /** `prefix`: file-name prefix, "tun0." for tunproxy run on tun0 */
-  constructor(dir: string = DEFAULT_STATE_DIR, prefix = '', provenance: Provenance = currentProvenance()) {
+  /**
+   * `prefix`: file-name prefix, "tun0." for tunproxy run on tun0;
+   * `compactAfterMs`: how long after the last change the journal is folded into the file
+   */
+  constructor(dir: string = DEFAULT_STATE_DIR, prefix = '', provenance: Provenance = currentProvenance(), opts: { compactAfterMs?: number } = {}) {
     this.dir = dir;
     this.ruleSetPath = join(dir, prefix + RULESET_FILE);
     this.conntrackPath = join(dir, prefix + CONNTRACK_FILE);
     this.generationPath = join(dir, prefix + 'generation');
+    this.journalPath = join(dir, prefix + JOURNAL_FILE);
     this.provenance = provenance;
+    this.compactAfterMs = opts.compactAfterMs ?? DEFAULT_COMPACT_AFTER_MS;
   }
 
   /** Create the directory (0700) when missing; throws when it cannot be created or is not a directory. */
@@ -262,7 +327,13 @@ export class StateStore {
     return existsSync(this.ruleSetPath);
   }
 
-  /** Read the saved rule set. A file that does not parse or validate is set aside and reported, never thrown. */
+  /**
+   * Read the saved rule set: the file, and the changes of its journal
+   * replayed on it. A file that does not parse or validate is set aside and
+   * reported, never thrown; so is a damaged journal (the records before the
+   * damage are kept), or one whose records do not validate (then the file
+   * alone is the rule set).
+   */
   loadRuleSet(): LoadedRuleSet {
     const path = this.ruleSetPath;
     let text: string;
@@ -280,12 +351,48 @@ export class StateStore {
     } catch (e) {
       return damaged(`not valid JSON (${(e as Error).message}; truncated?)`);
     }
+    const j = this.readJournalFor(text);
+    let savedAt = statSync(path).mtime;
+    let records = 0;
+    if (j.records.length > 0 && typeof doc === 'object' && doc !== null && Array.isArray((doc as RuleSet).services)) {
+      const v = validateRuleSet({ ...(doc as RuleSet), services: replayRecords((doc as RuleSet).services, j.records) });
+      if (v.ok) {
+        records = j.records.length;
+        savedAt = j.mtime ?? savedAt;
+        return { status: 'ok', path, ruleSet: v.ruleSet, bytes: Buffer.byteLength(text), savedAt, journal: { records, note: j.note } };
+      }
+      const moved = existsSync(this.journalPath) ? `; moved to ${setAside(this.journalPath)}` : '';
+      j.note = `${j.note ? `${j.note}; ` : ''}${this.journalPath}: its changes do not make a valid rule set (${v.errors[0].path}: ${v.errors[0].message}): the file alone is loaded${moved}`;
+    }
     const v = validateRuleSet(doc);
     if (!v.ok) {
       const first = v.errors.slice(0, 3).map((e) => `${e.path}: ${e.message}`).join('; ');
       return damaged(`not a valid rule set (${v.errors.length} error${v.errors.length === 1 ? '' : 's'}: ${first})`);
     }
-    return { status: 'ok', path, ruleSet: v.ruleSet, bytes: Buffer.byteLength(text), savedAt: statSync(path).mtime };
+    return { status: 'ok', path, ruleSet: v.ruleSet, bytes: Buffer.byteLength(text), savedAt, journal: { records, note: j.note } };
+  }
+
+  /** The journal's good records for the rule-set file `baseText`, and what to say of the journal (it is set aside when damaged, removed when stale). */
+  private readJournalFor(baseText: string): { records: JournalRecord[]; note: string | null; mtime: Date | null } {
+    let text: string;
+    let mtime: Date;
+    try {
+      text = readFileSync(this.journalPath, 'utf8');
+      mtime = statSync(this.journalPath).mtime;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return { records: [], note: null, mtime: null };
+      return { records: [], note: `${this.journalPath}: cannot read it (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}): its changes are not loaded`, mtime: null };
+    }
+    const r = readJournal(text, baseText);
+    if (r.status !== 'ok') {
+      // stale: from before the file was last written whole, which holds its changes
+      if (r.status === 'stale') rmSync(this.journalPath, { force: true });
+      return { records: [], note: null, mtime: null };
+    }
+    let note: string | null = null;
+    if (r.damage !== null) note = `${this.journalPath} is damaged (${r.damage}): the ${r.records.length} change${r.records.length === 1 ? '' : 's'} before it loaded, moved to ${setAside(this.journalPath)}`;
+    else if (r.tornTail) note = `${this.journalPath}: its last change was cut short by a stop (never answered): left out`;
+    return { records: r.records, note, mtime };
   }
 
   /**
@@ -306,7 +413,7 @@ export class StateStore {
   saveRuleSet(ruleSet: RuleSet, generation: number): Promise<void> {
     if (generation <= this.savedGeneration) return Promise.resolve();
     // the same generation queued twice (the API and a swap listener) is written once
-    if (generation > this.writing && (this.next === null || generation > this.next.generation)) this.next = { ruleSet, generation };
+    if (generation > this.writing && (this.next === null || generation > this.next.generation)) this.next = { ruleSet, generation, whole: false };
     const p = new Promise<void>((resolve, reject) => this.waiters.push({ generation, resolve, reject }));
     if (this.pumping === null) this.pumping = this.pump();
     return p;
@@ -315,20 +422,31 @@ export class StateStore {
   /**
    * The generation of the last saved rule set (0 when none was saved or the
    * file does not hold a number), so that generations keep growing across
-   * restarts and an If-Match taken before one cannot match after it.
+   * restarts and an If-Match taken before one cannot match after it. The
+   * journal's last record counts too (its changes do not rewrite the file).
    */
   loadGeneration(): number {
+    let g = 0;
     try {
       const n = Number(readFileSync(this.generationPath, 'utf8').trim());
-      return Number.isInteger(n) && n > 0 ? n : 0;
+      if (Number.isInteger(n) && n > 0) g = n;
     } catch {
-      return 0;
+      // none yet
     }
+    return Math.max(g, lastJournalGeneration(this.journalPath));
   }
 
   /** Wait until every queued save is done (successful or not). */
   async flush(): Promise<void> {
     while (this.pumping !== null) await this.pumping;
+  }
+
+  /** Stop the timer that folds the journal in (the process is stopping), and close the journal. */
+  async close(): Promise<void> {
+    if (this.compactTimer !== null) clearTimeout(this.compactTimer);
+    this.compactTimer = null;
+    await this.flush();
+    await this.closeJournal();
   }
 
   private async pump(): Promise<void> {
@@ -338,15 +456,22 @@ export class StateStore {
         this.next = null;
         this.writing = job.generation;
         let err: Error | null = null;
+        const text = this.texts.get(job.ruleSet);
+        this.texts.delete(job.ruleSet);
         try {
-          const text = this.texts.get(job.ruleSet);
-          this.texts.delete(job.ruleSet);
-          await writeFileAtomic(this.ruleSetPath, text !== undefined ? text : JSON.stringify(job.ruleSet, null, 1) + '\n');
-          await writeFileAtomic(this.generationPath, `${job.generation}\n`);
+          // a change of a few services: one line appended to the journal; else (or when the journal is big) the whole rule set
+          const small = !job.whole && this.onDisk !== null && this.journalBytes < Math.max(JOURNAL_MIN_BYTES, this.base.bytes / 2);
+          const change = small ? serviceChange(this.onDisk!, job.ruleSet) : null;
+          if (change !== null && (await this.untouched())) await this.append({ generation: job.generation, ...change });
+          else await this.writeWhole(job.ruleSet, text, job.generation);
+          this.onDisk = job.ruleSet;
           this.savedGeneration = Math.max(this.savedGeneration, job.generation);
           this.saves++;
           this.lastError = null;
         } catch (e) {
+          // what is on disk is not known any more: the next save writes the whole rule set
+          this.onDisk = null;
+          await this.closeJournal();
           err = new Error(`cannot save the rule set to ${this.ruleSetPath}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
           this.lastError = err;
         }
@@ -361,6 +486,77 @@ export class StateStore {
     } finally {
       this.pumping = null;
     }
+  }
+
+  /** The rule-set file written whole (atomically), the journal then emptied (removed: the file holds its changes). */
+  private async writeWhole(ruleSet: RuleSet, text: string | undefined, generation: number): Promise<void> {
+    const data = text !== undefined ? text : JSON.stringify(ruleSet, null, 1) + '\n';
+    await this.closeJournal();
+    await writeFileAtomic(this.ruleSetPath, data);
+    // a crash before the journal is removed leaves one whose header names the old file: ignored at the start
+    await unlink(this.journalPath).catch(() => {});
+    this.base = journalBase(data);
+    const st = statSync(this.ruleSetPath);
+    this.baseStat = { ino: st.ino, size: st.size, mtimeMs: st.mtimeMs };
+    this.journalBytes = 0;
+    this.journalRecords = 0;
+    await writeFileAtomic(this.generationPath, `${generation}\n`);
+  }
+
+  /**
+   * Are the rule-set file and the journal still the ones this process wrote
+   * (nobody removed, replaced or truncated them)? Else a record would apply
+   * to a file that is not there, or go into a file no longer in the
+   * directory: the rule set is written whole instead.
+   */
+  private async untouched(): Promise<boolean> {
+    try {
+      const st = await stat(this.ruleSetPath);
+      if (st.ino !== this.baseStat.ino || st.size !== this.baseStat.size || st.mtimeMs !== this.baseStat.mtimeMs) return false;
+      if (this.journal !== null) {
+        const js = await this.journal.stat();
+        if (js.nlink === 0 || js.size !== this.journalBytes) return false;
+      } else if (existsSync(this.journalPath)) return false;
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  /** One record appended to the journal and synced; the first after a whole write creates the journal with its header. */
+  private async append(r: JournalRecord): Promise<void> {
+    const line = journalLine(r);
+    if (this.journal === null) {
+      const data = journalHeader(this.base) + line;
+      await writeFileAtomic(this.journalPath, data);
+      this.journal = await open(this.journalPath, 'a');
+      this.journalBytes = Buffer.byteLength(data);
+    } else {
+      await this.journal.appendFile(line);
+      await this.journal.datasync();
+      this.journalBytes += Buffer.byteLength(line);
+    }
+    this.journalRecords++;
+    this.appends++;
+    this.armCompaction();
+  }
+
+  /** Fold the journal into the file once no change came for compactAfterMs. */
+  private armCompaction(): void {
+    if (this.compactTimer !== null) clearTimeout(this.compactTimer);
+    this.compactTimer = setTimeout(() => {
+      this.compactTimer = null;
+      if (this.onDisk === null || this.journalRecords === 0 || this.next !== null) return;
+      this.next = { ruleSet: this.onDisk, generation: this.savedGeneration, whole: true };
+      if (this.pumping === null) this.pumping = this.pump();
+    }, this.compactAfterMs);
+    this.compactTimer.unref();
+  }
+
+  private async closeJournal(): Promise<void> {
+    const fh = this.journal;
+    this.journal = null;
+    if (fh !== null) await fh.close().catch(() => {});
   }
 
   /**

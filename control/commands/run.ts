@@ -135,9 +135,14 @@ kill -9, a crash, an upgrade) the packets wait in the device's queue
 same --offload and --multi-queue; a holder that is not there fails the start
 (say --tun-holder only where one runs).
 
-State: --state-dir holds <tun>.ruleset.json (the rule set in force, written
-atomically after every change; loaded at start when --rules is not given; a
-damaged file is renamed *.damaged-<time> and reported) and
+State: --state-dir holds <tun>.ruleset.json (the rule set, written
+atomically; loaded at start when --rules is not given; a damaged file is
+renamed *.damaged-<time> and reported), <tun>.ruleset.journal (a change of a
+few services is a line appended to it, synced before the answer, instead of
+the whole rule set written again; the file and its journal together are the
+rule set in force; the journal is folded into the file 5 s after the last
+change, when it outgrows half of it, and at start; a change of the node's
+fields is written whole), <tun>.generation and
 <tun>.conntrack.json (the IPv4 and the IPv6 flows, saved on stop, restored
 and removed at start; a pinned table recovered at start supersedes its
 family's part).

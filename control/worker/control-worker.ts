@@ -107,7 +107,9 @@ function start(): void {
     const saved = store.loadRuleSet();
     if (saved.status === 'ok') {
       const r = holder.apply(saved.ruleSet);
-      log(`rule set saved in ${saved.path} (${saved.savedAt.toISOString()}): generation ${r.generation}, ${r.services} services, compiled in ${r.compileMs.toFixed(1)} ms`);
+      const changes = saved.journal.records > 0 ? ` with ${saved.journal.records} change${saved.journal.records === 1 ? '' : 's'} from ${store.journalPath}` : '';
+      log(`rule set saved in ${saved.path}${changes} (${saved.savedAt.toISOString()}): generation ${r.generation}, ${r.services} services, compiled in ${r.compileMs.toFixed(1)} ms`);
+      if (saved.journal.note !== null) log(saved.journal.note);
     } else if (saved.status === 'damaged') {
       log(`the saved rule set ${saved.path} is damaged (${saved.reason}): moved to ${saved.movedTo}; waiting for a rule set through the API (tunproxy apply -f FILE)`);
     } else {
@@ -147,7 +149,7 @@ function reload(): void {
 async function stop(): Promise<void> {
   try {
     await kube?.stop();
-    await store?.flush();
+    await store?.close();
     if (api) await api.close();
   } finally {
     port.postMessage({ ev: 'stopped' });

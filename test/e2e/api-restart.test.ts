@@ -232,7 +232,7 @@ if (skip) {
     await tp.stop();
     tp = await tunproxy(false);
     // generations go on across restarts: 1 (--rules), 2 (--rules again after the first restart), 3 (the PUT), then 4
-    t.match(tp.lines.join('\n'), /rule set saved in .*tun0\.ruleset\.json .*generation 4, 2 services/);
+    t.match(tp.lines.join('\n'), /rule set saved in .*tun0\.ruleset\.json with 1 change from .*tun0\.ruleset\.journal .*generation 4, 2 services/, 'the file and the line its journal got for the PUT');
     t.same((await api.call<RuleSet>('GET', '/v1/ruleset')).body, want, 'the rule set it had');
     t.same(await roundTrip(), first, 'and the connection goes on');
   });

@@ -628,13 +628,17 @@ t.test('persistence through the API: an accepted rule set is on disk when the an
   const r = await env.c.request<{ persisted: boolean }>('PUT', '/v1/ruleset', { body: golden });
   t.equal(r.body.persisted, true);
   t.same(JSON.parse(readFileSync(store.ruleSetPath, 'utf8')), golden);
-  await env.c.request('DELETE', '/v1/services/default/empty');
-  t.equal(JSON.parse(readFileSync(store.ruleSetPath, 'utf8')).services.length, 7, 'a service change is saved too');
+  const saved = (): number => {
+    const l = new StateStore(dir, 'tun0.').loadRuleSet();
+    return l.status === 'ok' ? l.ruleSet.services.length : -1;
+  };
+  const d = await env.c.request<{ persisted: boolean }>('DELETE', '/v1/services/default/empty');
+  t.equal(d.body.persisted, true);
+  t.equal(saved(), 7, 'a service change is saved too (a new process reads it back)');
+  t.equal(store.appends, 1, '... as one line of the journal');
+  t.same(JSON.parse(readFileSync(store.ruleSetPath, 'utf8')), golden, 'the file is left as it was');
   await env.c.request('PUT', '/v1/ruleset', { body: { ...golden, extra: true } });
-  t.equal(JSON.parse(readFileSync(store.ruleSetPath, 'utf8')).services.length, 7, 'a rejected one is not');
-  // a new process reads it back
-  const loaded = new StateStore(dir, 'tun0.').loadRuleSet();
-  t.equal(loaded.status, 'ok');
+  t.equal(saved(), 7, 'a rejected one is not');
   // a save that fails: the rules are in force (2xx) and the answer says they are not saved
   rmSync(dir, { recursive: true });
   const f = await env.c.request<{ persisted: boolean; persistError: string; generation: number }>('PUT', '/v1/ruleset', { body: golden });
@@ -661,17 +665,18 @@ t.test('a PUT of the rule set is saved as its body came, byte for byte; other ch
   const bad = body.replace('"apiVersion"', '"extra": 1, "apiVersion"');
   t.equal((await env.c.request('PUT', '/v1/ruleset', { body: bad, contentType: 'application/json' })).status, 400);
   t.equal(readFileSync(store.ruleSetPath, 'utf8'), body, 'a rejected body is not saved');
-  // a change of one service: the rule set it made, stringified
+  // a change of one service: a line of the journal, the file left as it was
   await env.c.request('DELETE', '/v1/services/default/empty');
-  const after = readFileSync(store.ruleSetPath, 'utf8');
-  t.not(after, body);
-  t.same(JSON.parse(after), { ...golden, services: golden.services.filter((s) => s.name !== 'empty') }, 'the DELETE saved the rule set in force');
-  // a YAML body is not JSON: the rule set it made is saved as JSON
-  const yaml = JSON.stringify(golden); // JSON is YAML; sent as YAML it goes through the YAML parser
+  t.equal(readFileSync(store.ruleSetPath, 'utf8'), body, 'the file is still the body');
+  t.has(new StateStore(dir, 'tun0.').loadRuleSet(), { status: 'ok', ruleSet: { ...golden, services: golden.services.filter((s) => s.name !== 'empty') } }, 'the DELETE is saved: the file and its journal read back as the rule set in force');
+  // a YAML body is not JSON: the rule set it made is saved as JSON (a change of the node: written whole)
+  const changed = { ...golden, node: { ...golden.node, name: 'node-b' } };
+  const yaml = JSON.stringify(changed); // JSON is YAML; sent as YAML it goes through the YAML parser
   const y = await env.c.request<{ persisted: boolean }>('PUT', '/v1/ruleset', { body: yaml, contentType: 'application/yaml' });
   t.equal(y.body.persisted, true);
-  t.same(JSON.parse(readFileSync(store.ruleSetPath, 'utf8')), golden);
+  t.same(JSON.parse(readFileSync(store.ruleSetPath, 'utf8')), changed);
   t.not(readFileSync(store.ruleSetPath, 'utf8'), yaml, 'stringified, not the YAML text');
+  t.notOk(existsSync(store.journalPath), 'written whole: the journal is gone');
 });
 
 t.test('concurrent writers: read-modify-write with If-Match never loses an update; blind PUTs leave one whole rule set', async (t) => {

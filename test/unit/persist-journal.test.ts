@@ -1,0 +1,206 @@
+import t from 'tap';
+import { appendFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { StateStore } from '../../control/persist.ts';
+import { crcHex, journalLine, readJournal, replayRecords, serviceChange } from '../../control/persist-journal.ts';
+import type { RuleSet, Service } from '../../control/types.ts';
+
+const golden = JSON.parse(readFileSync(new URL('../fixtures/iptables/golden-ruleset.json', import.meta.url), 'utf8')) as RuleSet;
+const HERE = { bootId: 'boot-1', netns: 'net:[4026531840]' };
+const keys = (rs: RuleSet): string[] => rs.services.map((s) => `${s.namespace}/${s.name}`);
+const svc = (name: string, ip: string): Service => ({ namespace: 'extra', name, clusterIP: ip, ports: [{ name: 'http', protocol: 'TCP', port: 80 }], endpoints: [{ address: '10.64.1.40' }] });
+
+function tmp(t: { teardown(fn: () => void): void }): string {
+  const d = mkdtempSync(join(tmpdir(), 'tp-journal-'));
+  t.teardown(() => rmSync(d, { recursive: true, force: true }));
+  return d;
+}
+
+function loaded(s: StateStore): RuleSet {
+  const l = new StateStore(s.dir, 'tun0.', HERE).loadRuleSet();
+  if (l.status !== 'ok') throw new Error(`not loaded: ${JSON.stringify(l)}`);
+  return l.ruleSet;
+}
+
+t.test('serviceChange: the changes the API makes, as records that replay to the same rule set', async (t) => {
+  const a = golden;
+  const [s0, s1, s2, s3] = a.services;
+  const cases: Array<[string, Service[], { up: number; del: number }]> = [
+    ['nothing changed', a.services.slice(), { up: 0, del: 0 }],
+    ['one replaced in place', [s0, { ...s1 }, ...a.services.slice(2)], { up: 1, del: 0 }],
+    ['one appended', [...a.services, svc('new', '10.32.9.1')], { up: 1, del: 0 }],
+    ['one deleted in the middle', a.services.filter((s) => s !== s2), { up: 0, del: 1 }],
+    ['the last deleted', a.services.slice(0, -1), { up: 0, del: 1 }],
+    ['two apart deleted, one replaced, two appended', [s0, { ...s1 }, ...a.services.slice(4), svc('x', '10.32.9.2'), svc('y', '10.32.9.3')].filter((s) => s !== a.services[5]), { up: 3, del: 3 }],
+    ['one moved to the end', [s0, s2, s3, ...a.services.slice(4), s1], { up: 1, del: 1 }],
+    ['the last replaced by a new one', [...a.services.slice(0, -1), svc('z', '10.32.9.4')], { up: 1, del: 1 }],
+  ];
+  for (const [what, services, n] of cases) {
+    const b = { ...a, services };
+    const c = serviceChange(a, b);
+    if (c === null) {
+      t.fail(`${what}: no record`);
+      continue;
+    }
+    t.same({ up: c.upsert.length, del: c.delete.length }, n, `${what}: ${c.upsert.length} upserted, ${c.delete.length} deleted`);
+    const r = replayRecords(a.services, [c]);
+    t.equal(r.length, services.length, `${what}: replayed`);
+    t.ok(r.every((s, i) => s === services[i]), `${what}: the very services, in order`);
+  }
+  t.equal(serviceChange(a, { ...a, node: { ...a.node, name: 'node-b' } }), null, 'the node changed: not a record');
+  // a service inserted before the end: the ones after it deleted and appended again, when that is few enough
+  const front = [svc('first', '10.32.9.5'), ...a.services];
+  const f = serviceChange(a, { ...a, services: front });
+  t.match(f, { upsert: { length: 9 }, delete: { length: 8 } }, 'inserted first: every service deleted and appended again');
+  t.ok(f !== null && replayRecords(a.services, [f]).every((s, i) => s === front[i]), '... which replays to the same order');
+  t.equal(serviceChange(a, { ...a, services: front }, 4), null, '... and is not a record when that is more than the limit');
+  t.equal(serviceChange(a, { ...a, services: a.services.map((s) => ({ ...s })) }, 4), null, 'more changes than the limit: not a record');
+  t.same(serviceChange(a, { ...a, node: { ...a.node } }), { upsert: [], delete: [] }, 'a node equal in value is no change');
+});
+
+t.test('readJournal: the header must name the file; a torn last line is dropped; a bad line before it is damage', async (t) => {
+  const base = JSON.stringify(golden);
+  const other = JSON.stringify({ ...golden, services: [] });
+  const header = (text: string): string => JSON.stringify({ kind: 'TunproxyRuleSetJournal', version: 1, base: { bytes: Buffer.byteLength(text), crc32: crcHex(text) } }) + '\n';
+  const r1 = journalLine({ generation: 2, upsert: [svc('a', '10.32.9.1')], delete: [] });
+  const r2 = journalLine({ generation: 3, upsert: [], delete: ['extra/a'] });
+  t.match(readJournal(header(base) + r1 + r2, base), { status: 'ok', tornTail: false, damage: null, records: [{ generation: 2 }, { generation: 3 }] });
+  t.match(readJournal(header(other) + r1, base), { status: 'stale', records: [] }, 'another file: stale');
+  t.match(readJournal(header(base) + r1 + r2.slice(0, 20), base), { status: 'ok', tornTail: true, damage: null, records: [{ generation: 2 }] }, 'the last line cut short');
+  const flipped = r1.replace('10.32.9.1', '10.32.9.7');
+  t.match(readJournal(header(base) + flipped, base), { status: 'ok', tornTail: true, records: [] }, 'a last line whose CRC does not match: cut short too');
+  t.match(readJournal(header(base) + flipped + r2, base), { status: 'ok', tornTail: false, damage: /line 2: its CRC-32 does not match/, records: [] }, 'a bad line before the last: damage');
+  t.match(readJournal(header(base) + r2 + r1 + r2, base), { status: 'ok', damage: /line 3: generation 2 does not follow 3/, records: [{ generation: 3 }] }, 'generations must grow');
+  t.match(readJournal('{"kind":"x"}\n' + r1, base), { status: 'ok', damage: /not a TunproxyRuleSetJournal header/ });
+  t.match(readJournal(header(base).replace('"version":1', '"version":9') + r1, base), { status: 'ok', damage: /version 9 is not supported/ });
+});
+
+t.test('a change of a few services is one line appended; a restart reads the file and its journal back', async (t) => {
+  const s = new StateStore(tmp(t), 'tun0.', HERE, { compactAfterMs: 60_000 });
+  s.init();
+  t.teardown(() => s.close());
+  await s.saveRuleSet(golden, 1);
+  const file = readFileSync(s.ruleSetPath, 'utf8');
+  t.notOk(existsSync(s.journalPath), 'written whole: no journal');
+  const g2 = { ...golden, services: [...golden.services, svc('a', '10.32.9.1')] };
+  await s.saveRuleSet(g2, 2);
+  const g3 = { ...g2, services: g2.services.filter((x) => x.name !== 'web-svc') };
+  await s.saveRuleSet(g3, 3);
+  const g4 = { ...g3, services: g3.services.map((x) => (x.name === 'a' ? { ...x, endpoints: [] } : x)) };
+  await s.saveRuleSet(g4, 4);
+  t.equal(readFileSync(s.ruleSetPath, 'utf8'), file, 'the file is not written again');
+  t.equal(s.appends, 3);
+  t.equal(s.journalRecords, 3);
+  const lines = readFileSync(s.journalPath, 'utf8').split('\n');
+  t.equal(lines.length, 5, 'a header, three records, the final newline');
+  t.match(JSON.parse(lines[1].slice(9)), { generation: 2, upsert: [{ name: 'a' }], delete: [] });
+  t.match(JSON.parse(lines[2].slice(9)), { generation: 3, upsert: [], delete: ['default/web-svc'] });
+  t.same(loaded(s), g4, 'the rule set in force, read back');
+  t.same(keys(loaded(s)), keys(g4), 'in its order');
+  t.equal(new StateStore(s.dir, 'tun0.', HERE).loadGeneration(), 4, 'the generation goes on from the last record');
+  const l = new StateStore(s.dir, 'tun0.', HERE).loadRuleSet();
+  t.match(l, { status: 'ok', journal: { records: 3, note: null } });
+  // a change of the node cannot be a record: written whole, the journal removed
+  const g5 = { ...g4, node: { ...g4.node, name: 'node-b' } };
+  await s.saveRuleSet(g5, 5);
+  t.notOk(existsSync(s.journalPath), 'the journal is gone');
+  t.same(JSON.parse(readFileSync(s.ruleSetPath, 'utf8')), g5);
+  t.equal(s.journalRecords, 0);
+});
+
+t.test('the journal is folded into the file once no change came for a while, and when it outgrows half the file', async (t) => {
+  const s = new StateStore(tmp(t), 'tun0.', HERE, { compactAfterMs: 50 });
+  s.init();
+  t.teardown(() => s.close());
+  await s.saveRuleSet(golden, 1);
+  const g2 = { ...golden, services: [...golden.services, svc('a', '10.32.9.1')] };
+  await s.saveRuleSet(g2, 2);
+  t.ok(existsSync(s.journalPath));
+  for (let i = 0; i < 100 && existsSync(s.journalPath); i++) await new Promise((r) => setTimeout(r, 20));
+  await s.flush();
+  t.notOk(existsSync(s.journalPath), 'folded in: no journal');
+  t.same(JSON.parse(readFileSync(s.ruleSetPath, 'utf8')), g2, 'the file is the rule set in force');
+  t.equal(s.savedGeneration, 2);
+  t.equal(readFileSync(join(s.dir, 'tun0.generation'), 'utf8'), '2\n');
+
+  const big = new StateStore(tmp(t), 'tun0.', HERE, { compactAfterMs: 60_000 });
+  big.init();
+  t.teardown(() => big.close());
+  let rs: RuleSet = golden;
+  await big.saveRuleSet(rs, 1);
+  // each record ~2.6 KB: past 64 KiB (the file is smaller) the next change writes the file whole
+  const eps = Array.from({ length: 60 }, (_, i) => ({ address: `10.64.2.${i + 1}` }));
+  let whole = -1;
+  for (let g = 2; g < 60 && whole < 0; g++) {
+    rs = { ...rs, services: [...rs.services.slice(0, -1), { ...svc('b', '10.32.9.9'), endpoints: eps.slice(0, 59 + (g % 2)) }] };
+    if (g === 2) rs = { ...golden, services: [...golden.services, rs.services[rs.services.length - 1]] };
+    await big.saveRuleSet(rs, g);
+    if (big.journalRecords === 0) whole = g;
+  }
+  t.ok(whole > 20, `written whole again at generation ${whole}, the journal past 64 KiB`);
+  t.same(loaded(big), rs);
+});
+
+t.test('what a crash leaves: a torn last line is left out, damage is set aside, a journal of an older file is ignored', async (t) => {
+  const s = new StateStore(tmp(t), 'tun0.', HERE, { compactAfterMs: 60_000 });
+  s.init();
+  t.teardown(() => s.close());
+  await s.saveRuleSet(golden, 1);
+  const g2 = { ...golden, services: [...golden.services, svc('a', '10.32.9.1')] };
+  const g3 = { ...g2, services: [...g2.services, svc('b', '10.32.9.2')] };
+  await s.saveRuleSet(g2, 2);
+  await s.saveRuleSet(g3, 3);
+  const journal = readFileSync(s.journalPath, 'utf8');
+
+  // an append cut short by a crash (never answered)
+  appendFileSync(s.journalPath, journalLine({ generation: 4, upsert: [svc('c', '10.32.9.3')], delete: [] }).slice(0, 30));
+  let l = new StateStore(s.dir, 'tun0.', HERE).loadRuleSet();
+  t.match(l, { status: 'ok', journal: { records: 2, note: /last change was cut short/ } });
+  if (l.status === 'ok') t.same(l.ruleSet, g3);
+
+  // a record before the last damaged: the records before it, the journal set aside
+  const lines = journal.split('\n');
+  writeFileSync(s.journalPath, [lines[0], lines[1], lines[2].replace('10.32.9.2', '10.32.9.8'), journalLine({ generation: 4, upsert: [], delete: [] })].join('\n'));
+  l = new StateStore(s.dir, 'tun0.', HERE).loadRuleSet();
+  t.match(l, { status: 'ok', journal: { records: 1, note: /is damaged \(line 3: its CRC-32 does not match\): the 1 change before it loaded, moved to .*damaged-/ } });
+  if (l.status === 'ok') t.same(l.ruleSet, g2);
+  t.notOk(existsSync(s.journalPath), 'set aside');
+  t.ok(readdirSync(s.dir).some((f) => f.startsWith('tun0.ruleset.journal.damaged-')));
+
+  // a journal whose header names another file (a crash between writing the file whole and removing it)
+  writeFileSync(s.journalPath, journal);
+  writeFileSync(s.ruleSetPath, JSON.stringify(g3));
+  l = new StateStore(s.dir, 'tun0.', HERE).loadRuleSet();
+  t.match(l, { status: 'ok', journal: { records: 0, note: null } });
+  if (l.status === 'ok') t.same(l.ruleSet, g3, 'the file alone');
+  t.notOk(existsSync(s.journalPath), 'the stale journal is removed');
+
+  // records that do not make a valid rule set (two services on one ClusterIP): the file alone, the journal set aside
+  const s2 = new StateStore(tmp(t), 'tun0.', HERE, { compactAfterMs: 60_000 });
+  s2.init();
+  t.teardown(() => s2.close());
+  await s2.saveRuleSet(golden, 1);
+  await s2.saveRuleSet({ ...golden, services: [...golden.services, svc('a', '10.32.9.1')] }, 2);
+  const text = readFileSync(s2.journalPath, 'utf8');
+  const dup = journalLine({ generation: 3, upsert: [svc('b', '10.32.9.1')], delete: [] });
+  writeFileSync(s2.journalPath, text + dup);
+  l = new StateStore(s2.dir, 'tun0.', HERE).loadRuleSet();
+  t.match(l, { status: 'ok', journal: { records: 0, note: /its changes do not make a valid rule set .*the file alone is loaded; moved to/ } });
+  if (l.status === 'ok') t.same(l.ruleSet, golden);
+});
+
+t.test('a failed append: the next save writes the whole rule set', async (t) => {
+  const dir = tmp(t);
+  const s = new StateStore(dir, 'tun0.', HERE, { compactAfterMs: 60_000 });
+  s.init();
+  t.teardown(() => s.close());
+  await s.saveRuleSet(golden, 1);
+  rmSync(dir, { recursive: true });
+  await t.rejects(s.saveRuleSet({ ...golden, services: golden.services.slice(1) }, 2), /cannot save the rule set/);
+  s.init();
+  const g3 = { ...golden, services: golden.services.slice(2) };
+  await s.saveRuleSet(g3, 3);
+  t.same(JSON.parse(readFileSync(s.ruleSetPath, 'utf8')), g3, 'whole: the file is the rule set');
+  t.ok(statSync(s.ruleSetPath).isFile());
+});
