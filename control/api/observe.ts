@@ -116,6 +116,7 @@ export class ApiMetrics {
     counter('tunproxy_sync_proxy_rules_rejected_total', 'Rule sets the validator refused (from the API or a SIGHUP reload); the rules in force stayed.', [], (m) => m.inc(this.syncRejected));
     counter('tunproxy_api_ruleset_rejected_total', 'Rule-set changes the API refused (schema, validation, stale If-Match).', [], (m) => m.inc(ctx.rejections));
     gauge('tunproxy_state_saved_generation', 'Newest rule-set generation written to the state directory (0: none).', () => ctx.store?.savedGeneration ?? 0);
+    gauge('tunproxy_state_journal_records', 'Changes in the state directory\'s rule-set journal, not yet folded into the rule-set file.', () => ctx.store?.journalRecords ?? 0);
     collectDefaultMetrics({ register: r });
 
     const listener = (ms: number, ok: boolean) => {
@@ -181,7 +182,8 @@ export async function statsOf(ctx: ApiContext) {
     loop: p.loop,
     // the generation the packet thread has swapped in: `generation` (the holder's) once the tables reached the loop
     packetThread: { generation: p.generation, eventLoopDelay: p.eventLoop },
-    state: ctx.store ? { dir: ctx.store.dir, savedGeneration: ctx.store.savedGeneration, lastError: ctx.store.lastError?.message ?? null } : null,
+    // journalRecords: changes in <tun>.ruleset.journal not yet folded into the rule-set file
+    state: ctx.store ? { dir: ctx.store.dir, savedGeneration: ctx.store.savedGeneration, journalRecords: ctx.store.journalRecords, lastError: ctx.store.lastError?.message ?? null } : null,
     status: p.status,
   };
 }

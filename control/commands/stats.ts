@@ -19,7 +19,7 @@ interface Stats {
   conntrack6?: Record<string, number> | null;
   affinity: Record<string, number>;
   loop: Record<string, unknown> | null;
-  state: { dir: string; savedGeneration: number; lastError: string | null } | null;
+  state: { dir: string; savedGeneration: number; journalRecords?: number; lastError: string | null } | null;
 }
 
 /** One connection table's line: `conntrack ` (IPv4) or `conntrack6`. */
@@ -40,7 +40,7 @@ export function statsText(s: Stats): string {
     ...(s.conntrack6 ? [ctLine('conntrack6', s.conntrack6)] : []),
     `affinity     ${s.affinity.entries} entries, ${s.affinity.hits} hits`,
     `loop         ${s.loop ? Object.entries(s.loop).map(([k, v]) => `${k}=${v}`).join(' ') : 'no TUN device attached'}`,
-    `state        ${s.state ? `${s.state.dir}, generation ${s.state.savedGeneration} saved${s.state.lastError ? `, last save failed: ${s.state.lastError}` : ''}` : 'no --state-dir'}`,
+    `state        ${s.state ? `${s.state.dir}, generation ${s.state.savedGeneration} saved${s.state.journalRecords ? ` (${s.state.journalRecords} change${s.state.journalRecords === 1 ? '' : 's'} in the journal)` : ''}${s.state.lastError ? `, last save failed: ${s.state.lastError}` : ''}` : 'no --state-dir'}`,
     `uptime       ${s.uptimeSeconds.toFixed(0)} s`,
   ];
   if (Object.keys(s.counters.malformed).length > 0) lines.splice(5, 0, `malformed    ${nz(s.counters.malformed)}`);

@@ -16,6 +16,7 @@ import type { ApiServer, ServerOptions } from '../../control/server.ts';
 import { ApiClient } from '../../control/client.ts';
 import type { ApiResponse } from '../../control/client.ts';
 import { StateStore } from '../../control/persist.ts';
+import { statsText } from '../../control/commands/stats.ts';
 import { ruleSetModel } from '../../control/model.ts';
 import type { RuleSet, Service } from '../../control/types.ts';
 import { compiledVerdict } from '../../dataplane/tables.ts';
@@ -637,6 +638,10 @@ t.test('persistence through the API: an accepted rule set is on disk when the an
   t.equal(saved(), 7, 'a service change is saved too (a new process reads it back)');
   t.equal(store.appends, 1, '... as one line of the journal');
   t.same(JSON.parse(readFileSync(store.ruleSetPath, 'utf8')), golden, 'the file is left as it was');
+  const st = (await env.c.request<{ state: { journalRecords: number } }>('GET', '/v1/stats')).body;
+  t.equal(st.state.journalRecords, 1, '/v1/stats: one change in the journal');
+  t.match(statsText(st as never), /\nstate {8}.*, generation 2 saved \(1 change in the journal\)\n/, 'tunproxy stats says so');
+  t.match((await env.c.request<string>('GET', '/metrics')).text, /^tunproxy_state_journal_records 1$/m);
   await env.c.request('PUT', '/v1/ruleset', { body: { ...golden, extra: true } });
   t.equal(saved(), 7, 'a rejected one is not');
   // a save that fails: the rules are in force (2xx) and the answer says they are not saved
