@@ -8,6 +8,7 @@
  *   line 1   {"kind":"TunproxyRuleSetJournal","version":1,"base":{"bytes":N,"crc32":"xxxxxxxx"}}
  *            the rule-set file the records apply to (its length and CRC-32)
  *   line 2…  <crc32 of the JSON, 8 hex digits> {"generation":G,"upsert":[service…],"delete":["ns/name"…]}
+ *            (positional: also "put":[[index, service]…],"length":N)
  *
  * A record replays as: the services named in `delete` are removed, then each
  * service of `upsert` replaces the one of its namespace/name, or is appended
@@ -15,9 +16,13 @@
  * included: a service replaced in place, appended, deleted, or moved to the
  * end (the API's changes) is a record of that service; one inserted before
  * the end is a record of every service after it deleted and appended again.
- * `serviceChange` returns null when a field besides `services` changed or
- * the record would name more than MAX_JOURNAL_SERVICES services: the whole
- * rule set is written instead.
+ * A record may instead be positional (`put`, `length`: the list cut or grown
+ * to `length`, then services put at their places): a service replaced or
+ * appended, the list cut, or — the kube agent's way of removing one — a
+ * removed service's place taken by the last one. `serviceChange` returns
+ * null when a field besides `services` changed or the record would name
+ * more than MAX_JOURNAL_SERVICES services: the whole rule set is written
+ * instead.
  *
  * Trust: a journal whose base does not match the rule-set file is from
  * before the last whole write (which holds all its changes) and is ignored.
@@ -39,6 +44,13 @@ const LOOKAHEAD = 16;
 export interface ServiceChange {
   upsert: Service[];
   delete: string[];
+  /**
+   * the positional form, the kube agent's way (a removed service's place is
+   * taken by the last one): the list cut or grown to `length`, then each
+   * service put at its index; applied after `delete` and `upsert`
+   */
+  put?: Array<[number, Service]>;
+  length?: number;
 }
 
 export interface JournalRecord extends ServiceChange {
@@ -70,19 +82,21 @@ export function journalHeader(base: JournalBase): string {
 
 /** One record as a journal line (newline included). */
 export function journalLine(r: JournalRecord): string {
-  const json = JSON.stringify({ generation: r.generation, upsert: r.upsert, delete: r.delete });
+  const json = JSON.stringify(r.put !== undefined ? { generation: r.generation, upsert: r.upsert, delete: r.delete, put: r.put, length: r.length } : { generation: r.generation, upsert: r.upsert, delete: r.delete });
   return `${crcHex(json)} ${json}\n`;
 }
 
 /**
  * The change from `prev` to `next` as a record's lists, when replaying it on
  * `prev` gives exactly `next`; null when it cannot (see the module comment)
- * or changes more than `max` services. Services are compared by identity:
+ * or changes more than `max` services. `positional`: the positional form may
+ * be used (the store stops using it once a record deleted services by key,
+ * so that places in the journal never count holes). Services are compared by identity:
  * the API builds the next rule set from the services in force and shares the
  * ones it did not change, so a walk over both lists costs a comparison per
  * service and no string.
  */
-export function serviceChange(prev: RuleSet, next: RuleSet, max = MAX_JOURNAL_SERVICES): ServiceChange | null {
+export function serviceChange(prev: RuleSet, next: RuleSet, max = MAX_JOURNAL_SERVICES, positional = true): ServiceChange | null {
   for (const k of new Set([...Object.keys(prev), ...Object.keys(next)])) {
     if (k === 'services') continue;
     const a = (prev as unknown as Record<string, unknown>)[k];
@@ -91,6 +105,24 @@ export function serviceChange(prev: RuleSet, next: RuleSet, max = MAX_JOURNAL_SE
   }
   const a = prev.services;
   const b = next.services;
+  const byKey = keyChange(a, b, max);
+  if (!positional) return byKey;
+  // the positional form: every place holds the same service but a few (replaced, appended, the list cut, a removed
+  // service's place taken by the last one); taken when it names fewer services than the key form (on a tie, when the
+  // key form deletes: the store writes no positional record after a deletion by key)
+  const put: Array<[number, Service]> = [];
+  const most = Math.min(max, byKey === null ? max : byKey.upsert.length + byKey.delete.length - (byKey.delete.length > 0 ? 0 : 1));
+  for (let i = 0; i < b.length; i++) {
+    if (i < a.length && a[i] === b[i]) continue;
+    if (put.length >= most) return byKey;
+    put.push([i, b[i]]);
+  }
+  if (byKey !== null && put.length === 0 && a.length === b.length) return byKey; // no change
+  return { upsert: [], delete: [], put, length: b.length };
+}
+
+/** serviceChange's key form (`upsert`, `delete`), or null. */
+function keyChange(a: readonly Service[], b: readonly Service[], max: number): ServiceChange | null {
   const upsert: Service[] = [];
   const del: string[] = [];
   let i = 0;
@@ -133,15 +165,17 @@ export function serviceChange(prev: RuleSet, next: RuleSet, max = MAX_JOURNAL_SE
 /** `services` with the records replayed on it, in order (a new array; the services themselves are the records'). */
 export function replayRecords(services: readonly Service[], records: readonly ServiceChange[]): Service[] {
   // one index for every record: a deleted service leaves a hole, filled in at the end
-  const out: Array<Service | null> = services.slice();
+  let out: Array<Service | null | undefined> = services.slice();
   const at = new Map<string, number>();
   out.forEach((s, i) => at.set(keyOf(s!), i));
+  let holes = 0;
   for (const r of records) {
     for (const k of r.delete) {
       const i = at.get(k);
       if (i !== undefined) {
         out[i] = null;
         at.delete(k);
+        holes++;
       }
     }
     for (const s of r.upsert) {
@@ -152,8 +186,28 @@ export function replayRecords(services: readonly Service[], records: readonly Se
         out.push(s);
       } else out[i] = s;
     }
+    if (r.put !== undefined && r.length !== undefined) {
+      // places are those of the list without holes (the store never writes this form after deletions, but a replay must not depend on it)
+      if (holes > 0) {
+        out = out.filter((s) => s !== null);
+        at.clear();
+        out.forEach((s, i) => s && at.set(keyOf(s), i));
+        holes = 0;
+      }
+      for (let i = r.length; i < out.length; i++) {
+        const s = out[i];
+        if (s && at.get(keyOf(s)) === i) at.delete(keyOf(s));
+      }
+      out.length = r.length;
+      for (const [i, s] of r.put) {
+        const old = out[i];
+        if (old && at.get(keyOf(old)) === i) at.delete(keyOf(old));
+        out[i] = s;
+        at.set(keyOf(s), i);
+      }
+    }
   }
-  return out.filter((s): s is Service => s !== null);
+  return out.filter((s): s is Service => s !== null && s !== undefined);
 }
 
 export type ReadJournal =
@@ -171,7 +225,10 @@ function isRecord(x: unknown): x is JournalRecord {
   return (
     typeof x === 'object' && x !== null && Number.isInteger(r.generation) && r.generation > 0 &&
     Array.isArray(r.upsert) && r.upsert.every((s) => typeof s === 'object' && s !== null && typeof s.namespace === 'string' && typeof s.name === 'string') &&
-    Array.isArray(r.delete) && r.delete.every((k) => typeof k === 'string')
+    Array.isArray(r.delete) && r.delete.every((k) => typeof k === 'string') &&
+    (r.put === undefined ||
+      (Number.isInteger(r.length) && r.length! >= 0 && Array.isArray(r.put) &&
+        r.put.every((p) => Array.isArray(p) && p.length === 2 && Number.isInteger(p[0]) && p[0] >= 0 && p[0] < r.length! && typeof p[1] === 'object' && p[1] !== null && typeof p[1].namespace === 'string' && typeof p[1].name === 'string')))
   );
 }
 

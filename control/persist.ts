@@ -288,6 +288,8 @@ export class StateStore {
   /** the rule-set file as last written: its inode, size and time (a file changed by another hand is written whole again) */
   private baseStat = { ino: 0, size: -1, mtimeMs: 0 };
   private journalBytes = 0;
+  /** a record of the journal deleted services by key: no positional record after it (see serviceChange) */
+  private journalDeleted = false;
   /** open for appending once the journal has its header */
   private journal: FileHandle | null = null;
   private compactTimer: NodeJS.Timeout | null = null;
@@ -461,7 +463,7 @@ export class StateStore {
         try {
           // a change of a few services: one line appended to the journal; else (or when the journal is big) the whole rule set
           const small = !job.whole && this.onDisk !== null && this.journalBytes < Math.max(JOURNAL_MIN_BYTES, this.base.bytes / 2);
-          const change = small ? serviceChange(this.onDisk!, job.ruleSet) : null;
+          const change = small ? serviceChange(this.onDisk!, job.ruleSet, undefined, !this.journalDeleted) : null;
           if (change !== null && (await this.untouched())) await this.append({ generation: job.generation, ...change });
           else await this.writeWhole(job.ruleSet, text, job.generation);
           this.onDisk = job.ruleSet;
@@ -500,6 +502,7 @@ export class StateStore {
     this.baseStat = { ino: st.ino, size: st.size, mtimeMs: st.mtimeMs };
     this.journalBytes = 0;
     this.journalRecords = 0;
+    this.journalDeleted = false;
     await writeFileAtomic(this.generationPath, `${generation}\n`);
   }
 
@@ -538,6 +541,7 @@ export class StateStore {
     }
     this.journalRecords++;
     this.appends++;
+    if (r.delete.length > 0) this.journalDeleted = true;
     this.armCompaction();
   }
 

@@ -13,12 +13,13 @@ import { join } from 'node:path';
 import { isDeepStrictEqual } from 'node:util';
 import { arbRuleSet } from '../support/arbitraries.ts';
 import { replayRecords, serviceChange } from '../../control/persist-journal.ts';
+import type { ServiceChange } from '../../control/persist-journal.ts';
 import { StateStore } from '../../control/persist.ts';
 import { validateRuleSet } from '../../control/validate.ts';
 import type { RuleSet, Service } from '../../control/types.ts';
 
-type Op = { kind: 'replace' | 'delete' | 'append' | 'insert' | 'move' | 'copy' | 'node'; at: number; from: number };
-const op = fc.record({ kind: fc.constantFrom('replace', 'delete', 'append', 'insert', 'move', 'copy', 'node') as fc.Arbitrary<Op['kind']>, at: fc.nat(), from: fc.nat() });
+type Op = { kind: 'replace' | 'delete' | 'append' | 'insert' | 'move' | 'copy' | 'node' | 'swapRemove' | 'cut'; at: number; from: number };
+const op = fc.record({ kind: fc.constantFrom('replace', 'delete', 'append', 'insert', 'move', 'copy', 'node', 'swapRemove', 'cut') as fc.Arbitrary<Op['kind']>, at: fc.nat(), from: fc.nat() });
 
 /** The next rule set: services shared with `rs` except those the change makes (as the API builds it). */
 function applyOp(rs: RuleSet, donor: RuleSet, o: Op, n: number): RuleSet {
@@ -29,6 +30,11 @@ function applyOp(rs: RuleSet, donor: RuleSet, o: Op, n: number): RuleSet {
   else if (o.kind === 'delete' && services.length > 0) services.splice(at, 1);
   else if (o.kind === 'insert') services.splice(at, 0, pick);
   else if (o.kind === 'move' && services.length > 0) services.push(...services.splice(at, 1));
+  else if (o.kind === 'swapRemove' && services.length > 0) {
+    // the kube agent's removal: the last service takes the removed one's place
+    const last = services.pop()!;
+    if (at < services.length) services[at] = last;
+  } else if (o.kind === 'cut') services.length = Math.min(services.length, at % 3);
   else if (o.kind === 'copy') return { ...rs, services: services.map((s) => ({ ...s })) }; // every service a new object, equal in value
   else if (o.kind === 'node') return { ...rs, node: { ...rs.node, name: `node-${n}` } };
   else services.push(pick);
@@ -41,22 +47,32 @@ t.test('a record replays to the very rule set it was made from', async (t) => {
   let records = 0;
   let refused = 0;
   fc.assert(
-    fc.property(arbRuleSet({ maxServices: 8, dualStack: true }), arbRuleSet({ maxServices: 4 }), fc.array(op, { minLength: 1, maxLength: 10 }), fc.integer({ min: 1, max: 12 }), (rs, donor, ops, max) => {
+    fc.property(arbRuleSet({ maxServices: 8, dualStack: true }), arbRuleSet({ maxServices: 4 }), fc.array(fc.tuple(op, fc.boolean()), { minLength: 1, maxLength: 10 }), fc.integer({ min: 1, max: 12 }), (rs, donor, ops, max) => {
       if (donor.services.length === 0 || !unique(rs)) return;
       let cur = rs;
-      ops.forEach((o, i) => {
+      let start: readonly Service[] = rs.services;
+      const made: ServiceChange[] = [];
+      ops.forEach(([o, positional], i) => {
         const next = applyOp(cur, donor, o, i);
-        const c = serviceChange(cur, next, max);
+        const c = serviceChange(cur, next, max, positional);
         if (c === null) {
           refused++;
-          // the API's changes are records when the limit allows them: a move names its service twice (deleted, appended)
-          const need: Partial<Record<Op['kind'], number>> = { replace: 1, delete: 1, append: 1, move: 2 };
+          // the API's and the kube agent's changes are records when the limit allows them: a move names its service twice (deleted, appended)
+          // (a cut names no service in the positional form; by key it deletes each service it cuts)
+          const need: Partial<Record<Op['kind'], number>> = { replace: 1, delete: 1, append: 1, move: 2, ...(positional ? { cut: 0 } : {}) };
           if ((need[o.kind] ?? Infinity) <= max) throw new Error(`no record for a ${o.kind} (limit ${max})`);
+          if (o.kind === 'swapRemove' && positional && max >= 1) throw new Error('no positional record for a swap-remove');
+          made.length = 0; // written whole: the records start again from here
+          start = next.services;
         } else {
           records++;
-          if (c.upsert.length + c.delete.length > max) throw new Error(`${c.upsert.length + c.delete.length} services named, the limit is ${max}`);
+          if (c.upsert.length + c.delete.length + (c.put?.length ?? 0) > max) throw new Error(`${c.upsert.length + c.delete.length} services named, the limit is ${max}`);
           const r = replayRecords(cur.services, [c]);
           if (r.length !== next.services.length || r.some((s, k) => s !== next.services[k])) throw new Error(`a ${o.kind} replayed to another rule set`);
+          made.push(c);
+          // all the records since the last whole write, replayed in one go, give the same list
+          const all = replayRecords(start, made);
+          if (all.length !== next.services.length || all.some((s, k) => s !== next.services[k])) throw new Error(`the records since the last whole write replay to another list (after a ${o.kind})`);
         }
         cur = next;
       });

@@ -38,7 +38,7 @@ t.test('serviceChange: the changes the API makes, as records that replay to the 
   ];
   for (const [what, services, n] of cases) {
     const b = { ...a, services };
-    const c = serviceChange(a, b);
+    const c = serviceChange(a, b, undefined, false);
     if (c === null) {
       t.fail(`${what}: no record`);
       continue;
@@ -48,14 +48,33 @@ t.test('serviceChange: the changes the API makes, as records that replay to the 
     t.equal(r.length, services.length, `${what}: replayed`);
     t.ok(r.every((s, i) => s === services[i]), `${what}: the very services, in order`);
   }
+  // the positional form: places that hold another service, the list's new length, when it names fewer services than the key form
+  const swapRemoved = [...a.services.slice(0, 2), a.services[7], ...a.services.slice(3, 7)]; // services[2] removed, the last put in its place (the kube agent)
+  const positional: Array<[string, Service[], number[]]> = [
+    ['the last two cut', a.services.slice(0, -2), []],
+    ['one removed, the last put in its place', swapRemoved, [2]],
+    ['the one before the last deleted', [...a.services.slice(0, 6), a.services[7]], [6]],
+  ];
+  for (const [what, services, places] of positional) {
+    const c = serviceChange(a, { ...a, services });
+    t.same(c && { put: c.put?.map(([i]) => i), length: c.length, upsert: c.upsert.length, delete: c.delete.length }, { put: places, length: services.length, upsert: 0, delete: 0 }, `${what}: positional, at ${places.join(', ') || 'no place'}`);
+    const r = c === null ? [] : replayRecords(a.services, [c]);
+    t.ok(r.length === services.length && r.every((s, i) => s === services[i]), `${what}: replays to the very services, in order`);
+  }
+  const k = serviceChange(a, { ...a, services: swapRemoved }, undefined, false);
+  t.equal(k && k.upsert.length + k.delete.length, 9, 'the key form of that removal names 9 services (5 deleted, 4 appended again)');
+  t.match(serviceChange(a, { ...a, services: [s0, { ...s1 }, ...a.services.slice(2)] }), { upsert: [{ name: 'web-svc' }], delete: [] }, 'a replacement: the key form (as few services, no deletion)');
+  t.match(serviceChange(a, { ...a, services: a.services.filter((s) => s !== s2) }), { delete: ['default/nginx'] }, 'a deletion in the middle: the key form, the places after it moved');
   t.equal(serviceChange(a, { ...a, node: { ...a.node, name: 'node-b' } }), null, 'the node changed: not a record');
   // a service inserted before the end: the ones after it deleted and appended again, when that is few enough
   const front = [svc('first', '10.32.9.5'), ...a.services];
-  const f = serviceChange(a, { ...a, services: front });
+  const f = serviceChange(a, { ...a, services: front }, undefined, false);
   t.match(f, { upsert: { length: 9 }, delete: { length: 8 } }, 'inserted first: every service deleted and appended again');
   t.ok(f !== null && replayRecords(a.services, [f]).every((s, i) => s === front[i]), '... which replays to the same order');
-  t.equal(serviceChange(a, { ...a, services: front }, 4), null, '... and is not a record when that is more than the limit');
+  t.equal(serviceChange(a, { ...a, services: front }, 4, false), null, '... and is not a record when that is more than the limit');
+  t.equal(serviceChange(a, { ...a, services: front }, 9, true)?.put?.length, 9, 'positional when the limit allows it: every place changed');
   t.equal(serviceChange(a, { ...a, services: a.services.map((s) => ({ ...s })) }, 4), null, 'more changes than the limit: not a record');
+  t.equal(serviceChange(a, { ...a, services: a.services.map((s) => ({ ...s })) }, 8)?.upsert.length, 8, 'as many as the limit: a record');
   t.same(serviceChange(a, { ...a, node: { ...a.node } }), { upsert: [], delete: [] }, 'a node equal in value is no change');
 });
 
@@ -203,4 +222,44 @@ t.test('a failed append: the next save writes the whole rule set', async (t) => 
   await s.saveRuleSet(g3, 3);
   t.same(JSON.parse(readFileSync(s.ruleSetPath, 'utf8')), g3, 'whole: the file is the rule set');
   t.ok(statSync(s.ruleSetPath).isFile());
+});
+
+t.test("the kube agent's removal (the last service takes the removed one's place) is one positional line, not the whole rule set", async (t) => {
+  const s = new StateStore(tmp(t), 'tun0.', HERE, { compactAfterMs: 60_000 });
+  s.init();
+  t.teardown(() => s.close());
+  const many = { ...golden, services: [...golden.services, ...Array.from({ length: 40 }, (_, i) => svc(`k${i}`, `10.32.10.${i + 1}`))] };
+  await s.saveRuleSet(many, 1);
+  const next = many.services.slice();
+  const last = next.pop()!;
+  next[10] = last; // extra/k2 removed
+  const g2 = { ...many, services: next };
+  await s.saveRuleSet(g2, 2);
+  t.equal(s.appends, 1);
+  const line = readFileSync(s.journalPath, 'utf8').split('\n')[1];
+  t.match(JSON.parse(line.slice(9)), { generation: 2, upsert: [], delete: [], put: [[10, { name: 'k39' }]], length: 47 });
+  t.ok(line.length < 600, `one service in the line (${line.length} bytes)`);
+  t.same(keys(loaded(s)), keys(g2), 'read back in the same order');
+  // after a deletion by key, places would count holes: no positional line
+  const g3 = { ...g2, services: g2.services.filter((x) => x.name !== 'k5') };
+  await s.saveRuleSet(g3, 3);
+  t.equal(s.appends, 2, 'the deletion in the middle: a line by key');
+  const next4 = g3.services.slice();
+  next4[3] = next4.pop()!;
+  await s.saveRuleSet({ ...g3, services: next4 }, 4);
+  const l4 = JSON.parse(readFileSync(s.journalPath, 'utf8').split('\n')[3].slice(9));
+  t.ok(l4.put === undefined && l4.delete.length === 43 && l4.upsert.length === 42, 'then a removal by the last one: by key, every service after the place deleted and appended again');
+  t.same(keys(loaded(s)), keys({ ...g3, services: next4 }), 'read back in the same order');
+  // ... which at the scale of a cluster is more than a line may name: written whole
+  const big = { ...golden, services: Array.from({ length: 3000 }, (_, i) => svc(`b${i}`, `10.33.${i >> 8}.${i & 255}`)) };
+  await s.saveRuleSet(big, 5);
+  const b6 = big.services.filter((x) => x.name !== 'b7');
+  await s.saveRuleSet({ ...big, services: b6 }, 6);
+  const b7 = b6.slice();
+  b7[100] = b7.pop()!;
+  const appends = s.appends;
+  await s.saveRuleSet({ ...big, services: b7 }, 7);
+  t.equal(s.appends, appends, 'a removal by the last one after a deletion by key, in 3 000 services: written whole');
+  t.equal(s.journalRecords, 0);
+  t.same(keys(loaded(s)), keys({ ...big, services: b7 }));
 });
