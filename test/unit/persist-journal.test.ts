@@ -3,7 +3,8 @@ import { appendFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmS
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { StateStore } from '../../control/persist.ts';
-import { crcHex, journalLine, readJournal, replayRecords, serviceChange } from '../../control/persist-journal.ts';
+import { crc32js, crcHex, journalLine, readJournal, replayRecords, serviceChange } from '../../control/persist-journal.ts';
+import { crc32 } from 'node:zlib';
 import type { RuleSet, Service } from '../../control/types.ts';
 
 const golden = JSON.parse(readFileSync(new URL('../fixtures/iptables/golden-ruleset.json', import.meta.url), 'utf8')) as RuleSet;
@@ -76,6 +77,14 @@ t.test('serviceChange: the changes the API makes, as records that replay to the 
   t.equal(serviceChange(a, { ...a, services: a.services.map((s) => ({ ...s })) }, 4), null, 'more changes than the limit: not a record');
   t.equal(serviceChange(a, { ...a, services: a.services.map((s) => ({ ...s })) }, 8)?.upsert.length, 8, 'as many as the limit: a record');
   t.same(serviceChange(a, { ...a, node: { ...a.node } }), { upsert: [], delete: [] }, 'a node equal in value is no change');
+});
+
+t.test('CRC-32: the JavaScript one (for node before 20.15) is zlib\'s', async (t) => {
+  t.equal(crcHex('123456789'), 'cbf43926', 'the check value of CRC-32/ISO-HDLC');
+  t.equal(crc32js(Buffer.from('123456789')), 0xcbf43926);
+  const text = JSON.stringify(golden) + ' ünïcödé ✓';
+  t.equal(crc32js(Buffer.from(text)), crc32(text) >>> 0, 'the same as zlib on a rule set with non-ASCII text');
+  t.equal(crc32js(new Uint8Array(0)), 0);
 });
 
 t.test('readJournal: the header must name the file; a torn last line is dropped; a bad line before it is damage', async (t) => {
