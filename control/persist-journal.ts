@@ -252,6 +252,30 @@ function isRecord(x: unknown): x is JournalRecord {
   );
 }
 
+/** A record line (without its newline) as its record, or why it is not one. */
+function recordOfLine(raw: string): JournalRecord | string {
+  const sp = raw.indexOf(' ');
+  const json = raw.slice(sp + 1);
+  if (sp !== 8 || raw.slice(0, 8) !== crcHex(json)) return 'its CRC-32 does not match';
+  let r: unknown;
+  try {
+    r = JSON.parse(json);
+  } catch {
+    return 'not JSON';
+  }
+  return isRecord(r) ? r : 'not a record ({generation, upsert, delete})';
+}
+
+/** The generation of a journal text's last good record (0: none), whatever file it applies to. */
+export function lastJournalGeneration(text: string): number {
+  const lines = text.split('\n');
+  for (let i = lines.length - 1; i >= 1; i--) {
+    const r = recordOfLine(lines[i]);
+    if (typeof r !== 'string') return r.generation;
+  }
+  return 0;
+}
+
 /** Read a journal's text against the rule-set file's text it should apply to. */
 export function readJournal(text: string, baseText: string): ReadJournal {
   const nl = text.indexOf('\n');
@@ -275,16 +299,8 @@ export function readJournal(text: string, baseText: string): ReadJournal {
     const raw = text.slice(at, end < 0 ? text.length : end);
     const bad = (why: string): ReadJournal => (last ? { status: 'ok', records, tornTail: true, damage: null } : { status: 'ok', records, tornTail: false, damage: `line ${line}: ${why}` });
     if (end < 0) return bad('no newline');
-    const sp = raw.indexOf(' ');
-    const json = raw.slice(sp + 1);
-    if (sp !== 8 || raw.slice(0, 8) !== crcHex(json)) return bad('its CRC-32 does not match');
-    let r: unknown;
-    try {
-      r = JSON.parse(json);
-    } catch {
-      return bad('not JSON');
-    }
-    if (!isRecord(r)) return bad('not a record ({generation, upsert, delete})');
+    const r = recordOfLine(raw);
+    if (typeof r === 'string') return bad(r);
     if (records.length > 0 && r.generation <= records[records.length - 1].generation) return bad(`generation ${r.generation} does not follow ${records[records.length - 1].generation}`);
     records.push(r);
     at = end + 1;

@@ -43,7 +43,7 @@ import { hostProvenance } from '../dataplane/provenance.ts';
 import type { Provenance } from '../dataplane/provenance.ts';
 import { validateRuleSet } from './validate.ts';
 import type { ConntrackSnapshotItem } from '../dataplane/conntrack.ts';
-import { crcHex, journalBase, journalHeader, journalLine, readJournal, replayRecords, serviceChange } from './persist-journal.ts';
+import { journalBase, journalHeader, journalLine, lastJournalGeneration, readJournal, replayRecords, serviceChange } from './persist-journal.ts';
 import type { JournalBase, JournalRecord } from './persist-journal.ts';
 
 export const DEFAULT_STATE_DIR = '/var/lib/tunproxy';
@@ -121,28 +121,6 @@ export async function writeFileAtomic(path: string, data: string | Uint8Array, m
     throw e;
   }
   fsyncDir(dirname(path));
-}
-
-/** The generation of a journal's last good record (0: none), whatever file it applies to. */
-function lastJournalGeneration(path: string): number {
-  let text: string;
-  try {
-    text = readFileSync(path, 'utf8');
-  } catch {
-    return 0;
-  }
-  const lines = text.split('\n');
-  for (let i = lines.length - 1; i >= 1; i--) {
-    const l = lines[i];
-    if (l.length < 10 || l[8] !== ' ' || l.slice(0, 8) !== crcHex(l.slice(9))) continue;
-    try {
-      const g = (JSON.parse(l.slice(9)) as { generation?: unknown }).generation;
-      if (Number.isInteger(g) && (g as number) > 0) return g as number;
-    } catch {
-      // a bad line: look at the one before
-    }
-  }
-  return 0;
 }
 
 /** Rename a damaged file aside under a name that exists nowhere yet; returns the new path. */
@@ -435,7 +413,13 @@ export class StateStore {
     } catch {
       // none yet
     }
-    return Math.max(g, lastJournalGeneration(this.journalPath));
+    let journal = '';
+    try {
+      journal = readFileSync(this.journalPath, 'utf8');
+    } catch {
+      // no journal
+    }
+    return Math.max(g, lastJournalGeneration(journal));
   }
 
   /** Wait until every queued save is done (successful or not). */
