@@ -372,18 +372,35 @@ function endpointPort(ep: Endpoint, port: ServicePort): number {
   return typeof port.targetPort === 'number' ? port.targetPort : port.targetPort === undefined ? port.port : -1;
 }
 
-function endpointModel(ep: Endpoint, addr: Addr, p: number): EndpointModel {
-  const ready = ep.ready ?? true;
-  return {
-    address: ep.address,
-    addr,
-    port: p,
-    text: hostPort(ep.address, p),
-    ready,
-    serving: ep.serving ?? ready,
-    terminating: ep.terminating ?? false,
-    nodeLocal: ep.nodeLocal ?? false,
-  };
+/**
+ * An endpoint of a service port. Its text ("10.64.1.7:53") is made when first
+ * read: only the writers, Maglev and trace read it, and a PUT of 10 000
+ * services with 3 endpoints each made 30 000 strings for nothing (10 ms of a
+ * cold first PUT in a profile). The cache is a private field, so the object's
+ * own fields are the same whether or not the text was read.
+ */
+class EndpointOfPort implements EndpointModel {
+  readonly address: string;
+  readonly addr: Addr;
+  readonly port: number;
+  readonly ready: boolean;
+  readonly serving: boolean;
+  readonly terminating: boolean;
+  readonly nodeLocal: boolean;
+  #text: string | null = null;
+  constructor(ep: Endpoint, addr: Addr, port: number) {
+    const ready = ep.ready ?? true;
+    this.address = ep.address;
+    this.addr = addr;
+    this.port = port;
+    this.ready = ready;
+    this.serving = ep.serving ?? ready;
+    this.terminating = ep.terminating ?? false;
+    this.nodeLocal = ep.nodeLocal ?? false;
+  }
+  get text(): string {
+    return (this.#text ??= hostPort(this.address, this.port));
+  }
 }
 
 const LOWER: Record<ProtocolName, string> = { TCP: 'tcp', UDP: 'udp', SCTP: 'sctp' };
@@ -474,7 +491,7 @@ export function servicePortModel(svc: Service, port: ServicePort, node: NodeMode
       const p = endpointPort(ep, port);
       if (p <= 0) continue;
       const a = epAddrs !== undefined ? epAddrs[i] : parseAddr(ep.address);
-      if (familyOf(a) === family) endpoints.push(endpointModel(ep, a, p));
+      if (familyOf(a) === family) endpoints.push(new EndpointOfPort(ep, a, p));
     }
   }
 
