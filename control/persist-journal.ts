@@ -90,9 +90,9 @@ export interface JournalBase {
   crc32: string;
 }
 
-/** The base of a rule-set file's text. */
-export function journalBase(baseText: string): JournalBase {
-  return { bytes: Buffer.byteLength(baseText), crc32: crcHex(baseText) };
+/** The base of a rule-set file: from its text, or from its bytes as written. */
+export function journalBase(base: string | Uint8Array): JournalBase {
+  return { bytes: typeof base === 'string' ? Buffer.byteLength(base) : base.length, crc32: crcHex(base) };
 }
 
 /** The journal's first line: the rule-set file the records apply to. */

@@ -476,7 +476,8 @@ export class StateStore {
 
   /** The rule-set file written whole (atomically), the journal then emptied (removed: the file holds its changes). */
   private async writeWhole(ruleSet: RuleSet, text: string | undefined, generation: number): Promise<void> {
-    const data = text !== undefined ? text : JSON.stringify(ruleSet, null, 1) + '\n';
+    // encoded once: the bytes written are the bytes the journal's header names (length, CRC-32)
+    const data = Buffer.from(text !== undefined ? text : JSON.stringify(ruleSet, null, 1) + '\n');
     await this.closeJournal();
     await writeFileAtomic(this.ruleSetPath, data);
     // a crash before the journal is removed leaves one whose header names the old file: ignored at the start

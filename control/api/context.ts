@@ -141,17 +141,21 @@ export class ApiContext {
       throw toApiError(e);
     }
     this.applies++;
+    // The save starts now, while the packet thread takes the tables: the two are independent (this thread
+    // writes and syncs the file, that one makes the entries' views in slices between its batches), and the
+    // answer waits for both. A 10 000-service PUT from a fresh process was answered ~15 ms later when the
+    // save waited for the swap. A crash between the two leaves the new rule set saved but never answered,
+    // which a restart loads: the state a client that retries its PUT asks for anyway.
+    const store = this.store;
+    const saving = store === null ? null : store.saveRuleSet(this.holder.ruleSet!, r.generation).then(() => null, (e: unknown) => e as Error);
     // in force when the answer comes: the packet thread has swapped these tables in
     await this.packets.whenInForce(r.generation);
     const answer: ApplyAnswer = { ...r, persisted: false };
-    if (this.store !== null) {
-      try {
-        await this.store.saveRuleSet(this.holder.ruleSet!, r.generation);
-        answer.persisted = this.store.savedGeneration >= r.generation;
-      } catch (e) {
-        // the rules are in force (the answer must say so); the save failure is reported, and retried by the next apply
-        answer.persistError = (e as Error).message;
-      }
+    if (store !== null && saving !== null) {
+      const failed = await saving;
+      // the rules are in force (the answer must say so); a save failure is reported, and retried by the next apply
+      if (failed === null) answer.persisted = store.savedGeneration >= r.generation;
+      else answer.persistError = failed.message;
     }
     return answer;
   }

@@ -16,6 +16,8 @@ import type { ApiServer, ServerOptions } from '../../control/server.ts';
 import { ApiClient } from '../../control/client.ts';
 import type { ApiResponse } from '../../control/client.ts';
 import { StateStore } from '../../control/persist.ts';
+import { ApiContext } from '../../control/api/context.ts';
+import { LocalPacketSide } from '../../control/worker/packet-side.ts';
 import { statsText } from '../../control/commands/stats.ts';
 import { ruleSetModel } from '../../control/model.ts';
 import type { RuleSet, Service } from '../../control/types.ts';
@@ -651,6 +653,28 @@ t.test('persistence through the API: an accepted rule set is on disk when the an
   t.match(f.body, { persisted: false, persistError: /cannot save the rule set/, generation: 3 });
   t.equal(env.dp.holder.generation, 3);
   t.equal((await env.c.request<{ state: { lastError: string } }>('GET', '/v1/stats')).body.state.lastError.length > 0, true);
+});
+
+t.test('the state save runs while the packet thread takes the tables: the answer waits for both', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'tp-api-state-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const store = new StateStore(dir, 'tun0.');
+  store.init();
+  const dp = new Dataplane();
+  // a packet thread that has not swapped the tables in yet: in force only when released
+  const packets = new LocalPacketSide(dp);
+  let release!: () => void;
+  const swapped = new Promise<void>((r) => (release = r));
+  packets.whenInForce = () => swapped;
+  const ctx = new ApiContext({ holder: dp.holder, packets }, { store });
+  let answered = false;
+  const answer = ctx.apply(golden, undefined, true, undefined, JSON.stringify(golden)).then((a) => ((answered = true), a));
+  for (let i = 0; i < 500 && store.savedGeneration < 1; i++) await new Promise((r) => setTimeout(r, 10));
+  t.equal(store.savedGeneration, 1, 'the rule set is saved before the tables are in force');
+  t.same(JSON.parse(readFileSync(store.ruleSetPath, 'utf8')), golden);
+  t.equal(answered, false, 'no answer before the tables are in force');
+  release();
+  t.match(await answer, { generation: 1, persisted: true });
 });
 
 t.test('a PUT of the rule set is saved as its body came, byte for byte; other changes and YAML bodies are stringified', async (t) => {
