@@ -108,7 +108,8 @@ class Builder {
     const endpoints: readonly EndpointEntry[] = eps;
     const flatStart = this.flatNext;
     const flat = this.endpointFlat;
-    for (const e of endpoints) {
+    for (let i = 0; i < endpoints.length; i++) {
+      const e = endpoints[i];
       flat[this.flatNext * 2] = e.addr | 0;
       flat[this.flatNext * 2 + 1] = e.port;
       this.flatNext++;
@@ -150,8 +151,8 @@ class Builder {
     this.services.push(s);
     this.live++;
     if (s.clusterIP >= 0) this.addVip(s.clusterIP, s, VIP_CLUSTER);
-    for (const a of s.externalIPs) this.addVip(a, s, VIP_EXTERNAL);
-    for (const a of s.loadBalancerIPs) this.addVip(a, s, VIP_LOADBALANCER);
+    for (let i = 0; i < s.externalIPs.length; i++) this.addVip(s.externalIPs[i], s, VIP_EXTERNAL);
+    for (let i = 0; i < s.loadBalancerIPs.length; i++) this.addVip(s.loadBalancerIPs[i], s, VIP_LOADBALANCER);
     if (s.nodePort !== 0) this.nodePorts[protoIndex(s.protocol) * 65536 + s.nodePort] = s.index;
     return s;
   }
@@ -266,13 +267,13 @@ class Builder {
 
 function vipCount(ports: ServicePortModel[]): number {
   let n = 0;
-  for (const sp of ports) n += (sp.clusterAddr >= 0 ? 1 : 0) + sp.externalAddrs.length + sp.loadBalancerAddrs.length;
+  for (let i = 0; i < ports.length; i++) n += (ports[i].clusterAddr >= 0 ? 1 : 0) + ports[i].externalAddrs.length + ports[i].loadBalancerAddrs.length;
   return n;
 }
 
 function flatCount(ports: ServicePortModel[]): number {
   let n = 0;
-  for (const sp of ports) n += sp.clusterEndpoints.length + sp.localEndpoints.length;
+  for (let i = 0; i < ports.length; i++) n += ports[i].clusterEndpoints.length + ports[i].localEndpoints.length;
   return n;
 }
 
@@ -292,7 +293,7 @@ function built(node: NodeModel, ports: ServicePortModel[], ids: AddrIds | null):
     },
     ids,
   );
-  for (const sp of ports) b.add(sp);
+  for (let i = 0; i < ports.length; i++) b.add(ports[i]);
   return b;
 }
 

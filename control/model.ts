@@ -28,6 +28,14 @@
  * ServicePortModel per family of the service (`ipFamilies` order), each
  * holding only that family's addresses, so every later stage reads one
  * family's view at a time.
+ *
+ * Loops. What runs once per service, port or endpoint on the way from a PUT
+ * to the tables (here, validate.ts, compile.ts, the wire encoder) loops by
+ * index, not with for-of or callbacks over small arrays: a fresh control
+ * worker runs those loops before V8 has optimized them, and unoptimized
+ * for-of makes an iterator per loop. The first PUT of 10 000 services in a
+ * fresh process spent ~20 ms more with them (parse to encode, 170 → 151 ms,
+ * medians of 11 on the Intel machine).
  */
 import type { RuleSet, Service, ServicePort, Endpoint } from './types.ts';
 import type { Cidr, ProtocolName } from '../dataplane/addr.ts';
@@ -279,7 +287,11 @@ export class RuleSetModel {
   get ports(): ServicePortModel[] {
     if (this.#ports === null) {
       const out: ServicePortModel[] = [];
-      for (const s of this.services) for (const p of s.ports) out.push(p);
+      const services = this.services;
+      for (let i = 0; i < services.length; i++) {
+        const ports = services[i].ports;
+        for (let j = 0; j < ports.length; j++) out.push(ports[j]);
+      }
       this.#ports = out;
     }
     return this.#ports;
@@ -288,7 +300,7 @@ export class RuleSetModel {
   portsOf(family: Family): ServicePortModel[] {
     const all = this.ports;
     if (family === 4) {
-      if (this.#ports4 === null) this.#ports4 = all.every((p) => p.family === 4) ? all : all.filter((p) => p.family === 4);
+      if (this.#ports4 === null) this.#ports4 = portsOfFamily(all, 4);
       return this.#ports4;
     }
     return all.filter((p) => p.family === 6);
@@ -297,7 +309,9 @@ export class RuleSetModel {
 
 /** The service ports of one family among services' models (the array itself when all are of that family). */
 export function portsOfFamily(ports: ServicePortModel[], family: Family): ServicePortModel[] {
-  return ports.every((p) => p.family === family) ? ports : ports.filter((p) => p.family === family);
+  let i = 0;
+  while (i < ports.length && ports[i].family === family) i++;
+  return i === ports.length ? ports : ports.filter((p) => p.family === family);
 }
 
 export function isRuleSetModel(x: RuleSet | RuleSetModel): x is RuleSetModel {
@@ -419,7 +433,7 @@ function ofFamily(texts: string[], family: Family): { texts: string[]; addrs: Ad
   if (texts.length === 0) return NO_FAMILY_ADDRS;
   const addrs = texts.map(parseAddr);
   let all = true;
-  for (const a of addrs) if (familyOf(a) !== family) all = false;
+  for (let i = 0; i < addrs.length; i++) if (familyOf(addrs[i]) !== family) all = false;
   if (all) return { texts, addrs };
   const t: string[] = [];
   const a: Addr[] = [];
@@ -501,7 +515,7 @@ export function servicePortModel(svc: Service, port: ServicePort, node: NodeMode
   let hasAny = false;
   if (usesCluster) {
     let ready = 0;
-    for (const e of endpoints) if (e.ready) ready++;
+    for (let i = 0; i < endpoints.length; i++) if (endpoints[i].ready) ready++;
     clusterEndpoints = ready === endpoints.length ? endpoints : ready > 0 ? endpoints.filter((e) => e.ready) : endpoints.filter((e) => e.serving && e.terminating);
     if (clusterEndpoints.length > 0) hasAny = true;
   }
@@ -511,7 +525,8 @@ export function servicePortModel(svc: Service, port: ServicePort, node: NodeMode
   } else {
     let localReady = false;
     let localServingTerminating = false;
-    for (const e of endpoints) {
+    for (let i = 0; i < endpoints.length; i++) {
+      const e = endpoints[i];
       if (e.ready) {
         hasAny = true;
         if (e.nodeLocal) localReady = true;
@@ -535,9 +550,10 @@ export function servicePortModel(svc: Service, port: ServicePort, node: NodeMode
   const sourceRanges = family === 6 || ranges.length === 0 ? NO_CIDRS : ranges.map((r) => parseCidr(r)!);
   const sourceRanges6 = family === 4 || ranges.length === 0 ? NO_CIDRS6 : ranges.map((r) => parseCidr6(r)!);
   const allowFromNode =
-    family === 4
+    ranges.length > 0 &&
+    (family === 4
       ? sourceRanges.some((c) => node.addrs4.some((a) => cidrContains(c, a)))
-      : sourceRanges6.some((c) => node.addrs6.some((a) => cidr6Contains(c, addr6.words(a))));
+      : sourceRanges6.some((c) => node.addrs6.some((a) => cidr6Contains(c, addr6.words(a)))));
   return {
     service: svc,
     port,

@@ -337,7 +337,9 @@ export class RuleSetHolder {
     const rs = v.ruleSet;
     const tables = compile(v.model, { generation: this.gen + 1 });
     const owners: Service[] = [];
-    for (const sm of v.model.services) {
+    const models = v.model.services;
+    for (let i = 0; i < models.length; i++) {
+      const sm = models[i];
       const svc = sm.service;
       // one entry per service port the tables hold (IPv4 ones: compile's portsOf(4))
       for (let k = 0; k < sm.ports.length; k++) if (sm.ports[k].family === 4) owners.push(svc);

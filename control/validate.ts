@@ -356,7 +356,8 @@ function checkService(c: Checker, svc: unknown, si: number, range: readonly [num
     return null;
   }
   c.fields(svc, sp, SERVICE_FIELDS, ['namespace', 'name', 'ports']);
-  for (const f of ['namespace', 'name'] as const) {
+  for (let k = 0; k < 2; k++) {
+    const f = k === 0 ? 'namespace' : 'name';
     const v = svc[f];
     if (v !== undefined && (typeof v !== 'string' || !DNS_LABEL.test(v) || v.length > 63)) c.err(`${sp}.${f}`, `${describe(v)} is not a DNS label (lowercase letters, digits, '-', at most 63)`);
   }

@@ -310,7 +310,7 @@ class EncodeState {
   private list(entries: Int32Array, o: number, addrs: readonly number[]): void {
     entries[o] = this.poolBase + this.pool.length;
     entries[o + 1] = addrs.length;
-    for (const a of addrs) this.pool.push(a | 0);
+    for (let i = 0; i < addrs.length; i++) this.pool.push(addrs[i] | 0);
   }
 
   entry(s: ServicePortEntry, entries: Int32Array, o: number): void {
@@ -327,7 +327,8 @@ class EncodeState {
     this.list(entries, o + E_LB, s.loadBalancerIPs);
     entries[o + E_RANGES] = this.poolBase + this.pool.length;
     entries[o + E_RANGES + 1] = s.sourceRanges === null ? 0 : s.sourceRanges.length;
-    if (s.sourceRanges !== null) for (const r of s.sourceRanges) this.pool.push(r.net | 0, r.mask | 0, r.bits);
+    const ranges = s.sourceRanges;
+    if (ranges !== null) for (let i = 0; i < ranges.length; i++) this.pool.push(ranges[i].net | 0, ranges[i].mask | 0, ranges[i].bits);
     this.list(entries, o + E_LBSRC, s.lbSourceIPs);
     this.list(entries, o + E_KEPT, s.servingKept);
     entries[o + E_INTERNAL] = this.setId(s.internal);
