@@ -263,7 +263,8 @@ export class RuleSetHolder {
     let m = this.byNameMap;
     if (m === null) {
       m = new Map();
-      for (const sm of this.mdl?.services ?? []) m.set(sm.key, sm.service);
+      const models = this.mdl?.services ?? [];
+      for (let i = 0; i < models.length; i++) m.set(models[i].key, models[i].service);
       this.byNameMap = m;
     }
     return m;
@@ -274,7 +275,8 @@ export class RuleSetHolder {
     let m = this.entriesOfMap;
     if (m === null) {
       m = new Map();
-      for (const sm of this.mdl?.services ?? []) m.set(sm.service, []);
+      const models = this.mdl?.services ?? [];
+      for (let i = 0; i < models.length; i++) m.set(models[i].service, []);
       const owners = this.owners;
       for (let e = 0; e < owners.length; e++) m.get(owners[e])?.push(e);
       this.entriesOfMap = m;
