@@ -142,10 +142,10 @@ export class ApiContext {
     }
     this.applies++;
     // The save starts now, while the packet thread takes the tables: the two are independent (this thread
-    // writes and syncs the file, that one makes the entries' views in slices between its batches), and the
-    // answer waits for both. A 10 000-service PUT from a fresh process was answered ~15 ms later when the
-    // save waited for the swap. A crash between the two leaves the new rule set saved but never answered,
-    // which a restart loads: the state a client that retries its PUT asks for anyway.
+    // writes and syncs the file, that one makes the entries' views in slices between its batches, which
+    // takes longer the busier it is), and the answer waits for both instead of for one after the other.
+    // A crash between the two leaves the new rule set saved but never answered, which a restart loads:
+    // the state a client that retries its PUT asks for anyway.
     const store = this.store;
     const saving = store === null ? null : store.saveRuleSet(this.holder.ruleSet!, r.generation).then(() => null, (e: unknown) => e as Error);
     // in force when the answer comes: the packet thread has swapped these tables in
