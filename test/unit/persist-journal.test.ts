@@ -18,6 +18,14 @@ function tmp(t: { teardown(fn: () => void): void }): string {
   return d;
 }
 
+/** A state store in a directory of its own, ready, closed at the test's end (`compactAfterMs`: when the journal is folded in). */
+function openStore(t: { teardown(fn: () => void): void }, compactAfterMs: number): StateStore {
+  const s = new StateStore(tmp(t), 'tun0.', HERE, { compactAfterMs });
+  s.init();
+  t.teardown(() => s.close());
+  return s;
+}
+
 function loaded(s: StateStore): RuleSet {
   const l = new StateStore(s.dir, 'tun0.', HERE).loadRuleSet();
   if (l.status !== 'ok') throw new Error(`not loaded: ${JSON.stringify(l)}`);
@@ -105,9 +113,7 @@ t.test('readJournal: the header must name the file; a torn last line is dropped;
 });
 
 t.test('a change of a few services is one line appended; a restart reads the file and its journal back', async (t) => {
-  const s = new StateStore(tmp(t), 'tun0.', HERE, { compactAfterMs: 60_000 });
-  s.init();
-  t.teardown(() => s.close());
+  const s = openStore(t, 60_000);
   await s.saveRuleSet(golden, 1);
   const file = readFileSync(s.ruleSetPath, 'utf8');
   t.notOk(existsSync(s.journalPath), 'written whole: no journal');
@@ -138,9 +144,7 @@ t.test('a change of a few services is one line appended; a restart reads the fil
 });
 
 t.test('the journal is folded into the file once no change came for a while, and when it outgrows half the file', async (t) => {
-  const s = new StateStore(tmp(t), 'tun0.', HERE, { compactAfterMs: 50 });
-  s.init();
-  t.teardown(() => s.close());
+  const s = openStore(t, 50);
   await s.saveRuleSet(golden, 1);
   const g2 = { ...golden, services: [...golden.services, svc('a', '10.32.9.1')] };
   await s.saveRuleSet(g2, 2);
@@ -152,9 +156,7 @@ t.test('the journal is folded into the file once no change came for a while, and
   t.equal(s.savedGeneration, 2);
   t.equal(readFileSync(join(s.dir, 'tun0.generation'), 'utf8'), '2\n');
 
-  const big = new StateStore(tmp(t), 'tun0.', HERE, { compactAfterMs: 60_000 });
-  big.init();
-  t.teardown(() => big.close());
+  const big = openStore(t, 60_000);
   let rs: RuleSet = golden;
   await big.saveRuleSet(rs, 1);
   // each record ~2.6 KB: past 64 KiB (the file is smaller) the next change writes the file whole
@@ -171,9 +173,7 @@ t.test('the journal is folded into the file once no change came for a while, and
 });
 
 t.test('what a crash leaves: a torn last line is left out, damage is set aside, a journal of an older file is ignored', async (t) => {
-  const s = new StateStore(tmp(t), 'tun0.', HERE, { compactAfterMs: 60_000 });
-  s.init();
-  t.teardown(() => s.close());
+  const s = openStore(t, 60_000);
   await s.saveRuleSet(golden, 1);
   const g2 = { ...golden, services: [...golden.services, svc('a', '10.32.9.1')] };
   const g3 = { ...g2, services: [...g2.services, svc('b', '10.32.9.2')] };
@@ -205,9 +205,7 @@ t.test('what a crash leaves: a torn last line is left out, damage is set aside, 
   t.notOk(existsSync(s.journalPath), 'the stale journal is removed');
 
   // records that do not make a valid rule set (two services on one ClusterIP): the file alone, the journal set aside
-  const s2 = new StateStore(tmp(t), 'tun0.', HERE, { compactAfterMs: 60_000 });
-  s2.init();
-  t.teardown(() => s2.close());
+  const s2 = openStore(t, 60_000);
   await s2.saveRuleSet(golden, 1);
   await s2.saveRuleSet({ ...golden, services: [...golden.services, svc('a', '10.32.9.1')] }, 2);
   const text = readFileSync(s2.journalPath, 'utf8');
@@ -234,9 +232,7 @@ t.test('a failed append: the next save writes the whole rule set', async (t) => 
 });
 
 t.test("the kube agent's removal (the last service takes the removed one's place) is one positional line, not the whole rule set", async (t) => {
-  const s = new StateStore(tmp(t), 'tun0.', HERE, { compactAfterMs: 60_000 });
-  s.init();
-  t.teardown(() => s.close());
+  const s = openStore(t, 60_000);
   const many = { ...golden, services: [...golden.services, ...Array.from({ length: 40 }, (_, i) => svc(`k${i}`, `10.32.10.${i + 1}`))] };
   await s.saveRuleSet(many, 1);
   const next = many.services.slice();
