@@ -544,7 +544,7 @@ async function runScenario(lab: Lab, client: NetClient, spec: ScenarioSpec): Pro
     notes.push(`stream: sent ${fmt(g.sent)} in ${g.seconds.toFixed(1)} s, received ${fmt(main.distinct)} distinct; longest gap ${main.maxGapMs.toFixed(1)} ms, ${fmt(main.maxGapAtMs)} ms after the first datagram; ${main.gapsOver5ms} gaps over 5 ms; the datagrams around it were sent ${main.maxGapSendMs.toFixed(1)} ms apart (the sender's own longest pause ${g.maxSendGapMs.toFixed(1)} ms); the longest send-to-arrival delay ${main.maxDelayMs.toFixed(1)} ms, ${fmt(main.delaysOver5ms)} datagrams over 5 ms`);
     if (drops1.naps !== null && drops1.naps.naps > 0) notes.push(`the packet thread napped ${fmt(drops1.naps.naps)} times since its start, ${drops1.naps.napMs.toFixed(1)} ms in all (--packet-nap: in its control work, it had held its CPU 2 ms without a wait)`);
     const lostN = Math.max(0, g.sent - main.distinct);
-    if (lostN > 0) notes.push(whereLost(lostN, drops0, drops1));
+    if (lostN > 0) notes.push(whereLost(lostN, drops0, drops1) + (spec.name === 'restart-kill9' ? ' (a kill -9 also takes the batch the killed process had read and not yet written, at most 64 packets of all traffic: no counter survives it)' : ''));
     const stall = pr === null ? null : machineStalls(pr, main);
     if (stall !== null) notes.push(stall.note);
     if (main.lead !== null) notes.push(`before the event (${fmt(main.lead.received)} datagrams, no event: the floor): longest gap ${main.lead.maxGapMs.toFixed(1)} ms, ${main.lead.gapsOver5ms} gaps over 5 ms, longest delay ${main.lead.maxDelayMs.toFixed(1)} ms`);

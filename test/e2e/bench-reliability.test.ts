@@ -4,7 +4,8 @@
  * issue 9 present, in order, with exactly its fields (and a baseline with no event, the same fields); numbers where a field
  * applies and null where it does not; the counts sane; no crash; every
  * connection through a SIGTERM restart and a kill -9 goes on, and no datagram of the stream is
- * lost across them (a tun-holder keeps the device attached: they wait in its queue).
+ * lost across them (a tun-holder keeps the device attached: they wait in its queue) but, after
+ * the kill -9, those of the batch the killed process held.
  */
 import t from 'tap';
 import { spawn } from 'node:child_process';
@@ -15,6 +16,8 @@ import { netnsUnavailableReason } from '../../scripts/ns.ts';
 import { ROOT } from './helpers.ts';
 
 const NAMES = ['put-100k', 'import-100k', 'conntrack-list-1m', 'state-save', 'swaps-1000', 'restart-sigterm', 'restart-kill9', 'conntrack-flood', 'soak-10min', 'fuzz-1m'];
+/** the loop's batch (dataplane/loop.ts): what a killed process can hold read and not yet written */
+const BATCH = 64;
 const FIELDS = ['name', 'streamPps', 'sent', 'lost', 'duplicated', 'misdelivered', 'maxGapMs', 'connections', 'connectionsSurvived', 'establishedDeliveredRatio', 'rssGrowthRatio', 'crashes', 'readyAfterMs'];
 /** the fields that apply only to some scenarios */
 const ONLY_IN: Record<string, string[]> = {
@@ -61,8 +64,10 @@ t.test('bench:reliability --quick: every scenario, every field', { skip: reason 
   for (const name of ['restart-sigterm', 'restart-kill9']) {
     t.equal(by(name).connectionsSurvived, by(name).connections, `${name}: every connection goes on`);
     t.ok(by(name).readyAfterMs > 0 && by(name).readyAfterMs < 60_000, `${name}: ready after ${by(name).readyAfterMs} ms`);
-    // a tun-holder keeps the TUN attached across the restart: its datagrams wait in the queue (10 000 packets, seconds at this rate)
-    t.equal(by(name).lost, 0, `${name}: no datagram lost across the restart (queued by the device the holder keeps)`);
+    // a tun-holder keeps the TUN attached across the restart: its datagrams wait in the queue (10 000 packets, seconds at this rate);
+    // a kill -9 also loses the batch the killed process had read and not yet written (at most the loop's 64: README "The device keeps its queue")
+    if (name === 'restart-sigterm') t.equal(by(name).lost, 0, `${name}: no datagram lost across the restart (queued by the device the holder keeps)`);
+    else t.ok(by(name).lost <= BATCH, `${name}: nothing lost across the restart but the batch the killed process held (lost ${by(name).lost}, at most ${BATCH})`);
   }
   t.ok(by('conntrack-flood').establishedDeliveredRatio > 0.5, 'the flood: the established stream is delivered');
   t.ok(Math.abs(by('soak-10min').rssGrowthRatio) < 1, 'the soak: an RSS growth ratio');
