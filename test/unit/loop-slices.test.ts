@@ -14,6 +14,7 @@ import { TablesEncoder, TablesMaterializer, shareTables } from '../../dataplane/
 import { parseIPv4, PROTO_TCP, PROTO_UDP } from '../../dataplane/addr.ts';
 import type { RuleSet } from '../../control/types.ts';
 import { parseIPv6 } from '../../dataplane/addr6.ts';
+import { syntheticRuleSet } from '../../bench/gen.ts';
 import { CT6_ORIG_DST, CT6_ORIG_SRC, CT6_REPLY_DST, CT6_REPLY_SRC } from '../../dataplane/conntrack6.ts';
 
 const golden = JSON.parse(readFileSync(new URL('../fixtures/iptables/golden-ruleset.json', import.meta.url), 'utf8')) as RuleSet;
@@ -163,3 +164,57 @@ for (const via of ['compiler', 'wire views'] as const) {
     dp.detach();
   });
 }
+
+/**
+ * A large rule set: the sweep's uid index (kept from one swap to the next) is
+ * cleared over the slices, a chunk at a time, not at once right after the swap.
+ * 40 000 services make an index of 131 072 entries, several chunks; a second
+ * swap reuses it with every service at another position, so the flows are
+ * found by their uid in an index cleared and built again.
+ */
+t.test('stale UDP flows of a 40 000-service rule set: the index cleared in slices, reused by the next swap', async (t) => {
+  const now = 1000;
+  const N = 40_000;
+  const dp = new Dataplane({ clock: () => now, conntrackMax: 1 << 12 });
+  const base = syntheticRuleSet(N, { protocol: 'UDP', nodePorts: 0 });
+  const without = (rs: RuleSet, drop: (i: number) => boolean): RuleSet => ({
+    ...rs,
+    services: rs.services.map((s) => {
+      const i = Number(s.name.slice(4));
+      return drop(i) ? { ...s, endpoints: (s.endpoints ?? []).filter((_, j) => j !== 1) } : s;
+    }),
+  });
+  dp.holder.apply(base);
+  const loop = dp.attach(idle, { expiryIntervalMs: 0 });
+  const ct = dp.pipeline.conntrack;
+  const client = parseIPv4('10.200.0.1');
+  const vipOf = (i: number) => parseIPv4('10.96.0.10') + i;
+  const epOf = (i: number) => parseIPv4('10.64.0.10') + i * 3 + 1; // each service's second endpoint
+  const flows: number[] = [];
+  for (let i = 0; i < N; i += 1000) {
+    flows.push(i);
+    ct.insert(PROTO_UDP, client, vipOf(i), 20000 + i / 1000, 80, epOf(i), client, 8080, 20000 + i / 1000, now, { serviceName: `ns-${Math.floor(i / 100)}/svc-${i}:p`, serviceIndex: i, endpointAddr: epOf(i), endpointPort: 8080, masquerade: false });
+  }
+  t.equal(ct.size, 40);
+  const settle = async (removed: number) => {
+    for (let k = 0; k < 200 && loop.stats.staleRemoved < removed; k++) await turns(20);
+    await turns(20);
+  };
+  const alive = (i: number) => ct.lookup(PROTO_UDP, client, vipOf(i), 20000 + i / 1000, 80, now) !== null;
+
+  // swap 1: the second endpoint leaves every service i % 2000 === 0
+  dp.installTables((dp.holder.apply(without(base, (i) => i % 2000 === 0)), dp.holder.current!));
+  idle.kick();
+  await settle(20);
+  t.equal(loop.stats.staleRemoved, 20, 'the 20 flows to an endpoint that left');
+  t.same(flows.filter(alive), flows.filter((i) => i % 2000 !== 0), 'the flows to endpoints that stay are kept');
+
+  // swap 2: the services in reverse order (every flow's service port moved), and two more leave
+  const moved = without(base, (i) => i % 2000 === 0 || i === 1000 || i === 3000);
+  dp.installTables((dp.holder.apply({ ...moved, services: [...moved.services].reverse() }), dp.holder.current!));
+  idle.kick();
+  await settle(22);
+  t.equal(loop.stats.staleRemoved, 22, 'two more: the services found by uid at their new positions');
+  t.same(flows.filter(alive), flows.filter((i) => i % 2000 !== 0 && i !== 1000 && i !== 3000), 'every other flow found its service and stays');
+  dp.detach();
+});
