@@ -21,7 +21,9 @@
  * Scenarios (names and fields as issue 9 asks; a field that does not apply is null):
  *   put-100k           a full PUT /v1/ruleset of 100 000 services replacing every
  *                      other service (A → B), the stream at 50 % of the forwarded
- *                      rate bench:tun measured (bench/results/tun.json)
+ *                      rate bench:tun measured (bench/results/tun.json, when
+ *                      its `cpu` is this machine's: else the run stops at once
+ *                      and says to run bench:tun here first)
  *   import-100k        POST /v1/import/iptables?apply=true of kube-proxy's iptables-save
  *                      for 100 000 services
  *   conntrack-list-1m  `tunproxy conntrack -L` of a 1 000 000-flow table (the table is a
@@ -56,7 +58,7 @@
 import { spawn, spawnSync } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { availableParallelism, tmpdir } from 'node:os';
+import { availableParallelism, cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { performance } from 'node:perf_hooks';
@@ -100,14 +102,26 @@ const BASELINE_SECONDS = argStr('baseline-seconds') !== undefined ? Number(argSt
 export const SCENARIOS = ['put-100k', 'import-100k', 'conntrack-list-1m', 'state-save', 'swaps-1000', 'restart-sigterm', 'restart-kill9', 'conntrack-flood', 'soak-10min', 'fuzz-1m', 'baseline'] as const;
 type ScenarioName = (typeof SCENARIOS)[number];
 
-function tunForwardedPps(): { pps: number; from: string } {
+/**
+ * put-100k's stream is half of the forwarded rate bench:tun measured on this
+ * machine: bench/results/tun.json's tunproxyPps, taken only when its `cpu`
+ * is this machine's (a figure from another machine can be far beyond what
+ * this one forwards: the stream then loses packets whatever the PUT does).
+ * `mismatch` says why the file cannot be used.
+ */
+function tunForwardedPps(): { pps: number; from: string; mismatch: string | null } {
+  const here = cpus()[0]?.model ?? 'cpu';
   try {
-    const j = JSON.parse(readFileSync(join(RESULTS_DIR, 'tun.json'), 'utf8')) as { tunproxyPps?: number };
-    if (typeof j.tunproxyPps === 'number' && j.tunproxyPps > 0) return { pps: j.tunproxyPps, from: 'bench/results/tun.json tunproxyPps' };
+    const j = JSON.parse(readFileSync(join(RESULTS_DIR, 'tun.json'), 'utf8')) as { tunproxyPps?: number; cpu?: string | null };
+    if (typeof j.tunproxyPps === 'number' && j.tunproxyPps > 0) {
+      const from = `bench/results/tun.json tunproxyPps, measured on ${j.cpu ?? 'an unrecorded CPU'}`;
+      const mismatch = j.cpu === here ? null : `bench/results/tun.json was measured on ${j.cpu ? `another CPU (${j.cpu})` : 'a CPU it does not record'}, not this machine's ${here}: put-100k's stream is half of what bench:tun forwards here. Run \`npm run bench:tun\` on this machine first (or give --pps N for a look at one scenario)`;
+      return { pps: j.tunproxyPps, from, mismatch };
+    }
   } catch {
     /* below */
   }
-  return { pps: 40000, from: 'no bench/results/tun.json: 40 000 assumed' };
+  return { pps: 40000, from: 'no bench/results/tun.json: 40 000 assumed', mismatch: `bench/results/tun.json is missing: put-100k's stream is half of what bench:tun forwards here. Run \`npm run bench:tun\` first (or give --pps N for a look at one scenario)` };
 }
 const TUN = tunForwardedPps();
 
@@ -908,6 +922,10 @@ async function main(): Promise<void> {
       log(`${sig}: removing the lab`);
       cleanup().finally(() => process.exit(130));
     });
+  }
+  if (!QUICK && PPS === null && TUN.mismatch !== null && (ONLY === null || ONLY.includes('put-100k'))) {
+    log(`cannot run put-100k: ${TUN.mismatch}`);
+    process.exit(1);
   }
   const t0 = performance.now();
   labState = mkdtempSync(join(tmpdir(), 'tp-rel-lab-'));

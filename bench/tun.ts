@@ -23,7 +23,7 @@
 import { spawn, spawnSync } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir, loadavg } from 'node:os';
+import { cpus, tmpdir, loadavg } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import type { RuleSet, Service } from '../control/types.ts';
@@ -377,6 +377,8 @@ try {
     dataplaneCpuPercent: Number(dataplaneCpuPercent.toFixed(1)),
     lostAcrossSwaps,
     // beside the contract's fields:
+    // the CPU it ran on: bench:reliability streams put-100k at half of tunproxyPps, and only when measured on the same CPU
+    cpu: cpus()[0]?.model ?? null,
     method: 'peak received rate at the pod over offered loads (medians of runs); CPU at that step',
     newFlowsRatio: Number((newFlowsPerSec / tunproxyPps).toFixed(3)),
     cForwarderCpuPercent: Number(cForwarderCpuPercent.toFixed(1)),
