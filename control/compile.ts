@@ -27,6 +27,12 @@
  *   middle of a batch: the control worker of tunproxy run): the typed arrays
  *   are copied (a few MB at 100 000 services, ~ms) and the copy patched; the
  *   key indexes are shared when the keys did not change.
+ *
+ * Every typed array either way makes is on a SharedArrayBuffer: the control
+ * worker hands the snapshot to the packet thread as it is (tables-wire.ts
+ * shareTables keeps shared arrays), where arrays of its own would each be
+ * made and then copied to shared memory once more — 2.4 MB a PUT of 10 000
+ * services, memory touched for the first time twice (bench:put-cold).
  */
 import type { RuleSet } from './types.ts';
 import { addr6, ADDR6_BASE, modelOf, portsOfFamily } from './model.ts';
@@ -283,12 +289,12 @@ function built(node: NodeModel, ports: ServicePortModel[], ids: AddrIds | null):
     node,
     {
       services: [],
-      serviceRows: new Int32Array(ports.length * ROW),
-      endpointFlat: new Int32Array(flatCount(ports) * 2),
+      serviceRows: sharedInt32(ports.length * ROW),
+      endpointFlat: sharedInt32(flatCount(ports) * 2),
       flatNext: 0,
-      vipIndex: new VipIndex(vipCount(ports)),
-      vipAddrs: new VipIndex(vipCount(ports)),
-      nodePorts: new Int32Array(3 * 65536).fill(-1),
+      vipIndex: new VipIndex(vipCount(ports), { shared: true }),
+      vipAddrs: new VipIndex(vipCount(ports), { shared: true }),
+      nodePorts: sharedInt32(3 * 65536).fill(-1),
       live: 0,
     },
     ids,
@@ -626,8 +632,8 @@ export function patchTables(prev: Tables, node: NodeModel, removed: readonly num
   if (sameKeysAll) {
     const b = new Builder(node, {
       services: inPlace ? (prev.services as ServicePortEntry[]) : prev.services.slice(),
-      serviceRows: inPlace ? prev.serviceRows : prev.serviceRows.slice(),
-      endpointFlat: inPlace ? withRoom(prev.endpointFlat, flatNeed) : copyInto(new Int32Array(flatNeed), prev.endpointFlat, flatUsed * 2),
+      serviceRows: inPlace ? prev.serviceRows : copyInto(sharedInt32(prev.serviceRows.length), prev.serviceRows, prev.serviceRows.length),
+      endpointFlat: inPlace ? withRoom(prev.endpointFlat, flatNeed) : copyInto(sharedInt32(flatNeed), prev.endpointFlat, flatUsed * 2),
       flatNext: flatUsed,
       vipIndex: prev.vipIndex,
       vipAddrs: prev.vipAddrs,
@@ -641,12 +647,12 @@ export function patchTables(prev: Tables, node: NodeModel, removed: readonly num
   const rowsNeed = (prev.services.length + newPorts) * ROW;
   const b = new Builder(node, {
     services: inPlace ? (prev.services as ServicePortEntry[]) : prev.services.slice(),
-    serviceRows: inPlace ? withRoom(prev.serviceRows, rowsNeed) : copyInto(new Int32Array(rowsNeed), prev.serviceRows, prev.services.length * ROW),
-    endpointFlat: inPlace ? withRoom(prev.endpointFlat, flatNeed) : copyInto(new Int32Array(flatNeed), prev.endpointFlat, flatUsed * 2),
+    serviceRows: inPlace ? withRoom(prev.serviceRows, rowsNeed) : copyInto(sharedInt32(rowsNeed), prev.serviceRows, prev.services.length * ROW),
+    endpointFlat: inPlace ? withRoom(prev.endpointFlat, flatNeed) : copyInto(sharedInt32(flatNeed), prev.endpointFlat, flatUsed * 2),
     flatNext: flatUsed,
     vipIndex: inPlace ? indexWithRoom(prev.vipIndex, prev.vipIndex.size + newVips) : prev.vipIndex.copy(prev.vipIndex.size + newVips),
     vipAddrs: inPlace ? indexWithRoom(prev.vipAddrs, prev.vipAddrs.size + newVips) : prev.vipAddrs.copy(prev.vipAddrs.size + newVips),
-    nodePorts: inPlace ? prev.nodePorts : prev.nodePorts.slice(),
+    nodePorts: inPlace ? prev.nodePorts : copyInto(sharedInt32(prev.nodePorts.length), prev.nodePorts, prev.nodePorts.length),
     live: prev.liveServicePorts,
   });
   for (const i of removed) b.remove(i);

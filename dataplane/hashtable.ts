@@ -30,6 +30,12 @@ export interface IntPairTableOptions {
   prehashed?: boolean;
   /** slots made by another table of the same layout (another thread's, on shared memory): no copy */
   slots?: Int32Array;
+  /**
+   * new slots on a SharedArrayBuffer: the compiled tables' indexes, which the
+   * control worker sends to the packet thread as they are (no copy to shared
+   * memory afterwards)
+   */
+  shared?: boolean;
 }
 
 export class IntPairTable {
@@ -49,7 +55,7 @@ export class IntPairTable {
     else while (cap * load < expected) cap *= 2;
     // every field in the same order on every path: one hidden class for every table (monomorphic lookups)
     this.mask = cap - 1;
-    this.slots = o.slots ?? new Int32Array(cap * STRIDE);
+    this.slots = o.slots ?? (o.shared === true ? new Int32Array(new SharedArrayBuffer(cap * STRIDE * 4)) : new Int32Array(cap * STRIDE));
     this.prehashed = o.prehashed ?? false;
     this.maxKeys = Math.floor(cap * load);
     if (o.slots === undefined) for (let i = 2; i < this.slots.length; i += STRIDE) this.slots[i] = EMPTY;
@@ -202,9 +208,9 @@ export class IntPairTable {
     return t;
   }
 
-  /** A copy (load ½) with room for `expected` keys in all (rehashed when it needs more slots). */
+  /** A copy (load ½) with room for `expected` keys in all (rehashed when it needs more slots), on shared memory when this one is. */
   copy(expected: number): IntPairTable {
-    const n = new IntPairTable(Math.max(expected, this.size), { prehashed: this.prehashed });
+    const n = new IntPairTable(Math.max(expected, this.size), { prehashed: this.prehashed, shared: this.slots.buffer instanceof SharedArrayBuffer });
     if (n.mask === this.mask) {
       n.slots.set(this.slots);
       n.size = this.size;

@@ -203,7 +203,8 @@ export class TablesEncoder {
   }
 
   private encode4(t: Tables): TablesWire {
-    if (!(t.serviceRows.buffer instanceof SharedArrayBuffer)) t = shareTables(t);
+    // compile's arrays are on shared memory already (kept as they are); the rest (localAddrs, a patched index) copied
+    t = shareTables(t);
     const last = this.last;
     if (last !== null && t.services.length >= last.services.length && last.appended < last.base) {
       const prev = last.services;

@@ -11,6 +11,8 @@ import fc from 'fast-check';
 import { readFileSync } from 'node:fs';
 import { arbRuleSet, packetFor } from '../support/arbitraries.ts';
 import { RuleSetHolder } from '../../control/runtime.ts';
+import { validateRuleSet } from '../../control/validate.ts';
+import { compile, patchTables } from '../../control/compile.ts';
 import { compiledVerdict } from '../../dataplane/tables.ts';
 import type { EndpointSet, ServicePortEntry, Tables } from '../../dataplane/tables.ts';
 import { TablesEncoder, TablesMaterializer, shareTables } from '../../dataplane/tables-wire.ts';
@@ -80,6 +82,33 @@ t.test('golden rule set, random and maglev: the materialized snapshot is the com
     t.equal(m.tables.serviceRows[0], 0x5a5a, 'no copy: the same memory on both sides');
     rows[0] = old;
   }
+});
+
+t.test('the compiler makes its arrays on shared memory: shareTables copies none of them, full or patched', async (t) => {
+  const arrays = (x: Tables) => [x.serviceRows, x.endpointFlat, x.nodePorts, x.vipIndex.rawSlots, x.vipAddrs.rawSlots];
+  const names = ['serviceRows', 'endpointFlat', 'nodePorts', 'vipIndex', 'vipAddrs'];
+  const check = (what: string, x: Tables): void => {
+    const shared = shareTables(x);
+    arrays(x).forEach((a, i) => t.ok(a.buffer instanceof SharedArrayBuffer, `${what}: ${names[i]} on a SharedArrayBuffer`));
+    // identity, not t.equal: a failure would print a diff of every int
+    arrays(shared).forEach((a, i) => t.ok(a === arrays(x)[i], `${what}: ${names[i]} kept, not copied`));
+  };
+  const modelOf = (rs: RuleSet) => {
+    const v = validateRuleSet(rs);
+    if (!v.ok) throw new Error(JSON.stringify(v.errors));
+    return v.model;
+  };
+  const m0 = modelOf(golden);
+  const t0 = compile(m0, { generation: 1 });
+  check('full compile', t0);
+  // the control worker's patches (not in place): one service more (new keys: new rows and indexes), one service's endpoints changed (the same keys)
+  const extra = { namespace: 'wire', name: 'extra', clusterIP: '10.96.250.1', ports: [{ name: 'p', protocol: 'TCP' as const, port: 80 }], endpoints: [{ address: '10.64.250.1', ports: { p: 8080 } }] };
+  const m1 = modelOf({ ...golden, services: [...golden.services, extra] } as RuleSet);
+  const p1 = patchTables(t0, m0.node, [], [m1.services[m1.services.length - 1]], 2, false);
+  check('patched, new keys', p1.tables);
+  const m2 = modelOf({ ...golden, services: [...golden.services, { ...extra, endpoints: [{ address: '10.64.250.2', ports: { p: 8080 } }] }] } as RuleSet);
+  const p2 = patchTables(p1.tables, m0.node, p1.entries[0], [m2.services[m2.services.length - 1]], 3, false);
+  check('patched, same keys', p2.tables);
 });
 
 t.test('many entries: built in slices of bounded time', async (t) => {
