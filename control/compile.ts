@@ -488,12 +488,12 @@ export function patchTables6(prev: Tables6, node: NodeModel, removed: readonly n
     node,
     {
       services: pb.services.slice(),
-      serviceRows: copyInto(sharedInt32((pb.services.length + (same ? 0 : newPorts)) * ROW), pb.serviceRows, pb.services.length * ROW),
-      endpointFlat: copyInto(sharedInt32((flatUsed + newFlat) * 2), pb.endpointFlat, flatUsed * 2),
+      serviceRows: sharedCopy(pb.serviceRows, pb.services.length * ROW, (pb.services.length + (same ? 0 : newPorts)) * ROW),
+      endpointFlat: sharedCopy(pb.endpointFlat, flatUsed * 2, (flatUsed + newFlat) * 2),
       flatNext: flatUsed,
       vipIndex: same ? pb.vipIndex : pb.vipIndex.copy(pb.vipIndex.size + newVips),
       vipAddrs: same ? pb.vipAddrs : pb.vipAddrs.copy(pb.vipAddrs.size + newVips),
-      nodePorts: same ? pb.nodePorts : copyInto(sharedInt32(pb.nodePorts.length), pb.nodePorts, pb.nodePorts.length),
+      nodePorts: same ? pb.nodePorts : sharedCopy(pb.nodePorts),
       live: pb.liveServicePorts,
     },
     ids,
@@ -632,8 +632,8 @@ export function patchTables(prev: Tables, node: NodeModel, removed: readonly num
   if (sameKeysAll) {
     const b = new Builder(node, {
       services: inPlace ? (prev.services as ServicePortEntry[]) : prev.services.slice(),
-      serviceRows: inPlace ? prev.serviceRows : copyInto(sharedInt32(prev.serviceRows.length), prev.serviceRows, prev.serviceRows.length),
-      endpointFlat: inPlace ? withRoom(prev.endpointFlat, flatNeed) : copyInto(sharedInt32(flatNeed), prev.endpointFlat, flatUsed * 2),
+      serviceRows: inPlace ? prev.serviceRows : sharedCopy(prev.serviceRows),
+      endpointFlat: inPlace ? withRoom(prev.endpointFlat, flatNeed) : sharedCopy(prev.endpointFlat, flatUsed * 2, flatNeed),
       flatNext: flatUsed,
       vipIndex: prev.vipIndex,
       vipAddrs: prev.vipAddrs,
@@ -647,12 +647,12 @@ export function patchTables(prev: Tables, node: NodeModel, removed: readonly num
   const rowsNeed = (prev.services.length + newPorts) * ROW;
   const b = new Builder(node, {
     services: inPlace ? (prev.services as ServicePortEntry[]) : prev.services.slice(),
-    serviceRows: inPlace ? withRoom(prev.serviceRows, rowsNeed) : copyInto(sharedInt32(rowsNeed), prev.serviceRows, prev.services.length * ROW),
-    endpointFlat: inPlace ? withRoom(prev.endpointFlat, flatNeed) : copyInto(sharedInt32(flatNeed), prev.endpointFlat, flatUsed * 2),
+    serviceRows: inPlace ? withRoom(prev.serviceRows, rowsNeed) : sharedCopy(prev.serviceRows, prev.services.length * ROW, rowsNeed),
+    endpointFlat: inPlace ? withRoom(prev.endpointFlat, flatNeed) : sharedCopy(prev.endpointFlat, flatUsed * 2, flatNeed),
     flatNext: flatUsed,
     vipIndex: inPlace ? indexWithRoom(prev.vipIndex, prev.vipIndex.size + newVips) : prev.vipIndex.copy(prev.vipIndex.size + newVips),
     vipAddrs: inPlace ? indexWithRoom(prev.vipAddrs, prev.vipAddrs.size + newVips) : prev.vipAddrs.copy(prev.vipAddrs.size + newVips),
-    nodePorts: inPlace ? prev.nodePorts : copyInto(sharedInt32(prev.nodePorts.length), prev.nodePorts, prev.nodePorts.length),
+    nodePorts: inPlace ? prev.nodePorts : sharedCopy(prev.nodePorts),
     live: prev.liveServicePorts,
   });
   for (const i of removed) b.remove(i);
@@ -665,8 +665,9 @@ function withV6(t: Tables, prev: Tables): Tables {
   return prev.v6 ? { ...t, v6: prev.v6 } : t;
 }
 
-/** `to` with the first `n` ints of `from` copied in. */
-function copyInto(to: Int32Array, from: Int32Array, n: number): Int32Array {
-  to.set(n === from.length ? from : from.subarray(0, n));
+/** A new shared array of `n` ints (all of `from` by default) beginning with the first `used` of `from`. */
+function sharedCopy(from: Int32Array, used = from.length, n = from.length): Int32Array {
+  const to = sharedInt32(n);
+  to.set(used === from.length ? from : from.subarray(0, used));
   return to;
 }
