@@ -66,7 +66,8 @@ int main(int argc, char **argv) {
   }
   int idle = atoi(arg(argc, argv, "--idle-ms", "1500"));
   int rcv = 8 << 20;
-  setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof rcv);
+  /* as root past net.core.rmem_max (SO_RCVBUF alone is capped by it: ~208 KiB) */
+  if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &rcv, sizeof rcv) != 0) setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof rcv);
   struct sockaddr_in me = { .sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(INADDR_ANY) };
   if (bind(fd, (struct sockaddr *)&me, sizeof me) < 0) { perror("bind"); return 1; }
   printf("ready\n"); fflush(stdout);
