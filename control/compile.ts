@@ -47,6 +47,7 @@ import {
   F_HAS_ENDPOINTS, F_EXTERNAL_LOCAL, F_HAS_EXTERNAL_ENDPOINTS, F_HAS_INTERNAL, F_INTERNAL_LOCAL, F_FIREWALL, F_SLOW_SELECT,
 } from '../dataplane/tables.ts';
 import { buildMaglev, fnv1a } from '../dataplane/select.ts';
+import { copyShared, extendShared, sharedInt32 } from '../dataplane/shared-arrays.ts';
 
 const NO_INDEX: ReadonlyMap<number, number> = new Map();
 const NO_ADDRS: readonly number[] = Object.freeze([]);
@@ -551,11 +552,6 @@ function servingKept(sp: ServicePortModel, endpoint: ((e: EndpointModel) => Endp
   return out ?? NO_ADDRS;
 }
 
-/** An Int32Array of n on a SharedArrayBuffer (zeroed). */
-function sharedInt32(n: number): Int32Array {
-  return new Int32Array(new SharedArrayBuffer(Math.max(n, 2) * 4), 0, n);
-}
-
 /**
  * Same protocol, port, ClusterIP, external and LB IPs and NodePort: the same
  * keys in the indexes. `idAt`: the entry is an IPv6 one (its addresses are
@@ -629,11 +625,14 @@ export function patchTables(prev: Tables, node: NodeModel, removed: readonly num
   const { models, newPorts, newFlat, newVips, sameKeysAll, at: inPlaceAt } = changeOf(prev, removed, added, 4, null);
   const flatUsed = prev.endpointPairs;
   const flatNeed = (flatUsed + newFlat) * 2;
+  // the Builder writes endpoint pairs only past flatUsed (replaced sets' pairs are left, counted as freed):
+  // appended into prev's own shared buffer while it has room, which prev's rows never point past
+  const flat = (): Int32Array => (inPlace ? withRoom(prev.endpointFlat, flatNeed) : extendShared(Int32Array, prev.endpointFlat, flatUsed * 2, flatNeed));
   if (sameKeysAll) {
     const b = new Builder(node, {
       services: inPlace ? (prev.services as ServicePortEntry[]) : prev.services.slice(),
       serviceRows: inPlace ? prev.serviceRows : sharedCopy(prev.serviceRows),
-      endpointFlat: inPlace ? withRoom(prev.endpointFlat, flatNeed) : sharedCopy(prev.endpointFlat, flatUsed * 2, flatNeed),
+      endpointFlat: flat(),
       flatNext: flatUsed,
       vipIndex: prev.vipIndex,
       vipAddrs: prev.vipAddrs,
@@ -644,11 +643,15 @@ export function patchTables(prev: Tables, node: NodeModel, removed: readonly num
     return { tables: withV6(b.tables(generation), prev), entries, freedPairs: b.freedPairs };
   }
 
-  const rowsNeed = (prev.services.length + newPorts) * ROW;
+  const rowsUsed = prev.services.length * ROW;
+  const rowsNeed = rowsUsed + newPorts * ROW;
+  // rows: a removal writes a tombstone into its row, so prev's rows are copied; services only added
+  // write rows past prev's only: appended in place as the endpoint pairs
+  const rows = inPlace ? withRoom(prev.serviceRows, rowsNeed) : removed.length === 0 ? extendShared(Int32Array, prev.serviceRows, rowsUsed, rowsNeed) : sharedCopy(prev.serviceRows, rowsUsed, rowsNeed);
   const b = new Builder(node, {
     services: inPlace ? (prev.services as ServicePortEntry[]) : prev.services.slice(),
-    serviceRows: inPlace ? withRoom(prev.serviceRows, rowsNeed) : sharedCopy(prev.serviceRows, prev.services.length * ROW, rowsNeed),
-    endpointFlat: inPlace ? withRoom(prev.endpointFlat, flatNeed) : sharedCopy(prev.endpointFlat, flatUsed * 2, flatNeed),
+    serviceRows: rows,
+    endpointFlat: flat(),
     flatNext: flatUsed,
     vipIndex: inPlace ? indexWithRoom(prev.vipIndex, prev.vipIndex.size + newVips) : prev.vipIndex.copy(prev.vipIndex.size + newVips),
     vipAddrs: inPlace ? indexWithRoom(prev.vipAddrs, prev.vipAddrs.size + newVips) : prev.vipAddrs.copy(prev.vipAddrs.size + newVips),
@@ -665,9 +668,7 @@ function withV6(t: Tables, prev: Tables): Tables {
   return prev.v6 ? { ...t, v6: prev.v6 } : t;
 }
 
-/** A new shared array of `n` ints (all of `from` by default) beginning with the first `used` of `from`. */
+/** A new shared array of `n` ints (all of `from` by default) beginning with the first `used` of `from`, with room to append (copyShared). */
 function sharedCopy(from: Int32Array, used = from.length, n = from.length): Int32Array {
-  const to = sharedInt32(n);
-  to.set(used === from.length ? from : from.subarray(0, used));
-  return to;
+  return copyShared(Int32Array, from, used, n);
 }

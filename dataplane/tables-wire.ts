@@ -36,6 +36,7 @@ import { VipIndex } from './hashtable.ts';
 import type { EndpointEntry, EndpointSet, ServicePortEntry, Tables } from './tables.ts';
 import type { Cidr6 } from './addr6.ts';
 import { Addr6Ids, type Tables6 } from './tables6.ts';
+import { extendShared, sharedInt32 } from './shared-arrays.ts';
 
 type IntArray = Int32Array | Uint16Array | Uint8Array | Float64Array;
 
@@ -112,8 +113,17 @@ export interface TablesWire {
   readonly vipSize: number;
   readonly addrSlots: Int32Array;
   readonly addrSize: number;
+  /** service-port entries (Tables.services' length) */
   readonly count: number;
+  /**
+   * per entry (by position), its slot in `entries` and `stamps`: an encoding
+   * by difference appends a changed entry in a new slot instead of copying
+   * every entry (shared-arrays.ts `extendShared`)
+   */
+  readonly slots: Int32Array;
+  /** E ints per slot */
   readonly entries: Int32Array;
+  /** per slot, the stamp of the entry object encoded there (TablesEncoder) */
   readonly stamps: Float64Array;
   readonly pool: Int32Array;
   readonly sets: Int32Array;
@@ -131,10 +141,6 @@ export interface TablesWire {
   readonly v6?: Tables6Wire | null;
 }
 
-function sharedInt32(n: number): Int32Array {
-  return new Int32Array(new SharedArrayBuffer(Math.max(n, 2) * 4), 0, n);
-}
-
 /** What the encoder remembers of its last wire form, to encode the next one by difference. */
 interface LastEncoding {
   services: readonly ServicePortEntry[];
@@ -149,21 +155,22 @@ interface LastEncoding {
   base: number;
 }
 
-/** `prev`'s first `used` code units, then those of `add`, on a new shared array. */
+/** `prev`'s first `used` code units, then those of `add` (extendShared). */
 function growChars(prev: Uint16Array, used: number, add: readonly string[]): Uint16Array {
   let n = used;
   for (const x of add) n += x.length;
-  const a = new Uint16Array(new SharedArrayBuffer(Math.max(n, 1) * 2), 0, n);
-  a.set(prev.subarray(0, used));
+  const a = extendShared(Uint16Array, prev, used, n);
   let at = used;
   for (const x of add) for (let k = 0; k < x.length; k++) a[at++] = x.charCodeAt(k);
   return a;
 }
 const NO_CHARS = new Uint16Array(0);
+const NO_INTS = new Int32Array(0);
+const NO_STAMPS = new Float64Array(0);
 
+/** `prev`'s first `used` ints, then `add` (extendShared). */
 function growInt32(prev: Int32Array, used: number, add: readonly number[]): Int32Array {
-  const a = sharedInt32(used + add.length);
-  a.set(prev.subarray(0, used));
+  const a = extendShared(Int32Array, prev, used, used + add.length);
   for (let k = 0; k < add.length; k++) a[used + k] = add[k];
   return a;
 }
@@ -172,9 +179,12 @@ function growInt32(prev: Int32Array, used: number, add: readonly number[]): Int3
  * Worker side: a (shared) snapshot → its wire form. Keeps a stamp per entry
  * object across calls. When most entries are the objects of the last
  * snapshot encoded (the incremental path: a PATCH), only the others are
- * encoded: the last wire form's ints are copied (a few MB, one memcpy) and the
- * new entries' lists, sets and names appended; a full encoding starts over
- * when the appended part outgrows the rest.
+ * encoded: each in a new slot, its lists, sets and name appended, all past
+ * the end of the last wire form, in the same shared buffers while they have
+ * room (`extendShared`: the older wire forms, which the packet thread may
+ * still read, are never written); only the slot of every position is copied
+ * (4 bytes an entry). A full encoding starts over when the appended part
+ * outgrows the rest.
  */
 export class TablesEncoder {
   private readonly stampOf = new WeakMap<ServicePortEntry, number>();
@@ -222,18 +232,20 @@ export class TablesEncoder {
 
   private encodeFull(t: Tables): TablesWire {
     const n = t.services.length;
-    const entries = sharedInt32(n * E);
-    const stamps = new Float64Array(new SharedArrayBuffer(Math.max(n, 1) * 8), 0, n);
+    const slots = sharedInt32(n);
+    const entries = extendShared(Int32Array, NO_INTS, 0, n * E);
+    const stamps = extendShared(Float64Array, NO_STAMPS, 0, n);
     const st = new EncodeState(new Map(), new Map(), 0, 0, 0, 0, new Uint8Array(new SharedArrayBuffer(Math.max(t.endpointFlat.length / 2, 1)), 0, t.endpointFlat.length / 2));
     for (let i = 0; i < n; i++) {
+      slots[i] = i;
       stamps[i] = this.stamp(t.services[i]);
       st.entry(t.services[i], entries, i * E);
     }
-    const pool = growInt32(new Int32Array(0), 0, st.pool);
-    const sets = growInt32(new Int32Array(0), 0, st.setInts);
-    const maglev = new Uint16Array(new SharedArrayBuffer(Math.max(st.maglevLen, 1) * 2), 0, st.maglevLen);
+    const pool = growInt32(NO_INTS, 0, st.pool);
+    const sets = growInt32(NO_INTS, 0, st.setInts);
+    const maglev = extendShared(Uint16Array, NO_CHARS, 0, st.maglevLen);
     for (const m of st.maglevs) maglev.set(m, st.maglevAt.get(m)!);
-    const wire = wireOf(t, n, entries, stamps, pool, sets, st.flatNodeLocal, maglev, growChars(NO_CHARS, 0, st.names));
+    const wire = wireOf(t, n, slots, entries, stamps, pool, sets, st.flatNodeLocal, maglev, growChars(NO_CHARS, 0, st.names));
     this.last = { services: t.services, wire, poolLen: pool.length, setCount: sets.length / S, maglevLen: st.maglevLen, setIds: st.setIds, maglevAt: st.maglevAt, appended: 0, base: Math.max(1024, pool.length + sets.length + wire.names.length + n) };
     return wire;
   }
@@ -241,27 +253,31 @@ export class TablesEncoder {
   private encodeDifference(t: Tables, last: LastEncoding, changed: readonly number[]): TablesWire {
     const n = t.services.length;
     const pw = last.wire;
-    const entries = sharedInt32(n * E);
-    entries.set(pw.entries);
-    const stamps = new Float64Array(new SharedArrayBuffer(Math.max(n, 1) * 8), 0, n);
-    stamps.set(pw.stamps);
+    // the positions' slots copied (4 bytes an entry); each changed entry in a new slot after the last wire form's
+    const slots = sharedInt32(n);
+    slots.set(pw.slots);
+    const used = pw.stamps.length;
+    const entries = extendShared(Int32Array, pw.entries, used * E, (used + changed.length) * E);
+    const stamps = extendShared(Float64Array, pw.stamps, used, used + changed.length);
     const flatPairs = t.endpointFlat.length / 2;
     const flatNodeLocal = new Uint8Array(new SharedArrayBuffer(Math.max(flatPairs, 1)), 0, flatPairs);
     flatNodeLocal.set(pw.flatNodeLocal.subarray(0, Math.min(pw.flatNodeLocal.length, flatPairs)));
     const st = new EncodeState(last.setIds, last.maglevAt, last.poolLen, last.setCount, last.maglevLen, pw.names.length, flatNodeLocal);
+    let slot = used;
     for (const i of changed) {
-      stamps[i] = this.stamp(t.services[i]);
-      st.entry(t.services[i], entries, i * E);
+      slots[i] = slot;
+      stamps[slot] = this.stamp(t.services[i]);
+      st.entry(t.services[i], entries, slot * E);
+      slot++;
     }
     const pool = growInt32(pw.pool, last.poolLen, st.pool);
     const sets = growInt32(pw.sets, last.setCount * S, st.setInts);
     let maglev = pw.maglev;
     if (st.maglevLen > last.maglevLen) {
-      maglev = new Uint16Array(new SharedArrayBuffer(st.maglevLen * 2), 0, st.maglevLen);
-      maglev.set(pw.maglev.subarray(0, last.maglevLen));
+      maglev = extendShared(Uint16Array, pw.maglev, last.maglevLen, st.maglevLen);
       for (const m of st.maglevs) maglev.set(m, st.maglevAt.get(m)!);
     }
-    const wire = wireOf(t, n, entries, stamps, pool, sets, flatNodeLocal, maglev, growChars(pw.names, pw.names.length, st.names));
+    const wire = wireOf(t, n, slots, entries, stamps, pool, sets, flatNodeLocal, maglev, growChars(pw.names, pw.names.length, st.names));
     const added = st.pool.length + st.setInts.length + (wire.names.length - pw.names.length) + changed.length * E;
     this.last = { ...last, services: t.services, wire, poolLen: pool.length, setCount: sets.length / S, maglevLen: st.maglevLen, appended: last.appended + added };
     return wire;
@@ -342,7 +358,7 @@ class EncodeState {
   }
 }
 
-function wireOf(t: Tables, n: number, entries: Int32Array, stamps: Float64Array, pool: Int32Array, sets: Int32Array, flatNodeLocal: Uint8Array, maglev: Uint16Array, names: Uint16Array): TablesWire {
+function wireOf(t: Tables, n: number, slots: Int32Array, entries: Int32Array, stamps: Float64Array, pool: Int32Array, sets: Int32Array, flatNodeLocal: Uint8Array, maglev: Uint16Array, names: Uint16Array): TablesWire {
   return {
     generation: t.generation,
     liveServicePorts: t.liveServicePorts,
@@ -362,6 +378,7 @@ function wireOf(t: Tables, n: number, entries: Int32Array, stamps: Float64Array,
     addrSlots: t.vipAddrs.rawSlots,
     addrSize: t.vipAddrs.size,
     count: n,
+    slots,
     entries,
     stamps,
     pool,
@@ -378,6 +395,8 @@ const NO_ADDRS: readonly number[] = Object.freeze([]);
 /** What the packet thread keeps of a materialized snapshot to reuse its entries next time. */
 export interface Materialized {
   readonly tables: Tables;
+  /** the wire form's slots and stamps (the stamp of entry i: stamps[slots[i]]); no slots: no stamps (blankSpare) */
+  readonly slots: Int32Array | null;
   readonly stamps: Float64Array;
   /** the IPv6 half's (its base Tables), to reuse its entries next time too */
   readonly v6?: Materialized;
@@ -462,11 +481,14 @@ class ViewCache {
 class ServicePortView implements ServicePortEntry {
   private ctx: WireCtx;
   readonly index: number;
+  /** the first of its E ints in the wire form's entries (its slot's) */
+  private at: number;
   private cache: ViewCache | null = null;
 
   constructor(ctx: WireCtx, i: number) {
     this.ctx = ctx;
     this.index = i;
+    this.at = ctx.w.slots[i] * E;
   }
 
   /** the wire form this view reads */
@@ -485,6 +507,7 @@ class ServicePortView implements ServicePortEntry {
    */
   rebind(ctx: WireCtx, same: boolean): void {
     this.ctx = ctx;
+    this.at = ctx.w.slots[this.index] * E;
     const c = this.cache;
     if (c === null) return;
     c.sets = null;
@@ -498,7 +521,7 @@ class ServicePortView implements ServicePortEntry {
   }
 
   private int(field: number): number {
-    return this.ctx.w.entries[this.index * E + field];
+    return this.ctx.w.entries[this.at + field];
   }
   private c(): ViewCache {
     return (this.cache ??= new ViewCache());
@@ -611,7 +634,7 @@ export function blankSpare(m: Materialized): Materialized {
     for (let i = 0; i < n; i++) services[i] = new ServicePortView(ctx, i);
   }
   const tables: Tables = { ...m.tables, services };
-  return { tables, stamps: new Float64Array(n), ...(m.v6 ? { v6: blankSpare(m.v6) } : {}) };
+  return { tables, slots: null, stamps: NO_STAMPS, ...(m.v6 ? { v6: blankSpare(m.v6) } : {}) };
 }
 
 /**
@@ -689,15 +712,19 @@ export class TablesMaterializer {
     const t0 = performance.now();
     const w = this.wire;
     const prevServices = this.prev?.tables.services;
+    const prevSlots = this.prev?.slots ?? null;
     const prevStamps = this.prev?.stamps;
     const spareServices = this.spare?.tables.services;
+    const spareSlots = this.spare?.slots ?? null;
     const spareStamps = this.spare?.stamps;
+    const slots = w.slots;
     this.slices++;
     while (this.next < w.count) {
       const stop = Math.min(w.count, this.next + 256);
       for (let i = this.next; i < stop; i++) {
         const inForce = prevServices !== undefined && i < prevServices.length ? prevServices[i] : undefined;
-        if (inForce instanceof ServicePortView && prevStamps![i] === w.stamps[i]) {
+        const stamp = w.stamps[slots[i]];
+        if (inForce instanceof ServicePortView && prevSlots !== null && prevStamps![prevSlots[i]] === stamp) {
           inForce.rebind(this.ctx, true);
           this.services[i] = inForce;
           this.reused++;
@@ -706,7 +733,7 @@ export class TablesMaterializer {
         const old = spareServices !== undefined && i < spareServices.length ? spareServices[i] : undefined;
         // a view the snapshot in force shares (kept from the spare) is read by packets: never taken
         if (old instanceof ServicePortView && old !== inForce) {
-          old.rebind(this.ctx, spareStamps![i] === w.stamps[i]);
+          old.rebind(this.ctx, spareSlots !== null && spareStamps![spareSlots[i]] === stamp);
           this.services[i] = old;
           this.recycled++;
         } else {
@@ -762,9 +789,9 @@ export class TablesMaterializer {
     };
     if (w.v6 && this.v6 !== null) {
       const m6 = this.v6.result();
-      return { tables: { ...tables, v6: tables6From(w.v6, m6.tables) }, stamps: w.stamps, v6: m6 };
+      return { tables: { ...tables, v6: tables6From(w.v6, m6.tables) }, slots: w.slots, stamps: w.stamps, v6: m6 };
     }
-    return { tables, stamps: w.stamps };
+    return { tables, slots: w.slots, stamps: w.stamps };
   }
 }
 

@@ -253,3 +253,58 @@ t.test('random sequences of changes with a spare: the one in force never changes
   );
   t.ok(recycled > 0, `${recycled} views recycled`);
 });
+
+t.test('encodings by difference append into the same shared memory, and every earlier snapshot still reads as it did', async (t) => {
+  const bulk = (i: number, ep: number) => ({ namespace: 'bulk', name: `s${i}`, clusterIP: `10.96.${i >> 8}.${i & 255}`, externalIPs: [`198.18.${i >> 8}.${i & 255}`], ports: [{ name: 'p', protocol: 'TCP' as const, port: 80 }], endpoints: [{ address: `10.64.${(ep >> 8) & 255}.${ep & 255}`, ports: { p: 8080 } }] });
+  let rs = { ...golden, services: [...golden.services, ...Array.from({ length: 1000 }, (_, i) => bulk(i, i))] } as RuleSet;
+  const h = new RuleSetHolder({ prepare: shareTables });
+  const enc = new TablesEncoder();
+  h.apply(rs);
+  const wires = [enc.encode(h.current!)];
+  const snaps: Materialized[] = [new TablesMaterializer(wires[0], null).all()];
+  const texts = [entriesText(snaps[0].tables)];
+  // what the packet path reads without views: the rows and the endpoint pairs
+  const rowsOf = (x: Tables) => ({ rows: Array.from(x.serviceRows.subarray(0, x.services.length * 8)), pairs: Array.from(x.endpointFlat.subarray(0, x.endpointPairs * 2)) });
+  const tables = [h.current!];
+  const rowTexts = [JSON.stringify(rowsOf(h.current!))];
+  let sharedRows = 0;
+  let sharedPairs = 0;
+  for (let k = 0; k < 6; k++) {
+    const services = rs.services.slice();
+    // as an agent's one-service updates: one service's endpoints changed, or one service added
+    if (k % 2 === 1) {
+      const i = golden.services.length + k * 37;
+      services[i] = bulk(k * 37, 5000 + k) as RuleSet['services'][number];
+    } else services.push(bulk(2000 + k, 6000 + k) as RuleSet['services'][number]);
+    rs = { ...rs, services };
+    t.equal(h.apply(rs).mode, 'incremental', `change ${k}: incremental`);
+    const pt = tables[tables.length - 1];
+    if (h.current!.endpointFlat.buffer === pt.endpointFlat.buffer) sharedPairs++;
+    if (h.current!.serviceRows.buffer === pt.serviceRows.buffer) sharedRows++;
+    tables.push(h.current!);
+    rowTexts.push(JSON.stringify(rowsOf(h.current!)));
+    const w = enc.encode(h.current!);
+    t.equal(enc.lastMode, 'difference', `change ${k}: encoded by difference`);
+    const pw = wires[wires.length - 1];
+    for (const f of ['entries', 'stamps', 'pool', 'sets', 'names'] as const) {
+      t.ok(w[f].buffer === pw[f].buffer || w[f].length > (pw[f].buffer.byteLength / pw[f].BYTES_PER_ELEMENT), `change ${k}: ${f} appended into the last wire form's buffer (or it was full)`);
+      t.ok(w[f].length >= pw[f].length, `change ${k}: ${f} only grows`);
+    }
+    t.ok(w.slots.buffer !== pw.slots.buffer, `change ${k}: the slots are the only per-entry array copied`);
+    const m = new TablesMaterializer(w, snaps[snaps.length - 1]).all();
+    t.equal(sameTables(h.current!, m.tables), null, `change ${k}: the new snapshot is the compiled one`);
+    wires.push(w);
+    snaps.push(m);
+    texts.push(entriesText(m.tables));
+  }
+  // the views of snapshots that are in force no more (the packet thread may keep them for a while, a trace or a
+  // flow's name may read them late) read what they read when they were made
+  for (let k = 0; k < snaps.length; k++) t.same(entriesText(snaps[k].tables), texts[k], `snapshot ${k} reads as it did after ${snaps.length - 1 - k} later encodings`);
+  for (let k = 0; k < tables.length; k++) t.equal(JSON.stringify(rowsOf(tables[k])), rowTexts[k], `snapshot ${k}: its rows and endpoint pairs as they were`);
+  const shared = wires.filter((w, k) => k > 0 && w.entries.buffer === wires[k - 1].entries.buffer).length;
+  t.ok(shared >= 4, `${shared} of 6 encodings wrote into the entries buffer of the one before`);
+  // the first patch makes a buffer with room (the full compile's is exact), the later ones append into it;
+  // rows only where services were only added (a replaced entry's row is rewritten where it is: copied)
+  t.ok(sharedPairs >= 4, `${sharedPairs} of 6 patches appended endpoint pairs into the buffer of the one before`);
+  t.ok(sharedRows >= 2, `${sharedRows} of 3 additions appended their rows into the buffer of the one before`);
+});
