@@ -284,6 +284,25 @@ export class RuleSetHolder {
     return m;
   }
 
+  /**
+   * Build now what a full apply leaves to the first change to build (the
+   * services by name, each service's entries, their positions): the control
+   * worker calls it when idle after a full apply, so that the first one-service
+   * change after a full sync does not pay for it (at 10 000 services, ~12 of
+   * its ~64 ms in `tunproxy run`, AMD machine). Nothing when they are there.
+   */
+  prepareIncremental(): void {
+    if (this.rs === null) return;
+    void this.byName;
+    void this.entriesOf;
+    if (this.positions === null) {
+      const pos = new Map<Service, number>();
+      const list = this.rs.services;
+      for (let i = 0; i < list.length; i++) pos.set(list[i], i);
+      this.positions = pos;
+    }
+  }
+
   /** The service of that namespace and name in the rule set in force (the object itself), if any. */
   serviceNamed(namespace: string, name: string): Service | undefined {
     return this.byName.get(`${namespace}/${name}`);
@@ -299,14 +318,8 @@ export class RuleSetHolder {
     if (rs === null) return -1;
     const svc = this.byName.get(`${namespace}/${name}`);
     if (svc === undefined) return -1;
-    let pos = this.positions;
-    if (pos === null) {
-      pos = new Map();
-      const list = rs.services;
-      for (let i = 0; i < list.length; i++) pos.set(list[i], i);
-      this.positions = pos;
-    }
-    return pos.get(svc) ?? -1;
+    if (this.positions === null) this.prepareIncremental();
+    return this.positions!.get(svc) ?? -1;
   }
 
   /**

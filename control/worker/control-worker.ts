@@ -68,6 +68,17 @@ holder.onSwap((t) => {
   const linear = o.decider === 'linear' ? { text: writeIptables(m), text6: t.v6 ? writeIptables(m, { family: 6 }) : null, localAddresses: m.node.addresses } : null;
   remote.sendTables(t, linear).catch((e: Error) => log(`generation ${t.generation} did not reach the packet thread: ${e.message}`));
 });
+// What a full apply leaves to the first change to build (holder.prepareIncremental: at 10 000 services,
+// ~12 of the first one-service change's ~64 ms), built once the worker has been idle 200 ms after a swap
+let prepareTimer: NodeJS.Timeout | null = null;
+holder.onSwap(() => {
+  if (prepareTimer !== null) clearTimeout(prepareTimer);
+  prepareTimer = setTimeout(() => {
+    prepareTimer = null;
+    holder.prepareIncremental();
+  }, 200);
+  prepareTimer.unref();
+});
 let api: ApiServer | null = null;
 let kube: KubeRunning | null = null;
 let store: StateStore | null = null;

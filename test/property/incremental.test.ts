@@ -47,11 +47,13 @@ t.test('incremental and full agree over random sequences of service changes', as
       const donor: RuleSet = { ...donorRaw, node: rs.node, apiVersion: rs.apiVersion };
       const inc = new RuleSetHolder();
       const full = new RuleSetHolder({ incremental: false });
-      // the incremental path into copies of the arrays (the control worker's way) rather than in place
+      // the incremental path into copies of the arrays (the control worker's way) rather than in place,
+      // with what a change needs built ahead after every apply (as the control worker does when idle)
       const copy = new RuleSetHolder({ inPlace: false });
       inc.apply(rs);
       full.apply(rs);
       copy.apply(rs);
+      copy.prepareIncremental();
       let cur = rs;
       for (const o of ops) {
         const next = applyOp(cur, donor, o);
@@ -63,7 +65,7 @@ t.test('incremental and full agree over random sequences of service changes', as
         try { const r = inc.apply(next, undefined, hint); if (r.mode === 'incremental') incrementals++; } catch (e) { a = e; }
         try { full.apply(next); } catch (e) { b = e; }
         let c: unknown = null;
-        try { copy.apply(next); } catch (e) { c = e; }
+        try { copy.apply(next); copy.prepareIncremental(); } catch (e) { c = e; }
         if ((c === null) !== (b === null)) throw new Error(`incremental into copies ${c ? 'refused' : 'accepted'} what full ${b ? 'refused' : 'accepted'}`);
         if ((a === null) !== (b === null)) throw new Error(`incremental ${a ? 'refused' : 'accepted'} what full ${b ? 'refused' : 'accepted'}: ${(a ?? b) as Error}`);
         if (a !== null) {
@@ -85,6 +87,7 @@ t.test('incremental and full agree over random sequences of service changes', as
         // every service found at its position, through the holder's index (kept across in-place changes)
         next.services.forEach((s, i) => {
           if (inc.indexOf(s.namespace, s.name) !== i) throw new Error(`indexOf(${s.namespace}/${s.name}) = ${inc.indexOf(s.namespace, s.name)}, not ${i}`);
+          if (copy.indexOf(s.namespace, s.name) !== i) throw new Error(`prepared ahead: indexOf(${s.namespace}/${s.name}) = ${copy.indexOf(s.namespace, s.name)}, not ${i}`);
         });
         if (inc.indexOf('no-such-namespace', 'x') !== -1) throw new Error('an unknown service has a position');
         models++;
