@@ -81,3 +81,18 @@ t.test('one table: the VIP index is the int-pair table, the conntrack index hold
   for (let i = 0; i < full.maxKeys; i++) full.set(i, 0, i);
   t.throws(() => full.set(99, 0, 1), /full/, 'past maxKeys: a clear error, not a corrupt table');
 });
+
+t.test('a new table writes none of its slots: a large one costs no memory until keys fill it', async (t) => {
+  const rss0 = process.memoryUsage().rss;
+  // 8 M slots of 16 bytes: 128 MB of zeroed memory the kernel gives page by page when first written
+  const tb = new IntPairTable(1 << 22, { prehashed: true });
+  const grew = (process.memoryUsage().rss - rss0) / 2 ** 20;
+  t.equal(tb.capacity, 1 << 23);
+  t.ok(grew < 32, `RSS grew ${grew.toFixed(1)} MB for a table of ${(tb.bytes / 2 ** 20).toFixed(0)} MB`);
+  t.equal(tb.get(12345, 6), -1, 'empty');
+  tb.set(12345, 6, 0);
+  t.equal(tb.get(12345, 6), 0, 'the value 0 is a value, not a free slot');
+  t.same([...tb.entries()], [[12345, 6, 0]]);
+  t.ok(tb.delete(12345, 6));
+  t.equal(tb.size, 0);
+});
