@@ -55,28 +55,83 @@ export function controlThread(url: URL, workerData: unknown): Worker {
   return new Worker(url, { workerData, resourceLimits: { maxYoungGenerationSizeMb: CONTROL_YOUNG_GENERATION_MB } });
 }
 
+/**
+ * The control worker's thread, started before the packet side is ready to
+ * talk to it: its module loading and API set-up (~600 ms of a ~1.2 s start
+ * on the AMD machine) run while the packet thread loads the dataplane, opens
+ * the pinned tables and makes its Dataplane. What the thread sends meanwhile
+ * is kept, in order, for the ControlWorker that takes it (nothing is lost to
+ * an event with no listener). Until then it does not keep the process
+ * alive (unref): a start that fails before ends the process as before.
+ */
+export class ControlThread {
+  readonly worker: Worker;
+  readonly data: ControlWorkerData;
+  /** messages, errors and the exit, in order, until a ControlWorker takes the thread */
+  held: Array<{ kind: 'message'; m: WorkerEvent } | { kind: 'error'; e: Error } | { kind: 'exit'; code: number }> | null = [];
+  private readonly onMessage = (m: WorkerEvent) => this.held?.push({ kind: 'message', m });
+  private readonly onError = (e: Error) => this.held?.push({ kind: 'error', e });
+  private readonly onExit = (code: number) => this.held?.push({ kind: 'exit', code });
+
+  constructor(data: ControlWorkerData) {
+    // compiled (dist/, this file is .js): the worker's compiled module itself; from the sources: boot.mjs registers tsx first
+    const entry = import.meta.url.endsWith('.js') ? './control-worker.js' : './boot.mjs';
+    this.data = data;
+    this.worker = controlThread(new URL(entry, import.meta.url), data);
+    this.worker.unref();
+    this.worker.on('message', this.onMessage);
+    this.worker.on('error', this.onError);
+    this.worker.on('exit', this.onExit);
+  }
+
+  /** What it held; from now on the caller's listeners get its events. */
+  take(): NonNullable<ControlThread['held']> {
+    const held = this.held ?? [];
+    this.held = null;
+    this.worker.ref();
+    this.worker.off('message', this.onMessage);
+    this.worker.off('error', this.onError);
+    this.worker.off('exit', this.onExit);
+    return held;
+  }
+}
+
 export class ControlWorker extends EventEmitter {
   readonly worker: Worker;
   readonly host: PacketHost;
   private exited = false;
 
-  constructor(dp: Dataplane, data: ControlWorkerData) {
+  /** `thread`: started before (ControlThread), its events so far delivered now; else started here. */
+  constructor(dp: Dataplane, data: ControlWorkerData, thread: ControlThread = new ControlThread(data)) {
     super();
-    // compiled (dist/, this file is .js): the worker's compiled module itself; from the sources: boot.mjs registers tsx first
-    const entry = import.meta.url.endsWith('.js') ? './control-worker.js' : './boot.mjs';
-    this.worker = controlThread(new URL(entry, import.meta.url), data);
+    this.worker = thread.worker;
     this.host = new PacketHost(dp, this.worker);
     this.host.onInstalled = (t: Tables, info: InstallInfo) => this.emit('installed', t, info);
-    this.worker.on('message', (m: WorkerEvent) => {
+    const onMessage = (m: WorkerEvent) => {
       if (this.host.handle(m)) return;
       if (typeof m?.ev === 'string') this.emit(m.ev, m);
-    });
-    this.on('log', (m: WorkerEvent) => process.stderr.write(`tunproxy: ${String(m.msg)}\n`));
-    this.worker.on('error', (e) => this.emit('worker-error', e));
-    this.worker.on('exit', (code) => {
+    };
+    const onError = (e: Error) => this.emit('worker-error', e);
+    const onExit = (code: number) => {
       this.exited = true;
       this.emit('exit', code);
-    });
+    };
+    this.on('log', (m: WorkerEvent) => process.stderr.write(`tunproxy: ${String(m.msg)}\n`));
+    const held = thread.take();
+    this.worker.on('message', onMessage);
+    this.worker.on('error', onError);
+    this.worker.on('exit', onExit);
+    // what the thread sent before: after the caller has attached its own listeners (next() and on()
+    // come after this constructor), in a microtask, in order
+    if (held.length > 0) {
+      queueMicrotask(() => {
+        for (const h of held) {
+          if (h.kind === 'message') onMessage(h.m);
+          else if (h.kind === 'error') onError(h.e);
+          else onExit(h.code);
+        }
+      });
+    }
   }
 
   post(m: { ctl: string }): void {

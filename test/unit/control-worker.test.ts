@@ -18,7 +18,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { Dataplane } from '../../control/dataplane.ts';
-import { ControlWorker } from '../../control/worker/spawn.ts';
+import { ControlThread, ControlWorker } from '../../control/worker/spawn.ts';
+import { writeFileSync } from 'node:fs';
 import { ApiClient } from '../../control/client.ts';
 import { startApi } from '../../control/server.ts';
 import { syntheticRuleSet } from '../../bench/gen.ts';
@@ -138,4 +139,37 @@ t.test(`for comparison, the API in the packet thread: the same PUT blocks it (re
   const put = await maxDelay(() => c.request('PUT', '/v1/ruleset', { body: big2, contentType: 'application/json' }));
   t.equal(put.value.status, 200);
   t.comment(`PUT ${N} services in the packet thread: max event-loop delay ${put.ms.toFixed(1)} ms`);
+});
+
+t.test('a control thread started before the packet side keeps what it sends, in order, for the ControlWorker that takes it', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'tp-cw-'));
+  const sock = join(dir, 'api.sock');
+  const rules = join(dir, 'rules.json');
+  writeFileSync(rules, JSON.stringify(syntheticRuleSet(3, { endpoints: 1 })));
+  const data = { tun: 'tpcw1', rules, stateDir: dir, socket: sock, socketExplicit: true, socketMode: 0o600, maxBody: 1 << 20, decider: 'compiled' as const };
+  const thread = new ControlThread(data);
+  // as tunproxy run does: the thread works while this one does other things; nothing listens yet
+  const t0 = Date.now();
+  while ((thread.held?.length ?? 0) < 2 && Date.now() - t0 < 20_000) await new Promise((r) => setTimeout(r, 20));
+  const held = (thread.held ?? []).map((h) => (h.kind === 'message' ? (h.m as { ev?: string; op?: string }).ev ?? (h.m as { op?: string }).op : h.kind));
+  t.ok(held.length >= 2, `the thread's first messages were kept: ${held.join(', ')}`);
+  t.ok(held.includes('rules'), 'among them the rule set it applied');
+  t.ok(held.includes('tables'), 'and the tables it sent to the packet side');
+  const dp = new Dataplane({ conntrackMax: 1024 });
+  const cw = new ControlWorker(dp, data, thread);
+  t.teardown(async () => {
+    await cw.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  const first = await cw.next('rules', 'fatal');
+  t.equal(first.ev, 'rules', 'the kept event reaches the listener attached after the ControlWorker was made');
+  t.equal(thread.held, null, 'the ControlWorker took the thread');
+  await cw.inForce(dp, Number(first.generation));
+  t.equal(dp.tables?.liveServicePorts, 3, 'the kept tables request went into force on the packet side');
+  cw.post({ ctl: 'start-api' });
+  const api = await cw.next('api');
+  t.equal(api.error, undefined, 'the API comes up');
+  const r = await new ApiClient({ socket: sock }).request<{ services: unknown[] }>('GET', '/v1/ruleset');
+  t.equal(r.status, 200);
+  t.equal(r.body.services.length, 3, 'served by the thread started early');
 });
