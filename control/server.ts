@@ -26,6 +26,7 @@ import { registerImportRoutes } from './api/import.ts';
 import { registerConntrackRoutes } from './api/conntrack.ts';
 import { LinearCache, registerTraceRoutes } from './api/trace.ts';
 import { ApiMetrics, registerObserveRoutes } from './api/observe.ts';
+import { LazyValidators } from './api/lazy-validators.ts';
 
 export { ApiContext } from './api/context.ts';
 
@@ -81,15 +82,22 @@ function installParsers(app: FastifyInstance): void {
   app.addContentTypeParser('text/plain', { parseAs: 'string' }, (_req, body, done) => done(null, body));
 }
 
+/** How long after the API listens its request schemas start compiling (lazy-validators.ts): after the start's last steps. */
+const WARM_AFTER_MS = 1000;
+
 /** A fastify instance serving every route on `ctx`. */
 export function buildApi(ctx: ApiContext, metrics: ApiMetrics, cache: LinearCache, o: BuildOptions = {}): FastifyInstance {
+  const validators = new LazyValidators();
   const app = Fastify({
     logger: o.logger ?? false,
     bodyLimit: SMALL_BODY_LIMIT,
     requestTimeout: 300_000,
     return503OnClosing: true,
     ajv: { customOptions: { removeAdditional: false, useDefaults: false, coerceTypes: false, allErrors: false } },
+    // request schemas compiled when first used, and all of them once the server listens (lazy-validators.ts)
+    schemaController: { compilersFactory: { buildValidator: validators.buildValidator as never } },
   });
+  app.addHook('onListen', async () => validators.warm(WARM_AFTER_MS));
   app.decorateRequest('jsonText', null);
   installParsers(app);
   installErrorHandlers(app, { bodyLimit: SMALL_BODY_LIMIT });
