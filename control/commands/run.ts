@@ -262,7 +262,7 @@ export async function run(o: RunOptions): Promise<void> {
     store = null; // the control worker says why (or fails the start for an explicit --state-dir)
   }
   const existed = existsSync(`/sys/class/net/${o.tun}`);
-  const cw = new ControlWorker(dp, thread.data, thread);
+  const cw = new ControlWorker(dp, thread);
   let stopping = false;
   cw.on('worker-error', (e: Error) => log(`the control worker failed: ${e.stack ?? e.message}; packets keep moving with the rules in force, the API is gone`));
   cw.on('exit', (code: number) => {

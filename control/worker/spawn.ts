@@ -66,7 +66,6 @@ export function controlThread(url: URL, workerData: unknown): Worker {
  */
 export class ControlThread {
   readonly worker: Worker;
-  readonly data: ControlWorkerData;
   /** messages, errors and the exit, in order, until a ControlWorker takes the thread */
   held: Array<{ kind: 'message'; m: WorkerEvent } | { kind: 'error'; e: Error } | { kind: 'exit'; code: number }> | null = [];
   private readonly onMessage = (m: WorkerEvent) => this.held?.push({ kind: 'message', m });
@@ -76,7 +75,6 @@ export class ControlThread {
   constructor(data: ControlWorkerData) {
     // compiled (dist/, this file is .js): the worker's compiled module itself; from the sources: boot.mjs registers tsx first
     const entry = import.meta.url.endsWith('.js') ? './control-worker.js' : './boot.mjs';
-    this.data = data;
     this.worker = controlThread(new URL(entry, import.meta.url), data);
     this.worker.unref();
     this.worker.on('message', this.onMessage);
@@ -101,9 +99,10 @@ export class ControlWorker extends EventEmitter {
   readonly host: PacketHost;
   private exited = false;
 
-  /** `thread`: started before (ControlThread), its events so far delivered now; else started here. */
-  constructor(dp: Dataplane, data: ControlWorkerData, thread: ControlThread = new ControlThread(data)) {
+  /** `from`: a thread started before (ControlThread), its events so far delivered now; or the data to start one with here. */
+  constructor(dp: Dataplane, from: ControlWorkerData | ControlThread) {
     super();
+    const thread = from instanceof ControlThread ? from : new ControlThread(from);
     this.worker = thread.worker;
     this.host = new PacketHost(dp, this.worker);
     this.host.onInstalled = (t: Tables, info: InstallInfo) => this.emit('installed', t, info);

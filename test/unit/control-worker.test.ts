@@ -156,7 +156,7 @@ t.test('a control thread started before the packet side keeps what it sends, in 
   t.ok(held.includes('rules'), 'among them the rule set it applied');
   t.ok(held.includes('tables'), 'and the tables it sent to the packet side');
   const dp = new Dataplane({ conntrackMax: 1024 });
-  const cw = new ControlWorker(dp, data, thread);
+  const cw = new ControlWorker(dp, thread);
   t.teardown(async () => {
     await cw.stop();
     rmSync(dir, { recursive: true, force: true });
