@@ -126,7 +126,7 @@ function tunForwardedPps(): { pps: number; from: string; mismatch: string | null
 const TUN = tunForwardedPps();
 
 const C = QUICK
-  ? { baselineSeconds: BASELINE_SECONDS ?? 2, services: 2000, putPps: 5000, streamPps: 3000, listFlows: 20000, swaps: 50, swapPps: 5000, restartConnections: 50, connections: 20, floodMax: 5000, floodRate: 20000, soakSeconds: 12, soakNewFlowRate: 500, fuzzCount: 20000, fuzzRate: 10000, leadInMs: 800, tailMs: 800 }
+  ? { baselineSeconds: BASELINE_SECONDS ?? 2, services: 2000, putPps: 5000, streamPps: 3000, listFlows: 20000, swaps: 50, swapPps: 5000, restartConnections: 50, connections: 20, floodMax: 5000, floodRate: 20000, soakSeconds: 6, soakNewFlowRate: 500, fuzzCount: 20000, fuzzRate: 10000, leadInMs: 800, tailMs: 800 }
   : { baselineSeconds: BASELINE_SECONDS ?? 10, services: 100000, putPps: Math.round(TUN.pps / 2), streamPps: 10000, listFlows: 1000000, swaps: 1000, swapPps: 10000, restartConnections: 1000, connections: 100, floodMax: 50000, floodRate: 50000, soakSeconds: 600, soakNewFlowRate: 2000, fuzzCount: 1000000, fuzzRate: 50000, leadInMs: 2000, tailMs: 2000 };
 
 // ------------------------------------------------------------------ the lab
