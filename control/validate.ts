@@ -129,7 +129,7 @@ const ENDPOINT_FIELDS = new Set(['address', 'ports', 'ready', 'serving', 'termin
 const isBoolOrUndef = (v: unknown) => v === undefined || typeof v === 'boolean';
 
 /** An endpoint with nothing to report (checked without building any path string; `fams`: bit 1 IPv4, bit 2 IPv6 allowed): its address as a number, else -1. */
-function plainEndpoint(ep: unknown, portNames: Set<string>, namedTarget: boolean, seen: Set<number>, fams: number): Addr {
+function plainEndpoint(ep: unknown, portNames: SmallSet<string>, namedTarget: boolean, seen: SmallSet<number>, fams: number): Addr {
   if (!isObj(ep)) return -1;
   for (const k in ep) if (!ENDPOINT_FIELDS.has(k)) return -1;
   if (typeof ep.address !== 'string') return -1;
@@ -255,7 +255,7 @@ export class Conflicts {
 const isPortNumber = (v: unknown): boolean => typeof v === 'number' && Number.isInteger(v) && v >= 1 && v <= 65535;
 
 /** A service port with nothing to report (checked without building any string); records its name. */
-function plainPort(p: unknown, nPorts: number, names: Set<string>, range: readonly [number, number]): boolean {
+function plainPort(p: unknown, nPorts: number, names: SmallSet<string>, range: readonly [number, number]): boolean {
   if (!isObj(p)) return false;
   for (const k in p) if (!PORT_FIELDS.has(k)) return false;
   const name = p.name;
@@ -343,6 +343,55 @@ const ONLY_IPV4: readonly Family[] = [4];
 /** the node's families as bits: 1 IPv4, 2 IPv6 */
 const nodeFamilies = (n: NodeModel): number => (n.addrs4.length > 0 ? 1 : 0) | (n.addrs6.length > 0 ? 2 : 0);
 
+const SERVICE_REQUIRED = ['namespace', 'name', 'ports'] as const;
+const PORT_REQUIRED = ['name', 'protocol', 'port'] as const;
+const ENDPOINT_REQUIRED = ['address'] as const;
+/** The path of the service at `si` in the rule set, for an error. */
+const svcPath = (si: number): string => `services[${si}]`;
+/** Whether every field of `o` is one of `allowed` (checked without building a string). */
+function onlyFields(o: Obj, allowed: ReadonlySet<string>): boolean {
+  for (const k in o) if (!allowed.has(k)) return false;
+  return true;
+}
+
+/**
+ * A set of the few values one service has (its port names, its endpoints'
+ * addresses), reused from service to service: an array scanned while it
+ * holds at most SMALL values, a Set past that. Validation is synchronous, so
+ * one of each per thread serves every service in turn (`reset` empties it).
+ */
+export class SmallSet<T> {
+  static readonly SMALL = 16;
+  private readonly a: T[] = [];
+  private n = 0;
+  private big: Set<T> | null = null;
+  reset(): this {
+    this.n = 0;
+    this.big = null;
+    return this;
+  }
+  has(v: T): boolean {
+    if (this.big !== null) return this.big.has(v);
+    for (let i = 0; i < this.n; i++) if (this.a[i] === v) return true;
+    return false;
+  }
+  add(v: T): void {
+    if (this.big !== null) {
+      this.big.add(v);
+      return;
+    }
+    if (this.n < SmallSet.SMALL) {
+      if (!this.has(v)) this.a[this.n++] = v;
+      return;
+    }
+    if (this.has(v)) return;
+    this.big = new Set(this.a.slice(0, this.n));
+    this.big.add(v);
+  }
+}
+const PORT_NAMES = new SmallSet<string>();
+const SEEN_ENDPOINTS = new SmallSet<number>();
+
 /**
  * Check one service field by field (`si`: its position in the rule set, for
  * the paths). Returns its endpoints' addresses as numbers when nothing was
@@ -350,51 +399,52 @@ const nodeFamilies = (n: NodeModel): number => (n.addrs4.length > 0 ? 1 : 0) | (
  */
 function checkService(c: Checker, svc: unknown, si: number, range: readonly [number, number], nodeFams: number): Addr[] | null {
   const before = c.count;
-  const sp = `services[${si}]`;
+  // the path (services[si]) is built only for an error: a good service costs no strings
   if (!isObj(svc)) {
-    c.err(sp, 'must be an object');
+    c.err(svcPath(si), 'must be an object');
     return null;
   }
-  c.fields(svc, sp, SERVICE_FIELDS, ['namespace', 'name', 'ports']);
+  if (!onlyFields(svc, SERVICE_FIELDS) || svc.namespace === undefined || svc.name === undefined || svc.ports === undefined) c.fields(svc, svcPath(si), SERVICE_FIELDS, SERVICE_REQUIRED);
   for (let k = 0; k < 2; k++) {
     const f = k === 0 ? 'namespace' : 'name';
     const v = svc[f];
-    if (v !== undefined && (typeof v !== 'string' || !DNS_LABEL.test(v) || v.length > 63)) c.err(`${sp}.${f}`, `${describe(v)} is not a DNS label (lowercase letters, digits, '-', at most 63)`);
+    if (v !== undefined && (typeof v !== 'string' || !DNS_LABEL.test(v) || v.length > 63)) c.err(`${svcPath(si)}.${f}`, `${describe(v)} is not a DNS label (lowercase letters, digits, '-', at most 63)`);
   }
   // paths and names are built only for an error: a good service costs no strings
   const cip = svc.clusterIP;
   const plainFamilies = svc.clusterIPs === undefined && svc.ipFamilies === undefined && svc.ipFamilyPolicy === undefined && (cip === undefined || cip === 'None' || (typeof cip === 'string' && parseIPv4(cip) >= 0));
-  const fams = plainFamilies && cip !== undefined && cip !== 'None' ? ONLY_IPV4 : checkFamilies(c, svc, sp);
+  const fams = plainFamilies && cip !== undefined && cip !== 'None' ? ONLY_IPV4 : checkFamilies(c, svc, svcPath(si));
   const famBits = (fams.includes(4) ? 1 : 0) | (fams.includes(6) ? 2 : 0);
   if ((famBits & 2) !== 0 && (nodeFams & 2) === 0 && fams !== BOTH_FAMILIES)
-    c.err(sp, `${svc.namespace}/${svc.name} is IPv6 (its IP families are [${fams.map(fname).join(', ')}]), but node.addresses has no IPv6 address (to answer NodePorts on and masquerade to)`);
-  if (svc.externalIPs !== undefined) c.ipList(svc.externalIPs, `${sp}.externalIPs`, fams);
-  if (svc.loadBalancerIPs !== undefined) c.ipList(svc.loadBalancerIPs, `${sp}.loadBalancerIPs`, fams);
+    c.err(svcPath(si), `${svc.namespace}/${svc.name} is IPv6 (its IP families are [${fams.map(fname).join(', ')}]), but node.addresses has no IPv6 address (to answer NodePorts on and masquerade to)`);
+  if (svc.externalIPs !== undefined) c.ipList(svc.externalIPs, `${svcPath(si)}.externalIPs`, fams);
+  if (svc.loadBalancerIPs !== undefined) c.ipList(svc.loadBalancerIPs, `${svcPath(si)}.loadBalancerIPs`, fams);
   if (svc.loadBalancerSourceRanges !== undefined) {
-    if (!Array.isArray(svc.loadBalancerSourceRanges)) c.err(`${sp}.loadBalancerSourceRanges`, 'must be an array of CIDRs');
+    if (!Array.isArray(svc.loadBalancerSourceRanges)) c.err(`${svcPath(si)}.loadBalancerSourceRanges`, 'must be an array of CIDRs');
     else
       svc.loadBalancerSourceRanges.forEach((r, i) => {
-        const f = c.cidr(r, `${sp}.loadBalancerSourceRanges[${i}]`);
-        if (f !== 0 && !fams.includes(f as Family)) c.err(`${sp}.loadBalancerSourceRanges[${i}]`, `${r} is IPv${f}, but the service's IP families are [${fams.map(fname).join(', ')}]`);
+        const f = c.cidr(r, `${svcPath(si)}.loadBalancerSourceRanges[${i}]`);
+        if (f !== 0 && !fams.includes(f as Family)) c.err(`${svcPath(si)}.loadBalancerSourceRanges[${i}]`, `${r} is IPv${f}, but the service's IP families are [${fams.map(fname).join(', ')}]`);
       });
   }
-  if (svc.sessionAffinity !== undefined) c.oneOf(svc.sessionAffinity, `${sp}.sessionAffinity`, ['None', 'ClientIP']);
-  if (svc.sessionAffinityTimeoutSeconds !== undefined) c.int(svc.sessionAffinityTimeoutSeconds, `${sp}.sessionAffinityTimeoutSeconds`, 1, 86400);
-  if (svc.externalTrafficPolicy !== undefined) c.oneOf(svc.externalTrafficPolicy, `${sp}.externalTrafficPolicy`, ['Cluster', 'Local']);
-  if (svc.internalTrafficPolicy !== undefined) c.oneOf(svc.internalTrafficPolicy, `${sp}.internalTrafficPolicy`, ['Cluster', 'Local']);
+  if (svc.sessionAffinity !== undefined) c.oneOf(svc.sessionAffinity, `${svcPath(si)}.sessionAffinity`, ['None', 'ClientIP']);
+  if (svc.sessionAffinityTimeoutSeconds !== undefined) c.int(svc.sessionAffinityTimeoutSeconds, `${svcPath(si)}.sessionAffinityTimeoutSeconds`, 1, 86400);
+  if (svc.externalTrafficPolicy !== undefined) c.oneOf(svc.externalTrafficPolicy, `${svcPath(si)}.externalTrafficPolicy`, ['Cluster', 'Local']);
+  if (svc.internalTrafficPolicy !== undefined) c.oneOf(svc.internalTrafficPolicy, `${svcPath(si)}.internalTrafficPolicy`, ['Cluster', 'Local']);
 
-  const portNames = new Set<string>();
-  if (svc.ports !== undefined && (!Array.isArray(svc.ports) || svc.ports.length === 0)) c.err(`${sp}.ports`, 'must be a non-empty array');
+  // one service's port names and endpoint addresses: the module's two small sets, emptied for each service (no Set made per service)
+  const portNames = PORT_NAMES.reset();
+  if (svc.ports !== undefined && (!Array.isArray(svc.ports) || svc.ports.length === 0)) c.err(`${svcPath(si)}.ports`, 'must be a non-empty array');
   const ports = Array.isArray(svc.ports) ? svc.ports : [];
   for (let pi = 0; pi < ports.length; pi++) {
     const p: unknown = ports[pi];
     if (plainPort(p, ports.length, portNames, range)) continue; // the common case: no strings built
-    const pp = `${sp}.ports[${pi}]`;
+    const pp = `${svcPath(si)}.ports[${pi}]`;
     if (!isObj(p)) {
       c.err(pp, 'must be an object');
       continue;
     }
-    c.fields(p, pp, PORT_FIELDS, ['name', 'protocol', 'port']);
+    c.fields(p, pp, PORT_FIELDS, PORT_REQUIRED);
     if (typeof p.name !== 'string') {
       if (p.name !== undefined) c.err(`${pp}.name`, 'must be a string');
     } else if (p.name === '') {
@@ -417,8 +467,8 @@ function checkService(c: Checker, svc: unknown, si: number, range: readonly [num
     }
   }
 
-  if (svc.endpoints !== undefined && !Array.isArray(svc.endpoints)) c.err(`${sp}.endpoints`, 'must be an array');
-  const seenEp = new Set<number>();
+  if (svc.endpoints !== undefined && !Array.isArray(svc.endpoints)) c.err(`${svcPath(si)}.endpoints`, 'must be an array');
+  const seenEp = SEEN_ENDPOINTS.reset();
   let namedTarget = false;
   for (let pi = 0; pi < ports.length; pi++) if (isObj(ports[pi]) && typeof (ports[pi] as Obj).targetPort === 'string') namedTarget = true;
   const eps: unknown[] = Array.isArray(svc.endpoints) ? svc.endpoints : [];
@@ -428,12 +478,12 @@ function checkService(c: Checker, svc: unknown, si: number, range: readonly [num
     const pa = plainEndpoint(ep, portNames, namedTarget, seenEp, famBits);
     addrs[ei] = pa;
     if (pa >= 0) continue; // the common case: no strings built
-    const ep_ = `${sp}.endpoints[${ei}]`;
+    const ep_ = `${svcPath(si)}.endpoints[${ei}]`;
     if (!isObj(ep)) {
       c.err(ep_, 'must be an object');
       continue;
     }
-    c.fields(ep, ep_, ENDPOINT_FIELDS, ['address']);
+    c.fields(ep, ep_, ENDPOINT_FIELDS, ENDPOINT_REQUIRED);
     const a = ep.address === undefined ? -1 : c.ip(ep.address, `${ep_}.address`);
     if (a >= 0) {
       if (seenEp.has(a)) c.err(`${ep_}.address`, `${ep.address} is listed twice in ${svc.namespace}/${svc.name}`);
@@ -450,7 +500,7 @@ function checkService(c: Checker, svc: unknown, si: number, range: readonly [num
     } else {
       ports.forEach((p, pi) => {
         if (isObj(p) && typeof p.targetPort === 'string')
-          c.err(`${ep_}.ports`, `is required: ${sp}.ports[${pi}] has the named targetPort ${JSON.stringify(p.targetPort)}`);
+          c.err(`${ep_}.ports`, `is required: ${svcPath(si)}.ports[${pi}] has the named targetPort ${JSON.stringify(p.targetPort)}`);
       });
     }
     for (const f of ['ready', 'serving', 'terminating', 'nodeLocal']) c.bool(ep[f], `${ep_}.${f}`);

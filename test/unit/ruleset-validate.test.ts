@@ -72,6 +72,30 @@ t.test('duplicate services, ports and endpoints', async (t) => {
   t.ok(errs.some((e) => e === 'services[0].endpoints[2].address: 10.64.1.7 is listed twice in kube-system/kube-dns'));
 });
 
+t.test('duplicates past the few a service usually has (the small sets turn into Sets at 16), and nothing carried from one service to the next', async (t) => {
+  const rs = demo();
+  const eps = Array.from({ length: 40 }, (_, i) => ({ address: `10.64.9.${i + 1}` }));
+  // the 30th repeats the 3rd, the 40th the 20th: both past the 16 an array holds
+  eps[29] = { address: '10.64.9.3' };
+  eps[39] = { address: '10.64.9.20' };
+  rs.services[1].endpoints = eps;
+  const ports = Array.from({ length: 20 }, (_, i) => ({ name: `p${i}`, protocol: 'TCP' as const, port: 1000 + i }));
+  ports[18] = { name: 'p17', protocol: 'TCP', port: 2018 };
+  rs.services[1].ports = ports;
+  const errs = errorsOf(rs);
+  t.same(errs.filter((e) => e.startsWith('services[1].')), [
+    'services[1].ports[18].name: port name "p17" is used twice in default/web-svc',
+    'services[1].endpoints[29].address: 10.64.9.3 is listed twice in default/web-svc',
+    'services[1].endpoints[39].address: 10.64.9.20 is listed twice in default/web-svc',
+  ]);
+  // the next services have endpoints and ports of the same names and addresses: not duplicates of services[1]'s
+  const rs2 = demo();
+  rs2.services[1].endpoints = eps.slice(0, 20);
+  rs2.services[2].endpoints = eps.slice(0, 20);
+  rs2.services[2].ports = ports.slice(0, 17);
+  t.same(errorsOf(rs2), [], 'the same endpoints and port names in two services are no error');
+});
+
 t.test('endpoint ports must name service ports; named targetPorts need them', async (t) => {
   const rs = demo();
   rs.services[1].endpoints![0].ports = { 'nginx-svc-port': 80, nope: 1 };
