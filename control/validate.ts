@@ -360,7 +360,7 @@ function onlyFields(o: Obj, allowed: ReadonlySet<string>): boolean {
  * holds at most SMALL values, a Set past that. Validation is synchronous, so
  * one of each per thread serves every service in turn (`reset` empties it).
  */
-export class SmallSet<T> {
+class SmallSet<T> {
   static readonly SMALL = 16;
   private readonly a: T[] = [];
   private n = 0;
@@ -399,7 +399,6 @@ const SEEN_ENDPOINTS = new SmallSet<number>();
  */
 function checkService(c: Checker, svc: unknown, si: number, range: readonly [number, number], nodeFams: number): Addr[] | null {
   const before = c.count;
-  // the path (services[si]) is built only for an error: a good service costs no strings
   if (!isObj(svc)) {
     c.err(svcPath(si), 'must be an object');
     return null;
