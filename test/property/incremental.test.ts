@@ -7,7 +7,7 @@ import t from 'tap';
 import { isDeepStrictEqual } from 'node:util';
 import fc from 'fast-check';
 import { arbRuleSet, packetFor } from '../support/arbitraries.ts';
-import { RuleSetHolder, diffServices } from '../../control/runtime.ts';
+import { RuleSetHolder, diffServices, maxIncremental } from '../../control/runtime.ts';
 import { RuleSetError } from '../../control/validate.ts';
 import { compiledVerdict } from '../../dataplane/tables.ts';
 import { compiledVerdict6 } from '../../dataplane/tables6.ts';
@@ -172,4 +172,48 @@ t.test('diffServices finds replaced, appended, inserted and deleted services', a
   const many = Array.from({ length: 1000 }, (_, i) => s(`s${i}`));
   t.equal(diffServices(many, many.map((v, i) => (i % 2 ? s(`n${i}`) : v))), null, 'too many changes: the full path');
   t.same(diffServices(many, [...many.slice(0, 500), ...many.slice(501)]), { removed: [500], added: [] });
+  // up to a quarter of the services in force (at least 256) go the incremental way
+  t.equal(maxIncremental(100), 256);
+  t.equal(maxIncremental(1000), 256);
+  t.equal(maxIncremental(100_000), 25_000);
+  const lots = Array.from({ length: 4000 }, (_, i) => s(`s${i}`));
+  const every = (k: number) => lots.map((v, i) => (i % k === 0 ? s(`n${i}`) : v));
+  t.equal(diffServices(lots, every(4))!.added.length, 1000, 'a quarter of 4 000 changed: a diff');
+  t.equal(diffServices(lots, every(3)), null, 'a third: the full path');
+});
+
+t.test('a quarter of the services changed still goes the incremental way, and decides as a full compile', async (t) => {
+  const { syntheticRuleSet } = await import('../../bench/gen.ts');
+  const n = 2000;
+  const rs = syntheticRuleSet(n);
+  const more = syntheticRuleSet(n + 40).services.slice(n);
+  const inc = new RuleSetHolder();
+  const full = new RuleSetHolder({ incremental: false });
+  const copy = new RuleSetHolder({ inPlace: false });
+  for (const h of [inc, full, copy]) h.apply(rs);
+  copy.prepareIncremental();
+  // 450 of 2 000 (more than 256, less than a quarter): 400 with other endpoints where they stand, the
+  // last 10 removed, 40 new ones appended (the 10 places at the end count as replaced: 460 added, 450 removed)
+  const services = rs.services.slice(0, n - 10);
+  for (let i = 3; i < 2000 && i < services.length; i += 5) services[i] = { ...services[i], endpoints: [{ address: `10.127.${i >> 8}.${i & 255}` }] };
+  const next = { ...rs, services: [...services, ...more] };
+  const r = inc.apply(next);
+  t.equal(r.mode, 'incremental', `${r.mode}: 450 services changed of ${n}`);
+  t.equal(copy.apply(next).mode, 'incremental', 'into copies too');
+  full.apply(next);
+  t.ok(isDeepStrictEqual(inc.model!.services, full.model!.services), 'the models of both paths are equal');
+  t.equal(inc.current!.liveServicePorts, full.current!.liveServicePorts);
+  let compared = 0;
+  for (const p of fc.sample(packetFor(next), { numRuns: 3000, seed: 11 })) {
+    const y = JSON.stringify(compiledVerdict(full.current!, p));
+    if (JSON.stringify(compiledVerdict(inc.current!, p)) !== y || JSON.stringify(compiledVerdict(copy.current!, p)) !== y) {
+      t.fail(`verdicts differ for ${JSON.stringify(p)}`);
+      break;
+    }
+    compared++;
+  }
+  t.equal(compared, 3000, 'every sampled packet decided alike by the patched tables (in place and into copies) and the compiled ones');
+  // past a quarter: the full path
+  const most = next.services.map((sv, i) => (i % 3 === 0 ? { ...sv, endpoints: [{ address: '10.127.255.1' }] } : sv));
+  t.equal(inc.apply({ ...next, services: most }).mode, 'full', 'a third of the services changed: the full path');
 });
