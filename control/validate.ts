@@ -131,7 +131,7 @@ const isBoolOrUndef = (v: unknown) => v === undefined || typeof v === 'boolean';
 /** An endpoint with nothing to report (checked without building any path string; `fams`: bit 1 IPv4, bit 2 IPv6 allowed): its address as a number, else -1. */
 function plainEndpoint(ep: unknown, portNames: SmallSet<string>, namedTarget: boolean, seen: SmallSet<number>, fams: number): Addr {
   if (!isObj(ep)) return -1;
-  for (const k in ep) if (!ENDPOINT_FIELDS.has(k)) return -1;
+  if (!onlyFields(ep, ENDPOINT_FIELDS)) return -1;
   if (typeof ep.address !== 'string') return -1;
   const a = parseAddr(ep.address);
   if (a < 0 || seen.has(a) || (fams & (a >= ADDR6_BASE ? 2 : 1)) === 0) return -1;
@@ -257,7 +257,7 @@ const isPortNumber = (v: unknown): boolean => typeof v === 'number' && Number.is
 /** A service port with nothing to report (checked without building any string); records its name. */
 function plainPort(p: unknown, nPorts: number, names: SmallSet<string>, range: readonly [number, number]): boolean {
   if (!isObj(p)) return false;
-  for (const k in p) if (!PORT_FIELDS.has(k)) return false;
+  if (!onlyFields(p, PORT_FIELDS)) return false;
   const name = p.name;
   if (typeof name !== 'string' || names.has(name)) return false;
   if (name === '' ? nPorts > 1 : name.length > 63 || !PORT_NAME.test(name)) return false;
