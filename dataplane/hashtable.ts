@@ -25,6 +25,8 @@
  * -1 touched every page at the start: ~90 ms of a ~1.2 s start on the AMD
  * machine, at 2.8 ms per MB touched for the first time).
  */
+import { sharedBuffers } from './shared-arrays.ts';
+
 const STRIDE = 4; // a, b, value + 1 (EMPTY = free), spare
 const EMPTY = 0;
 
@@ -64,7 +66,7 @@ export class IntPairTable {
     else while (cap * load < expected) cap *= 2;
     // every field in the same order on every path: one hidden class for every table (monomorphic lookups)
     this.mask = cap - 1;
-    this.slots = o.slots ?? (o.shared === true ? new Int32Array(new SharedArrayBuffer(cap * STRIDE * 4)) : new Int32Array(cap * STRIDE));
+    this.slots = o.slots ?? (o.shared === true ? new Int32Array(sharedBuffers.take(cap * STRIDE * 4)) : new Int32Array(cap * STRIDE));
     this.prehashed = o.prehashed ?? false;
     this.maxKeys = Math.floor(cap * load);
   }
@@ -213,12 +215,19 @@ export class IntPairTable {
 
   /** A copy (load ½) with room for `expected` keys in all (rehashed when it needs more slots), on shared memory when this one is. */
   copy(expected: number): IntPairTable {
-    const n = new IntPairTable(Math.max(expected, this.size), { prehashed: this.prehashed, shared: this.slots.buffer instanceof SharedArrayBuffer });
-    if (n.mask === this.mask) {
-      n.slots.set(this.slots);
+    const shared = this.slots.buffer instanceof SharedArrayBuffer;
+    let cap = 16;
+    while (cap * 0.5 < Math.max(expected, this.size)) cap *= 2;
+    if (cap - 1 === this.mask) {
+      // the same slots: copied as they are (on shared memory, into a buffer that needs no zeroing first)
+      const bytes = this.slots.byteLength;
+      const slots = shared ? new Int32Array(sharedBuffers.take(bytes, bytes)) : new Int32Array(this.slots.length);
+      slots.set(this.slots);
+      const n = new IntPairTable(0, { prehashed: this.prehashed, slots });
       n.size = this.size;
       return n;
     }
+    const n = new IntPairTable(Math.max(expected, this.size), { prehashed: this.prehashed, shared });
     const s = this.slots;
     for (let o = 0; o < s.length; o += STRIDE) if (s[o + 2] !== EMPTY) n.insert(s[o], s[o + 1], s[o + 2] - 1);
     return n;

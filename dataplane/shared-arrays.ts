@@ -3,9 +3,93 @@
  * the packet thread reads (control/compile.ts, dataplane/tables-wire.ts).
  */
 
-/** An Int32Array of n on a SharedArrayBuffer (zeroed). */
+/**
+ * Shared buffers the packet thread has let go of, for the control worker's
+ * next copies. A one-service change in `tunproxy run` copies the tables'
+ * arrays it writes (the packet thread may be reading the ones in force): at
+ * 100 000 services the service rows (3.2 MB) for a replacement, the VIP
+ * indexes (4 MB each) and the NodePort array for an addition. On a new
+ * buffer that is memory touched for the first time on every change, which
+ * on a VM costs the kernel a fault and a zeroed page per 4 KiB (~3 ms per MB
+ * on the AMD machine: most of such a change's time). Once the packet thread
+ * has swapped in a newer snapshot, the buffers only older snapshots used are
+ * read by nobody (control/worker/remote.ts gives them back here), and the
+ * next copy of the same size takes one: its pages are already there.
+ *
+ * Taking is always safe (a buffer is given back only when nothing reads
+ * it); `give` is the caller's promise. Buffers are matched by exact size
+ * (the copies of one array have the same size from one change to the next),
+ * and at most MAX_BYTES are kept (the rest is left to the collector).
+ */
+export class SharedBufferPool {
+  static readonly MAX_BYTES = 64 << 20;
+  private readonly free = new Map<number, SharedArrayBuffer[]>();
+  /** the buffers held now (a buffer given twice is kept once) */
+  private readonly held = new WeakSet<SharedArrayBuffer>();
+  private heldBytes = 0;
+  /** buffers taken again, and given back, since the start (for tests and logs) */
+  reused = 0;
+  given = 0;
+
+  /** How many bytes the pool holds. */
+  get bytes(): number {
+    return this.heldBytes;
+  }
+
+  /**
+   * A buffer of `byteLength` bytes whose bytes from `keepFrom` on are zero
+   * (those before it are for the caller to write: a copy's first part): a
+   * held one of that size when there is one, else a new one.
+   */
+  take(byteLength: number, keepFrom = 0): SharedArrayBuffer {
+    const list = this.free.get(byteLength);
+    const b = list?.pop();
+    if (b === undefined) return new SharedArrayBuffer(byteLength);
+    if (list!.length === 0) this.free.delete(byteLength);
+    this.held.delete(b);
+    this.heldBytes -= byteLength;
+    this.reused++;
+    if (keepFrom < byteLength) new Uint8Array(b, keepFrom).fill(0);
+    return b;
+  }
+
+  /** Keep `b` for a later take: nothing reads or writes it any more. */
+  give(b: SharedArrayBuffer): void {
+    if (this.held.has(b) || b.byteLength === 0 || this.heldBytes + b.byteLength > SharedBufferPool.MAX_BYTES) return;
+    this.held.add(b);
+    this.heldBytes += b.byteLength;
+    this.given++;
+    let list = this.free.get(b.byteLength);
+    if (list === undefined) this.free.set(b.byteLength, (list = []));
+    list.push(b);
+  }
+
+  /** Forget every held buffer. */
+  clear(): void {
+    this.free.clear();
+    this.heldBytes = 0;
+  }
+}
+
+/** This thread's pool (the control worker's, in `tunproxy run`: the only thread that gives buffers back). */
+export const sharedBuffers = new SharedBufferPool();
+
+/**
+ * The size of a buffer for an array that may grow (its room past the array
+ * is for extendShared): `bytes` rounded up to an eighth of its power of two
+ * (at most an eighth more) when it is past 64 KiB. Copies of one array whose
+ * length moved a little (a service added) then have the same size, and the
+ * pool's exact match finds the buffer an older snapshot let go of.
+ */
+export function roomyBytes(bytes: number): number {
+  if (bytes <= 65536) return bytes;
+  const step = 2 ** (Math.floor(Math.log2(bytes)) - 3);
+  return Math.ceil(bytes / step) * step;
+}
+
+/** An Int32Array of n on a SharedArrayBuffer (zeroed; the buffer may be larger: roomyBytes). */
 export function sharedInt32(n: number): Int32Array {
-  return new Int32Array(new SharedArrayBuffer(Math.max(n, 2) * 4), 0, n);
+  return new Int32Array(sharedBuffers.take(roomyBytes(Math.max(n, 2) * 4)), 0, n);
 }
 
 export type Appendable = Int32Array | Uint16Array | Float64Array;
@@ -36,7 +120,7 @@ export function extendShared<T extends Appendable>(C: SharedCtor<T>, prev: T, us
  * (room never written costs no memory: the kernel gives pages when touched).
  */
 export function copyShared<T extends Appendable>(C: SharedCtor<T>, from: T, used: number, n: number): T {
-  const a = new C(new SharedArrayBuffer(Math.max(n + (n >> 2), 8) * C.BYTES_PER_ELEMENT), 0, n);
+  const a = new C(sharedBuffers.take(roomyBytes(Math.max(n + (n >> 2), 8) * C.BYTES_PER_ELEMENT), used * C.BYTES_PER_ELEMENT), 0, n);
   a.set((used === from.length ? from : from.subarray(0, used)) as never);
   return a;
 }

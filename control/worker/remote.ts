@@ -6,6 +6,7 @@
 import type { MessagePort } from 'node:worker_threads';
 import type { Tables } from '../../dataplane/tables.ts';
 import { TablesEncoder } from '../../dataplane/tables-wire.ts';
+import { sharedBuffers } from '../../dataplane/shared-arrays.ts';
 import type { ConntrackQuery } from '../api/conntrack.ts';
 import type { FlowChunk } from './flows.ts';
 import { FlowRecord } from './flows.ts';
@@ -21,6 +22,13 @@ export class RemotePacketSide implements PacketSide {
   /** generation → the promise of its swap on the packet thread */
   private readonly installs = new Map<number, Promise<InstallInfo>>();
   private inForce = 0;
+  /**
+   * per snapshot sent and not yet superseded on the packet thread, the shared
+   * buffers of its tables' arrays (oldest first): given back to the pool
+   * (shared-arrays.ts) once a newer snapshot is in force there and no snapshot
+   * still pending or in force uses them
+   */
+  private sent: Array<{ generation: number; buffers: SharedArrayBuffer[] }> = [];
   /** called with every snapshot's install report */
   onInstalled: ((info: InstallInfo) => void) | null = null;
 
@@ -48,8 +56,10 @@ export class RemotePacketSide implements PacketSide {
   /** Send a snapshot to the packet thread (the holder's onSwap). */
   sendTables(t: Tables, linear: { text: string; text6?: string | null; localAddresses: string[] } | null): Promise<InstallInfo> {
     const wire = this.encoder.encode(t);
+    this.sent.push({ generation: t.generation, buffers: tablesBuffers(t) });
     const p = this.call<InstallInfo>({ op: 'tables', wire, linear }).then((info) => {
       if (info.generation > this.inForce) this.inForce = info.generation;
+      if (!info.skipped) this.release(info.generation);
       this.installs.delete(t.generation);
       this.onInstalled?.(info);
       return info;
@@ -57,6 +67,27 @@ export class RemotePacketSide implements PacketSide {
     this.installs.set(t.generation, p);
     p.catch(() => this.installs.delete(t.generation));
     return p;
+  }
+
+  /**
+   * The packet thread swapped in `generation`: it reads no older snapshot's
+   * tables any more (Loop.setTables swaps between two batches; the views it
+   * keeps read the wire form's own arrays, not these), and this thread's
+   * holder reads only its newest, which is sent. The buffers only older
+   * snapshots used go back to the pool for the next copies.
+   */
+  private release(generation: number): void {
+    const keep = new Set<SharedArrayBuffer>();
+    for (const s of this.sent) if (s.generation >= generation) for (const b of s.buffers) keep.add(b);
+    for (const s of this.sent) {
+      if (s.generation >= generation) continue;
+      for (const b of s.buffers) {
+        if (keep.has(b)) continue;
+        keep.add(b); // once
+        sharedBuffers.give(b);
+      }
+    }
+    this.sent = this.sent.filter((s) => s.generation >= generation);
   }
 
   async whenInForce(generation: number): Promise<void> {
@@ -109,4 +140,13 @@ export class RemotePacketSide implements PacketSide {
       return r;
     });
   }
+}
+
+/** The shared buffers of the arrays a snapshot's IPv4 tables are made of (the pool's kind of buffer: see shared-arrays.ts). */
+function tablesBuffers(t: Tables): SharedArrayBuffer[] {
+  const out: SharedArrayBuffer[] = [];
+  for (const a of [t.serviceRows, t.endpointFlat, t.nodePorts, t.localAddrs, t.vipIndex.rawSlots, t.vipAddrs.rawSlots]) {
+    if (a.buffer instanceof SharedArrayBuffer && !out.includes(a.buffer)) out.push(a.buffer);
+  }
+  return out;
 }
