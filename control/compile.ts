@@ -47,7 +47,7 @@ import {
   F_HAS_ENDPOINTS, F_EXTERNAL_LOCAL, F_HAS_EXTERNAL_ENDPOINTS, F_HAS_INTERNAL, F_INTERNAL_LOCAL, F_FIREWALL, F_SLOW_SELECT,
 } from '../dataplane/tables.ts';
 import { buildMaglev, fnv1a } from '../dataplane/select.ts';
-import { copyShared, extendShared, sharedInt32 } from '../dataplane/shared-arrays.ts';
+import { copyShared, extendShared, roomyBytes, sharedBuffers, sharedInt32 } from '../dataplane/shared-arrays.ts';
 
 const NO_INDEX: ReadonlyMap<number, number> = new Map();
 const NO_ADDRS: readonly number[] = Object.freeze([]);
@@ -661,6 +661,31 @@ export function patchTables(prev: Tables, node: NodeModel, removed: readonly num
   for (const i of removed) b.remove(i);
   const entries = models.map((m) => m.map((sp) => b.add(sp).index));
   return { tables: withV6(b.tables(generation), prev), entries, freedPairs: b.freedPairs };
+}
+
+/**
+ * Ahead of the next change into copies (the control worker, when idle after
+ * a swap): the shared-buffer pool holds a buffer, its pages touched, for
+ * each copy `patchTables` makes of `t`'s arrays: the rows (a replacement or
+ * a removal), and the two VIP indexes and the NodePort array (new keys). The
+ * first change after a full apply then touches no memory for them either;
+ * later ones find the buffers of the snapshots the packet thread let go of
+ * (control/worker/remote.ts). At 100 000 services ~13 MB, made once.
+ */
+export function prepareCopies(t: Tables): void {
+  const need = new Map<number, number>();
+  const add = (bytes: number) => need.set(bytes, (need.get(bytes) ?? 0) + 1);
+  // the sizes copyShared and IntPairTable.copy ask for (the rows as they are, and with a service port
+  // more: nearly always the same size class, else both)
+  const rowsBytes = (n: number) => roomyBytes(Math.max(n + (n >> 2), 8) * 4);
+  const rows = t.serviceRows.length;
+  add(rowsBytes(rows));
+  if (rowsBytes(rows + ROW) !== rowsBytes(rows)) add(rowsBytes(rows + ROW));
+  add(t.vipIndex.rawSlots.byteLength);
+  add(t.vipAddrs.rawSlots.byteLength);
+  const np = t.nodePorts.length;
+  add(roomyBytes(Math.max(np + (np >> 2), 8) * 4));
+  for (const [bytes, count] of need) sharedBuffers.ensure(bytes, count);
 }
 
 /** An incremental snapshot keeps the IPv6 tables in force (the holder compiles them again when IPv6 service ports changed). */

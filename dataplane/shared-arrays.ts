@@ -18,22 +18,29 @@
  *
  * Taking is always safe (a buffer is given back only when nothing reads
  * it); `give` is the caller's promise. Buffers are matched by exact size
- * (the copies of one array have the same size from one change to the next),
- * and at most MAX_BYTES are kept (the rest is left to the collector).
+ * (the copies of one array have the same size from one change to the next:
+ * roomyBytes), and at most MAX_BYTES are kept: past it the buffers held
+ * longest are left to the collector (sizes no longer asked for go first).
  */
 export class SharedBufferPool {
   static readonly MAX_BYTES = 64 << 20;
   private readonly free = new Map<number, SharedArrayBuffer[]>();
-  /** the buffers held now (a buffer given twice is kept once) */
-  private readonly held = new WeakSet<SharedArrayBuffer>();
+  /** the buffers held, oldest first */
+  private order: SharedArrayBuffer[] = [];
   private heldBytes = 0;
-  /** buffers taken again, and given back, since the start (for tests and logs) */
+  /** buffers taken again, given back, and made ahead (ensure) since the start (for tests and logs) */
   reused = 0;
   given = 0;
+  made = 0;
 
   /** How many bytes the pool holds. */
   get bytes(): number {
     return this.heldBytes;
+  }
+
+  /** How many buffers of `byteLength` bytes the pool holds. */
+  count(byteLength: number): number {
+    return this.free.get(byteLength)?.length ?? 0;
   }
 
   /**
@@ -46,7 +53,7 @@ export class SharedBufferPool {
     const b = list?.pop();
     if (b === undefined) return new SharedArrayBuffer(byteLength);
     if (list!.length === 0) this.free.delete(byteLength);
-    this.held.delete(b);
+    this.order.splice(this.order.indexOf(b), 1);
     this.heldBytes -= byteLength;
     this.reused++;
     if (keepFrom < byteLength) new Uint8Array(b, keepFrom).fill(0);
@@ -55,8 +62,9 @@ export class SharedBufferPool {
 
   /** Keep `b` for a later take: nothing reads or writes it any more. */
   give(b: SharedArrayBuffer): void {
-    if (this.held.has(b) || b.byteLength === 0 || this.heldBytes + b.byteLength > SharedBufferPool.MAX_BYTES) return;
-    this.held.add(b);
+    if (b.byteLength === 0 || b.byteLength > SharedBufferPool.MAX_BYTES || this.order.includes(b)) return;
+    while (this.heldBytes + b.byteLength > SharedBufferPool.MAX_BYTES) this.evictOldest();
+    this.order.push(b);
     this.heldBytes += b.byteLength;
     this.given++;
     let list = this.free.get(b.byteLength);
@@ -64,9 +72,32 @@ export class SharedBufferPool {
     list.push(b);
   }
 
+  /**
+   * Hold at least `count` buffers of `byteLength` bytes, making the missing
+   * ones now with every page touched (the control worker, when idle: the
+   * next change then touches no memory for its copies).
+   */
+  ensure(byteLength: number, count = 1): void {
+    for (let k = this.count(byteLength); k < count; k++) {
+      const b = new SharedArrayBuffer(byteLength);
+      new Uint8Array(b).fill(0);
+      this.made++;
+      this.give(b);
+    }
+  }
+
+  private evictOldest(): void {
+    const b = this.order.shift()!;
+    const list = this.free.get(b.byteLength)!;
+    list.splice(list.indexOf(b), 1);
+    if (list.length === 0) this.free.delete(b.byteLength);
+    this.heldBytes -= b.byteLength;
+  }
+
   /** Forget every held buffer. */
   clear(): void {
     this.free.clear();
+    this.order = [];
     this.heldBytes = 0;
   }
 }

@@ -30,6 +30,7 @@ import { writeIptables } from '../iptables/writer.ts';
 import { startApi } from '../server.ts';
 import type { ApiServer } from '../server.ts';
 import { RemotePacketSide } from './remote.ts';
+import { prepareCopies } from '../compile.ts';
 import type { KubeRunOptions, KubeRunning } from '../kube/run.ts';
 
 export interface ControlWorkerData {
@@ -69,13 +70,16 @@ holder.onSwap((t) => {
   remote.sendTables(t, linear).catch((e: Error) => log(`generation ${t.generation} did not reach the packet thread: ${e.message}`));
 });
 // What a full apply leaves to the first change to build (holder.prepareIncremental: at 10 000 services,
-// ~12 of the first one-service change's ~64 ms), built once the worker has been idle 200 ms after a swap
+// ~12 of the first one-service change's ~64 ms), built once the worker has been idle 200 ms after a swap;
+// and the buffers of the copies that change makes (compile.ts prepareCopies: at 100 000 services, ~13 MB
+// whose first touch would otherwise be paid by the change, ~3 ms per MB on the AMD machine)
 let prepareTimer: NodeJS.Timeout | null = null;
 holder.onSwap(() => {
   if (prepareTimer !== null) clearTimeout(prepareTimer);
   prepareTimer = setTimeout(() => {
     prepareTimer = null;
     holder.prepareIncremental();
+    if (holder.current !== null) prepareCopies(holder.current);
   }, 200);
   prepareTimer.unref();
 });

@@ -14,7 +14,7 @@ import { readFileSync } from 'node:fs';
 import { Dataplane } from '../../control/dataplane.ts';
 import { RuleSetHolder } from '../../control/runtime.ts';
 import { validateRuleSet } from '../../control/validate.ts';
-import { compile } from '../../control/compile.ts';
+import { compile, prepareCopies } from '../../control/compile.ts';
 import { shareTables } from '../../dataplane/tables-wire.ts';
 import { compiledVerdict } from '../../dataplane/tables.ts';
 import type { Tables } from '../../dataplane/tables.ts';
@@ -25,7 +25,7 @@ import { twoThreads } from '../support/threads.ts';
 
 const golden = JSON.parse(readFileSync(new URL('../fixtures/iptables/golden-ruleset.json', import.meta.url), 'utf8')) as RuleSet;
 
-t.test('the pool: a buffer of the same size taken again, zeroed past what the caller keeps; given once; bounded', async (t) => {
+t.test('the pool: a buffer of the same size taken again, zeroed past what the caller keeps; given once; bounded, oldest out first', async (t) => {
   const pool = new SharedBufferPool();
   const a = pool.take(64);
   t.equal(a.byteLength, 64);
@@ -41,10 +41,33 @@ t.test('the pool: a buffer of the same size taken again, zeroed past what the ca
   t.equal(pool.bytes, 0);
   t.same(Array.from(new Uint8Array(b)), [...Array(16).fill(7), ...Array(48).fill(0)], 'zero from keepFrom on, the first part left for the caller');
   t.not(pool.take(64), a, 'taken: not held any more');
-  const big = new SharedArrayBuffer(SharedBufferPool.MAX_BYTES);
+
+  const half = SharedBufferPool.MAX_BYTES / 2;
+  const old = new SharedArrayBuffer(half);
+  const mid = new SharedArrayBuffer(half - 64);
   pool.give(a);
-  pool.give(big);
-  t.equal(pool.bytes, 64, 'past MAX_BYTES a buffer is left to the collector');
+  pool.give(old);
+  pool.give(mid);
+  t.equal(pool.bytes, SharedBufferPool.MAX_BYTES, 'full');
+  const late = new SharedArrayBuffer(128);
+  pool.give(late);
+  t.equal(pool.count(64), 0, 'the oldest (the 64 bytes) left first...');
+  t.equal(pool.count(half), 0, '...and the next oldest, until the new one fits');
+  t.equal(pool.count(half - 64), 1, 'the newer kept');
+  t.equal(pool.take(128), late);
+  pool.give(new SharedArrayBuffer(SharedBufferPool.MAX_BYTES + 8));
+  t.equal(pool.count(SharedBufferPool.MAX_BYTES + 8), 0, 'a buffer past MAX_BYTES is not kept');
+
+  pool.clear();
+  t.equal(pool.bytes, 0, 'cleared');
+  pool.give(mid);
+  t.equal(pool.count(half - 64), 1, 'a buffer held before a clear can be given again');
+  pool.ensure(4096, 3);
+  t.equal(pool.count(4096), 3, 'ensure: three made');
+  t.equal(pool.made, 3);
+  pool.ensure(4096, 2);
+  t.equal(pool.made, 3, 'ensure: none made when enough are held');
+  t.same(Array.from(new Uint8Array(pool.take(4096, 0))).filter((x) => x !== 0), [], 'a buffer made ahead is zero');
 });
 
 /**
@@ -112,6 +135,35 @@ t.test('one-service changes take the buffers of the snapshots before the one in 
     rs = next;
   }
   t.ok(sharedBuffers.reused >= 8, `${sharedBuffers.reused} buffers taken again (${sharedBuffers.given} given back)`);
+});
+
+t.test('prepareCopies: the first changes after a full apply take buffers made ahead for every copy they make', async (t) => {
+  const { holder } = lab(t);
+  const rs: RuleSet = { ...golden, services: [...golden.services, ...bulk(2000)] };
+  holder.apply(rs);
+  prepareCopies(holder.current!);
+  const made = sharedBuffers.made;
+  t.ok(made >= 3, `${made} buffers made ahead`);
+  prepareCopies(holder.current!);
+  t.equal(sharedBuffers.made, made, 'made once: held ones are enough');
+  const held = sharedBuffers.bytes;
+  // a replacement: the rows copied
+  const replaced = rs.services.slice();
+  const i = golden.services.length + 7;
+  replaced[i] = { ...replaced[i], endpoints: [{ address: '10.64.9.9', ports: { p: 5353 } }] };
+  const r0 = sharedBuffers.reused;
+  t.equal(holder.apply({ ...rs, services: replaced }).mode, 'incremental');
+  t.equal(sharedBuffers.reused - r0, 1, 'the replacement took one buffer made ahead (the rows)');
+  // an addition, with a removal: the rows, both VIP indexes and the NodePort array copied
+  prepareCopies(holder.current!);
+  const added = replaced.slice();
+  added.splice(added.length - 3, 1);
+  added.push({ namespace: 'added', name: 'x', clusterIP: '10.101.9.9', ports: [{ name: 'p', protocol: 'UDP' as const, port: 53, nodePort: 32500 }], endpoints: [{ address: '10.64.9.8', ports: { p: 5353 } }] });
+  const r1 = sharedBuffers.reused;
+  t.equal(holder.apply({ ...rs, services: added }).mode, 'incremental');
+  t.equal(sharedBuffers.reused - r1, 4, 'the addition took four (rows, two VIP indexes, NodePorts)');
+  t.ok(sharedBuffers.bytes < held, 'the pool gave them out');
+  sameAsFresh({ ...rs, services: added }, holder.current!, 5);
 });
 
 t.test('a snapshot still waiting on the packet thread keeps its buffers: two sent before either is installed', async (t) => {
