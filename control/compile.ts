@@ -25,8 +25,12 @@
  *   before its next batch — no batch ever sees a table change under it.
  * - a copy (the tables are shared with the packet thread, which may be in the
  *   middle of a batch: the control worker of tunproxy run): the typed arrays
- *   are copied (a few MB at 100 000 services, ~ms) and the copy patched; the
- *   key indexes are shared when the keys did not change.
+ *   are copied (a few MB at 100 000 services, ~ms; into buffers the packet
+ *   thread let go of: shared-arrays.ts SharedBufferPool) and the copy
+ *   patched; the key indexes are shared when the keys did not change. The
+ *   array of entries (`services`) is written in place either way: the packet
+ *   thread never reads it (it gets the wire form), and the new snapshot says
+ *   which positions changed (`Tables.changed`) for the wire encoder.
  *
  * Every typed array either way makes is on a SharedArrayBuffer: the control
  * worker hands the snapshot to the packet thread as it is (tables-wire.ts
@@ -630,7 +634,7 @@ export function patchTables(prev: Tables, node: NodeModel, removed: readonly num
   const flat = (): Int32Array => (inPlace ? withRoom(prev.endpointFlat, flatNeed) : extendShared(Int32Array, prev.endpointFlat, flatUsed * 2, flatNeed));
   if (sameKeysAll) {
     const b = new Builder(node, {
-      services: inPlace ? (prev.services as ServicePortEntry[]) : prev.services.slice(),
+      services: prev.services as ServicePortEntry[],
       serviceRows: inPlace ? prev.serviceRows : sharedCopy(prev.serviceRows),
       endpointFlat: flat(),
       flatNext: flatUsed,
@@ -640,7 +644,7 @@ export function patchTables(prev: Tables, node: NodeModel, removed: readonly num
       live: prev.liveServicePorts,
     });
     const entries = models.map((m, k) => m.map((sp, j) => b.replace(sp, inPlaceAt[k][j]).index));
-    return { tables: withV6(b.tables(generation), prev), entries, freedPairs: b.freedPairs };
+    return { tables: withChange(withV6(b.tables(generation), prev), prev, [], entries), entries, freedPairs: b.freedPairs };
   }
 
   const rowsUsed = prev.services.length * ROW;
@@ -649,7 +653,7 @@ export function patchTables(prev: Tables, node: NodeModel, removed: readonly num
   // write rows past prev's only: appended in place as the endpoint pairs
   const rows = inPlace ? withRoom(prev.serviceRows, rowsNeed) : removed.length === 0 ? extendShared(Int32Array, prev.serviceRows, rowsUsed, rowsNeed) : sharedCopy(prev.serviceRows, rowsUsed, rowsNeed);
   const b = new Builder(node, {
-    services: inPlace ? (prev.services as ServicePortEntry[]) : prev.services.slice(),
+    services: prev.services as ServicePortEntry[],
     serviceRows: rows,
     endpointFlat: flat(),
     flatNext: flatUsed,
@@ -660,7 +664,14 @@ export function patchTables(prev: Tables, node: NodeModel, removed: readonly num
   });
   for (const i of removed) b.remove(i);
   const entries = models.map((m) => m.map((sp) => b.add(sp).index));
-  return { tables: withV6(b.tables(generation), prev), entries, freedPairs: b.freedPairs };
+  return { tables: withChange(withV6(b.tables(generation), prev), prev, removed, entries), entries, freedPairs: b.freedPairs };
+}
+
+/** `t` with the positions the patch from `prev` wrote (Tables.changed): the removed entries' and the added ones'. */
+function withChange(t: Tables, prev: Tables, removed: readonly number[], entries: readonly number[][]): Tables {
+  const positions = removed.slice();
+  for (const e of entries) for (const i of e) positions.push(i);
+  return { ...t, changed: { from: prev.generation, positions } };
 }
 
 /**

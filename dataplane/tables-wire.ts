@@ -144,6 +144,9 @@ export interface TablesWire {
 /** What the encoder remembers of its last wire form, to encode the next one by difference. */
 interface LastEncoding {
   services: readonly ServicePortEntry[];
+  /** the generation encoded, and its count of entries (`services` may have grown since: Tables.changed) */
+  generation: number;
+  count: number;
   wire: TablesWire;
   poolLen: number;
   setCount: number;
@@ -216,12 +219,25 @@ export class TablesEncoder {
     // compile's arrays are on shared memory already (kept as they are); the rest (localAddrs, a patched index) copied
     t = shareTables(t);
     const last = this.last;
-    if (last !== null && t.services.length >= last.services.length && last.appended < last.base) {
-      const prev = last.services;
-      const changed: number[] = [];
-      for (let i = 0; i < prev.length && changed.length * 8 <= prev.length; i++) if (t.services[i] !== prev[i]) changed.push(i);
-      for (let i = prev.length; i < t.services.length && changed.length * 8 <= t.services.length; i++) changed.push(i);
-      if (changed.length * 8 <= t.services.length) {
+    const n = t.services.length;
+    if (last !== null && n >= last.count && last.appended < last.base) {
+      let changed: number[] | null = null;
+      const c = t.changed;
+      if (c !== undefined && c.from === last.generation) {
+        // patched from the snapshot encoded last, into its array of entries: the positions it names
+        const seen = new Set<number>();
+        changed = [];
+        for (const i of c.positions) if (i < n && !seen.has(i)) (seen.add(i), changed.push(i));
+        for (let i = last.count; i < n; i++) if (!seen.has(i)) changed.push(i);
+        changed.sort((a, b) => a - b);
+      } else if (t.services !== last.services) {
+        // another array: compared entry by entry (an array written in place without a change list is encoded whole)
+        const prev = last.services;
+        changed = [];
+        for (let i = 0; i < last.count && changed.length * 8 <= n; i++) if (t.services[i] !== prev[i]) changed.push(i);
+        for (let i = last.count; i < n && changed.length * 8 <= n; i++) changed.push(i);
+      }
+      if (changed !== null && changed.length * 8 <= n) {
         this.lastMode = 'difference';
         return this.encodeDifference(t, last, changed);
       }
@@ -246,7 +262,7 @@ export class TablesEncoder {
     const maglev = extendShared(Uint16Array, NO_CHARS, 0, st.maglevLen);
     for (const m of st.maglevs) maglev.set(m, st.maglevAt.get(m)!);
     const wire = wireOf(t, n, slots, entries, stamps, pool, sets, st.flatNodeLocal, maglev, growChars(NO_CHARS, 0, st.names));
-    this.last = { services: t.services, wire, poolLen: pool.length, setCount: sets.length / S, maglevLen: st.maglevLen, setIds: st.setIds, maglevAt: st.maglevAt, appended: 0, base: Math.max(1024, pool.length + sets.length + wire.names.length + n) };
+    this.last = { services: t.services, generation: t.generation, count: n, wire, poolLen: pool.length, setCount: sets.length / S, maglevLen: st.maglevLen, setIds: st.setIds, maglevAt: st.maglevAt, appended: 0, base: Math.max(1024, pool.length + sets.length + wire.names.length + n) };
     return wire;
   }
 
@@ -279,7 +295,7 @@ export class TablesEncoder {
     }
     const wire = wireOf(t, n, slots, entries, stamps, pool, sets, flatNodeLocal, maglev, growChars(pw.names, pw.names.length, st.names));
     const added = st.pool.length + st.setInts.length + (wire.names.length - pw.names.length) + changed.length * E;
-    this.last = { ...last, services: t.services, wire, poolLen: pool.length, setCount: sets.length / S, maglevLen: st.maglevLen, appended: last.appended + added };
+    this.last = { ...last, services: t.services, generation: t.generation, count: n, wire, poolLen: pool.length, setCount: sets.length / S, maglevLen: st.maglevLen, appended: last.appended + added };
     return wire;
   }
 }

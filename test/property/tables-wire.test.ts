@@ -150,6 +150,41 @@ t.test('a few services changed among many: encoded by difference, materialized t
   }
 });
 
+t.test('Tables.changed: a patch into the array of entries in force names its positions; without a list that fits, the array is encoded whole', async (t) => {
+  const bulk = (i: number, ep: number) => ({ namespace: 'bulk', name: `s${i}`, clusterIP: `10.96.${i >> 8}.${i & 255}`, ports: [{ name: 'p', protocol: 'UDP' as const, port: 53 }], endpoints: [{ address: `10.64.${(ep >> 8) & 255}.${ep & 255}`, ports: { p: 5353 } }] });
+  const rs = { ...golden, services: [...golden.services, ...Array.from({ length: 500 }, (_, i) => bulk(i, i))] } as RuleSet;
+  const h = new RuleSetHolder({ prepare: shareTables });
+  const enc = new TablesEncoder();
+  h.apply(rs);
+  const first = h.current!;
+  let prev = roundTrip(enc, first, null).m;
+  const services = rs.services.slice();
+  const at = golden.services.length + 7;
+  services[at] = bulk(7, 900) as RuleSet['services'][number];
+  services.push(bulk(600, 901) as RuleSet['services'][number]);
+  h.apply({ ...rs, services });
+  const second = h.current!;
+  t.equal(second.services, first.services, 'the array of entries in force was written in place');
+  t.same(second.changed?.from, first.generation, 'patched from the first');
+  const replacedAt = second.services.findIndex((e) => e.live && e.name.startsWith('bulk/s7:'));
+  t.ok(replacedAt >= 0, 'the replaced entry found');
+  const tombstoneAt = second.services.findIndex((e) => !e.live && e.name.startsWith('bulk/s7:'));
+  t.ok(tombstoneAt >= 0 && tombstoneAt < replacedAt, 'its old entry a tombstone (the change adds a service: the general path)');
+  t.same([...second.changed!.positions].sort((a, b) => a - b), [tombstoneAt, replacedAt, second.services.length - 1], 'the removed, the replaced and the appended positions');
+  const m = roundTrip(enc, second, prev).m;
+  t.equal(enc.lastMode, 'difference');
+  t.equal(sameTables(second, m.tables), null, 'materialized as compiled');
+  prev = m;
+  // the same array, a change list from a generation the encoder never saw: encoded whole, not compared with itself
+  const third = { ...second, generation: second.generation + 1, changed: { from: 999, positions: [] } };
+  const m3 = roundTrip(enc, third, prev).m;
+  t.equal(enc.lastMode, 'full', 'a change list from another generation: whole');
+  t.equal(sameTables(third, m3.tables), null);
+  const fourth = { ...third, generation: third.generation + 1, changed: undefined };
+  roundTrip(enc, fourth, m3);
+  t.equal(enc.lastMode, 'full', 'the same array and no change list: whole');
+});
+
 t.test('random sequences of changes: same verdicts, kept entries reused', async (t) => {
   let reused = 0;
   let built = 0;
