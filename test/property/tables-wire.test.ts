@@ -9,7 +9,7 @@
 import t from 'tap';
 import fc from 'fast-check';
 import { readFileSync } from 'node:fs';
-import { arbRuleSet, packetFor } from '../support/arbitraries.ts';
+import { arbRuleSet, changeServices, packetFor } from '../support/arbitraries.ts';
 import { RuleSetHolder } from '../../control/runtime.ts';
 import { validateRuleSet } from '../../control/validate.ts';
 import { compile, patchTables } from '../../control/compile.ts';
@@ -256,15 +256,8 @@ t.test('random sequences of changes with a spare: the one in force never changes
       let prev = roundTrip(enc, h.current!, null).m;
       let spare: Materialized | null = null;
       let cur = rs;
-      for (const [at, from, kind] of ops) {
-        let services = cur.services.slice();
-        const pick = donor.services[from % donor.services.length];
-        const i = at % Math.max(1, services.length);
-        if (kind === 0 && services.length > 0) services[i] = { ...services[i], endpoints: pick.endpoints };
-        else if (kind === 1) services.push({ ...pick, name: `${pick.name}-${at % 1000}` });
-        else if (kind === 2 && services.length > 0) services.splice(i, 1);
-        else services = donor.services.slice(); // a whole other rule set
-        const next = { ...cur, services };
+      for (const op of ops) {
+        const next = changeServices(cur, donor, op);
         try {
           h.apply(next);
         } catch {

@@ -345,3 +345,20 @@ export function packetFor(rs: RuleSet): fc.Arbitrary<PacketTuple> {
 export function arbRuleSetWithPackets(n: number, opts: RuleSetArbOptions = {}): fc.Arbitrary<{ rs: RuleSet; packets: PacketTuple[] }> {
   return arbRuleSet(opts).chain((rs) => fc.record({ rs: fc.constant(rs), packets: fc.array(packetFor(rs), { minLength: n, maxLength: n }) }));
 }
+
+/**
+ * One step of a random sequence of changes, `[at, from, kind]`: kind 0 gives
+ * the service at `at` the endpoints of the donor's service `from`, 1 adds
+ * the donor's service (renamed), 2 removes the service at `at`, 3 puts the
+ * donor's services in place of all. (With no service, kinds 0 and 2 do 3.)
+ */
+export function changeServices(cur: RuleSet, donor: RuleSet, [at, from, kind]: readonly [number, number, number]): RuleSet {
+  let services = cur.services.slice();
+  const pick = donor.services[from % donor.services.length];
+  const i = at % Math.max(1, services.length);
+  if (kind === 0 && services.length > 0) services[i] = { ...services[i], endpoints: pick.endpoints };
+  else if (kind === 1) services.push({ ...pick, name: `${pick.name}-${at % 1000}` });
+  else if (kind === 2 && services.length > 0) services.splice(i, 1);
+  else services = donor.services.slice(); // a whole other rule set
+  return { ...cur, services };
+}

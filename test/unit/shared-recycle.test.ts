@@ -20,7 +20,7 @@ import { compiledVerdict } from '../../dataplane/tables.ts';
 import type { Tables } from '../../dataplane/tables.ts';
 import { SharedBufferPool, sharedBuffers } from '../../dataplane/shared-arrays.ts';
 import type { RuleSet, Service } from '../../control/types.ts';
-import { arbRuleSet, packetFor } from '../support/arbitraries.ts';
+import { arbRuleSet, changeServices, packetFor } from '../support/arbitraries.ts';
 import { twoThreads } from '../support/threads.ts';
 
 const golden = JSON.parse(readFileSync(new URL('../fixtures/iptables/golden-ruleset.json', import.meta.url), 'utf8')) as RuleSet;
@@ -200,15 +200,8 @@ t.test('random sequences of changes through the two threads: every snapshot inst
         holder.apply(rs);
         await send();
         let cur = rs;
-        for (const [at, from, kind] of ops) {
-          let services = cur.services.slice();
-          const pick = donor.services[from % donor.services.length];
-          const i = at % Math.max(1, services.length);
-          if (kind === 0 && services.length > 0) services[i] = { ...services[i], endpoints: pick.endpoints };
-          else if (kind === 1) services.push({ ...pick, name: `${pick.name}-${at % 1000}` });
-          else if (kind === 2 && services.length > 0) services.splice(i, 1);
-          else services = donor.services.slice();
-          const next = { ...cur, services };
+        for (const op of ops) {
+          const next = changeServices(cur, donor, op);
           const inForce = dp.tables!;
           const before = bytesOf(inForce);
           try {
