@@ -714,9 +714,16 @@ export class TablesMaterializer {
     this.ctx = new WireCtx(wire);
     this.prev = prev;
     this.spare = spare !== null && spare !== prev && spare.tables !== prev?.tables ? spare : null;
-    // the spare's array of entries too, when it has the length (every position is written before the swap)
-    const old = this.spare?.tables.services;
-    this.services = old !== undefined && old.length === wire.count && old !== prev?.tables.services ? (old as ServicePortEntry[]) : new Array<ServicePortEntry>(wire.count);
+    // the spare's array of entries too (every position is written before the swap), cut or grown to the
+    // count: a new array of 100 000 entries is 0.8 MB touched for the first time on this thread, in one
+    // go (~2.4 ms on the AMD machine), for every service added. Grown by push (the array stays packed;
+    // V8 grows its room by half, so a later addition finds room)
+    const old = this.spare?.tables.services as ServicePortEntry[] | undefined;
+    if (old !== undefined && old !== prev?.tables.services) {
+      if (old.length > wire.count) old.length = wire.count;
+      else while (old.length < wire.count) old.push(undefined as unknown as ServicePortEntry);
+      this.services = old;
+    } else this.services = new Array<ServicePortEntry>(wire.count);
     this.v6 = wire.v6 ? new TablesMaterializer(wire.v6.base, prev?.v6 ?? null, this.spare?.v6 ?? null) : null;
   }
 

@@ -19,8 +19,8 @@ import { KickDevice, twoThreads } from '../support/threads.ts';
 const golden = JSON.parse(readFileSync(new URL('../fixtures/iptables/golden-ruleset.json', import.meta.url), 'utf8')) as RuleSet;
 
 /** A rule set of its own for each variant: 300 service ports that differ from every other variant's, after the golden rule set's 10. */
-function variant(v: number): RuleSet {
-  const bulk = Array.from({ length: 300 }, (_, i) => ({ namespace: 'bulk', name: `s${i}-v${v}`, clusterIP: `10.${100 + v}.${i >> 8}.${i & 255}`, ports: [{ name: 'p', protocol: 'TCP' as const, port: 80 }], endpoints: [{ address: `10.64.2.${(i % 250) + 1}`, ports: { p: 8080 } }] }));
+function variant(v: number, n = 300): RuleSet {
+  const bulk = Array.from({ length: n }, (_, i) => ({ namespace: 'bulk', name: `s${i}-v${v}`, clusterIP: `10.${100 + v}.${i >> 8}.${i & 255}`, ports: [{ name: 'p', protocol: 'TCP' as const, port: 80 }], endpoints: [{ address: `10.64.2.${(i % 250) + 1}`, ports: { p: 8080 } }] }));
   return { ...golden, services: [...golden.services, ...bulk] } as RuleSet;
 }
 const text = (tb: Tables): string => tb.services.map((s) => `${s.name} ${s.clusterIP} ${s.port} ${s.cluster?.endpoints.map((e) => e.text).join(',')}`).join('\n');
@@ -32,8 +32,8 @@ function lab(t: { teardown(fn: () => void): void }) {
   const infos: InstallInfo[] = [];
   host.onInstalled = (_t, info) => infos.push(info);
   const holder = new RuleSetHolder({ prepare: shareTables });
-  const send = async (v: number): Promise<InstallInfo> => {
-    holder.apply(variant(v));
+  const send = async (v: number, n = 300): Promise<InstallInfo> => {
+    holder.apply(variant(v, n));
     await remote.sendTables(holder.current!, null);
     return infos[infos.length - 1];
   };
@@ -86,4 +86,19 @@ t.test('a spare made before the packets move: the first change after the start m
   t.equal(loop.applied.generation, 2);
   t.equal(text(loop.applied), text(holder.current!), 'the second reads as the compiled tables');
   t.match(await send(3), { built: 0, recycled: 310 }, 'the third takes the first\'s');
+});
+
+t.test('a snapshot of another length takes the spare\'s array of entries too, cut or grown: no new array on the packet thread', async (t) => {
+  const { holder, send, attach } = lab(t);
+  await send(1);
+  const { loop } = attach();
+  const first = loop.applied.services;
+  await send(2);
+  t.match(await send(3, 301), { built: 1, recycled: 310 }, 'one service more: the first\'s views recycled, one made');
+  t.equal(loop.applied.services, first, 'into the first snapshot\'s array, grown by one');
+  t.equal(loop.applied.services.length, 311);
+  t.equal(text(loop.applied), text(holder.current!), 'reads as the compiled tables');
+  const second = (await send(4, 250), loop.applied.services);
+  t.equal(second.length, 260, 'fifty services fewer');
+  t.equal(text(loop.applied), text(holder.current!), 'reads as the compiled tables');
 });
