@@ -397,25 +397,36 @@ class EndpointOfPort implements EndpointModel {
   readonly address: string;
   readonly addr: Addr;
   readonly port: number;
-  readonly ready: boolean;
-  readonly serving: boolean;
-  readonly terminating: boolean;
-  readonly nodeLocal: boolean;
+  /** ready, serving, terminating and nodeLocal as bits (EP_*): one field for four, 24 bytes less per endpoint of a port */
+  readonly #bits: number;
   #text: string | null = null;
   constructor(ep: Endpoint, addr: Addr, port: number) {
     const ready = ep.ready ?? true;
     this.address = ep.address;
     this.addr = addr;
     this.port = port;
-    this.ready = ready;
-    this.serving = ep.serving ?? ready;
-    this.terminating = ep.terminating ?? false;
-    this.nodeLocal = ep.nodeLocal ?? false;
+    this.#bits = (ready ? EP_READY : 0) | ((ep.serving ?? ready) ? EP_SERVING : 0) | (ep.terminating === true ? EP_TERMINATING : 0) | (ep.nodeLocal === true ? EP_NODE_LOCAL : 0);
+  }
+  get ready(): boolean {
+    return (this.#bits & EP_READY) !== 0;
+  }
+  get serving(): boolean {
+    return (this.#bits & EP_SERVING) !== 0;
+  }
+  get terminating(): boolean {
+    return (this.#bits & EP_TERMINATING) !== 0;
+  }
+  get nodeLocal(): boolean {
+    return (this.#bits & EP_NODE_LOCAL) !== 0;
   }
   get text(): string {
     return (this.#text ??= hostPort(this.address, this.port));
   }
 }
+const EP_READY = 1;
+const EP_SERVING = 2;
+const EP_TERMINATING = 4;
+const EP_NODE_LOCAL = 8;
 
 const LOWER: Record<ProtocolName, string> = { TCP: 'tcp', UDP: 'udp', SCTP: 'sctp' };
 const NO_ADDRS: Addr[] = [];
@@ -482,7 +493,7 @@ export function clusterIPOf(svc: Service, family: Family): string | null {
  * sees it. `epAddrs`: the endpoints' addresses as numbers when the caller has
  * them (validation parsed them already), else they are parsed here.
  */
-export function servicePortModel(svc: Service, port: ServicePort, node: NodeModel, epAddrs?: readonly Addr[], family: Family = 4): ServicePortModel {
+export function servicePortModel(svc: Service, port: ServicePort, node: NodeModel, epAddrs?: readonly Addr[], family: Family = 4, name: string = servicePortName(svc, port)): ServicePortModel {
   const clusterIP = clusterIPOf(svc, family);
   const ext = ofFamily(svc.externalIPs ?? NO_STRINGS, family);
   const lb = ofFamily(svc.loadBalancerIPs ?? NO_STRINGS, family);
@@ -497,16 +508,21 @@ export function servicePortModel(svc: Service, port: ServicePort, node: NodeMode
   const usesCluster = !internalPolicyLocal || externallyAccessible;
   const usesLocal = internalPolicyLocal || externalPolicyLocal;
 
-  const endpoints: EndpointModel[] = [];
+  // made at its final size (an array grown by push from empty holds room for 16): a PUT makes one per service port
+  let endpoints: EndpointModel[] = NO_ENDPOINTS;
   const eps = svc.endpoints;
-  if (eps !== undefined) {
+  if (eps !== undefined && eps.length > 0) {
+    endpoints = new Array(eps.length);
+    let k = 0;
     for (let i = 0; i < eps.length; i++) {
       const ep = eps[i];
       const p = endpointPort(ep, port);
       if (p <= 0) continue;
       const a = epAddrs !== undefined ? epAddrs[i] : parseAddr(ep.address);
-      if (familyOf(a) === family) endpoints.push(new EndpointOfPort(ep, a, p));
+      if (familyOf(a) === family) endpoints[k++] = new EndpointOfPort(ep, a, p);
     }
+    if (k === 0) endpoints = NO_ENDPOINTS;
+    else if (k < eps.length) endpoints.length = k;
   }
 
   // pkg/proxy/topology.go CategorizeEndpoints (without topology hints)
@@ -558,7 +574,7 @@ export function servicePortModel(svc: Service, port: ServicePort, node: NodeMode
     service: svc,
     port,
     family,
-    name: servicePortName(svc, port),
+    name,
     protocol: port.protocol,
     protocolNumber: protocolNumber(port.protocol),
     proto: LOWER[port.protocol],
@@ -597,8 +613,14 @@ export function serviceModel(svc: Service, node: NodeModel, epAddrs?: readonly A
   const fams = serviceFamilies(svc);
   const n = svc.ports.length;
   const ports: ServicePortModel[] = new Array(n * fams.length);
-  for (let f = 0; f < fams.length; f++) for (let i = 0; i < n; i++) ports[f * n + i] = servicePortModel(svc, svc.ports[i], node, epAddrs, fams[f]);
-  return { service: svc, key: `${svc.namespace}/${svc.name}`, ports };
+  const key = `${svc.namespace}/${svc.name}`;
+  for (let i = 0; i < n; i++) {
+    // servicePortName's text from the key made once (fewer strings made per PUT), the same for both families
+    const p = svc.ports[i];
+    const name = p.name ? key + ':' + p.name : key;
+    for (let f = 0; f < fams.length; f++) ports[f * n + i] = servicePortModel(svc, p, node, epAddrs, fams[f], name);
+  }
+  return { service: svc, key, ports };
 }
 
 /** The model of a rule set already validated (validateRuleSet builds it as it checks; this is for rule sets known good). */
