@@ -587,8 +587,15 @@ async function runScenario(lab: Lab, client: NetClient, spec: ScenarioSpec): Pro
 
 // ------------------------------------------------------------------ the scenarios
 
+type ThreadHeap = { usedBytes: number; totalBytes: number; externalBytes: number; mallocedBytes: number };
 const stats = async (api: ApiClient) =>
-  (await api.call<{ conntrack: { entries: number; evictions: number; inserts: number }; counters: { drops: Record<string, number>; malformed: Record<string, number> } }>('GET', '/v1/stats')).body;
+  (
+    await api.call<{
+      conntrack: { entries: number; evictions: number; inserts: number };
+      counters: { drops: Record<string, number>; malformed: Record<string, number> };
+      memory: { rssBytes: number; packetThread: ThreadHeap; controlThread: ThreadHeap | null; malloc: { inUseBytes: number; freeBytes: number; mmapBytes: number; trims: number; releasedBytes: number } | null };
+    }>('GET', '/v1/stats')
+  ).body;
 
 function rssKb(pid: number): number {
   try {
@@ -791,7 +798,8 @@ function specs(): ScenarioSpec[] {
         const newFlows = jsonTool<GenResult>(ctx.lab.client.ns, [GEN, '--raw', '--src', '198.18.64.1', '--src-count', '256', '--sport', '1024', '--dst', VIP_FLOOD, '--dport', String(FLOOD_PORT), '--rate', String(C.soakNewFlowRate), '--duration', String(C.soakSeconds), '--size', '32'], false);
         const a = JSON.stringify(toggled());
         const b = JSON.stringify(baseRuleSet());
-        const samples: Array<{ t: number; rssKb: number; conntrack: number }> = [];
+        // each thread's heap beside the RSS: where growth comes from (objects, buffers, or neither: the allocator)
+        const samples: Array<{ t: number; rssKb: number; conntrack: number; packet: ThreadHeap; control: ThreadHeap | null; malloc: Awaited<ReturnType<typeof stats>>['memory']['malloc'] }> = [];
         const t0 = Date.now();
         const every = QUICK ? 1000 : 5000;
         let swaps = 0;
@@ -802,13 +810,13 @@ function specs(): ScenarioSpec[] {
           swaps++;
           if (Date.now() - t0 >= nextSample) {
             const st = await stats(ctx.api);
-            samples.push({ t: (Date.now() - t0) / 1000, rssKb: rssKb(ctx.tp.pid), conntrack: st.conntrack.entries });
+            samples.push({ t: (Date.now() - t0) / 1000, rssKb: rssKb(ctx.tp.pid), conntrack: st.conntrack.entries, packet: st.memory.packetThread, control: st.memory.controlThread, malloc: st.memory.malloc });
             nextSample += every;
           }
           await sleep(1000);
         }
         const st = await stats(ctx.api);
-        samples.push({ t: (Date.now() - t0) / 1000, rssKb: rssKb(ctx.tp.pid), conntrack: st.conntrack.entries });
+        samples.push({ t: (Date.now() - t0) / 1000, rssKb: rssKb(ctx.tp.pid), conntrack: st.conntrack.entries, packet: st.memory.packetThread, control: st.memory.controlThread, malloc: st.memory.malloc });
         await newFlows.result;
         flood.child.kill('SIGTERM');
         await flood.result.catch(() => null);
@@ -818,7 +826,10 @@ function specs(): ScenarioSpec[] {
         ctx.result.rssGrowthRatio = Math.round(((last.rssKb - w0.rssKb) / w0.rssKb) * 10000) / 10000;
         const maxCt = Math.max(...warm.map((s) => s.conntrack));
         ctx.notes.push(`${swaps} swaps; RSS ${fmt(w0.rssKb / 1024, 1)} MiB after warm-up (t=${w0.t.toFixed(0)} s) → ${fmt(last.rssKb / 1024, 1)} MiB at the end (max ${fmt(Math.max(...warm.map((s) => s.rssKb)) / 1024, 1)}); conntrack ${fmt(w0.conntrack)} → ${fmt(last.conntrack)} flows (max ${fmt(maxCt)} after warm-up)`);
-        ctx.notes.push(`samples (s, RSS MiB, flows): ${samples.map((s) => `${s.t.toFixed(0)}:${(s.rssKb / 1024).toFixed(1)}:${s.conntrack}`).join(' ')}`);
+        const mib = (b: number) => (b / 1048576).toFixed(1);
+        const heaps = (x: (typeof samples)[number]) => `packet thread heap ${mib(x.packet.usedBytes)} of ${mib(x.packet.totalBytes)}, external ${mib(x.packet.externalBytes)}, malloced ${mib(x.packet.mallocedBytes)}; control worker ${x.control === null ? '-' : `heap ${mib(x.control.usedBytes)} of ${mib(x.control.totalBytes)}, external ${mib(x.control.externalBytes)}, malloced ${mib(x.control.mallocedBytes)}`}; C heap ${x.malloc === null ? '-' : `${mib(x.malloc.inUseBytes + x.malloc.mmapBytes)} in use, ${mib(x.malloc.freeBytes)} free, ${x.malloc.trims} trims gave back ${mib(x.malloc.releasedBytes)}`}`;
+        ctx.notes.push(`MiB after warm-up: ${heaps(w0)}; at the end: ${heaps(last)}`);
+        ctx.notes.push(`samples (s, RSS MiB, flows, packet-thread heap total MiB, control-worker heap total MiB): ${samples.map((s) => `${s.t.toFixed(0)}:${(s.rssKb / 1024).toFixed(1)}:${s.conntrack}:${mib(s.packet.totalBytes)}:${s.control === null ? '-' : mib(s.control.totalBytes)}`).join(' ')}`);
       },
     },
     {

@@ -1,5 +1,5 @@
 /**
- *   GET /v1/stats   counters, connection table, rule set, loop, state directory as JSON
+ *   GET /v1/stats   counters, connection table, rule set, loop, state directory, memory as JSON
  *   GET /metrics    the same for Prometheus (prom-client, text format 0.0.4)
  *   GET /healthz    the process answers (200)
  *   GET /readyz     200 when a rule set is in force (and, under `tunproxy run`, a TUN device attached), else 503
@@ -16,6 +16,7 @@
  *   tunproxy_sync_proxy_rules_last_timestamp_seconds, tunproxy_sync_proxy_rules_rejected_total,
  *   tunproxy_api_ruleset_rejected_total,
  *   tunproxy_state_saved_generation, tunproxy_packet_thread_event_loop_delay_{max,p99}_seconds,
+ *   tunproxy_packet_thread_heap_used_bytes, tunproxy_packet_thread_external_memory_bytes,
  *   and the process_* / nodejs_* defaults (under tunproxy run: of the control worker's thread).
  */
 import type { FastifyInstance } from 'fastify';
@@ -24,7 +25,12 @@ import { DROP_REASONS, EVENTS } from '../../dataplane/counters.ts';
 import { VERDICTS } from '../../dataplane/verdict.ts';
 import type { ApiContext } from './context.ts';
 import type { RuleSet } from '../types.ts';
-import type { ConntrackStats, PacketStats } from '../worker/packet-side.ts';
+import type { ConntrackStats, PacketStats, ThreadHeap } from '../worker/packet-side.ts';
+import { threadHeap } from '../worker/packet-side.ts';
+import { mallocInfo } from '../../dataplane/pin/index.ts';
+import type { MallocInfo } from '../../dataplane/pin/index.ts';
+import { processTrimmer } from '../malloc-trim.ts';
+import type { TrimStats } from '../malloc-trim.ts';
 
 export class ApiMetrics {
   readonly registry = new Registry();
@@ -99,6 +105,10 @@ export class ApiMetrics {
     conntrackMetrics('tunproxy_conntrack', 'connection table', () => self.snap?.conntrack ?? null);
     conntrackMetrics('tunproxy_conntrack6', 'IPv6 connection table', () => self.snap?.conntrack6 ?? null);
     gauge('tunproxy_packet_thread_event_loop_delay_max_seconds', 'Longest the packet thread waited to run since start (monitorEventLoopDelay): what the control side may not cost it.', () => (self.snap?.eventLoop.maxMs ?? 0) / 1000);
+    for (const [field, what] of [['usedBytes', 'objects'], ['externalBytes', 'memory outside the heap kept by its objects (buffers, typed arrays)']] as const) {
+      const suffix = field === 'usedBytes' ? 'heap_used_bytes' : 'external_memory_bytes';
+      gauge(`tunproxy_packet_thread_${suffix}`, `The packet thread's V8 heap: ${what}.`, () => self.snap?.heap[field] ?? 0);
+    }
     gauge('tunproxy_packet_thread_event_loop_delay_p99_seconds', '99th percentile of the packet thread\'s event-loop delay since start.', () => (self.snap?.eventLoop.p99Ms ?? 0) / 1000);
     counter('tunproxy_packet_thread_naps_total', 'Sleeps the packet thread took in its control work to leave its CPU to ordinary tasks (--packet-priority fifo, --packet-nap).', [], (m) => m.inc(self.snap?.eventLoop.naps ?? 0));
     counter('tunproxy_packet_thread_nap_seconds_total', 'Time the packet thread slept in those naps.', [], (m) => m.inc((self.snap?.eventLoop.napMs ?? 0) / 1000));
@@ -161,6 +171,18 @@ export function servicePorts(rs: RuleSet | null): number {
   return n;
 }
 
+/**
+ * The process's resident memory and each thread's heap: under `tunproxy run`
+ * the packet thread and the control worker are two V8 heaps; in one thread
+ * (the library, tests) both are the same heap, and `controlThread` is null.
+ * `malloc`: the C heap of every thread (glibc's arenas) and what the trimmer
+ * gave back (control/malloc-trim.ts); null without glibc or the addon.
+ */
+export function memoryOf(ctx: ApiContext, p: PacketStats): { rssBytes: number; packetThread: ThreadHeap; controlThread: ThreadHeap | null; malloc: (MallocInfo & TrimStats) | null } {
+  const m = mallocInfo();
+  return { rssBytes: process.memoryUsage.rss(), packetThread: p.heap, controlThread: ctx.packets.local ? null : threadHeap(), malloc: m === null ? null : { ...m, ...processTrimmer.stats } };
+}
+
 export async function statsOf(ctx: ApiContext) {
   const holder = ctx.holder;
   const p = await ctx.packets.stats();
@@ -182,6 +204,7 @@ export async function statsOf(ctx: ApiContext) {
     loop: p.loop,
     // the generation the packet thread has swapped in: `generation` (the holder's) once the tables reached the loop
     packetThread: { generation: p.generation, eventLoopDelay: p.eventLoop },
+    memory: memoryOf(ctx, p),
     // journalRecords: changes in <tun>.ruleset.journal not yet folded into the rule-set file
     state: ctx.store ? { dir: ctx.store.dir, savedGeneration: ctx.store.savedGeneration, journalRecords: ctx.store.journalRecords, lastError: ctx.store.lastError?.message ?? null } : null,
     status: p.status,

@@ -20,6 +20,25 @@ interface Stats {
   affinity: Record<string, number>;
   loop: Record<string, unknown> | null;
   state: { dir: string; savedGeneration: number; journalRecords?: number; lastError: string | null } | null;
+  memory?: { rssBytes: number; packetThread: HeapFigures; controlThread: HeapFigures | null; malloc?: { inUseBytes: number; freeBytes: number; mmapBytes: number; trims: number; releasedBytes: number } | null };
+}
+
+interface HeapFigures {
+  usedBytes: number;
+  totalBytes: number;
+  externalBytes: number;
+  mallocedBytes: number;
+}
+
+const mib = (b: number): string => `${(b / 1048576).toFixed(1)} MiB`;
+/** One thread's heap in a few words: its objects of the heap V8 holds, and the memory its objects keep outside it. */
+const heapWords = (h: HeapFigures): string => `heap ${mib(h.usedBytes)} of ${mib(h.totalBytes)}, external ${mib(h.externalBytes)}`;
+
+/** The memory line: the process's resident set, then each thread's heap (one heap when the packets move in the API's thread). */
+function memoryLine(m: NonNullable<Stats['memory']>): string {
+  const c = m.malloc;
+  const cHeap = c ? `; C heap ${mib(c.inUseBytes + c.mmapBytes)} in use, ${mib(c.freeBytes)} free in its arenas${c.trims > 0 ? ` (${c.trims} trim${c.trims === 1 ? '' : 's'} gave back ${mib(c.releasedBytes)})` : ''}` : '';
+  return `memory       ${mib(m.rssBytes)} resident; ${m.controlThread === null ? heapWords(m.packetThread) : `packet thread ${heapWords(m.packetThread)}; control worker ${heapWords(m.controlThread)}`}${cHeap}`;
 }
 
 /** One connection table's line: `conntrack ` (IPv4) or `conntrack6`. */
@@ -41,6 +60,7 @@ export function statsText(s: Stats): string {
     `affinity     ${s.affinity.entries} entries, ${s.affinity.hits} hits`,
     `loop         ${s.loop ? Object.entries(s.loop).map(([k, v]) => `${k}=${v}`).join(' ') : 'no TUN device attached'}`,
     `state        ${s.state ? `${s.state.dir}, generation ${s.state.savedGeneration} saved${s.state.journalRecords ? ` (${s.state.journalRecords} change${s.state.journalRecords === 1 ? '' : 's'} in the journal)` : ''}${s.state.lastError ? `, last save failed: ${s.state.lastError}` : ''}` : 'no --state-dir'}`,
+    ...(s.memory ? [memoryLine(s.memory)] : []),
     `uptime       ${s.uptimeSeconds.toFixed(0)} s`,
   ];
   if (Object.keys(s.counters.malformed).length > 0) lines.splice(5, 0, `malformed    ${nz(s.counters.malformed)}`);

@@ -31,6 +31,7 @@ import { startApi } from '../server.ts';
 import type { ApiServer } from '../server.ts';
 import { RemotePacketSide } from './remote.ts';
 import { prepareCopies } from '../compile.ts';
+import { processTrimmer } from '../malloc-trim.ts';
 import type { KubeRunOptions, KubeRunning } from '../kube/run.ts';
 
 export interface ControlWorkerData {
@@ -83,6 +84,8 @@ holder.onSwap(() => {
   }, 200);
   prepareTimer.unref();
 });
+// the C heap's free pages given back now and then (control/malloc-trim.ts): the resident set of a long run stays flat
+processTrimmer.start();
 let api: ApiServer | null = null;
 let kube: KubeRunning | null = null;
 let store: StateStore | null = null;

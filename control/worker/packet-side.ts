@@ -10,6 +10,7 @@
  * packet thread works at most one slice (SLICE_MS) per turn on a request.
  */
 import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { getHeapStatistics } from 'node:v8';
 import type { IntervalHistogram } from 'node:perf_hooks';
 import type { Dataplane } from '../dataplane.ts';
 import type { LoopStats } from '../../dataplane/loop.ts';
@@ -50,6 +51,28 @@ export interface PacketStats {
   /** the packet thread's event-loop delay since the dataplane started (monitorEventLoopDelay, 1 ms resolution) */
   /** naps, napMs: the packet thread's sleeps to leave its CPU to ordinary tasks (dataplane/cpu-share.ts; 0 unless --packet-priority fifo) */
   eventLoop: { maxMs: number; p99Ms: number; meanMs: number; naps: number; napMs: number };
+  /** the packet thread's JavaScript heap (threadHeap) */
+  heap: ThreadHeap;
+}
+
+/**
+ * One thread's JavaScript heap, from V8 (no system call: the packet thread
+ * answers it between batches): the heap's objects (`usedBytes`), what V8
+ * holds for them (`totalBytes`), the memory outside the heap that its objects
+ * keep alive (`externalBytes`: buffers, typed arrays; a SharedArrayBuffer is
+ * counted by each thread that holds it) and what V8 itself allocated with
+ * malloc (`mallocedBytes`). What tells a leak on one thread from the other.
+ */
+export interface ThreadHeap {
+  usedBytes: number;
+  totalBytes: number;
+  externalBytes: number;
+  mallocedBytes: number;
+}
+
+export function threadHeap(): ThreadHeap {
+  const h = getHeapStatistics();
+  return { usedBytes: h.used_heap_size, totalBytes: h.total_heap_size, externalBytes: h.external_memory, mallocedBytes: h.malloced_memory };
 }
 
 const delays = new WeakMap<Dataplane, IntervalHistogram>();
@@ -85,6 +108,8 @@ export interface TracePacket6 {
 }
 
 export interface PacketSide {
+  /** the packets move in this thread (no packet thread of their own) */
+  readonly local: boolean;
   stats(): Promise<PacketStats>;
   /** the packet thread's clock (ms) */
   now(): Promise<number>;
@@ -115,6 +140,7 @@ export function statsOfDataplane(dp: Dataplane): PacketStats {
     startedAt: dp.startedAt,
     generation: dp.tables?.generation ?? 0,
     eventLoop: eventLoopOf(dp),
+    heap: threadHeap(),
   };
 }
 
@@ -180,6 +206,7 @@ export function traceFlowOn6(dp: Dataplane, tables: Tables | null, p: TracePacke
 
 /** The API in the dataplane's own thread (tests, the library): the same slices, without messages. */
 export class LocalPacketSide implements PacketSide {
+  readonly local = true;
   constructor(private readonly dp: Dataplane) {}
 
   async stats(): Promise<PacketStats> {

@@ -16,6 +16,7 @@ import type { PacketSide, PacketStats, TraceFlow, TracePacket6 } from './packet-
 type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
 
 export class RemotePacketSide implements PacketSide {
+  readonly local = false;
   private nextId = 1;
   private readonly pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
   private readonly encoder = new TablesEncoder();

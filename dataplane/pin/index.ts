@@ -2,7 +2,9 @@
  * The typed face of the pinned-memory addon (dataplane/pin/pin.c, built by
  * node-gyp into build/Release/pin.node beside tun.node): a file mapped
  * MAP_SHARED and seen from JS as an ArrayBuffer, so that what is stored in it
- * outlives the process, as Cilium pins its BPF maps in bpffs.
+ * outlives the process, as Cilium pins its BPF maps in bpffs. Beside it, a
+ * look into the process's C heap and a way to give its free pages back
+ * (mallocInfo, mallocTrim: control/malloc-trim.ts).
  */
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
@@ -11,6 +13,15 @@ interface PinAddon {
   map(path: string, size: number, create: boolean): ArrayBuffer;
   boottimeMs(): number;
   netnsCookie(): number;
+  mallocInfo(): MallocInfo | null;
+  mallocTrim(): boolean;
+}
+
+/** The process's C heap (glibc's mallinfo2 over every arena): bytes in use, free bytes kept in the arenas, bytes in chunks of their own mapping. */
+export interface MallocInfo {
+  inUseBytes: number;
+  freeBytes: number;
+  mmapBytes: number;
 }
 
 /** where `tunproxy run` pins its connection table by default (memory, not disk) */
@@ -59,5 +70,28 @@ export function netnsCookie(): number | null {
     return loadPinAddon().netnsCookie();
   } catch {
     return null;
+  }
+}
+
+/** The process's C heap, or null where it cannot be read (no glibc, the addon not built). */
+export function mallocInfo(): MallocInfo | null {
+  try {
+    return loadPinAddon().mallocInfo();
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * glibc's malloc_trim(0): the whole free pages inside every arena go back to
+ * the kernel (the arenas keep them as free chunks, so the next malloc there
+ * faults them in again). True when some were; false when none were, or where
+ * it cannot run.
+ */
+export function mallocTrim(): boolean {
+  try {
+    return loadPinAddon().mallocTrim();
+  } catch {
+    return false;
   }
 }

@@ -9,6 +9,10 @@
  *                               else:   the existing file, size 0 = its whole length
  *   boottimeMs()             -> CLOCK_BOOTTIME in ms (counts suspend; one clock per boot)
  *   netnsCookie()            -> SO_NETNS_COOKIE: this network namespace, never reused in the boot
+ *   mallocInfo()             -> the C heap of the process (glibc's mallinfo2, every arena):
+ *                               { inUseBytes, freeBytes, mmapBytes }, or null without glibc
+ *   mallocTrim()             -> glibc's malloc_trim(0): the whole free pages inside every arena
+ *                               given back to the kernel; true when some were (false without glibc)
  *
  * The mapping is released when the ArrayBuffer is collected; the file stays
  * until it is unlinked. */
@@ -25,6 +29,9 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <stdint.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #ifndef SO_NETNS_COOKIE
 #define SO_NETNS_COOKIE 71
 #endif
@@ -125,11 +132,46 @@ static napi_value pin_netns_cookie(napi_env env, napi_callback_info info) {
   return v;
 }
 
+/* The C heap (node's buffers, libuv, V8's own mallocs), not V8's JS heap:
+ * glibc keeps the memory a thread frees in that thread's arena, for its next
+ * malloc, and gives back only the arena's top. A long-running process whose
+ * threads allocate and free buffers of many sizes (a rule set's HTTP body, a
+ * listing's chunks) sees its resident set creep with free memory it holds. */
+static napi_value pin_malloc_info(napi_env env, napi_callback_info info) {
+  napi_value o;
+#ifdef __GLIBC__
+  struct mallinfo2 m = mallinfo2();
+  napi_value v;
+  napi_create_object(env, &o);
+  napi_create_double(env, (double)m.uordblks, &v);
+  napi_set_named_property(env, o, "inUseBytes", v);
+  napi_create_double(env, (double)m.fordblks, &v);
+  napi_set_named_property(env, o, "freeBytes", v);
+  napi_create_double(env, (double)m.hblkhd, &v);
+  napi_set_named_property(env, o, "mmapBytes", v);
+#else
+  napi_get_null(env, &o);
+#endif
+  return o;
+}
+
+static napi_value pin_malloc_trim(napi_env env, napi_callback_info info) {
+  napi_value v;
+#ifdef __GLIBC__
+  napi_get_boolean(env, malloc_trim(0) != 0, &v);
+#else
+  napi_get_boolean(env, false, &v);
+#endif
+  return v;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     {"map", NULL, pin_map, NULL, NULL, NULL, napi_enumerable, NULL},
     {"boottimeMs", NULL, pin_boottime, NULL, NULL, NULL, napi_enumerable, NULL},
     {"netnsCookie", NULL, pin_netns_cookie, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"mallocInfo", NULL, pin_malloc_info, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"mallocTrim", NULL, pin_malloc_trim, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

@@ -643,6 +643,10 @@ t.test('persistence through the API: an accepted rule set is on disk when the an
   const st = (await env.c.request<{ state: { journalRecords: number } }>('GET', '/v1/stats')).body;
   t.equal(st.state.journalRecords, 1, '/v1/stats: one change in the journal');
   t.match(statsText(st as never), /\nstate {8}.*, generation 2 saved \(1 change in the journal\)\n/, 'tunproxy stats says so');
+  const mem = (st as unknown as { memory: { rssBytes: number; packetThread: { usedBytes: number }; controlThread: unknown } }).memory;
+  t.equal(mem.controlThread, null, 'one thread here: one heap, no control worker of its own');
+  t.ok(mem.rssBytes > mem.packetThread.usedBytes && mem.packetThread.usedBytes > 0, 'the resident set and the heap');
+  t.match(statsText(st as never), /\nmemory {7}\d+\.\d MiB resident; heap \d+\.\d MiB of \d+\.\d MiB, external \d+\.\d MiB; C heap \d+\.\d MiB in use, \d+\.\d MiB free in its arenas\n/, 'tunproxy stats: the memory line');
   t.match((await env.c.request<string>('GET', '/metrics')).text, /^tunproxy_state_journal_records 1$/m);
   await env.c.request('PUT', '/v1/ruleset', { body: { ...golden, extra: true } });
   t.equal(saved(), 7, 'a rejected one is not');

@@ -114,10 +114,20 @@ t.test(`control worker: a PUT of ${N} services, a listing of ${FLOWS} flows and 
   for (let i = 0; i < 100 && cw.host.activeListings > 0; i++) await new Promise((r) => setTimeout(r, 20));
   t.equal(cw.host.activeListings, 0, 'the listing a client left is ended');
 
-  const stats = await maxDelay(() => c.request<{ conntrack: { entries: number } }>('GET', '/v1/stats'));
+  type Heap = { usedBytes: number; totalBytes: number; externalBytes: number; mallocedBytes: number };
+  const stats = await maxDelay(() => c.request<{ conntrack: { entries: number }; memory: { rssBytes: number; packetThread: Heap; controlThread: Heap | null } }>('GET', '/v1/stats'));
   t.equal(stats.value.body.conntrack.entries, FLOWS, 'stats from the packet thread');
+  // two heaps: the packet thread's (its connection table's views of FLOWS flows) and the control worker's (the rule set's model)
+  const mem = stats.value.body.memory;
+  t.ok(mem.controlThread !== null, 'the control worker reports its own heap');
+  for (const [who, h] of [['packet thread', mem.packetThread], ['control worker', mem.controlThread!]] as const) {
+    t.ok(h.usedBytes > 1e6 && h.usedBytes <= h.totalBytes, `${who}: ${(h.usedBytes / 1e6).toFixed(1)} MB used of ${(h.totalBytes / 1e6).toFixed(1)} MB`);
+    t.ok(h.externalBytes > 0 && Number.isFinite(h.mallocedBytes), `${who}: external ${(h.externalBytes / 1e6).toFixed(1)} MB`);
+  }
+  t.ok(mem.rssBytes > mem.packetThread.totalBytes + mem.controlThread!.totalBytes, 'the process holds both heaps');
   const metrics = await c.request('GET', '/metrics');
   t.match(metrics.text, new RegExp(`tunproxy_conntrack_entries ${FLOWS}`));
+  t.match(metrics.text, /^tunproxy_packet_thread_heap_used_bytes [1-9]\d{6,}$/m, "the packet thread's heap in /metrics");
 
   const del = await maxDelay(() => c.request<{ deleted: number }>('DELETE', '/v1/conntrack?all=true'));
   t.same(del.value.body, { deleted: FLOWS, entries: 0 });
