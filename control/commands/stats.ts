@@ -68,7 +68,7 @@ export function statsText(s: Stats): string {
 }
 
 export function registerStats(program: Command): void {
-  const cmd = program.command('stats').description("the running tunproxy's counters: packets and bytes by verdict, drops by reason, conntrack, rule set").addOption(outputOption(['text', 'json', 'yaml'], 'text'));
+  const cmd = program.command('stats').description("the running tunproxy's counters: packets and bytes by verdict, drops by reason, conntrack, rule set, memory").addOption(outputOption(['text', 'json', 'yaml'], 'text'));
   addClientOptions(cmd).action(async (f: StatsFlags) => {
     const client = clientFrom(f);
     try {
