@@ -17,9 +17,10 @@
  * arenas hold at least TRIM_MIN_FREE_BYTES free: malloc_trim(0) advises the
  * kernel away the whole free pages inside every arena. It runs on the control
  * worker; the packet thread waits only if it mallocs from an arena while that
- * arena is being trimmed (the time is counted: `maxMs`). The cost of a trim is
- * paid later by whoever mallocs there again: those pages come back zeroed, at
- * first touch. Hence at most once per TRIM_EVERY_MS, and only past a floor.
+ * arena is being trimmed (how long a trim takes is counted: `maxMs`). The
+ * cost of a trim is paid later by whoever mallocs there again: those pages
+ * come back zeroed, at first touch. Hence at most once per TRIM_EVERY_MS,
+ * and only past a floor.
  * In that soak, trimming every 10 s gave back 47 MiB in 60 trims (0.8 MiB
  * each, faulted in again before the next one), and the stream had more gaps
  * over 5 ms (355 and 423 in two runs, against 228 and 322 in two runs

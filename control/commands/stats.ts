@@ -31,7 +31,7 @@ interface HeapFigures {
 }
 
 const mib = (b: number): string => `${(b / 1048576).toFixed(1)} MiB`;
-/** One thread's heap in a few words: its objects of the heap V8 holds, and the memory its objects keep outside it. */
+/** One thread's heap in a few words: its objects' bytes of those V8 holds for it, and the memory its objects keep outside it. */
 const heapWords = (h: HeapFigures): string => `heap ${mib(h.usedBytes)} of ${mib(h.totalBytes)}, external ${mib(h.externalBytes)}`;
 
 /** The memory line: the process's resident set, then each thread's heap (one heap when the packets move in the API's thread). */

@@ -84,7 +84,7 @@ holder.onSwap(() => {
   }, 200);
   prepareTimer.unref();
 });
-// the C heap's free pages given back now and then (control/malloc-trim.ts): the resident set of a long run stays flat
+// the C heap's free pages given back once a minute (control/malloc-trim.ts): what glibc's arenas keep free does not stay resident
 processTrimmer.start();
 let api: ApiServer | null = null;
 let kube: KubeRunning | null = null;
