@@ -67,6 +67,8 @@ import type { Lab } from '../scripts/lab.ts';
 import { netnsUnavailableReason } from '../scripts/ns.ts';
 import { NetClient, ROOT, TUNPROXY_BIN, TunproxyProcess, buildCTool, jsonResult, stopAllChildren, stopChild } from '../scripts/harness.ts';
 import { ApiClient } from '../control/client.ts';
+import type { memoryOf } from '../control/api/observe.ts';
+import type { ThreadHeap } from '../control/worker/packet-side.ts';
 import type { RuleSet, Service } from '../control/types.ts';
 import { writeIptables } from '../control/iptables/writer.ts';
 import { syntheticRuleSet } from './gen.ts';
@@ -587,13 +589,12 @@ async function runScenario(lab: Lab, client: NetClient, spec: ScenarioSpec): Pro
 
 // ------------------------------------------------------------------ the scenarios
 
-type ThreadHeap = { usedBytes: number; totalBytes: number; externalBytes: number; mallocedBytes: number };
 const stats = async (api: ApiClient) =>
   (
     await api.call<{
       conntrack: { entries: number; evictions: number; inserts: number };
       counters: { drops: Record<string, number>; malformed: Record<string, number> };
-      memory: { rssBytes: number; packetThread: ThreadHeap; controlThread: ThreadHeap | null; malloc: { inUseBytes: number; freeBytes: number; mmapBytes: number; trims: number; releasedBytes: number } | null };
+      memory: ReturnType<typeof memoryOf>;
     }>('GET', '/v1/stats')
   ).body;
 
@@ -799,7 +800,7 @@ function specs(): ScenarioSpec[] {
         const a = JSON.stringify(toggled());
         const b = JSON.stringify(baseRuleSet());
         // each thread's heap beside the RSS: where growth comes from (objects, buffers, or neither: the allocator)
-        const samples: Array<{ t: number; rssKb: number; conntrack: number; packet: ThreadHeap; control: ThreadHeap | null; malloc: Awaited<ReturnType<typeof stats>>['memory']['malloc'] }> = [];
+        const samples: Array<{ t: number; rssKb: number; conntrack: number; packet: ThreadHeap; control: ThreadHeap | null; malloc: ReturnType<typeof memoryOf>['malloc'] }> = [];
         const t0 = Date.now();
         const every = QUICK ? 1000 : 5000;
         let swaps = 0;

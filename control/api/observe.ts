@@ -105,10 +105,8 @@ export class ApiMetrics {
     conntrackMetrics('tunproxy_conntrack', 'connection table', () => self.snap?.conntrack ?? null);
     conntrackMetrics('tunproxy_conntrack6', 'IPv6 connection table', () => self.snap?.conntrack6 ?? null);
     gauge('tunproxy_packet_thread_event_loop_delay_max_seconds', 'Longest the packet thread waited to run since start (monitorEventLoopDelay): what the control side may not cost it.', () => (self.snap?.eventLoop.maxMs ?? 0) / 1000);
-    for (const [field, what] of [['usedBytes', 'objects'], ['externalBytes', 'memory outside the heap kept by its objects (buffers, typed arrays)']] as const) {
-      const suffix = field === 'usedBytes' ? 'heap_used_bytes' : 'external_memory_bytes';
-      gauge(`tunproxy_packet_thread_${suffix}`, `The packet thread's V8 heap: ${what}.`, () => self.snap?.heap[field] ?? 0);
-    }
+    gauge('tunproxy_packet_thread_heap_used_bytes', "The packet thread's V8 heap: its objects.", () => self.snap?.heap.usedBytes ?? 0);
+    gauge('tunproxy_packet_thread_external_memory_bytes', "The packet thread's V8 heap: the memory outside it kept by its objects (buffers, typed arrays).", () => self.snap?.heap.externalBytes ?? 0);
     gauge('tunproxy_packet_thread_event_loop_delay_p99_seconds', '99th percentile of the packet thread\'s event-loop delay since start.', () => (self.snap?.eventLoop.p99Ms ?? 0) / 1000);
     counter('tunproxy_packet_thread_naps_total', 'Sleeps the packet thread took in its control work to leave its CPU to ordinary tasks (--packet-priority fifo, --packet-nap).', [], (m) => m.inc(self.snap?.eventLoop.naps ?? 0));
     counter('tunproxy_packet_thread_nap_seconds_total', 'Time the packet thread slept in those naps.', [], (m) => m.inc((self.snap?.eventLoop.napMs ?? 0) / 1000));
