@@ -140,7 +140,7 @@ class Builder {
       endpoints.forEach((e, i) => m.set(e.addr * 65536 + e.port, i));
       index = m;
     }
-    return { endpoints, flatStart, maglev: table, index };
+    return { endpoints, flatStart, maglev: table, index, wireMarks: null, wireId: -1 };
   }
 
   private addVip(addr: number, s: ServicePortEntry, kind: number): void {

@@ -151,7 +151,8 @@ interface LastEncoding {
   poolLen: number;
   setCount: number;
   maglevLen: number;
-  setIds: Map<EndpointSet, number>;
+  /** the token on the sets given ids in this encoding's `sets` (EndpointSet.wireMarks): a new one at each full encoding */
+  setMarks: object;
   maglevAt: Map<Uint16Array, number>;
   /** ints, sets and characters appended since the last full encoding */
   appended: number;
@@ -251,7 +252,7 @@ export class TablesEncoder {
     const slots = sharedInt32(n);
     const entries = extendShared(Int32Array, NO_INTS, 0, n * E);
     const stamps = extendShared(Float64Array, NO_STAMPS, 0, n);
-    const st = new EncodeState(new Map(), new Map(), 0, 0, 0, 0, new Uint8Array(new SharedArrayBuffer(Math.max(t.endpointFlat.length / 2, 1)), 0, t.endpointFlat.length / 2));
+    const st = new EncodeState({}, new Map(), 0, 0, 0, 0, new Uint8Array(new SharedArrayBuffer(Math.max(t.endpointFlat.length / 2, 1)), 0, t.endpointFlat.length / 2));
     for (let i = 0; i < n; i++) {
       slots[i] = i;
       stamps[i] = this.stamp(t.services[i]);
@@ -262,7 +263,7 @@ export class TablesEncoder {
     const maglev = extendShared(Uint16Array, NO_CHARS, 0, st.maglevLen);
     for (const m of st.maglevs) maglev.set(m, st.maglevAt.get(m)!);
     const wire = wireOf(t, n, slots, entries, stamps, pool, sets, st.flatNodeLocal, maglev, growChars(NO_CHARS, 0, st.names));
-    this.last = { services: t.services, generation: t.generation, count: n, wire, poolLen: pool.length, setCount: sets.length / S, maglevLen: st.maglevLen, setIds: st.setIds, maglevAt: st.maglevAt, appended: 0, base: Math.max(1024, pool.length + sets.length + wire.names.length + n) };
+    this.last = { services: t.services, generation: t.generation, count: n, wire, poolLen: pool.length, setCount: sets.length / S, maglevLen: st.maglevLen, setMarks: st.setMarks, maglevAt: st.maglevAt, appended: 0, base: Math.max(1024, pool.length + sets.length + wire.names.length + n) };
     return wire;
   }
 
@@ -278,7 +279,7 @@ export class TablesEncoder {
     const flatPairs = t.endpointFlat.length / 2;
     const flatNodeLocal = new Uint8Array(new SharedArrayBuffer(Math.max(flatPairs, 1)), 0, flatPairs);
     flatNodeLocal.set(pw.flatNodeLocal.subarray(0, Math.min(pw.flatNodeLocal.length, flatPairs)));
-    const st = new EncodeState(last.setIds, last.maglevAt, last.poolLen, last.setCount, last.maglevLen, pw.names.length, flatNodeLocal);
+    const st = new EncodeState(last.setMarks, last.maglevAt, last.poolLen, last.setCount, last.maglevLen, pw.names.length, flatNodeLocal);
     let slot = used;
     for (const i of changed) {
       slots[i] = slot;
@@ -307,7 +308,7 @@ class EncodeState {
   readonly maglevs: Uint16Array[] = [];
   readonly names: string[] = [];
   constructor(
-    readonly setIds: Map<EndpointSet, number>,
+    readonly setMarks: object,
     readonly maglevAt: Map<Uint16Array, number>,
     private readonly poolBase: number,
     private setCount: number,
@@ -318,10 +319,10 @@ class EncodeState {
 
   private setId(set: EndpointSet | null): number {
     if (set === null) return -1;
-    let id = this.setIds.get(set);
-    if (id !== undefined) return id;
-    id = this.setCount++;
-    this.setIds.set(set, id);
+    if (set.wireMarks === this.setMarks) return set.wireId;
+    const id = this.setCount++;
+    set.wireMarks = this.setMarks;
+    set.wireId = id;
     let mStart = -1;
     let mLen = 0;
     if (set.maglev !== null) {
@@ -444,7 +445,7 @@ class WireCtx {
       if (index !== NO_INDEX) (index as Map<number, number>).set(addr * 65536 + port, k);
     }
     const ms = w.sets[o + S_MAGLEV_START];
-    const set: EndpointSet = { endpoints, flatStart, maglev: ms < 0 ? null : w.maglev.subarray(ms, ms + w.sets[o + S_MAGLEV_LEN]), index };
+    const set: EndpointSet = { endpoints, flatStart, maglev: ms < 0 ? null : w.maglev.subarray(ms, ms + w.sets[o + S_MAGLEV_LEN]), index, wireMarks: null, wireId: -1 };
     this.sets.set(id, set);
     return set;
   }

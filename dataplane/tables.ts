@@ -32,6 +32,17 @@ export interface EndpointSet {
   readonly maglev: Uint16Array | null;
   /** (addr * 65536 + port) → index, for session-affinity hits */
   readonly index: ReadonlyMap<number, number>;
+  /**
+   * The wire encoder's mark (dataplane/tables-wire.ts TablesEncoder): the
+   * token of the encoding that gave this set an id (a new token at each full
+   * encoding), and that id; null and -1 until then. Written only by the
+   * encoder, on the control side. Fields, not a Map keyed by the set: a Map
+   * gives every new object an identity hash, ~200 ns each on the AMD
+   * machine; a full encoding of 10 000 services took ~21 ms with the Map and
+   * ~17 ms with the fields, of 100 000 ~200 and ~165 ms.
+   */
+  wireMarks: object | null;
+  wireId: number;
 }
 
 export interface ServicePortEntry {
