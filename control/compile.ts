@@ -211,6 +211,8 @@ class Builder {
       sourceRanges: ranges,
       lbSourceIPs: sp.usesFirewallChain && sp.allowFromNode ? lb : NO_ADDRS,
       servingKept: sp.endpoints.length > sp.clusterEndpoints.length ? servingKept(sp, ids === null ? null : ids.endpoint) : NO_ADDRS,
+      wireEncoder: null,
+      wireStamp: 0,
     };
     const rows = this.serviceRows;
     const o = s.index * ROW;
@@ -248,7 +250,8 @@ class Builder {
     const np = protoIndex(s.protocol) * 65536 + s.nodePort;
     if (s.nodePort !== 0 && this.nodePorts[np] === index) this.nodePorts[np] = -1;
     this.serviceRows.fill(0, index * ROW, index * ROW + ROW);
-    this.services[index] = { ...s, live: false, hasEndpoints: false, internal: null, cluster: null, local: null, clusterIP: -1, externalIPs: [], loadBalancerIPs: [], nodePort: 0 };
+    // a new object, stamped anew by the encoder (not the live entry it was copied from)
+    this.services[index] = { ...s, live: false, hasEndpoints: false, internal: null, cluster: null, local: null, clusterIP: -1, externalIPs: [], loadBalancerIPs: [], nodePort: 0, wireEncoder: null, wireStamp: 0 };
     this.live--;
   }
 

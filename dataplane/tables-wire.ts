@@ -180,8 +180,8 @@ function growInt32(prev: Int32Array, used: number, add: readonly number[]): Int3
 }
 
 /**
- * Worker side: a (shared) snapshot → its wire form. Keeps a stamp per entry
- * object across calls. When most entries are the objects of the last
+ * Worker side: a (shared) snapshot → its wire form. Gives each entry object
+ * a stamp, kept on the entry across calls (ServicePortEntry.wireStamp). When most entries are the objects of the last
  * snapshot encoded (the incremental path: a PATCH), only the others are
  * encoded: each in a new slot, its lists, sets and name appended, all past
  * the end of the last wire form, in the same shared buffers while they have
@@ -191,18 +191,17 @@ function growInt32(prev: Int32Array, used: number, add: readonly number[]): Int3
  * outgrows the rest.
  */
 export class TablesEncoder {
-  private readonly stampOf = new WeakMap<ServicePortEntry, number>();
   private nextStamp = 1;
   private last: LastEncoding | null = null;
   /** how the last call went (for tests and logs) */
   lastMode: 'full' | 'difference' = 'full';
 
+  /** The entry object's stamp from this encoder (ServicePortEntry.wireStamp), given at its first encoding. */
   private stamp(s: ServicePortEntry): number {
-    let st = this.stampOf.get(s);
-    if (st === undefined) {
-      st = this.nextStamp++;
-      this.stampOf.set(s, st);
-    }
+    if (s.wireEncoder === this) return s.wireStamp!;
+    const st = this.nextStamp++;
+    s.wireEncoder = this;
+    s.wireStamp = st;
     return st;
   }
 
@@ -319,7 +318,7 @@ class EncodeState {
 
   private setId(set: EndpointSet | null): number {
     if (set === null) return -1;
-    if (set.wireMarks === this.setMarks) return set.wireId;
+    if (set.wireMarks === this.setMarks) return set.wireId!;
     const id = this.setCount++;
     set.wireMarks = this.setMarks;
     set.wireId = id;
@@ -445,7 +444,7 @@ class WireCtx {
       if (index !== NO_INDEX) (index as Map<number, number>).set(addr * 65536 + port, k);
     }
     const ms = w.sets[o + S_MAGLEV_START];
-    const set: EndpointSet = { endpoints, flatStart, maglev: ms < 0 ? null : w.maglev.subarray(ms, ms + w.sets[o + S_MAGLEV_LEN]), index, wireMarks: null, wireId: -1 };
+    const set: EndpointSet = { endpoints, flatStart, maglev: ms < 0 ? null : w.maglev.subarray(ms, ms + w.sets[o + S_MAGLEV_LEN]), index };
     this.sets.set(id, set);
     return set;
   }

@@ -35,14 +35,15 @@ export interface EndpointSet {
   /**
    * The wire encoder's mark (dataplane/tables-wire.ts TablesEncoder): the
    * token of the encoding that gave this set an id (a new token at each full
-   * encoding), and that id; null and -1 until then. Written only by the
-   * encoder, on the control side. Fields, not a Map keyed by the set: a Map
-   * gives every new object an identity hash, ~200 ns each on the AMD
-   * machine; a full encoding of 10 000 services took ~21 ms with the Map and
-   * ~17 ms with the fields, of 100 000 ~200 and ~165 ms.
+   * encoding), and that id. compile makes its sets with null and -1; the
+   * packet thread's sets (materialized, never encoded) have neither. Written
+   * only by the encoder. Fields, not a Map keyed by the set: a Map gives
+   * every new object an identity hash, ~200 ns each on the AMD machine; a
+   * full encoding of 10 000 services took ~21 ms with the Map and ~17 ms
+   * with the fields, of 100 000 ~200 and ~165 ms.
    */
-  wireMarks: object | null;
-  wireId: number;
+  wireMarks?: object | null;
+  wireId?: number;
 }
 
 export interface ServicePortEntry {
@@ -85,6 +86,19 @@ export interface ServicePortEntry {
    * of endpoints that stopped serving. Usually empty.
    */
   readonly servingKept: readonly number[];
+  /**
+   * The wire encoder's stamp (dataplane/tables-wire.ts TablesEncoder): the
+   * encoder that stamped this entry object, and the stamp, which names the
+   * object in the wire form (the packet thread keeps the view of an entry
+   * whose stamp it had). compile makes its entries with null and 0, and an
+   * entry made from another by a spread must set them again (else the copy
+   * would pass for the entry it was made from); the packet thread's views
+   * have neither. Fields, not a WeakMap keyed by the entry (an identity hash
+   * for every new object): a full encoding of 10 000 services ~17 → ~13 ms,
+   * of 100 000 ~165 → ~120 ms (AMD machine).
+   */
+  wireEncoder?: object | null;
+  wireStamp?: number;
 }
 
 export const VIP_CLUSTER = 0;
