@@ -224,6 +224,21 @@ t.test('random sequences of changes: same verdicts, kept entries reused', async 
   t.ok(reused > built, 'the entries an incremental change kept were reused');
 });
 
+/** A random sequence of changes (changeServices) applied to the holder: each one it took, with the rule set then in force (a rejected one skipped). */
+function* accepted(h: RuleSetHolder, rs: RuleSet, donor: RuleSet, ops: ReadonlyArray<readonly [number, number, number]>): Generator<{ cur: RuleSet; op: readonly [number, number, number] }> {
+  let cur = rs;
+  for (const op of ops) {
+    const next = changeServices(cur, donor, op);
+    try {
+      h.apply(next);
+    } catch {
+      continue;
+    }
+    cur = next;
+    yield { cur, op };
+  }
+}
+
 t.test('two encoders over the same snapshots: the sets each marks for itself never confuse the other', async (t) => {
   // an EndpointSet carries the mark of the last encoding that gave it an id (wireMarks, wireId): a second
   // encoder overwrites it, and the first must then give the set a new id of its own, not take the other's
@@ -234,15 +249,7 @@ t.test('two encoders over the same snapshots: the sets each marks for itself nev
       const encs = [new TablesEncoder(), new TablesEncoder()];
       h.apply(rs);
       const prev = encs.map((e) => roundTrip(e, h.current!, null).m);
-      let cur = rs;
-      for (const op of ops) {
-        const next = changeServices(cur, donor, op);
-        try {
-          h.apply(next);
-        } catch {
-          continue;
-        }
-        cur = next;
+      for (const { cur, op } of accepted(h, rs, donor, ops)) {
         // in turns, one order then the other, so that each encoder finds the other's marks on the sets it kept
         const order = op[2] % 2 === 0 ? [0, 1] : [1, 0];
         for (const k of order) {
@@ -292,15 +299,7 @@ t.test('random sequences of changes with a spare: the one in force never changes
       h.apply(rs);
       let prev = roundTrip(enc, h.current!, null).m;
       let spare: Materialized | null = null;
-      let cur = rs;
-      for (const op of ops) {
-        const next = changeServices(cur, donor, op);
-        try {
-          h.apply(next);
-        } catch {
-          continue;
-        }
-        cur = next;
+      for (const { cur } of accepted(h, rs, donor, ops)) {
         const before = entriesText(prev.tables);
         const { m, mat } = roundTrip(enc, h.current!, prev, 0.05, spare);
         recycled += mat.recycled;
