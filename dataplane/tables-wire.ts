@@ -181,11 +181,11 @@ function growInt32(prev: Int32Array, used: number, add: readonly number[]): Int3
 
 /**
  * Worker side: a (shared) snapshot → its wire form. Gives each entry object
- * a stamp, kept on the entry across calls (ServicePortEntry.wireStamp). When most entries are the objects of the last
- * snapshot encoded (the incremental path: a PATCH), only the others are
- * encoded: each in a new slot, its lists, sets and name appended, all past
- * the end of the last wire form, in the same shared buffers while they have
- * room (`extendShared`: the older wire forms, which the packet thread may
+ * a stamp, kept on the entry across calls (ServicePortEntry.wireStamp).
+ * When most entries are the objects of the last snapshot encoded (the
+ * incremental path: a PATCH), only the others are encoded: each in a new
+ * slot, its lists, sets and name appended, all past the end of the last
+ * wire form, in the same shared buffers while they have room (`extendShared`: the older wire forms, which the packet thread may
  * still read, are never written); only the slot of every position is copied
  * (4 bytes an entry). A full encoding starts over when the appended part
  * outgrows the rest.
