@@ -5,6 +5,7 @@ import type { Command } from 'commander';
 import { ApiRequestError } from '../client.ts';
 import { EXIT_ERROR, EXIT_OK, addClientOptions, clientFrom, outputOption, print, reportApiError } from './common.ts';
 import type { ClientFlags } from './common.ts';
+import type { ThreadHeap } from '../worker/packet-side.ts';
 
 interface StatsFlags extends ClientFlags {
   output: string;
@@ -20,19 +21,12 @@ interface Stats {
   affinity: Record<string, number>;
   loop: Record<string, unknown> | null;
   state: { dir: string; savedGeneration: number; journalRecords?: number; lastError: string | null } | null;
-  memory?: { rssBytes: number; packetThread: HeapFigures; controlThread: HeapFigures | null; malloc?: { inUseBytes: number; freeBytes: number; mmapBytes: number; trims: number; releasedBytes: number } | null };
-}
-
-interface HeapFigures {
-  usedBytes: number;
-  totalBytes: number;
-  externalBytes: number;
-  mallocedBytes: number;
+  memory?: { rssBytes: number; packetThread: ThreadHeap; controlThread: ThreadHeap | null; malloc?: { inUseBytes: number; freeBytes: number; mmapBytes: number; trims: number; releasedBytes: number } | null };
 }
 
 const mib = (b: number): string => `${(b / 1048576).toFixed(1)} MiB`;
 /** One thread's heap in a few words: its objects' bytes of those V8 holds for it, and the memory its objects keep outside it. */
-const heapWords = (h: HeapFigures): string => `heap ${mib(h.usedBytes)} of ${mib(h.totalBytes)}, external ${mib(h.externalBytes)}`;
+const heapWords = (h: ThreadHeap): string => `heap ${mib(h.usedBytes)} of ${mib(h.totalBytes)}, external ${mib(h.externalBytes)}`;
 
 /** The memory line: the process's resident set, then each thread's heap (one heap when the packets move in the API's thread). */
 function memoryLine(m: NonNullable<Stats['memory']>): string {
